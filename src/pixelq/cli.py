@@ -1,0 +1,147 @@
+"""The `pixelq` command: parses arguments, then calls the same public API a Python user calls."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import ConfigError, PixelqError
+
+FIRST_LAYERS = ("float", "int8", "naive", "thermometer", "bitplane", "pixel-embedding")
+
+
+def _read_mapping(path: str) -> dict:
+    """A JSON or YAML file holding one mapping (per-layer overrides)."""
+    import yaml  # YAML is a superset of JSON, so one parser reads both
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: no such overrides file")
+    try:
+        value = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid JSON/YAML ({e})") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: must hold a mapping of layer-name pattern -> quantizer spec")
+    return value
+
+
+def _first_layer_kwargs(args) -> dict:
+    kwargs = {}
+    if args.first_layer == "pixel-embedding":
+        kwargs = {"d": args.pe_dim, "bits": args.pe_bits, "shared": not args.pe_per_channel, "init": args.pe_init}
+    elif args.first_layer == "thermometer":
+        kwargs = {"d": args.pe_dim}
+    elif args.first_layer == "naive":
+        kwargs = {"bits": args.pe_bits}
+    return kwargs
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a model; writes metrics.json(l) and checkpoint.pt into --out")
+    p.add_argument("--data", help="data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded subset")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--first-layer", default="float", choices=FIRST_LAYERS)
+    p.add_argument("--pe-dim", type=int, default=10, help="pixel embedding / thermometer dimensions per colour (d)")
+    p.add_argument("--pe-bits", type=int, default=2, help="pixel embedding / naive input code bits (Q)")
+    p.add_argument("--pe-per-channel", action="store_true", help="one embedding table per colour, not one shared")
+    p.add_argument("--pe-init", default="thermometer", choices=("thermometer", "uniform", "linear"))
+    p.add_argument("--wbits", type=int, default=32, help="weight bits: 1..8, or 32 for float")
+    p.add_argument("--abits", type=int, default=32, help="activation bits: 1..8, or 32 for float")
+    p.add_argument("--last-layer", default="float", choices=("float", "quantized"))
+    p.add_argument("--overrides", help="JSON/YAML file: {layer-name pattern: quantizer spec} (mixed precision)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--schedule", default="cosine", choices=("cosine", "step"))
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-subset", type=int, help="train on a stratified subset of N images")
+    p.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N images")
+    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _run_train(args) -> None:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=args.model, first_layer=args.first_layer, first_layer_kwargs=_first_layer_kwargs(args),
+        wbits=args.wbits, abits=args.abits, last_layer=args.last_layer,
+        overrides=_read_mapping(args.overrides) if args.overrides else {},
+        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, seed=args.seed, train_subset=args.train_subset,
+        test_subset=args.test_subset, augment=not args.no_augment, threads=args.threads, device=args.device,
+        progress=not args.quiet,
+    )
+    metrics = train(cfg, resume=args.resume)
+    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
+
+
+def _run_eval(args) -> None:
+    from .data import load_dataset
+    from .training import evaluate, load_checkpoint
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = load_checkpoint(args.checkpoint)
+    data = load_dataset(args.data)
+    result = evaluate(model, data.test.images, data.test.labels)
+    print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
+
+
+def _run_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(out=args.out, data=args.data, epochs=args.epochs, progress=not args.quiet)
+
+
+def _run_models(args) -> None:
+    from .models import list_models
+
+    print("\n".join(list_models()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pixelq", description="Fully quantized CNNs with pixel embedding.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split; prints JSON")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--threads", type=int)
+    p = sub.add_parser("demo", help="float vs fully quantized ResNet on the embedded subset, with a report")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's schedule)")
+    p.add_argument("--quiet", action="store_true")
+    sub.add_parser("models", help="list the registered model names")
+    return parser
+
+
+COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models}
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except PixelqError as e:
+        print(f"pixelq: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Readers for the layouts pixelq knows, each returning uint8 NHWC DataSplits.
+
+- image folders `ROOT/{train,test}/<class>/*.{jpg,jpeg,png,bmp}`, also inside a .tar / .tar.gz
+  (under one top folder or none);
+- CIFAR-10 and CIFAR-100 in the official python format (`cifar-10-batches-py/`,
+  `cifar-100-python/`, fine labels), given that folder or the one holding it;
+- MNIST-style IDX files (`train-images-idx3-ubyte[.gz]` and friends).
+Nothing is skipped silently: a file that cannot be read raises DataError naming it.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+from .dataset import DataSplits, ImageSet
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SPLITS = ("train", "test")
+
+
+def _decode(data: bytes, name: str) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            if img.mode not in ("L", "RGB"):
+                img = img.convert("RGB")
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{name}: cannot decode image ({e}); remove or replace the file") from e
+
+
+def _stack(items: list, split: str, source: str) -> ImageSet:
+    """items: (class name, file name, bytes). Classes are the sorted folder names."""
+    if not items:
+        raise DataError(f"{source}: no images found for split {split!r}")
+    classes = sorted({c for c, _, _ in items})
+    items = sorted(items, key=lambda t: (t[0], t[1]))
+    arrays, labels = [], []
+    for cls, name, data in items:
+        a = _decode(data, name)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if arrays and a.shape != arrays[0].shape:
+            first = items[0][1]
+            raise DataError(f"{name}: image shape {a.shape} differs from {arrays[0].shape} of {first}; "
+                            "resize the images to one size first")
+        arrays.append(a)
+        labels.append(classes.index(cls))
+    return ImageSet(np.stack(arrays), np.asarray(labels, dtype=np.int64), classes)
+
+
+def _split_folders(splits: dict, source: str) -> DataSplits:
+    train, test = (_stack(splits[s], s, source) for s in SPLITS)
+    if train.classes != test.classes:
+        raise DataError(f"{source}: train classes {train.classes} differ from test classes {test.classes}")
+    return DataSplits(train, test, source)
+
+
+def read_image_folders(root: Path) -> DataSplits:
+    """`root/{train,test}/<class>/<image>`."""
+    splits: dict = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            for f in sorted(class_dir.iterdir()):
+                if f.suffix.lower() in IMAGE_SUFFIXES:
+                    splits[split].append((class_dir.name, str(f), f.read_bytes()))
+    return _split_folders(splits, str(root))
+
+
+def read_image_folder_tar(path: Path) -> DataSplits:
+    """The image-folder layout inside a .tar or .tar.gz (optionally under one top folder)."""
+    splits: dict = {s: [] for s in SPLITS}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if not member.isfile() or len(parts) < 3 or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                split, cls = parts[-3], parts[-2]
+                if split in splits:
+                    splits[split].append((cls, f"{path}:{member.name}", tar.extractfile(member).read()))
+    except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: cannot read the archive ({e}); it may be truncated or corrupt") from e
+    return _split_folders(splits, str(path))
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; the official CIFAR python folder is incomplete") from None
+    except Exception as e:  # a corrupt pickle can raise almost anything
+        raise DataError(f"{path}: cannot read the CIFAR batch ({type(e).__name__}: {e}); re-extract the archive") from e
+
+
+def _cifar_batch(path: Path, label_key: str) -> tuple:
+    batch = _unpickle(path)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path}: not a CIFAR batch (missing or bad {e})") from e
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"{path}: expected (N, 3072) data and N labels, got {data.shape} and {len(labels)} labels")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def read_cifar10(root: Path) -> DataSplits:
+    """The official `cifar-10-batches-py` folder: data_batch_1..5, test_batch, batches.meta."""
+    classes = list(_unpickle(root / "batches.meta")["label_names"])
+    parts = [_cifar_batch(root / f"data_batch_{i}", "labels") for i in range(1, 6)]
+    train = ImageSet(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes)
+    test = ImageSet(*_cifar_batch(root / "test_batch", "labels"), classes)
+    return DataSplits(train, test, str(root))
+
+
+def read_cifar100(root: Path) -> DataSplits:
+    """The official `cifar-100-python` folder: train, test, meta; fine labels (100 classes)."""
+    classes = list(_unpickle(root / "meta")["fine_label_names"])
+    train = ImageSet(*_cifar_batch(root / "train", "fine_labels"), classes)
+    test = ImageSet(*_cifar_batch(root / "test", "fine_labels"), classes)
+    return DataSplits(train, test, str(root))
+
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read ({e}); it may be truncated or corrupt") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    count = int(np.prod(shape))
+    if len(raw) - header != count:
+        raise DataError(f"{path}: IDX header says {count} bytes of data for shape {shape}, file has {len(raw) - header}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_file(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: missing {stem}[.gz]; an IDX data set needs train/t10k images and labels")
+
+
+def read_idx(root: Path) -> DataSplits:
+    """MNIST-style IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] -> (N, H, W, 1)."""
+    sets = []
+    for prefix in ("train", "t10k"):
+        images = _read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
+        labels = _read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{root}: {prefix} has images {images.shape} but labels {labels.shape}; they must match")
+        sets.append((images[..., None], labels))
+    n_classes = int(max(s[1].max() for s in sets)) + 1
+    classes = [str(i) for i in range(n_classes)]
+    return DataSplits(ImageSet(*sets[0], classes), ImageSet(*sets[1], classes), str(root))
+
+
+def detect_layout(path: Path) -> tuple:
+    """(layout name, path to hand its reader) for what `path` holds; DataError if none fits."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder; pass --data a data set path (or omit it for the embedded subset)")
+    if path.is_file():
+        if tarfile.is_tarfile(path) or path.name.endswith((".tar", ".tar.gz", ".tgz")):
+            return "image-folder-tar", path
+        raise DataError(f"{path}: a file, but not a .tar/.tar.gz of image folders")
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "batches.meta").is_file():
+            return "cifar10", candidate
+    for candidate in (path, path / "cifar-100-python"):
+        if (candidate / "meta").is_file() and (candidate / "train").is_file():
+            return "cifar100", candidate
+    if any(path.glob("train-images*idx3-ubyte*")):
+        return "idx", path
+    for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
+        if all((candidate / s).is_dir() for s in SPLITS):
+            return "image-folders", candidate
+    raise DataError(
+        f"{path}: unknown layout; expected {{train,test}}/<class>/ image folders (or a .tar.gz of them), "
+        "cifar-10-batches-py/, cifar-100-python/, or MNIST-style IDX files"
+    )
+
+
+READERS = {
+    "image-folders": read_image_folders,
+    "image-folder-tar": read_image_folder_tar,
+    "cifar10": read_cifar10,
+    "cifar100": read_cifar100,
+    "idx": read_idx,
+}

@@ -1,0 +1,242 @@
+"""CIFAR-style ResNets, float or quantized, with any first layer and a float or quantized last layer.
+
+Block (the quantized form; with abits=32 the quantizers become ReLU / identity and it is the
+usual He et al. basic block):
+
+    h   = act1(bn1(conv1(x)))
+    y   = res_act(bn2(conv2(h)))        # quantized before the add, on the same grid as x
+    out = act_out(y + shortcut(x))      # codes add as integers; act_out clips to the code range
+
+Both addends carry codes of one activation quantizer, so the residual add is an integer add and
+`act_out` is a clip, which keeps the whole block integer at deployment. Shortcuts:
+"zero-pad" (He et al. option A: stride-2 subsampling and zero channels, no parameters, exact on
+codes) or "conv" (a quantized 1x1 conv + BN, then `res_act` so its output is codes too).
+The quantized last layer takes the global average of codes (an integer sum over a known count)
+and has per-tensor-scaled weights and no bias, so logits are an integer accumulator times one scale.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, InputError
+from ..nn import QuantConv2d, QuantLinear, make_encoder
+from ..quant import Quantizer, make_quantizer
+from .registry import register_model
+
+FLOAT_BITS = 32
+LAST_LAYERS = ("float", "quantized")
+SHORTCUTS = ("zero-pad", "conv")
+
+
+def default_weight_quantizer(wbits: int, per_channel: bool = True) -> "str | None":
+    """wbits -> spec: 32 float, 1 binary (mean-|W| scale), 2..8 LSQ."""
+    if wbits == FLOAT_BITS:
+        return None
+    if wbits == 1:
+        return "binary:channel" if per_channel else "binary"
+    if 2 <= wbits <= 8:
+        return f"lsq:{wbits}"
+    raise ConfigError(f"wbits must be 1..8 or 32 (float), got {wbits}")
+
+
+def default_act_quantizer(abits: int) -> "str | None":
+    """abits -> spec: 32 float (ReLU), 1..8 Blueoil's mid-tread half on [0, 2]."""
+    if abits == FLOAT_BITS:
+        return None
+    if 1 <= abits <= 8:
+        return f"mid_tread:{abits}"
+    raise ConfigError(f"abits must be 1..8 or 32 (float), got {abits}")
+
+
+def _activation(spec: "str | None", after_add: bool) -> nn.Module:
+    if spec is None:
+        return nn.ReLU() if after_add else nn.Identity()
+    return make_quantizer(spec, role="activation")
+
+
+@dataclass
+class ResNetConfig:
+    widths: tuple = (16, 32, 64)
+    blocks: tuple = (3, 3, 3)
+    shortcut: str = "zero-pad"
+    in_channels: int = 3
+    num_classes: int = 10
+    first_layer: str = "float"
+    first_layer_kwargs: dict = field(default_factory=dict)
+    wbits: int = FLOAT_BITS
+    abits: int = FLOAT_BITS
+    last_layer: str = "float"
+    overrides: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if len(self.widths) != len(self.blocks) or not self.widths:
+            raise ConfigError(f"widths {self.widths} and blocks {self.blocks} must be non-empty and of equal length")
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.last_layer not in LAST_LAYERS:
+            raise ConfigError(f"last_layer must be one of {LAST_LAYERS}, got {self.last_layer!r}")
+        if self.in_channels < 1 or self.num_classes < 2:
+            raise ConfigError(f"need in_channels >= 1 and num_classes >= 2, got {self.in_channels}, {self.num_classes}")
+        default_weight_quantizer(self.wbits)
+        default_act_quantizer(self.abits)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, cfg: ResNetConfig):
+        super().__init__()
+        wq, aq = default_weight_quantizer(cfg.wbits), default_act_quantizer(cfg.abits)
+        self.conv1 = QuantConv2d(in_planes, planes, 3, stride, 1, bias=False, weight_quantizer=wq)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = _activation(aq, after_add=True)
+        self.conv2 = QuantConv2d(planes, planes, 3, 1, 1, bias=False, weight_quantizer=wq)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.res_act = _activation(aq, after_add=False)
+        self.act_out = _activation(aq, after_add=True)
+        self.shortcut_kind = "identity"
+        if stride != 1 or in_planes != planes:
+            self.shortcut_kind = cfg.shortcut
+            self.stride, self.extra_channels = stride, planes - in_planes
+            if cfg.shortcut == "conv":
+                self.shortcut_conv = QuantConv2d(in_planes, planes, 1, stride, bias=False, weight_quantizer=wq)
+                self.shortcut_bn = nn.BatchNorm2d(planes)
+                self.shortcut_act = _activation(aq, after_add=False)
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if self.shortcut_kind == "identity":
+            return x
+        if self.shortcut_kind == "conv":
+            return self.shortcut_act(self.shortcut_bn(self.shortcut_conv(x)))
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act1(self.bn1(self.conv1(x)))
+        y = self.res_act(self.bn2(self.conv2(h)))
+        return self.act_out(y + self.shortcut(x))
+
+
+class Stem(nn.Module):
+    """First layer: input encoder, then the first conv (float weights only for the float encoder)."""
+
+    def __init__(self, cfg: ResNetConfig):
+        super().__init__()
+        self.encoder = make_encoder(cfg.first_layer, cfg.in_channels, **cfg.first_layer_kwargs)
+        wq = default_weight_quantizer(cfg.wbits) if self.encoder.quantized else None
+        self.conv = QuantConv2d(self.encoder.out_channels, cfg.widths[0], 3, 1, 1, bias=False, weight_quantizer=wq)
+        self.bn = nn.BatchNorm2d(cfg.widths[0])
+        self.act = _activation(default_act_quantizer(cfg.abits), after_add=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(self.encoder(x))))
+
+
+class ResNet(nn.Module):
+    """A CIFAR ResNet taking uint8 images, NCHW or NHWC, and returning float logits."""
+
+    def __init__(self, cfg: ResNetConfig):
+        super().__init__()
+        cfg.validate()
+        self.config = cfg
+        self.stem = Stem(cfg)
+        stages, in_planes = [], cfg.widths[0]
+        for i, (planes, n) in enumerate(zip(cfg.widths, cfg.blocks)):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride, cfg))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        quantized_last = cfg.last_layer == "quantized"
+        self.fc = QuantLinear(
+            in_planes,
+            cfg.num_classes,
+            bias=not quantized_last,
+            weight_quantizer=default_weight_quantizer(cfg.wbits, per_channel=False) if quantized_last else None,
+        )
+        self._init_weights()
+        apply_overrides(self, cfg.overrides)
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def to_nchw(self, x: Tensor) -> Tensor:
+        """Check dtype and shape; NHWC input (last dim = channels) becomes an NCHW view."""
+        c = self.config.in_channels
+        if not isinstance(x, Tensor) or x.dtype != torch.uint8:
+            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+            raise InputError(f"models take uint8 image tensors, got {got}; pass raw pixel bytes, not normalised floats")
+        if x.dim() != 4:
+            raise InputError(f"expected a batch of images (N, H, W, {c}) or (N, {c}, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] == c:
+            return x
+        if x.shape[-1] == c:
+            return x.permute(0, 3, 1, 2)
+        raise InputError(f"this model takes {c}-channel images, got shape {tuple(x.shape)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.stages(self.stem(self.to_nchw(x)))
+        return self.fc(h.mean((2, 3)))
+
+
+_SLOTS = (nn.ReLU, nn.Identity, Quantizer)
+
+
+def apply_overrides(model: nn.Module, overrides: dict) -> None:
+    """Per-layer precision: {module-name pattern: quantizer spec or None}.
+
+    A conv or linear layer's pattern sets its weight quantizer; an activation slot's (act1,
+    res_act, ...) sets that activation (None = float). Patterns are shell-style
+    (`stages.2.*.conv1`); one that matches nothing is an error.
+    """
+    modules = dict(model.named_modules())
+    for pattern, spec in overrides.items():
+        names = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+        targets = [n for n in names if isinstance(modules[n], (QuantConv2d, QuantLinear, *_SLOTS))]
+        if not targets:
+            raise ConfigError(f"override {pattern!r} matches no quantizable layer or activation; "
+                              "see `model.named_modules()` for names")
+        for name in targets:
+            module = modules[name]
+            if isinstance(module, (QuantConv2d, QuantLinear)):
+                module.weight_quantizer = make_quantizer(spec, role="weight")
+            else:
+                parent_name, _, attr = name.rpartition(".")
+                after_add = attr != "res_act" and not attr.startswith("shortcut")
+                setattr(modules[parent_name] if parent_name else model, attr, _activation(spec, after_add))
+
+
+def _resnet(defaults: dict, kwargs: dict) -> ResNet:
+    unknown = set(kwargs) - set(ResNetConfig.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown model arguments {sorted(unknown)}; allowed: {sorted(ResNetConfig.__dataclass_fields__)}")
+    return ResNet(ResNetConfig(**{**defaults, **kwargs}))
+
+
+@register_model("resnet20")
+def resnet20(**kwargs) -> ResNet:
+    """He et al.'s CIFAR ResNet-20: 3 stages of 3 basic blocks, 16/32/64 channels, option-A shortcuts."""
+    return _resnet({"widths": (16, 32, 64), "blocks": (3, 3, 3), "shortcut": "zero-pad"}, kwargs)
+
+
+@register_model("resnet18")
+def resnet18(**kwargs) -> ResNet:
+    """The wide CIFAR ResNet-18: 4 stages of 2 blocks, 64..512 channels, 1x1 conv shortcuts."""
+    return _resnet({"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2), "shortcut": "conv"}, kwargs)
+
+
+def model_kwargs(model: ResNet) -> dict:
+    """The JSON-ready kwargs that rebuild `model` with `create_model`."""
+    cfg = asdict(model.config)
+    cfg["widths"], cfg["blocks"] = list(cfg["widths"]), list(cfg["blocks"])
+    return cfg

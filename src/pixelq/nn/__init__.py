@@ -1,0 +1,25 @@
+"""Quantized layers and first-layer input encoders, named as in torch.nn."""
+from .encoders import (
+    ENCODERS,
+    BitPlaneInput,
+    FloatInput,
+    Int8Input,
+    NaiveInput,
+    PixelEmbedding,
+    ThermometerInput,
+    make_encoder,
+)
+from .layers import QuantConv2d, QuantLinear
+
+__all__ = [
+    "ENCODERS",
+    "BitPlaneInput",
+    "FloatInput",
+    "Int8Input",
+    "NaiveInput",
+    "PixelEmbedding",
+    "QuantConv2d",
+    "QuantLinear",
+    "ThermometerInput",
+    "make_encoder",
+]

@@ -1,0 +1,169 @@
+"""First-layer input encoders: uint8 images (N, C, H, W) in, what the first conv sees out.
+
+Pixel embedding is the product's core; the others are the baselines it is compared against
+(SPEC §3). Every encoder has `out_channels` and `bits` (precision of what it emits; 32 = float).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..errors import ConfigError, InputError
+from ..quant import make_quantizer
+from ..registry import Registry
+
+ENCODERS: Registry[nn.Module] = Registry("first layer")
+
+
+def _check_uint8(x: Tensor) -> Tensor:
+    if x.dtype != torch.uint8:
+        raise InputError(f"input encoders take uint8 images, got dtype {x.dtype}; pass the raw pixel bytes")
+    return x
+
+
+@ENCODERS.register("float")
+class FloatInput(nn.Module):
+    """Usual practice: pixels as floats, normalised inside the model: (p / 255 - 0.5) / 0.25."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.out_channels, self.bits, self.quantized = in_channels, 32, False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (_check_uint8(x).float() / 255.0 - 0.5) / 0.25
+
+
+@ENCODERS.register("int8")
+class Int8Input(nn.Module):
+    """8-bit integer input: code p - 128, step 1/128, so values lie in [-1, 127/128]."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.out_channels, self.bits, self.quantized = in_channels, 8, True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (_check_uint8(x).float() - 128.0) / 128.0
+
+
+@ENCODERS.register("naive")
+class NaiveInput(nn.Module):
+    """Naive k-bit input: code = round(p (2^k - 1) / 255), computed in integers (ties round up)."""
+
+    def __init__(self, in_channels: int, bits: int = 2):
+        super().__init__()
+        if not 1 <= bits <= 8:
+            raise ConfigError(f"naive input: bits must be in [1, 8], got {bits}")
+        self.out_channels, self.bits, self.quantized = in_channels, bits, True
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = 2**self.bits - 1
+        codes = torch.div(_check_uint8(x).to(torch.int32) * (2 * n) + 255, 510, rounding_mode="floor")
+        return codes.float() / n
+
+
+@ENCODERS.register("thermometer")
+class ThermometerInput(nn.Module):
+    """Fixed (untrained) thermometer code: d binary channels per colour, channel j = [p >= t_j],
+    thresholds t_j = round(256 (j + 1) / (d + 1)) evenly spaced over the pixel range."""
+
+    def __init__(self, in_channels: int, d: int = 10):
+        super().__init__()
+        if d < 1:
+            raise ConfigError(f"thermometer: d must be >= 1, got {d}")
+        self.d, self.out_channels, self.bits, self.quantized = d, in_channels * d, 1, True
+        thresholds = torch.round(256.0 * torch.arange(1, d + 1) / (d + 1)).to(torch.int32)
+        self.register_buffer("thresholds", thresholds, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _check_uint8(x).to(torch.int32)
+        planes = (x.unsqueeze(2) >= self.thresholds.view(1, 1, -1, 1, 1)).float()
+        return planes.flatten(1, 2)
+
+
+@ENCODERS.register("bitplane")
+class BitPlaneInput(nn.Module):
+    """Bit-plane encoding (Vorabbi et al. 2023): the 8 bit-planes of each colour as binary inputs,
+    each plane weighted by a trainable scalar initialised at 2^i / 255 before the first conv fuses
+    them. Channel order is colour-major: channel 8c + i is bit i of colour c."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        self.out_channels, self.bits, self.quantized = in_channels * 8, 1, True
+        self.register_buffer("shifts", torch.arange(8, dtype=torch.int32), persistent=False)
+        self.plane_weight = nn.Parameter(2.0 ** torch.arange(8.0) / 255.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _check_uint8(x).to(torch.int32).unsqueeze(2)
+        planes = ((x >> self.shifts.view(1, 1, -1, 1, 1)) & 1).float()
+        return (planes * self.plane_weight.view(1, 1, -1, 1, 1)).flatten(1, 2)
+
+
+_EMBEDDING_INITS = ("thermometer", "uniform", "linear")
+
+
+@ENCODERS.register("pixel-embedding")
+class PixelEmbedding(nn.Module):
+    """Pixel embedding (Tokunaga et al. 2024): pixel value p of each colour looks up a trainable
+    d-vector E[p] (one table shared by all colours, or one per colour), quantized to `bits` bits.
+
+    Output channel c*d + j is dimension j of colour c. The table is quantized before the lookup,
+    which gives the same values and the same straight-through gradient as quantizing after it,
+    at 256 rows' cost instead of every pixel's. Rows not looked up get no gradient.
+    Initialisations: "thermometer" (ramp j of E[p] rises from 0 to max over the j-th of d equal
+    parts of 0..255), "uniform" (U(0, max)), "linear" (every dimension = p / 255 * max).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        d: int = 10,
+        bits: int = 2,
+        shared: bool = True,
+        init: str = "thermometer",
+        max_value: float = 2.0,
+    ):
+        super().__init__()
+        if d < 1:
+            raise ConfigError(f"pixel embedding: d must be >= 1, got {d}")
+        if init not in _EMBEDDING_INITS:
+            raise ConfigError(f"pixel embedding: unknown init {init!r}; choose one of {', '.join(_EMBEDDING_INITS)}")
+        self.in_channels, self.d, self.shared, self.init = in_channels, d, shared, init
+        self.out_channels, self.bits, self.quantized = in_channels * d, bits, True
+        self.quantizer = make_quantizer(f"mid_tread:{bits}:{max_value}", role="activation")
+        tables = 1 if shared else in_channels
+        self.table = nn.Parameter(self._initial_table(tables, d, init, max_value))
+
+    @staticmethod
+    def _initial_table(tables: int, d: int, init: str, max_value: float) -> Tensor:
+        p = torch.arange(256.0).view(256, 1)
+        if init == "thermometer":
+            table = ((p / 255.0) * d - torch.arange(d).view(1, d)).clamp(0, 1) * max_value
+        elif init == "linear":
+            table = (p / 255.0 * max_value).expand(256, d)
+        else:
+            table = torch.rand(256, d) * max_value
+        return table.unsqueeze(0).repeat(tables, 1, 1).contiguous()
+
+    def quantized_table(self) -> Tensor:
+        """The (tables, 256, d) table after quantization, as the first conv sees it."""
+        return self.quantizer(self.table)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = _check_uint8(x)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"pixel embedding expects (N, {self.in_channels}, H, W) uint8, got {tuple(x.shape)}")
+        idx = x.long()
+        table = self.quantized_table()
+        if not self.shared:
+            idx = idx + 256 * torch.arange(self.in_channels, device=x.device).view(1, -1, 1, 1)
+        vectors = F.embedding(idx, table.reshape(-1, self.d))  # (N, C, H, W, d)
+        return vectors.permute(0, 1, 4, 2, 3).flatten(1, 2)
+
+    def extra_repr(self) -> str:
+        return f"in_channels={self.in_channels}, d={self.d}, bits={self.bits}, shared={self.shared}, init={self.init!r}"
+
+
+def make_encoder(name: str, in_channels: int, **kwargs) -> nn.Module:
+    """Build the first-layer encoder `name` for images with `in_channels` colours."""
+    return ENCODERS.get(name)(in_channels, **kwargs)

@@ -1,0 +1,24 @@
+"""Quantizers: weight and activation quantizers with straight-through gradients."""
+from .quantizers import (
+    LSQ,
+    PACT,
+    QUANTIZERS,
+    BinaryWeight,
+    DoReFaWeight,
+    MidTreadHalf,
+    Quantizer,
+    TernaryWeight,
+    make_quantizer,
+)
+
+__all__ = [
+    "LSQ",
+    "PACT",
+    "QUANTIZERS",
+    "BinaryWeight",
+    "DoReFaWeight",
+    "MidTreadHalf",
+    "Quantizer",
+    "TernaryWeight",
+    "make_quantizer",
+]

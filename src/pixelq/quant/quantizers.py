@@ -1,0 +1,197 @@
+"""Quantizer modules. Each carries `bits` and `signed`, which summaries and export read.
+
+A quantizer maps a float tensor to its fake-quantized value; the formulas and gradients live in
+`pixelq.quant.ste`. Weight quantizers act on a layer's weight, activation quantizers on a layer's
+input; `make_quantizer("lsq:2", role="activation")` builds one from a short name.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..registry import Registry
+from . import ste
+
+QUANTIZERS: Registry[nn.Module] = Registry("quantizer")
+
+
+def _check_bits(name: str, bits: int, low: int = 1, high: int = 8) -> int:
+    if not isinstance(bits, int) or not low <= bits <= high:
+        raise ConfigError(f"{name}: bits must be an integer in [{low}, {high}], got {bits!r}")
+    return bits
+
+
+class Quantizer(nn.Module):
+    """Base class: `bits` (precision of the codes) and `signed` (codes below zero or not)."""
+
+    bits: int
+    signed: bool
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, signed={self.signed}"
+
+
+@QUANTIZERS.register("binary")
+class BinaryWeight(Quantizer):
+    """w -> mean|w| * sign(w), one scale per tensor or per output channel (XNOR-Net, Blueoil)."""
+
+    def __init__(self, per_channel: bool = False):
+        super().__init__()
+        self.bits, self.signed, self.per_channel = 1, True, per_channel
+
+    def forward(self, w: Tensor) -> Tensor:
+        return ste.binary_mean_scaling(w, self.per_channel)
+
+    def extra_repr(self) -> str:
+        return f"per_channel={self.per_channel}"
+
+
+@QUANTIZERS.register("ternary")
+class TernaryWeight(Quantizer):
+    """Ternary weight networks (Li et al. 2016): threshold 0.7 * mean|w|, scale = mean kept |w|."""
+
+    def __init__(self, per_channel: bool = False, threshold_factor: float = 0.7):
+        super().__init__()
+        self.bits, self.signed = 2, True
+        self.per_channel, self.threshold_factor = per_channel, threshold_factor
+
+    def forward(self, w: Tensor) -> Tensor:
+        return ste.ternary_twn(w, self.per_channel, self.threshold_factor)
+
+    def extra_repr(self) -> str:
+        return f"per_channel={self.per_channel}, threshold_factor={self.threshold_factor}"
+
+
+@QUANTIZERS.register("dorefa")
+class DoReFaWeight(Quantizer):
+    """DoReFa-Net k-bit weights: w_t = tanh(w) / (2 max|tanh w|) + 1/2, y = 2 round_k(w_t) - 1,
+    with round_k(v) = round(v (2^k - 1)) / (2^k - 1). For k = 1 it is sign(w) * mean|w|."""
+
+    def __init__(self, bits: int = 2):
+        super().__init__()
+        self.bits, self.signed = _check_bits("dorefa", bits), True
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.bits == 1:
+            return ste.binary_mean_scaling(w)
+        t = torch.tanh(w)
+        t = t / (2 * t.abs().max().detach().clamp_min(1e-12)) + 0.5
+        n = 2**self.bits - 1
+        return 2 * ste.round_ste(t * n) / n - 1
+
+
+@QUANTIZERS.register("lsq")
+class LSQ(Quantizer):
+    """Learned step size quantization (Esser et al. 2020) for weights (signed) or activations.
+
+    Signed codes lie in [-2^(b-1), 2^(b-1) - 1], unsigned in [0, 2^b - 1]. The step starts at
+    2 mean|x| / sqrt(Qp) on the first training batch.
+    """
+
+    def __init__(self, bits: int = 2, signed: bool = True):
+        super().__init__()
+        self.bits, self.signed = _check_bits("lsq", bits, 2 if signed else 1), signed
+        self.q_neg = 2 ** (bits - 1) if signed else 0
+        self.q_pos = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        self.step = nn.Parameter(torch.ones(1))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and not self.initialized:
+            with torch.no_grad():
+                self.step.copy_(2 * x.abs().mean().clamp_min(1e-8) / math.sqrt(self.q_pos))
+                self.initialized.fill_(True)
+        grad_scale = 1.0 / math.sqrt(x.numel() * self.q_pos)
+        return ste.lsq(x, self.step, self.q_neg, self.q_pos, grad_scale)
+
+
+@QUANTIZERS.register("pact")
+class PACT(Quantizer):
+    """PACT (Choi et al. 2018): unsigned k-bit activations with a learned clipping level alpha."""
+
+    def __init__(self, bits: int = 2, alpha: float = 2.0):
+        super().__init__()
+        self.bits, self.signed = _check_bits("pact", bits), False
+        self.alpha = nn.Parameter(torch.tensor([float(alpha)]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ste.pact(x, self.alpha, self.bits)
+
+
+@QUANTIZERS.register("mid_tread")
+class MidTreadHalf(Quantizer):
+    """Blueoil's `linear_mid_tread_half`: clip to [0, max], 2^k - 1 equal steps."""
+
+    def __init__(self, bits: int = 2, max_value: float = 2.0):
+        super().__init__()
+        if not max_value > 0:
+            raise ConfigError(f"mid_tread: max_value must be positive, got {max_value!r}")
+        self.bits, self.signed, self.max_value = _check_bits("mid_tread", bits), False, float(max_value)
+
+    @property
+    def step(self) -> float:
+        return self.max_value / (2**self.bits - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ste.linear_mid_tread_half(x, self.bits, self.max_value)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, max_value={self.max_value}"
+
+
+_SPEC_HELP = (
+    "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'dorefa:4', "
+    "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5'"
+)
+
+
+def _parse_args(spec: str, args: list[str]) -> dict:
+    kwargs: dict = {}
+    for arg in args:
+        if arg in ("channel", "tensor"):
+            kwargs["per_channel"] = arg == "channel"
+        elif arg in ("signed", "unsigned"):
+            kwargs["signed"] = arg == "signed"
+        elif arg.isdigit():
+            kwargs["bits"] = int(arg)
+        else:
+            try:
+                kwargs["range"] = float(arg)
+            except ValueError:
+                raise ConfigError(f"cannot read argument {arg!r} of quantizer {spec!r}; {_SPEC_HELP}") from None
+    return kwargs
+
+
+_RANGE_PARAM = {"mid_tread": "max_value", "pact": "alpha"}
+
+
+def make_quantizer(spec: "str | nn.Module | None", role: str = "weight") -> "nn.Module | None":
+    """Build a quantizer from a spec string, pass a module through, or return None (identity).
+
+    `role` is "weight" or "activation"; it sets the default sign of LSQ (signed weights,
+    unsigned activations, as after a ReLU).
+    """
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    if not isinstance(spec, str):
+        raise ConfigError(f"a quantizer must be a spec string, a module or None, got {type(spec).__name__}")
+    if role not in ("weight", "activation"):
+        raise ConfigError(f"role must be 'weight' or 'activation', got {role!r}")
+    name, *args = spec.split(":")
+    factory = QUANTIZERS.get(name)
+    kwargs = _parse_args(spec, args)
+    if "range" in kwargs:
+        if name not in _RANGE_PARAM:
+            raise ConfigError(f"quantizer {name!r} takes no range argument ({spec!r}); {_SPEC_HELP}")
+        kwargs[_RANGE_PARAM[name]] = kwargs.pop("range")
+    if name == "lsq":
+        kwargs.setdefault("signed", role == "weight")
+    accepted = inspect.signature(factory).parameters
+    for key in kwargs:
+        if key not in accepted:
+            raise ConfigError(f"quantizer {name!r} does not take {key!r} ({spec!r}); {_SPEC_HELP}")
+    return factory(**kwargs)

@@ -1,0 +1,146 @@
+"""Straight-through estimators: each forward beside its backward, behind a plain function.
+
+Every function here takes float tensors and returns the fake-quantized value (codes times step);
+the backward is the estimator named in the docstring, not the (zero almost everywhere) true gradient.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class _RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """y = round(x) (ties to even); dy/dx = 1."""
+    return _RoundSTE.apply(x)
+
+
+def _mean_abs(w: Tensor, per_channel: bool) -> Tensor:
+    if per_channel:
+        return w.abs().flatten(1).mean(1).view(-1, *([1] * (w.dim() - 1)))
+    return w.abs().mean()
+
+
+class _BinaryMeanScaling(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, per_channel):
+        sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+        return sign * _mean_abs(w, per_channel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def binary_mean_scaling(w: Tensor, per_channel: bool = False) -> Tensor:
+    """y = alpha * sign(w), alpha = mean|w| (per output channel if asked), sign(0) = +1; dy/dw = 1.
+
+    XNOR-Net's binary weights with Blueoil's identity straight-through gradient.
+    """
+    return _BinaryMeanScaling.apply(w, per_channel)
+
+
+class _TernaryTWN(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, per_channel, threshold_factor):
+        delta = threshold_factor * _mean_abs(w, per_channel)
+        mask = (w.abs() > delta).to(w.dtype)
+        kept = (w.abs() * mask)
+        if per_channel:
+            dims = tuple(range(1, w.dim()))
+            alpha = kept.sum(dims, keepdim=True) / mask.sum(dims, keepdim=True).clamp_min(1)
+        else:
+            alpha = kept.sum() / mask.sum().clamp_min(1)
+        return torch.sign(w) * mask * alpha
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+def ternary_twn(w: Tensor, per_channel: bool = False, threshold_factor: float = 0.7) -> Tensor:
+    """Ternary weight networks: delta = 0.7 * mean|w|, y = alpha * sign(w) * [|w| > delta],
+    alpha = mean of |w| over the kept weights; dy/dw = 1."""
+    return _TernaryTWN.apply(w, per_channel, threshold_factor)
+
+
+class _MidTreadHalf(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, bits, max_value):
+        ctx.save_for_backward(x)
+        ctx.max_value = max_value
+        n = 2**bits - 1
+        return torch.round(x.clamp(0.0, max_value) * (n / max_value)) * (max_value / n)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        inside = (x > 0) & (x < ctx.max_value)
+        return grad * inside.to(grad.dtype), None, None
+
+
+def linear_mid_tread_half(x: Tensor, bits: int, max_value: float) -> Tensor:
+    """Blueoil's activation: y = round(clip(x, 0, m) * n / m) * m / n with n = 2^bits - 1;
+    dy/dx = 1 for 0 < x < m, else 0."""
+    return _MidTreadHalf.apply(x, bits, max_value)
+
+
+class _PACT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, bits):
+        ctx.save_for_backward(x, alpha)
+        n = 2**bits - 1
+        y = torch.minimum(x.clamp_min(0.0), alpha)
+        return torch.round(y * n / alpha) * alpha / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, alpha = ctx.saved_tensors
+        inside = (x >= 0) & (x < alpha)
+        grad_x = grad * inside.to(grad.dtype)
+        grad_alpha = (grad * (x >= alpha).to(grad.dtype)).sum().reshape(alpha.shape)
+        return grad_x, grad_alpha, None
+
+
+def pact(x: Tensor, alpha: Tensor, bits: int) -> Tensor:
+    """PACT: y = round(clip(x, 0, alpha) * n / alpha) * alpha / n, n = 2^bits - 1;
+    dy/dx = [0 <= x < alpha], dy/dalpha = [x >= alpha]."""
+    return _PACT.apply(x, alpha, bits)
+
+
+class _LSQ(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, step, q_neg, q_pos, grad_scale):
+        v = x / step
+        ctx.save_for_backward(v)
+        ctx.q_neg, ctx.q_pos, ctx.grad_scale = q_neg, q_pos, grad_scale
+        ctx.step_shape = step.shape
+        return torch.round(v.clamp(-q_neg, q_pos)) * step
+
+    @staticmethod
+    def backward(ctx, grad):
+        (v,) = ctx.saved_tensors
+        below, above = v < -ctx.q_neg, v > ctx.q_pos
+        inside = ~(below | above)
+        grad_x = grad * inside.to(grad.dtype)
+        d_step = torch.where(below, -float(ctx.q_neg), torch.where(above, float(ctx.q_pos), torch.round(v) - v))
+        grad_step = (grad * d_step).sum().reshape(ctx.step_shape) * ctx.grad_scale
+        return grad_x, grad_step, None, None, None
+
+
+def lsq(x: Tensor, step: Tensor, q_neg: int, q_pos: int, grad_scale: float) -> Tensor:
+    """Learned step size: y = round(clip(x / s, -Qn, Qp)) * s.
+
+    dy/dx = [-Qn <= x/s <= Qp]; dy/ds = round(x/s) - x/s inside, -Qn below, Qp above,
+    times the gradient scale g = 1 / sqrt(numel * Qp) of Esser et al. 2020.
+    """
+    return _LSQ.apply(x, step, q_neg, q_pos, grad_scale)

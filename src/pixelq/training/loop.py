@@ -1,0 +1,219 @@
+"""`train(config)`: the training loop, top to bottom. `evaluate(model, images, labels)`."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ..data import DataSplits, batches, load_dataset
+from ..errors import CheckpointError, ConfigError
+from ..models import create_model, model_kwargs, model_size_bytes
+from ..nn import PixelEmbedding
+from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+
+SCHEDULES = ("cosine", "step")
+OPTIMIZERS = ("sgd", "adam")
+STEP_MILESTONES = (0.5, 0.75, 0.9)  # fractions of training at which the step schedule divides lr by 10
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet20"
+    first_layer: str = "float"
+    first_layer_kwargs: dict = field(default_factory=dict)
+    wbits: int = 32
+    abits: int = 32
+    last_layer: str = "float"
+    overrides: dict = field(default_factory=dict)
+    data: "str | None" = None
+    out: str = "runs/train"
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    seed: int = 0
+    train_subset: "int | None" = None
+    test_subset: "int | None" = None
+    augment: bool = True
+    threads: "int | None" = None
+    device: str = "auto"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+
+    def model_arguments(self) -> dict:
+        return {
+            "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
+            "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
+        }
+
+
+# Fields that may differ between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out"}
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """lr at optimizer step `step`: linear warm-up, then cosine to 0 or /10 at STEP_MILESTONES."""
+    warmup = int(cfg.warmup_epochs * total_steps / cfg.epochs)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total_steps - warmup)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    return cfg.lr * 0.1 ** sum(t >= m for m in STEP_MILESTONES)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but this torch sees no CUDA device")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights and the embedding table; none on BN, biases, scales."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            is_weight = isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight"
+            (decay if is_weight or isinstance(module, PixelEmbedding) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cpu") -> dict:
+    """top1 / top5 accuracy in percent (top-k with k capped at the class count), mean loss, n."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum = 0.0
+    for x, y in batches(images, labels, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(1).sum().item()
+    n = len(labels)
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    now = asdict(cfg)
+    changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        raise CheckpointError(f"{path}: cannot resume with a different configuration ({diffs}); "
+                              "use a new --out folder or the original settings")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = None) -> dict:
+    """Train `cfg.model` on `cfg.data` (embedded subset if None), writing into `cfg.out`:
+    metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), metrics.json (at the end).
+    With `resume`, continue from checkpoint.pt to the same result as an uninterrupted run."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+
+    data = data if data is not None else load_dataset(cfg.data)
+    train_set = data.train.subset(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else data.train
+    test_set = data.test.subset(cfg.test_subset, seed=cfg.seed) if cfg.test_subset else data.test
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, in_channels=data.channels, num_classes=len(data.classes), **cfg.model_arguments())
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    start_epoch, history = 0, []
+    if resume and ckpt_path.is_file():
+        saved = read_checkpoint(ckpt_path)
+        _check_resumable(saved["config"], cfg, ckpt_path)
+        model.load_state_dict(model_from_checkpoint(saved, str(ckpt_path)).state_dict())
+        optimizer.load_state_dict(saved["optimizer"])
+        start_epoch, history = saved["epoch"], saved["history"]
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        seen = correct = 0
+        loss_sum, train_time = 0.0, 0.0
+        bar = tqdm(batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                           generator=gen), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress, leave=False)
+        for i, (x, y) in enumerate(bar):
+            t0 = time.perf_counter()
+            lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            train_time += time.perf_counter() - t0
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                            img_s=f"{seen / train_time:.0f}")
+        bar.close()
+        test = evaluate(model, test_set.images, test_set.labels, device=device)
+        record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
+                  "train_images_per_s": seen / train_time, "test_top1": test["top1"], "test_top5": test["top5"],
+                  "test_loss": test["loss"]}
+        history.append(record)
+        save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
+                        optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
+                        classes=data.classes)
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        if cfg.progress:
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
+                       f"train {record['train_top1']:.1f}%  test top1 {test['top1']:.2f}%  "
+                       f"{record['train_images_per_s']:.0f} img/s")
+
+    final = evaluate(model, test_set.images, test_set.labels, device=device)
+    metrics = {
+        "top1": final["top1"], "top5": final["top5"], "n": final["n"], "epochs": cfg.epochs,
+        "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
+        "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
+        "classes": data.classes, "train_size": len(train_set), "config": asdict(cfg),
+        "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
+    }
+    _write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def config_fields() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]

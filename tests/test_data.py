@@ -1,0 +1,284 @@
+"""Readers for every layout, the decode cache, uint8 augmentation, and bad input."""
+import gzip
+import io
+import pickle
+import struct
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from pixelq import DataError, InputError, load_dataset
+from pixelq.data import ImageSet, batches, detect_layout, embedded_data_path, random_crop_flip
+
+CLASSES = ["cat", "dog"]
+
+
+def write_image_folders(root, n=3, size=(6, 5), mode="RGB", suffix=".png"):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "test"):
+        for cls in CLASSES:
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+                a = rng.integers(0, 256, shape, dtype=np.uint8)
+                Image.fromarray(a, mode).save(root / split / cls / f"{i:03d}{suffix}")
+                arrays[split, cls, i] = a
+    return arrays
+
+
+def test_image_folders_decode_exactly(tmp_path):
+    arrays = write_image_folders(tmp_path / "ds")
+    d = load_dataset(tmp_path / "ds")
+    assert d.classes == CLASSES
+    assert d.train.images.shape == (6, 5, 6, 3) and d.train.images.dtype == np.uint8
+    assert d.train.labels.dtype == np.int64 and d.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert np.array_equal(d.train.images[4], arrays["train", "dog", 1])
+
+
+def test_grayscale_folders_give_one_channel(tmp_path):
+    write_image_folders(tmp_path / "ds", mode="L")
+    assert load_dataset(tmp_path / "ds").train.images.shape == (6, 5, 6, 1)
+
+
+def test_image_folders_under_one_top_folder(tmp_path):
+    write_image_folders(tmp_path / "outer" / "inner")
+    assert detect_layout(tmp_path / "outer")[0] == "image-folders"
+    assert len(load_dataset(tmp_path / "outer").test) == 6
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w"])
+def test_tar_of_image_folders_equals_folders(tmp_path, mode):
+    write_image_folders(tmp_path / "ds")
+    archive = tmp_path / ("ds.tar.gz" if mode == "w:gz" else "ds.tar")
+    with tarfile.open(archive, mode) as tar:
+        tar.add(tmp_path / "ds", arcname="ds")
+    a, b = load_dataset(tmp_path / "ds"), load_dataset(archive)
+    assert np.array_equal(a.train.images, b.train.images) and np.array_equal(a.test.labels, b.test.labels)
+
+
+def write_cifar(root, kind):
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    batches_ = {}
+
+    def dump(name, obj):
+        with open(root / name, "wb") as f:
+            pickle.dump(obj, f)
+
+    def batch(n, key, classes):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        return {"data": data, key: rng.integers(0, classes, n).tolist()}
+
+    if kind == "cifar10":
+        dump("batches.meta", {"label_names": [f"n{i}" for i in range(10)]})
+        for i in range(1, 6):
+            batches_[f"data_batch_{i}"] = batch(4, "labels", 10)
+            dump(f"data_batch_{i}", batches_[f"data_batch_{i}"])
+        batches_["test_batch"] = batch(3, "labels", 10)
+        dump("test_batch", batches_["test_batch"])
+    else:
+        dump("meta", {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": []})
+        for name, n in (("train", 5), ("test", 3)):
+            batches_[name] = batch(n, "fine_labels", 100)
+            batches_[name]["coarse_labels"] = [0] * n
+            dump(name, batches_[name])
+    return batches_
+
+
+def test_cifar10_python_format(tmp_path):
+    raw = write_cifar(tmp_path / "cifar-10-batches-py", "cifar10")
+    d = load_dataset(tmp_path)  # the folder holding cifar-10-batches-py also works
+    assert d.train.images.shape == (20, 32, 32, 3) and len(d.classes) == 10
+    first = raw["data_batch_1"]["data"][0].reshape(3, 32, 32).transpose(1, 2, 0)
+    assert np.array_equal(d.train.images[0], first)
+    assert d.test.labels.tolist() == raw["test_batch"]["labels"]
+
+
+def test_cifar100_python_format_uses_fine_labels(tmp_path):
+    raw = write_cifar(tmp_path / "cifar-100-python", "cifar100")
+    d = load_dataset(tmp_path / "cifar-100-python")
+    assert len(d.classes) == 100 and d.train.labels.tolist() == raw["train"]["fine_labels"]
+
+
+def write_idx(path, array, gz=True):
+    header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    (gzip.open if gz else open)(path, "wb").write(data)
+
+
+def write_mnist(root, gz=True, n_train_labels=6):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(2)
+    sfx = ".gz" if gz else ""
+    imgs = rng.integers(0, 256, (6, 28, 28))
+    write_idx(root / f"train-images-idx3-ubyte{sfx}", imgs, gz)
+    write_idx(root / f"train-labels-idx1-ubyte{sfx}", np.arange(n_train_labels) % 10, gz)
+    write_idx(root / f"t10k-images-idx3-ubyte{sfx}", rng.integers(0, 256, (4, 28, 28)), gz)
+    write_idx(root / f"t10k-labels-idx1-ubyte{sfx}", np.arange(4), gz)
+    return imgs
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files(tmp_path, gz):
+    imgs = write_mnist(tmp_path / "mnist", gz)
+    d = load_dataset(tmp_path / "mnist")
+    assert d.train.images.shape == (6, 28, 28, 1) and np.array_equal(d.train.images[..., 0], imgs)
+    assert d.classes == [str(i) for i in range(6)]
+
+
+def test_embedded_subset_is_stratified_cifar10():
+    d = load_dataset(embedded_data_path())
+    assert d.train.images.shape == (5000, 32, 32, 3) and d.test.images.shape == (1000, 32, 32, 3)
+    assert np.bincount(d.train.labels).tolist() == [500] * 10
+    assert d.classes[0] == "airplane" and d.classes[-1] == "truck"
+    assert 100 < d.train.images.mean() < 140
+
+
+def test_cache_is_used_and_notices_a_changed_source(tmp_path):
+    write_image_folders(tmp_path / "ds")
+    cache = tmp_path / "cache"
+    first = load_dataset(tmp_path / "ds", cache_dir=cache)
+    assert len(list(cache.glob("*.npz"))) == 1
+    assert np.array_equal(load_dataset(tmp_path / "ds", cache_dir=cache).train.images, first.train.images)
+    changed = np.full((5, 6, 3), 7, dtype=np.uint8)
+    Image.fromarray(changed).save(tmp_path / "ds" / "train" / "cat" / "000.png")
+    again = load_dataset(tmp_path / "ds", cache_dir=cache)
+    assert np.array_equal(again.train.images[0], changed)
+    assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_corrupt_cache_is_decoded_again(tmp_path):
+    write_image_folders(tmp_path / "ds")
+    cache = tmp_path / "cache"
+    good = load_dataset(tmp_path / "ds", cache_dir=cache)
+    next(cache.glob("*.npz")).write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable cache"):
+        again = load_dataset(tmp_path / "ds", cache_dir=cache)
+    assert np.array_equal(again.train.images, good.train.images)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_dataset(tmp_path / "nowhere")
+
+
+def test_unknown_layout(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "readme.txt").write_text("hi")
+    with pytest.raises(DataError, match="unknown layout"):
+        load_dataset(tmp_path / "x")
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_image_folders(tmp_path / "ds")
+    bad = tmp_path / "ds" / "test" / "dog" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:40])
+    with pytest.raises(DataError, match="001.png"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_images_of_different_sizes(tmp_path):
+    write_image_folders(tmp_path / "ds")
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(tmp_path / "ds" / "train" / "dog" / "002.png")
+    with pytest.raises(DataError, match="002.png.*differs"):
+        load_dataset(tmp_path / "ds")
+
+
+def test_truncated_archive(tmp_path):
+    write_image_folders(tmp_path / "ds")
+    archive = tmp_path / "ds.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "ds", arcname="ds")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_dataset(archive)
+
+
+def test_corrupt_pickle(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py", "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04not a pickle")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_dataset(tmp_path)
+
+
+def test_missing_cifar_batch(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py", "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch: missing"):
+        load_dataset(tmp_path)
+
+
+def test_mismatched_idx_labels(tmp_path):
+    write_mnist(tmp_path / "mnist", n_train_labels=5)
+    with pytest.raises(DataError, match="must match"):
+        load_dataset(tmp_path / "mnist")
+
+
+def test_truncated_idx(tmp_path):
+    write_mnist(tmp_path / "mnist", gz=False)
+    f = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(DataError, match="t10k-images"):
+        load_dataset(tmp_path / "mnist")
+
+
+def test_image_set_checks_labels():
+    with pytest.raises(DataError, match="labels"):
+        ImageSet(np.zeros((3, 2, 2, 1), np.uint8), np.zeros(2, np.int64), ["a"])
+    with pytest.raises(DataError, match="labels must lie"):
+        ImageSet(np.zeros((2, 2, 2, 1), np.uint8), np.array([0, 3]), ["a", "b"])
+    with pytest.raises(DataError, match="uint8"):
+        ImageSet(np.zeros((2, 2, 2, 1), np.float32), np.zeros(2, np.int64), ["a"])
+
+
+# --- augmentation --------------------------------------------------------------------------
+
+def crop_flip_reference(image, oy, ox, flip, pad):
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    h, w = image.shape[:2]
+    out = padded[oy:oy + h, ox:ox + w]
+    return out[:, ::-1] if flip else out
+
+
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(1, 9), st.integers(1, 4), st.integers(0, 4), st.integers(0, 999))
+@settings(max_examples=40, deadline=None)
+def test_random_crop_flip_matches_reference(n, h, w, c, pad, seed):
+    images = torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    out = random_crop_flip(images, pad=pad, generator=torch.Generator().manual_seed(seed))
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    # replay the same random draws to get each image's offsets and coin
+    g = torch.Generator().manual_seed(seed)
+    oy = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (n, 1), generator=g)
+    flips = torch.rand(n, 1, generator=g) < 0.5
+    for i in range(n):
+        ref = crop_flip_reference(images[i].numpy(), int(oy[i]), int(ox[i]), bool(flips[i]), pad)
+        assert np.array_equal(out[i].numpy(), ref)
+
+
+def test_augmentation_flips_and_shifts_some_images():
+    images = torch.arange(16 * 8 * 8 * 3).remainder(251).to(torch.uint8).view(16, 8, 8, 3)
+    out = random_crop_flip(images, generator=torch.Generator().manual_seed(0))
+    changed = [not torch.equal(a, b) for a, b in zip(out, images)]
+    assert 0 < sum(changed) <= 16
+
+
+def test_augmentation_rejects_float():
+    with pytest.raises(InputError):
+        random_crop_flip(torch.rand(2, 4, 4, 3))
+
+
+def test_batches_cover_every_image_once():
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(2, 1).repeat(2, 2)
+    seen = torch.cat([x[:, 0, 0, 0] for x, _ in batches(images, np.arange(10), 3, shuffle=True,
+                                                          generator=torch.Generator().manual_seed(1))])
+    assert sorted(seen.tolist()) == list(range(10))

@@ -1,0 +1,111 @@
+"""Models: the registry, shapes, layouts, gradients, precision overrides."""
+import pytest
+import torch
+
+from pixelq import ConfigError, InputError, create_model, list_models
+from pixelq.models import layer_bits, model_size_bytes
+from pixelq.nn import ENCODERS, QuantConv2d
+from pixelq.quant import MidTreadHalf
+
+SMALL = {"resnet20": {}, "resnet18": {}}
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("channels, size, classes", [(3, 16, 10), (1, 12, 4), (4, 9, 7)])
+def test_shapes_any_channels_and_size(name, channels, size, classes):
+    model = create_model(name, in_channels=channels, num_classes=classes, first_layer="pixel-embedding", wbits=1,
+                         abits=2, last_layer="quantized")
+    x = torch.randint(0, 256, (2, size, size, channels), dtype=torch.uint8)
+    assert model(x).shape == (2, classes)
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("first_layer", ENCODERS.names())
+def test_every_parameter_gets_a_gradient(name, first_layer):
+    model = create_model(name, first_layer=first_layer, wbits=1, abits=2, last_layer="quantized")
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing
+
+
+def test_nhwc_and_nchw_give_the_same_logits():
+    model = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2).eval()
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(model(x), model(x.permute(0, 2, 3, 1).contiguous()))
+
+
+def test_float_model_is_a_plain_resnet():
+    model = create_model("resnet20")
+    assert not any(getattr(m, "weight_quantizer", None) for m in model.modules())
+    assert not any(isinstance(m, MidTreadHalf) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(0.27e6, rel=0.02)
+
+
+def test_quantized_activations_are_codes_on_the_grid():
+    """Every activation a conv sees, and the residual sum, is an integer multiple of the step."""
+    model = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized").eval()
+    seen = []
+    for m in model.modules():
+        if isinstance(m, QuantConv2d):
+            m.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0]))
+    model(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    assert len(seen) == 19
+    for x in seen:
+        codes = x / (2 / 3)
+        assert torch.allclose(codes, codes.round(), atol=1e-5) and codes.min() >= 0 and codes.max() <= 3 + 1e-5
+
+
+def test_first_and_last_layer_choices():
+    float_first = create_model("resnet20", first_layer="float", wbits=1, abits=2)
+    assert float_first.stem.conv.weight_quantizer is None
+    assert float_first.fc.weight_quantizer is None and float_first.fc.bias is not None
+    full = create_model("resnet20", first_layer="int8", wbits=1, abits=2, last_layer="quantized")
+    assert full.stem.conv.weight_quantizer.bits == 1
+    assert full.fc.bias is None and not full.fc.weight_quantizer.per_channel
+
+
+def test_overrides_set_mixed_precision():
+    model = create_model("resnet20", wbits=1, abits=2, overrides={
+        "stages.2.*.conv1": "dorefa:4", "stages.0.0.act1": "mid_tread:4", "stages.0.1.act1": None})
+    assert all(model.stages[2][i].conv1.weight_quantizer.bits == 4 for i in range(3))
+    assert model.stages[2][0].conv2.weight_quantizer.bits == 1
+    assert model.stages[0][0].act1.bits == 4
+    assert isinstance(model.stages[0][1].act1, torch.nn.ReLU)
+    rows = {r["name"]: r["bits"] for r in layer_bits(model)}
+    assert rows["stages.2.0.conv1.weight"] == 4 and rows["stages.0.0.conv2.weight"] == 1
+
+
+def test_model_size_counts_bits():
+    float_model = create_model("resnet20")
+    binary = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized")
+    assert model_size_bytes(float_model) == 4 * sum(p.numel() for p in float_model.parameters())
+    assert model_size_bytes(binary) < model_size_bytes(float_model) / 20
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"wbits": 9}, "wbits must be"),
+    ({"abits": 0}, "abits must be"),
+    ({"last_layer": "int"}, "last_layer must be"),
+    ({"first_layer": "fp16"}, "unknown first layer 'fp16'"),
+    ({"overrides": {"no.such.layer": "binary"}}, "matches no quantizable layer"),
+    ({"depth": 3}, "unknown model arguments"),
+])
+def test_bad_model_arguments(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("resnet20", **kwargs)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ConfigError, match="resnet20"):
+        create_model("resnet21")
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.rand(1, 3, 8, 8), "uint8"),
+    (torch.zeros(3, 8, 8, dtype=torch.uint8), "batch of images"),
+    (torch.zeros(1, 8, 8, 5, dtype=torch.uint8), "3-channel"),
+])
+def test_models_reject_bad_input(x, message):
+    with pytest.raises(InputError, match=message):
+        create_model("resnet20")(x)

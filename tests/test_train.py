@@ -1,0 +1,184 @@
+"""Training loop, checkpoints, resume, evaluation and the command line."""
+import json
+import math
+
+import pytest
+import torch
+
+from pixelq import CheckpointError, ConfigError, TrainConfig, evaluate, load_checkpoint, train
+from pixelq.cli import main
+from pixelq.training import learning_rate, read_checkpoint
+
+QUANT = dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4, "bits": 2}, wbits=1, abits=2,
+             last_layer="quantized")
+
+
+def config(tmp_path, name="run", **kw):
+    base = dict(out=str(tmp_path / name), epochs=2, batch_size=16, lr=0.05, progress=False, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_writes_metrics_and_checkpoint(tmp_path, tiny_splits):
+    cfg = config(tmp_path, **QUANT)
+    metrics = train(cfg, data=tiny_splits)
+    out = tmp_path / "run"
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("top1", "top5", "epochs", "config", "train_images_per_s"):
+        assert key in saved
+    assert saved["config"]["first_layer"] == "pixel-embedding" and saved["epochs"] == 2
+    assert 0 <= saved["top1"] <= saved["top5"] <= 100
+    model = load_checkpoint(out / "checkpoint.pt")
+    again = evaluate(model, tiny_splits.test.images, tiny_splits.test.labels)
+    assert again["top1"] == metrics["top1"] and again["n"] == 24
+
+
+def test_in_channels_and_classes_come_from_the_data(tmp_path):
+    from conftest import make_splits
+
+    splits = make_splits(channels=1, classes=5, size=10)
+    train(config(tmp_path, epochs=1, **QUANT), data=splits)
+    model = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert model.config.in_channels == 1 and model.config.num_classes == 5
+    assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["classes"] == [f"c{i}" for i in range(5)]
+
+
+def test_training_learns_the_easy_task(tmp_path, tiny_splits):
+    metrics = train(config(tmp_path, epochs=4, lr=0.1), data=tiny_splits)
+    assert metrics["top1"] > 60  # three brightness classes; chance is 33%
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("variant", ["float", "quantized"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_splits, variant, monkeypatch):
+    import pixelq.training.loop as loop
+
+    kw = QUANT if variant == "quantized" else {}
+    full = train(config(tmp_path, "full", epochs=3, **kw), data=tiny_splits)
+
+    real_save = loop.save_checkpoint
+
+    def save_then_die(*args, **kwargs):  # the run is killed right after its first checkpoint
+        real_save(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train(config(tmp_path, "killed", epochs=3, **kw), data=tiny_splits)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert read_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
+
+    resumed = train(config(tmp_path, "killed", epochs=3, **kw), resume=True, data=tiny_splits)
+    assert resumed["top1"] == full["top1"]
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert history == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_config(tmp_path, tiny_splits):
+    train(config(tmp_path, epochs=1), data=tiny_splits)
+    with pytest.raises(CheckpointError, match="lr"):
+        train(config(tmp_path, epochs=1, lr=0.2), resume=True, data=tiny_splits)
+
+
+def test_resume_of_a_finished_run_only_evaluates(tmp_path, tiny_splits):
+    first = train(config(tmp_path, epochs=1), data=tiny_splits)
+    again = train(config(tmp_path, epochs=1), resume=True, data=tiny_splits)
+    assert again["top1"] == first["top1"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "version"])
+def test_bad_checkpoints_raise_checkpoint_error(tmp_path, tiny_splits, damage):
+    train(config(tmp_path, epochs=1), data=tiny_splits)
+    path = tmp_path / "run" / "checkpoint.pt"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "foreign":
+        torch.save({"weights": torch.zeros(2)}, path)
+    else:
+        raw = torch.load(path, weights_only=True)
+        raw["version"] = 99
+        torch.save(raw, path)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_learning_rate_schedules():
+    cos = TrainConfig(epochs=10, lr=1.0)
+    assert learning_rate(cos, 0, 100) == 1.0
+    assert learning_rate(cos, 50, 100) == pytest.approx(0.5)
+    assert learning_rate(cos, 99, 100) < 0.01
+    step = TrainConfig(epochs=10, lr=1.0, schedule="step")
+    assert [learning_rate(step, s, 100) for s in (0, 49, 50, 75, 90)] == pytest.approx([1, 1, 0.1, 0.01, 0.001])
+    warm = TrainConfig(epochs=10, lr=1.0, warmup_epochs=1)
+    assert learning_rate(warm, 0, 100) == pytest.approx(0.1) and learning_rate(warm, 9, 100) == 1.0
+    assert math.isclose(learning_rate(warm, 10, 100), 1.0)
+
+
+def test_bad_train_config(tmp_path, tiny_splits):
+    with pytest.raises(ConfigError, match="schedule"):
+        train(config(tmp_path, schedule="linear"), data=tiny_splits)
+    with pytest.raises(ConfigError, match="unknown model"):
+        train(config(tmp_path, model="vgg"), data=tiny_splits)
+
+
+# --- command line --------------------------------------------------------------------------
+
+def write_dataset(tmp_path, tiny_splits):
+    """The tiny data set as PNG image folders, so the CLI reads it like a user's data."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for split, part in (("train", tiny_splits.train), ("test", tiny_splits.test)):
+        for i, (img, label) in enumerate(zip(part.images, part.labels)):
+            d = root / split / part.classes[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i:04d}.png")
+    return root
+
+
+def test_cli_train_then_eval(tmp_path, tiny_splits, capsys):
+    data = write_dataset(tmp_path, tiny_splits)
+    out = tmp_path / "cli"
+    args = ["train", "--data", str(data), "--first-layer", "pixel-embedding", "--pe-dim", "4", "--wbits", "1",
+            "--abits", "2", "--last-layer", "quantized", "--epochs", "1", "--batch-size", "16", "--out", str(out),
+            "--quiet", "--threads", "1"]
+    assert main(args) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(data)]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["top1"] == trained["top1"] and evaluated["n"] == 24
+    assert main(args + ["--resume"]) == 0
+
+
+def test_cli_overrides_file(tmp_path, tiny_splits, capsys):
+    data = write_dataset(tmp_path, tiny_splits)
+    overrides = tmp_path / "mixed.yaml"
+    overrides.write_text("'stages.0.*.conv1': dorefa:4\n")
+    out = tmp_path / "mixed"
+    assert main(["train", "--data", str(data), "--wbits", "1", "--abits", "2", "--overrides", str(overrides),
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    model = load_checkpoint(out / "checkpoint.pt")
+    assert model.stages[0][0].conv1.weight_quantizer.bits == 4
+
+
+def test_cli_reports_user_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main(["train", "--model", "resnet99", "--out", str(tmp_path / "y"), "--quiet", "--epochs", "1"]) == 2
+    assert "unknown model 'resnet99'" in capsys.readouterr().err
