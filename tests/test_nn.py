@@ -124,6 +124,20 @@ def test_pixel_embedding_gradient_reaches_only_used_rows():
     assert torch.all(grad[unused] == 0)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_pixel_embedding_gradient_equals_nn_embedding(shared):
+    pe = PixelEmbedding(3, d=5, shared=shared, init="uniform")
+    x = images(n=4, h=7, w=6)
+    g = torch.randn(4, 15, 7, 6)
+    (pe(x) * g).sum().backward()
+    table = pe.table.detach().clone().requires_grad_(True)
+    idx = x.long() + (0 if shared else 256 * torch.arange(3).view(1, 3, 1, 1))
+    q = MidTreadHalf(2)(table).reshape(-1, 5)
+    ref = torch.nn.functional.embedding(idx, q).permute(0, 1, 4, 2, 3).flatten(1, 2)
+    (ref * g).sum().backward()
+    assert torch.allclose(pe.table.grad, table.grad, atol=1e-5)
+
+
 def test_pixel_embedding_inits():
     therm = PixelEmbedding(1, d=4, init="thermometer").table[0].detach()
     assert torch.all(therm[1:] >= therm[:-1]), "thermometer init is monotone in p"

@@ -53,8 +53,9 @@ def _add_train(sub) -> None:
     p.add_argument("--overrides", help="JSON/YAML file: {layer-name pattern: quantizer spec} (mixed precision)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--optimizer", default="adam", choices=("sgd", "adam"),
+                   help="adam (default; best on short CPU schedules) or sgd (Blueoil's recipe: --lr 0.01 --schedule step)")
+    p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--schedule", default="cosine", choices=("cosine", "step"))
@@ -107,6 +108,34 @@ def _run_demo(args) -> None:
     run_demo(out=args.out, data=args.data, epochs=args.epochs, progress=not args.quiet)
 
 
+def _write_json(path: "str | None", result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _run_bench_train(args) -> None:
+    from .bench import train_step_throughput
+
+    result = train_step_throughput(model=args.model, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
+                                   threads=args.threads)
+    first = next(iter(result["step_s"]))
+    print(f"{'variant':<20} {'ms/step':>8} {'images/s':>9} {'vs ' + first:>9}")
+    for name, seconds in result["step_s"].items():
+        print(f"{name:<20} {1000 * seconds:8.1f} {result['images_per_s'][name]:9.0f} "
+              f"{seconds / result['step_s'][first]:8.2f}x")
+    _write_json(args.json, result)
+
+
+def _run_bench_data(args) -> None:
+    from .bench import data_throughput
+
+    result = data_throughput(data=args.data, batch_size=args.batch_size, threads=args.threads)
+    print(f"cached load of {result['images']} images: {result['cached_load_s']:.3f} s; "
+          f"shuffle + crop + flip: {result['augment_images_per_s']:.0f} images/s on {result['threads']} thread(s)")
+    _write_json(args.json, result)
+
+
 def _run_models(args) -> None:
     from .models import list_models
 
@@ -127,10 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's schedule)")
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("models", help="list the registered model names")
+    p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", help="write the results here")
+    p = sub.add_parser("bench-data", help="cached load and uint8 augmentation throughput")
+    p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", help="write the results here")
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models}
+COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
+            "bench-train": _run_bench_train, "bench-data": _run_bench_data}
 
 
 def main(argv: "list[str] | None" = None) -> int:

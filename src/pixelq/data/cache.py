@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import warnings
-import zipfile
 from importlib import resources
 from pathlib import Path
 
@@ -38,31 +38,35 @@ def source_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_file(cache_dir: Path, layout: str, path: Path) -> Path:
+ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _cache_entry(cache_dir: Path, layout: str, path: Path) -> Path:
     key = hashlib.sha256(f"{CACHE_VERSION}\0{layout}\0{path.resolve()}\0{source_fingerprint(path)}".encode())
-    return cache_dir / f"{path.name}-{key.hexdigest()[:16]}.npz"
+    return cache_dir / f"{path.name}-{key.hexdigest()[:16]}"
 
 
-def _save(splits: DataSplits, file: Path) -> None:
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(
-        tmp,
-        train_images=splits.train.images, train_labels=splits.train.labels,
-        test_images=splits.test.images, test_labels=splits.test.labels,
-        classes=np.frombuffer(json.dumps(splits.classes).encode(), dtype=np.uint8),
+def _save(splits: DataSplits, entry: Path) -> None:
+    """One .npy per array (a plain read to load, unlike a zip), written to a temp folder then renamed."""
+    tmp = entry.with_name(f".{entry.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    parts = (splits.train.images, splits.train.labels, splits.test.images, splits.test.labels)
+    for name, array in zip(ARRAYS, parts):
+        np.save(tmp / f"{name}.npy", array)
+    (tmp / "classes.json").write_text(json.dumps(splits.classes))
+    shutil.rmtree(entry, ignore_errors=True)
+    os.replace(tmp, entry)
+
+
+def _load(entry: Path, source: str) -> DataSplits:
+    classes = json.loads((entry / "classes.json").read_text())
+    a = {name: np.load(entry / f"{name}.npy") for name in ARRAYS}
+    return DataSplits(
+        ImageSet(a["train_images"], a["train_labels"], classes),
+        ImageSet(a["test_images"], a["test_labels"], classes),
+        source,
     )
-    os.replace(tmp, file)
-
-
-def _load(file: Path, source: str) -> DataSplits:
-    with np.load(file) as z:
-        classes = json.loads(z["classes"].tobytes().decode())
-        return DataSplits(
-            ImageSet(z["train_images"], z["train_labels"], classes),
-            ImageSet(z["test_images"], z["test_labels"], classes),
-            source,
-        )
 
 
 def load_dataset(path: "str | os.PathLike | None" = None, cache_dir: "str | os.PathLike | None" = None,
@@ -77,12 +81,12 @@ def load_dataset(path: "str | os.PathLike | None" = None, cache_dir: "str | os.P
     layout, root = detect_layout(path)
     if not use_cache:
         return READERS[layout](root)
-    file = _cache_file(Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, root)
-    if file.is_file():
+    entry = _cache_entry(Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, root)
+    if entry.is_dir():
         try:
-            return _load(file, str(path))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, DataError) as e:
-            warnings.warn(f"{file}: unreadable cache ({e}); decoding {path} again", stacklevel=2)
+            return _load(entry, str(path))
+        except (OSError, ValueError, KeyError, DataError) as e:
+            warnings.warn(f"{entry}: unreadable cache ({e}); decoding {path} again", stacklevel=2)
     splits = READERS[layout](root)
-    _save(splits, file)
+    _save(splits, entry)
     return splits

@@ -99,6 +99,24 @@ class BitPlaneInput(nn.Module):
         return (planes * self.plane_weight.view(1, 1, -1, 1, 1)).flatten(1, 2)
 
 
+class _RowLookup(torch.autograd.Function):
+    """rows[idx] with the gradient summed per row by bincount: exact like F.embedding's backward,
+    about twice as fast on the CPU when millions of pixels index a 256-row table."""
+
+    @staticmethod
+    def forward(ctx, rows, idx):
+        ctx.save_for_backward(idx)
+        ctx.num_rows = rows.shape[0]
+        return F.embedding(idx, rows)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        flat, g = idx.reshape(-1), grad.reshape(-1, grad.shape[-1])
+        columns = [torch.bincount(flat, weights=g[:, j], minlength=ctx.num_rows) for j in range(g.shape[1])]
+        return torch.stack(columns, 1).to(grad.dtype), None
+
+
 _EMBEDDING_INITS = ("thermometer", "uniform", "linear")
 
 
@@ -157,7 +175,7 @@ class PixelEmbedding(nn.Module):
         table = self.quantized_table()
         if not self.shared:
             idx = idx + 256 * torch.arange(self.in_channels, device=x.device).view(1, -1, 1, 1)
-        vectors = F.embedding(idx, table.reshape(-1, self.d))  # (N, C, H, W, d)
+        vectors = _RowLookup.apply(table.reshape(-1, self.d), idx)  # (N, C, H, W, d)
         return vectors.permute(0, 1, 4, 2, 3).flatten(1, 2)
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -79,13 +80,15 @@ class _MidTreadHalf(torch.autograd.Function):
         ctx.save_for_backward(x)
         ctx.max_value = max_value
         n = 2**bits - 1
-        return torch.round(x.clamp(0.0, max_value) * (n / max_value)) * (max_value / n)
+        # This runs after every conv, so passes over memory count: one allocation, then in place.
+        # hardtanh rather than clamp: on the CPU it is the faster kernel of the two.
+        return F.hardtanh(x, 0.0, max_value).mul_(n / max_value).round_().mul_(max_value / n)
 
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        inside = (x > 0) & (x < ctx.max_value)
-        return grad * inside.to(grad.dtype), None, None
+        # hardtanh's own backward is exactly grad * [0 < x < max], fused in one kernel.
+        return torch.ops.aten.hardtanh_backward(grad, x, 0.0, ctx.max_value), None, None
 
 
 def linear_mid_tread_half(x: Tensor, bits: int, max_value: float) -> Tensor:

@@ -36,8 +36,8 @@ class TrainConfig:
     out: str = "runs/train"
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
+    optimizer: str = "adam"
+    lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"

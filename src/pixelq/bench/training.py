@@ -1,0 +1,83 @@
+"""Training-side benchmarks: data loading + augmentation speed, and train step time per model."""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.nn import functional as F
+
+from ..data import batches, load_dataset
+from ..models import create_model
+from ..training.loop import TrainConfig, make_optimizer
+
+# The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized.
+TRAIN_VARIANTS = {
+    "float": {},
+    "w1a2-float-first": {"wbits": 1, "abits": 2},
+    "w1a2-pe-qlast": {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2},
+                      "wbits": 1, "abits": 2, "last_layer": "quantized"},
+}
+
+
+def data_throughput(data: "str | None" = None, batch_size: int = 128, threads: int = 1, repeats: int = 3) -> dict:
+    """Images/s of a cached load and of shuffled, augmented (crop + flip) uint8 batches."""
+    torch.set_num_threads(threads)
+    load_dataset(data)  # fill the cache
+    t0 = time.perf_counter()
+    splits = load_dataset(data)
+    load_s = time.perf_counter() - t0
+    images, labels = splits.train.images, splits.train.labels
+    best = float("inf")
+    for r in range(repeats):
+        gen = torch.Generator().manual_seed(r)
+        t0 = time.perf_counter()
+        for _ in batches(images, labels, batch_size, shuffle=True, augment=True, generator=gen):
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return {"images": len(images), "image_shape": list(images.shape[1:]), "threads": threads,
+            "cached_load_s": load_s, "augment_images_per_s": len(images) / best, "batch_size": batch_size}
+
+
+def train_step_throughput(model: str = "resnet20", variants: "dict | None" = None, batch_size: int = 128,
+                          steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
+                          image_size: int = 32) -> dict:
+    """Train step time (forward, backward, SGD step) of each variant on random uint8 batches.
+
+    Variants are timed in interleaved rounds and each keeps its best round, so a noisy machine
+    hurts all of them alike; `ratios` holds each variant's step time over the first variant's.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    variants = variants or TRAIN_VARIANTS
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
+    y = torch.randint(0, 10, (batch_size,), generator=gen)
+    setups = {}
+    for name, kwargs in variants.items():
+        torch.manual_seed(0)
+        net = create_model(model, **kwargs).train()
+        setups[name] = (net, make_optimizer(net, TrainConfig()))
+
+    def step(net, opt):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    best = {name: float("inf") for name in variants}
+    for name, (net, opt) in setups.items():
+        for _ in range(warmup):
+            step(net, opt)
+    for _ in range(rounds):
+        for name, (net, opt) in setups.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(net, opt)
+            best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    first = next(iter(variants))
+    return {
+        "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(), "steps": steps,
+        "rounds": rounds, "step_s": best, "images_per_s": {k: batch_size / v for k, v in best.items()},
+        "ratios": {f"{k}_step_vs_{first}": v / best[first] for k, v in best.items() if k != first},
+        "variants": variants,
+    }
