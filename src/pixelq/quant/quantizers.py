@@ -11,6 +11,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch import distributed as dist
 
 from ..errors import ConfigError
 from ..registry import Registry
@@ -104,6 +105,9 @@ class LSQ(Quantizer):
         if self.training and not self.initialized:
             with torch.no_grad():
                 self.step.copy_(2 * x.abs().mean().clamp_min(1e-8) / math.sqrt(self.q_pos))
+                if dist.is_available() and dist.is_initialized():  # one step for all data-parallel copies
+                    dist.all_reduce(self.step)
+                    self.step.div_(dist.get_world_size())
                 self.initialized.fill_(True)
         grad_scale = 1.0 / math.sqrt(x.numel() * self.q_pos)
         return ste.lsq(x, self.step, self.q_neg, self.q_pos, grad_scale)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
+from torch import distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -133,14 +136,36 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def _join_process_group(device: torch.device) -> tuple:
+    """(rank, world size, whether we started the group). torchrun sets WORLD_SIZE; a plain run is 1."""
+    if not dist.is_available():
+        return 0, 1, False
+    started = False
+    if not dist.is_initialized():
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return 0, 1, False
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        started = True
+    return dist.get_rank(), dist.get_world_size(), started
+
+
 def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = None) -> dict:
     """Train `cfg.model` on `cfg.data` (embedded subset if None), writing into `cfg.out`:
     metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), metrics.json (at the end).
-    With `resume`, continue from checkpoint.pt to the same result as an uninterrupted run."""
+    With `resume`, continue from checkpoint.pt to the same result as an uninterrupted run.
+
+    Under torchrun, every process walks the same shuffled, augmented global batches and trains on
+    its 1/world share (DistributedDataParallel averages the gradients); rank 0 evaluates and writes.
+    """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    rank, world, started_group = _join_process_group(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -160,58 +185,78 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         model.load_state_dict(model_from_checkpoint(saved, str(ckpt_path)).state_dict())
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history = saved["epoch"], saved["history"]
+    net = DistributedDataParallel(model) if world > 1 else model
 
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    # With several processes an incomplete last batch is dropped, so no process gets an empty share.
+    drop_last = world > 1
+    steps_per_epoch = len(train_set) // cfg.batch_size if drop_last else math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    test = None
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        net.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        seen = correct = 0
-        loss_sum, train_time = 0.0, 0.0
+        totals = torch.zeros(3, dtype=torch.float64)  # images, correct, summed loss (this process)
+        train_time = 0.0
         bar = tqdm(batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           generator=gen), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, leave=False)
+                           generator=gen, drop_last=drop_last), total=steps_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank > 0, leave=False)
         for i, (x, y) in enumerate(bar):
             t0 = time.perf_counter()
             lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
+            x, y = x[rank::world].to(device, non_blocking=True), y[rank::world].to(device, non_blocking=True)
+            logits = net(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             train_time += time.perf_counter() - t0
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            img_s=f"{seen / train_time:.0f}")
+            totals += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y)],
+                                   dtype=torch.float64)
+            seen = totals[0].item() * world  # estimate for the bar; exact totals are summed below
+            bar.set_postfix(loss=f"{totals[2].item() / totals[0].item():.3f}",
+                            acc=f"{100 * totals[1].item() / totals[0].item():.1f}", img_s=f"{seen / train_time:.0f}")
         bar.close()
-        test = evaluate(model, test_set.images, test_set.labels, device=device)
+        if world > 1:
+            dist.all_reduce(totals)
+        seen, correct, loss_sum = totals.tolist()
+        test = evaluate(model, test_set.images, test_set.labels, device=device) if rank == 0 else None
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-                  "train_images_per_s": seen / train_time, "test_top1": test["top1"], "test_top5": test["top5"],
-                  "test_loss": test["loss"]}
+                  "train_images_per_s": seen / train_time}
+        if rank == 0:
+            record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
         history.append(record)
-        save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
-                        optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
-                        classes=data.classes)
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        if cfg.progress:
-            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
-                       f"train {record['train_top1']:.1f}%  test top1 {test['top1']:.2f}%  "
-                       f"{record['train_images_per_s']:.0f} img/s")
+        if rank == 0:
+            save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
+                            optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
+                            classes=data.classes)
+            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+            if cfg.progress:
+                tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
+                           f"train {record['train_top1']:.1f}%  test top1 {test['top1']:.2f}%  "
+                           f"{record['train_images_per_s']:.0f} img/s")
+        if world > 1:
+            dist.barrier()
 
-    final = evaluate(model, test_set.images, test_set.labels, device=device)
-    metrics = {
-        "top1": final["top1"], "top5": final["top5"], "n": final["n"], "epochs": cfg.epochs,
-        "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
-        "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
-        "classes": data.classes, "train_size": len(train_set), "config": asdict(cfg),
-        "torch_version": str(torch.__version__), "threads": torch.get_num_threads(),
-    }
-    _write_json(out / "metrics.json", metrics)
+    metrics = {}
+    if rank == 0:
+        if test is None:  # resumed a finished run: nothing trained in this call
+            test = evaluate(model, test_set.images, test_set.labels, device=device)
+        metrics = {
+            "top1": test["top1"], "top5": test["top5"], "n": test["n"], "epochs": cfg.epochs,
+            "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
+            "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
+            "classes": data.classes, "train_size": len(train_set), "config": asdict(cfg),
+            "torch_version": str(torch.__version__), "threads": torch.get_num_threads(), "world_size": world,
+        }
+        _write_json(out / "metrics.json", metrics)
+    if world > 1:
+        shared = [metrics]
+        dist.broadcast_object_list(shared, src=0)
+        metrics = shared[0]
+    if started_group:
+        dist.destroy_process_group()
     return metrics
 
 

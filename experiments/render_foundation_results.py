@@ -1,0 +1,96 @@
+"""Render README's results section from committed JSON (never from numbers typed by hand).
+
+    python experiments/render_foundation_results.py     # rewrites README.md between the markers
+
+Reads results/cifar10-jpeg/<run>/metrics.json (written by experiments/foundation_cifar10.sh) and
+results/bench/train_step.json, results/bench/data.json (written by `pixelq bench-train` /
+`pixelq bench-data`), and writes results/cifar10-jpeg/summary.json beside the runs.
+"""
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "results" / "cifar10-jpeg"
+BENCH = ROOT / "results" / "bench"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ORDER = ["resnet20-float", "resnet20-w1a2-float-first", "resnet20-w1a2-pe-qlast"]
+
+
+def bits(n: int) -> str:
+    return "float" if n == 32 else str(n)
+
+
+def run_rows() -> list:
+    rows = []
+    for name in ORDER:
+        path = RUNS / name / "metrics.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        c = m["config"]
+        rows.append({
+            "run": name, "first_layer": c["first_layer"], "wbits": c["wbits"], "abits": c["abits"],
+            "last_layer": c["last_layer"], "epochs": m["epochs"], "top1": m["top1"], "top5": m["top5"],
+            "model_size_bytes": m["model_size_bytes"], "train_images_per_s": m["train_images_per_s"],
+        })
+    return rows
+
+
+def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") -> str:
+    out = [START, ""]
+    if rows:
+        c = json.loads((RUNS / rows[0]["run"] / "metrics.json").read_text())["config"]
+        out += [
+            f"Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one schedule for every run: "
+            f"{c['epochs']} epochs, {c['optimizer']} lr {c['lr']} {c['schedule']}, weight decay {c['weight_decay']}, "
+            f"batch {c['batch_size']}, pad-4 crop + flip, seed {c['seed']}. "
+            "Produced by `bash experiments/foundation_cifar10.sh DATA`; each run's `metrics.json` is in "
+            "`results/cifar10-jpeg/<run>/`.",
+            "",
+            "| run | first layer | W / A bits | last layer | top-1 % | top-5 % | model size | gap to float top-1 |",
+            "|---|---|---|---|---:|---:|---:|---:|",
+        ]
+        ref = next((r["top1"] for r in rows if r["run"] == "resnet20-float"), None)
+        for r in rows:
+            gap = f"{r['top1'] - ref:+.2f}" if ref is not None else "n/a"
+            out.append(f"| {r['run']} | {r['first_layer']} | {bits(r['wbits'])} / {bits(r['abits'])} | "
+                       f"{r['last_layer']} | {r['top1']:.2f} | {r['top5']:.2f} | "
+                       f"{r['model_size_bytes'] / 1024:.1f} KiB | {gap} |")
+        out.append("")
+    if train_bench:
+        first = next(iter(train_bench["step_s"]))
+        out += [f"Train step time, {train_bench['model']}, batch {train_bench['batch_size']}, "
+                f"{train_bench['threads']} threads, best of {train_bench['rounds']} interleaved rounds "
+                "(`pixelq bench-train --json results/bench/train_step.json`):", "",
+                f"| variant | ms / step | images/s | step time vs {first} |", "|---|---:|---:|---:|"]
+        for k, v in train_bench["step_s"].items():
+            out.append(f"| {k} | {1000 * v:.0f} | {train_bench['images_per_s'][k]:.0f} | "
+                       f"{v / train_bench['step_s'][first]:.2f}x |")
+        out.append("")
+    if data_bench:
+        out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
+                f"{data_bench['images']} images in {data_bench['cached_load_s']:.2f} s; shuffle + pad-4 crop + flip "
+                f"on uint8 at {data_bench['augment_images_per_s']:.0f} images/s on {data_bench['threads']} thread.", ""]
+    out.append(END)
+    return "\n".join(out)
+
+
+def load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> None:
+    rows = run_rows()
+    (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    section = render(rows, load(BENCH / "train_step.json"), load(BENCH / "data.json"))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} section to fill")
+    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S))
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
