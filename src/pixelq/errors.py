@@ -19,3 +19,7 @@ class ConfigError(PixelqError, ValueError):
 
 class CheckpointError(PixelqError):
     """A checkpoint file is missing, corrupt, or was written by an incompatible version."""
+
+
+class ExportError(PixelqError):
+    """A model cannot be lowered to integers (unsupported layer or precision), or a model file is bad."""

@@ -1,0 +1,148 @@
+"""Lower a trained quantized ResNet to an integer graph: LUT, integer convs, thresholds, integer adds.
+
+The graph is a list of nodes in execution order; each names its inputs (earlier outputs, or
+"image") and its output, which is named after the PyTorch module it replaces, so every layer's
+integer codes can be compared with the fake-quant model's (`code = output / step`).
+Ops and the tensors they hold (activations are NHWC):
+  lut           lut (tables, 256, d) int16            uint8 image -> codes, channel t*d + j
+  conv          weight (O, kh, kw, I) int codes       codes -> int accumulator; attrs stride, padding
+  threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see fold_batchnorm_into_thresholds)
+  add_clip      -                                     codes + codes, clipped to [qmin, qmax]
+  subsample_pad -                                     stride-s subsampling, zero channels appended
+  sum_pool      -                                     codes -> per-channel sums (N, C)
+  linear        weight (O, I) int codes               sums -> int32 logits (quantized last layer)
+  linear_float  weight (O, I), bias (O,) float32      sums * step / count -> float logits (float last layer)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from ..errors import ExportError
+from ..models.resnet import ResNet
+from ..quant import Quantizer
+from .integers import (
+    activation_grid,
+    batchnorm_affine,
+    fold_batchnorm_into_thresholds,
+    freeze_input_table,
+    weight_code_grid,
+    weight_integers,
+)
+
+
+@dataclass
+class IntegerModel:
+    """An integer-only graph plus what a user needs to feed it and read its output."""
+
+    nodes: list
+    tensors: dict
+    meta: dict = field(default_factory=dict)
+
+    def node(self, name: str) -> dict:
+        for n in self.nodes:
+            if n["name"] == name:
+                return n
+        raise KeyError(name)
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes, self.tensors = [], {}
+
+    def add(self, op: str, name: str, inputs: list, tensors: "dict | None" = None, **attrs) -> str:
+        for key, array in (tensors or {}).items():
+            self.tensors[f"{name}.{key}"] = array
+        self.nodes.append({"op": op, "name": name, "inputs": inputs, "tensors": sorted(tensors or {}), **attrs})
+        return name
+
+
+def _activation_quantizer(module: nn.Module, name: str) -> Quantizer:
+    if not isinstance(module, Quantizer):
+        raise ExportError(f"{name} is a float activation ({type(module).__name__}); integer export needs "
+                          "quantized activations everywhere (abits 1..8)")
+    return module
+
+
+def _conv_threshold(b: _Builder, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module, conv_name: str,
+                    act_name: str, inp: str, in_grid: tuple) -> tuple:
+    """conv -> batch norm -> activation quantizer, as an integer conv and a threshold node."""
+    quantizer = getattr(conv, "weight_quantizer", None)
+    if quantizer is None:
+        raise ExportError(f"{conv_name} has float weights; integer export needs quantized weights in every conv "
+                          "(a float first layer cannot be exported)")
+    if conv.groups != 1 or conv.dilation != (1, 1):
+        raise ExportError(f"{conv_name}: grouped or dilated convs are not supported by the integer runtime")
+    codes, wscale = weight_integers(quantizer, conv.weight)
+    lowest, stride, bits = weight_code_grid(quantizer)
+    in_step = in_grid[0]
+    bn_scale, bn_shift = batchnorm_affine(bn)
+    bias = conv.bias.detach().double().numpy() if conv.bias is not None else 0.0
+    a = bn_scale * wscale * in_step
+    shift = bn_shift + bn_scale * bias
+    step, qmin, qmax = activation_grid(_activation_quantizer(act, act_name))
+    direction, thresholds = fold_batchnorm_into_thresholds(a, shift, step, qmin, qmax)
+    b.add("conv", conv_name, [inp], {"weight": np.ascontiguousarray(codes.transpose(0, 2, 3, 1))},
+          stride=conv.stride[0], padding=conv.padding[0], kernel=conv.kernel_size[0],
+          in_channels=conv.in_channels, out_channels=conv.out_channels,
+          weight_lowest=lowest, weight_stride=stride, weight_bits=bits, input_range=list(in_grid[1:]))
+    b.add("threshold", act_name, [conv_name], {"direction": direction, "thresholds": thresholds},
+          qmin=qmin, qmax=qmax, step=step)
+    return act_name, (step, qmin, qmax)
+
+
+def _same_grid(grids: list, where: str) -> tuple:
+    if any(abs(g[0] - grids[0][0]) > 1e-12 * abs(grids[0][0]) or g[1:] != grids[0][1:] for g in grids):
+        raise ExportError(f"{where}: the residual add needs both addends and the output on one activation grid, "
+                          f"got {grids}")
+    return grids[0]
+
+
+def lower_resnet(model: ResNet) -> IntegerModel:
+    """The integer graph of an eval-mode pixelq ResNet (quantized first layer, weights and activations)."""
+    if not isinstance(model, ResNet):
+        raise ExportError(f"integer export supports pixelq ResNets, got {type(model).__name__}")
+    cfg = model.config
+    b = _Builder()
+    lut, step, qmin, qmax = freeze_input_table(model.stem.encoder, cfg.in_channels)
+    b.add("lut", "stem.encoder", ["image"], {"lut": lut}, step=step, qmin=qmin, qmax=qmax,
+          in_channels=cfg.in_channels, d=lut.shape[2])
+    h, grid = _conv_threshold(b, model.stem.conv, model.stem.bn, model.stem.act, "stem.conv", "stem.act",
+                              "stem.encoder", (step, qmin, qmax))
+    for si, stage in enumerate(model.stages):
+        for bi, block in enumerate(stage):
+            p = f"stages.{si}.{bi}"
+            h1, g1 = _conv_threshold(b, block.conv1, block.bn1, block.act1, f"{p}.conv1", f"{p}.act1", h, grid)
+            r, gr = _conv_threshold(b, block.conv2, block.bn2, block.res_act, f"{p}.conv2", f"{p}.res_act", h1, g1)
+            if block.shortcut_kind == "identity":
+                s, gs = h, grid
+            elif block.shortcut_kind == "zero-pad":
+                s = b.add("subsample_pad", f"{p}.shortcut", [h], stride=block.stride, extra_channels=block.extra_channels)
+                gs = grid
+            else:
+                s, gs = _conv_threshold(b, block.shortcut_conv, block.shortcut_bn, block.shortcut_act,
+                                        f"{p}.shortcut_conv", f"{p}.shortcut_act", h, grid)
+            out_grid = activation_grid(_activation_quantizer(block.act_out, f"{p}.act_out"))
+            grid = _same_grid([gr, gs, out_grid], p)
+            if grid[1] != 0:
+                raise ExportError(f"{p}: the integer residual add needs unsigned activations (qmin 0)")
+            h = b.add("add_clip", f"{p}.act_out", [r, s], qmin=grid[1], qmax=grid[2], step=grid[0])
+    pooled = b.add("sum_pool", "pool", [h], step=grid[0])
+    fc = model.fc
+    if fc.weight_quantizer is None:
+        b.add("linear_float", "fc", [pooled], {"weight": fc.weight.detach().float().numpy(),
+                                                "bias": fc.bias.detach().float().numpy()}, step=grid[0])
+        logit_scale = None
+    else:
+        if fc.bias is not None:
+            raise ExportError("fc: a quantized last layer must have no bias (logits = integer accumulator * scale)")
+        codes, wscale = weight_integers(fc.weight_quantizer, fc.weight)
+        lowest, stride, bits = weight_code_grid(fc.weight_quantizer)
+        b.add("linear", "fc", [pooled], {"weight": codes}, weight_lowest=lowest, weight_stride=stride,
+              weight_bits=bits, in_channels=fc.in_features, out_channels=fc.out_features)
+        logit_scale = (wscale * grid[0]).tolist()  # per class; divided by the pooled count at run time
+    meta = {"in_channels": cfg.in_channels, "num_classes": cfg.num_classes, "output": "fc",
+            "logit_scale": logit_scale, "integer_only": logit_scale is not None}
+    return IntegerModel(b.nodes, b.tensors, meta)

@@ -1,0 +1,173 @@
+"""The integer view of each quantized piece: the small pure functions export is made of.
+
+A weight quantizer's output is `codes * scale` with integer codes; an activation quantizer's output
+is `code * step` with integer codes in [qmin, qmax]. Batch norm + activation quantizer after an
+integer accumulator become per-channel integer thresholds on that accumulator.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
+from ..quant import LSQ, PACT, BinaryWeight, DoReFaWeight, MidTreadHalf, TernaryWeight
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _per_channel(scale: Tensor, out_channels: int) -> np.ndarray:
+    return scale.detach().double().reshape(-1).expand(out_channels).numpy().copy() if scale.numel() == 1 else \
+        scale.detach().double().reshape(out_channels).numpy().copy()
+
+
+@torch.no_grad()
+def weight_integers(quantizer: nn.Module, w: Tensor) -> tuple:
+    """(codes, scale): integer codes (int32, w's shape) and one scale per output channel (float64),
+    with quantizer(w) == codes * scale[:, None, ...] up to float rounding."""
+    w = w.detach().float()
+    out = w.shape[0]
+    if isinstance(quantizer, BinaryWeight) or (isinstance(quantizer, DoReFaWeight) and quantizer.bits == 1):
+        per_channel = getattr(quantizer, "per_channel", False)
+        codes = torch.where(w >= 0, 1, -1)
+        scale = w.abs().flatten(1).mean(1) if per_channel else w.abs().mean()
+    elif isinstance(quantizer, TernaryWeight):
+        q = quantizer(w)
+        codes = torch.sign(q).to(torch.int64)
+        dims = tuple(range(1, w.dim()))
+        scale = q.abs().amax(dims) if quantizer.per_channel else q.abs().max()
+    elif isinstance(quantizer, DoReFaWeight):
+        n = 2**quantizer.bits - 1
+        t = torch.tanh(w)
+        t = t / (2 * t.abs().max().clamp_min(1e-12)) + 0.5
+        codes = 2 * torch.round(t * n).to(torch.int64) - n
+        scale = torch.tensor(1.0 / n)
+    elif isinstance(quantizer, LSQ) and quantizer.signed:
+        s = quantizer.step.detach().float()
+        codes = torch.round((w / s).clamp(-quantizer.q_neg, quantizer.q_pos)).to(torch.int64)
+        scale = s
+    else:
+        raise ExportError(f"cannot lower weights quantized by {type(quantizer).__name__} to integers; "
+                          "supported: binary, ternary, dorefa, signed lsq")
+    return codes.to(torch.int32).numpy(), _per_channel(torch.as_tensor(scale), out)
+
+
+def weight_code_grid(quantizer: nn.Module) -> tuple:
+    """(lowest, stride, bits): the quantizer's integer weight codes are lowest + stride * u with
+    u in [0, 2^bits), which is how they are packed. Binary {-1, +1} is 1 bit (stride 2)."""
+    if isinstance(quantizer, BinaryWeight) or (isinstance(quantizer, DoReFaWeight) and quantizer.bits == 1):
+        return -1, 2, 1
+    if isinstance(quantizer, TernaryWeight):
+        return -1, 1, 2
+    if isinstance(quantizer, DoReFaWeight):
+        n = 2**quantizer.bits - 1
+        return -n, 2, quantizer.bits
+    if isinstance(quantizer, LSQ) and quantizer.signed:
+        return -quantizer.q_neg, 1, quantizer.bits
+    raise ExportError(f"no integer weight codes for {type(quantizer).__name__}")
+
+
+def activation_grid(quantizer: nn.Module) -> tuple:
+    """(step, qmin, qmax): the quantizer emits code * step with integer code in [qmin, qmax]."""
+    if isinstance(quantizer, MidTreadHalf):
+        return quantizer.step, 0, 2**quantizer.bits - 1
+    if isinstance(quantizer, PACT):
+        n = 2**quantizer.bits - 1
+        return float(quantizer.alpha.detach()) / n, 0, n
+    if isinstance(quantizer, LSQ):
+        return float(quantizer.step.detach()), -quantizer.q_neg, quantizer.q_pos
+    raise ExportError(f"activation {type(quantizer).__name__} is not a uniform quantizer; "
+                      "an integer model needs mid_tread, pact or lsq activations")
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple:
+    """(scale, shift) per channel, float64, of eval-mode batch norm: y = scale * x + shift."""
+    inv = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+    gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(inv)
+    beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(inv)
+    scale = gamma * inv
+    return scale.numpy(), (beta - bn.running_mean.double() * scale).numpy()
+
+
+def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qmin: int, qmax: int) -> tuple:
+    """Thresholds for code = clip(round((a * A + b) / step), qmin, qmax) on an integer accumulator A.
+
+    Returns (direction (C,) int8 of +1/-1, thresholds (C, qmax - qmin) int32) such that
+        code = qmin + #{k : direction * A >= thresholds[:, k]}.
+    Code >= k  <=>  a A + b >= (k - 1/2) step: for a > 0, A >= ceil(((k - 1/2) step - b) / a);
+    a negative a flips the comparison (direction -1); a = 0 gives a constant code.
+    Exact except where a A + b lands on a rounding boundary (a float tie).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    levels = (np.arange(qmin + 1, qmax + 1) - 0.5) * step  # real value at which code reaches qmin+1 .. qmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (levels[None, :] - b[:, None]) / a[:, None]
+    direction = np.where(a < 0, -1, 1).astype(np.int8)
+    up = np.ceil(bound)
+    down = -np.floor(bound)  # A <= floor(bound)  <=>  -A >= -floor(bound)
+    thresholds = np.where(a[:, None] > 0, up, down)
+    constant = a == 0
+    passed = b[:, None] >= levels[None, :]
+    thresholds[constant] = np.where(passed[constant], INT32_MIN, INT32_MAX)
+    return direction, np.clip(thresholds, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+def apply_thresholds(acc: np.ndarray, direction: np.ndarray, thresholds: np.ndarray, qmin: int, axis: int = -1) -> np.ndarray:
+    """code = qmin + number of thresholds passed; the channel axis of `acc` is `axis`."""
+    acc = np.moveaxis(np.asarray(acc, np.int64), axis, -1)
+    signed = acc * direction.astype(np.int64)
+    codes = qmin + (signed[..., None] >= thresholds.astype(np.int64)).sum(-1)
+    return np.moveaxis(codes, -1, axis)
+
+
+def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned integers < 2^bits into bytes, `bits` bits each, little-endian bit order."""
+    v = np.asarray(values).reshape(-1).astype(np.uint64)
+    if v.size and int(v.max()) >= 2**bits:
+        raise ExportError(f"value {int(v.max())} does not fit in {bits} bits")
+    planes = ((v[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
+    return np.packbits(planes.reshape(-1), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_bits: the first `count` values, as int64."""
+    planes = np.unpackbits(np.asarray(packed, np.uint8), bitorder="little", count=count * bits)
+    weights = (1 << np.arange(bits, dtype=np.int64))
+    return (planes.reshape(count, bits).astype(np.int64) * weights).sum(1)
+
+
+def code_bits(lowest: int, highest: int) -> int:
+    """Bits that hold every code in [lowest, highest] once offset by -lowest."""
+    return max(1, math.ceil(math.log2(highest - lowest + 1)))
+
+
+def encoder_grid(encoder: nn.Module) -> tuple:
+    """(step, qmin, qmax) of a first-layer encoder whose output is integer codes times a step."""
+    if isinstance(encoder, PixelEmbedding):
+        return activation_grid(encoder.quantizer)
+    if isinstance(encoder, NaiveInput):
+        n = 2**encoder.bits - 1
+        return 1.0 / n, 0, n
+    if isinstance(encoder, ThermometerInput):
+        return 1.0, 0, 1
+    if isinstance(encoder, Int8Input):
+        return 1.0 / 128, -128, 127
+    raise ExportError(f"first layer {type(encoder).__name__} has no integer form; integer export supports "
+                      "pixel-embedding, naive, thermometer and int8 first layers")
+
+
+@torch.no_grad()
+def freeze_input_table(encoder: nn.Module, in_channels: int) -> tuple:
+    """(lut, step, qmin, qmax): any per-pixel encoder as a lookup table of integer codes,
+    lut[t, p, j] = code of output channel t*d + j for pixel value p (tables, 256, d), int16.
+    One table when every colour's is the same (a shared pixel embedding), else one per colour."""
+    step, qmin, qmax = encoder_grid(encoder)
+    pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, in_channels, 1, 256).contiguous()
+    values = encoder(pixels).double().reshape(in_channels, -1, 256).transpose(1, 2)  # (C, 256, d)
+    codes = torch.round(values / step).clamp(qmin, qmax).to(torch.int16).numpy()
+    if all(np.array_equal(codes[0], c) for c in codes[1:]):
+        codes = codes[:1]
+    return np.ascontiguousarray(codes), step, qmin, qmax

@@ -1,0 +1,66 @@
+"""The slow, obvious integer executor: numpy, int64, one op at a time. The fast runtime and the
+PyTorch fake-quant model are both checked against it."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+
+
+def lut_reference(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """image (N, H, W, C) uint8, lut (T, 256, d) with T = 1 (shared) or C -> codes (N, H, W, C*d)."""
+    n, h, w, c = image.shape
+    tables = np.broadcast_to(lut, (c,) + lut.shape[1:]) if lut.shape[0] == 1 else lut
+    out = np.stack([tables[ch][image[..., ch]] for ch in range(c)], axis=3)  # (N, H, W, C, d)
+    return out.reshape(n, h, w, c * lut.shape[2]).astype(np.int64)
+
+
+def conv2d_reference(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
+    """Integer conv, NHWC codes x OHWI codes -> int64 (N, Ho, Wo, O), zero padding, via im2col."""
+    n, h, w, c = x.shape
+    o, kh, kw, ci = weight.shape
+    if ci != c:
+        raise InputError(f"conv expects {ci} input channels, got {c}")
+    xp = np.pad(np.asarray(x, np.int64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
+    ho, wo = windows.shape[1:3]
+    cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, kh * kw * c)
+    return (cols @ np.asarray(weight, np.int64).reshape(o, -1).T).reshape(n, ho, wo, o)
+
+
+def threshold_reference(acc: np.ndarray, direction: np.ndarray, thresholds: np.ndarray, qmin: int) -> np.ndarray:
+    """code = qmin + #{k : direction * acc >= thresholds[:, k]}, channel last."""
+    signed = np.asarray(acc, np.int64) * direction.astype(np.int64)
+    return qmin + (signed[..., None] >= thresholds.astype(np.int64)).sum(-1)
+
+
+def run_reference(model, images: np.ndarray) -> dict:
+    """Every node's output for uint8 NHWC `images`, keyed by node name ("image" holds the input)."""
+    values = {"image": images}
+    for node in model.nodes:
+        t = {k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
+        x = [values[i] for i in node["inputs"]]
+        op = node["op"]
+        if op == "lut":
+            y = lut_reference(x[0], t["lut"])
+        elif op == "conv":
+            y = conv2d_reference(x[0], t["weight"], node["stride"], node["padding"])
+        elif op == "threshold":
+            y = threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"])
+        elif op == "add_clip":
+            y = np.clip(x[0] + x[1], node["qmin"], node["qmax"])
+        elif op == "subsample_pad":
+            s = node["stride"]
+            y = np.pad(x[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
+        elif op == "sum_pool":
+            y = x[0].sum((1, 2))
+            values["pool.count"] = x[0].shape[1] * x[0].shape[2]
+        elif op == "linear":
+            y = x[0] @ np.asarray(t["weight"], np.int64).T
+        elif op == "linear_float":
+            scale = np.float32(node["step"] / values["pool.count"])
+            y = (x[0].astype(np.float32) * scale) @ t["weight"].T + t["bias"]
+        else:
+            raise ValueError(f"unknown op {op!r}")
+        values[node["name"]] = y
+    return values

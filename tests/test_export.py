@@ -1,0 +1,170 @@
+"""Lowering to integers: each piece against its formula, and the whole graph against PyTorch."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pixelq import create_model
+from pixelq.errors import ExportError
+from pixelq.export import lower_resnet
+from pixelq.export.integers import (
+    fold_batchnorm_into_thresholds,
+    freeze_input_table,
+    pack_bits,
+    unpack_bits,
+    weight_code_grid,
+    weight_integers,
+)
+from pixelq.nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
+from pixelq.quant import make_quantizer
+from pixelq.runtime.reference import run_reference
+
+WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "dorefa:1", "dorefa:2", "dorefa:4",
+                "lsq:2", "lsq:3", "lsq:8"]
+
+
+@pytest.mark.parametrize("spec", WEIGHT_SPECS)
+def test_weight_integers_times_scale_is_the_quantized_weight(spec):
+    q = make_quantizer(spec).train()
+    w = torch.randn(8, 5, 3, 3)
+    expected = q(w).detach()  # also initialises an LSQ step
+    codes, scale = weight_integers(q, w)
+    assert codes.dtype == np.int32 and scale.shape == (8,)
+    assert np.allclose(codes * scale[:, None, None, None], expected.numpy(), atol=1e-6)
+    lowest, stride, bits = weight_code_grid(q)
+    u = (codes - lowest) / stride
+    assert np.all(u == np.round(u)) and u.min() >= 0 and u.max() < 2**bits
+
+
+@given(st.integers(1, 8), st.integers(0, 300), st.integers(0, 10_000))
+@settings(max_examples=60, deadline=None)
+def test_pack_unpack_round_trip(bits, count, seed):
+    v = np.random.default_rng(seed).integers(0, 2**bits, count)
+    packed = pack_bits(v, bits)
+    assert packed.dtype == np.uint8 and len(packed) == (count * bits + 7) // 8
+    assert np.array_equal(unpack_bits(packed, bits, count), v)
+
+
+def test_pack_rejects_values_too_wide():
+    with pytest.raises(ExportError, match="does not fit"):
+        pack_bits(np.array([4]), 2)
+
+
+@given(st.integers(0, 10_000), st.sampled_from([(0, 1), (0, 3), (0, 7), (-2, 1), (0, 255)]))
+@settings(max_examples=60, deadline=None)
+def test_thresholds_equal_round_clip_of_the_affine(seed, qrange):
+    """code = clip(round((a A + b) / step)) for every integer A, any sign of a (zero included)."""
+    rng = np.random.default_rng(seed)
+    qmin, qmax = qrange
+    channels = 12
+    a = rng.normal(0, 0.05, channels)
+    a[:2] = [0.0, -abs(a[2])]
+    b = rng.normal(0, 1.0, channels)
+    step = float(rng.uniform(0.1, 1.0))
+    direction, thresholds = fold_batchnorm_into_thresholds(a, b, step, qmin, qmax)
+    acc = rng.integers(-200, 200, (500, channels))
+    codes = qmin + (acc[..., None] * direction[:, None] >= thresholds).sum(-1)
+    exact = (a * acc + b) / step
+    expected = np.clip(np.floor(exact + 0.5), qmin, qmax)  # round half up: ties are measure-zero here
+    tie = np.abs(exact - np.round(exact) - 0.5) < 1e-9
+    assert np.array_equal(codes[~tie], expected[~tie])
+
+
+@pytest.mark.parametrize("encoder", [
+    PixelEmbedding(3, d=4, bits=2, init="uniform"),
+    PixelEmbedding(3, d=3, bits=1, shared=False, init="uniform"),
+    NaiveInput(3, bits=3),
+    ThermometerInput(3, d=5),
+    Int8Input(3),
+], ids=lambda e: type(e).__name__)
+def test_input_table_reproduces_the_encoder(encoder):
+    lut, step, qmin, qmax = freeze_input_table(encoder, 3)
+    x = torch.randint(0, 256, (2, 3, 5, 6), dtype=torch.uint8)
+    expected = encoder(x).detach().numpy() / step
+    got = run_reference_lut(lut, x)
+    assert np.array_equal(got, np.round(expected)) and np.allclose(got, expected, atol=1e-5)
+    assert lut.min() >= qmin and lut.max() <= qmax
+    if isinstance(encoder, PixelEmbedding) and encoder.shared:
+        assert lut.shape[0] == 1
+
+
+def run_reference_lut(lut, x):
+    from pixelq.runtime.reference import lut_reference
+
+    return lut_reference(x.permute(0, 2, 3, 1).numpy(), lut).transpose(0, 3, 1, 2)
+
+
+def trained_like(model, seed=0):
+    """Give batch norm real running statistics, as training would, then switch to eval."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g))
+    return model.eval()
+
+
+def torch_layer_outputs(model, x):
+    """Every activation quantizer's output (NHWC) and every BN's output, from forward hooks."""
+    outs, handles = {}, []
+    for name, module in model.named_modules():
+        if name.endswith(("act", "act1", "res_act", "act_out", "shortcut_act")) or name.endswith(("bn", "bn1", "bn2")):
+            handles.append(module.register_forward_hook(
+                lambda m, i, o, name=name: outs.__setitem__(name, o.detach().permute(0, 2, 3, 1).double().numpy())))
+    logits = model(x).detach().double().numpy()
+    for h in handles:
+        h.remove()
+    return outs, logits
+
+
+def assert_codes_match(model, graph, x):
+    outs, logits = torch_layer_outputs(model, x)
+    values = run_reference(graph, x.permute(0, 2, 3, 1).numpy())
+    for node in graph.nodes:
+        if node["op"] not in ("threshold", "add_clip"):
+            continue
+        torch_codes = outs[node["name"]] / node["step"]
+        assert np.allclose(torch_codes, np.round(torch_codes), atol=1e-4)
+        differ = np.round(torch_codes) != values[node["name"]]
+        if differ.any():  # allowed only at float ties: the pre-activation sits on a rounding boundary
+            bn_name = node["name"].replace("act1", "bn1").replace("res_act", "bn2").replace("shortcut_act", "shortcut_bn")
+            bn_name = bn_name.replace("stem.act", "stem.bn")
+            pre = outs[bn_name][differ] / node["step"]
+            assert np.all(np.abs(pre - np.floor(pre) - 0.5) < 1e-4), f"{node['name']}: {differ.sum()} codes differ"
+    return values, logits
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized")),
+    ("resnet20", dict(first_layer="pixel-embedding", first_layer_kwargs={"shared": False, "d": 4, "bits": 1},
+                      wbits=2, abits=3, last_layer="quantized")),
+    ("resnet20", dict(first_layer="thermometer", wbits=1, abits=2, last_layer="float",
+                      overrides={"stages.1.*.conv2": "ternary:channel", "stages.2.0.conv1": "dorefa:3"})),
+    ("resnet18", dict(first_layer="naive", wbits=1, abits=2, last_layer="quantized")),
+])
+def test_integer_graph_matches_fake_quant_model_layer_by_layer(name, kwargs):
+    torch.manual_seed(1)
+    model = trained_like(create_model(name, **kwargs))
+    graph = lower_resnet(model)
+    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    values, logits = assert_codes_match(model, graph, x)
+    if graph.meta["integer_only"]:
+        scale = np.asarray(graph.meta["logit_scale"]) / values["pool.count"]
+        assert np.allclose(values["fc"] * scale, logits, rtol=1e-4, atol=1e-5)
+    else:
+        assert np.allclose(values["fc"], logits, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(values["fc"].argmax(1), logits.argmax(1))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(first_layer="float", wbits=1, abits=2), "FloatInput has no integer form"),
+    (dict(first_layer="naive", wbits=1, abits=2, overrides={"stages.0.0.conv1": None}), "has float weights"),
+    (dict(first_layer="bitplane", wbits=1, abits=2), "no integer form"),
+    (dict(first_layer="pixel-embedding", wbits=1, abits=32), "float activation"),
+    (dict(first_layer="pixel-embedding", wbits=1, abits=2, overrides={"stages.0.0.res_act": "mid_tread:3"}),
+     "one activation grid"),
+])
+def test_unsupported_models_raise_export_error(kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        lower_resnet(create_model("resnet20", **kwargs).eval())
