@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from pixelq import create_model
 from pixelq.errors import ExportError
-from pixelq.export import lower_resnet
-from pixelq.export.integers import (
+from pixelq.exporting import lower_resnet
+from pixelq.exporting.integers import (
     fold_batchnorm_into_thresholds,
     freeze_input_table,
     pack_bits,

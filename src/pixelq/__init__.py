@@ -1,6 +1,7 @@
 """pixelq: fully quantized CNNs with pixel embedding, from uint8 pixels to integer-only inference."""
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError, DataError, InputError, PixelqError
+from .errors import CheckpointError, ConfigError, DataError, ExportError, InputError, ModelFileError, PixelqError
+from .exporting import export
 from .models import create_model, list_models, register_model
 from .training import TrainConfig, evaluate, load_checkpoint, train
 
@@ -10,11 +11,14 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "ExportError",
     "InputError",
+    "ModelFileError",
     "PixelqError",
     "TrainConfig",
     "create_model",
     "evaluate",
+    "export",
     "list_models",
     "load_checkpoint",
     "load_dataset",

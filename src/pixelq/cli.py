@@ -136,6 +136,42 @@ def _run_bench_data(args) -> None:
     _write_json(args.json, result)
 
 
+def _run_export(args) -> None:
+    from .exporting import export, payload_bytes
+    from .training import load_checkpoint
+
+    integer_model = export(load_checkpoint(args.checkpoint), args.output)
+    size = Path(args.output).stat().st_size
+    print(json.dumps({"path": args.output, "bytes": size, "payload_bytes": payload_bytes(integer_model),
+                      "integer_only": integer_model.meta["integer_only"]}))
+
+
+def _run_run(args) -> None:
+    import time
+
+    from .data import load_dataset
+    from .runtime import load
+
+    runtime = load(args.model, threads=args.threads)
+    test = load_dataset(args.data).test
+    images, labels = test.images[: args.limit], test.labels[: args.limit]
+    t0 = time.perf_counter()
+    predicted = runtime.predict(images)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"top1": 100.0 * float((predicted == labels).mean()), "n": len(labels),
+                      "images_per_s": len(labels) / seconds}))
+
+
+def _run_inspect(args) -> None:
+    from .exporting import read_manifest
+
+    manifest, _ = read_manifest(args.model)
+    for node in manifest["nodes"]:
+        attrs = {k: v for k, v in node.items() if k not in ("op", "name", "inputs", "tensors")}
+        print(f"{node['name']:<28} {node['op']:<14} <- {', '.join(node['inputs']):<28} {attrs}")
+    print(json.dumps(manifest["meta"]))
+
+
 def _run_models(args) -> None:
     from .models import list_models
 
@@ -156,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's schedule)")
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("models", help="list the registered model names")
+    p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
+    p.add_argument("model", help=".pxq model file")
+    p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--threads", type=int)
+    p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
+    p.add_argument("model")
     p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -172,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
-            "bench-train": _run_bench_train, "bench-data": _run_bench_data}
+            "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
+            "inspect": _run_inspect}
 
 
 def main(argv: "list[str] | None" = None) -> int:

@@ -23,3 +23,7 @@ class CheckpointError(PixelqError):
 
 class ExportError(PixelqError):
     """A model cannot be lowered to integers (unsupported layer or precision), or a model file is bad."""
+
+
+class ModelFileError(ExportError):
+    """A .pxq model file is missing, truncated, altered, or of a version this pixelq cannot read."""

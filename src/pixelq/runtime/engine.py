@@ -1,0 +1,60 @@
+"""`load(path)` -> Runtime: predict, logits and every layer's integer output for uint8 NHWC images."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InputError
+from ..exporting.fileformat import load_model
+from ..exporting.graph import IntegerModel
+from .reference import run_reference
+
+
+class Runtime:
+    """Runs an IntegerModel on uint8 (N, H, W, C) numpy images, `batch_size` images at a time."""
+
+    def __init__(self, model: IntegerModel, threads: "int | None" = None, batch_size: int = 256):
+        self.model, self.threads, self.batch_size = model, threads, batch_size
+        self.in_channels = model.meta["in_channels"]
+        self.integer_only = model.meta["integer_only"]
+
+    def _check(self, images) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8:
+            raise InputError(f"the runtime takes uint8 images, got {images.dtype}; pass raw pixel bytes")
+        if images.ndim != 4 or images.shape[-1] != self.in_channels:
+            raise InputError(f"expected images (N, H, W, {self.in_channels}), got shape {images.shape}")
+        return images
+
+    def layer_outputs(self, images) -> dict:
+        """Every node's output (integer codes / accumulators) for one batch, keyed by layer name."""
+        return run_reference(self.model, self._check(images))
+
+    def _run(self, images: np.ndarray) -> tuple:
+        """(logits, pooled count) over all images, in batches."""
+        out, parts, count = self.model.meta["output"], [], 1
+        for i in range(0, len(images), self.batch_size):
+            values = run_reference(self.model, images[i:i + self.batch_size])
+            parts.append(values[out])
+            count = values["pool.count"]
+        logits = np.concatenate(parts) if parts else np.zeros((0, self.model.meta["num_classes"]))
+        return logits.astype(np.int32 if self.integer_only else np.float32), count
+
+    def logits(self, images) -> np.ndarray:
+        """(N, classes) int32 logits (float32 if the model kept a float last layer)."""
+        return self._run(self._check(images))[0]
+
+    def float_logits(self, images) -> np.ndarray:
+        """Logits in the training model's units: integer logits times the stored scale / pooled count."""
+        logits, count = self._run(self._check(images))
+        if not self.integer_only:
+            return logits
+        return logits * (np.asarray(self.model.meta["logit_scale"], np.float32) / count)
+
+    def predict(self, images) -> np.ndarray:
+        """(N,) int64 class indices."""
+        return self.logits(images).argmax(1).astype(np.int64)
+
+
+def load(path, threads: "int | None" = None) -> Runtime:
+    """Read a .pxq model file and return a Runtime for it."""
+    return Runtime(load_model(path), threads=threads)

@@ -1,0 +1,127 @@
+"""The .pxq file and the runtime API: round trip, size, damage, and agreement with PyTorch."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pixelq
+from pixelq import InputError, ModelFileError, create_model
+from pixelq.cli import main
+from pixelq.exporting import load_model, payload_bytes
+from pixelq.runtime import load
+from test_export import trained_like
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2,
+                                      last_layer="quantized"))
+    path = tmp_path_factory.mktemp("pxq") / "model.pxq"
+    return model, pixelq.export(model, path), path
+
+
+def test_file_round_trip_and_size(model_file):
+    _, graph, path = model_file
+    again = load_model(path)
+    assert again.nodes == graph.nodes and again.meta == graph.meta
+    assert all(np.array_equal(again.tensors[k], graph.tensors[k]) for k in graph.tensors)
+    assert path.stat().st_size <= 1.1 * payload_bytes(graph)
+    weights_bits = sum(graph.tensors[f"{n['name']}.weight"].size * n["weight_bits"]
+                       for n in graph.nodes if n["op"] in ("conv", "linear"))
+    assert payload_bytes(graph) < weights_bits / 8 + 20_000  # binary weights dominate; thresholds are small
+
+
+def assert_same_predictions(runtime, model, images):
+    """Labels agree, except where the integer logits tie at the top (PyTorch's float logits then
+    differ only by summation order)."""
+    ints = runtime.logits(images)
+    torch_labels = model(torch.as_tensor(images)).argmax(1).numpy()
+    top = ints.max(1, keepdims=True)
+    tied = (ints == top).sum(1) > 1
+    agree = runtime.predict(images) == torch_labels
+    assert np.all(agree | tied)
+    assert np.all(ints[np.arange(len(ints)), torch_labels] == top[:, 0]), "PyTorch's label is a top integer logit"
+
+
+def test_runtime_agrees_with_pytorch(model_file):
+    model, _, path = model_file
+    runtime = load(path)
+    x = torch.randint(0, 256, (5, 16, 16, 3), dtype=torch.uint8)
+    logits = model(x).detach().numpy()
+    assert runtime.logits(x.numpy()).dtype == np.int32
+    assert np.array_equal(runtime.predict(x.numpy()), logits.argmax(1))
+    assert np.allclose(runtime.float_logits(x.numpy()), logits, rtol=1e-4, atol=1e-5)
+    layers = runtime.layer_outputs(x.numpy())
+    assert layers["stem.act"].shape == (5, 16, 16, 16) and layers["stem.act"].max() <= 3
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", "cannot read"),
+    ("flip", "checksum mismatch"),
+    ("garbage", "cannot read"),
+])
+def test_damaged_files_raise(model_file, tmp_path, damage, message):
+    data = bytearray(model_file[2].read_bytes())
+    bad = tmp_path / "bad.pxq"
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    elif damage == "flip":
+        data[-50] ^= 0xFF
+    else:
+        data = b"\x00" * 64
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match=message):
+        load(bad)
+
+
+def test_wrong_version_raises(model_file, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(model_file[2]), framework="np") as f:
+        metadata = dict(f.metadata())
+    metadata["version"] = "99"
+    bad = tmp_path / "v99.pxq"
+    save_file(load_file(str(model_file[2])), str(bad), metadata=metadata)
+    with pytest.raises(ModelFileError, match="version 99"):
+        load(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load(tmp_path / "none.pxq")
+
+
+@pytest.mark.parametrize("images, message", [
+    (np.zeros((2, 8, 8, 3), np.float32), "uint8"),
+    (np.zeros((8, 8, 3), np.uint8), "expected images"),
+    (np.zeros((2, 8, 8, 4), np.uint8), "expected images"),
+])
+def test_runtime_rejects_bad_images(model_file, images, message):
+    with pytest.raises(InputError, match=message):
+        load(model_file[2]).predict(images)
+
+
+def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
+    from test_train import write_dataset
+
+    data = write_dataset(tmp_path, tiny_splits)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--first-layer", "pixel-embedding", "--pe-dim", "4", "--wbits", "1",
+                 "--abits", "2", "--last-layer", "quantized", "--epochs", "1", "--batch-size", "16",
+                 "--out", str(out), "--quiet", "--threads", "1"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["bytes"] <= 1.1 * exported["payload_bytes"] and exported["integer_only"]
+    assert main(["run", str(tmp_path / "m.pxq"), "--data", str(data)]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    runtime, model = load(tmp_path / "m.pxq"), pixelq.load_checkpoint(out / "checkpoint.pt")
+    assert_same_predictions(runtime, model, tiny_splits.test.images)
+    expected = 100.0 * (runtime.predict(tiny_splits.test.images) == tiny_splits.test.labels).mean()
+    assert ran["n"] == 24 and ran["top1"] == pytest.approx(expected) and abs(ran["top1"] - trained["top1"]) <= 100 / 24
+    assert main(["inspect", str(tmp_path / "m.pxq")]) == 0
+    assert "stem.encoder" in capsys.readouterr().out
+    assert main(["run", str(tmp_path / "missing.pxq")]) == 2
