@@ -26,6 +26,7 @@ from ..quant import Quantizer
 from .integers import (
     activation_grid,
     batchnorm_affine,
+    check_accumulator_range,
     fold_batchnorm_into_thresholds,
     freeze_input_table,
     weight_code_grid,
@@ -77,6 +78,8 @@ def _conv_threshold(b: _Builder, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Mo
         raise ExportError(f"{conv_name}: grouped or dilated convs are not supported by the integer runtime")
     codes, wscale = weight_integers(quantizer, conv.weight)
     lowest, stride, bits = weight_code_grid(quantizer)
+    check_accumulator_range(conv_name, codes[0].size, max(abs(in_grid[1]), abs(in_grid[2])), lowest,
+                            lowest + stride * (2**bits - 1))
     in_step = in_grid[0]
     bn_scale, bn_shift = batchnorm_affine(bn)
     bias = conv.bias.detach().double().numpy() if conv.bias is not None else 0.0

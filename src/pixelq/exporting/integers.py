@@ -171,3 +171,16 @@ def freeze_input_table(encoder: nn.Module, in_channels: int) -> tuple:
     if all(np.array_equal(codes[0], c) for c in codes[1:]):
         codes = codes[:1]
     return np.ascontiguousarray(codes), step, qmin, qmax
+
+
+def accumulator_bound(kernel_elements: int, in_qmax: int, w_lowest: int, w_highest: int) -> int:
+    """Largest |accumulator| a layer can reach: taps * inputs * max |code| * max |weight code|."""
+    return kernel_elements * in_qmax * max(abs(w_lowest), abs(w_highest))
+
+
+def check_accumulator_range(name: str, kernel_elements: int, in_qmax: int, w_lowest: int, w_highest: int) -> None:
+    """ExportError if the layer's int32 accumulators could overflow."""
+    bound = accumulator_bound(kernel_elements, in_qmax, w_lowest, w_highest)
+    if bound > INT32_MAX:
+        raise ExportError(f"{name}: accumulators could reach {bound}, beyond int32; use fewer input channels "
+                          "or fewer weight/activation bits")

@@ -3,19 +3,32 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..exporting.fileformat import load_model
 from ..exporting.graph import IntegerModel
+from .fast import FastExecutor, kernels_available
 from .reference import run_reference
+
+BACKENDS = ("auto", "c", "reference")
 
 
 class Runtime:
-    """Runs an IntegerModel on uint8 (N, H, W, C) numpy images, `batch_size` images at a time."""
+    """Runs an IntegerModel on uint8 (N, H, W, C) numpy images, `batch_size` images at a time.
 
-    def __init__(self, model: IntegerModel, threads: "int | None" = None, batch_size: int = 256):
+    backend "c" uses the compiled popcount kernels, "reference" the numpy executor, "auto" the
+    kernels when they were built. `threads` caps the kernels' threads (default: all cores).
+    """
+
+    def __init__(self, model: IntegerModel, threads: "int | None" = None, batch_size: int = 256,
+                 backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.model, self.threads, self.batch_size = model, threads, batch_size
         self.in_channels = model.meta["in_channels"]
         self.integer_only = model.meta["integer_only"]
+        use_c = backend == "c" or (backend == "auto" and kernels_available())
+        self.backend = "c" if use_c else "reference"
+        self._execute = FastExecutor(model, threads).run if use_c else (lambda images: run_reference(model, images))
 
     def _check(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -27,13 +40,13 @@ class Runtime:
 
     def layer_outputs(self, images) -> dict:
         """Every node's output (integer codes / accumulators) for one batch, keyed by layer name."""
-        return run_reference(self.model, self._check(images))
+        return self._execute(self._check(images))
 
     def _run(self, images: np.ndarray) -> tuple:
         """(logits, pooled count) over all images, in batches."""
         out, parts, count = self.model.meta["output"], [], 1
         for i in range(0, len(images), self.batch_size):
-            values = run_reference(self.model, images[i:i + self.batch_size])
+            values = self._execute(images[i:i + self.batch_size])
             parts.append(values[out])
             count = values["pool.count"]
         logits = np.concatenate(parts) if parts else np.zeros((0, self.model.meta["num_classes"]))
@@ -55,6 +68,6 @@ class Runtime:
         return self.logits(images).argmax(1).astype(np.int64)
 
 
-def load(path, threads: "int | None" = None) -> Runtime:
+def load(path, threads: "int | None" = None, backend: str = "auto") -> Runtime:
     """Read a .pxq model file and return a Runtime for it."""
-    return Runtime(load_model(path), threads=threads)
+    return Runtime(load_model(path), threads=threads, backend=backend)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import ExportError, InputError
 
 
 def lut_reference(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -34,33 +34,47 @@ def threshold_reference(acc: np.ndarray, direction: np.ndarray, thresholds: np.n
     return qmin + (signed[..., None] >= thresholds.astype(np.int64)).sum(-1)
 
 
-def run_reference(model, images: np.ndarray) -> dict:
-    """Every node's output for uint8 NHWC `images`, keyed by node name ("image" holds the input)."""
+def _sum_pool(node, x, t, values):
+    values["pool.count"] = x[0].shape[1] * x[0].shape[2]
+    return x[0].sum((1, 2), dtype=np.int64)
+
+
+def _linear_float(node, x, t, values):
+    scale = np.float32(node["step"] / values["pool.count"])
+    return (x[0].astype(np.float32) * scale) @ t["weight"].T + t["bias"]
+
+
+def _subsample_pad(node, x, t, values):
+    s = node["stride"]
+    return np.pad(x[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
+
+
+# op -> f(node, inputs, node's tensors, all values so far) -> output
+REFERENCE_OPS = {
+    "lut": lambda node, x, t, v: lut_reference(x[0], t["lut"]),
+    "conv": lambda node, x, t, v: conv2d_reference(x[0], t["weight"], node["stride"], node["padding"]),
+    "threshold": lambda node, x, t, v: threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"]),
+    "add_clip": lambda node, x, t, v: np.clip(x[0].astype(np.int64) + x[1], node["qmin"], node["qmax"]),
+    "subsample_pad": _subsample_pad,
+    "sum_pool": _sum_pool,
+    "linear": lambda node, x, t, v: x[0] @ np.asarray(t["weight"], np.int64).T,
+    "linear_float": _linear_float,
+}
+
+
+def run_graph(model, images: np.ndarray, ops: "dict | None" = None) -> dict:
+    """Every node's output for uint8 NHWC `images`, keyed by node name ("image" holds the input).
+    `ops` replaces some of REFERENCE_OPS (the fast executor passes its C kernels)."""
+    table = {**REFERENCE_OPS, **(ops or {})}
     values = {"image": images}
     for node in model.nodes:
+        if node["op"] not in table:
+            raise ExportError(f"unknown op {node['op']!r} in the model file; it needs a newer pixelq")
         t = {k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
-        x = [values[i] for i in node["inputs"]]
-        op = node["op"]
-        if op == "lut":
-            y = lut_reference(x[0], t["lut"])
-        elif op == "conv":
-            y = conv2d_reference(x[0], t["weight"], node["stride"], node["padding"])
-        elif op == "threshold":
-            y = threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"])
-        elif op == "add_clip":
-            y = np.clip(x[0] + x[1], node["qmin"], node["qmax"])
-        elif op == "subsample_pad":
-            s = node["stride"]
-            y = np.pad(x[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
-        elif op == "sum_pool":
-            y = x[0].sum((1, 2))
-            values["pool.count"] = x[0].shape[1] * x[0].shape[2]
-        elif op == "linear":
-            y = x[0] @ np.asarray(t["weight"], np.int64).T
-        elif op == "linear_float":
-            scale = np.float32(node["step"] / values["pool.count"])
-            y = (x[0].astype(np.float32) * scale) @ t["weight"].T + t["bias"]
-        else:
-            raise ValueError(f"unknown op {op!r}")
-        values[node["name"]] = y
+        values[node["name"]] = table[node["op"]](node, [values[i] for i in node["inputs"]], t, values)
     return values
+
+
+def run_reference(model, images: np.ndarray) -> dict:
+    """run_graph with the numpy reference for every op."""
+    return run_graph(model, images)

@@ -1,0 +1,18 @@
+"""Builds the optional C kernels of the integer runtime; without a C compiler pixelq still installs
+and the runtime falls back to its numpy reference executor."""
+import sys
+
+from setuptools import Extension, setup
+
+openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+setup(
+    ext_modules=[
+        Extension(
+            "pixelq.runtime._kernels",
+            sources=["src/pixelq/runtime/csrc/kernels.c"],
+            extra_compile_args=["-O3", "-std=c11", *openmp],
+            extra_link_args=openmp,
+            optional=True,
+        )
+    ]
+)

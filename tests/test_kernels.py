@@ -1,0 +1,128 @@
+"""The C kernels against the numpy reference, and the reference against an independent oracle
+(a float64 conv in PyTorch on integer-valued data), for every instruction set this CPU has."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pixelq.errors import ExportError
+from pixelq.exporting.integers import check_accumulator_range
+from pixelq.runtime import fast
+from pixelq.runtime.reference import conv2d_reference, threshold_reference
+
+pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
+
+ISAS = ["portable", "avx2", "avx512vpopcntdq"]
+WEIGHT_GRIDS = {"binary": (-1, 2, 1), "ternary": (-1, 1, 2), "dorefa3": (-7, 2, 3), "lsq4": (-8, 1, 4)}
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    k = fast._kernels
+    before = k.isa()
+    try:
+        k.set_isa(request.param)
+    except ValueError:
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    k.set_isa(before)
+
+
+def random_weights(rng, shape, grid):
+    lowest, stride, bits = grid
+    return (lowest + stride * rng.integers(0, 2**bits, shape)).astype(np.int32)
+
+
+def fast_conv(x, w, grid, stride, padding, threads=2):
+    lowest, wstride, bits = grid
+    n, h, wd_, c = x.shape
+    o, k = w.shape[0], w.shape[1]
+    planes_in = max(1, int(x.max(initial=0)).bit_length())
+    words = fast.words(c)
+    planes = np.empty((n, h, wd_, planes_in, words), np.uint64)
+    fast._kernels.pack_planes(np.ascontiguousarray(x, np.uint8), n * h * wd_, c, planes_in, words, planes, threads)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (wd_ + 2 * padding - k) // stride + 1
+    out = np.empty((n, ho, wo, o), np.int32)
+    fast._kernels.conv(planes, n, h, wd_, planes_in, words, fast.pack_conv_weight(w, lowest, wstride, bits), k, k,
+                       bits, o, lowest, wstride, stride, padding, ho, wo, out, threads)
+    return out
+
+
+def torch_oracle(x, w, stride, padding):
+    xt = torch.as_tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
+    wt = torch.as_tensor(w, dtype=torch.float64).permute(0, 3, 1, 2)
+    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+    return y.permute(0, 2, 3, 1).numpy().astype(np.int64)
+
+
+@given(
+    n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), c=st.sampled_from([1, 3, 17, 63, 64, 65, 130]),
+    o=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+    abits=st.sampled_from([1, 2, 3, 4, 8]), grid=st.sampled_from(sorted(WEIGHT_GRIDS)), seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None)
+def test_reference_conv_equals_float_oracle(n, h, w, c, o, k, stride, padding, abits, grid, seed):
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**abits, (n, h, w, c))
+    wt = random_weights(rng, (o, k, k, c), WEIGHT_GRIDS[grid])
+    assert np.array_equal(conv2d_reference(x, wt, stride, padding), torch_oracle(x, wt, stride, padding))
+
+
+@given(
+    n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), c=st.sampled_from([1, 3, 17, 63, 64, 65, 130]),
+    o=st.integers(1, 20), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+    abits=st.sampled_from([1, 2, 3, 4, 8]), grid=st.sampled_from(sorted(WEIGHT_GRIDS)), seed=st.integers(0, 2**16),
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fast_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits, grid, seed):
+    if h + 2 * padding < k or w + 2 * padding < k:
+        return
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**abits, (n, h, w, c)).astype(np.uint8)
+    wt = random_weights(rng, (o, k, k, c), WEIGHT_GRIDS[grid])
+    assert np.array_equal(fast_conv(x, wt, WEIGHT_GRIDS[grid], stride, padding), conv2d_reference(x, wt, stride, padding))
+
+
+def test_fast_conv_near_the_int32_limit(isa):
+    """8-bit codes at 255 and weight codes at -128: |acc| = 9 * 2048 * 255 * 128, 60% of int32."""
+    c = 2048
+    x = np.full((1, 3, 3, c), 255, np.uint8)
+    w = np.full((2, 3, 3, c), -128, np.int32)
+    w[1] = 127
+    out = fast_conv(x, w, (-128, 1, 8), 1, 0)
+    assert out[0, 0, 0].tolist() == [-9 * c * 255 * 128, 9 * c * 255 * 127]
+    assert np.array_equal(out, torch_oracle(x, w, 1, 0))
+
+
+def test_accumulator_range_check():
+    check_accumulator_range("ok", 9 * 2048, 255, -128, 127)
+    with pytest.raises(ExportError, match="beyond int32"):
+        check_accumulator_range("conv", 9 * 8192, 255, -128, 127)
+
+
+@given(m=st.integers(1, 50), o=st.integers(1, 40), levels=st.integers(1, 7), qmin=st.integers(-2, 0),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=50, deadline=None)
+def test_threshold_kernel_equals_reference(m, o, levels, qmin, seed):
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-500, 500, (m, o)).astype(np.int32)
+    direction = rng.choice([-1, 1], o).astype(np.int8)
+    thresholds = np.sort(rng.integers(-400, 400, (o, levels)), axis=1).astype(np.int32)
+    if qmin < 0:
+        return  # uint8 output codes: the runtime sends signed grids to the reference
+    out = np.empty((m, o), np.uint8)
+    fast._kernels.threshold(acc, m, o, direction, thresholds, levels, qmin, out, 2)
+    assert np.array_equal(out, threshold_reference(acc, direction, thresholds, qmin))
+
+
+@given(m=st.integers(1, 30), c=st.integers(1, 200), bits=st.integers(1, 8), seed=st.integers(0, 2**16))
+@settings(max_examples=50, deadline=None)
+def test_pack_planes_equals_numpy(m, c, bits, seed):
+    codes = np.random.default_rng(seed).integers(0, 2**bits, (m, c)).astype(np.uint8)
+    out = np.empty((m, bits, fast.words(c)), np.uint64)
+    fast._kernels.pack_planes(codes, m, c, bits, fast.words(c), out, 2)
+    expected = fast.pack_channel_bits(np.stack([(codes >> p) & 1 for p in range(bits)], axis=1))
+    assert np.array_equal(out, expected)
