@@ -5,7 +5,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from ..data import DataSplits, batches, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model, model_kwargs, model_size_bytes
 from ..nn import PixelEmbedding
-from .checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from .checkpoint import read_checkpoint, save_checkpoint
 
 SCHEDULES = ("cosine", "step")
 OPTIMIZERS = ("sgd", "adam")
@@ -182,7 +182,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     if resume and ckpt_path.is_file():
         saved = read_checkpoint(ckpt_path)
         _check_resumable(saved["config"], cfg, ckpt_path)
-        model.load_state_dict(model_from_checkpoint(saved, str(ckpt_path)).state_dict())
+        try:
+            model.load_state_dict(saved["state_dict"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt_path}: the saved weights do not fit this model ({e})") from e
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history = saved["epoch"], saved["history"]
     net = DistributedDataParallel(model) if world > 1 else model
@@ -258,7 +261,3 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     if started_group:
         dist.destroy_process_group()
     return metrics
-
-
-def config_fields() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
