@@ -126,3 +126,22 @@ def test_pack_planes_equals_numpy(m, c, bits, seed):
     fast._kernels.pack_planes(codes, m, c, bits, fast.words(c), out, 2)
     expected = fast.pack_channel_bits(np.stack([(codes >> p) & 1 for p in range(bits)], axis=1))
     assert np.array_equal(out, expected)
+
+
+@given(h=st.integers(1, 8), c=st.sampled_from([3, 16, 70]), o=st.integers(1, 24), stride=st.integers(1, 2),
+       levels=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_fused_conv_threshold_equals_reference(h, c, o, stride, levels, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 4, (2, h, h, c)).astype(np.uint8)
+    wt = random_weights(rng, (o, 3, 3, c), WEIGHT_GRIDS["binary"])
+    acc = conv2d_reference(x, wt, stride, 1)
+    direction = rng.choice([-1, 1], o).astype(np.int8)
+    thresholds = np.sort(rng.integers(-30, 30, (o, levels)), axis=1).astype(np.int32)
+    planes = np.empty((2, h, h, 2, fast.words(c)), np.uint64)
+    fast._kernels.pack_planes(x, 2 * h * h, c, 2, fast.words(c), planes, 2)
+    ho = (h + 2 - 3) // stride + 1
+    codes = np.empty((2, ho, ho, o), np.uint8)
+    fast._kernels.conv(planes, 2, h, h, 2, fast.words(c), fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, -1, 2,
+                       stride, 1, ho, ho, codes, 2, direction, thresholds, levels, 0)
+    assert np.array_equal(codes, threshold_reference(acc, direction, thresholds, 0))

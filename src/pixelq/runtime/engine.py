@@ -28,7 +28,13 @@ class Runtime:
         self.integer_only = model.meta["integer_only"]
         use_c = backend == "c" or (backend == "auto" and kernels_available())
         self.backend = "c" if use_c else "reference"
-        self._execute = FastExecutor(model, threads).run if use_c else (lambda images: run_reference(model, images))
+
+        def reference(images):
+            return run_reference(model, images)
+
+        self._execute = FastExecutor(model, threads).run if use_c else reference
+        # Layer by layer shows the accumulators too, which the fused conv + threshold kernel never writes.
+        self._execute_layers = FastExecutor(model, threads, fuse=False).run if use_c else reference
 
     def _check(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -40,7 +46,7 @@ class Runtime:
 
     def layer_outputs(self, images) -> dict:
         """Every node's output (integer codes / accumulators) for one batch, keyed by layer name."""
-        return self._execute(self._check(images))
+        return self._execute_layers(self._check(images))
 
     def _run(self, images: np.ndarray) -> tuple:
         """(logits, pooled count) over all images, in batches."""

@@ -46,20 +46,25 @@ def pack_conv_weight(codes: np.ndarray, lowest: int, stride: int, bits: int) -> 
 class FastExecutor:
     """Prepares packed weights once; `run(images)` returns every node's output like run_reference."""
 
-    def __init__(self, model, threads: "int | None" = None):
+    def __init__(self, model, threads: "int | None" = None, fuse: bool = True):
         if _kernels is None:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
-        self.model, self.threads = model, threads or os.cpu_count() or 1
-        self.packed = {}
+        self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
+        self.packed, self.fused, self._codes = {}, {}, {}
         for node in model.nodes:
             if node["op"] == "conv" and node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
                 w = model.tensors[f"{node['name']}.weight"]
                 self.packed[node["name"]] = pack_conv_weight(w, node["weight_lowest"], node["weight_stride"],
                                                              node["weight_bits"])
+            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and node["inputs"][0] in self.packed:
+                self.fused[node["inputs"][0]] = node  # conv + threshold run as one kernel
 
-    def _conv(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+    def _conv(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
+        """int32 accumulators; or, fused with the threshold node that reads them, that node's codes
+        (kept for `_threshold`; the accumulators are then never materialised and this returns None)."""
         x = x[0]
-        if node["name"] not in self.packed:  # signed or wide input codes: the reference handles them
+        name = node["name"]
+        if name not in self.packed:  # signed or wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
         n, h, w, c = x.shape
         planes_in = max(1, int(node["input_range"][1]).bit_length())
@@ -68,13 +73,24 @@ class FastExecutor:
         _kernels.pack_planes(np.ascontiguousarray(x, np.uint8), n * h * w, c, planes_in, wd, planes, self.threads)
         k, s, p = node["kernel"], node["stride"], node["padding"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        out = np.empty((n, ho, wo, node["out_channels"]), np.int32)
-        _kernels.conv(planes, n, h, w, planes_in, wd, self.packed[node["name"]], k, k, node["weight_bits"],
-                      node["out_channels"], node["weight_lowest"], node["weight_stride"], s, p, ho, wo, out,
-                      self.threads)
-        return out
+        args = (planes, n, h, w, planes_in, wd, self.packed[name], k, k, node["weight_bits"], node["out_channels"],
+                node["weight_lowest"], node["weight_stride"], s, p, ho, wo)
+        thr = self.fused.get(name) if self.fuse else None
+        if thr is None:
+            out = np.empty((n, ho, wo, node["out_channels"]), np.int32)
+            _kernels.conv(*args, out, self.threads)
+            return out
+        tt = self.model.tensors
+        codes = np.empty((n, ho, wo, node["out_channels"]), np.uint8)
+        thresholds = np.ascontiguousarray(tt[f"{thr['name']}.thresholds"], np.int32)
+        _kernels.conv(*args, codes, self.threads, np.ascontiguousarray(tt[f"{thr['name']}.direction"], np.int8),
+                      thresholds, thresholds.shape[1], thr["qmin"])
+        self._codes[thr["name"]] = codes
+        return None
 
     def _threshold(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+        if node["name"] in self._codes:
+            return self._codes.pop(node["name"])
         acc = np.ascontiguousarray(x[0], np.int32)
         direction = np.ascontiguousarray(t["direction"], np.int8)
         thresholds = np.ascontiguousarray(t["thresholds"], np.int32)

@@ -18,6 +18,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -29,10 +30,9 @@
 
 static inline __attribute__((always_inline)) int popcount64(uint64_t v) { return __builtin_popcountll(v); }
 
-/* acc[o] += popcount(w[o] & x) << shift for o in [0, O): the loop the compiler vectorizes. */
-static inline __attribute__((always_inline)) void and_popcount_accumulate(
-    int32_t *restrict acc, const uint64_t *restrict w, uint64_t x, int shift, Py_ssize_t O) {
-    for (Py_ssize_t o = 0; o < O; o++) acc[o] += (int32_t)popcount64(w[o] & x) << shift;
+/* Bit p of 8 code bytes -> 8 bits: mask the bit in each byte, then one multiply gathers them. */
+static inline uint64_t gather_bits8(uint64_t eight_codes, int p) {
+    return (((eight_codes >> p) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56;
 }
 
 static void pack_planes_impl(const uint8_t *restrict codes, Py_ssize_t M, Py_ssize_t C, int P, Py_ssize_t Wd,
@@ -42,15 +42,19 @@ static void pack_planes_impl(const uint8_t *restrict codes, Py_ssize_t M, Py_ssi
         const uint8_t *c = codes + m * C;
         uint64_t *o = out + m * P * Wd;
         memset(o, 0, sizeof(uint64_t) * P * Wd);
-        for (Py_ssize_t ch = 0; ch < C; ch++) {
-            uint64_t bit = 1ULL << (ch & 63);
-            for (int p = 0; p < P; p++)
-                if ((c[ch] >> p) & 1) o[p * Wd + (ch >> 6)] |= bit;
+        for (Py_ssize_t ch = 0; ch < C; ch += 8) {
+            uint64_t chunk = 0;
+            Py_ssize_t take = C - ch < 8 ? C - ch : 8;
+            memcpy(&chunk, c + ch, take);  /* little-endian: byte i is channel ch + i */
+            for (int p = 0; p < P; p++) o[p * Wd + (ch >> 6)] |= gather_bits8(chunk, p) << (ch & 63);
         }
     }
 }
 
-#define CONV_ARGS const uint64_t *x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, int P, Py_ssize_t Wd, const uint64_t *w, int KH, int KW, int J, Py_ssize_t O, int lowest, int wstride, int stride, int pad, Py_ssize_t HO, Py_ssize_t WO, int32_t *out, int threads
+#define CONV_ARGS                                                                                  \
+    const uint64_t *x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, int P, Py_ssize_t Wd, const uint64_t *w, int KH, \
+        int KW, int J, Py_ssize_t O, int lowest, int wstride, int stride, int pad, Py_ssize_t HO, Py_ssize_t WO,   \
+        int32_t *acc, const int8_t *dir, const int32_t *thr, int L, int qmin, uint8_t *codes, int threads
 
 /* One conv per instruction set: the same source, compiled for each target. */
 #define CONV_NAME conv_portable
@@ -117,17 +121,20 @@ static PyObject *py_pack_planes(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_conv(PyObject *self, PyObject *args) {
-    Py_buffer x, w, out;
+    Py_buffer x, w, out, dir = {0}, thr = {0};
     Py_ssize_t N, H, W, Wd, O, HO, WO;
-    int P, KH, KW, J, lowest, wstride, stride, pad, threads;
-    if (!PyArg_ParseTuple(args, "y*nnniny*iiiniiiinnw*i", &x, &N, &H, &W, &P, &Wd, &w, &KH, &KW, &J, &O,
-                          &lowest, &wstride, &stride, &pad, &HO, &WO, &out, &threads))
+    int P, KH, KW, J, lowest, wstride, stride, pad, threads, L = 0, qmin = 0;
+    if (!PyArg_ParseTuple(args, "y*nnniny*iiiniiiinnw*i|y*y*ii", &x, &N, &H, &W, &P, &Wd, &w, &KH, &KW, &J, &O,
+                          &lowest, &wstride, &stride, &pad, &HO, &WO, &out, &threads, &dir, &thr, &L, &qmin))
         return NULL;
+    int fused = thr.buf != NULL;
     PyObject *ret = NULL;
     if (want(&x, N * H * W * P * Wd * 8, "x") && want(&w, (Py_ssize_t)KH * KW * J * Wd * O * 8, "w") &&
-        want(&out, N * HO * WO * O * 4, "out")) {
+        want(&out, N * HO * WO * O * (fused ? 1 : 4), "out") &&
+        (!fused || (want(&dir, O, "direction") && want(&thr, O * L * 4, "thresholds")))) {
         Py_BEGIN_ALLOW_THREADS
-        conv_impl(x.buf, N, H, W, P, Wd, w.buf, KH, KW, J, O, lowest, wstride, stride, pad, HO, WO, out.buf, threads);
+        conv_impl(x.buf, N, H, W, P, Wd, w.buf, KH, KW, J, O, lowest, wstride, stride, pad, HO, WO,
+                  fused ? NULL : out.buf, dir.buf, thr.buf, L, qmin, fused ? out.buf : NULL, threads);
         Py_END_ALLOW_THREADS
         ret = Py_None;
         Py_INCREF(ret);
@@ -135,6 +142,8 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     PyBuffer_Release(&x);
     PyBuffer_Release(&w);
     PyBuffer_Release(&out);
+    if (dir.buf) PyBuffer_Release(&dir);
+    if (thr.buf) PyBuffer_Release(&thr);
     return ret;
 }
 
@@ -205,7 +214,8 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"pack_planes", py_pack_planes, METH_VARARGS, "pack uint8 codes (M, C) into bit-planes (M, P, Wd) uint64"},
-    {"conv", py_conv, METH_VARARGS, "integer conv over packed bit-planes -> int32 accumulators"},
+    {"conv", py_conv, METH_VARARGS,
+     "integer conv over packed bit-planes -> int32 accumulators, or uint8 codes given thresholds"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
     {"set_isa", py_set_isa, METH_VARARGS, "use the conv built for 'avx512vpopcntdq', 'avx2' or 'portable'"},
