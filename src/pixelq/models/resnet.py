@@ -171,7 +171,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def to_nchw(self, x: Tensor) -> Tensor:
-        """Check dtype and shape; NHWC input (last dim = channels) becomes an NCHW view."""
+        """Check dtype and shape; NHWC input (last dim = channels) becomes an NCHW view.
+        When both dim 1 and the last dim equal the channel count (e.g. 3x3 RGB images), NCHW is assumed."""
         c = self.config.in_channels
         if not isinstance(x, Tensor) or x.dtype != torch.uint8:
             got = x.dtype if isinstance(x, Tensor) else type(x).__name__
