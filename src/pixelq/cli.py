@@ -127,6 +127,17 @@ def _run_bench_train(args) -> None:
     _write_json(args.json, result)
 
 
+def _run_bench(args) -> None:
+    from .bench import run_benchmark
+
+    result = run_benchmark(model_path=args.model, repeats=args.repeats)
+    print(f"runtime kernels: {result['runtime_isa']}")
+    print(f"{'speed-up (baseline time / pixelq time)':<44} {'value':>8}")
+    for key, value in result["ratios"].items():
+        print(f"{key:<44} {value:8.2f}x")
+    _write_json(args.json, result)
+
+
 def _run_bench_data(args) -> None:
     from .bench import data_throughput
 
@@ -209,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="write the results here")
+    p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32 and ONNX Runtime int8, timed in one run")
+    p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", help="write the results here")
     p = sub.add_parser("bench-data", help="cached load and uint8 augmentation throughput")
     p.add_argument("--data", help="data set path; default: embedded subset")
     p.add_argument("--batch-size", type=int, default=128)
@@ -218,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
-            "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
+            "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
             "inspect": _run_inspect}
 
 

@@ -1,0 +1,178 @@
+"""`pixelq bench`: the integer runtime against PyTorch fp32 (oneDNN) and ONNX Runtime int8, in one run.
+
+Every time is the best of `repeats` calls after a warm-up, all baselines timed in the same process
+with the same thread count, so the ratios (speed-up = baseline time / pixelq time) survive a noisy
+machine better than the raw times do.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ExportError
+from ..exporting import export
+from ..exporting.graph import IntegerModel
+from ..models import create_model
+from ..runtime import load
+from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, words
+from ..runtime.reference import REFERENCE_OPS, run_graph
+
+DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
+                 "abits": 2, "last_layer": "quantized"}
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def calibrated(model: nn.Module, images: np.ndarray) -> nn.Module:
+    """Batch-norm statistics from `images` (a model with random weights still needs real statistics
+    to have thresholds in range), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(images), 64):
+            model(torch.as_tensor(images[i:i + 64]))
+    return model.eval()
+
+
+def ort_int8_session(float_model: nn.Module, calibration: np.ndarray, threads: int, workdir: Path):
+    """ONNX Runtime session of the float model after static QDQ int8 quantization
+    (per-channel int8 weights, uint8 activations calibrated on `calibration`)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    fp32_path, int8_path = workdir / "float.onnx", workdir / "int8.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter warns about its own deprecation
+        warnings.simplefilter("ignore")
+        torch.onnx.export(float_model, (torch.as_tensor(calibration[:1]),), str(fp32_path), dynamo=False,
+                          input_names=["image"], output_names=["logits"], dynamic_axes={"image": {0: "n"}},
+                          opset_version=17)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"image": calibration[i:i + 16]} for i in range(0, len(calibration), 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+
+
+def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, size: int = 32,
+                     channels: int = 64) -> dict:
+    """One 3x3 conv, channels -> channels, batch x size x size: pixelq W1A{abits} (pack + conv +
+    thresholds, as in the network) against PyTorch fp32 conv2d."""
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 2**abits, (batch, size, size, channels)).astype(np.uint8)
+    weight = np.where(rng.random((channels, 3, 3, channels)) < 0.5, -1, 1).astype(np.int32)
+    packed = pack_conv_weight(weight, -1, 2, 1)
+    wd = words(channels)
+    thresholds = np.sort(rng.integers(-20, 20, (channels, 2**abits - 1)), axis=1).astype(np.int32)
+    direction = np.ones(channels, np.int8)
+    planes = np.empty((batch, size, size, abits, wd), np.uint64)
+    out = np.empty((batch, size, size, channels), np.uint8)
+
+    def pixelq_layer():
+        _kernels.pack_planes(codes, batch * size * size, channels, abits, wd, planes, threads)
+        _kernels.conv(planes, batch, size, size, abits, wd, packed, 3, 3, 1, channels, -1, 2, 1, 1, size, size, out,
+                      threads, direction, thresholds, thresholds.shape[1], 0)
+
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+    x = torch.randn(batch, channels, size, size)
+    with torch.no_grad():
+        torch_s = best_time(lambda: conv(x), repeats)
+    return {"pixelq_s": best_time(pixelq_layer, repeats), "torch_fp32_s": torch_s}
+
+
+def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
+    """Seconds per graph node for one batch (unfused executor, so each conv and threshold shows)."""
+    executor = FastExecutor(runtime.model, runtime.threads, fuse=False)
+    times: dict = {}
+
+    def timed(fn):
+        def wrapper(node, x, t, values):
+            t0 = time.perf_counter()
+            y = fn(node, x, t, values)
+            times[node["name"]] = min(times.get(node["name"], float("inf")), time.perf_counter() - t0)
+            return y
+        return wrapper
+
+    ops = {**REFERENCE_OPS, "conv": executor._conv, "threshold": executor._threshold, "lut": executor._lut}
+    for _ in range(repeats):
+        run_graph(runtime.model, images, {op: timed(fn) for op, fn in ops.items()})
+    return times
+
+
+def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repeats: int) -> dict:
+    """Pixel embedding LUT + binary conv (pixelq) against the float first conv (PyTorch fp32, on
+    normalised float input), one batch, through the first activation."""
+    stem = IntegerModel(runtime.model.nodes[:3], runtime.model.tensors, runtime.model.meta)  # lut, conv, threshold
+    executor = FastExecutor(stem, runtime.threads)
+    x = torch.as_tensor(images)
+    with torch.no_grad():
+        torch_s = best_time(lambda: float_model.stem(float_model.to_nchw(x)), repeats)
+    return {"pixelq_s": best_time(lambda: executor.run(images), repeats), "torch_fp32_s": torch_s}
+
+
+def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_counts=(1, 2), repeats: int = 5,
+                  image_size: int = 32) -> dict:
+    """The comparison `pixelq bench` prints; see the module docstring. Without `model_path` a W1A2
+    ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported."""
+    if _kernels is None:
+        raise ExportError("pixelq bench needs the C kernels; reinstall pixelq with a C compiler present")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (max(batch_sizes), image_size, image_size, 3), dtype=np.uint8)
+    calibration = rng.integers(0, 256, (128, image_size, image_size, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if model_path is None:
+            model_path = tmp / "resnet20-w1a2-pe.pxq"
+            export(calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration), model_path)
+        float_model = calibrated(create_model("resnet20"), calibration)
+        result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {}}
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            suffix = "" if threads == 1 else f"_{threads}t"
+            runtime = load(model_path, threads=threads)
+            session = ort_int8_session(float_model, calibration, threads, tmp)
+            times = {}
+            for batch in batch_sizes:
+                x = images[:batch]
+                with torch.no_grad():
+                    times[f"b{batch}_torch_fp32_s"] = best_time(lambda: float_model(torch.as_tensor(x)), repeats)
+                times[f"b{batch}_ort_int8_s"] = best_time(lambda: session.run(None, {"image": x}), repeats)
+                times[f"b{batch}_pixelq_s"] = best_time(lambda: runtime.logits(x), repeats)
+            for abits in (1, 2):
+                layer = conv_layer_times(abits, threads, repeats)
+                times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
+                    layer["pixelq_s"], layer["torch_fp32_s"]
+                result["ratios"][f"conv3x3_w1a{abits}_vs_torch_fp32{suffix}"] = layer["torch_fp32_s"] / layer["pixelq_s"]
+            first = first_layer_times(float_model, runtime, images[:max(batch_sizes)], repeats)
+            times["first_layer_pixelq_s"], times["first_layer_torch_fp32_s"] = first["pixelq_s"], first["torch_fp32_s"]
+            times["layers_s"] = layer_profile(runtime, images[:max(batch_sizes)], repeats)
+            big = max(batch_sizes)
+            ratios = result["ratios"]
+            ratios[f"resnet20_b{big}_vs_torch_fp32{suffix}"] = times[f"b{big}_torch_fp32_s"] / times[f"b{big}_pixelq_s"]
+            ratios[f"resnet20_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_s"]
+            ratios[f"resnet20_b1_vs_torch_fp32{suffix}"] = times["b1_torch_fp32_s"] / times["b1_pixelq_s"]
+            ratios[f"first_layer_vs_float{suffix}"] = first["torch_fp32_s"] / first["pixelq_s"]
+            result["times"][f"threads_{threads}"] = times
+        result["runtime_isa"] = _kernels.isa()
+    return result
