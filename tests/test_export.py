@@ -18,7 +18,9 @@ from pixelq.exporting.integers import (
 )
 from pixelq.nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
 from pixelq.quant import make_quantizer
+from pixelq.runtime import Runtime
 from pixelq.runtime.reference import run_reference
+from pixelq.runtime.verify import label_agreement, layer_agreement
 
 WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "dorefa:1", "dorefa:2", "dorefa:4",
                 "lsq:2", "lsq:3", "lsq:8"]
@@ -105,34 +107,9 @@ def trained_like(model, seed=0):
     return model.eval()
 
 
-def torch_layer_outputs(model, x):
-    """Every activation quantizer's output (NHWC) and every BN's output, from forward hooks."""
-    outs, handles = {}, []
-    for name, module in model.named_modules():
-        if name.endswith(("act", "act1", "res_act", "act_out", "shortcut_act")) or name.endswith(("bn", "bn1", "bn2")):
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: outs.__setitem__(name, o.detach().permute(0, 2, 3, 1).double().numpy())))
-    logits = model(x).detach().double().numpy()
-    for h in handles:
-        h.remove()
-    return outs, logits
-
-
-def assert_codes_match(model, graph, x):
-    outs, logits = torch_layer_outputs(model, x)
-    values = run_reference(graph, x.permute(0, 2, 3, 1).numpy())
-    for node in graph.nodes:
-        if node["op"] not in ("threshold", "add_clip"):
-            continue
-        torch_codes = outs[node["name"]] / node["step"]
-        assert np.allclose(torch_codes, np.round(torch_codes), atol=1e-4)
-        differ = np.round(torch_codes) != values[node["name"]]
-        if differ.any():  # allowed only at float ties: the pre-activation sits on a rounding boundary
-            bn_name = node["name"].replace("act1", "bn1").replace("res_act", "bn2").replace("shortcut_act", "shortcut_bn")
-            bn_name = bn_name.replace("stem.act", "stem.bn")
-            pre = outs[bn_name][differ] / node["step"]
-            assert np.all(np.abs(pre - np.floor(pre) - 0.5) < 1e-4), f"{node['name']}: {differ.sum()} codes differ"
-    return values, logits
+def torch_logits(model, x):
+    with torch.no_grad():
+        return model(x).double().numpy()
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -147,14 +124,29 @@ def test_integer_graph_matches_fake_quant_model_layer_by_layer(name, kwargs):
     torch.manual_seed(1)
     model = trained_like(create_model(name, **kwargs))
     graph = lower_resnet(model)
-    x = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
-    values, logits = assert_codes_match(model, graph, x)
+    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    runtime = Runtime(graph, backend="reference")
+    for layer, counts in layer_agreement(model, runtime, x.numpy()).items():
+        assert counts["differ"] == counts["ties"], f"{layer}: {counts}"
+    values = run_reference(graph, x.numpy())
+    logits = torch_logits(model, x)
     if graph.meta["integer_only"]:
         scale = np.asarray(graph.meta["logit_scale"]) / values["pool.count"]
         assert np.allclose(values["fc"] * scale, logits, rtol=1e-4, atol=1e-5)
     else:
         assert np.allclose(values["fc"], logits, rtol=1e-4, atol=1e-4)
-    assert np.array_equal(values["fc"].argmax(1), logits.argmax(1))
+    assert label_agreement(model, runtime, x.numpy())["differ_unexplained"] == 0
+
+
+def test_layer_agreement_notices_a_wrong_threshold():
+    """The check itself can fail: shift one channel's thresholds and the codes it makes differ."""
+    torch.manual_seed(2)
+    model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2))
+    graph = lower_resnet(model)
+    graph.tensors["stages.0.0.act1.thresholds"][3] -= 50
+    x = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8).numpy()
+    report = layer_agreement(model, Runtime(graph, backend="reference"), x)
+    assert report["stages.0.0.act1"]["differ"] > report["stages.0.0.act1"]["ties"]
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -10,6 +10,7 @@ from pixelq import InputError, ModelFileError, create_model
 from pixelq.cli import main
 from pixelq.exporting import load_model, payload_bytes
 from pixelq.runtime import load
+from pixelq.runtime.verify import label_agreement
 from test_export import trained_like
 
 
@@ -31,18 +32,6 @@ def test_file_round_trip_and_size(model_file):
     weights_bits = sum(graph.tensors[f"{n['name']}.weight"].size * n["weight_bits"]
                        for n in graph.nodes if n["op"] in ("conv", "linear"))
     assert payload_bytes(graph) < weights_bits / 8 + 20_000  # binary weights dominate; thresholds are small
-
-
-def assert_same_predictions(runtime, model, images):
-    """Labels agree, except where the integer logits tie at the top (PyTorch's float logits then
-    differ only by summation order)."""
-    ints = runtime.logits(images)
-    torch_labels = model(torch.as_tensor(images)).argmax(1).numpy()
-    top = ints.max(1, keepdims=True)
-    tied = (ints == top).sum(1) > 1
-    agree = runtime.predict(images) == torch_labels
-    assert np.all(agree | tied)
-    assert np.all(ints[np.arange(len(ints)), torch_labels] == top[:, 0]), "PyTorch's label is a top integer logit"
 
 
 def test_runtime_agrees_with_pytorch(model_file):
@@ -119,7 +108,7 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert main(["run", str(tmp_path / "m.pxq"), "--data", str(data)]) == 0
     ran = json.loads(capsys.readouterr().out)
     runtime, model = load(tmp_path / "m.pxq"), pixelq.load_checkpoint(out / "checkpoint.pt")
-    assert_same_predictions(runtime, model, tiny_splits.test.images)
+    assert label_agreement(model, runtime, tiny_splits.test.images)["differ_unexplained"] == 0
     expected = 100.0 * (runtime.predict(tiny_splits.test.images) == tiny_splits.test.labels).mean()
     assert ran["n"] == 24 and ran["top1"] == pytest.approx(expected) and abs(ran["top1"] - trained["top1"]) <= 100 / 24
     assert main(["inspect", str(tmp_path / "m.pxq")]) == 0

@@ -1,0 +1,70 @@
+"""Check the deployment contract: the runtime's integer codes equal the fake-quant model's.
+
+For every threshold and residual-add node, the PyTorch model's activation output divided by the
+step must be the runtime's code. A code may differ only at a float tie: where PyTorch's
+pre-activation (the batch-norm output, in float32) lies on a rounding boundary up to float error,
+so that float32 and the exact integer thresholds may round it apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+TIE_TOLERANCE = 1e-4  # in units of the activation step
+
+
+def _bn_name(act_name: str) -> str:
+    """The batch norm feeding an activation quantizer, by the ResNet's naming."""
+    for act, bn in (("act1", "bn1"), ("res_act", "bn2"), ("shortcut_act", "shortcut_bn"), ("stem.act", "stem.bn")):
+        if act_name.endswith(act):
+            return act_name[: -len(act)] + bn
+    raise KeyError(act_name)
+
+
+@torch.no_grad()
+def layer_agreement(model: nn.Module, runtime, images: np.ndarray) -> dict:
+    """Per layer: codes compared, codes that differ, and how many of those are float ties."""
+    nodes = [n for n in runtime.model.nodes if n["op"] in ("threshold", "add_clip")]
+    modules = dict(model.named_modules())
+    wanted = {n["name"] for n in nodes} | {_bn_name(n["name"]) for n in nodes if n["op"] == "threshold"}
+    outputs, handles = {}, []
+    for name in wanted:
+        handles.append(modules[name].register_forward_hook(
+            lambda m, i, o, name=name: outputs.__setitem__(name, o.permute(0, 2, 3, 1).double().numpy())))
+    try:
+        model.eval()(torch.as_tensor(images))
+    finally:
+        for h in handles:
+            h.remove()
+    values = runtime.layer_outputs(images)
+    report = {}
+    for node in nodes:
+        torch_codes = np.round(outputs[node["name"]] / node["step"])
+        differ = torch_codes != values[node["name"]]
+        ties = 0
+        if differ.any() and node["op"] == "threshold":
+            pre = outputs[_bn_name(node["name"])][differ] / node["step"]
+            ties = int((np.abs(pre - np.floor(pre) - 0.5) < TIE_TOLERANCE).sum())
+        report[node["name"]] = {"codes": int(differ.size), "differ": int(differ.sum()), "ties": ties}
+    return report
+
+
+@torch.no_grad()
+def label_agreement(model: nn.Module, runtime, images: np.ndarray, batch_size: int = 500) -> dict:
+    """Labels of runtime and model over `images`; a disagreement is excused only where the
+    runtime's integer logits tie at the top (PyTorch's float logits then differ by rounding)."""
+    model.eval()
+    same = excused = 0
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        torch_labels = model(torch.as_tensor(x)).argmax(1).numpy()
+        logits = runtime.logits(x)
+        labels = logits.argmax(1)
+        top = logits.max(1)
+        tied = (logits == top[:, None]).sum(1) > 1
+        agree = labels == torch_labels
+        same += int(agree.sum())
+        excused += int((~agree & tied & (logits[np.arange(len(x)), torch_labels] == top)).sum())
+    return {"n": len(images), "same": same, "differ_at_logit_ties": excused,
+            "differ_unexplained": len(images) - same - excused}
