@@ -14,3 +14,9 @@ $PIXELQ train "${COMMON[@]}" --out $OUT/resnet20-w1a2-pe-qlast \
   --first-layer pixel-embedding --pe-dim 10 --pe-bits 2 --wbits 1 --abits 2 --last-layer quantized
 $PIXELQ train "${COMMON[@]}" --out $OUT/resnet20-w1a2-float-first --wbits 1 --abits 2
 $PIXELQ train "${COMMON[@]}" --out $OUT/resnet20-float
+
+# The fully quantized run: re-evaluate its checkpoint, export it, check the integer runtime against it.
+RUN=$OUT/resnet20-w1a2-pe-qlast
+$PIXELQ eval --checkpoint $RUN/checkpoint.pt --data "$DATA" > $RUN/eval.json
+${PYTHON:-.venv/bin/python} experiments/verify_deployment.py $RUN --data "$DATA"
+${PYTHON:-.venv/bin/python} experiments/render_foundation_results.py

@@ -58,6 +58,22 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                        f"{r['last_layer']} | {r['top1']:.2f} | {r['top5']:.2f} | "
                        f"{r['model_size_bytes'] / 1024:.1f} KiB | {gap} |")
         out.append("")
+    deployed = load(RUNS / "resnet20-w1a2-pe-qlast" / "deployment.json")
+    evaluated = load(RUNS / "resnet20-w1a2-pe-qlast" / "eval.json")
+    if deployed and evaluated:
+        lab = deployed["labels"]
+        out += [
+            "The fully quantized run, re-evaluated and deployed "
+            "(`pixelq eval` → `eval.json`; `python experiments/verify_deployment.py RUN --data DATA` → "
+            "`deployment.json`, `model.pxq`):", "",
+            f"- `pixelq eval` on its checkpoint: top-1 {evaluated['top1']:.2f} % on {evaluated['n']} test images.",
+            f"- integer-only `.pxq` file: {deployed['file_bytes'] / 1024:.1f} KiB "
+            f"({deployed['file_bytes'] / deployed['payload_bytes']:.3f} × the packed weights + thresholds + LUT).",
+            f"- integer runtime top-1 {deployed['runtime_top1']:.2f} % (fake-quant PyTorch {deployed['fake_quant_top1']:.2f} %); "
+            f"labels equal on {lab['same']} of {lab['n']} images, the other {lab['differ_at_logit_ties']} at ties of the "
+            f"integer logits, {lab['differ_unexplained']} unexplained.",
+            f"- integer codes of every layer on the first {deployed['layer_images']} test images: "
+            f"{deployed['codes_differ']} of {deployed['codes_compared']:,} differ from PyTorch's.", ""]
     if train_bench:
         first = next(iter(train_bench["step_s"]))
         out += [f"Train step time, {train_bench['model']}, batch {train_bench['batch_size']}, "
