@@ -139,13 +139,27 @@ def test_pixel_embedding_gradient_equals_nn_embedding(shared):
 
 
 def test_pixel_embedding_inits():
-    therm = PixelEmbedding(1, d=4, init="thermometer").table[0].detach()
-    assert torch.all(therm[1:] >= therm[:-1]), "thermometer init is monotone in p"
-    assert therm[0].sum() == 0 and torch.allclose(therm[255], torch.full((4,), 2.0))
-    lin = PixelEmbedding(1, d=4, init="linear").table[0].detach()
-    assert torch.allclose(lin[:, 0], torch.arange(256.0) / 255 * 2) and torch.all(lin == lin[:, :1])
-    per = PixelEmbedding(3, d=2, shared=False).table
-    assert per.shape == (3, 256, 2)
+    therm = PixelEmbedding(1, d=4, init="thermometer")
+    raw = therm.table[0].detach()
+    assert torch.all(raw[1:] >= raw[:-1]), "thermometer init is monotone in p"
+    codes = therm.quantized_table()[0].detach()
+    assert codes[0].sum() == 0 and torch.allclose(codes[255], torch.full((4,), 2.0))
+    lin = PixelEmbedding(1, d=4, init="linear")
+    assert torch.all(lin.table[0] == lin.table[0][:, :1])
+    column = lin.quantized_table()[0][:, 0].detach()
+    assert torch.all(column[1:] >= column[:-1]) and column[0] == 0 and column[255] == 2.0
+    assert torch.allclose(column.unique(), torch.tensor([0, 2 / 3, 4 / 3, 2.0])), "every level is used"
+    assert PixelEmbedding(3, d=2, shared=False).table.shape == (3, 256, 2)
+
+
+@pytest.mark.parametrize("init", ["thermometer", "uniform", "linear"])
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_pixel_embedding_init_lets_every_entry_learn(init, bits):
+    """No entry starts at 0 or max, where the straight-through gradient is blocked for good."""
+    pe = PixelEmbedding(1, d=5, bits=bits, init=init)
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    pe(x).sum().backward()
+    assert torch.all(pe.table.grad != 0)
 
 
 def test_encoders_reject_non_uint8():

@@ -129,7 +129,8 @@ class PixelEmbedding(nn.Module):
     which gives the same values and the same straight-through gradient as quantizing after it,
     at 256 rows' cost instead of every pixel's. Rows not looked up get no gradient.
     Initialisations: "thermometer" (ramp j of E[p] rises from 0 to max over the j-th of d equal
-    parts of 0..255), "uniform" (U(0, max)), "linear" (every dimension = p / 255 * max).
+    parts of 0..255), "uniform" (U(0, max)), "linear" (every dimension = p / 255 * max), each
+    squeezed into the open interval where gradients pass (see `_initial_table`).
     """
 
     def __init__(
@@ -150,18 +151,23 @@ class PixelEmbedding(nn.Module):
         self.out_channels, self.bits, self.quantized = in_channels * d, bits, True
         self.quantizer = make_quantizer(f"mid_tread:{bits}:{max_value}", role="activation")
         tables = 1 if shared else in_channels
-        self.table = nn.Parameter(self._initial_table(tables, d, init, max_value))
+        self.table = nn.Parameter(self._initial_table(tables, d, init, max_value, bits))
 
     @staticmethod
-    def _initial_table(tables: int, d: int, init: str, max_value: float) -> Tensor:
+    def _initial_table(tables: int, d: int, init: str, max_value: float, bits: int) -> Tensor:
+        """Values in [low, high] = [step/4, max - step/4]: they quantize exactly as [0, max] would,
+        but sit strictly inside (0, max), where the quantizer's straight-through gradient passes;
+        an entry initialised at exactly 0 or max would never receive a gradient."""
+        margin = max_value / (2**bits - 1) / 4
+        low, high = margin, max_value - margin
         p = torch.arange(256.0).view(256, 1)
         if init == "thermometer":
-            table = ((p / 255.0) * d - torch.arange(d).view(1, d)).clamp(0, 1) * max_value
+            unit = ((p / 255.0) * d - torch.arange(d).view(1, d)).clamp(0, 1)
         elif init == "linear":
-            table = (p / 255.0 * max_value).expand(256, d)
+            unit = (p / 255.0).expand(256, d)
         else:
-            table = torch.rand(256, d) * max_value
-        return table.unsqueeze(0).repeat(tables, 1, 1).contiguous()
+            unit = torch.rand(256, d)
+        return (low + (high - low) * unit).unsqueeze(0).repeat(tables, 1, 1).contiguous()
 
     def quantized_table(self) -> Tensor:
         """The (tables, 256, d) table after quantization, as the first conv sees it."""

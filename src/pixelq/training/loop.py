@@ -18,7 +18,6 @@ from tqdm import tqdm
 from ..data import DataSplits, batches, load_dataset
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model, model_kwargs, model_size_bytes
-from ..nn import PixelEmbedding
 from .checkpoint import read_checkpoint, save_checkpoint
 
 SCHEDULES = ("cosine", "step")
@@ -92,12 +91,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights and the embedding table; none on BN, biases, scales."""
+    """Weight decay on conv/linear weights only; none on BN, biases, learned scales, and none on
+    the pixel-embedding table, whose rows for rare pixel values would otherwise decay towards 0."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             is_weight = isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight"
-            (decay if is_weight or isinstance(module, PixelEmbedding) else no_decay).append(p)
+            (decay if is_weight else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
