@@ -3,8 +3,8 @@
     python experiments/render_foundation_results.py     # rewrites README.md between the markers
 
 Reads results/cifar10-jpeg/<run>/metrics.json (written by experiments/foundation_cifar10.sh) and
-results/bench/train_step.json, results/bench/data.json (written by `pixelq bench-train` /
-`pixelq bench-data`), and writes results/cifar10-jpeg/summary.json beside the runs.
+results/bench/train_step.json, results/bench/data.json, results/bench/runtime.json (written by
+`pixelq bench-train`, `pixelq bench-data`, `pixelq bench`), and writes results/cifar10-jpeg/summary.json beside the runs.
 """
 import json
 import re
@@ -84,6 +84,14 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
             out.append(f"| {k} | {1000 * v:.0f} | {train_bench['images_per_s'][k]:.0f} | "
                        f"{v / train_bench['step_s'][first]:.2f}x |")
         out.append("")
+    runtime_bench = load(BENCH / "runtime.json")
+    if runtime_bench:
+        r = runtime_bench["ratios"]
+        keys = [k for k in r if not k.endswith("_2t")]
+        out += [f"Integer runtime speed (`pixelq bench --json results/bench/runtime.json`, "
+                f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
+                "is faster):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
+        out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
     if data_bench:
         out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
                 f"{data_bench['images']} images in {data_bench['cached_load_s']:.2f} s; shuffle + pad-4 crop + flip "
