@@ -202,7 +202,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         train_time = 0.0
         bar = tqdm(batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
                            generator=gen, drop_last=drop_last), total=steps_per_epoch,
-                   desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank > 0, leave=False)
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=True if not cfg.progress or rank > 0 else None)  # None: no bar unless a terminal
         for i, (x, y) in enumerate(bar):
             t0 = time.perf_counter()
             lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
