@@ -20,8 +20,8 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 def _per_channel(scale: Tensor, out_channels: int) -> np.ndarray:
-    return scale.detach().double().reshape(-1).expand(out_channels).numpy().copy() if scale.numel() == 1 else \
-        scale.detach().double().reshape(out_channels).numpy().copy()
+    """A per-tensor or per-channel scale as one float64 value per output channel."""
+    return np.broadcast_to(scale.detach().double().reshape(-1).numpy(), (out_channels,)).copy()
 
 
 @torch.no_grad()
@@ -113,14 +113,6 @@ def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qm
     passed = b[:, None] >= levels[None, :]
     thresholds[constant] = np.where(passed[constant], INT32_MIN, INT32_MAX)
     return direction, np.clip(thresholds, INT32_MIN, INT32_MAX).astype(np.int32)
-
-
-def apply_thresholds(acc: np.ndarray, direction: np.ndarray, thresholds: np.ndarray, qmin: int, axis: int = -1) -> np.ndarray:
-    """code = qmin + number of thresholds passed; the channel axis of `acc` is `axis`."""
-    acc = np.moveaxis(np.asarray(acc, np.int64), axis, -1)
-    signed = acc * direction.astype(np.int64)
-    codes = qmin + (signed[..., None] >= thresholds.astype(np.int64)).sum(-1)
-    return np.moveaxis(codes, -1, axis)
 
 
 def pack_bits(values: np.ndarray, bits: int) -> np.ndarray:
