@@ -113,7 +113,7 @@ def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
             return y
         return wrapper
 
-    ops = {**REFERENCE_OPS, "conv": executor._conv, "threshold": executor._threshold, "lut": executor._lut}
+    ops = {**REFERENCE_OPS, **executor.ops()}
     for _ in range(repeats):
         run_graph(runtime.model, images, {op: timed(fn) for op, fn in ops.items()})
     return times

@@ -106,5 +106,9 @@ class FastExecutor:
         codes = lut_reference(x[0], t["lut"])
         return codes.astype(np.uint8) if node["qmin"] >= 0 and node["qmax"] <= 255 else codes
 
+    def ops(self) -> dict:
+        """The ops this executor runs in C, in `run_graph`'s form; the rest are the reference's."""
+        return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut}
+
     def run(self, images: np.ndarray) -> dict:
-        return run_graph(self.model, images, {"conv": self._conv, "threshold": self._threshold, "lut": self._lut})
+        return run_graph(self.model, images, self.ops())
