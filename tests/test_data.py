@@ -1,6 +1,5 @@
 """Readers for every layout, the decode cache, uint8 augmentation, and bad input."""
 import gzip
-import io
 import pickle
 import struct
 import tarfile
