@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pixelq.errors import ExportError
 from pixelq.exporting.integers import check_accumulator_range
 from pixelq.runtime import fast
-from pixelq.runtime.reference import conv2d_reference, threshold_reference
+from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
 
 pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
 
@@ -34,18 +34,23 @@ def random_weights(rng, shape, grid):
     return (lowest + stride * rng.integers(0, 2**bits, shape)).astype(np.int32)
 
 
-def fast_conv(x, w, grid, stride, padding, threads=2):
+def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None):
+    """The C conv on uint8 codes: int32 accumulators, or codes given (direction, thresholds, qmin)."""
     lowest, wstride, bits = grid
     n, h, wd_, c = x.shape
     o, k = w.shape[0], w.shape[1]
     planes_in = max(1, int(x.max(initial=0)).bit_length())
-    words = fast.words(c)
-    planes = np.empty((n, h, wd_, planes_in, words), np.uint64)
-    fast._kernels.pack_planes(np.ascontiguousarray(x, np.uint8), n * h * wd_, c, planes_in, words, planes, threads)
     ho, wo = (h + 2 * padding - k) // stride + 1, (wd_ + 2 * padding - k) // stride + 1
-    out = np.empty((n, ho, wo, o), np.int32)
-    fast._kernels.conv(planes, n, h, wd_, planes_in, words, fast.pack_conv_weight(w, lowest, wstride, bits), k, k,
-                       bits, o, lowest, wstride, stride, padding, ho, wo, out, threads)
+    args = (np.ascontiguousarray(x, np.uint8), n, h, wd_, c, planes_in, fast.pack_conv_weight(w, lowest, wstride, bits),
+            k, k, bits, o, fast.padded_channels(o), lowest, wstride, stride, padding, ho, wo)
+    if thresholds is None:
+        out = np.empty((n, ho, wo, o), np.int32)
+        fast._kernels.conv(*args, out, threads)
+        return out
+    direction, levels, qmin = thresholds
+    d, t = fast.pad_thresholds(direction, levels)
+    out = np.empty((n, ho, wo, o), np.uint8)
+    fast._kernels.conv(*args, out, threads, d, t, t.shape[0], qmin)
     return out
 
 
@@ -118,30 +123,34 @@ def test_threshold_kernel_equals_reference(m, o, levels, qmin, seed):
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, qmin))
 
 
-@given(m=st.integers(1, 30), c=st.integers(1, 200), bits=st.integers(1, 8), seed=st.integers(0, 2**16))
-@settings(max_examples=50, deadline=None)
-def test_pack_planes_equals_numpy(m, c, bits, seed):
-    codes = np.random.default_rng(seed).integers(0, 2**bits, (m, c)).astype(np.uint8)
-    out = np.empty((m, bits, fast.words(c)), np.uint64)
-    fast._kernels.pack_planes(codes, m, c, bits, fast.words(c), out, 2)
-    expected = fast.pack_channel_bits(np.stack([(codes >> p) & 1 for p in range(bits)], axis=1))
-    assert np.array_equal(out, expected)
-
-
-@given(h=st.integers(1, 8), c=st.sampled_from([3, 16, 70]), o=st.integers(1, 24), stride=st.integers(1, 2),
-       levels=st.integers(1, 3), seed=st.integers(0, 2**16))
-@settings(max_examples=40, deadline=None)
-def test_fused_conv_threshold_equals_reference(h, c, o, stride, levels, seed):
+@given(tables=st.sampled_from([1, 3]), d=st.integers(1, 17), n=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=30, deadline=None)
+def test_lut_kernel_equals_reference(tables, d, n, seed):
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 4, (2, h, h, c)).astype(np.uint8)
+    image = rng.integers(0, 256, (n, 5, 4, 3)).astype(np.uint8)
+    lut = rng.integers(0, 4, (tables, 256, d)).astype(np.uint8)
+    out = np.empty((n, 5, 4, 3 * d), np.uint8)
+    fast._kernels.lut(image, n * 20, 3, lut, tables, d, out, 2)
+    assert np.array_equal(out, lut_reference(image, lut))
+
+
+@given(h=st.integers(1, 8), c=st.sampled_from([3, 16, 30, 64, 70]), o=st.integers(1, 40), stride=st.integers(1, 2),
+       abits=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**abits, (2, h, h, c)).astype(np.uint8)
     wt = random_weights(rng, (o, 3, 3, c), WEIGHT_GRIDS["binary"])
     acc = conv2d_reference(x, wt, stride, 1)
     direction = rng.choice([-1, 1], o).astype(np.int8)
+    levels = 2**abits - 1
     thresholds = np.sort(rng.integers(-30, 30, (o, levels)), axis=1).astype(np.int32)
-    planes = np.empty((2, h, h, 2, fast.words(c)), np.uint64)
-    fast._kernels.pack_planes(x, 2 * h * h, c, 2, fast.words(c), planes, 2)
-    ho = (h + 2 - 3) // stride + 1
-    codes = np.empty((2, ho, ho, o), np.uint8)
-    fast._kernels.conv(planes, 2, h, h, 2, fast.words(c), fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, -1, 2,
-                       stride, 1, ho, ho, codes, 2, direction, thresholds, levels, 0)
+    codes = fast_conv(x, wt, WEIGHT_GRIDS["binary"], stride, 1, thresholds=(direction, thresholds, 0))
     assert np.array_equal(codes, threshold_reference(acc, direction, thresholds, 0))
+
+
+def test_conv_rejects_inconsistent_geometry():
+    x = np.zeros((1, 4, 4, 8), np.uint8)
+    w = fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)
+    with pytest.raises(ValueError, match="geometry"):
+        fast._kernels.conv(x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 0, 4, 4, np.empty((1, 4, 4, 8), np.int32), 1)

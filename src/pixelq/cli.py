@@ -183,6 +183,17 @@ def _run_inspect(args) -> None:
     print(json.dumps(manifest["meta"]))
 
 
+def _run_study(args) -> None:
+    from .study import StudySchedule, run_study
+
+    schedule = StudySchedule(seeds=tuple(args.seeds), epochs=args.epochs, ablation_epochs=args.ablation_epochs,
+                             ablation_train_subset=args.ablation_train_subset or None, batch_size=args.batch_size)
+    tiers = (args.tier,) if args.tier != "all" else ("headline", "ablation")
+    trained = run_study(args.out, data=args.data, schedule=schedule, tiers=tiers, threads=args.threads,
+                        device=args.device, progress=not args.quiet, only=args.only)
+    print(json.dumps({"trained": trained, "out": args.out}))
+
+
 def _run_models(args) -> None:
     from .models import list_models
 
@@ -213,6 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
     p.add_argument("model")
+    p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
+    p.add_argument("study", choices=("first-layer",))
+    p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--out", default="results/first-layer-study")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="headline runs train once per seed")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of each headline run")
+    p.add_argument("--ablation-epochs", type=int, default=10)
+    p.add_argument("--ablation-train-subset", type=int, default=10000, help="0: the whole train split")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--tier", default="all", choices=("all", "headline", "ablation"))
+    p.add_argument("--only", nargs="+", help="only these variants (names as in the report)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -234,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
-            "inspect": _run_inspect}
+            "inspect": _run_inspect, "study": _run_study}
 
 
 def main(argv: "list[str] | None" = None) -> int:

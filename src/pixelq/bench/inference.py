@@ -20,7 +20,7 @@ from ..exporting import export
 from ..exporting.graph import IntegerModel
 from ..models import create_model
 from ..runtime import load
-from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, words
+from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, pad_thresholds, padded_channels
 from ..runtime.reference import REFERENCE_OPS, run_graph
 
 DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
@@ -82,16 +82,13 @@ def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, si
     codes = rng.integers(0, 2**abits, (batch, size, size, channels)).astype(np.uint8)
     weight = np.where(rng.random((channels, 3, 3, channels)) < 0.5, -1, 1).astype(np.int32)
     packed = pack_conv_weight(weight, -1, 2, 1)
-    wd = words(channels)
     thresholds = np.sort(rng.integers(-20, 20, (channels, 2**abits - 1)), axis=1).astype(np.int32)
-    direction = np.ones(channels, np.int8)
-    planes = np.empty((batch, size, size, abits, wd), np.uint64)
+    direction, thresholds = pad_thresholds(np.ones(channels, np.int8), thresholds)
     out = np.empty((batch, size, size, channels), np.uint8)
 
     def pixelq_layer():
-        _kernels.pack_planes(codes, batch * size * size, channels, abits, wd, planes, threads)
-        _kernels.conv(planes, batch, size, size, abits, wd, packed, 3, 3, 1, channels, -1, 2, 1, 1, size, size, out,
-                      threads, direction, thresholds, thresholds.shape[1], 0)
+        _kernels.conv(codes, batch, size, size, channels, abits, packed, 3, 3, 1, channels, padded_channels(channels),
+                      -1, 2, 1, 1, size, size, out, threads, direction, thresholds, thresholds.shape[0], 0)
 
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     x = torch.randn(batch, channels, size, size)

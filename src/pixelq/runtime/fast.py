@@ -1,8 +1,8 @@
 """The fast executor: the same graph as `reference.run_reference`, with convs and thresholds in C.
 
-Weights are re-laid out once at load: bit-planes of u = (code - lowest) / stride, packed 64 input
-channels per uint64 word, stored (kh, kw, planes, words, out) so the C loop runs over output
-channels. Activations stay uint8 codes between layers and are packed into planes per conv.
+Weights are re-laid out once at load into the kernels' window-row words (see `pack_conv_weight`
+and csrc/kernels.c), output channels innermost and padded to vectors of 8. Activations stay uint8
+codes between layers; each conv call packs its input into bit-planes itself.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ..errors import ExportError
-from .reference import conv2d_reference, lut_reference, run_graph, threshold_reference
+from .reference import REFERENCE_OPS, conv2d_reference, lut_reference, run_graph, threshold_reference
 
 try:
     from . import _kernels
@@ -22,25 +22,37 @@ def kernels_available() -> bool:
     return _kernels is not None
 
 
-def words(channels: int) -> int:
-    return (channels + 63) // 64
-
-
-def pack_channel_bits(bits: np.ndarray) -> np.ndarray:
-    """(..., C) of 0/1 -> (..., words(C)) uint64, channel c at bit c % 64 of word c // 64."""
-    c = bits.shape[-1]
-    padded = np.zeros(bits.shape[:-1] + (words(c) * 64,), np.uint8)
-    padded[..., :c] = bits
-    packed = np.packbits(padded, axis=-1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8")
+def padded_channels(channels: int) -> int:
+    """Output channels rounded up to whole vectors of 8, as the packed weights and thresholds hold them."""
+    return (channels + 7) // 8 * 8
 
 
 def pack_conv_weight(codes: np.ndarray, lowest: int, stride: int, bits: int) -> np.ndarray:
-    """Integer weight codes (O, kh, kw, I) -> bit-planes (kh, kw, bits, words(I), O) uint64."""
+    """Integer weight codes (O, kh, kw, I) -> window-row words (bits, kh, Kr, Opad) uint64.
+
+    Plane j of u = (code - lowest) / stride; in row ky, tap kx's channels take bytes kx*Cb ..
+    (Cb = ceil(I / 8), channel i at bit i % 8 of byte kx*Cb + i // 8), the row padded to Kr words."""
+    o, kh, kw, ci = codes.shape
+    cb = (ci + 7) // 8
+    kr = (kw * cb + 7) // 8
     u = (codes.astype(np.int64) - lowest) // stride
-    planes = np.stack([(u >> j) & 1 for j in range(bits)], axis=3)  # (O, kh, kw, J, I)
-    packed = pack_channel_bits(planes.astype(np.uint8))  # (O, kh, kw, J, Wd)
-    return np.ascontiguousarray(packed.transpose(1, 2, 3, 4, 0))
+    planes = np.stack([(u >> j) & 1 for j in range(bits)]).astype(np.uint8)  # (J, O, kh, kw, I)
+    planes = np.pad(planes, ((0, 0), (0, 0), (0, 0), (0, 0), (0, cb * 8 - ci))).reshape(bits, o, kh, kw * cb * 8)
+    planes = np.pad(planes, ((0, 0), (0, 0), (0, 0), (0, kr * 64 - kw * cb * 8)))
+    words = np.packbits(planes, axis=-1, bitorder="little").view("<u8")  # (J, O, kh, Kr)
+    out = np.zeros((bits, kh, kr, padded_channels(o)), np.uint64)
+    out[..., :o] = words.transpose(0, 2, 3, 1)
+    return out
+
+
+def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
+    """(O,) directions and (O, L) thresholds -> (Opad,) int8 and (L, Opad) int32, channels innermost."""
+    o, levels = thresholds.shape
+    d = np.ones(padded_channels(o), np.int8)
+    d[:o] = direction
+    t = np.zeros((levels, padded_channels(o)), np.int32)
+    t[:, :o] = thresholds.T
+    return d, t
 
 
 class FastExecutor:
@@ -50,7 +62,7 @@ class FastExecutor:
         if _kernels is None:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
-        self.packed, self.fused, self._codes = {}, {}, {}
+        self.packed, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}
         for node in model.nodes:
             if node["op"] == "conv" and node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
                 w = model.tensors[f"{node['name']}.weight"]
@@ -58,6 +70,8 @@ class FastExecutor:
                                                              node["weight_bits"])
             if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and node["inputs"][0] in self.packed:
                 self.fused[node["inputs"][0]] = node  # conv + threshold run as one kernel
+                self.thresholds[node["name"]] = pad_thresholds(model.tensors[f"{node['name']}.direction"],
+                                                               model.tensors[f"{node['name']}.thresholds"])
 
     def _conv(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         """int32 accumulators; or, fused with the threshold node that reads them, that node's codes
@@ -67,24 +81,19 @@ class FastExecutor:
         if name not in self.packed:  # signed or wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
         n, h, w, c = x.shape
-        planes_in = max(1, int(node["input_range"][1]).bit_length())
-        wd = words(c)
-        planes = np.empty((n, h, w, planes_in, wd), np.uint64)
-        _kernels.pack_planes(np.ascontiguousarray(x, np.uint8), n * h * w, c, planes_in, wd, planes, self.threads)
-        k, s, p = node["kernel"], node["stride"], node["padding"]
+        k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        args = (planes, n, h, w, planes_in, wd, self.packed[name], k, k, node["weight_bits"], node["out_channels"],
-                node["weight_lowest"], node["weight_stride"], s, p, ho, wo)
+        args = (np.ascontiguousarray(x, np.uint8), n, h, w, c, max(1, int(node["input_range"][1]).bit_length()),
+                self.packed[name], k, k, node["weight_bits"], o, padded_channels(o), node["weight_lowest"],
+                node["weight_stride"], s, p, ho, wo)
         thr = self.fused.get(name) if self.fuse else None
         if thr is None:
-            out = np.empty((n, ho, wo, node["out_channels"]), np.int32)
+            out = np.empty((n, ho, wo, o), np.int32)
             _kernels.conv(*args, out, self.threads)
             return out
-        tt = self.model.tensors
-        codes = np.empty((n, ho, wo, node["out_channels"]), np.uint8)
-        thresholds = np.ascontiguousarray(tt[f"{thr['name']}.thresholds"], np.int32)
-        _kernels.conv(*args, codes, self.threads, np.ascontiguousarray(tt[f"{thr['name']}.direction"], np.int8),
-                      thresholds, thresholds.shape[1], thr["qmin"])
+        codes = np.empty((n, ho, wo, o), np.uint8)
+        direction, thresholds = self.thresholds[thr["name"]]
+        _kernels.conv(*args, codes, self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
         self._codes[thr["name"]] = codes
         return None
 
@@ -103,12 +112,25 @@ class FastExecutor:
         return out
 
     def _lut(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
-        codes = lut_reference(x[0], t["lut"])
-        return codes.astype(np.uint8) if node["qmin"] >= 0 and node["qmax"] <= 255 else codes
+        if not 0 <= node["qmin"] <= node["qmax"] <= 255:
+            return lut_reference(x[0], t["lut"])
+        image = np.ascontiguousarray(x[0], np.uint8)
+        n, h, w, c = image.shape
+        tables = self.lut_tables.setdefault(node["name"], np.ascontiguousarray(t["lut"], np.uint8))
+        out = np.empty((n, h, w, c * tables.shape[2]), np.uint8)
+        _kernels.lut(image, n * h * w, c, tables, tables.shape[0], tables.shape[2], out, self.threads)
+        return out
+
+    def _add_clip(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+        a, b = x
+        if not (a.dtype == b.dtype == np.uint8 and node["qmin"] == 0 and node["qmax"] <= 127):
+            return REFERENCE_OPS["add_clip"](node, x, t, values)
+        out = np.add(a, b)  # codes <= 127 each: the uint8 sum cannot wrap
+        return np.minimum(out, node["qmax"], out=out)
 
     def ops(self) -> dict:
         """The ops this executor runs in C, in `run_graph`'s form; the rest are the reference's."""
-        return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut}
+        return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut, "add_clip": self._add_clip}
 
     def run(self, images: np.ndarray) -> dict:
         return run_graph(self.model, images, self.ops())

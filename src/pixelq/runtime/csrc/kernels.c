@@ -1,19 +1,24 @@
 /* pixelq integer runtime kernels.
  *
- * Activations are integer codes; a conv reads them as bit-planes packed along channels
- * (plane p of code c is bit p; 64 channels per uint64 word) and multiplies with bit-planes of the
- * weights (weight code q = lowest + stride * u, plane j of u):
+ * Activations are integer codes; a conv reads them as bit-planes. Plane p of an image is laid out
+ * (H + 2 pad, W + 2 pad, Cb) bytes, Cb = ceil(C / 8): each pixel's channels as Cb bytes, pixels
+ * side by side, a zero border for the padding. So the kw taps of one window row are kw * Cb
+ * contiguous bytes, read as Kr = ceil(kw * Cb / 8) unaligned 64-bit words; with 16 channels, a
+ * 3-tap row is 48 bits, one word. Bits a word reads past the window belong to the next pixels and
+ * meet zero weight bits. Weights (code q = lowest + stride * u, plane j of u) are packed the same
+ * way, as words (J, KH, Kr, Opad) with output channels innermost, so a vector holds 8 channels.
  *
- *   acc = lowest * S + stride * sum_{tap, j, p} 2^(j+p) * popcount(W_j[tap] & X_p[tap])
+ *   acc = lowest * S + stride * sum_{p, j} 2^(p+j) sum_{ky, r} popcount(W_j[ky, r] & X_p[ky, r])
  *
- * where S is the sum of the input codes in the window. Binary weights are the case lowest = -1,
- * stride = 2, one plane: acc = 2 popcount(w & x) - popcount(x), the AND form of the {-1,+1}
- * decomposition. Zero padding needs no work: padded taps are skipped (their codes are 0).
+ * where S is the sum of the input codes in the window (from per-pixel sums). Binary weights are the
+ * case lowest = -1, stride = 2, one plane: acc = 2 popcount(w & x) - popcount(x), the AND form of
+ * the {-1,+1} decomposition; k-bit codes are sums of binary branches, one per plane pair.
  *
- * The hot loop runs over output channels, contiguous in the weight layout, so the compiler turns
- * AND + popcount + shift + add into vector code. The conv is compiled three times, for AVX-512
- * VPOPCNTDQ, for AVX2 and for plain C, and the module picks at import the best one this CPU has
- * (set_isa can force another, which the tests use to check every path).
+ * The AVX-512 VPOPCNTDQ conv keeps a tile of R output positions x V vectors of 8 channels in
+ * registers; plane pairs are summed Horner-style (the tile doubles between shift levels), and the
+ * batch norm + activation of the next layer is applied to the tile as integer thresholds. The
+ * portable conv (compiled as is and for AVX2) is the same arithmetic, one position at a time.
+ * The module picks the best build at import; set_isa can force another (the tests check each).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,37 +31,92 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PIXELQ_X86 1
+#include <immintrin.h>
 #endif
 
-static inline __attribute__((always_inline)) int popcount64(uint64_t v) { return __builtin_popcountll(v); }
+typedef Py_ssize_t ssize;
+
+static inline uint64_t load_u64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
 
 /* Bit p of 8 code bytes -> 8 bits: mask the bit in each byte, then one multiply gathers them. */
 static inline uint64_t gather_bits8(uint64_t eight_codes, int p) {
     return (((eight_codes >> p) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56;
 }
 
-static void pack_planes_impl(const uint8_t *restrict codes, Py_ssize_t M, Py_ssize_t C, int P, Py_ssize_t Wd,
-                             uint64_t *restrict out, int threads) {
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (Py_ssize_t m = 0; m < M; m++) {
-        const uint8_t *c = codes + m * C;
-        uint64_t *o = out + m * P * Wd;
-        memset(o, 0, sizeof(uint64_t) * P * Wd);
-        for (Py_ssize_t ch = 0; ch < C; ch += 8) {
+/* ---- The conv's geometry, shared by every build. ---- */
+
+typedef struct {
+    ssize N, H, W, C, HO, WO, O, Opad;
+    int P, J, KH, KW, Kr, Cb, stride, pad, lowest, wstride;
+    ssize Hp, Wp, row_bytes, plane_bytes, image_bytes;
+    const uint8_t *codes;  /* (N, H, W, C) input codes */
+    const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
+    uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
+    int32_t *sums;         /* (N, Hp, Wp) code sum of each pixel, or NULL when lowest == 0 */
+    int32_t *acc;          /* (N, HO, WO, O) accumulators, or NULL when fused */
+    uint8_t *out;          /* (N, HO, WO, O) codes, when fused */
+    const int8_t *dir;     /* (Opad,) +1 / -1 */
+    const int32_t *thr;    /* (L, Opad) */
+    int L, qmin, threads;
+} conv_t;
+
+/* Pack one image row of codes into its P plane rows (interior of the padded layout) and its sums. */
+static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
+    const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
+    for (ssize px = 0; px < c->W; px++) {
+        const uint8_t *code = src + px * c->C;
+        ssize at = (y + c->pad) * c->row_bytes + (px + c->pad) * c->Cb;
+        for (int b = 0; b < c->Cb; b++) {
             uint64_t chunk = 0;
-            Py_ssize_t take = C - ch < 8 ? C - ch : 8;
-            memcpy(&chunk, c + ch, take);  /* little-endian: byte i is channel ch + i */
-            for (int p = 0; p < P; p++) o[p * Wd + (ch >> 6)] |= gather_bits8(chunk, p) << (ch & 63);
+            ssize take = c->C - 8 * b < 8 ? c->C - 8 * b : 8;
+            memcpy(&chunk, code + 8 * b, take);  /* little-endian: byte i is channel 8b + i */
+            for (int p = 0; p < c->P; p++)
+                c->x[n * c->image_bytes + p * c->plane_bytes + at + b] = (uint8_t)gather_bits8(chunk, p);
         }
     }
 }
 
-#define CONV_ARGS                                                                                  \
-    const uint64_t *x, Py_ssize_t N, Py_ssize_t H, Py_ssize_t W, int P, Py_ssize_t Wd, const uint64_t *w, int KH, \
-        int KW, int J, Py_ssize_t O, int lowest, int wstride, int stride, int pad, Py_ssize_t HO, Py_ssize_t WO,   \
-        int32_t *acc, const int8_t *dir, const int32_t *thr, int L, int qmin, uint8_t *codes, int threads
+static void pixel_sums_row(const conv_t *c, ssize n, ssize y) {
+    const uint8_t *code = c->codes + (n * c->H + y) * c->W * c->C;
+    int32_t *out = c->sums + (n * c->Hp + y + c->pad) * c->Wp + c->pad;
+    for (ssize px = 0; px < c->W; px++, code += c->C) {
+        uint32_t s = 0;
+        for (ssize i = 0; i < c->C; i++) s += code[i];
+        out[px] = (int32_t)s;
+    }
+}
 
-/* One conv per instruction set: the same source, compiled for each target. */
+static int64_t window_sum(const conv_t *c, ssize n, ssize oy, ssize ox) {
+    if (!c->sums) return 0;
+    int64_t s = 0;
+    for (int ky = 0; ky < c->KH; ky++) {
+        const int32_t *row = c->sums + (n * c->Hp + oy * c->stride + ky) * c->Wp + ox * c->stride;
+        for (int kx = 0; kx < c->KW; kx++) s += row[kx];
+    }
+    return s;
+}
+
+/* Channels o0 .. o0 + count of one position: int32 accumulators, or codes by thresholds. */
+static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, const int64_t *tot, int64_t S) {
+    for (ssize i = 0; i < count; i++) {
+        ssize o = o0 + i;
+        int64_t a = c->wstride * tot[i] + c->lowest * S;
+        if (!c->out) {
+            c->acc[m * c->O + o] = (int32_t)a;
+            continue;
+        }
+        int64_t s = a * c->dir[o];
+        int code = c->qmin;
+        for (int l = 0; l < c->L; l++) code += s >= c->thr[(ssize)l * c->Opad + o];
+        c->out[m * c->O + o] = (uint8_t)code;
+    }
+}
+
+/* The portable conv over the packed planes of image n, positions [m0, m1). */
 #define CONV_NAME conv_portable
 #include "conv_body.h"
 #undef CONV_NAME
@@ -68,22 +128,56 @@ static void pack_planes_impl(const uint8_t *restrict codes, Py_ssize_t M, Py_ssi
 #undef CONV_NAME
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")
-#define CONV_NAME conv_avx512
-#include "conv_body.h"
-#undef CONV_NAME
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt")
+#include "conv_avx512.h"
 #pragma GCC pop_options
 #endif
 
-typedef void (*conv_fn)(CONV_ARGS);
-static conv_fn conv_impl = conv_portable;
+typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
+typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y);
+static positions_fn conv_impl = conv_portable;
+static pack_fn pack_impl = pack_row_portable;
+static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
 
-static void threshold_impl(const int32_t *restrict acc, Py_ssize_t M, Py_ssize_t O, const int8_t *restrict dir,
+/* Pack, then conv, in one parallel region: the planes live only for this call. */
+static int run_conv(conv_t *c) {
+    c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
+    c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
+    c->x = calloc(c->N * c->image_bytes + 8, 1);
+    c->sums = c->lowest ? calloc(c->N * c->Hp * c->Wp, sizeof(int32_t)) : NULL;
+    if (!c->x || (c->lowest && !c->sums)) {
+        free(c->x);
+        free(c->sums);
+        return 0;
+    }
+    ssize M = c->HO * c->WO, chunk = conv_chunk;
+    ssize chunks = (M + chunk - 1) / chunk;
+    #pragma omp parallel num_threads(c->threads)
+    {
+        #pragma omp for collapse(2) schedule(static)
+        for (ssize n = 0; n < c->N; n++)
+            for (ssize y = 0; y < c->H; y++) {
+                pack_impl(c, n, y);
+                if (c->sums) pixel_sums_row(c, n, y);
+            }
+        #pragma omp for collapse(2) schedule(dynamic, 1)
+        for (ssize n = 0; n < c->N; n++)
+            for (ssize k = 0; k < chunks; k++) {
+                ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
+                conv_impl(c, n, k * chunk, m1);
+            }
+    }
+    free(c->x);
+    free(c->sums);
+    return 1;
+}
+
+static void threshold_impl(const int32_t *restrict acc, ssize M, ssize O, const int8_t *restrict dir,
                            const int32_t *restrict thr, int L, int qmin, uint8_t *restrict out, int threads) {
     #pragma omp parallel for num_threads(threads) schedule(static)
-    for (Py_ssize_t m = 0; m < M; m++) {
-        for (Py_ssize_t o = 0; o < O; o++) {
+    for (ssize m = 0; m < M; m++) {
+        for (ssize o = 0; o < O; o++) {
             int64_t a = (int64_t)acc[m * O + o] * dir[o];
             int code = qmin;
             for (int l = 0; l < L; l++) code += a >= thr[o * L + l];
@@ -92,9 +186,18 @@ static void threshold_impl(const int32_t *restrict acc, Py_ssize_t M, Py_ssize_t
     }
 }
 
+/* Pixel embedding as a lookup: colour ch of each pixel -> d codes from its table (shared: T = 1). */
+static void lut_impl(const uint8_t *restrict image, ssize M, ssize C, const uint8_t *restrict tables, int T, int d,
+                     uint8_t *restrict out, int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (ssize m = 0; m < M; m++)
+        for (ssize ch = 0; ch < C; ch++)
+            memcpy(out + (m * C + ch) * d, tables + ((T == 1 ? 0 : ch) * 256 + image[m * C + ch]) * d, d);
+}
+
 /* ---- Python bindings: buffers in, shapes as integers; the Python side checks shapes. ---- */
 
-static int want(Py_buffer *b, Py_ssize_t bytes, const char *name) {
+static int want(Py_buffer *b, ssize bytes, const char *name) {
     if (b->len != bytes) {
         PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, expected %zd", name, b->len, bytes);
         return 0;
@@ -102,44 +205,34 @@ static int want(Py_buffer *b, Py_ssize_t bytes, const char *name) {
     return 1;
 }
 
-static PyObject *py_pack_planes(PyObject *self, PyObject *args) {
-    Py_buffer codes, out;
-    Py_ssize_t M, C, Wd;
-    int P, threads;
-    if (!PyArg_ParseTuple(args, "y*nninw*i", &codes, &M, &C, &P, &Wd, &out, &threads)) return NULL;
-    PyObject *ret = NULL;
-    if (want(&codes, M * C, "codes") && want(&out, M * P * Wd * 8, "out")) {
-        Py_BEGIN_ALLOW_THREADS
-        pack_planes_impl(codes.buf, M, C, P, Wd, out.buf, threads);
-        Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
-    }
-    PyBuffer_Release(&codes);
-    PyBuffer_Release(&out);
-    return ret;
-}
-
 static PyObject *py_conv(PyObject *self, PyObject *args) {
-    Py_buffer x, w, out, dir = {0}, thr = {0};
-    Py_ssize_t N, H, W, Wd, O, HO, WO;
-    int P, KH, KW, J, lowest, wstride, stride, pad, threads, L = 0, qmin = 0;
-    if (!PyArg_ParseTuple(args, "y*nnniny*iiiniiiinnw*i|y*y*ii", &x, &N, &H, &W, &P, &Wd, &w, &KH, &KW, &J, &O,
-                          &lowest, &wstride, &stride, &pad, &HO, &WO, &out, &threads, &dir, &thr, &L, &qmin))
+    Py_buffer codes, w, out, dir = {0}, thr = {0};
+    conv_t c = {0};
+    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*ii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w, &c.KH,
+                          &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO, &out,
+                          &c.threads, &dir, &thr, &c.L, &c.qmin))
         return NULL;
     int fused = thr.buf != NULL;
+    c.Cb = (int)((c.C + 7) / 8);
+    c.Kr = (c.KW * c.Cb + 7) / 8;
     PyObject *ret = NULL;
-    if (want(&x, N * H * W * P * Wd * 8, "x") && want(&w, (Py_ssize_t)KH * KW * J * Wd * O * 8, "w") &&
-        want(&out, N * HO * WO * O * (fused ? 1 : 4), "out") &&
-        (!fused || (want(&dir, O, "direction") && want(&thr, O * L * 4, "thresholds")))) {
+    if (c.P < 1 || c.P > 8 || c.Opad % 8 || c.Opad < c.O || c.HO < 1 || c.WO < 1 ||
+        (c.HO - 1) * c.stride + c.KH > c.H + 2 * c.pad || (c.WO - 1) * c.stride + c.KW > c.W + 2 * c.pad) {
+        PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
+    } else if (want(&codes, c.N * c.H * c.W * c.C, "codes") &&
+               want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights") &&
+               want(&out, c.N * c.HO * c.WO * c.O * (fused ? 1 : 4), "out") &&
+               (!fused || (want(&dir, c.Opad, "direction") && want(&thr, c.L * c.Opad * 4, "thresholds")))) {
+        c.codes = codes.buf, c.w = w.buf, c.dir = dir.buf, c.thr = thr.buf;
+        if (fused) c.out = out.buf; else c.acc = out.buf;
+        int ok;
         Py_BEGIN_ALLOW_THREADS
-        conv_impl(x.buf, N, H, W, P, Wd, w.buf, KH, KW, J, O, lowest, wstride, stride, pad, HO, WO,
-                  fused ? NULL : out.buf, dir.buf, thr.buf, L, qmin, fused ? out.buf : NULL, threads);
+        ok = run_conv(&c);
         Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
+        if (ok) ret = Py_None, Py_INCREF(ret);
+        else PyErr_NoMemory();
     }
-    PyBuffer_Release(&x);
+    PyBuffer_Release(&codes);
     PyBuffer_Release(&w);
     PyBuffer_Release(&out);
     if (dir.buf) PyBuffer_Release(&dir);
@@ -149,7 +242,7 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
 
 static PyObject *py_threshold(PyObject *self, PyObject *args) {
     Py_buffer acc, dir, thr, out;
-    Py_ssize_t M, O;
+    ssize M, O;
     int L, qmin, threads;
     if (!PyArg_ParseTuple(args, "y*nny*y*iiw*i", &acc, &M, &O, &dir, &thr, &L, &qmin, &out, &threads)) return NULL;
     PyObject *ret = NULL;
@@ -168,20 +261,43 @@ static PyObject *py_threshold(PyObject *self, PyObject *args) {
     return ret;
 }
 
+static PyObject *py_lut(PyObject *self, PyObject *args) {
+    Py_buffer image, tables, out;
+    ssize M, C;
+    int T, d, threads;
+    if (!PyArg_ParseTuple(args, "y*nny*iiw*i", &image, &M, &C, &tables, &T, &d, &out, &threads)) return NULL;
+    PyObject *ret = NULL;
+    if ((T == 1 || T == C) && want(&image, M * C, "image") && want(&tables, (ssize)T * 256 * d, "tables") &&
+        want(&out, M * C * d, "out")) {
+        Py_BEGIN_ALLOW_THREADS
+        lut_impl(image.buf, M, C, tables.buf, T, d, out.buf, threads);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    } else if (!PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "lut: need one table, or one per colour");
+    }
+    PyBuffer_Release(&image);
+    PyBuffer_Release(&tables);
+    PyBuffer_Release(&out);
+    return ret;
+}
+
 static int choose_isa(const char *name) {
     if (strcmp(name, "portable") == 0) {
-        conv_impl = conv_portable, conv_isa = "portable";
+        conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         return 1;
     }
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
-        conv_impl = conv_avx2, conv_isa = "avx2";
+        conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
         return 1;
     }
     if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-        conv_impl = conv_avx512, conv_isa = "avx512vpopcntdq";
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq")) {
+        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
         return 1;
     }
 #endif
@@ -213,9 +329,10 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"pack_planes", py_pack_planes, METH_VARARGS, "pack uint8 codes (M, C) into bit-planes (M, P, Wd) uint64"},
     {"conv", py_conv, METH_VARARGS,
-     "integer conv over packed bit-planes -> int32 accumulators, or uint8 codes given thresholds"},
+     "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
+     "given thresholds"},
+    {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
     {"set_isa", py_set_isa, METH_VARARGS, "use the conv built for 'avx512vpopcntdq', 'avx2' or 'portable'"},

@@ -1,0 +1,128 @@
+/* The AVX-512 VPOPCNTDQ conv; kernels.c includes this under a `#pragma GCC target` for it.
+ *
+ * A tile is R output positions x V vectors of 8 output channels, R * V 64-bit accumulator
+ * vectors held in registers. For each window word: V weight loads, R broadcasts of the input
+ * word, then AND + VPOPCNTQ + ADD per accumulator. Plane pairs (p, j) are visited by shift level
+ * e = p + j from the top down and the tile doubles between levels (Horner), so the 2^(p+j)
+ * weights cost R * V shifts per level rather than one per popcount. */
+#define AVX512_POSITIONS 48  /* positions per work item: a multiple of every tile height below */
+
+static void pack_row_avx512(const conv_t *c, ssize n, ssize y) {
+    if (c->C % 8) {  /* channels not whole bytes: the byte-gather packer */
+        pack_row_portable(c, n, y);
+        return;
+    }
+    /* With Cb = C / 8, a plane row is exactly one bit per code of the row's codes, in order:
+     * bit p of 64 code bytes moved to each byte's top bit and collected by VPMOVB2M. */
+    const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
+    uint8_t *dst = c->x + n * c->image_bytes + (y + c->pad) * c->row_bytes + c->pad * c->Cb;
+    ssize bytes = c->W * c->C;
+    for (ssize k = 0; k < bytes; k += 64) {
+        ssize take = bytes - k < 64 ? bytes - k : 64;
+        __m512i v = _mm512_maskz_loadu_epi8(take == 64 ? ~0ULL : (1ULL << take) - 1, src + k);
+        for (int p = 0; p < c->P; p++) {
+            uint64_t bits = _mm512_movepi8_mask(_mm512_sll_epi16(v, _mm_cvtsi32_si128(7 - p)));
+            memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void tile512(const conv_t *c, const uint8_t *xn, const ssize *pos,
+                                                          ssize o0, __m512i *res, const int R, const int V) {
+    __m512i acc[16][4];  /* fixed bounds (R <= 16, V <= 4), so GCC keeps the used ones in registers */
+    #pragma GCC unroll 16
+    for (int i = 0; i < R; i++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < V; v++) acc[i][v] = _mm512_setzero_si512();
+    const int top = c->P + c->J - 2;
+    for (int e = top; e >= 0; e--) {
+        if (e < top) {
+            #pragma GCC unroll 16
+            for (int i = 0; i < R; i++)
+                #pragma GCC unroll 4
+                for (int v = 0; v < V; v++) acc[i][v] = _mm512_slli_epi64(acc[i][v], 1);
+        }
+        int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
+        for (int p = plo; p <= phi; p++) {
+            const uint8_t *xp = xn + p * c->plane_bytes;
+            const uint64_t *wj = c->w + (ssize)(e - p) * c->KH * c->Kr * c->Opad + o0;
+            for (int ky = 0; ky < c->KH; ky++) {
+                const uint8_t *xr = xp + ky * c->row_bytes;
+                const uint64_t *wr = wj + (ssize)ky * c->Kr * c->Opad;
+                for (int r = 0; r < c->Kr; r++) {
+                    __m512i wv[4];
+                    #pragma GCC unroll 4
+                    for (int v = 0; v < V; v++) wv[v] = _mm512_loadu_si512(wr + r * c->Opad + 8 * v);
+                    #pragma GCC unroll 16
+                    for (int i = 0; i < R; i++) {
+                        __m512i xb = _mm512_set1_epi64((long long)load_u64(xr + pos[i] + 8 * r));
+                        #pragma GCC unroll 4
+                        for (int v = 0; v < V; v++)
+                            acc[i][v] = _mm512_add_epi64(acc[i][v], _mm512_popcnt_epi64(_mm512_and_si512(xb, wv[v])));
+                    }
+                }
+            }
+        }
+    }
+    #pragma GCC unroll 16
+    for (int i = 0; i < R; i++)
+        #pragma GCC unroll 4
+        for (int v = 0; v < V; v++) res[i * V + v] = acc[i][v];
+}
+
+#define TILE512(R, V) \
+    static void tile512_##R##x##V(const conv_t *c, const uint8_t *xn, const ssize *pos, ssize o0, __m512i *res) { \
+        tile512(c, xn, pos, o0, res, R, V);                                                                        \
+    }
+TILE512(16, 1)
+TILE512(12, 2)
+TILE512(8, 3)
+TILE512(6, 4)
+
+/* Accumulators -> int32, or codes by thresholds, for 8 channels from o of global position m. */
+static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S) {
+    __mmask8 lanes = c->O - o >= 8 ? 0xFF : (__mmask8)((1u << (c->O - o)) - 1);
+    __m512i a = _mm512_add_epi64(_mm512_mullo_epi64(tot, _mm512_set1_epi64(c->wstride)),
+                                 _mm512_set1_epi64(c->lowest * S));
+    if (!c->out) {
+        _mm512_mask_cvtepi64_storeu_epi32(c->acc + m * c->O + o, lanes, a);
+        return;
+    }
+    __mmask8 neg = _mm512_movepi64_mask(_mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(c->dir + o))));
+    __m512i s = _mm512_mask_sub_epi64(a, neg, _mm512_setzero_si512(), a);
+    __m512i code = _mm512_set1_epi64(c->qmin), one = _mm512_set1_epi64(1);
+    for (int l = 0; l < c->L; l++) {
+        __m512i t = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(c->thr + (ssize)l * c->Opad + o)));
+        code = _mm512_mask_add_epi64(code, _mm512_cmpge_epi64_mask(s, t), code, one);
+    }
+    _mm512_mask_cvtepi64_storeu_epi8(c->out + m * c->O + o, lanes, code);
+}
+
+static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    typedef void (*tile_fn)(const conv_t *, const uint8_t *, const ssize *, ssize, __m512i *);
+    const ssize blocks = c->Opad / 8;
+    const int V = blocks % 4 == 0 ? 4 : blocks % 3 == 0 ? 3 : blocks % 2 == 0 ? 2 : 1;
+    const int R = V == 4 ? 6 : V == 3 ? 8 : V == 2 ? 12 : 16;
+    const tile_fn tile = V == 4 ? tile512_6x4 : V == 3 ? tile512_8x3 : V == 2 ? tile512_12x2 : tile512_16x1;
+    const uint8_t *xn = c->x + n * c->image_bytes;
+    const ssize count = m1 - m0;  /* <= AVX512_POSITIONS */
+    __m512i res[24];  /* R * V <= 24 for every tile */
+    ssize pos[AVX512_POSITIONS + 16];
+    int64_t S[AVX512_POSITIONS];
+    /* Where each position's window starts, and its code sum; past the end the last position is
+     * repeated, so a partial tile reads valid memory and its extra results go unused. */
+    for (ssize i = 0, oy = m0 / c->WO, ox = m0 % c->WO; i < count; i++) {
+        pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
+        S[i] = window_sum(c, n, oy, ox);
+        if (++ox == c->WO) ox = 0, oy++;
+    }
+    for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
+    for (ssize o0 = 0; o0 < c->Opad; o0 += 8 * V) {
+        for (ssize i0 = 0; i0 < count; i0 += R) {
+            tile(c, xn, pos + i0, o0, res);
+            for (int i = 0; i < R && i0 + i < count; i++)
+                for (int v = 0; v < V && o0 + 8 * v < c->O; v++)
+                    finish512(c, n * c->HO * c->WO + m0 + i0 + i, o0 + 8 * v, res[i * V + v], S[i0 + i]);
+        }
+    }
+}

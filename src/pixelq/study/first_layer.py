@@ -1,0 +1,197 @@
+"""The first-layer study: ResNet-20 W1A2 with every first-layer method, one schedule, several seeds.
+
+Two tiers share one plan:
+  headline  the rows the targets are judged on, at the full schedule, every seed;
+  ablation  the pixel-embedding grid (shared / per-colour table, d, Q, initialisation) and every
+            quantized first layer again with the last layer quantized, at a shorter schedule,
+            first seed only, with its own float-first-layer reference so gaps are like for like.
+
+Each run is an ordinary `train()` into OUT/<variant>-s<seed>/ with resume on, so a killed study
+loses at most the epoch in flight; a run whose metrics.json exists is skipped. A finished
+pixel-embedding run also writes embedding.json, its quantized table, which the report plots.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..training import TrainConfig, load_checkpoint, train
+
+W1A2 = {"wbits": 1, "abits": 2}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the study: a first layer and its precision around it."""
+
+    name: str
+    first_layer: str
+    first_layer_kwargs: dict = field(default_factory=dict)
+    wbits: int = 1
+    abits: int = 2
+    last_layer: str = "float"
+    tier: str = "headline"
+
+    def model_fields(self) -> dict:
+        return {"first_layer": self.first_layer, "first_layer_kwargs": dict(self.first_layer_kwargs),
+                "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer}
+
+
+def _pe(d: int, bits: int, shared: bool, init: str) -> dict:
+    return {"d": d, "bits": bits, "shared": shared, "init": init}
+
+
+# Quantized first layers that are not pixel embedding, by variant-name stem.
+_BASELINES = {
+    "int8-first": ("int8", {}),
+    "naive2": ("naive", {"bits": 2}),
+    "thermometer": ("thermometer", {"d": 10}),
+    "bitplane": ("bitplane", {}),
+}
+
+
+def headline_variants() -> list:
+    """The rows the study's targets are judged on; `w1a2-pe` is Blueoil's setting (shared, d=10, Q=2)."""
+    pe = _pe(10, 2, True, "thermometer")
+    return [
+        Variant("w1a2-float-first", "float"),
+        Variant("w1a2-pe", "pixel-embedding", pe),
+        Variant("w1a2-pe-qlast", "pixel-embedding", pe, last_layer="quantized"),
+        Variant("float-net", "float", wbits=32, abits=32),
+        *(Variant(f"w1a2-{stem}", layer, kwargs) for stem, (layer, kwargs) in _BASELINES.items()),
+    ]
+
+
+def ablation_variants() -> list:
+    """The pixel-embedding grid and the quantized-last-layer twins, with their own reference."""
+    rows = [Variant("short-w1a2-float-first", "float", tier="ablation")]
+    for shared in (True, False):
+        for d in (4, 10, 16):
+            for bits in (1, 2):
+                for init in ("thermometer", "uniform"):
+                    name = f"short-pe-{'shared' if shared else 'percolour'}-d{d}-q{bits}-{init}"
+                    rows.append(Variant(name, "pixel-embedding", _pe(d, bits, shared, init), tier="ablation"))
+    for stem, (layer, kwargs) in _BASELINES.items():
+        rows.append(Variant(f"short-w1a2-{stem}-qlast", layer, kwargs, last_layer="quantized", tier="ablation"))
+    return rows
+
+
+def all_variants() -> list:
+    return headline_variants() + ablation_variants()
+
+
+@dataclass
+class StudySchedule:
+    """The shared schedule: headline runs get `epochs` on the whole train split for every seed;
+    ablation runs get `ablation_epochs` on `ablation_train_subset` images, first seed only."""
+
+    seeds: tuple = (0, 1)
+    epochs: int = 20
+    ablation_epochs: int = 10
+    ablation_train_subset: "int | None" = 10000
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 0.002
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    model: str = "resnet20"
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("the study needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds must differ, got {list(self.seeds)}")
+
+
+def run_name(variant: Variant, seed: int) -> str:
+    return f"{variant.name}-s{seed}"
+
+
+def plan(schedule: StudySchedule, tiers: tuple = ("headline", "ablation")) -> list:
+    """(variant, seed) pairs in the order they run: every headline variant at the first seed, then
+    at each further seed, then the ablations, so the most informative rows finish first."""
+    pairs = []
+    if "headline" in tiers:
+        pairs += [(v, s) for s in schedule.seeds for v in headline_variants()]
+    if "ablation" in tiers:
+        pairs += [(v, schedule.seeds[0]) for v in ablation_variants()]
+    return pairs
+
+
+def run_config(variant: Variant, seed: int, schedule: StudySchedule, out: Path, data: "str | None",
+               threads: "int | None" = None, device: str = "auto", progress: bool = False) -> TrainConfig:
+    short = variant.tier == "ablation"
+    return TrainConfig(
+        model=schedule.model, **variant.model_fields(), data=data, out=str(out / run_name(variant, seed)),
+        epochs=schedule.ablation_epochs if short else schedule.epochs, batch_size=schedule.batch_size,
+        optimizer=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay, schedule=schedule.schedule,
+        seed=seed, train_subset=schedule.ablation_train_subset if short else None, threads=threads, device=device,
+        progress=progress,
+    )
+
+
+def write_embedding(run_dir: Path) -> None:
+    """embedding.json beside a pixel-embedding run: the quantized table (tables, 256, d), its
+    settings, so the report plots the learned curves without the checkpoint."""
+    model = load_checkpoint(run_dir / "checkpoint.pt")
+    pe = model.stem.encoder
+    with torch.no_grad():
+        table = pe.quantized_table().cpu()
+    record = {"d": pe.d, "bits": pe.bits, "shared": pe.shared, "init": pe.init,
+              "table": [[[round(v, 6) for v in row] for row in t.tolist()] for t in table]}
+    (run_dir / "embedding.json").write_text(json.dumps(record) + "\n")
+
+
+def _same_run(metrics_path: Path, cfg: TrainConfig) -> bool:
+    """Whether a finished run's metrics.json was made with this configuration (bar paths and threads)."""
+    saved = json.loads(metrics_path.read_text())["config"]
+    ignore = {"data", "out", "threads", "device", "progress"}
+    mismatch = {k for k, v in asdict(cfg).items() if k not in ignore and saved.get(k) != v}
+    if mismatch:
+        raise ConfigError(f"{metrics_path.parent}: finished with different settings ({', '.join(sorted(mismatch))}); "
+                          "use another --out or the same schedule")
+    return True
+
+
+def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySchedule | None" = None,
+              tiers: tuple = ("headline", "ablation"), threads: "int | None" = None, device: str = "auto",
+              progress: bool = False, only: "list | None" = None) -> list:
+    """Train every (variant, seed) of the plan that has no metrics.json yet; returns the run names
+    trained in this call. `only` restricts the plan to the named variants."""
+    from ..data import load_dataset
+
+    schedule = schedule or StudySchedule()
+    schedule.validate()
+    out = Path(out)
+    pairs = plan(schedule, tiers)
+    if only:
+        known = {v.name for v in all_variants()}
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise ConfigError(f"unknown study variant(s) {unknown}; choose from: {', '.join(sorted(known))}")
+        pairs = [(v, s) for v, s in pairs if v.name in only]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps({
+        "schedule": asdict(schedule),
+        "variants": [{**asdict(v), "first_layer_kwargs": dict(v.first_layer_kwargs)} for v in all_variants()],
+    }, indent=2) + "\n")
+    splits = None
+    trained = []
+    for variant, seed in pairs:
+        cfg = run_config(variant, seed, schedule, out, data, threads, device, progress)
+        run_dir = Path(cfg.out)
+        if (run_dir / "metrics.json").is_file() and _same_run(run_dir / "metrics.json", cfg):
+            continue
+        splits = splits if splits is not None else load_dataset(data)
+        print(f"== {run_dir.name}: {variant.first_layer} first layer, last layer {variant.last_layer}, "
+              f"{cfg.epochs} epochs", flush=True)
+        metrics = train(cfg, resume=True, data=splits)
+        if variant.first_layer == "pixel-embedding":
+            write_embedding(run_dir)
+        print(f"== {run_dir.name}: top-1 {metrics['top1']:.2f}%", flush=True)
+        trained.append(run_dir.name)
+    return trained
