@@ -72,6 +72,39 @@ class FastExecutor:
                 self.fused[node["inputs"][0]] = node  # conv + threshold run as one kernel
                 self.thresholds[node["name"]] = pad_thresholds(model.tensors[f"{node['name']}.direction"],
                                                                model.tensors[f"{node['name']}.thresholds"])
+        self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
+
+    def _plan_residual_adds(self) -> tuple:
+        """Residual adds the conv before them takes over: {conv name: (add node, shortcut source,
+        subsampling stride)}, and the subsample_pad nodes that then need not run. Fused when the add
+        reads a fused conv + threshold that nothing else reads, and a shortcut that is ready before
+        that conv runs: a node computed earlier, or a subsample_pad of one."""
+        order = {node["name"]: i for i, node in enumerate(self.model.nodes)}
+        order["image"] = -1
+        readers: dict = {}
+        for node in self.model.nodes:
+            for name in node["inputs"]:
+                readers[name] = readers.get(name, 0) + 1
+        by_name = {node["name"]: node for node in self.model.nodes}
+        residual, skipped = {}, set()
+        for node in self.model.nodes:
+            if node["op"] != "add_clip" or node["qmin"] != 0 or node["qmax"] > 255:
+                continue
+            branch, shortcut = (by_name.get(i) for i in node["inputs"])
+            if branch is None or branch["op"] != "threshold" or readers[branch["name"]] != 1:
+                continue
+            conv = branch["inputs"][0]
+            if self.fused.get(conv) is not branch:
+                continue
+            source, stride = node["inputs"][1], 1
+            if shortcut is not None and shortcut["op"] == "subsample_pad" and readers[source] == 1:
+                source, stride = shortcut["inputs"][0], shortcut["stride"]
+                skipped.add(shortcut["name"])
+            if order[source] >= order[conv]:
+                skipped.discard(node["inputs"][1])
+                continue
+            residual[conv] = (node, source, stride)
+        return residual, skipped
 
     def _conv(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         """int32 accumulators; or, fused with the threshold node that reads them, that node's codes
@@ -93,13 +126,22 @@ class FastExecutor:
             return out
         codes = np.empty((n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
-        _kernels.conv(*args, codes, self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
-        self._codes[thr["name"]] = codes
+        fused = (codes, self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
+        if name in self.residual:  # the block's residual add too: the codes are the add node's
+            add, source, stride = self.residual[name]
+            shortcut = np.ascontiguousarray(values[source], np.uint8)
+            _kernels.conv(*args, *fused, shortcut, *shortcut.shape[1:], stride, add["qmax"])
+            self._codes[add["name"]] = codes
+        else:
+            _kernels.conv(*args, *fused)
+            self._codes[thr["name"]] = codes
         return None
 
-    def _threshold(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+    def _threshold(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         if node["name"] in self._codes:
             return self._codes.pop(node["name"])
+        if x[0] is None:  # fused into a residual add: its codes were never materialised
+            return None
         acc = np.ascontiguousarray(x[0], np.int32)
         direction = np.ascontiguousarray(t["direction"], np.int8)
         thresholds = np.ascontiguousarray(t["thresholds"], np.int32)
@@ -122,6 +164,8 @@ class FastExecutor:
         return out
 
     def _add_clip(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+        if node["name"] in self._codes:
+            return self._codes.pop(node["name"])
         a, b = x
         if not (a.dtype == b.dtype == np.uint8 and node["qmin"] == 0 and node["qmax"] <= 127):
             return REFERENCE_OPS["add_clip"](node, x, t, values)
@@ -130,7 +174,11 @@ class FastExecutor:
 
     def ops(self) -> dict:
         """The ops this executor runs in C, in `run_graph`'s form; the rest are the reference's."""
-        return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut, "add_clip": self._add_clip}
+        return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut, "add_clip": self._add_clip,
+                "subsample_pad": self._subsample_pad}
+
+    def _subsample_pad(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
+        return None if node["name"] in self.skipped else REFERENCE_OPS["subsample_pad"](node, x, t, values)
 
     def run(self, images: np.ndarray) -> dict:
         return run_graph(self.model, images, self.ops())

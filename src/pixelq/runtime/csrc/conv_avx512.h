@@ -79,8 +79,9 @@ TILE512(12, 2)
 TILE512(8, 3)
 TILE512(6, 4)
 
-/* Accumulators -> int32, or codes by thresholds, for 8 channels from o of global position m. */
-static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S) {
+/* Accumulators -> int32, or codes by thresholds (plus the residual at offset r), for 8 channels
+ * from o of global position m. */
+static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S, ssize r) {
     __mmask8 lanes = c->O - o >= 8 ? 0xFF : (__mmask8)((1u << (c->O - o)) - 1);
     __m512i a = _mm512_add_epi64(_mm512_mullo_epi64(tot, _mm512_set1_epi64(c->wstride)),
                                  _mm512_set1_epi64(c->lowest * S));
@@ -95,7 +96,38 @@ static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int
         __m512i t = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(c->thr + (ssize)l * c->Opad + o)));
         code = _mm512_mask_add_epi64(code, _mm512_cmpge_epi64_mask(s, t), code, one);
     }
+    if (c->res) {
+        __mmask8 have = c->res_C - o >= 8 ? 0xFF : c->res_C > o ? (__mmask8)((1u << (c->res_C - o)) - 1) : 0;
+        __m512i add = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(have, c->res + r + o));
+        code = _mm512_min_epi64(_mm512_add_epi64(code, add), _mm512_set1_epi64(c->res_qmax));
+    }
     _mm512_mask_cvtepi64_storeu_epi8(c->out + m * c->O + o, lanes, code);
+}
+
+/* finish512 for 16 channels from o at once, in 32-bit lanes (the export keeps accumulators in int32):
+ * half the epilogue work of two 8-channel calls. */
+static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i lo, __m512i hi, int64_t S, ssize r) {
+    __mmask16 lanes = c->O - o >= 16 ? 0xFFFF : (__mmask16)((1u << (c->O - o)) - 1);
+    __m512i tot = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+    __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(tot, _mm512_set1_epi32(c->wstride)),
+                                 _mm512_set1_epi32((int32_t)(c->lowest * S)));
+    if (!c->out) {
+        _mm512_mask_storeu_epi32(c->acc + m * c->O + o, lanes, a);
+        return;
+    }
+    __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c->dir + o))));
+    __m512i s = _mm512_mask_sub_epi32(a, neg, _mm512_setzero_si512(), a);
+    __m512i code = _mm512_set1_epi32(c->qmin), one = _mm512_set1_epi32(1);
+    for (int l = 0; l < c->L; l++) {
+        __m512i t = _mm512_loadu_si512(c->thr + (ssize)l * c->Opad + o);
+        code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(s, t), code, one);
+    }
+    if (c->res) {
+        __mmask16 have = c->res_C - o >= 16 ? 0xFFFF : c->res_C > o ? (__mmask16)((1u << (c->res_C - o)) - 1) : 0;
+        __m512i add = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(have, c->res + r + o));
+        code = _mm512_min_epi32(_mm512_add_epi32(code, add), _mm512_set1_epi32(c->res_qmax));
+    }
+    _mm512_mask_cvtepi32_storeu_epi8(c->out + m * c->O + o, lanes, code);
 }
 
 static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
@@ -106,23 +138,29 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
     const tile_fn tile = V == 4 ? tile512_6x4 : V == 3 ? tile512_8x3 : V == 2 ? tile512_12x2 : tile512_16x1;
     const uint8_t *xn = c->x + n * c->image_bytes;
     const ssize count = m1 - m0;  /* <= AVX512_POSITIONS */
-    __m512i res[24];  /* R * V <= 24 for every tile */
+    __m512i tiles[24];  /* R * V <= 24 for every tile */
     ssize pos[AVX512_POSITIONS + 16];
     int64_t S[AVX512_POSITIONS];
+    ssize roff[AVX512_POSITIONS];
     /* Where each position's window starts, and its code sum; past the end the last position is
      * repeated, so a partial tile reads valid memory and its extra results go unused. */
     for (ssize i = 0, oy = m0 / c->WO, ox = m0 % c->WO; i < count; i++) {
         pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
         S[i] = window_sum(c, n, oy, ox);
+        roff[i] = c->res ? residual_offset(c, n, oy, ox) : 0;
         if (++ox == c->WO) ox = 0, oy++;
     }
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
     for (ssize o0 = 0; o0 < c->Opad; o0 += 8 * V) {
         for (ssize i0 = 0; i0 < count; i0 += R) {
-            tile(c, xn, pos + i0, o0, res);
-            for (int i = 0; i < R && i0 + i < count; i++)
-                for (int v = 0; v < V && o0 + 8 * v < c->O; v++)
-                    finish512(c, n * c->HO * c->WO + m0 + i0 + i, o0 + 8 * v, res[i * V + v], S[i0 + i]);
+            tile(c, xn, pos + i0, o0, tiles);
+            for (int i = 0; i < R && i0 + i < count; i++) {
+                ssize m = n * c->HO * c->WO + m0 + i0 + i;
+                int v = 0;
+                for (; v + 1 < V && o0 + 8 * v + 8 < c->O; v += 2)
+                    finish512x16(c, m, o0 + 8 * v, tiles[i * V + v], tiles[i * V + v + 1], S[i0 + i], roff[i0 + i]);
+                if (v < V && o0 + 8 * v < c->O) finish512(c, m, o0 + 8 * v, tiles[i * V + v], S[i0 + i], roff[i0 + i]);
+            }
         }
     }
 }

@@ -62,6 +62,12 @@ typedef struct {
     const int8_t *dir;     /* (Opad,) +1 / -1 */
     const int32_t *thr;    /* (L, Opad) */
     int L, qmin, threads;
+    /* Optional residual add after the thresholds: code = min(code + res, res_qmax), res read from
+     * uint8 codes (N, res_H, res_W, res_C) at (oy * res_stride, ox * res_stride); channels from
+     * res_C on add 0 (the zero-padded shortcut of a downsampling block). */
+    const uint8_t *res;
+    ssize res_H, res_W, res_C;
+    int res_stride, res_qmax;
 } conv_t;
 
 /* Pack one image row of codes into its P plane rows (interior of the padded layout) and its sums. */
@@ -100,8 +106,15 @@ static int64_t window_sum(const conv_t *c, ssize n, ssize oy, ssize ox) {
     return s;
 }
 
-/* Channels o0 .. o0 + count of one position: int32 accumulators, or codes by thresholds. */
-static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, const int64_t *tot, int64_t S) {
+/* Offset of position (n, oy, ox)'s shortcut codes in the residual input. */
+static ssize residual_offset(const conv_t *c, ssize n, ssize oy, ssize ox) {
+    return ((n * c->res_H + oy * c->res_stride) * c->res_W + ox * c->res_stride) * c->res_C;
+}
+
+/* Channels o0 .. o0 + count of one position: int32 accumulators, or codes by thresholds (plus the
+ * residual at offset `r` when there is one). */
+static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, const int64_t *tot, int64_t S,
+                            ssize r) {
     for (ssize i = 0; i < count; i++) {
         ssize o = o0 + i;
         int64_t a = c->wstride * tot[i] + c->lowest * S;
@@ -112,6 +125,10 @@ static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, con
         int64_t s = a * c->dir[o];
         int code = c->qmin;
         for (int l = 0; l < c->L; l++) code += s >= c->thr[(ssize)l * c->Opad + o];
+        if (c->res) {
+            code += o < c->res_C ? c->res[r + o] : 0;
+            code = code < c->res_qmax ? code : c->res_qmax;
+        }
         c->out[m * c->O + o] = (uint8_t)code;
     }
 }
@@ -206,24 +223,30 @@ static int want(Py_buffer *b, ssize bytes, const char *name) {
 }
 
 static PyObject *py_conv(PyObject *self, PyObject *args) {
-    Py_buffer codes, w, out, dir = {0}, thr = {0};
+    Py_buffer codes, w, out, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
-    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*ii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w, &c.KH,
-                          &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO, &out,
-                          &c.threads, &dir, &thr, &c.L, &c.qmin))
+    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
+                          &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO,
+                          &out, &c.threads, &dir, &thr, &c.L, &c.qmin, &res, &c.res_H, &c.res_W, &c.res_C,
+                          &c.res_stride, &c.res_qmax))
         return NULL;
     int fused = thr.buf != NULL;
+    int residual_ok = !res.buf || (fused && c.res_C <= c.O && c.res_stride >= 1 &&
+                                   (c.HO - 1) * c.res_stride < c.res_H && (c.WO - 1) * c.res_stride < c.res_W &&
+                                   want(&res, c.N * c.res_H * c.res_W * c.res_C, "residual"));
     c.Cb = (int)((c.C + 7) / 8);
     c.Kr = (c.KW * c.Cb + 7) / 8;
     PyObject *ret = NULL;
-    if (c.P < 1 || c.P > 8 || c.Opad % 8 || c.Opad < c.O || c.HO < 1 || c.WO < 1 ||
+    if (!residual_ok) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
+    } else if (c.P < 1 || c.P > 8 || c.Opad % 8 || c.Opad < c.O || c.HO < 1 || c.WO < 1 ||
         (c.HO - 1) * c.stride + c.KH > c.H + 2 * c.pad || (c.WO - 1) * c.stride + c.KW > c.W + 2 * c.pad) {
         PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
     } else if (want(&codes, c.N * c.H * c.W * c.C, "codes") &&
                want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights") &&
                want(&out, c.N * c.HO * c.WO * c.O * (fused ? 1 : 4), "out") &&
                (!fused || (want(&dir, c.Opad, "direction") && want(&thr, c.L * c.Opad * 4, "thresholds")))) {
-        c.codes = codes.buf, c.w = w.buf, c.dir = dir.buf, c.thr = thr.buf;
+        c.codes = codes.buf, c.w = w.buf, c.dir = dir.buf, c.thr = thr.buf, c.res = res.buf;
         if (fused) c.out = out.buf; else c.acc = out.buf;
         int ok;
         Py_BEGIN_ALLOW_THREADS
@@ -237,6 +260,7 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
     PyBuffer_Release(&out);
     if (dir.buf) PyBuffer_Release(&dir);
     if (thr.buf) PyBuffer_Release(&thr);
+    if (res.buf) PyBuffer_Release(&res);
     return ret;
 }
 
@@ -331,7 +355,7 @@ static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"conv", py_conv, METH_VARARGS,
      "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
-     "given thresholds"},
+     "given thresholds, plus a clipped residual add given its codes"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
