@@ -146,7 +146,7 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
      * repeated, so a partial tile reads valid memory and its extra results go unused. */
     for (ssize i = 0, oy = m0 / c->WO, ox = m0 % c->WO; i < count; i++) {
         pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
-        S[i] = window_sum(c, n, oy, ox);
+        S[i] = window_sum(c, n * c->HO * c->WO + m0 + i);
         roff[i] = c->res ? residual_offset(c, n, oy, ox) : 0;
         if (++ox == c->WO) ox = 0, oy++;
     }

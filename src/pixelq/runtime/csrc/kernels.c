@@ -57,6 +57,7 @@ typedef struct {
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
     uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
     int32_t *sums;         /* (N, Hp, Wp) code sum of each pixel, or NULL when lowest == 0 */
+    int32_t *window;       /* (N, HO, WO) code sum of each window (box sums of `sums`), or NULL */
     int32_t *acc;          /* (N, HO, WO, O) accumulators, or NULL when fused */
     uint8_t *out;          /* (N, HO, WO, O) codes, when fused */
     const int8_t *dir;     /* (Opad,) +1 / -1 */
@@ -96,15 +97,22 @@ static void pixel_sums_row(const conv_t *c, ssize n, ssize y) {
     }
 }
 
-static int64_t window_sum(const conv_t *c, ssize n, ssize oy, ssize ox) {
-    if (!c->sums) return 0;
-    int64_t s = 0;
-    for (int ky = 0; ky < c->KH; ky++) {
-        const int32_t *row = c->sums + (n * c->Hp + oy * c->stride + ky) * c->Wp + ox * c->stride;
-        for (int kx = 0; kx < c->KW; kx++) s += row[kx];
-    }
-    return s;
+/* One output row of window code sums: box sums of the pixel sums, a whole row per vector add. */
+static void window_sums_row(const conv_t *c, ssize n, ssize oy) {
+    int32_t *restrict out = c->window + (n * c->HO + oy) * c->WO;
+    memset(out, 0, sizeof(int32_t) * c->WO);
+    for (int ky = 0; ky < c->KH; ky++)
+        for (int kx = 0; kx < c->KW; kx++) {
+            const int32_t *restrict row = c->sums + (n * c->Hp + oy * c->stride + ky) * c->Wp + kx;
+            if (c->stride == 1)
+                for (ssize ox = 0; ox < c->WO; ox++) out[ox] += row[ox];
+            else
+                for (ssize ox = 0; ox < c->WO; ox++) out[ox] += row[ox * c->stride];
+        }
 }
+
+/* S of global output position m (0 when the weights have no offset, lowest == 0). */
+static inline int64_t window_sum(const conv_t *c, ssize m) { return c->window ? c->window[m] : 0; }
 
 /* Offset of position (n, oy, ox)'s shortcut codes in the residual input. */
 static ssize residual_offset(const conv_t *c, ssize n, ssize oy, ssize ox) {
@@ -163,9 +171,11 @@ static int run_conv(conv_t *c) {
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
     c->x = calloc(c->N * c->image_bytes + 8, 1);
     c->sums = c->lowest ? calloc(c->N * c->Hp * c->Wp, sizeof(int32_t)) : NULL;
-    if (!c->x || (c->lowest && !c->sums)) {
+    c->window = c->lowest ? malloc(sizeof(int32_t) * c->N * c->HO * c->WO) : NULL;
+    if (!c->x || (c->lowest && (!c->sums || !c->window))) {
         free(c->x);
         free(c->sums);
+        free(c->window);
         return 0;
     }
     ssize M = c->HO * c->WO, chunk = conv_chunk;
@@ -178,6 +188,11 @@ static int run_conv(conv_t *c) {
                 pack_impl(c, n, y);
                 if (c->sums) pixel_sums_row(c, n, y);
             }
+        if (c->window) {
+            #pragma omp for collapse(2) schedule(static)
+            for (ssize n = 0; n < c->N; n++)
+                for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
+        }
         #pragma omp for collapse(2) schedule(dynamic, 1)
         for (ssize n = 0; n < c->N; n++)
             for (ssize k = 0; k < chunks; k++) {
@@ -187,6 +202,7 @@ static int run_conv(conv_t *c) {
     }
     free(c->x);
     free(c->sums);
+    free(c->window);
     return 1;
 }
 
