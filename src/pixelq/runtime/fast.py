@@ -7,6 +7,7 @@ codes between layers; each conv call packs its input into bit-planes itself.
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import numpy as np
 
@@ -45,6 +46,22 @@ def pack_conv_weight(codes: np.ndarray, lowest: int, stride: int, bits: int) -> 
     return out
 
 
+def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
+    """The first conv over a per-pixel lookup as tables: weight codes (O, kh, kw, C*d) and lookup
+    codes (T, 256, d), T = 1 (shared) or C -> (kh*kw, C, 256, Opad) int32, entry [tap, c, v, o] =
+    sum_j weight[o, tap, c*d + j] * lut[c, v, j]; None if a sum of kh*kw*C entries could leave int32."""
+    o, kh, kw, channels = weight.shape
+    tables, _, d = lut.shape
+    colours = channels // d
+    lut = np.broadcast_to(lut, (colours, 256, d)) if tables == 1 else lut
+    part = np.einsum("oyxcj,cvj->yxcvo", weight.reshape(o, kh, kw, colours, d).astype(np.int64), lut.astype(np.int64))
+    if np.abs(part).max(initial=0) * kh * kw * colours > np.iinfo(np.int32).max:
+        return None
+    out = np.zeros((kh * kw, colours, 256, padded_channels(o)), np.int32)
+    out[..., :o] = part.reshape(kh * kw, colours, 256, o)
+    return out
+
+
 def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
     """(O,) directions and (O, L) thresholds -> (Opad,) int8 and (L, Opad) int32, channels innermost."""
     o, levels = thresholds.shape
@@ -62,16 +79,28 @@ class FastExecutor:
         if _kernels is None:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
-        self.packed, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}
+        self.packed, self.lut_convs, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}, {}
+        self.readers = Counter(name for node in model.nodes for name in node["inputs"])
+        by_name = {node["name"]: node for node in model.nodes}
         for node in model.nodes:
-            if node["op"] == "conv" and node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
-                w = model.tensors[f"{node['name']}.weight"]
-                self.packed[node["name"]] = pack_conv_weight(w, node["weight_lowest"], node["weight_stride"],
-                                                             node["weight_bits"])
-            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and node["inputs"][0] in self.packed:
-                self.fused[node["inputs"][0]] = node  # conv + threshold run as one kernel
-                self.thresholds[node["name"]] = pad_thresholds(model.tensors[f"{node['name']}.direction"],
-                                                               model.tensors[f"{node['name']}.thresholds"])
+            name = node["name"]
+            if node["op"] == "conv":
+                weight = model.tensors[f"{name}.weight"]
+                source = by_name.get(node["inputs"][0])
+                if fuse and source is not None and source["op"] == "lut" and self.readers[source["name"]] == 1:
+                    table = lut_conv_table(weight, model.tensors[f"{source['name']}.lut"])
+                    if table is not None:  # the lookup runs inside this conv
+                        self.lut_convs[name] = (source, table)
+                        continue
+                if node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
+                    self.packed[name] = pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"],
+                                                         node["weight_bits"])
+            conv = node["inputs"][0]
+            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and \
+                    (conv in self.packed or conv in self.lut_convs):
+                self.fused[conv] = node  # conv + threshold run as one kernel
+                self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
+                                                       model.tensors[f"{name}.thresholds"])
         self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
 
     def _plan_residual_adds(self) -> tuple:
@@ -81,10 +110,7 @@ class FastExecutor:
         that conv runs: a node computed earlier, or a subsample_pad of one."""
         order = {node["name"]: i for i, node in enumerate(self.model.nodes)}
         order["image"] = -1
-        readers: dict = {}
-        for node in self.model.nodes:
-            for name in node["inputs"]:
-                readers[name] = readers.get(name, 0) + 1
+        readers = self.readers
         by_name = {node["name"]: node for node in self.model.nodes}
         residual, skipped = {}, set()
         for node in self.model.nodes:
@@ -111,18 +137,25 @@ class FastExecutor:
         (kept for `_threshold`; the accumulators are then never materialised and this returns None)."""
         x = x[0]
         name = node["name"]
-        if name not in self.packed:  # signed or wide input codes: the reference handles them
+        if name in self.lut_convs:  # x is None: the lookup was left to this conv
+            lut, table = self.lut_convs[name]
+            x = values[lut["inputs"][0]]
+        elif name not in self.packed:  # signed or wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
         n, h, w, c = x.shape
         k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-        args = (np.ascontiguousarray(x, np.uint8), n, h, w, c, max(1, int(node["input_range"][1]).bit_length()),
-                self.packed[name], k, k, node["weight_bits"], o, padded_channels(o), node["weight_lowest"],
-                node["weight_stride"], s, p, ho, wo)
+        x = np.ascontiguousarray(x, np.uint8)
+        if name in self.lut_convs:
+            call, args = _kernels.lut_conv, (x, n, h, w, c, table, k, k, o, padded_channels(o), s, p, ho, wo)
+        else:
+            call, args = _kernels.conv, (x, n, h, w, c, max(1, int(node["input_range"][1]).bit_length()),
+                                         self.packed[name], k, k, node["weight_bits"], o, padded_channels(o),
+                                         node["weight_lowest"], node["weight_stride"], s, p, ho, wo)
         thr = self.fused.get(name) if self.fuse else None
         if thr is None:
             out = np.empty((n, ho, wo, o), np.int32)
-            _kernels.conv(*args, out, self.threads)
+            call(*args, out, self.threads)
             return out
         codes = np.empty((n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
@@ -130,10 +163,10 @@ class FastExecutor:
         if name in self.residual:  # the block's residual add too: the codes are the add node's
             add, source, stride = self.residual[name]
             shortcut = np.ascontiguousarray(values[source], np.uint8)
-            _kernels.conv(*args, *fused, shortcut, *shortcut.shape[1:], stride, add["qmax"])
+            call(*args, *fused, shortcut, *shortcut.shape[1:], stride, add["qmax"])
             self._codes[add["name"]] = codes
         else:
-            _kernels.conv(*args, *fused)
+            call(*args, *fused)
             self._codes[thr["name"]] = codes
         return None
 
@@ -153,7 +186,9 @@ class FastExecutor:
                            self.threads)
         return out
 
-    def _lut(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+    def _lut(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
+        if any(lut is node for lut, _ in self.lut_convs.values()):
+            return None  # looked up inside the conv that reads it
         if not 0 <= node["qmin"] <= node["qmax"] <= 255:
             return lut_reference(x[0], t["lut"])
         image = np.ascontiguousarray(x[0], np.uint8)

@@ -105,10 +105,9 @@ static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int
 }
 
 /* finish512 for 16 channels from o at once, in 32-bit lanes (the export keeps accumulators in int32):
- * half the epilogue work of two 8-channel calls. */
-static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i lo, __m512i hi, int64_t S, ssize r) {
+ * half the epilogue work of two 8-channel calls. `tot` holds the 16 popcount sums as int32. */
+static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S, ssize r) {
     __mmask16 lanes = c->O - o >= 16 ? 0xFFFF : (__mmask16)((1u << (c->O - o)) - 1);
-    __m512i tot = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
     __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(tot, _mm512_set1_epi32(c->wstride)),
                                  _mm512_set1_epi32((int32_t)(c->lowest * S)));
     if (!c->out) {
@@ -128,6 +127,44 @@ static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i lo, _
         code = _mm512_min_epi32(_mm512_add_epi32(code, add), _mm512_set1_epi32(c->res_qmax));
     }
     _mm512_mask_cvtepi32_storeu_epi8(c->out + m * c->O + o, lanes, code);
+}
+
+/* Two 8-channel tiles as one vector of 16 int32. */
+static inline __m512i narrow16(__m512i lo, __m512i hi) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+}
+
+/* The first layer as table lookups (see lut_conv_portable): per output position and 16 channels,
+ * one vector load + add per tap and colour. */
+static void lut_conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    const uint8_t *img = c->codes + n * c->H * c->W * c->C;
+    for (ssize m = m0, oy = m0 / c->WO, ox = m0 % c->WO; m < m1; m++) {
+        ssize gm = n * c->HO * c->WO + m, r = c->res ? residual_offset(c, n, oy, ox) : 0;
+        for (ssize o0 = 0; o0 < c->Opad; o0 += 16) {
+            __mmask16 lanes = c->Opad - o0 >= 16 ? 0xFFFF : 0xFF;
+            __m512i tot = _mm512_setzero_si512();
+            for (int ky = 0; ky < c->KH; ky++) {
+                ssize iy = oy * c->stride - c->pad + ky;
+                if (iy < 0 || iy >= c->H) continue;
+                __m512i row = _mm512_setzero_si512();  /* a chain per kernel row, so rows overlap */
+                for (int kx = 0; kx < c->KW; kx++) {
+                    ssize ix = ox * c->stride - c->pad + kx;
+                    if (ix < 0 || ix >= c->W) continue;
+                    const uint8_t *px = img + (iy * c->W + ix) * c->C;
+                    const int32_t *tb = c->table + (ssize)(ky * c->KW + kx) * c->C * 256 * c->Opad + o0;
+                    for (ssize ch = 0; ch < c->C; ch++)
+                        row = _mm512_add_epi32(row, _mm512_maskz_loadu_epi32(lanes, tb + (ch * 256 + px[ch]) * c->Opad));
+                }
+                tot = _mm512_add_epi32(tot, row);
+            }
+            if (lanes == 0xFFFF) {
+                finish512x16(c, gm, o0, tot, 0, r);
+            } else if (o0 < c->O) {
+                finish512(c, gm, o0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(tot)), 0, r);
+            }
+        }
+        if (++ox == c->WO) ox = 0, oy++;
+    }
 }
 
 static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
@@ -158,7 +195,8 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
                 ssize m = n * c->HO * c->WO + m0 + i0 + i;
                 int v = 0;
                 for (; v + 1 < V && o0 + 8 * v + 8 < c->O; v += 2)
-                    finish512x16(c, m, o0 + 8 * v, tiles[i * V + v], tiles[i * V + v + 1], S[i0 + i], roff[i0 + i]);
+                    finish512x16(c, m, o0 + 8 * v, narrow16(tiles[i * V + v], tiles[i * V + v + 1]), S[i0 + i],
+                                 roff[i0 + i]);
                 if (v < V && o0 + 8 * v < c->O) finish512(c, m, o0 + 8 * v, tiles[i * V + v], S[i0 + i], roff[i0 + i]);
             }
         }

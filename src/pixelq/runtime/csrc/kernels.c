@@ -53,7 +53,8 @@ typedef struct {
     ssize N, H, W, C, HO, WO, O, Opad;
     int P, J, KH, KW, Kr, Cb, stride, pad, lowest, wstride;
     ssize Hp, Wp, row_bytes, plane_bytes, image_bytes;
-    const uint8_t *codes;  /* (N, H, W, C) input codes */
+    const uint8_t *codes;  /* (N, H, W, C) input codes (for a LUT conv: the uint8 image) */
+    const int32_t *table;  /* LUT conv only: (KH * KW, C, 256, Opad) partial sums, see lut_conv_portable */
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
     uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
     int32_t *sums;         /* (N, Hp, Wp) code sum of each pixel, or NULL when lowest == 0 */
@@ -141,6 +142,35 @@ static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, con
     }
 }
 
+/* The first layer as table lookups. When a conv reads a per-pixel lookup (pixel embedding, or any
+ * encoder exported as a LUT), its accumulator is a sum over taps and colours of
+ * table[tap, colour, pixel value, o] = sum_j weight[o, tap, colour*d + j] * lut[colour, value, j],
+ * exact integers computed once at load; padded taps add nothing. No bit-planes, no popcount. */
+static void lut_conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    int64_t *tot = malloc(sizeof(int64_t) * c->O);
+    if (!tot) return;
+    const uint8_t *img = c->codes + n * c->H * c->W * c->C;
+    for (ssize m = m0; m < m1; m++) {
+        ssize oy = m / c->WO, ox = m % c->WO;
+        memset(tot, 0, sizeof(int64_t) * c->O);
+        for (int ky = 0; ky < c->KH; ky++) {
+            ssize iy = oy * c->stride - c->pad + ky;
+            if (iy < 0 || iy >= c->H) continue;
+            for (int kx = 0; kx < c->KW; kx++) {
+                ssize ix = ox * c->stride - c->pad + kx;
+                if (ix < 0 || ix >= c->W) continue;
+                const uint8_t *px = img + (iy * c->W + ix) * c->C;
+                for (ssize ch = 0; ch < c->C; ch++) {
+                    const int32_t *row = c->table + (((ssize)(ky * c->KW + kx) * c->C + ch) * 256 + px[ch]) * c->Opad;
+                    for (ssize o = 0; o < c->O; o++) tot[o] += row[o];
+                }
+            }
+        }
+        finish_portable(c, n * c->HO * c->WO + m, 0, c->O, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
+    }
+    free(tot);
+}
+
 /* The portable conv over the packed planes of image n, positions [m0, m1). */
 #define CONV_NAME conv_portable
 #include "conv_body.h"
@@ -160,13 +190,23 @@ static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, con
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y);
-static positions_fn conv_impl = conv_portable;
+static positions_fn conv_impl = conv_portable, lut_conv_impl = lut_conv_portable;
 static pack_fn pack_impl = pack_row_portable;
 static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
 
+/* A LUT conv: table lookups over the image, one parallel loop. */
+static int run_lut_conv(conv_t *c) {
+    ssize M = c->HO * c->WO, chunk = conv_chunk, chunks = (M + chunk - 1) / chunk;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(c->threads)
+    for (ssize n = 0; n < c->N; n++)
+        for (ssize k = 0; k < chunks; k++) lut_conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+    return 1;
+}
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
+    if (c->table) return run_lut_conv(c);
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
     c->x = calloc(c->N * c->image_bytes + 8, 1);
@@ -238,46 +278,69 @@ static int want(Py_buffer *b, ssize bytes, const char *name) {
     return 1;
 }
 
+/* What conv and lut_conv share: check the output and thresholds, run, release the buffers. */
+static PyObject *finish_call(conv_t *c, int geometry_ok, int inputs_ok, Py_buffer *bufs[], int count,
+                             Py_buffer *out, Py_buffer *dir, Py_buffer *thr) {
+    int fused = thr->buf != NULL;
+    PyObject *ret = NULL;
+    if (!geometry_ok && !PyErr_Occurred()) {
+        PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
+    } else if (geometry_ok && inputs_ok && want(out, c->N * c->HO * c->WO * c->O * (fused ? 1 : 4), "out") &&
+               (!fused || (want(dir, c->Opad, "direction") && want(thr, c->L * c->Opad * 4, "thresholds")))) {
+        c->dir = dir->buf, c->thr = thr->buf;
+        if (fused) c->out = out->buf; else c->acc = out->buf;
+        int ok;
+        Py_BEGIN_ALLOW_THREADS
+        ok = run_conv(c);
+        Py_END_ALLOW_THREADS
+        if (ok) ret = Py_None, Py_INCREF(ret);
+        else PyErr_NoMemory();
+    }
+    for (int i = 0; i < count; i++)
+        if (bufs[i]->buf) PyBuffer_Release(bufs[i]);
+    return ret;
+}
+
+static int geometry_ok(const conv_t *c) {
+    return c->Opad % 8 == 0 && c->Opad >= c->O && c->HO >= 1 && c->WO >= 1 && c->stride >= 1 &&
+           (c->HO - 1) * c->stride + c->KH <= c->H + 2 * c->pad && (c->WO - 1) * c->stride + c->KW <= c->W + 2 * c->pad;
+}
+
 static PyObject *py_conv(PyObject *self, PyObject *args) {
-    Py_buffer codes, w, out, dir = {0}, thr = {0}, res = {0};
+    Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
     if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
                           &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO,
                           &out, &c.threads, &dir, &thr, &c.L, &c.qmin, &res, &c.res_H, &c.res_W, &c.res_C,
                           &c.res_stride, &c.res_qmax))
         return NULL;
-    int fused = thr.buf != NULL;
-    int residual_ok = !res.buf || (fused && c.res_C <= c.O && c.res_stride >= 1 &&
-                                   (c.HO - 1) * c.res_stride < c.res_H && (c.WO - 1) * c.res_stride < c.res_W &&
-                                   want(&res, c.N * c.res_H * c.res_W * c.res_C, "residual"));
     c.Cb = (int)((c.C + 7) / 8);
     c.Kr = (c.KW * c.Cb + 7) / 8;
-    PyObject *ret = NULL;
-    if (!residual_ok) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
-    } else if (c.P < 1 || c.P > 8 || c.Opad % 8 || c.Opad < c.O || c.HO < 1 || c.WO < 1 ||
-        (c.HO - 1) * c.stride + c.KH > c.H + 2 * c.pad || (c.WO - 1) * c.stride + c.KW > c.W + 2 * c.pad) {
-        PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
-    } else if (want(&codes, c.N * c.H * c.W * c.C, "codes") &&
-               want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights") &&
-               want(&out, c.N * c.HO * c.WO * c.O * (fused ? 1 : 4), "out") &&
-               (!fused || (want(&dir, c.Opad, "direction") && want(&thr, c.L * c.Opad * 4, "thresholds")))) {
-        c.codes = codes.buf, c.w = w.buf, c.dir = dir.buf, c.thr = thr.buf, c.res = res.buf;
-        if (fused) c.out = out.buf; else c.acc = out.buf;
-        int ok;
-        Py_BEGIN_ALLOW_THREADS
-        ok = run_conv(&c);
-        Py_END_ALLOW_THREADS
-        if (ok) ret = Py_None, Py_INCREF(ret);
-        else PyErr_NoMemory();
-    }
-    PyBuffer_Release(&codes);
-    PyBuffer_Release(&w);
-    PyBuffer_Release(&out);
-    if (dir.buf) PyBuffer_Release(&dir);
-    if (thr.buf) PyBuffer_Release(&thr);
-    if (res.buf) PyBuffer_Release(&res);
-    return ret;
+    c.codes = codes.buf, c.w = w.buf, c.res = res.buf;
+    int residual_ok = !res.buf || (thr.buf && c.res_C <= c.O && c.res_stride >= 1 &&
+                                   (c.HO - 1) * c.res_stride < c.res_H && (c.WO - 1) * c.res_stride < c.res_W &&
+                                   want(&res, c.N * c.res_H * c.res_W * c.res_C, "residual"));
+    if (!residual_ok && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
+    int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
+                    want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights");
+    Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
+    return finish_call(&c, residual_ok && c.P >= 1 && c.P <= 8 && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir,
+                       &thr);
+}
+
+static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
+    Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
+    conv_t c = {0};
+    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*ii", &image, &c.N, &c.H, &c.W, &c.C, &table, &c.KH, &c.KW,
+                          &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
+                          &c.qmin))
+        return NULL;
+    c.codes = image.buf, c.table = table.buf, c.wstride = 1;
+    int inputs_ok = want(&image, c.N * c.H * c.W * c.C, "image") &&
+                    want(&table, (ssize)c.KH * c.KW * c.C * 256 * c.Opad * 4, "table");
+    Py_buffer *bufs[] = {&image, &table, &out, &dir, &thr};
+    return finish_call(&c, geometry_ok(&c), inputs_ok, bufs, 5, &out, &dir, &thr);
 }
 
 static PyObject *py_threshold(PyObject *self, PyObject *args) {
@@ -325,19 +388,19 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 
 static int choose_isa(const char *name) {
     if (strcmp(name, "portable") == 0) {
-        conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
+        conv_impl = conv_portable, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         return 1;
     }
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
-        conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
+        conv_impl = conv_avx2, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
         return 1;
     }
     if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq")) {
-        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
+        conv_impl = conv_avx512, lut_conv_impl = lut_conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
         return 1;
     }
 #endif
@@ -372,6 +435,8 @@ static PyMethodDef methods[] = {
     {"conv", py_conv, METH_VARARGS,
      "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
      "given thresholds, plus a clipped residual add given its codes"},
+    {"lut_conv", py_lut_conv, METH_VARARGS,
+     "first conv over a per-pixel lookup, as sums of precomputed (tap, colour, value) tables -> int32 or codes"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
