@@ -192,12 +192,12 @@ typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y);
 static positions_fn conv_impl = conv_portable, lut_conv_impl = lut_conv_portable;
 static pack_fn pack_impl = pack_row_portable;
-static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
+static ssize conv_chunk = 16, lut_chunk = 16;  /* output positions per work item of the parallel loops */
 static const char *conv_isa = "portable";
 
 /* A LUT conv: table lookups over the image, one parallel loop. */
 static int run_lut_conv(conv_t *c) {
-    ssize M = c->HO * c->WO, chunk = conv_chunk, chunks = (M + chunk - 1) / chunk;
+    ssize M = c->HO * c->WO, chunk = lut_chunk, chunks = (M + chunk - 1) / chunk;
     #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(c->threads)
     for (ssize n = 0; n < c->N; n++)
         for (ssize k = 0; k < chunks; k++) lut_conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
@@ -388,19 +388,19 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 
 static int choose_isa(const char *name) {
     if (strcmp(name, "portable") == 0) {
-        conv_impl = conv_portable, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
+        conv_impl = conv_portable, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, lut_chunk = 16, conv_isa = "portable";
         return 1;
     }
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
-        conv_impl = conv_avx2, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
+        conv_impl = conv_avx2, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, lut_chunk = 16, conv_isa = "avx2";
         return 1;
     }
     if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq")) {
-        conv_impl = conv_avx512, lut_conv_impl = lut_conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
+        conv_impl = conv_avx512, lut_conv_impl = lut_conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, lut_chunk = AVX512_LUT_POSITIONS, conv_isa = "avx512vpopcntdq";
         return 1;
     }
 #endif
