@@ -194,6 +194,13 @@ def _run_study(args) -> None:
     print(json.dumps({"trained": trained, "out": args.out}))
 
 
+def _run_report(args) -> None:
+    from .study import write_report
+
+    rows = write_report(args.study_dir, args.docs)["rows"]
+    print(json.dumps({"docs": args.docs, "rows": len(rows)}))
+
+
 def _run_models(args) -> None:
     from .models import list_models
 
@@ -238,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("report", help="render a study's summary.json, plots and markdown report from its JSON")
+    p.add_argument("study_dir", help="the --out folder of `pixelq study first-layer`")
+    p.add_argument("--docs", default="docs/results.md", help="markdown file to write (plots go beside it)")
     p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -259,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
-            "inspect": _run_inspect, "study": _run_study}
+            "inspect": _run_inspect, "study": _run_study, "report": _run_report}
 
 
 def main(argv: "list[str] | None" = None) -> int:

@@ -1,7 +1,7 @@
 """Model registry and the CIFAR ResNets."""
 from .registry import MODELS, create_model, list_models, register_model
 from .resnet import ResNet, ResNetConfig, apply_overrides, model_kwargs, resnet18, resnet20
-from .summary import layer_bits, model_size_bytes
+from .summary import first_layer_cost, layer_bits, model_size_bytes
 
 __all__ = [
     "MODELS",
@@ -9,6 +9,7 @@ __all__ = [
     "ResNetConfig",
     "apply_overrides",
     "create_model",
+    "first_layer_cost",
     "layer_bits",
     "list_models",
     "model_kwargs",

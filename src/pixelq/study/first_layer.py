@@ -13,12 +13,13 @@ pixel-embedding run also writes embedding.json, its quantized table, which the r
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 from ..training import TrainConfig, load_checkpoint, train
 
 W1A2 = {"wbits": 1, "abits": 2}
@@ -146,6 +147,31 @@ def write_embedding(run_dir: Path) -> None:
     (run_dir / "embedding.json").write_text(json.dumps(record) + "\n")
 
 
+def write_runtime(run_dir: Path, test, threads: "int | None") -> None:
+    """Export a finished run to run_dir/model.pxq and write runtime.json: the integer runtime's top-1
+    on the test split, its images/s, and how often its labels equal the fake-quant model's. Runs
+    whose first layer has no integer form (float, bit-plane) are skipped."""
+    from ..exporting import export
+    from ..runtime import load
+    from ..runtime.verify import label_agreement
+
+    model = load_checkpoint(run_dir / "checkpoint.pt")
+    try:
+        export(model, run_dir / "model.pxq")
+    except ExportError:
+        return
+    rt = load(run_dir / "model.pxq", threads=threads)
+    t0 = time.perf_counter()
+    labels = rt.predict(test.images)
+    seconds = time.perf_counter() - t0
+    agreement = label_agreement(model, rt, test.images)
+    record = {"runtime_top1": 100.0 * float((labels == test.labels).mean()), "images_per_s": len(labels) / seconds,
+              "label_agreement": 100.0 * (agreement["same"] + agreement["differ_at_logit_ties"]) / agreement["n"],
+              "labels": agreement, "threads": rt.threads, "backend": rt.backend, "file_bytes":
+              (run_dir / "model.pxq").stat().st_size}
+    (run_dir / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def _same_run(metrics_path: Path, cfg: TrainConfig) -> bool:
     """Whether a finished run's metrics.json was made with this configuration (bar paths and threads)."""
     saved = json.loads(metrics_path.read_text())["config"]
@@ -192,6 +218,7 @@ def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySche
         metrics = train(cfg, resume=True, data=splits)
         if variant.first_layer == "pixel-embedding":
             write_embedding(run_dir)
+        write_runtime(run_dir, splits.test, threads)
         print(f"== {run_dir.name}: top-1 {metrics['top1']:.2f}%", flush=True)
         trained.append(run_dir.name)
     return trained

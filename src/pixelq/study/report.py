@@ -1,0 +1,189 @@
+"""`pixelq report DIR`: the first-layer study's summary.json, plots and docs/results.md, from its JSON.
+
+Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
+embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
+with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the gap to the
+float-first-layer W1A2 network of the same tier, and the first layer's MACs, bit-ops and
+parameter bits (computed from the variant's model, 32 x 32 RGB input).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import create_model, first_layer_cost
+
+REFERENCES = {"headline": "w1a2-float-first", "ablation": "short-w1a2-float-first"}
+
+
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summarize(study_dir: "str | Path") -> dict:
+    """{"schedule": ..., "rows": [...]}; also written to DIR/summary.json by `write_report`."""
+    study_dir = Path(study_dir)
+    study = _load(study_dir / "study.json")
+    if study is None:
+        raise ConfigError(f"{study_dir}: no study.json; run `pixelq study first-layer --out {study_dir}` first")
+    rows = []
+    seeds = {"headline": study["schedule"]["seeds"], "ablation": study["schedule"]["seeds"][:1]}
+    for v in study["variants"]:
+        runs = [p for p in (study_dir / f"{v['name']}-s{seed}" / "metrics.json" for seed in seeds[v["tier"]])
+                if p.is_file()]
+        metrics = [_load(p) for p in runs]
+        if not metrics:
+            continue
+        top1 = [m["top1"] for m in metrics]
+        model = create_model(metrics[0]["config"]["model"], in_channels=3, num_classes=len(metrics[0]["classes"]),
+                             first_layer=v["first_layer"], first_layer_kwargs=v["first_layer_kwargs"],
+                             wbits=v["wbits"], abits=v["abits"], last_layer=v["last_layer"])
+        row = {"variant": v["name"], "tier": v["tier"], "first_layer": v["first_layer"],
+               "first_layer_kwargs": v["first_layer_kwargs"], "wbits": v["wbits"], "abits": v["abits"],
+               "last_layer": v["last_layer"], "epochs": metrics[0]["epochs"], "train_size": metrics[0]["train_size"],
+               "test_size": metrics[0]["n"], "data": metrics[0]["config"]["data"],
+               "seeds": [m["config"]["seed"] for m in metrics], "top1": top1, "top1_mean": statistics.fmean(top1),
+               "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
+               "top5_mean": statistics.fmean(m["top5"] for m in metrics),
+               "first_layer_cost": first_layer_cost(model, 32, 32)}
+        deployed = [d for d in (_load(p.parent / "runtime.json") for p in runs) if d]
+        if deployed:
+            row["runtime"] = {k: statistics.fmean(d[k] for d in deployed)
+                              for k in ("runtime_top1", "images_per_s", "label_agreement")}
+        rows.append(row)
+    by_name = {r["variant"]: r for r in rows}
+    for r in rows:
+        ref = by_name.get(REFERENCES[r["tier"]])
+        r["gap_to_float_first"] = r["top1_mean"] - ref["top1_mean"] if ref else None
+    return {"schedule": study["schedule"], "rows": rows}
+
+
+def _fmt(value, spec: str, empty: str = "–") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def _table(rows: list) -> list:
+    lines = ["| variant | first layer | last layer | seeds | top-1 % (mean ± std) | gap to float first | "
+             "first-layer bit-ops | first-layer param bits | runtime top-1 % | runtime images/s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        kwargs = ", ".join(f"{k}={v}" for k, v in r["first_layer_kwargs"].items())
+        std = f" ± {r['top1_std']:.2f}" if r["top1_std"] is not None else ""
+        cost = r["first_layer_cost"]
+        rt = r.get("runtime") or {}
+        lines.append(f"| {r['variant']} | {r['first_layer']}{f' ({kwargs})' if kwargs else ''} | {r['last_layer']} | "
+                     f"{len(r['seeds'])} | {r['top1_mean']:.2f}{std} | {_fmt(r['gap_to_float_first'], '+.2f')} | "
+                     f"{cost['bitops']:.3g} | {cost['param_bits']:,} | {_fmt(rt.get('runtime_top1'), '.2f')} | "
+                     f"{_fmt(rt.get('images_per_s'), '.0f')} |")
+    return lines
+
+
+def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for tier, marker in (("headline", "o"), ("ablation", "^")):
+        part = [r for r in rows if r["tier"] == tier]
+        if not part:
+            continue
+        xs = [r["first_layer_cost"]["bitops"] for r in part]
+        ys = [r["top1_mean"] for r in part]
+        errs = [r["top1_std"] or 0.0 for r in part]
+        ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=3, label=f"{tier} runs")
+        for r, x, y in zip(part, xs, ys):
+            ax.annotate(r["variant"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("first-layer bit-ops per 32x32 image (MACs x input bits x weight bits)")
+    ax.set_ylabel("top-1 %")
+    ax.set_title("ResNet-20 W1A2: accuracy against the first layer's cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
+    """One panel per table (shared, or R, G, B), each of the d dimensions a curve over 0..255."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = record["table"]
+    names = ["shared by R, G, B"] if record["shared"] else ["R", "G", "B"][:len(tables)]
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 3.4), squeeze=False)
+    for ax, table, name in zip(axes[0], tables, names):
+        for j in range(record["d"]):
+            ax.plot(range(256), [row[j] + 0.03 * j for row in table], lw=1)
+        ax.set_xlabel("pixel value")
+        ax.set_ylabel("quantized value (offset per dim)")
+        ax.set_title(f"{name}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _targets(rows: list) -> list:
+    by_name = {r["variant"]: r for r in rows}
+    out = []
+    for name, bound in (("w1a2-pe", 1.0), ("w1a2-pe-qlast", 1.5)):
+        r = by_name.get(name)
+        if r and r["gap_to_float_first"] is not None:
+            met = -r["gap_to_float_first"] <= bound
+            out.append(f"- `{name}`: {r['top1_mean']:.2f} % over {len(r['seeds'])} seed(s), "
+                       f"{-r['gap_to_float_first']:.2f} points below `w1a2-float-first` "
+                       f"(target ≤ {bound}: {'met' if met else 'not met'}).")
+    quantized = [r for r in rows if r["tier"] == "headline" and r["first_layer"] not in ("float", "pixel-embedding")]
+    pe = by_name.get("w1a2-pe")
+    if pe and quantized:
+        behind = [r["variant"] for r in quantized if r["top1_mean"] >= pe["top1_mean"]]
+        out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows."
+                   if not behind else f"- pixel embedding is not ahead of: {', '.join(behind)}.")
+    return out
+
+
+def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md") -> dict:
+    """summary.json in DIR; `docs` (markdown) and its PNG plots beside it. Returns the summary."""
+    study_dir, docs = Path(study_dir), Path(docs)
+    summary = summarize(study_dir)
+    rows = summary["rows"]
+    (study_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    s = summary["schedule"]
+    data = next((Path(r["data"]).name for r in rows if r["data"]), "the embedded CIFAR-10-JPEG subset")
+    test_size = rows[0]["test_size"] if rows else 0
+    lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
+             f"Rendered by `pixelq report {study_dir}` from `{study_dir}/*/metrics.json` (trained by "
+             f"`pixelq study first-layer`); `{study_dir}/summary.json` holds these rows.", "",
+             f"Schedule: headline rows {s['epochs']} epochs on the whole train split for each of seeds "
+             f"{', '.join(map(str, s['seeds']))}; ablation rows {s['ablation_epochs']} epochs on a stratified "
+             f"{s['ablation_train_subset'] or 'full'}-image train subset, seed {s['seeds'][0]}. Both: {s['optimizer']} "
+             f"lr {s['lr']} {s['schedule']}, weight decay {s['weight_decay']}, batch {s['batch_size']}, pad-4 crop + "
+             f"flip; evaluated on the {test_size:,} test images. Std is the sample std over seeds (– for one seed). "
+             "Gaps are to the float-first-layer W1A2 network of the same schedule. Bit-ops and parameter bits are "
+             "the first layer's (first conv and its input encoder) for one 32×32 image.", ""]
+    for tier, title in (("headline", "Headline rows"), ("ablation", "Ablations (shorter schedule)")):
+        part = [r for r in rows if r["tier"] == tier]
+        if part:
+            lines += [f"## {title}", ""] + _table(part) + [""]
+    targets = _targets(rows)
+    if targets:
+        lines += ["## Against the targets", ""] + targets + [""]
+    if rows:
+        plot_accuracy_vs_cost(rows, docs.parent / "first_layer_accuracy_vs_cost.png")
+        lines += ["![accuracy against first-layer cost](first_layer_accuracy_vs_cost.png)", ""]
+    for name in ("w1a2-pe", "short-pe-percolour-d10-q2-thermometer"):
+        record = next((_load(p) for p in sorted(study_dir.glob(f"{name}-s*/embedding.json"))), None)
+        if record:
+            png = f"embedding_{name}.png"
+            plot_embedding_curves(record, f"learned pixel embedding, {name} (d={record['d']}, {record['bits']}-bit, "
+                                          f"init {record['init']})", docs.parent / png)
+            lines += [f"![learned embedding of {name}]({png})", ""]
+    docs.write_text("\n".join(lines))
+    return summary

@@ -1,0 +1,104 @@
+"""The first-layer study: its plan, a resumable run on tiny data, and the report rendered from JSON."""
+import json
+
+import pytest
+
+import pixelq
+from pixelq import ConfigError
+from pixelq.cli import main
+from pixelq.models import first_layer_cost
+from pixelq.study import StudySchedule, ablation_variants, headline_variants, plan, run_study, write_report
+from test_train import write_dataset
+
+
+def test_headline_variants_are_the_named_rows():
+    rows = {v.name: v for v in headline_variants()}
+    assert {"float-net", "w1a2-float-first", "w1a2-int8-first", "w1a2-bitplane", "w1a2-thermometer", "w1a2-pe",
+            "w1a2-pe-qlast"} <= set(rows)
+    pe = rows["w1a2-pe"]
+    assert (pe.first_layer, pe.first_layer_kwargs["d"], pe.first_layer_kwargs["bits"], pe.first_layer_kwargs["shared"],
+            pe.wbits, pe.abits, pe.last_layer) == ("pixel-embedding", 10, 2, True, 1, 2, "float")
+    assert rows["w1a2-pe-qlast"].last_layer == "quantized" and rows["float-net"].wbits == 32
+
+
+def test_ablations_cover_the_embedding_grid_and_quantized_last_twins():
+    pe = [v.first_layer_kwargs for v in ablation_variants() if v.first_layer == "pixel-embedding"]
+    grid = {(k["shared"], k["d"], k["bits"], k["init"]) for k in pe}
+    assert grid == {(s, d, q, i) for s in (True, False) for d in (4, 10, 16) for q in (1, 2)
+                    for i in ("thermometer", "uniform")}
+    twins = {v.first_layer for v in ablation_variants() if v.last_layer == "quantized"}
+    assert twins == {"int8", "naive", "thermometer", "bitplane"}
+
+
+def test_plan_runs_every_headline_seed_before_ablations():
+    pairs = plan(StudySchedule(seeds=(3, 4)))
+    headline = len(headline_variants())
+    assert [s for _, s in pairs[:headline]] == [3] * headline and [s for _, s in pairs[headline:2 * headline]] == [4] * headline
+    assert all(v.tier == "ablation" and s == 3 for v, s in pairs[2 * headline:])
+
+
+def test_first_layer_cost():
+    float_net = pixelq.create_model("resnet20", in_channels=3, num_classes=10)
+    pe = pixelq.create_model("resnet20", first_layer="pixel-embedding", first_layer_kwargs={"d": 10, "bits": 2},
+                             wbits=1, abits=2, in_channels=3, num_classes=10)
+    f, p = first_layer_cost(float_net, 32, 32), first_layer_cost(pe, 32, 32)
+    assert f["macs"] == 32 * 32 * 16 * 3 * 9 and f["bitops"] == f["macs"] * 32 * 32
+    assert p["macs"] == 32 * 32 * 16 * 30 * 9 and p["bitops"] == p["macs"] * 2 * 1
+    assert p["param_bits"] == 16 * 30 * 9 * 1 + 256 * 10 * 2  # binary conv weights + 2-bit shared table
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    from conftest import make_splits
+
+    tmp = tmp_path_factory.mktemp("study")
+    data = str(write_dataset(tmp, make_splits()))
+    out = tmp / "runs"
+    schedule = StudySchedule(seeds=(0, 1), epochs=1, ablation_epochs=1, ablation_train_subset=24, batch_size=16)
+    only = ["w1a2-float-first", "w1a2-pe", "short-w1a2-float-first", "short-pe-percolour-d4-q1-uniform"]
+    trained = run_study(out, data=data, schedule=schedule, threads=1, only=only)
+    return out, data, schedule, only, trained
+
+
+def test_study_trains_each_run_once(study):
+    out, data, schedule, only, trained = study
+    assert trained == ["w1a2-float-first-s0", "w1a2-pe-s0", "w1a2-float-first-s1", "w1a2-pe-s1",
+                       "short-w1a2-float-first-s0", "short-pe-percolour-d4-q1-uniform-s0"]
+    assert run_study(out, data=data, schedule=schedule, threads=1, only=only) == []  # resumed: all finished
+    pe = json.loads((out / "w1a2-pe-s0" / "embedding.json").read_text())
+    assert len(pe["table"]) == 1 and len(pe["table"][0]) == 256 and len(pe["table"][0][0]) == 10
+    deployed = json.loads((out / "w1a2-pe-s0" / "runtime.json").read_text())
+    assert deployed["labels"]["differ_unexplained"] == 0
+    assert not (out / "w1a2-float-first-s0" / "runtime.json").exists()  # a float first layer has no integer form
+
+
+def test_study_refuses_a_finished_run_with_other_settings(study):
+    out, data, schedule, only, _ = study
+    longer = StudySchedule(seeds=(0, 1), epochs=2, ablation_epochs=1, ablation_train_subset=24, batch_size=16)
+    with pytest.raises(ConfigError, match="different settings"):
+        run_study(out, data=data, schedule=longer, threads=1, only=["w1a2-pe"])
+    with pytest.raises(ConfigError, match="unknown study variant"):
+        run_study(out, data=data, schedule=schedule, only=["w1a2-nonsense"])
+
+
+def test_report_renders_summary_plots_and_markdown(study, tmp_path):
+    out = study[0]
+    docs = tmp_path / "docs" / "results.md"
+    assert main(["report", str(out), "--docs", str(docs)]) == 0
+    rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
+    assert set(rows) == set(study[3])
+    pe, ref = rows["w1a2-pe"], rows["w1a2-float-first"]
+    assert pe["seeds"] == [0, 1] and len(pe["top1"]) == 2 and pe["top1_std"] is not None
+    assert pe["top1_mean"] == pytest.approx(sum(pe["top1"]) / 2)
+    assert pe["gap_to_float_first"] == pytest.approx(pe["top1_mean"] - ref["top1_mean"])
+    assert rows["short-pe-percolour-d4-q1-uniform"]["gap_to_float_first"] == pytest.approx(
+        rows["short-pe-percolour-d4-q1-uniform"]["top1_mean"] - rows["short-w1a2-float-first"]["top1_mean"])
+    text = docs.read_text()
+    assert "| w1a2-pe |" in text and "## Ablations" in text and "1 epochs" in text
+    for png in ("first_layer_accuracy_vs_cost.png", "embedding_w1a2-pe.png"):
+        assert (docs.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no study.json" in capsys.readouterr().err
