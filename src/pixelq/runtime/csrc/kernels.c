@@ -204,13 +204,38 @@ static int run_lut_conv(conv_t *c) {
     return 1;
 }
 
+/* Zero the padding of padded row yp of image n (all of it for a border row), planes and sums. */
+static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
+    ssize side = c->pad * c->Cb, right = (c->pad + c->W) * c->Cb;
+    for (int p = 0; p < c->P; p++) {
+        uint8_t *row = c->x + n * c->image_bytes + p * c->plane_bytes + yp * c->row_bytes;
+        if (!interior) {
+            memset(row, 0, c->row_bytes);
+        } else {
+            memset(row, 0, side);
+            memset(row + right, 0, side);
+        }
+    }
+    if (c->sums) {
+        int32_t *row = c->sums + (n * c->Hp + yp) * c->Wp;
+        if (!interior) {
+            memset(row, 0, sizeof(int32_t) * c->Wp);
+        } else {
+            memset(row, 0, sizeof(int32_t) * c->pad);
+            memset(row + c->pad + c->W, 0, sizeof(int32_t) * c->pad);
+        }
+    }
+}
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
     if (c->table) return run_lut_conv(c);
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
-    c->x = calloc(c->N * c->image_bytes + 8, 1);
-    c->sums = c->lowest ? calloc(c->N * c->Hp * c->Wp, sizeof(int32_t)) : NULL;
+    /* Not calloc: each thread zeroes the padding of the rows it packs, so no core writes lines
+     * another core is about to fill (zeroing it all here made the other thread's stores slow). */
+    c->x = malloc(c->N * c->image_bytes + 8);
+    c->sums = c->lowest ? malloc(sizeof(int32_t) * c->N * c->Hp * c->Wp) : NULL;
     c->window = c->lowest ? malloc(sizeof(int32_t) * c->N * c->HO * c->WO) : NULL;
     if (!c->x || (c->lowest && (!c->sums || !c->window))) {
         free(c->x);
@@ -218,22 +243,30 @@ static int run_conv(conv_t *c) {
         free(c->window);
         return 0;
     }
+    memset(c->x + c->N * c->image_bytes, 0, 8);  /* the slack a window's last word may read */
     ssize M = c->HO * c->WO, chunk = conv_chunk;
     ssize chunks = (M + chunk - 1) / chunk;
     #pragma omp parallel num_threads(c->threads)
     {
         #pragma omp for collapse(2) schedule(static)
         for (ssize n = 0; n < c->N; n++)
-            for (ssize y = 0; y < c->H; y++) {
-                pack_impl(c, n, y);
-                if (c->sums) pixel_sums_row(c, n, y);
+            for (ssize yp = 0; yp < c->Hp; yp++) {
+                ssize y = yp - c->pad;
+                int interior = y >= 0 && y < c->H;
+                clear_padding(c, n, yp, interior);
+                if (interior) {
+                    pack_impl(c, n, y);
+                    if (c->sums) pixel_sums_row(c, n, y);
+                }
             }
         if (c->window) {
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
                 for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
         }
-        #pragma omp for collapse(2) schedule(dynamic, 1)
+        /* Static, split by image like the packing above: a thread reads the planes it packed, and
+         * writes the output rows the next layer's same thread will read. */
+        #pragma omp for collapse(2) schedule(static)
         for (ssize n = 0; n < c->N; n++)
             for (ssize k = 0; k < chunks; k++) {
                 ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
