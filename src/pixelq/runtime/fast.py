@@ -81,9 +81,11 @@ class FastExecutor:
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
         self.packed, self.lut_convs, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}, {}
         self.readers = Counter(name for node in model.nodes for name in node["inputs"])
-        by_name = {node["name"]: node for node in model.nodes}
+        self.by_name = by_name = {node["name"]: node for node in model.nodes}
         for node in model.nodes:
             name = node["name"]
+            if node["op"] == "lut" and 0 <= node["qmin"] <= node["qmax"] <= 255:
+                self.lut_tables[name] = np.ascontiguousarray(model.tensors[f"{name}.lut"], np.uint8)
             if node["op"] == "conv":
                 weight = model.tensors[f"{name}.weight"]
                 source = by_name.get(node["inputs"][0])
@@ -110,8 +112,7 @@ class FastExecutor:
         that conv runs: a node computed earlier, or a subsample_pad of one."""
         order = {node["name"]: i for i, node in enumerate(self.model.nodes)}
         order["image"] = -1
-        readers = self.readers
-        by_name = {node["name"]: node for node in self.model.nodes}
+        readers, by_name = self.readers, self.by_name
         residual, skipped = {}, set()
         for node in self.model.nodes:
             if node["op"] != "add_clip" or node["qmin"] != 0 or node["qmax"] > 255:
@@ -189,11 +190,11 @@ class FastExecutor:
     def _lut(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         if any(lut is node for lut, _ in self.lut_convs.values()):
             return None  # looked up inside the conv that reads it
-        if not 0 <= node["qmin"] <= node["qmax"] <= 255:
+        if node["name"] not in self.lut_tables:  # signed or wide codes
             return lut_reference(x[0], t["lut"])
         image = np.ascontiguousarray(x[0], np.uint8)
         n, h, w, c = image.shape
-        tables = self.lut_tables.setdefault(node["name"], np.ascontiguousarray(t["lut"], np.uint8))
+        tables = self.lut_tables[node["name"]]
         out = np.empty((n, h, w, c * tables.shape[2]), np.uint8)
         _kernels.lut(image, n * h * w, c, tables, tables.shape[0], tables.shape[2], out, self.threads)
         return out
