@@ -19,7 +19,7 @@ static void CONV_NAME(const conv_t *c, ssize n, ssize m0, ssize m1) {
                         for (ssize o = 0; o < c->O; o++) tot[o] += (int64_t)__builtin_popcountll(wv[o] & xv) << (p + j);
                     }
                 }
-        finish_portable(c, n * c->HO * c->WO + m, 0, c->O, tot, window_sum(c, n * c->HO * c->WO + m),
+        finish_portable(c, n * c->HO * c->WO + m, tot, window_sum(c, n * c->HO * c->WO + m),
                         c->res ? residual_offset(c, n, oy, ox) : 0);
     }
     free(tot);

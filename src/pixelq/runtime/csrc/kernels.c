@@ -19,6 +19,9 @@
  * batch norm + activation of the next layer is applied to the tile as integer thresholds. The
  * portable conv (compiled as is and for AVX2) is the same arithmetic, one position at a time.
  * The module picks the best build at import; set_isa can force another (the tests check each).
+ *
+ * The first conv, when it reads a per-pixel lookup table (pixel embedding), skips bit-planes:
+ * lut_conv sums precomputed (tap, colour, pixel value) rows of output-channel partial sums.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -72,7 +75,7 @@ typedef struct {
     int res_stride, res_qmax;
 } conv_t;
 
-/* Pack one image row of codes into its P plane rows (interior of the padded layout) and its sums. */
+/* Pack one image row of codes into its P plane rows (interior of the padded layout). */
 static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
     const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
     for (ssize px = 0; px < c->W; px++) {
@@ -88,6 +91,7 @@ static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
     }
 }
 
+/* The code sum of each pixel of one image row (interior of the padded layout). */
 static void pixel_sums_row(const conv_t *c, ssize n, ssize y) {
     const uint8_t *code = c->codes + (n * c->H + y) * c->W * c->C;
     int32_t *out = c->sums + (n * c->Hp + y + c->pad) * c->Wp + c->pad;
@@ -120,13 +124,11 @@ static ssize residual_offset(const conv_t *c, ssize n, ssize oy, ssize ox) {
     return ((n * c->res_H + oy * c->res_stride) * c->res_W + ox * c->res_stride) * c->res_C;
 }
 
-/* Channels o0 .. o0 + count of one position: int32 accumulators, or codes by thresholds (plus the
+/* Every channel of global position m: int32 accumulators, or codes by thresholds (plus the
  * residual at offset `r` when there is one). */
-static void finish_portable(const conv_t *c, ssize m, ssize o0, ssize count, const int64_t *tot, int64_t S,
-                            ssize r) {
-    for (ssize i = 0; i < count; i++) {
-        ssize o = o0 + i;
-        int64_t a = c->wstride * tot[i] + c->lowest * S;
+static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_t S, ssize r) {
+    for (ssize o = 0; o < c->O; o++) {
+        int64_t a = c->wstride * tot[o] + c->lowest * S;
         if (!c->out) {
             c->acc[m * c->O + o] = (int32_t)a;
             continue;
@@ -166,7 +168,7 @@ static void lut_conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
                 }
             }
         }
-        finish_portable(c, n * c->HO * c->WO + m, 0, c->O, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
+        finish_portable(c, n * c->HO * c->WO + m, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
     }
     free(tot);
 }
