@@ -28,6 +28,7 @@ def test_ablations_cover_the_embedding_grid_and_quantized_last_twins():
                     for i in ("thermometer", "uniform")}
     twins = {v.first_layer for v in ablation_variants() if v.last_layer == "quantized"}
     assert twins == {"int8", "naive", "thermometer", "bitplane"}
+    assert any(v.first_layer == "naive" and v.last_layer == "float" for v in ablation_variants())
 
 
 def test_plan_runs_every_headline_seed_before_ablations():
