@@ -92,12 +92,28 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 "is faster):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
+        out += profile_lines(runtime_bench)
     if data_bench:
         out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
                 f"{data_bench['images']} images in {data_bench['cached_load_s']:.2f} s; shuffle + pad-4 crop + flip "
                 f"on uint8 at {data_bench['augment_images_per_s']:.0f} images/s on {data_bench['threads']} thread.", ""]
     out.append(END)
     return "\n".join(out)
+
+
+def profile_lines(bench: dict) -> list:
+    """Where the runtime's time goes at batch 64, 1 thread: the bench's per-node times summed by part."""
+    layers = bench["times"]["threads_1"]["layers_s"]
+    parts = {"first layer (lookup + conv + thresholds)": "stem.", "stage 1 (16 channels, 32x32)": "stages.0.",
+             "stage 2 (32 channels, 16x16)": "stages.1.", "stage 3 (64 channels, 8x8)": "stages.2.",
+             "pool + last layer": ("pool", "fc")}
+    total = sum(layers.values())
+    lines = ["Where the runtime's time goes (ResNet-20 W1A2 with pixel embedding, batch 64, 1 thread; per-node "
+             "times from the same bench run, summed by part):", "", "| part | ms | share |", "|---|---:|---:|"]
+    for label, prefix in parts.items():
+        ms = sum(v for k, v in layers.items() if k.startswith(prefix))
+        lines.append(f"| {label} | {1000 * ms:.2f} | {100 * ms / total:.0f} % |")
+    return lines + [""]
 
 
 def load(path: Path):

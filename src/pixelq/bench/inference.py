@@ -98,8 +98,10 @@ def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, si
 
 
 def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
-    """Seconds per graph node for one batch (unfused executor, so each conv and threshold shows)."""
-    executor = FastExecutor(runtime.model, runtime.threads, fuse=False)
+    """Seconds per graph node for one batch, best of `repeats`, on the executor the runtime uses: a
+    conv's time includes the thresholds (and the residual add, and for the first conv the lookup)
+    fused into it, whose own nodes then take next to nothing."""
+    executor = FastExecutor(runtime.model, runtime.threads)
     times: dict = {}
 
     def timed(fn):
