@@ -180,23 +180,24 @@ def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, seed):
     assert np.array_equal(out, expected)
 
 
-@given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), lut_low=st.sampled_from([0, -2]), o=st.integers(1, 40),
+@given(tables=st.sampled_from([1, 3]), d=st.integers(1, 21), abits=st.integers(1, 3), o=st.integers(1, 40),
        h=st.integers(1, 7), stride=st.integers(1, 2), padding=st.integers(0, 1), fused=st.booleans(),
        seed=st.integers(0, 2**16))
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_lut_conv_equals_lookup_then_conv(isa, tables, d, lut_low, o, h, stride, padding, fused, seed):
-    """The first layer as table sums equals the lookup followed by the integer conv (and thresholds),
-    signed lookup codes included."""
+def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, padding, fused, seed):
+    """The first conv packing its planes straight from pixel values through the lookup equals the
+    lookup followed by the integer conv (and thresholds)."""
     if h + 2 * padding < 3:
         return
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (2, h, h + 1, 3)).astype(np.uint8)
-    lut = rng.integers(lut_low, 4, (tables, 256, d))
+    lut = rng.integers(0, 2**abits, (tables, 256, d))
     wt = random_weights(rng, (o, 3, 3, 3 * d), WEIGHT_GRIDS["binary"])
     acc = conv2d_reference(lut_reference(image, lut), wt, stride, padding)
     ho, wo = acc.shape[1:3]
-    table = fast.lut_conv_table(wt, lut)
-    args = (image, 2, h, h + 1, 3, table, 3, 3, o, fast.padded_channels(o), stride, padding, ho, wo)
+    bits, sums = fast.lut_plane_bits(lut, abits)
+    args = (image, 2, h, h + 1, 3, bits, sums, tables, d, abits, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o,
+            fast.padded_channels(o), -1, 2, stride, padding, ho, wo)
     if not fused:
         out = np.empty((2, ho, wo, o), np.int32)
         fast._kernels.lut_conv(*args, out, 2)

@@ -46,20 +46,14 @@ def pack_conv_weight(codes: np.ndarray, lowest: int, stride: int, bits: int) -> 
     return out
 
 
-def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
-    """The first conv over a per-pixel lookup as tables: weight codes (O, kh, kw, C*d) and lookup
-    codes (T, 256, d), T = 1 (shared) or C -> (kh*kw, C, 256, Opad) int32, entry [tap, c, v, o] =
-    sum_j weight[o, tap, c*d + j] * lut[c, v, j]; None if a sum of kh*kw*C entries could leave int32."""
-    o, kh, kw, channels = weight.shape
-    tables, _, d = lut.shape
-    colours = channels // d
-    lut = np.broadcast_to(lut, (colours, 256, d)) if tables == 1 else lut
-    part = np.einsum("oyxcj,cvj->yxcvo", weight.reshape(o, kh, kw, colours, d).astype(np.int64), lut.astype(np.int64))
-    if np.abs(part).max(initial=0) * kh * kw * colours > np.iinfo(np.int32).max:
-        return None
-    out = np.zeros((kh * kw, colours, 256, padded_channels(o)), np.int32)
-    out[..., :o] = part.reshape(kh * kw, colours, 256, o)
-    return out
+def lut_plane_bits(lut: np.ndarray, planes: int) -> tuple:
+    """Lookup codes (T, 256, d), unsigned and d <= 64 -> (bits (T, 256, planes) uint64, sums (T, 256)
+    int32): bit j of bits[t, v, p] is bit p of code j, and sums the d codes, for the C kernel that
+    packs a pixel's planes straight from its value."""
+    d = lut.shape[2]
+    u = np.asarray(lut, np.uint64)
+    bits = np.stack([((u >> np.uint64(p)) & np.uint64(1)) << np.arange(d, dtype=np.uint64) for p in range(planes)], 2)
+    return np.ascontiguousarray(bits.sum(-1, dtype=np.uint64)), np.ascontiguousarray(lut.sum(-1), np.int32)
 
 
 def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
@@ -70,6 +64,11 @@ def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
     t = np.zeros((levels, padded_channels(o)), np.int32)
     t[:, :o] = thresholds.T
     return d, t
+
+
+def _planes(conv: dict) -> int:
+    """Bit-planes of a conv's unsigned input codes."""
+    return max(1, int(conv["input_range"][1]).bit_length())
 
 
 class FastExecutor:
@@ -86,20 +85,16 @@ class FastExecutor:
             name = node["name"]
             if node["op"] == "lut" and 0 <= node["qmin"] <= node["qmax"] <= 255:
                 self.lut_tables[name] = np.ascontiguousarray(model.tensors[f"{name}.lut"], np.uint8)
-            if node["op"] == "conv":
-                weight = model.tensors[f"{name}.weight"]
+            if node["op"] == "conv" and node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
+                self.packed[name] = pack_conv_weight(model.tensors[f"{name}.weight"], node["weight_lowest"],
+                                                     node["weight_stride"], node["weight_bits"])
                 source = by_name.get(node["inputs"][0])
-                if fuse and source is not None and source["op"] == "lut" and self.readers[source["name"]] == 1:
-                    table = lut_conv_table(weight, model.tensors[f"{source['name']}.lut"])
-                    if table is not None:  # the lookup runs inside this conv
-                        self.lut_convs[name] = (source, table)
-                        continue
-                if node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
-                    self.packed[name] = pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"],
-                                                         node["weight_bits"])
+                if fuse and source is not None and source["op"] == "lut" and self.readers[source["name"]] == 1 \
+                        and node["in_channels"] <= 64:  # the lookup runs inside this conv, as its packing
+                    self.lut_convs[name] = (source, *lut_plane_bits(model.tensors[f"{source['name']}.lut"],
+                                                                   _planes(node)))
             conv = node["inputs"][0]
-            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and \
-                    (conv in self.packed or conv in self.lut_convs):
+            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed:
                 self.fused[conv] = node  # conv + threshold run as one kernel
                 self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
                                                        model.tensors[f"{name}.thresholds"])
@@ -139,7 +134,7 @@ class FastExecutor:
         x = x[0]
         name = node["name"]
         if name in self.lut_convs:  # x is None: the lookup was left to this conv
-            lut, table = self.lut_convs[name]
+            lut, bits, sums = self.lut_convs[name]
             x = values[lut["inputs"][0]]
         elif name not in self.packed:  # signed or wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
@@ -147,12 +142,12 @@ class FastExecutor:
         k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         x = np.ascontiguousarray(x, np.uint8)
+        weights = (self.packed[name], k, k, node["weight_bits"], o, padded_channels(o), node["weight_lowest"],
+                   node["weight_stride"], s, p, ho, wo)
         if name in self.lut_convs:
-            call, args = _kernels.lut_conv, (x, n, h, w, c, table, k, k, o, padded_channels(o), s, p, ho, wo)
+            call, args = _kernels.lut_conv, (x, n, h, w, c, bits, sums, bits.shape[0], lut["d"], bits.shape[2], *weights)
         else:
-            call, args = _kernels.conv, (x, n, h, w, c, max(1, int(node["input_range"][1]).bit_length()),
-                                         self.packed[name], k, k, node["weight_bits"], o, padded_channels(o),
-                                         node["weight_lowest"], node["weight_stride"], s, p, ho, wo)
+            call, args = _kernels.conv, (x, n, h, w, c, _planes(node), *weights)
         thr = self.fused.get(name) if self.fuse else None
         if thr is None:
             out = np.empty((n, ho, wo, o), np.int32)
@@ -188,7 +183,7 @@ class FastExecutor:
         return out
 
     def _lut(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
-        if any(lut is node for lut, _ in self.lut_convs.values()):
+        if any(lut is node for lut, _, _ in self.lut_convs.values()):
             return None  # looked up inside the conv that reads it
         if node["name"] not in self.lut_tables:  # signed or wide codes
             return lut_reference(x[0], t["lut"])

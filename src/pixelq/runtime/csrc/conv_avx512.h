@@ -6,7 +6,6 @@
  * e = p + j from the top down and the tile doubles between levels (Horner), so the 2^(p+j)
  * weights cost R * V shifts per level rather than one per popcount. */
 #define AVX512_POSITIONS 48  /* positions per work item: a multiple of every tile height below */
-#define AVX512_LUT_POSITIONS 64  /* positions per LUT-conv work item: 4 KiB of accumulators */
 
 static void pack_row_avx512(const conv_t *c, ssize n, ssize y) {
     if (c->C % 8) {  /* channels not whole bytes: the byte-gather packer */
@@ -133,47 +132,6 @@ static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i tot, 
 /* Two 8-channel tiles as one vector of 16 int32. */
 static inline __m512i narrow16(__m512i lo, __m512i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
-}
-
-/* The first layer as table lookups (see lut_conv_portable), for a chunk of positions at a time and
- * one (tap, colour) table slice after another: the slice (256 rows of 16 channels, 16 KiB) stays
- * in L1 while every position of the chunk adds its row, where position-major order would fetch
- * all 27 slices from L2 for every position. */
-static void lut_conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
-    const uint8_t *img = c->codes + n * c->H * c->W * c->C;
-    const ssize count = m1 - m0;  /* <= AVX512_LUT_POSITIONS */
-    __m512i acc[AVX512_LUT_POSITIONS];
-    ssize pixel[AVX512_LUT_POSITIONS], oys[AVX512_LUT_POSITIONS], oxs[AVX512_LUT_POSITIONS];
-    for (ssize i = 0, oy = m0 / c->WO, ox = m0 % c->WO; i < count; i++) {
-        oys[i] = oy, oxs[i] = ox;
-        if (++ox == c->WO) ox = 0, oy++;
-    }
-    for (ssize o0 = 0; o0 < c->Opad; o0 += 16) {
-        __mmask16 lanes = c->Opad - o0 >= 16 ? 0xFFFF : 0xFF;
-        for (ssize i = 0; i < count; i++) acc[i] = _mm512_setzero_si512();
-        for (int ky = 0; ky < c->KH; ky++)
-            for (int kx = 0; kx < c->KW; kx++) {
-                for (ssize i = 0; i < count; i++) {  /* the tap's pixel of each position; -1: padding */
-                    ssize iy = oys[i] * c->stride - c->pad + ky, ix = oxs[i] * c->stride - c->pad + kx;
-                    pixel[i] = iy < 0 || iy >= c->H || ix < 0 || ix >= c->W ? -1 : (iy * c->W + ix) * c->C;
-                }
-                const int32_t *tap = c->table + (ssize)(ky * c->KW + kx) * c->C * 256 * c->Opad + o0;
-                for (ssize ch = 0; ch < c->C; ch++) {
-                    const int32_t *slice = tap + ch * 256 * c->Opad;
-                    for (ssize i = 0; i < count; i++)
-                        if (pixel[i] >= 0)
-                            acc[i] = _mm512_add_epi32(acc[i],
-                                _mm512_maskz_loadu_epi32(lanes, slice + img[pixel[i] + ch] * c->Opad));
-                }
-            }
-        for (ssize i = 0; i < count; i++) {
-            ssize gm = n * c->HO * c->WO + m0 + i, r = c->res ? residual_offset(c, n, oys[i], oxs[i]) : 0;
-            if (lanes == 0xFFFF)
-                finish512x16(c, gm, o0, acc[i], 0, r);
-            else if (o0 < c->O)
-                finish512(c, gm, o0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i])), 0, r);
-        }
-    }
 }
 
 static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {

@@ -20,8 +20,8 @@
  * portable conv (compiled as is and for AVX2) is the same arithmetic, one position at a time.
  * The module picks the best build at import; set_isa can force another (the tests check each).
  *
- * The first conv, when it reads a per-pixel lookup table (pixel embedding), skips bit-planes:
- * lut_conv sums precomputed (tap, colour, pixel value) rows of output-channel partial sums.
+ * The first conv, when it reads a per-pixel lookup table (pixel embedding), packs its planes
+ * straight from the pixel values (lut_conv): a pixel's plane is an OR of shifted table words.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,7 +57,10 @@ typedef struct {
     int P, J, KH, KW, Kr, Cb, stride, pad, lowest, wstride;
     ssize Hp, Wp, row_bytes, plane_bytes, image_bytes;
     const uint8_t *codes;  /* (N, H, W, C) input codes (for a LUT conv: the uint8 image) */
-    const int32_t *table;  /* LUT conv only: (KH * KW, C, 256, Opad) partial sums, see lut_conv_portable */
+    /* LUT conv (pack_row_lut): codes is the uint8 image (N, H, W, image_C), C = image_C * d. */
+    const uint64_t *lut_bits;  /* (T, 256, P): plane p of the d codes a pixel value looks up, bit j = code j */
+    const int32_t *lut_sums;   /* (T, 256): the sum of those d codes */
+    int lut_tables, lut_d, image_C;
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
     uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
     int32_t *sums;         /* (N, Hp, Wp) code sum of each pixel, or NULL when lowest == 0 */
@@ -88,6 +91,26 @@ static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
             for (int p = 0; p < c->P; p++)
                 c->x[n * c->image_bytes + p * c->plane_bytes + at + b] = (uint8_t)gather_bits8(chunk, p);
         }
+    }
+}
+
+/* Pack one image row straight from pixel values through a lookup table (pixel embedding): colour
+ * ch's d codes take channels ch*d .. ch*d + d - 1, so each plane of a pixel is an OR of shifted
+ * table words; the pixel's code sum comes from the table too. Needs C = image_C * d <= 64. */
+static void pack_row_lut(const conv_t *c, ssize n, ssize y) {
+    const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->image_C;
+    int32_t *sums = c->sums ? c->sums + (n * c->Hp + y + c->pad) * c->Wp + c->pad : NULL;
+    uint8_t *dst = c->x + n * c->image_bytes + (y + c->pad) * c->row_bytes + c->pad * c->Cb;
+    for (ssize px = 0; px < c->W; px++, src += c->image_C) {
+        uint64_t planes[8] = {0};
+        int32_t s = 0;
+        for (int ch = 0; ch < c->image_C; ch++) {
+            ssize row = (c->lut_tables == 1 ? 0 : ch) * 256 + src[ch];
+            for (int p = 0; p < c->P; p++) planes[p] |= c->lut_bits[row * c->P + p] << (ch * c->lut_d);
+            s += c->lut_sums[row];
+        }
+        for (int p = 0; p < c->P; p++) memcpy(dst + p * c->plane_bytes + px * c->Cb, &planes[p], c->Cb);
+        if (sums) sums[px] = s;
     }
 }
 
@@ -144,35 +167,6 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
     }
 }
 
-/* The first layer as table lookups. When a conv reads a per-pixel lookup (pixel embedding, or any
- * encoder exported as a LUT), its accumulator is a sum over taps and colours of
- * table[tap, colour, pixel value, o] = sum_j weight[o, tap, colour*d + j] * lut[colour, value, j],
- * exact integers computed once at load; padded taps add nothing. No bit-planes, no popcount. */
-static void lut_conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
-    int64_t *tot = malloc(sizeof(int64_t) * c->O);
-    if (!tot) return;
-    const uint8_t *img = c->codes + n * c->H * c->W * c->C;
-    for (ssize m = m0; m < m1; m++) {
-        ssize oy = m / c->WO, ox = m % c->WO;
-        memset(tot, 0, sizeof(int64_t) * c->O);
-        for (int ky = 0; ky < c->KH; ky++) {
-            ssize iy = oy * c->stride - c->pad + ky;
-            if (iy < 0 || iy >= c->H) continue;
-            for (int kx = 0; kx < c->KW; kx++) {
-                ssize ix = ox * c->stride - c->pad + kx;
-                if (ix < 0 || ix >= c->W) continue;
-                const uint8_t *px = img + (iy * c->W + ix) * c->C;
-                for (ssize ch = 0; ch < c->C; ch++) {
-                    const int32_t *row = c->table + (((ssize)(ky * c->KW + kx) * c->C + ch) * 256 + px[ch]) * c->Opad;
-                    for (ssize o = 0; o < c->O; o++) tot[o] += row[o];
-                }
-            }
-        }
-        finish_portable(c, n * c->HO * c->WO + m, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
-    }
-    free(tot);
-}
-
 /* The portable conv over the packed planes of image n, positions [m0, m1). */
 #define CONV_NAME conv_portable
 #include "conv_body.h"
@@ -192,19 +186,10 @@ static void lut_conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y);
-static positions_fn conv_impl = conv_portable, lut_conv_impl = lut_conv_portable;
+static positions_fn conv_impl = conv_portable;
 static pack_fn pack_impl = pack_row_portable;
-static ssize conv_chunk = 16, lut_chunk = 16;  /* output positions per work item of the parallel loops */
+static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
-
-/* A LUT conv: table lookups over the image, one parallel loop. */
-static int run_lut_conv(conv_t *c) {
-    ssize M = c->HO * c->WO, chunk = lut_chunk, chunks = (M + chunk - 1) / chunk;
-    #pragma omp parallel for collapse(2) schedule(dynamic, 1) num_threads(c->threads)
-    for (ssize n = 0; n < c->N; n++)
-        for (ssize k = 0; k < chunks; k++) lut_conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
-    return 1;
-}
 
 /* Zero the padding of padded row yp of image n (all of it for a border row), planes and sums. */
 static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
@@ -231,7 +216,6 @@ static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
-    if (c->table) return run_lut_conv(c);
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
     /* Not calloc: each thread zeroes the padding of the rows it packs, so no core writes lines
@@ -256,7 +240,9 @@ static int run_conv(conv_t *c) {
                 ssize y = yp - c->pad;
                 int interior = y >= 0 && y < c->H;
                 clear_padding(c, n, yp, interior);
-                if (interior) {
+                if (interior && c->lut_bits) {
+                    pack_row_lut(c, n, y);
+                } else if (interior) {
                     pack_impl(c, n, y);
                     if (c->sums) pixel_sums_row(c, n, y);
                 }
@@ -365,17 +351,24 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
 }
 
 static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
-    Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
+    Py_buffer image = {0}, bits = {0}, sums = {0}, w = {0}, out = {0}, dir = {0}, thr = {0};
     conv_t c = {0};
-    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*ii", &image, &c.N, &c.H, &c.W, &c.C, &table, &c.KH, &c.KW,
-                          &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
-                          &c.qmin))
+    if (!PyArg_ParseTuple(args, "y*nnniy*y*iiiy*iiinniiiinnw*i|y*y*ii", &image, &c.N, &c.H, &c.W, &c.image_C, &bits,
+                          &sums, &c.lut_tables, &c.lut_d, &c.P, &w, &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest,
+                          &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin))
         return NULL;
-    c.codes = image.buf, c.table = table.buf, c.wstride = 1;
-    int inputs_ok = want(&image, c.N * c.H * c.W * c.C, "image") &&
-                    want(&table, (ssize)c.KH * c.KW * c.C * 256 * c.Opad * 4, "table");
-    Py_buffer *bufs[] = {&image, &table, &out, &dir, &thr};
-    return finish_call(&c, geometry_ok(&c), inputs_ok, bufs, 5, &out, &dir, &thr);
+    c.C = (ssize)c.image_C * c.lut_d;
+    c.Cb = (int)((c.C + 7) / 8);
+    c.Kr = (c.KW * c.Cb + 7) / 8;
+    c.codes = image.buf, c.lut_bits = bits.buf, c.lut_sums = sums.buf, c.w = w.buf;
+    int shape_ok = c.C <= 64 && c.P >= 1 && c.P <= 8 && (c.lut_tables == 1 || c.lut_tables == c.image_C);
+    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "lut_conv: needs image_C * d <= 64 and 1 or image_C tables");
+    int inputs_ok = shape_ok && want(&image, c.N * c.H * c.W * c.image_C, "image") &&
+                    want(&bits, (ssize)c.lut_tables * 256 * c.P * 8, "lut bits") &&
+                    want(&sums, (ssize)c.lut_tables * 256 * 4, "lut sums") &&
+                    want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights");
+    Py_buffer *bufs[] = {&image, &bits, &sums, &w, &out, &dir, &thr};
+    return finish_call(&c, shape_ok && geometry_ok(&c), inputs_ok, bufs, 7, &out, &dir, &thr);
 }
 
 static PyObject *py_threshold(PyObject *self, PyObject *args) {
@@ -423,19 +416,19 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 
 static int choose_isa(const char *name) {
     if (strcmp(name, "portable") == 0) {
-        conv_impl = conv_portable, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, lut_chunk = 16, conv_isa = "portable";
+        conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         return 1;
     }
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
-        conv_impl = conv_avx2, lut_conv_impl = lut_conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, lut_chunk = 16, conv_isa = "avx2";
+        conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
         return 1;
     }
     if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq")) {
-        conv_impl = conv_avx512, lut_conv_impl = lut_conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, lut_chunk = AVX512_LUT_POSITIONS, conv_isa = "avx512vpopcntdq";
+        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
         return 1;
     }
 #endif
@@ -471,7 +464,7 @@ static PyMethodDef methods[] = {
      "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
      "given thresholds, plus a clipped residual add given its codes"},
     {"lut_conv", py_lut_conv, METH_VARARGS,
-     "first conv over a per-pixel lookup, as sums of precomputed (tap, colour, value) tables -> int32 or codes"},
+     "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
