@@ -79,50 +79,27 @@ TILE512(12, 2)
 TILE512(8, 3)
 TILE512(6, 4)
 
-/* Accumulators -> int32, or codes by thresholds (plus the residual at offset r), for 8 channels
- * from o of global position m. */
-static inline void finish512(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S, ssize r) {
-    __mmask8 lanes = c->O - o >= 8 ? 0xFF : (__mmask8)((1u << (c->O - o)) - 1);
-    __m512i a = _mm512_add_epi64(_mm512_mullo_epi64(tot, _mm512_set1_epi64(c->wstride)),
-                                 _mm512_set1_epi64(c->lowest * S));
-    if (!c->out) {
-        _mm512_mask_cvtepi64_storeu_epi32(c->acc + m * c->O + o, lanes, a);
-        return;
-    }
-    __mmask8 neg = _mm512_movepi64_mask(_mm512_cvtepi8_epi64(_mm_loadl_epi64((const __m128i *)(c->dir + o))));
-    __m512i s = _mm512_mask_sub_epi64(a, neg, _mm512_setzero_si512(), a);
-    __m512i code = _mm512_set1_epi64(c->qmin), one = _mm512_set1_epi64(1);
-    for (int l = 0; l < c->L; l++) {
-        __m512i t = _mm512_cvtepi32_epi64(_mm256_loadu_si256((const __m256i *)(c->thr + (ssize)l * c->Opad + o)));
-        code = _mm512_mask_add_epi64(code, _mm512_cmpge_epi64_mask(s, t), code, one);
-    }
-    if (c->res) {
-        __mmask8 have = c->res_C - o >= 8 ? 0xFF : c->res_C > o ? (__mmask8)((1u << (c->res_C - o)) - 1) : 0;
-        __m512i add = _mm512_cvtepu8_epi64(_mm_maskz_loadu_epi8(have, c->res + r + o));
-        code = _mm512_min_epi64(_mm512_add_epi64(code, add), _mm512_set1_epi64(c->res_qmax));
-    }
-    _mm512_mask_cvtepi64_storeu_epi8(c->out + m * c->O + o, lanes, code);
-}
-
-/* finish512 for 16 channels from o at once, in 32-bit lanes (the export keeps accumulators in int32):
- * half the epilogue work of two 8-channel calls. `tot` holds the 16 popcount sums as int32. */
-static inline void finish512x16(const conv_t *c, ssize m, ssize o, __m512i tot, int64_t S, ssize r) {
-    __mmask16 lanes = c->O - o >= 16 ? 0xFFFF : (__mmask16)((1u << (c->O - o)) - 1);
+/* The first `count` (8 or 16) of the 16 channels from o of global position m, their popcount
+ * sums as int32 lanes of `tot` (the export keeps accumulators in int32): int32 accumulators, or
+ * codes by thresholds plus the residual at offset r. Loads are masked to the channels that exist. */
+static inline void finish16(const conv_t *c, ssize m, ssize o, int count, __m512i tot, int64_t S, ssize r) {
+    const ssize left = c->O - o < count ? c->O - o : count;
+    const __mmask16 lanes = (__mmask16)((1u << left) - 1);
     __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(tot, _mm512_set1_epi32(c->wstride)),
                                  _mm512_set1_epi32((int32_t)(c->lowest * S)));
     if (!c->out) {
         _mm512_mask_storeu_epi32(c->acc + m * c->O + o, lanes, a);
         return;
     }
-    __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(c->dir + o))));
+    __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, c->dir + o)));
     __m512i s = _mm512_mask_sub_epi32(a, neg, _mm512_setzero_si512(), a);
     __m512i code = _mm512_set1_epi32(c->qmin), one = _mm512_set1_epi32(1);
     for (int l = 0; l < c->L; l++) {
-        __m512i t = _mm512_loadu_si512(c->thr + (ssize)l * c->Opad + o);
+        __m512i t = _mm512_maskz_loadu_epi32(lanes, c->thr + (ssize)l * c->Opad + o);
         code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(s, t), code, one);
     }
     if (c->res) {
-        __mmask16 have = c->res_C - o >= 16 ? 0xFFFF : c->res_C > o ? (__mmask16)((1u << (c->res_C - o)) - 1) : 0;
+        __mmask16 have = c->res_C <= o ? 0 : lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
         __m512i add = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(have, c->res + r + o));
         code = _mm512_min_epi32(_mm512_add_epi32(code, add), _mm512_set1_epi32(c->res_qmax));
     }
@@ -162,9 +139,11 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
                 ssize m = n * c->HO * c->WO + m0 + i0 + i;
                 int v = 0;
                 for (; v + 1 < V && o0 + 8 * v + 8 < c->O; v += 2)
-                    finish512x16(c, m, o0 + 8 * v, narrow16(tiles[i * V + v], tiles[i * V + v + 1]), S[i0 + i],
-                                 roff[i0 + i]);
-                if (v < V && o0 + 8 * v < c->O) finish512(c, m, o0 + 8 * v, tiles[i * V + v], S[i0 + i], roff[i0 + i]);
+                    finish16(c, m, o0 + 8 * v, 16, narrow16(tiles[i * V + v], tiles[i * V + v + 1]), S[i0 + i],
+                             roff[i0 + i]);
+                if (v < V && o0 + 8 * v < c->O)
+                    finish16(c, m, o0 + 8 * v, 8, narrow16(tiles[i * V + v], _mm512_setzero_si512()), S[i0 + i],
+                             roff[i0 + i]);
             }
         }
     }
