@@ -21,6 +21,7 @@ import torch
 
 from ..errors import ConfigError, ExportError
 from ..training import TrainConfig, load_checkpoint, train
+from ..training.loop import RESUMABLE_CHANGES
 
 W1A2 = {"wbits": 1, "abits": 2}
 
@@ -179,15 +180,14 @@ def write_runtime(run_dir: Path, test, threads: "int | None") -> None:
     (run_dir / "runtime.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _same_run(metrics_path: Path, cfg: TrainConfig) -> bool:
-    """Whether a finished run's metrics.json was made with this configuration (bar paths and threads)."""
+def _check_same_settings(metrics_path: Path, cfg: TrainConfig) -> None:
+    """ConfigError unless a finished run's metrics.json was made with this configuration (the fields
+    a resumed training may change, such as paths and threads, aside)."""
     saved = json.loads(metrics_path.read_text())["config"]
-    ignore = {"data", "out", "threads", "device", "progress"}
-    mismatch = {k for k, v in asdict(cfg).items() if k not in ignore and saved.get(k) != v}
+    mismatch = {k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
     if mismatch:
         raise ConfigError(f"{metrics_path.parent}: finished with different settings ({', '.join(sorted(mismatch))}); "
                           "use another --out or the same schedule")
-    return True
 
 
 def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySchedule | None" = None,
@@ -210,14 +210,15 @@ def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySche
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps({
         "schedule": asdict(schedule),
-        "variants": [{**asdict(v), "first_layer_kwargs": dict(v.first_layer_kwargs)} for v in all_variants()],
+        "variants": [asdict(v) for v in all_variants()],
     }, indent=2) + "\n")
     splits = None
     trained = []
     for variant, seed in pairs:
         cfg = run_config(variant, seed, schedule, out, data, threads, device, progress)
         run_dir = Path(cfg.out)
-        if (run_dir / "metrics.json").is_file() and _same_run(run_dir / "metrics.json", cfg):
+        if (run_dir / "metrics.json").is_file():
+            _check_same_settings(run_dir / "metrics.json", cfg)
             continue
         splits = splits if splits is not None else load_dataset(data)
         print(f"== {run_dir.name}: {variant.first_layer} first layer, last layer {variant.last_layer}, "

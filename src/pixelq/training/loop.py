@@ -68,7 +68,7 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out"}
+RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out"}
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -123,7 +123,7 @@ def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cp
 
 def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
     now = asdict(cfg)
-    changed = [k for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({diffs}); "
