@@ -111,13 +111,28 @@ class BasicBlock(nn.Module):
             return x
         if self.shortcut_kind == "conv":
             return self.shortcut_act(self.shortcut_bn(self.shortcut_conv(x)))
-        x = x[:, :, :: self.stride, :: self.stride]
+        x = keep_grad_layout(x)[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
         y = self.res_act(self.bn2(self.conv2(h)))
         return self.act_out(y + self.shortcut(x))
+
+
+def keep_grad_layout(x: Tensor) -> Tensor:
+    """x, with its gradient made channels-last when x is.
+
+    NHWC input keeps every activation channels-last, but the backward of a mean or a strided slice
+    hands back an NCHW gradient, and a batch norm whose input and gradient differ in layout takes
+    PyTorch's serial backward, which cost a third of the train step."""
+    if x.requires_grad and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        x.register_hook(_channels_last)
+    return x
+
+
+def _channels_last(grad: Tensor) -> Tensor:
+    return grad.contiguous(memory_format=torch.channels_last)
 
 
 class Stem(nn.Module):
@@ -132,7 +147,10 @@ class Stem(nn.Module):
         self.act = _activation(default_act_quantizer(cfg.abits), after_add=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(self.encoder(x))))
+        h = self.encoder(x)
+        if x.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous(memory_format=torch.channels_last):
+            h = h.contiguous(memory_format=torch.channels_last)  # one layout through the net (see keep_grad_layout)
+        return self.act(self.bn(self.conv(h)))
 
 
 class ResNet(nn.Module):
@@ -186,7 +204,7 @@ class ResNet(nn.Module):
         raise InputError(f"this model takes {c}-channel images, got shape {tuple(x.shape)}")
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.stages(self.stem(self.to_nchw(x)))
+        h = keep_grad_layout(self.stages(self.stem(self.to_nchw(x))))
         return self.fc(h.mean((2, 3)))
 
 

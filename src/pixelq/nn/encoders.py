@@ -177,12 +177,13 @@ class PixelEmbedding(nn.Module):
         x = _check_uint8(x)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"pixel embedding expects (N, {self.in_channels}, H, W) uint8, got {tuple(x.shape)}")
-        idx = x.long()
+        idx = x.permute(0, 2, 3, 1).long()  # (N, H, W, C): a plain view of NHWC images
         table = self.quantized_table()
         if not self.shared:
-            idx = idx + 256 * torch.arange(self.in_channels, device=x.device).view(1, -1, 1, 1)
-        vectors = _RowLookup.apply(table.reshape(-1, self.d), idx)  # (N, C, H, W, d)
-        return vectors.permute(0, 1, 4, 2, 3).flatten(1, 2)
+            idx = idx + 256 * torch.arange(self.in_channels, device=x.device)
+        vectors = _RowLookup.apply(table.reshape(-1, self.d), idx)  # (N, H, W, C, d)
+        # Channel c * d + j is code j of colour c; returned channels-last, as the convs run.
+        return vectors.flatten(3).permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, d={self.d}, bits={self.bits}, shared={self.shared}, init={self.init!r}"

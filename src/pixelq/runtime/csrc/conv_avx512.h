@@ -7,9 +7,9 @@
  * weights cost R * V shifts per level rather than one per popcount. */
 #define AVX512_POSITIONS 48  /* positions per work item: a multiple of every tile height below */
 
-static void pack_row_avx512(const conv_t *c, ssize n, ssize y) {
+static void pack_row_avx512(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     if (c->C % 8) {  /* channels not whole bytes: the byte-gather packer */
-        pack_row_portable(c, n, y);
+        pack_row_portable(c, n, y, sums);
         return;
     }
     /* With Cb = C / 8, a plane row is exactly one bit per code of the row's codes, in order:
@@ -24,6 +24,17 @@ static void pack_row_avx512(const conv_t *c, ssize n, ssize y) {
             uint64_t bits = _mm512_movepi8_mask(_mm512_sll_epi16(v, _mm_cvtsi32_si128(7 - p)));
             memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
         }
+    }
+    if (!sums) return;
+    /* A pixel's code sum: PSADBW against zero sums each 8 bytes. */
+    for (ssize px = 0; px < c->W; px++) {
+        const uint8_t *code = src + px * c->C;
+        __m128i acc = _mm_setzero_si128();
+        ssize i = 0;
+        for (; i + 16 <= c->C; i += 16)
+            acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(code + i)), _mm_setzero_si128()));
+        if (i < c->C) acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadl_epi64((const __m128i *)(code + i)), _mm_setzero_si128()));
+        sums[px] = (int32_t)(_mm_cvtsi128_si64(acc) + _mm_extract_epi64(acc, 1));
     }
 }
 
@@ -81,29 +92,36 @@ TILE512(6, 4)
 
 /* The first `count` (8 or 16) of the 16 channels from o of global position m, their popcount
  * sums as int32 lanes of `tot` (the export keeps accumulators in int32): int32 accumulators, or
- * codes by thresholds plus the residual at offset r. Loads are masked to the channels that exist. */
+ * codes by thresholds plus the residual at offset r. Loads and stores are masked to the channels
+ * that exist only where some are missing: on Zen 4 a masked load costs far more than a plain one. */
 static inline void finish16(const conv_t *c, ssize m, ssize o, int count, __m512i tot, int64_t S, ssize r) {
     const ssize left = c->O - o < count ? c->O - o : count;
+    const int full = left == 16;  /* then o + 16 <= O <= Opad: every load below stays in its array */
     const __mmask16 lanes = (__mmask16)((1u << left) - 1);
     __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(tot, _mm512_set1_epi32(c->wstride)),
                                  _mm512_set1_epi32((int32_t)(c->lowest * S)));
     if (!c->out) {
-        _mm512_mask_storeu_epi32(c->acc + m * c->O + o, lanes, a);
+        if (full) _mm512_storeu_si512(c->acc + m * c->O + o, a);
+        else _mm512_mask_storeu_epi32(c->acc + m * c->O + o, lanes, a);
         return;
     }
-    __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(lanes, c->dir + o)));
+    __m128i dir = full ? _mm_loadu_si128((const __m128i *)(c->dir + o)) : _mm_maskz_loadu_epi8(lanes, c->dir + o);
+    __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(dir));
     __m512i s = _mm512_mask_sub_epi32(a, neg, _mm512_setzero_si512(), a);
     __m512i code = _mm512_set1_epi32(c->qmin), one = _mm512_set1_epi32(1);
     for (int l = 0; l < c->L; l++) {
-        __m512i t = _mm512_maskz_loadu_epi32(lanes, c->thr + (ssize)l * c->Opad + o);
+        const int32_t *thr = c->thr + (ssize)l * c->Opad + o;
+        __m512i t = full ? _mm512_loadu_si512(thr) : _mm512_maskz_loadu_epi32(lanes, thr);
         code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(s, t), code, one);
     }
-    if (c->res) {
-        __mmask16 have = c->res_C <= o ? 0 : lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
-        __m512i add = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(have, c->res + r + o));
-        code = _mm512_min_epi32(_mm512_add_epi32(code, add), _mm512_set1_epi32(c->res_qmax));
+    if (c->res && o < c->res_C) {  /* channels from res_C on add zero */
+        __mmask16 have = lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
+        __m128i bytes = have == 0xFFFF ? _mm_loadu_si128((const __m128i *)(c->res + r + o))
+                                       : _mm_maskz_loadu_epi8(have, c->res + r + o);
+        code = _mm512_min_epi32(_mm512_add_epi32(code, _mm512_cvtepu8_epi32(bytes)), _mm512_set1_epi32(c->res_qmax));
     }
-    _mm512_mask_cvtepi32_storeu_epi8(c->out + m * c->O + o, lanes, code);
+    if (full) _mm_storeu_si128((__m128i *)(c->out + m * c->O + o), _mm512_cvtepi32_epi8(code));
+    else _mm512_mask_cvtepi32_storeu_epi8(c->out + m * c->O + o, lanes, code);
 }
 
 /* Two 8-channel tiles as one vector of 16 int32. */
@@ -129,6 +147,7 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
         pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
         S[i] = window_sum(c, n * c->HO * c->WO + m0 + i);
         roff[i] = c->res ? residual_offset(c, n, oy, ox) : 0;
+        if (c->res) _mm_prefetch((const char *)(c->res + roff[i]), _MM_HINT_T0);  /* read after the tiles */
         if (++ox == c->WO) ox = 0, oy++;
     }
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];

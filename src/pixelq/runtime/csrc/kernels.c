@@ -63,8 +63,9 @@ typedef struct {
     int lut_tables, lut_d, image_C;
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
     uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
-    int32_t *sums;         /* (N, Hp, Wp) code sum of each pixel, or NULL when lowest == 0 */
-    int32_t *window;       /* (N, HO, WO) code sum of each window (box sums of `sums`), or NULL */
+    int32_t *hsums;        /* (N, Hp, WO): row yp's code sum over the KW columns of each output column's
+                              window, or NULL when lowest == 0 */
+    int32_t *window;       /* (N, HO, WO): each window's code sum, KH rows of hsums, or NULL */
     int32_t *acc;          /* (N, HO, WO, O) accumulators, or NULL when fused */
     uint8_t *out;          /* (N, HO, WO, O) codes, when fused */
     const int8_t *dir;     /* (Opad,) +1 / -1 */
@@ -78,8 +79,18 @@ typedef struct {
     int res_stride, res_qmax;
 } conv_t;
 
-/* Pack one image row of codes into its P plane rows (interior of the padded layout). */
-static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
+/* The code sum of each of the W pixels of a row of codes, into sums[0 .. W). */
+static void pixel_sums_portable(const conv_t *c, const uint8_t *codes, int32_t *sums) {
+    for (ssize px = 0; px < c->W; px++, codes += c->C) {
+        uint32_t s = 0;
+        for (ssize i = 0; i < c->C; i++) s += codes[i];
+        sums[px] = (int32_t)s;
+    }
+}
+
+/* Pack one image row of codes into its P plane rows (interior of the padded layout), and when
+ * `sums` is given, write its pixels' code sums there. */
+static void pack_row_portable(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
     for (ssize px = 0; px < c->W; px++) {
         const uint8_t *code = src + px * c->C;
@@ -92,14 +103,14 @@ static void pack_row_portable(const conv_t *c, ssize n, ssize y) {
                 c->x[n * c->image_bytes + p * c->plane_bytes + at + b] = (uint8_t)gather_bits8(chunk, p);
         }
     }
+    if (sums) pixel_sums_portable(c, src, sums);
 }
 
 /* Pack one image row straight from pixel values through a lookup table (pixel embedding): colour
  * ch's d codes take channels ch*d .. ch*d + d - 1, so each plane of a pixel is an OR of shifted
  * table words; the pixel's code sum comes from the table too. Needs C = image_C * d <= 64. */
-static void pack_row_lut(const conv_t *c, ssize n, ssize y) {
+static void pack_row_lut(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->image_C;
-    int32_t *sums = c->sums ? c->sums + (n * c->Hp + y + c->pad) * c->Wp + c->pad : NULL;
     uint8_t *dst = c->x + n * c->image_bytes + (y + c->pad) * c->row_bytes + c->pad * c->Cb;
     for (ssize px = 0; px < c->W; px++, src += c->image_C) {
         uint64_t planes[8] = {0};
@@ -114,32 +125,32 @@ static void pack_row_lut(const conv_t *c, ssize n, ssize y) {
     }
 }
 
-/* The code sum of each pixel of one image row (interior of the padded layout). */
-static void pixel_sums_row(const conv_t *c, ssize n, ssize y) {
-    const uint8_t *code = c->codes + (n * c->H + y) * c->W * c->C;
-    int32_t *out = c->sums + (n * c->Hp + y + c->pad) * c->Wp + c->pad;
-    for (ssize px = 0; px < c->W; px++, code += c->C) {
-        uint32_t s = 0;
-        for (ssize i = 0; i < c->C; i++) s += code[i];
-        out[px] = (int32_t)s;
+/* Padded row yp's horizontal window sums from its pixel sums `row` (Wp entries, zero padding
+ * included); a border row (row == NULL) sums to zero. */
+static void hsums_row(const conv_t *c, ssize n, ssize yp, const int32_t *row) {
+    int32_t *out = c->hsums + (n * c->Hp + yp) * c->WO;
+    if (!row) {
+        memset(out, 0, sizeof(int32_t) * c->WO);
+        return;
+    }
+    for (ssize ox = 0; ox < c->WO; ox++) {
+        int32_t s = 0;
+        for (int kx = 0; kx < c->KW; kx++) s += row[ox * c->stride + kx];
+        out[ox] = s;
     }
 }
 
-/* One output row of window code sums: box sums of the pixel sums, a whole row per vector add. */
+/* One output row of window code sums: KH rows of horizontal sums, a whole row per vector add. */
 static void window_sums_row(const conv_t *c, ssize n, ssize oy) {
     int32_t *restrict out = c->window + (n * c->HO + oy) * c->WO;
-    memset(out, 0, sizeof(int32_t) * c->WO);
-    for (int ky = 0; ky < c->KH; ky++)
-        for (int kx = 0; kx < c->KW; kx++) {
-            const int32_t *restrict row = c->sums + (n * c->Hp + oy * c->stride + ky) * c->Wp + kx;
-            if (c->stride == 1)
-                for (ssize ox = 0; ox < c->WO; ox++) out[ox] += row[ox];
-            else
-                for (ssize ox = 0; ox < c->WO; ox++) out[ox] += row[ox * c->stride];
-        }
+    const int32_t *restrict h = c->hsums + (n * c->Hp + oy * c->stride) * c->WO;
+    memcpy(out, h, sizeof(int32_t) * c->WO);
+    for (int ky = 1; ky < c->KH; ky++)
+        for (ssize ox = 0; ox < c->WO; ox++) out[ox] += h[ky * c->WO + ox];
 }
 
-/* S of global output position m (0 when the weights have no offset, lowest == 0). */
+/* S of global output position m, the code sum of its window (0 when the weights have no offset,
+ * lowest == 0). */
 static inline int64_t window_sum(const conv_t *c, ssize m) { return c->window ? c->window[m] : 0; }
 
 /* Offset of position (n, oy, ox)'s shortcut codes in the residual input. */
@@ -185,13 +196,13 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
 #endif
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
-typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y);
+typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
 static positions_fn conv_impl = conv_portable;
 static pack_fn pack_impl = pack_row_portable;
 static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
 
-/* Zero the padding of padded row yp of image n (all of it for a border row), planes and sums. */
+/* Zero the padding of padded row yp of image n (all of it for a border row). */
 static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
     ssize side = c->pad * c->Cb, right = (c->pad + c->W) * c->Cb;
     for (int p = 0; p < c->P; p++) {
@@ -203,15 +214,6 @@ static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
             memset(row + right, 0, side);
         }
     }
-    if (c->sums) {
-        int32_t *row = c->sums + (n * c->Hp + yp) * c->Wp;
-        if (!interior) {
-            memset(row, 0, sizeof(int32_t) * c->Wp);
-        } else {
-            memset(row, 0, sizeof(int32_t) * c->pad);
-            memset(row + c->pad + c->W, 0, sizeof(int32_t) * c->pad);
-        }
-    }
 }
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
@@ -221,50 +223,57 @@ static int run_conv(conv_t *c) {
     /* Not calloc: each thread zeroes the padding of the rows it packs, so no core writes lines
      * another core is about to fill (zeroing it all here made the other thread's stores slow). */
     c->x = malloc(c->N * c->image_bytes + 8);
-    c->sums = c->lowest ? malloc(sizeof(int32_t) * c->N * c->Hp * c->Wp) : NULL;
+    c->hsums = c->lowest ? malloc(sizeof(int32_t) * c->N * c->Hp * c->WO) : NULL;
     c->window = c->lowest ? malloc(sizeof(int32_t) * c->N * c->HO * c->WO) : NULL;
-    if (!c->x || (c->lowest && (!c->sums || !c->window))) {
+    if (!c->x || (c->lowest && (!c->hsums || !c->window))) {
         free(c->x);
-        free(c->sums);
+        free(c->hsums);
         free(c->window);
         return 0;
     }
     memset(c->x + c->N * c->image_bytes, 0, 8);  /* the slack a window's last word may read */
     ssize M = c->HO * c->WO, chunk = conv_chunk;
     ssize chunks = (M + chunk - 1) / chunk;
+    int ok = 1;
     #pragma omp parallel num_threads(c->threads)
     {
+        /* One padded row of pixel sums, zero at the sides, for the horizontal window sums. */
+        int32_t *row = c->hsums ? calloc(c->Wp, sizeof(int32_t)) : NULL;
+        if (c->hsums && !row) {
+            #pragma omp atomic write
+            ok = 0;
+        }
         #pragma omp for collapse(2) schedule(static)
         for (ssize n = 0; n < c->N; n++)
             for (ssize yp = 0; yp < c->Hp; yp++) {
                 ssize y = yp - c->pad;
                 int interior = y >= 0 && y < c->H;
                 clear_padding(c, n, yp, interior);
-                if (interior && c->lut_bits) {
-                    pack_row_lut(c, n, y);
-                } else if (interior) {
-                    pack_impl(c, n, y);
-                    if (c->sums) pixel_sums_row(c, n, y);
-                }
+                int32_t *sums = row ? row + c->pad : NULL;
+                if (interior) (c->lut_bits ? pack_row_lut : pack_impl)(c, n, y, sums);
+                if (row) hsums_row(c, n, yp, interior ? row : NULL);
             }
-        if (c->window) {
+        free(row);
+        if (c->window && ok) {
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
                 for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
         }
         /* Static, split by image like the packing above: a thread reads the planes it packed, and
          * writes the output rows the next layer's same thread will read. */
-        #pragma omp for collapse(2) schedule(static)
-        for (ssize n = 0; n < c->N; n++)
-            for (ssize k = 0; k < chunks; k++) {
-                ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
-                conv_impl(c, n, k * chunk, m1);
-            }
+        if (ok) {
+            #pragma omp for collapse(2) schedule(static)
+            for (ssize n = 0; n < c->N; n++)
+                for (ssize k = 0; k < chunks; k++) {
+                    ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
+                    conv_impl(c, n, k * chunk, m1);
+                }
+        }
     }
     free(c->x);
-    free(c->sums);
+    free(c->hsums);
     free(c->window);
-    return 1;
+    return ok;
 }
 
 static void threshold_impl(const int32_t *restrict acc, ssize M, ssize O, const int8_t *restrict dir,
