@@ -29,6 +29,24 @@ def test_every_parameter_gets_a_gradient(name, first_layer):
     assert not missing
 
 
+def _layout(t: torch.Tensor) -> str:
+    return "nchw" if t.is_contiguous() else "nhwc" if t.is_contiguous(memory_format=torch.channels_last) else "other"
+
+
+@pytest.mark.parametrize("first_layer", ENCODERS.names())
+def test_batch_norm_sees_one_layout_forward_and_backward(first_layer):
+    # A batch norm whose input and gradient differ in layout runs PyTorch's serial backward kernel.
+    model = create_model("resnet20", first_layer=first_layer, wbits=1, abits=2, last_layer="quantized").train()
+    seen = {}
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, [_layout(i[0])]))
+            m.register_full_backward_hook(lambda m, gi, go, name=name: seen[name].append(_layout(go[0])))
+    x = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)  # NHWC, as the data pipeline gives
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    assert len(seen) == 19 and all(v == ["nhwc", "nhwc"] for v in seen.values()), seen
+
+
 def test_nhwc_and_nchw_give_the_same_logits():
     model = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2).eval()
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
