@@ -46,6 +46,16 @@ def test_runtime_agrees_with_pytorch(model_file):
     assert layers["stem.act"].shape == (5, 16, 16, 16) and layers["stem.act"].max() <= 3
 
 
+def test_logits_stay_the_callers_when_the_runtime_reuses_its_arrays(model_file):
+    # logits() keeps layer outputs between calls (no fresh pages per call); results must not alias them.
+    _, _, path = model_file
+    runtime, fresh = load(path, backend="c"), load(path, backend="reference")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8) for n in (4, 4, 7, 2)]
+    results = [runtime.logits(x) for x in batches]
+    assert all(np.array_equal(r, fresh.logits(x)) for r, x in zip(results, batches))
+
+
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "cannot read"),
     ("flip", "checksum mismatch"),

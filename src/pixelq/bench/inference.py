@@ -21,7 +21,6 @@ from ..exporting.graph import IntegerModel
 from ..models import create_model
 from ..runtime import load
 from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, pad_thresholds, padded_channels
-from ..runtime.reference import REFERENCE_OPS, run_graph
 
 DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
                  "abits": 2, "last_layer": "quantized"}
@@ -112,9 +111,8 @@ def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
             return y
         return wrapper
 
-    ops = {**REFERENCE_OPS, **executor.ops()}
     for _ in range(repeats):
-        run_graph(runtime.model, images, {op: timed(fn) for op, fn in ops.items()})
+        executor.run(images, reuse=True, wrap=timed)  # as Runtime.logits runs it
     return times
 
 
@@ -126,7 +124,7 @@ def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repea
     x = torch.as_tensor(images)
     with torch.no_grad():
         torch_s = best_time(lambda: float_model.stem(float_model.to_nchw(x)), repeats)
-    return {"pixelq_s": best_time(lambda: executor.run(images), repeats), "torch_fp32_s": torch_s}
+    return {"pixelq_s": best_time(lambda: executor.run(images, reuse=True), repeats), "torch_fp32_s": torch_s}
 
 
 def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_counts=(1, 2), repeats: int = 5,

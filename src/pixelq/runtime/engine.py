@@ -32,7 +32,11 @@ class Runtime:
         def reference(images):
             return run_reference(model, images)
 
-        self._execute = FastExecutor(model, threads).run if use_c else reference
+        if use_c:
+            executor = FastExecutor(model, threads)
+            self._execute = lambda images: executor.run(images, reuse=True)  # _run keeps only the output
+        else:
+            self._execute = reference
         # Layer by layer shows the accumulators too, which the fused conv + threshold kernel never writes.
         self._execute_layers = FastExecutor(model, threads, fuse=False).run if use_c else reference
 
@@ -53,7 +57,7 @@ class Runtime:
         out, parts, count = self.model.meta["output"], [], 1
         for i in range(0, len(images), self.batch_size):
             values = self._execute(images[i:i + self.batch_size])
-            parts.append(values[out])
+            parts.append(np.array(values[out]))  # a copy: the executor may reuse its arrays
             count = values["pool.count"]
         logits = np.concatenate(parts) if parts else np.zeros((0, self.model.meta["num_classes"]))
         return logits.astype(np.int32 if self.integer_only else np.float32), count

@@ -7,6 +7,7 @@ codes between layers; each conv call packs its input into bit-planes itself.
 from __future__ import annotations
 
 import os
+import threading
 from collections import Counter
 
 import numpy as np
@@ -72,7 +73,13 @@ def _planes(conv: dict) -> int:
 
 
 class FastExecutor:
-    """Prepares packed weights once; `run(images)` returns every node's output like run_reference."""
+    """Prepares packed weights once; `run(images)` returns every node's output like run_reference.
+
+    `run(images, reuse=True)` writes the convs' outputs into arrays kept from the previous call of
+    the same batch shape (for `Runtime.logits`, which keeps only the final output): fresh arrays
+    this size come from mmap, and their page faults cost about a third of a network's time. The
+    returned intermediates are then overwritten by the next reusing call. Calls hold a lock.
+    """
 
     def __init__(self, model, threads: "int | None" = None, fuse: bool = True):
         if _kernels is None:
@@ -99,6 +106,16 @@ class FastExecutor:
                 self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
                                                        model.tensors[f"{name}.thresholds"])
         self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
+        self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
+
+    def _empty(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        """An output array for node `name`: the one kept from the last call when reusing."""
+        if not self._reuse:
+            return np.empty(shape, dtype)
+        out = self._workspace.get(name)
+        if out is None or out.shape != shape or out.dtype != dtype:
+            out = self._workspace[name] = np.empty(shape, dtype)
+        return out
 
     def _plan_residual_adds(self) -> tuple:
         """Residual adds the conv before them takes over: {conv name: (add node, shortcut source,
@@ -150,10 +167,10 @@ class FastExecutor:
             call, args = _kernels.conv, (x, n, h, w, c, _planes(node), *weights)
         thr = self.fused.get(name) if self.fuse else None
         if thr is None:
-            out = np.empty((n, ho, wo, o), np.int32)
+            out = self._empty(name, (n, ho, wo, o), np.int32)
             call(*args, out, self.threads)
             return out
-        codes = np.empty((n, ho, wo, o), np.uint8)
+        codes = self._empty(name, (n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
         fused = (codes, self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
         if name in self.residual:  # the block's residual add too: the codes are the add node's
@@ -177,7 +194,7 @@ class FastExecutor:
         if node["qmin"] < 0 or node["qmax"] > 255:
             return threshold_reference(acc, direction, thresholds, node["qmin"])
         o = acc.shape[-1]
-        out = np.empty(acc.shape, np.uint8)
+        out = self._empty(node["name"], acc.shape, np.uint8)
         _kernels.threshold(acc, acc.size // o, o, direction, thresholds, thresholds.shape[1], node["qmin"], out,
                            self.threads)
         return out
@@ -190,7 +207,7 @@ class FastExecutor:
         image = np.ascontiguousarray(x[0], np.uint8)
         n, h, w, c = image.shape
         tables = self.lut_tables[node["name"]]
-        out = np.empty((n, h, w, c * tables.shape[2]), np.uint8)
+        out = self._empty(node["name"], (n, h, w, c * tables.shape[2]), np.uint8)
         _kernels.lut(image, n * h * w, c, tables, tables.shape[0], tables.shape[2], out, self.threads)
         return out
 
@@ -200,8 +217,8 @@ class FastExecutor:
         a, b = x
         if not (a.dtype == b.dtype == np.uint8 and node["qmin"] == 0 and node["qmax"] <= 127):
             return REFERENCE_OPS["add_clip"](node, x, t, values)
-        out = np.add(a, b)  # codes <= 127 each: the uint8 sum cannot wrap
-        return np.minimum(out, node["qmax"], out=out)
+        out = np.add(a, b, out=self._empty(node["name"], np.broadcast_shapes(a.shape, b.shape), np.uint8))
+        return np.minimum(out, node["qmax"], out=out)  # codes <= 127 each: the uint8 sum cannot wrap
 
     def ops(self) -> dict:
         """The ops this executor runs in C, in `run_graph`'s form; the rest are the reference's."""
@@ -211,5 +228,14 @@ class FastExecutor:
     def _subsample_pad(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         return None if node["name"] in self.skipped else REFERENCE_OPS["subsample_pad"](node, x, t, values)
 
-    def run(self, images: np.ndarray) -> dict:
-        return run_graph(self.model, images, self.ops())
+    def run(self, images: np.ndarray, reuse: bool = False, wrap=None) -> dict:
+        """Every node's output; `wrap(fn)`, when given, wraps each op (the layer profile times them)."""
+        ops = {**REFERENCE_OPS, **self.ops()}
+        if wrap is not None:
+            ops = {op: wrap(fn) for op, fn in ops.items()}
+        with self._lock:
+            self._reuse = reuse
+            try:
+                return run_graph(self.model, images, ops)
+            finally:
+                self._reuse = False

@@ -27,6 +27,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -216,21 +217,43 @@ static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
     }
 }
 
+/* The scratch memory of a conv call (planes and sums), kept between calls: a fresh buffer this
+ * size comes from mmap, and its page faults cost a third of a whole network's time. A call takes
+ * the cached buffer (or, when another call holds it or it is too small, allocates one) and puts
+ * its buffer back when done, so at most one buffer stays cached. */
+typedef struct {
+    size_t bytes;
+    max_align_t data[];
+} scratch_t;
+static scratch_t *scratch_cache = NULL;
+
+static scratch_t *scratch_take(size_t bytes) {
+    scratch_t *s = __atomic_exchange_n(&scratch_cache, NULL, __ATOMIC_ACQ_REL);
+    if (s && s->bytes >= bytes) return s;
+    free(s);
+    s = malloc(sizeof(scratch_t) + bytes);
+    if (s) s->bytes = bytes;
+    return s;
+}
+
+static void scratch_give(scratch_t *s) { free(__atomic_exchange_n(&scratch_cache, s, __ATOMIC_ACQ_REL)); }
+
+static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
-    /* Not calloc: each thread zeroes the padding of the rows it packs, so no core writes lines
+    /* Not zeroed: each thread zeroes the padding of the rows it packs, so no core writes lines
      * another core is about to fill (zeroing it all here made the other thread's stores slow). */
-    c->x = malloc(c->N * c->image_bytes + 8);
-    c->hsums = c->lowest ? malloc(sizeof(int32_t) * c->N * c->Hp * c->WO) : NULL;
-    c->window = c->lowest ? malloc(sizeof(int32_t) * c->N * c->HO * c->WO) : NULL;
-    if (!c->x || (c->lowest && (!c->hsums || !c->window))) {
-        free(c->x);
-        free(c->hsums);
-        free(c->window);
-        return 0;
-    }
+    size_t x_bytes = round64(c->N * c->image_bytes + 8);
+    size_t hsums_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->Hp * c->WO) : 0;
+    size_t window_bytes = c->lowest ? sizeof(int32_t) * c->N * c->HO * c->WO : 0;
+    scratch_t *scratch = scratch_take(x_bytes + hsums_bytes + window_bytes);
+    if (!scratch) return 0;
+    c->x = (uint8_t *)scratch->data;
+    c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
+    c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     memset(c->x + c->N * c->image_bytes, 0, 8);  /* the slack a window's last word may read */
     ssize M = c->HO * c->WO, chunk = conv_chunk;
     ssize chunks = (M + chunk - 1) / chunk;
@@ -270,9 +293,7 @@ static int run_conv(conv_t *c) {
                 }
         }
     }
-    free(c->x);
-    free(c->hsums);
-    free(c->window);
+    scratch_give(scratch);
     return ok;
 }
 
