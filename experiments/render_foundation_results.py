@@ -90,7 +90,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
         keys = [k for k in r if not k.endswith("_2t")]
         out += [f"Integer runtime speed (`pixelq bench --json results/bench/runtime.json`, "
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
-                "is faster):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
+                f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
         out += profile_lines(runtime_bench)
     if data_bench:

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the results here")
     p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32 and ONNX Runtime int8, timed in one run")
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", help="write the results here")
     p = sub.add_parser("bench-data", help="cached load and uint8 augmentation throughput")
     p.add_argument("--data", help="data set path; default: embedded subset")

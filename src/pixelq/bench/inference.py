@@ -1,8 +1,8 @@
 """`pixelq bench`: the integer runtime against PyTorch fp32 (oneDNN) and ONNX Runtime int8, in one run.
 
-Every time is the best of `repeats` calls after a warm-up, all baselines timed in the same process
-with the same thread count, so the ratios (speed-up = baseline time / pixelq time) survive a noisy
-machine better than the raw times do.
+Every time is the best of `repeats` calls after a warm-up, all in one process with the same thread
+count, the contenders of a comparison taking turns call by call, so the ratios (speed-up = baseline
+time / pixelq time) survive a noisy machine better than the raw times do.
 """
 from __future__ import annotations
 
@@ -26,13 +26,17 @@ DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 1
                  "abits": 2, "last_layer": "quantized"}
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
+def best_times(fns: dict, repeats: int) -> dict:
+    """{name: best seconds of `repeats` calls}. The contenders take turns, so a slow spell of the
+    machine hits all of them alike; each turn is an untimed call then a timed one, so the timed
+    call finds the caches warm with its own data, not the last contender's."""
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+        for name, fn in fns.items():
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -92,8 +96,7 @@ def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, si
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     x = torch.randn(batch, channels, size, size)
     with torch.no_grad():
-        torch_s = best_time(lambda: conv(x), repeats)
-    return {"pixelq_s": best_time(pixelq_layer, repeats), "torch_fp32_s": torch_s}
+        return best_times({"pixelq_s": pixelq_layer, "torch_fp32_s": lambda: conv(x)}, repeats)
 
 
 def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
@@ -123,8 +126,8 @@ def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repea
     executor = FastExecutor(stem, runtime.threads)
     x = torch.as_tensor(images)
     with torch.no_grad():
-        torch_s = best_time(lambda: float_model.stem(float_model.to_nchw(x)), repeats)
-    return {"pixelq_s": best_time(lambda: executor.run(images, reuse=True), repeats), "torch_fp32_s": torch_s}
+        return best_times({"pixelq_s": lambda: executor.run(images, reuse=True),
+                           "torch_fp32_s": lambda: float_model.stem(float_model.to_nchw(x))}, repeats)
 
 
 def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_counts=(1, 2), repeats: int = 5,
@@ -153,9 +156,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             for batch in batch_sizes:
                 x = images[:batch]
                 with torch.no_grad():
-                    times[f"b{batch}_torch_fp32_s"] = best_time(lambda: float_model(torch.as_tensor(x)), repeats)
-                times[f"b{batch}_ort_int8_s"] = best_time(lambda: session.run(None, {"image": x}), repeats)
-                times[f"b{batch}_pixelq_s"] = best_time(lambda: runtime.logits(x), repeats)
+                    times.update(best_times({f"b{batch}_torch_fp32_s": lambda: float_model(torch.as_tensor(x)),
+                                             f"b{batch}_ort_int8_s": lambda: session.run(None, {"image": x}),
+                                             f"b{batch}_pixelq_s": lambda: runtime.logits(x)}, repeats))
             for abits in (1, 2):
                 layer = conv_layer_times(abits, threads, repeats)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
