@@ -154,6 +154,8 @@ def test_conv_rejects_inconsistent_geometry():
     w = fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)
     with pytest.raises(ValueError, match="geometry"):
         fast._kernels.conv(x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 0, 4, 4, np.empty((1, 4, 4, 8), np.int32), 1)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        fast._kernels.conv(x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 1, 4, 4, np.empty((1, 4, 4, 8), np.int32), 0)
 
 
 @given(h=st.integers(2, 8), c=st.sampled_from([16, 30, 32]), o=st.sampled_from([8, 16, 24, 32, 40]),

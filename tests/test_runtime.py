@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pixelq
-from pixelq import InputError, ModelFileError, create_model
+from pixelq import ConfigError, InputError, ModelFileError, create_model
 from pixelq.cli import main
 from pixelq.exporting import load_model, payload_bytes
 from pixelq.runtime import load
@@ -101,6 +101,12 @@ def test_missing_file(tmp_path):
 def test_runtime_rejects_bad_images(model_file, images, message):
     with pytest.raises(InputError, match=message):
         load(model_file[2]).predict(images)
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5])
+def test_runtime_rejects_bad_thread_counts(model_file, threads):
+    with pytest.raises(ConfigError, match="threads must be a positive integer"):
+        load(model_file[2], threads=threads)
 
 
 def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):

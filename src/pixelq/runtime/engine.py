@@ -23,6 +23,8 @@ class Runtime:
                  backend: str = "auto"):
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
         self.model, self.threads, self.batch_size = model, threads, batch_size
         self.in_channels = model.meta["in_channels"]
         self.integer_only = model.meta["integer_only"]

@@ -240,6 +240,14 @@ static void scratch_give(scratch_t *s) { free(__atomic_exchange_n(&scratch_cache
 
 static size_t round64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
+static int thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
@@ -248,24 +256,22 @@ static int run_conv(conv_t *c) {
      * another core is about to fill (zeroing it all here made the other thread's stores slow). */
     size_t x_bytes = round64(c->N * c->image_bytes + 8);
     size_t hsums_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->Hp * c->WO) : 0;
-    size_t window_bytes = c->lowest ? sizeof(int32_t) * c->N * c->HO * c->WO : 0;
-    scratch_t *scratch = scratch_take(x_bytes + hsums_bytes + window_bytes);
+    size_t window_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->HO * c->WO) : 0;
+    size_t rows_bytes = c->lowest ? sizeof(int32_t) * c->Wp * c->threads : 0;  /* a pixel-sum row per thread */
+    scratch_t *scratch = scratch_take(x_bytes + hsums_bytes + window_bytes + rows_bytes);
     if (!scratch) return 0;
     c->x = (uint8_t *)scratch->data;
     c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
     c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
+    int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
     memset(c->x + c->N * c->image_bytes, 0, 8);  /* the slack a window's last word may read */
     ssize M = c->HO * c->WO, chunk = conv_chunk;
     ssize chunks = (M + chunk - 1) / chunk;
-    int ok = 1;
     #pragma omp parallel num_threads(c->threads)
     {
-        /* One padded row of pixel sums, zero at the sides, for the horizontal window sums. */
-        int32_t *row = c->hsums ? calloc(c->Wp, sizeof(int32_t)) : NULL;
-        if (c->hsums && !row) {
-            #pragma omp atomic write
-            ok = 0;
-        }
+        /* This thread's padded row of pixel sums, zero at the sides, for the horizontal window sums. */
+        int32_t *row = rows ? rows + (ssize)thread_num() * c->Wp : NULL;
+        if (row) memset(row, 0, sizeof(int32_t) * c->Wp);
         #pragma omp for collapse(2) schedule(static)
         for (ssize n = 0; n < c->N; n++)
             for (ssize yp = 0; yp < c->Hp; yp++) {
@@ -276,25 +282,22 @@ static int run_conv(conv_t *c) {
                 if (interior) (c->lut_bits ? pack_row_lut : pack_impl)(c, n, y, sums);
                 if (row) hsums_row(c, n, yp, interior ? row : NULL);
             }
-        free(row);
-        if (c->window && ok) {
+        if (c->window) {
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
                 for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
         }
         /* Static, split by image like the packing above: a thread reads the planes it packed, and
          * writes the output rows the next layer's same thread will read. */
-        if (ok) {
-            #pragma omp for collapse(2) schedule(static)
-            for (ssize n = 0; n < c->N; n++)
-                for (ssize k = 0; k < chunks; k++) {
-                    ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
-                    conv_impl(c, n, k * chunk, m1);
-                }
-        }
+        #pragma omp for collapse(2) schedule(static)
+        for (ssize n = 0; n < c->N; n++)
+            for (ssize k = 0; k < chunks; k++) {
+                ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
+                conv_impl(c, n, k * chunk, m1);
+            }
     }
     scratch_give(scratch);
-    return ok;
+    return 1;
 }
 
 static void threshold_impl(const int32_t *restrict acc, ssize M, ssize O, const int8_t *restrict dir,
@@ -336,6 +339,8 @@ static PyObject *finish_call(conv_t *c, int geometry_ok, int inputs_ok, Py_buffe
     PyObject *ret = NULL;
     if (!geometry_ok && !PyErr_Occurred()) {
         PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
+    } else if (geometry_ok && c->threads < 1) {
+        PyErr_Format(PyExc_ValueError, "conv: threads must be >= 1, got %d", c->threads);
     } else if (geometry_ok && inputs_ok && want(out, c->N * c->HO * c->WO * c->O * (fused ? 1 : 4), "out") &&
                (!fused || (want(dir, c->Opad, "direction") && want(thr, c->L * c->Opad * 4, "thresholds")))) {
         c->dir = dir->buf, c->thr = thr->buf;
