@@ -92,6 +92,9 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
+        out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
+                "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "
+                "ONNX Runtime int8 is the steadier one.", ""]
         out += profile_lines(runtime_bench)
     if data_bench:
         out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
