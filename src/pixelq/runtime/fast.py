@@ -57,6 +57,26 @@ def lut_plane_bits(lut: np.ndarray, planes: int) -> tuple:
     return np.ascontiguousarray(bits.sum(-1, dtype=np.uint64)), np.ascontiguousarray(lut.sum(-1), np.int32)
 
 
+def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
+    """The first conv over a lookup as tables: weight codes (O, kh, kw, C * d), lookup codes (T, 256, d)
+    -> int8 (kh * kw * C, 256, 16), entry (tap, colour, value) = the 16 (padded) output channels'
+    sums of weight x code over that colour's d codes; None when O > 16 or the sums do not fit the
+    kernel's int8 entries and int16 accumulators."""
+    o, kh, kw, cd = weight.shape
+    t, _, d = lut.shape
+    c = cd // d
+    if o > 16 or c * d != cd or t not in (1, c):
+        return None
+    codes = np.broadcast_to(np.asarray(lut, np.int64), (c, 256, d))
+    table = np.einsum("oyxcj,cvj->yxcvo", np.asarray(weight, np.int64).reshape(o, kh, kw, c, d), codes)
+    bound = np.abs(table).max(initial=0)
+    if bound > 127 or bound * kh * kw * c > 32767:
+        return None
+    out = np.zeros((kh * kw * c, 256, 16), np.int8)
+    out[..., :o] = table.reshape(kh * kw * c, 256, o)
+    return out
+
+
 def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
     """(O,) directions and (O, L) thresholds -> (Opad,) int8 and (L, Opad) int32, channels innermost."""
     o, levels = thresholds.shape
@@ -106,6 +126,12 @@ class FastExecutor:
                 self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
                                                        model.tensors[f"{name}.thresholds"])
         self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
+        # A lookup conv with thresholds and at most 16 channels runs as table sums (no bit-planes).
+        self.table_convs = {}
+        for name, (lut, _, _) in self.lut_convs.items():
+            table = lut_conv_table(model.tensors[f"{name}.weight"], model.tensors[f"{lut['name']}.lut"])
+            if name in self.fused and name not in self.residual and table is not None:
+                self.table_convs[name] = table
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
 
     def _empty(self, name: str, shape: tuple, dtype) -> np.ndarray:
@@ -161,11 +187,18 @@ class FastExecutor:
         x = np.ascontiguousarray(x, np.uint8)
         weights = (self.packed[name], k, k, node["weight_bits"], o, padded_channels(o), node["weight_lowest"],
                    node["weight_stride"], s, p, ho, wo)
+        thr = self.fused.get(name) if self.fuse else None
+        if name in self.table_convs and thr is not None:
+            codes = self._empty(name, (n, ho, wo, o), np.uint8)
+            direction, thresholds = self.thresholds[thr["name"]]
+            _kernels.table_conv(x, n, h, w, c, self.table_convs[name], k, k, o, padded_channels(o), s, p, ho, wo, codes,
+                                self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
+            self._codes[thr["name"]] = codes
+            return None
         if name in self.lut_convs:
             call, args = _kernels.lut_conv, (x, n, h, w, c, bits, sums, bits.shape[0], lut["d"], bits.shape[2], *weights)
         else:
             call, args = _kernels.conv, (x, n, h, w, c, _planes(node), *weights)
-        thr = self.fused.get(name) if self.fuse else None
         if thr is None:
             out = self._empty(name, (n, ho, wo, o), np.int32)
             call(*args, out, self.threads)

@@ -167,3 +167,52 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
         }
     }
 }
+
+/* The table sums of the window at image pixel (y0, x0), all taps inside the image: KH, KW and C
+ * are compile-time constants where the caller passes literals, so the loops unroll. */
+static inline __attribute__((always_inline)) __m256i table_window(const conv_t *c, const int8_t *table, ssize n,
+                                                                  ssize y0, ssize x0, const int KH, const int KW,
+                                                                  const int C) {
+    __m256i acc = _mm256_setzero_si256();
+    #pragma GCC unroll 8
+    for (int ky = 0; ky < KH; ky++) {
+        const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + x0) * C;
+        #pragma GCC unroll 8
+        for (int kx = 0; kx < KW; kx++)
+            #pragma GCC unroll 4
+            for (int ch = 0; ch < C; ch++) {
+                const int8_t *e = table + ((ssize)((ky * KW + kx) * C + ch) * 256 + px[kx * C + ch]) * 16;
+                acc = _mm256_add_epi16(acc, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)e)));
+            }
+    }
+    return acc;
+}
+
+/* table_conv_portable's arithmetic (kernels.c) with the 16 channels' int16 sums in one vector;
+ * windows wholly inside a 3-colour image with a 3x3 kernel take the unrolled path. */
+static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
+    const ssize y0 = oy * c->stride - c->pad;
+    const int rows_inside = y0 >= 0 && y0 + c->KH <= c->H;
+    const int unrolled = rows_inside && c->KH == 3 && c->KW == 3 && c->image_C == 3;
+    for (ssize ox = 0; ox < c->WO; ox++) {
+        const ssize x0 = ox * c->stride - c->pad;
+        __m256i acc;
+        if (unrolled && x0 >= 0 && x0 + 3 <= c->W) {
+            acc = table_window(c, table, n, y0, x0, 3, 3, 3);
+        } else {
+            acc = _mm256_setzero_si256();
+            for (int ky = 0; ky < c->KH; ky++) {
+                if (y0 + ky < 0 || y0 + ky >= c->H) continue;
+                for (int kx = 0; kx < c->KW; kx++) {
+                    if (x0 + kx < 0 || x0 + kx >= c->W) continue;
+                    const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + x0 + kx) * c->image_C;
+                    for (int ch = 0; ch < c->image_C; ch++) {
+                        const int8_t *e = table + (((ssize)(ky * c->KW + kx) * c->image_C + ch) * 256 + px[ch]) * 16;
+                        acc = _mm256_add_epi16(acc, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)e)));
+                    }
+                }
+            }
+        }
+        finish16(c, (n * c->HO + oy) * c->WO + ox, 0, 16, _mm512_cvtepi16_epi32(acc), 0, 0);
+    }
+}

@@ -179,6 +179,33 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
     }
 }
 
+/* ---- The first conv as table sums (pixel embedding, <= 16 output channels). ----
+ * table (KH * KW * image_C, 256, 16) int8: entry (t, ch, v) holds, for each output channel, the sum
+ * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. A window's
+ * accumulator is the sum of its KH * KW * image_C entries; taps in the zero padding add nothing
+ * (their codes are 0). The export keeps the accumulators in int32; these fit int16 (checked by the
+ * caller), so the AVX-512 build adds 16 channels in one 256-bit vector. */
+static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
+    int64_t tot[16];
+    for (ssize ox = 0; ox < c->WO; ox++) {
+        memset(tot, 0, sizeof(tot));
+        for (int ky = 0; ky < c->KH; ky++) {
+            ssize y = oy * c->stride + ky - c->pad;
+            if (y < 0 || y >= c->H) continue;
+            for (int kx = 0; kx < c->KW; kx++) {
+                ssize x = ox * c->stride + kx - c->pad;
+                if (x < 0 || x >= c->W) continue;
+                const uint8_t *px = c->codes + ((n * c->H + y) * c->W + x) * c->image_C;
+                for (int ch = 0; ch < c->image_C; ch++) {
+                    const int8_t *e = table + (((ssize)(ky * c->KW + kx) * c->image_C + ch) * 256 + px[ch]) * 16;
+                    for (int o = 0; o < 16; o++) tot[o] += e[o];
+                }
+            }
+        }
+        finish_portable(c, (n * c->HO + oy) * c->WO + ox, tot, 0, 0);
+    }
+}
+
 /* The portable conv over the packed planes of image n, positions [m0, m1). */
 #define CONV_NAME conv_portable
 #include "conv_body.h"
@@ -197,6 +224,8 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
 #endif
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
+typedef void (*table_fn)(const conv_t *c, const int8_t *table, ssize n, ssize oy);
+static table_fn table_impl = table_conv_portable;
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
 static positions_fn conv_impl = conv_portable;
 static pack_fn pack_impl = pack_row_portable;
@@ -406,6 +435,40 @@ static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
     return finish_call(&c, shape_ok && geometry_ok(&c), inputs_ok, bufs, 7, &out, &dir, &thr);
 }
 
+static PyObject *py_table_conv(PyObject *self, PyObject *args) {
+    Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
+    conv_t c = {0};
+    if (!PyArg_ParseTuple(args, "y*nnniy*iinniinnw*iy*y*ii", &image, &c.N, &c.H, &c.W, &c.image_C, &table, &c.KH,
+                          &c.KW, &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
+                          &c.qmin))
+        return NULL;
+    c.C = c.image_C, c.codes = image.buf, c.wstride = 1, c.lowest = 0;
+    int shape_ok = c.O <= 16 && c.image_C >= 1;
+    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "table_conv: at most 16 output channels");
+    int inputs_ok = shape_ok && want(&image, c.N * c.H * c.W * c.image_C, "image") &&
+                    want(&table, (ssize)c.KH * c.KW * c.image_C * 256 * 16, "table");
+    const int8_t *tab = table.buf;
+    Py_buffer *bufs[] = {&image, &table, &out, &dir, &thr};
+    /* finish_call runs run_conv; this conv runs its own loop, so check the buffers the same way first. */
+    PyObject *ret = NULL;
+    int ok = shape_ok && inputs_ok && geometry_ok(&c) && c.threads >= 1 && want(&out, c.N * c.HO * c.WO * c.O, "out") &&
+             want(&dir, c.Opad, "direction") && want(&thr, c.L * c.Opad * 4, "thresholds");
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "table_conv: inconsistent geometry or threads < 1");
+    if (ok) {
+        c.out = out.buf, c.dir = dir.buf, c.thr = thr.buf;
+        Py_BEGIN_ALLOW_THREADS
+        #pragma omp parallel for collapse(2) num_threads(c.threads) schedule(static)
+        for (ssize n = 0; n < c.N; n++)
+            for (ssize oy = 0; oy < c.HO; oy++) table_impl(&c, tab, n, oy);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    for (int i = 0; i < 5; i++)
+        if (bufs[i]->buf) PyBuffer_Release(bufs[i]);
+    return ret;
+}
+
 static PyObject *py_threshold(PyObject *self, PyObject *args) {
     Py_buffer acc, dir, thr, out;
     ssize M, O;
@@ -452,18 +515,21 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 static int choose_isa(const char *name) {
     if (strcmp(name, "portable") == 0) {
         conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
+        table_impl = table_conv_portable;
         return 1;
     }
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
         conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
+        table_impl = table_conv_portable;
         return 1;
     }
     if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq")) {
         conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
+        table_impl = table_conv_avx512;
         return 1;
     }
 #endif
@@ -500,6 +566,8 @@ static PyMethodDef methods[] = {
      "given thresholds, plus a clipped residual add given its codes"},
     {"lut_conv", py_lut_conv, METH_VARARGS,
      "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
+    {"table_conv", py_table_conv, METH_VARARGS,
+     "first conv (<= 16 output channels) as sums of per-(tap, colour, pixel value) int8 tables, then thresholds"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
