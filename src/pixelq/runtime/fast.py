@@ -2,7 +2,8 @@
 
 Weights are re-laid out once at load into the kernels' window-row words (see `pack_conv_weight`
 and csrc/kernels.c), output channels innermost and padded to vectors of 8. Activations stay uint8
-codes between layers; each conv call packs its input into bit-planes itself.
+codes between layers; each conv call packs its input into bit-planes itself. The first conv of a
+pixel-embedding model runs as table sums instead (`lut_conv_table`), straight from the pixels.
 """
 from __future__ import annotations
 

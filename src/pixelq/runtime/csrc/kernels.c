@@ -20,8 +20,11 @@
  * portable conv (compiled as is and for AVX2) is the same arithmetic, one position at a time.
  * The module picks the best build at import; set_isa can force another (the tests check each).
  *
- * The first conv, when it reads a per-pixel lookup table (pixel embedding), packs its planes
- * straight from the pixel values (lut_conv): a pixel's plane is an OR of shifted table words.
+ * The first conv, when it reads a per-pixel lookup table (pixel embedding), sums per-(tap, colour,
+ * pixel value) tables of its output channels' partial sums (table_conv: 27 vector adds per window
+ * for a 3x3 kernel on RGB, no bit-planes); where those tables do not fit (more than 16 channels,
+ * sums beyond int8), it packs its planes straight from the pixel values (lut_conv): a pixel's
+ * plane is an OR of shifted table words.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
