@@ -116,7 +116,7 @@ def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
 
     tables = record["table"]
     names = ["shared by R, G, B"] if record["shared"] else ["R", "G", "B"][:len(tables)]
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.5 * len(tables), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(tables), figsize=(max(6.5, 4.5 * len(tables)), 3.4), squeeze=False)  # room for the title
     for ax, table, name in zip(axes[0], tables, names):
         for j in range(record["d"]):
             ax.plot(range(256), [row[j] + 0.03 * j for row in table], lw=1)
