@@ -149,6 +149,43 @@ def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed
     assert np.array_equal(codes, threshold_reference(acc, direction, thresholds, 0))
 
 
+@given(n=st.integers(1, 5), h=st.integers(1, 8), c=st.sampled_from([8, 16, 24, 64]), grid=st.sampled_from(sorted(WEIGHT_GRIDS)),
+       abits=st.integers(1, 3), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), residual=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_sixteen_channel_conv_equals_reference(isa, n, h, c, grid, abits, k, stride, residual, threads, seed):
+    """16 output channels, where the AVX-512 epilogue finishes two positions per vector in int16 when
+    the accumulators fit (thresholds clamped to int16): thresholds far outside that range, odd
+    position counts, batches that do and do not split evenly over the threads, with and without the
+    residual add; layers whose accumulators do not fit int16 take the int32 path."""
+    rng = np.random.default_rng(seed)
+    lowest, wstride, bits = WEIGHT_GRIDS[grid]
+    x = rng.integers(0, 2**abits, (n, h, h, c)).astype(np.uint8)
+    wt = random_weights(rng, (16, k, k, c), WEIGHT_GRIDS[grid])
+    pad = k // 2
+    acc = conv2d_reference(x, wt, stride, pad)
+    ho = acc.shape[1]
+    direction = rng.choice([-1, 1], 16).astype(np.int8)
+    levels = 2**abits - 1
+    span = int(np.abs(acc).max(initial=0)) + 2
+    thresholds = np.sort(rng.integers(-span, span + 1, (16, levels)), axis=1).astype(np.int32)
+    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1  # never reached
+    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31     # always passed
+    thresholds.sort(axis=1)
+    expected = threshold_reference(acc, direction, thresholds, 0)
+    args = (x, n, h, h, c, max(1, abits), fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, 16, 16, lowest,
+            wstride, stride, pad, ho, ho)
+    d, t = fast.pad_thresholds(direction, thresholds)
+    out = np.empty((n, ho, ho, 16), np.uint8)
+    if residual:
+        shortcut = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, 16)).astype(np.uint8)
+        expected = np.minimum(expected + shortcut[:, ::stride, ::stride], levels)
+        fast._kernels.conv(*args, out, threads, d, t, levels, 0, shortcut, ho * stride, ho * stride, 16, stride, levels)
+    else:
+        fast._kernels.conv(*args, out, threads, d, t, levels, 0)
+    assert np.array_equal(out, expected)
+
+
 def test_conv_rejects_inconsistent_geometry():
     x = np.zeros((1, 4, 4, 8), np.uint8)
     w = fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)

@@ -129,6 +129,35 @@ static inline __m512i narrow16(__m512i lo, __m512i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
 }
 
+/* Two positions' 16 channels as int16 lanes, the first position in lanes 0-15: from each position's
+ * two 8-channel int64 vectors (a0, a1) and (b0, b1), the low word of every lane. */
+static inline __m512i pair16(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
+    /* Lane j and lane 16 + j take word 4 j of the first vector (j < 8), word 4 (j - 8) of the second. */
+    const __m512i idx = _mm512_set_epi16(60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0,
+                                         60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0);
+    return _mm512_mask_blend_epi16(0xFFFF0000, _mm512_permutex2var_epi16(a0, idx, a1),
+                                   _mm512_permutex2var_epi16(b0, idx, b1));
+}
+
+/* finish16 for positions m and m + 1 at once (c->pair16): their sums `tot` as 32 int16 lanes (pair16),
+ * S and residual offsets of each. Their 16 output codes each are 32 consecutive bytes. */
+static inline void finish_pair16(const conv_t *c, ssize m, __m512i tot, const int64_t *S, const ssize *r) {
+    __m512i low = _mm512_mask_blend_epi16(0xFFFF0000, _mm512_set1_epi16((short)(c->lowest * S[0])),
+                                          _mm512_set1_epi16((short)(c->lowest * S[1])));
+    __m512i a = _mm512_add_epi16(_mm512_mullo_epi16(tot, _mm512_set1_epi16((short)c->wstride)), low);
+    __m512i s = _mm512_mask_sub_epi16(a, (__mmask32)c->neg32, _mm512_setzero_si512(), a);
+    __m512i code = _mm512_set1_epi16((short)c->qmin), one = _mm512_set1_epi16(1);
+    for (int l = 0; l < c->L; l++) {
+        __m512i t = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)c->thr16[l]));
+        code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(s, t), code, one);
+    }
+    if (c->res) {  /* res_C == 16 (pair16_fits) */
+        __m256i res = _mm256_loadu2_m128i((const __m128i *)(c->res + r[1]), (const __m128i *)(c->res + r[0]));
+        code = _mm512_min_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_qmax));
+    }
+    _mm256_storeu_si256((__m256i *)(c->out + m * 16), _mm512_cvtepi16_epi8(code));
+}
+
 static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
     typedef void (*tile_fn)(const conv_t *, const uint8_t *, const ssize *, ssize, __m512i *);
     const ssize blocks = c->Opad / 8;
@@ -143,18 +172,34 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
     ssize roff[AVX512_POSITIONS];
     /* Where each position's window starts, and its code sum; past the end the last position is
      * repeated, so a partial tile reads valid memory and its extra results go unused. */
-    for (ssize i = 0, oy = m0 / c->WO, ox = m0 % c->WO; i < count; i++) {
+    const ssize res_step = (ssize)c->res_stride * c->res_C;
+    ssize oy = m0 / c->WO, ox = m0 % c->WO, r = c->res ? residual_offset(c, n, oy, ox) : 0, fetched = -1;
+    for (ssize i = 0; i < count; i++) {
         pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
         S[i] = window_sum(c, n * c->HO * c->WO + m0 + i);
-        roff[i] = c->res ? residual_offset(c, n, oy, ox) : 0;
-        if (c->res) _mm_prefetch((const char *)(c->res + roff[i]), _MM_HINT_T0);  /* read after the tiles */
-        if (++ox == c->WO) ox = 0, oy++;
+        roff[i] = r;
+        if (c->res && r / 64 != fetched) {  /* read after the tiles; once per cache line */
+            _mm_prefetch((const char *)(c->res + r), _MM_HINT_T0);
+            fetched = r / 64;
+        }
+        if (++ox == c->WO) {
+            ox = 0, oy++;
+            r = c->res && i + 1 < count ? residual_offset(c, n, oy, 0) : 0;
+        } else {
+            r += res_step;
+        }
     }
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
     for (ssize o0 = 0; o0 < c->Opad; o0 += 8 * V) {
         for (ssize i0 = 0; i0 < count; i0 += R) {
             tile(c, xn, pos + i0, o0, tiles);
-            for (int i = 0; i < R && i0 + i < count; i++) {
+            int i = 0;
+            if (c->pair16)  /* V == 2, o0 == 0: the tile holds all 16 channels */
+                for (; i + 1 < R && i0 + i + 1 < count; i += 2)
+                    finish_pair16(c, n * c->HO * c->WO + m0 + i0 + i,
+                                  pair16(tiles[2 * i], tiles[2 * i + 1], tiles[2 * i + 2], tiles[2 * i + 3]),
+                                  S + i0 + i, roff + i0 + i);
+            for (; i < R && i0 + i < count; i++) {
                 ssize m = n * c->HO * c->WO + m0 + i0 + i;
                 int v = 0;
                 for (; v + 1 < V && o0 + 8 * v + 8 < c->O; v += 2)

@@ -43,6 +43,8 @@
 
 typedef Py_ssize_t ssize;
 
+#define PAIR16_LEVELS 7  /* activation codes of up to 3 bits */
+
 static inline uint64_t load_u64(const uint8_t *p) {
     uint64_t v;
     memcpy(&v, p, 8);
@@ -66,7 +68,8 @@ typedef struct {
     const int32_t *lut_sums;   /* (T, 256): the sum of those d codes */
     int lut_tables, lut_d, image_C;
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
-    uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, + 8 bytes of slack */
+    uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, each image followed by 8 bytes of
+                              slack (zero) that its last window word may read */
     int32_t *hsums;        /* (N, Hp, WO): row yp's code sum over the KW columns of each output column's
                               window, or NULL when lowest == 0 */
     int32_t *window;       /* (N, HO, WO): each window's code sum, KH rows of hsums, or NULL */
@@ -81,6 +84,12 @@ typedef struct {
     const uint8_t *res;
     ssize res_H, res_W, res_C;
     int res_stride, res_qmax;
+    /* Set by run_conv where a fused conv's 16 output channels fit int16 lanes (pair16_fits): the
+     * AVX-512 epilogue then finishes two positions per vector, with these thresholds (clamped to
+     * int16, exact since no accumulator reaches the clamp) and the direction as a 32-lane mask. */
+    int pair16;
+    int16_t thr16[PAIR16_LEVELS][16];
+    uint32_t neg32;
 } conv_t;
 
 /* The code sum of each of the W pixels of a row of codes, into sums[0 .. W). */
@@ -280,13 +289,49 @@ static int thread_num(void) {
 #endif
 }
 
+/* Whether a fused conv can finish in int16 lanes, two positions of 16 channels per vector: every
+ * accumulator wstride * tot + lowest * S stays inside int16, and so does each of its two terms. */
+static int pair16_fits(const conv_t *c) {
+    if (!c->out || c->O != 16 || c->Opad != 16 || c->L > PAIR16_LEVELS || (c->res && c->res_C != 16)) return 0;
+    int64_t codes = (int64_t)c->KH * c->KW * c->C * ((1 << c->P) - 1);  /* the largest window code sum S */
+    int64_t top = (int64_t)c->wstride * ((1 << c->J) - 1);              /* the largest weight offset */
+    int64_t low = c->lowest < 0 ? -(int64_t)c->lowest : c->lowest;
+    return (top + low) * codes < 32000;
+}
+
+static void prepare_pair16(conv_t *c) {
+    c->pair16 = pair16_fits(c);
+    if (!c->pair16) return;
+    c->neg32 = 0;
+    for (int o = 0; o < 16; o++) c->neg32 |= (uint32_t)(c->dir[o] < 0) * (0x10001u << o);
+    for (int l = 0; l < c->L; l++)
+        for (int o = 0; o < 16; o++) {
+            int32_t t = c->thr[(ssize)l * c->Opad + o];
+            c->thr16[l][o] = (int16_t)(t < -32768 ? -32768 : t > 32767 ? 32767 : t);
+        }
+}
+
+/* Padded row yp of image n: its padding zeroed, its planes packed, and (with `row`, a thread's
+ * pixel-sum row) its horizontal window sums. */
+static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
+    ssize y = yp - c->pad;
+    int interior = y >= 0 && y < c->H;
+    clear_padding(c, n, yp, interior);
+    int32_t *sums = row ? row + c->pad : NULL;
+    if (interior) (c->lut_bits ? pack_row_lut : pack_impl)(c, n, y, sums);
+    if (row) hsums_row(c, n, yp, interior ? row : NULL);
+    if (yp == c->Hp - 1) memset(c->x + n * c->image_bytes + c->P * c->plane_bytes, 0, 8);  /* the slack */
+}
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
+    prepare_pair16(c);
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
-    c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes, c->image_bytes = c->P * c->plane_bytes;
+    c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes;
+    c->image_bytes = c->P * c->plane_bytes + 8;
     /* Not zeroed: each thread zeroes the padding of the rows it packs, so no core writes lines
      * another core is about to fill (zeroing it all here made the other thread's stores slow). */
-    size_t x_bytes = round64(c->N * c->image_bytes + 8);
+    size_t x_bytes = round64(c->N * c->image_bytes);
     size_t hsums_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->Hp * c->WO) : 0;
     size_t window_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->HO * c->WO) : 0;
     size_t rows_bytes = c->lowest ? sizeof(int32_t) * c->Wp * c->threads : 0;  /* a pixel-sum row per thread */
@@ -296,37 +341,40 @@ static int run_conv(conv_t *c) {
     c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
     c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
-    memset(c->x + c->N * c->image_bytes, 0, 8);  /* the slack a window's last word may read */
     ssize M = c->HO * c->WO, chunk = conv_chunk;
     ssize chunks = (M + chunk - 1) / chunk;
+    /* With images enough to share out evenly, each thread takes whole images and runs pack, window
+     * sums and conv on one image before the next, so its planes and sums are still in cache when
+     * the conv reads them; else (a batch smaller than the threads) each step is shared by rows. */
+    const int by_image = c->N % c->threads == 0 || c->N >= 4 * c->threads;
     #pragma omp parallel num_threads(c->threads)
     {
         /* This thread's padded row of pixel sums, zero at the sides, for the horizontal window sums. */
         int32_t *row = rows ? rows + (ssize)thread_num() * c->Wp : NULL;
         if (row) memset(row, 0, sizeof(int32_t) * c->Wp);
-        #pragma omp for collapse(2) schedule(static)
-        for (ssize n = 0; n < c->N; n++)
-            for (ssize yp = 0; yp < c->Hp; yp++) {
-                ssize y = yp - c->pad;
-                int interior = y >= 0 && y < c->H;
-                clear_padding(c, n, yp, interior);
-                int32_t *sums = row ? row + c->pad : NULL;
-                if (interior) (c->lut_bits ? pack_row_lut : pack_impl)(c, n, y, sums);
-                if (row) hsums_row(c, n, yp, interior ? row : NULL);
+        if (by_image) {
+            #pragma omp for schedule(static)
+            for (ssize n = 0; n < c->N; n++) {
+                for (ssize yp = 0; yp < c->Hp; yp++) pack_padded_row(c, n, yp, row);
+                for (ssize oy = 0; c->window && oy < c->HO; oy++) window_sums_row(c, n, oy);
+                for (ssize k = 0; k < chunks; k++) conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
             }
-        if (c->window) {
+        } else {
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
-                for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
-        }
-        /* Static, split by image like the packing above: a thread reads the planes it packed, and
-         * writes the output rows the next layer's same thread will read. */
-        #pragma omp for collapse(2) schedule(static)
-        for (ssize n = 0; n < c->N; n++)
-            for (ssize k = 0; k < chunks; k++) {
-                ssize m1 = (k + 1) * chunk < M ? (k + 1) * chunk : M;
-                conv_impl(c, n, k * chunk, m1);
+                for (ssize yp = 0; yp < c->Hp; yp++) pack_padded_row(c, n, yp, row);
+            if (c->window) {
+                #pragma omp for collapse(2) schedule(static)
+                for (ssize n = 0; n < c->N; n++)
+                    for (ssize oy = 0; oy < c->HO; oy++) window_sums_row(c, n, oy);
             }
+            /* Static, split by image like the packing above: a thread reads the planes it packed, and
+             * writes the output rows the next layer's same thread will read. */
+            #pragma omp for collapse(2) schedule(static)
+            for (ssize n = 0; n < c->N; n++)
+                for (ssize k = 0; k < chunks; k++)
+                    conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+        }
     }
     scratch_give(scratch);
     return 1;
