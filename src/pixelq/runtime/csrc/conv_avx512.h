@@ -19,10 +19,11 @@ static void pack_row_avx512(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     ssize bytes = c->W * c->C;
     for (ssize k = 0; k < bytes; k += 64) {
         ssize take = bytes - k < 64 ? bytes - k : 64;
-        __m512i v = _mm512_maskz_loadu_epi8(take == 64 ? ~0ULL : (1ULL << take) - 1, src + k);
+        __m512i v = take == 64 ? _mm512_loadu_si512(src + k) : _mm512_maskz_loadu_epi8((1ULL << take) - 1, src + k);
         for (int p = 0; p < c->P; p++) {
             uint64_t bits = _mm512_movepi8_mask(_mm512_sll_epi16(v, _mm_cvtsi32_si128(7 - p)));
-            memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
+            if (take == 64) memcpy(dst + p * c->plane_bytes + k / 8, &bits, 8);
+            else memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
         }
     }
     if (!sums) return;
