@@ -243,20 +243,26 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
         assert np.array_equal(out, acc)
         return
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = np.sort(rng.integers(-40, 40, (o, 3)), axis=1).astype(np.int32)
+    span = int(np.abs(acc).max(initial=0)) + 2
+    thresholds = rng.integers(-span, span + 1, (o, 3))
+    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1
+    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31
+    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.lut_conv(*args, out, 2, dpad, tpad, 3, 0)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 
-@given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), abits=st.integers(1, 2), o=st.integers(1, 16),
+@given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), abits=st.integers(1, 2), o=st.sampled_from([1, 7, 16]),
        h=st.integers(1, 7), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
        colours=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stride, padding, colours, seed):
     """The first conv as per-(tap, colour, pixel value) table sums equals the lookup followed by the
-    integer conv and thresholds, border windows (zero padding) and the unrolled 3x3x3 path alike."""
+    integer conv and thresholds, border windows (zero padding) and the unrolled 3x3x3 path alike;
+    with 16 channels, positions finish in pairs in int16 (thresholds beyond int16 clamped), and an
+    odd row's last one alone."""
     if h + 2 * padding < k or (tables == 3 and colours == 1):
         return
     rng = np.random.default_rng(seed)
@@ -267,7 +273,11 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stri
     ho, wo = acc.shape[1:3]
     table = fast.lut_conv_table(wt, lut)
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = np.sort(rng.integers(-40, 40, (o, 3)), axis=1).astype(np.int32)
+    span = int(np.abs(acc).max(initial=0)) + 2
+    thresholds = rng.integers(-span, span + 1, (o, 3))
+    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1
+    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31
+    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,

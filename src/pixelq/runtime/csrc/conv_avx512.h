@@ -140,12 +140,10 @@ static inline __m512i pair16(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
                                    _mm512_permutex2var_epi16(b0, idx, b1));
 }
 
-/* finish16 for positions m and m + 1 at once (c->pair16): their sums `tot` as 32 int16 lanes (pair16),
- * S and residual offsets of each. Their 16 output codes each are 32 consecutive bytes. */
-static inline void finish_pair16(const conv_t *c, ssize m, __m512i tot, const int64_t *S, const ssize *r) {
-    __m512i low = _mm512_mask_blend_epi16(0xFFFF0000, _mm512_set1_epi16((short)(c->lowest * S[0])),
-                                          _mm512_set1_epi16((short)(c->lowest * S[1])));
-    __m512i a = _mm512_add_epi16(_mm512_mullo_epi16(tot, _mm512_set1_epi16((short)c->wstride)), low);
+/* finish16 for positions m and m + 1 at once (c->pair16), from their accumulators as 32 int16 lanes
+ * (the first position in lanes 0-15) and their residual offsets; their 16 output codes each are 32
+ * consecutive bytes. */
+static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssize *r) {
     __m512i s = _mm512_mask_sub_epi16(a, (__mmask32)c->neg32, _mm512_setzero_si512(), a);
     __m512i code = _mm512_set1_epi16((short)c->qmin), one = _mm512_set1_epi16(1);
     for (int l = 0; l < c->L; l++) {
@@ -157,6 +155,14 @@ static inline void finish_pair16(const conv_t *c, ssize m, __m512i tot, const in
         code = _mm512_min_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_qmax));
     }
     _mm256_storeu_si256((__m256i *)(c->out + m * 16), _mm512_cvtepi16_epi8(code));
+}
+
+/* The accumulators wstride * tot + lowest * S of two positions, their popcount sums `tot` as int16
+ * lanes (pair16) and their window code sums S. */
+static inline __m512i pair_accumulators(const conv_t *c, __m512i tot, const int64_t *S) {
+    __m512i low = _mm512_mask_blend_epi16(0xFFFF0000, _mm512_set1_epi16((short)(c->lowest * S[0])),
+                                          _mm512_set1_epi16((short)(c->lowest * S[1])));
+    return _mm512_add_epi16(_mm512_mullo_epi16(tot, _mm512_set1_epi16((short)c->wstride)), low);
 }
 
 static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
@@ -198,8 +204,9 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
             if (c->pair16)  /* V == 2, o0 == 0: the tile holds all 16 channels */
                 for (; i + 1 < R && i0 + i + 1 < count; i += 2)
                     finish_pair16(c, n * c->HO * c->WO + m0 + i0 + i,
-                                  pair16(tiles[2 * i], tiles[2 * i + 1], tiles[2 * i + 2], tiles[2 * i + 3]),
-                                  S + i0 + i, roff + i0 + i);
+                                  pair_accumulators(c, pair16(tiles[2 * i], tiles[2 * i + 1], tiles[2 * i + 2],
+                                                              tiles[2 * i + 3]), S + i0 + i),
+                                  roff + i0 + i);
             for (; i < R && i0 + i < count; i++) {
                 ssize m = n * c->HO * c->WO + m0 + i0 + i;
                 int v = 0;
@@ -240,6 +247,7 @@ static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssi
     const ssize y0 = oy * c->stride - c->pad;
     const int rows_inside = y0 >= 0 && y0 + c->KH <= c->H;
     const int unrolled = rows_inside && c->KH == 3 && c->KW == 3 && c->image_C == 3;
+    __m256i first = _mm256_setzero_si256();  /* the sums of an even position, finished with the next (pair16) */
     for (ssize ox = 0; ox < c->WO; ox++) {
         const ssize x0 = ox * c->stride - c->pad;
         __m256i acc;
@@ -259,6 +267,15 @@ static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssi
                 }
             }
         }
-        finish16(c, (n * c->HO + oy) * c->WO + ox, 0, 16, _mm512_cvtepi16_epi32(acc), 0, 0);
+        ssize m = (n * c->HO + oy) * c->WO + ox;
+        if (!c->pair16) {
+            finish16(c, m, 0, 16, _mm512_cvtepi16_epi32(acc), 0, 0);
+        } else if (ox % 2 == 0 && ox + 1 < c->WO) {
+            first = acc;
+        } else if (ox % 2 == 1) {
+            finish_pair16(c, m - 1, _mm512_inserti64x4(_mm512_castsi256_si512(first), acc, 1), NULL);
+        } else {  /* the last of an odd row */
+            finish16(c, m, 0, 16, _mm512_cvtepi16_epi32(acc), 0, 0);
+        }
     }
 }

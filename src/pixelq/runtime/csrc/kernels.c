@@ -199,8 +199,9 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
  * table (KH * KW * image_C, 256, 16) int8: entry (t, ch, v) holds, for each output channel, the sum
  * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. A window's
  * accumulator is the sum of its KH * KW * image_C entries; taps in the zero padding add nothing
- * (their codes are 0). The export keeps the accumulators in int32; these fit int16 (checked by the
- * caller), so the AVX-512 build adds 16 channels in one 256-bit vector. */
+ * (their codes are 0). The export keeps the accumulators in int32; these stay inside +-32000
+ * (checked by the caller), so the AVX-512 build adds 16 channels in one 256-bit vector and finishes
+ * two positions per 512-bit vector. (int16 tables, with no widening per load, measured slower.) */
 static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
     int64_t tot[16];
     for (ssize ox = 0; ox < c->WO; ox++) {
@@ -303,9 +304,10 @@ static int pair16_fits(const conv_t *c) {
     return (top + low) * codes < 32000;
 }
 
-static void prepare_pair16(conv_t *c) {
-    c->pair16 = pair16_fits(c);
-    if (!c->pair16) return;
+/* Set c->pair16 to `fits` and, where it holds, the int16 thresholds and direction mask. */
+static void prepare_pair16(conv_t *c, int fits) {
+    c->pair16 = fits;
+    if (!fits) return;
     c->neg32 = 0;
     for (int o = 0; o < 16; o++) c->neg32 |= (uint32_t)(c->dir[o] < 0) * (0x10001u << o);
     for (int l = 0; l < c->L; l++)
@@ -329,7 +331,7 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
-    prepare_pair16(c);
+    prepare_pair16(c, pair16_fits(c));
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes;
     c->image_bytes = c->P * c->plane_bytes + 8;
@@ -511,6 +513,8 @@ static PyObject *py_table_conv(PyObject *self, PyObject *args) {
     if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "table_conv: inconsistent geometry or threads < 1");
     if (ok) {
         c.out = out.buf, c.dir = dir.buf, c.thr = thr.buf;
+        /* The caller keeps every accumulator inside +-32000 (lut_conv_table), so int16 lanes hold them. */
+        prepare_pair16(&c, c.O == 16 && c.Opad == 16 && c.L <= PAIR16_LEVELS);
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for collapse(2) num_threads(c.threads) schedule(static)
         for (ssize n = 0; n < c.N; n++)
