@@ -149,38 +149,41 @@ def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed
     assert np.array_equal(codes, threshold_reference(acc, direction, thresholds, 0))
 
 
-@given(n=st.integers(1, 5), h=st.integers(1, 8), c=st.sampled_from([8, 16, 24, 64]), grid=st.sampled_from(sorted(WEIGHT_GRIDS)),
-       abits=st.integers(1, 3), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), residual=st.booleans(),
-       threads=st.integers(1, 3), seed=st.integers(0, 2**16))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_sixteen_channel_conv_equals_reference(isa, n, h, c, grid, abits, k, stride, residual, threads, seed):
-    """16 output channels, where the AVX-512 epilogue finishes two positions per vector in int16 when
-    the accumulators fit (thresholds clamped to int16): thresholds far outside that range, odd
-    position counts, batches that do and do not split evenly over the threads, with and without the
-    residual add; layers whose accumulators do not fit int16 take the int32 path."""
+@given(n=st.integers(1, 5), h=st.integers(1, 8), c=st.sampled_from([8, 16, 24, 64]), o=st.sampled_from([16, 24, 32, 64]),
+       grid=st.sampled_from(sorted(WEIGHT_GRIDS)), abits=st.integers(1, 3), k=st.sampled_from([1, 3]),
+       stride=st.integers(1, 2), shortcut=st.sampled_from([0, 8, 16, 32, 64]), threads=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride, shortcut, threads, seed):
+    """With 16, 32 or 64 output channels the AVX-512 epilogue works in int16 lanes where the
+    accumulators fit (two 16-channel positions, or 32 channels of one, per vector; thresholds
+    clamped to int16): thresholds far outside that range, odd position counts, batches that do and do
+    not split evenly over the threads, shortcuts of fewer channels than the output (the rest add 0).
+    24 channels, 8-channel shortcuts and accumulators beyond int16 take the int32 path."""
     rng = np.random.default_rng(seed)
     lowest, wstride, bits = WEIGHT_GRIDS[grid]
     x = rng.integers(0, 2**abits, (n, h, h, c)).astype(np.uint8)
-    wt = random_weights(rng, (16, k, k, c), WEIGHT_GRIDS[grid])
+    wt = random_weights(rng, (o, k, k, c), WEIGHT_GRIDS[grid])
     pad = k // 2
     acc = conv2d_reference(x, wt, stride, pad)
     ho = acc.shape[1]
-    direction = rng.choice([-1, 1], 16).astype(np.int8)
+    direction = rng.choice([-1, 1], o).astype(np.int8)
     levels = 2**abits - 1
     span = int(np.abs(acc).max(initial=0)) + 2
-    thresholds = np.sort(rng.integers(-span, span + 1, (16, levels)), axis=1).astype(np.int32)
+    thresholds = rng.integers(-span, span + 1, (o, levels))
     thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1  # never reached
     thresholds[rng.random(thresholds.shape) < 0.1] = -2**31     # always passed
-    thresholds.sort(axis=1)
+    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
     expected = threshold_reference(acc, direction, thresholds, 0)
-    args = (x, n, h, h, c, max(1, abits), fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, 16, 16, lowest,
-            wstride, stride, pad, ho, ho)
+    args = (x, n, h, h, c, abits, fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, o, fast.padded_channels(o),
+            lowest, wstride, stride, pad, ho, ho)
     d, t = fast.pad_thresholds(direction, thresholds)
-    out = np.empty((n, ho, ho, 16), np.uint8)
-    if residual:
-        shortcut = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, 16)).astype(np.uint8)
-        expected = np.minimum(expected + shortcut[:, ::stride, ::stride], levels)
-        fast._kernels.conv(*args, out, threads, d, t, levels, 0, shortcut, ho * stride, ho * stride, 16, stride, levels)
+    out = np.empty((n, ho, ho, o), np.uint8)
+    res_c = min(shortcut, o)
+    if res_c:
+        codes = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, res_c)).astype(np.uint8)
+        expected[..., :res_c] = np.minimum(expected[..., :res_c] + codes[:, ::stride, ::stride], levels)
+        fast._kernels.conv(*args, out, threads, d, t, levels, 0, codes, ho * stride, ho * stride, res_c, stride, levels)
     else:
         fast._kernels.conv(*args, out, threads, d, t, levels, 0)
     assert np.array_equal(out, expected)

@@ -126,13 +126,13 @@ static inline void finish16(const conv_t *c, ssize m, ssize o, int count, __m512
 }
 
 /* Two 8-channel tiles as one vector of 16 int32. */
-static inline __m512i narrow16(__m512i lo, __m512i hi) {
+static inline __m512i join16(__m512i lo, __m512i hi) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
 }
 
-/* Two positions' 16 channels as int16 lanes, the first position in lanes 0-15: from each position's
- * two 8-channel int64 vectors (a0, a1) and (b0, b1), the low word of every lane. */
-static inline __m512i pair16(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
+/* 32 int16 lanes from four vectors of 8 int64 lanes, the low word of each: lanes 0-15 from (a0, a1),
+ * lanes 16-31 from (b0, b1). Two positions' 16 channels, or one position's 32. */
+static inline __m512i narrow32(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
     /* Lane j and lane 16 + j take word 4 j of the first vector (j < 8), word 4 (j - 8) of the second. */
     const __m512i idx = _mm512_set_epi16(60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0,
                                          60, 56, 52, 48, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 0);
@@ -140,28 +140,49 @@ static inline __m512i pair16(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
                                    _mm512_permutex2var_epi16(b0, idx, b1));
 }
 
-/* finish16 for positions m and m + 1 at once (c->pair16), from their accumulators as 32 int16 lanes
- * (the first position in lanes 0-15) and their residual offsets; their 16 output codes each are 32
- * consecutive bytes. */
-static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssize *r) {
-    __m512i s = _mm512_mask_sub_epi16(a, (__mmask32)c->neg32, _mm512_setzero_si512(), a);
+/* The int16 epilogue's codes (c->narrow): accumulators `a` against the thresholds of channels
+ * o0 .. o0 + 31, or (pair) of channels 0 .. 15 in both halves. */
+static inline __m512i narrow_codes(const conv_t *c, __m512i a, ssize o0, int pair) {
+    __mmask32 neg = pair ? (__mmask32)((c->neg64 & 0xFFFF) * 0x10001) : (__mmask32)(c->neg64 >> o0);
+    __m512i s = _mm512_mask_sub_epi16(a, neg, _mm512_setzero_si512(), a);
     __m512i code = _mm512_set1_epi16((short)c->qmin), one = _mm512_set1_epi16(1);
     for (int l = 0; l < c->L; l++) {
-        __m512i t = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)c->thr16[l]));
+        __m512i t = pair ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)c->thr16[l]))
+                         : _mm512_loadu_si512(c->thr16[l] + o0);
         code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(s, t), code, one);
     }
-    if (c->res) {  /* res_C == 16 (pair16_fits) */
-        __m256i res = _mm256_loadu2_m128i((const __m128i *)(c->res + r[1]), (const __m128i *)(c->res + r[0]));
-        code = _mm512_min_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_qmax));
-    }
+    return code;
+}
+
+static inline __m512i clip_res_qmax(const conv_t *c, __m512i code, __m256i res) {
+    return _mm512_min_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_qmax));
+}
+
+/* finish16 for positions m and m + 1 of a 16-channel conv at once, from their accumulators as 32
+ * int16 lanes (the first position in lanes 0-15) and their residual offsets; their codes are 32
+ * consecutive bytes. */
+static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssize *r) {
+    __m512i code = narrow_codes(c, a, 0, 1);
+    if (c->res)  /* res_C == 16 (narrow_fits) */
+        code = clip_res_qmax(c, code, _mm256_loadu2_m128i((const __m128i *)(c->res + r[1]), (const __m128i *)(c->res + r[0])));
     _mm256_storeu_si256((__m256i *)(c->out + m * 16), _mm512_cvtepi16_epi8(code));
 }
 
-/* The accumulators wstride * tot + lowest * S of two positions, their popcount sums `tot` as int16
- * lanes (pair16) and their window code sums S. */
-static inline __m512i pair_accumulators(const conv_t *c, __m512i tot, const int64_t *S) {
-    __m512i low = _mm512_mask_blend_epi16(0xFFFF0000, _mm512_set1_epi16((short)(c->lowest * S[0])),
-                                          _mm512_set1_epi16((short)(c->lowest * S[1])));
+/* finish16 for channels o0 .. o0 + 31 of position m, from their accumulators as 32 int16 lanes. */
+static inline void finish_block32(const conv_t *c, ssize m, ssize o0, __m512i a, ssize r) {
+    __m512i code = narrow_codes(c, a, o0, 0);
+    if (c->res && o0 < c->res_C) {  /* res_C is a multiple of 16 (narrow_fits); channels from it on add 0 */
+        const uint8_t *res = c->res + r + o0;
+        code = clip_res_qmax(c, code, c->res_C - o0 >= 32 ? _mm256_loadu_si256((const __m256i *)res)
+                                                          : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)res)));
+    }
+    _mm256_storeu_si256((__m256i *)(c->out + m * c->O + o0), _mm512_cvtepi16_epi8(code));
+}
+
+/* wstride * tot + lowest * S for int16 lanes of popcount sums `tot`: lanes 0-15 with S0, 16-31 with S1. */
+static inline __m512i narrow_accumulators(const conv_t *c, __m512i tot, int64_t S0, int64_t S1) {
+    __m512i low = _mm512_mask_blend_epi16(0xFFFF0000, _mm512_set1_epi16((short)(c->lowest * S0)),
+                                          _mm512_set1_epi16((short)(c->lowest * S1)));
     return _mm512_add_epi16(_mm512_mullo_epi16(tot, _mm512_set1_epi16((short)c->wstride)), low);
 }
 
@@ -201,20 +222,27 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
         for (ssize i0 = 0; i0 < count; i0 += R) {
             tile(c, xn, pos + i0, o0, tiles);
             int i = 0;
-            if (c->pair16)  /* V == 2, o0 == 0: the tile holds all 16 channels */
-                for (; i + 1 < R && i0 + i + 1 < count; i += 2)
-                    finish_pair16(c, n * c->HO * c->WO + m0 + i0 + i,
-                                  pair_accumulators(c, pair16(tiles[2 * i], tiles[2 * i + 1], tiles[2 * i + 2],
-                                                              tiles[2 * i + 3]), S + i0 + i),
-                                  roff + i0 + i);
-            for (; i < R && i0 + i < count; i++) {
-                ssize m = n * c->HO * c->WO + m0 + i0 + i;
+            const ssize m = n * c->HO * c->WO + m0 + i0;  /* global index of the tile's first position */
+            if (c->narrow && V == 4) {  /* 32 or 64 channels: 32 of one position per vector */
+                for (; i < R && i0 + i < count; i++) {
+                    __m512i *t = tiles + 4 * i;
+                    finish_block32(c, m + i, o0, narrow_accumulators(c, narrow32(t[0], t[1], t[2], t[3]), S[i0 + i],
+                                                                    S[i0 + i]), roff[i0 + i]);
+                }
+            } else if (c->narrow) {  /* 16 channels (V == 2, o0 == 0): two positions per vector */
+                for (; i + 1 < R && i0 + i + 1 < count; i += 2) {
+                    __m512i *t = tiles + 2 * i;
+                    finish_pair16(c, m + i, narrow_accumulators(c, narrow32(t[0], t[1], t[2], t[3]), S[i0 + i],
+                                                               S[i0 + i + 1]), roff + i0 + i);
+                }
+            }
+            for (; i < R && i0 + i < count; i++) {  /* int32 lanes, 16 channels at a time */
                 int v = 0;
                 for (; v + 1 < V && o0 + 8 * v + 8 < c->O; v += 2)
-                    finish16(c, m, o0 + 8 * v, 16, narrow16(tiles[i * V + v], tiles[i * V + v + 1]), S[i0 + i],
+                    finish16(c, m + i, o0 + 8 * v, 16, join16(tiles[i * V + v], tiles[i * V + v + 1]), S[i0 + i],
                              roff[i0 + i]);
                 if (v < V && o0 + 8 * v < c->O)
-                    finish16(c, m, o0 + 8 * v, 8, narrow16(tiles[i * V + v], _mm512_setzero_si512()), S[i0 + i],
+                    finish16(c, m + i, o0 + 8 * v, 8, join16(tiles[i * V + v], _mm512_setzero_si512()), S[i0 + i],
                              roff[i0 + i]);
             }
         }
@@ -247,7 +275,7 @@ static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssi
     const ssize y0 = oy * c->stride - c->pad;
     const int rows_inside = y0 >= 0 && y0 + c->KH <= c->H;
     const int unrolled = rows_inside && c->KH == 3 && c->KW == 3 && c->image_C == 3;
-    __m256i first = _mm256_setzero_si256();  /* the sums of an even position, finished with the next (pair16) */
+    __m256i first = _mm256_setzero_si256();  /* the sums of an even position, finished with the next (narrow) */
     for (ssize ox = 0; ox < c->WO; ox++) {
         const ssize x0 = ox * c->stride - c->pad;
         __m256i acc;
@@ -268,7 +296,7 @@ static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssi
             }
         }
         ssize m = (n * c->HO + oy) * c->WO + ox;
-        if (!c->pair16) {
+        if (!c->narrow) {
             finish16(c, m, 0, 16, _mm512_cvtepi16_epi32(acc), 0, 0);
         } else if (ox % 2 == 0 && ox + 1 < c->WO) {
             first = acc;

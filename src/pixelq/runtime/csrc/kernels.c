@@ -43,7 +43,8 @@
 
 typedef Py_ssize_t ssize;
 
-#define PAIR16_LEVELS 7  /* activation codes of up to 3 bits */
+#define NARROW_LEVELS 7     /* the int16 epilogue: activation codes of up to 3 bits, */
+#define NARROW_CHANNELS 64  /* up to 64 output channels */
 
 static inline uint64_t load_u64(const uint8_t *p) {
     uint64_t v;
@@ -84,12 +85,13 @@ typedef struct {
     const uint8_t *res;
     ssize res_H, res_W, res_C;
     int res_stride, res_qmax;
-    /* Set by run_conv where a fused conv's 16 output channels fit int16 lanes (pair16_fits): the
-     * AVX-512 epilogue then finishes two positions per vector, with these thresholds (clamped to
-     * int16, exact since no accumulator reaches the clamp) and the direction as a 32-lane mask. */
-    int pair16;
-    int16_t thr16[PAIR16_LEVELS][16];
-    uint32_t neg32;
+    /* Set where a fused conv's accumulators fit int16 (narrow_fits): the AVX-512 epilogue then
+     * finishes 32 int16 lanes per vector, two positions of 16 channels or 32 channels of one, with
+     * these thresholds (clamped to int16, exact since no accumulator reaches the clamp) and the
+     * directions as a bit mask (bit o set where channel o's is negative). */
+    int narrow;
+    int16_t thr16[NARROW_LEVELS][NARROW_CHANNELS];
+    uint64_t neg64;
 } conv_t;
 
 /* The code sum of each of the W pixels of a row of codes, into sums[0 .. W). */
@@ -294,24 +296,27 @@ static int thread_num(void) {
 #endif
 }
 
-/* Whether a fused conv can finish in int16 lanes, two positions of 16 channels per vector: every
- * accumulator wstride * tot + lowest * S stays inside int16, and so does each of its two terms. */
-static int pair16_fits(const conv_t *c) {
-    if (!c->out || c->O != 16 || c->Opad != 16 || c->L > PAIR16_LEVELS || (c->res && c->res_C != 16)) return 0;
+/* Whether a fused conv can finish in int16 lanes: 16, 32 or 64 channels (whole vectors of 32 lanes,
+ * or pairs of 16-channel positions), a shortcut of whole 16-channel groups, and every accumulator
+ * wstride * tot + lowest * S inside +-32000, each of its two terms too. */
+static int narrow_fits(const conv_t *c) {
+    if (!c->out || c->O != c->Opad || (c->O != 16 && c->O != 32 && c->O != 64) || c->L > NARROW_LEVELS ||
+        (c->res && c->res_C % 16))
+        return 0;
     int64_t codes = (int64_t)c->KH * c->KW * c->C * ((1 << c->P) - 1);  /* the largest window code sum S */
     int64_t top = (int64_t)c->wstride * ((1 << c->J) - 1);              /* the largest weight offset */
     int64_t low = c->lowest < 0 ? -(int64_t)c->lowest : c->lowest;
     return (top + low) * codes < 32000;
 }
 
-/* Set c->pair16 to `fits` and, where it holds, the int16 thresholds and direction mask. */
-static void prepare_pair16(conv_t *c, int fits) {
-    c->pair16 = fits;
+/* Set c->narrow to `fits` and, where it holds, the int16 thresholds and direction mask. */
+static void prepare_narrow(conv_t *c, int fits) {
+    c->narrow = fits;
     if (!fits) return;
-    c->neg32 = 0;
-    for (int o = 0; o < 16; o++) c->neg32 |= (uint32_t)(c->dir[o] < 0) * (0x10001u << o);
+    c->neg64 = 0;
+    for (int o = 0; o < c->O; o++) c->neg64 |= (uint64_t)(c->dir[o] < 0) << o;
     for (int l = 0; l < c->L; l++)
-        for (int o = 0; o < 16; o++) {
+        for (int o = 0; o < c->O; o++) {
             int32_t t = c->thr[(ssize)l * c->Opad + o];
             c->thr16[l][o] = (int16_t)(t < -32768 ? -32768 : t > 32767 ? 32767 : t);
         }
@@ -331,7 +336,7 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
-    prepare_pair16(c, pair16_fits(c));
+    prepare_narrow(c, narrow_fits(c));
     c->Hp = c->H + 2 * c->pad, c->Wp = c->W + 2 * c->pad;
     c->row_bytes = c->Wp * c->Cb, c->plane_bytes = c->Hp * c->row_bytes;
     c->image_bytes = c->P * c->plane_bytes + 8;
@@ -514,7 +519,7 @@ static PyObject *py_table_conv(PyObject *self, PyObject *args) {
     if (ok) {
         c.out = out.buf, c.dir = dir.buf, c.thr = thr.buf;
         /* The caller keeps every accumulator inside +-32000 (lut_conv_table), so int16 lanes hold them. */
-        prepare_pair16(&c, c.O == 16 && c.Opad == 16 && c.L <= PAIR16_LEVELS);
+        prepare_narrow(&c, c.O == 16 && c.Opad == 16 && c.L <= NARROW_LEVELS);
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for collapse(2) num_threads(c.threads) schedule(static)
         for (ssize n = 0; n < c.N; n++)
