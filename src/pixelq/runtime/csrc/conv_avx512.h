@@ -195,26 +195,25 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
     const uint8_t *xn = c->x + n * c->image_bytes;
     const ssize count = m1 - m0;  /* <= AVX512_POSITIONS */
     __m512i tiles[24];  /* R * V <= 24 for every tile */
-    ssize pos[AVX512_POSITIONS + 16];
-    int64_t S[AVX512_POSITIONS];
-    ssize roff[AVX512_POSITIONS];
-    /* Where each position's window starts, and its code sum; past the end the last position is
-     * repeated, so a partial tile reads valid memory and its extra results go unused. */
-    const ssize res_step = (ssize)c->res_stride * c->res_C;
-    ssize oy = m0 / c->WO, ox = m0 % c->WO, r = c->res ? residual_offset(c, n, oy, ox) : 0, fetched = -1;
-    for (ssize i = 0; i < count; i++) {
-        pos[i] = oy * c->stride * c->row_bytes + ox * c->stride * c->Cb;
-        S[i] = window_sum(c, n * c->HO * c->WO + m0 + i);
-        roff[i] = r;
-        if (c->res && r / 64 != fetched) {  /* read after the tiles; once per cache line */
-            _mm_prefetch((const char *)(c->res + r), _MM_HINT_T0);
-            fetched = r / 64;
-        }
-        if (++ox == c->WO) {
-            ox = 0, oy++;
-            r = c->res && i + 1 < count ? residual_offset(c, n, oy, 0) : 0;
-        } else {
-            r += res_step;
+    ssize pos[AVX512_POSITIONS + 16], roff[AVX512_POSITIONS];
+    static const int32_t no_sums[AVX512_POSITIONS];  /* S = 0 when the weights have no offset */
+    const int32_t *S = c->window ? c->window + n * c->HO * c->WO + m0 : no_sums;
+    /* Where each position's window starts (and its shortcut codes, when there is a residual add);
+     * past the end the last position is repeated, so a partial tile reads valid memory and its
+     * extra results go unused. Stepped along the output row, set again at each row start. */
+    const ssize step = (ssize)c->stride * c->Cb, res_step = (ssize)c->res_stride * c->res_C;
+    ssize oy = m0 / c->WO, ox = m0 % c->WO;
+    for (ssize i = 0, p = oy * c->stride * c->row_bytes + ox * step; i < count; i++, p += step) {
+        if (ox == c->WO) ox = 0, oy++, p = oy * c->stride * c->row_bytes;
+        pos[i] = p, ox++;
+    }
+    if (c->res) {
+        oy = m0 / c->WO, ox = m0 % c->WO;
+        for (ssize i = 0, r = residual_offset(c, n, oy, ox); i < count; i++, r += res_step) {
+            if (ox == c->WO) ox = 0, oy++, r = residual_offset(c, n, oy, 0);
+            roff[i] = r, ox++;
+            if (i == 0 || r / 64 != roff[i - 1] / 64)  /* read after the tiles; once per cache line */
+                _mm_prefetch((const char *)(c->res + r), _MM_HINT_T0);
         }
     }
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
