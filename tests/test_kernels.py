@@ -292,4 +292,4 @@ def test_lut_conv_table_declines_what_the_kernel_cannot_hold():
     lut = np.full((1, 256, 10), 3)
     assert fast.lut_conv_table(np.ones((17, 3, 3, 30), np.int32), lut) is None  # > 16 channels
     assert fast.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut) is None  # 150 > int8
-    assert fast.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (27, 256, 16)
+    assert fast.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (256, 27, 16)

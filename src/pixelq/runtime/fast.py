@@ -60,9 +60,9 @@ def lut_plane_bits(lut: np.ndarray, planes: int) -> tuple:
 
 def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     """The first conv over a lookup as tables: weight codes (O, kh, kw, C * d), lookup codes (T, 256, d)
-    -> int8 (kh * kw * C, 256, 16), entry (tap, colour, value) = the 16 (padded) output channels'
-    sums of weight x code over that colour's d codes; None when O > 16 or the sums do not fit the
-    kernel's int8 entries and int16 accumulators."""
+    -> int8 (256, kh * kw * C, 16), entry (value, tap, colour) = the 16 (padded) output channels'
+    sums of weight x code over that colour's d codes (value-major: see kernels.c); None when O > 16
+    or the sums do not fit the kernel's int8 entries and int16 accumulators."""
     o, kh, kw, cd = weight.shape
     t, _, d = lut.shape
     c = cd // d
@@ -73,8 +73,8 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     bound = np.abs(table).max(initial=0)
     if bound > 127 or bound * kh * kw * c > 32000:  # int16 sums, with room for the int16 threshold clamp
         return None
-    out = np.zeros((kh * kw * c, 256, 16), np.int8)
-    out[..., :o] = table.reshape(kh * kw * c, 256, o)
+    out = np.zeros((256, kh * kw * c, 16), np.int8)
+    out[..., :o] = table.reshape(kh * kw * c, 256, o).transpose(1, 0, 2)
     return out
 
 

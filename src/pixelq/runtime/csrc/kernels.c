@@ -198,13 +198,17 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
 }
 
 /* ---- The first conv as table sums (pixel embedding, <= 16 output channels). ----
- * table (KH * KW * image_C, 256, 16) int8: entry (t, ch, v) holds, for each output channel, the sum
- * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. A window's
+ * table (256, KH * KW * image_C, 16) int8: entry (v, t, ch) holds, for each output channel, the sum
+ * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. Value-major,
+ * so a value's entries for every tap share a few cache lines (tap-major, the entries of one value
+ * lay 4 KB apart, all in one L1 set: smooth images, with few distinct values nearby, ran 2-3x
+ * slower than random ones). A window's
  * accumulator is the sum of its KH * KW * image_C entries; taps in the zero padding add nothing
  * (their codes are 0). The export keeps the accumulators in int32; these stay inside +-32000
  * (checked by the caller), so the AVX-512 build adds 16 channels in one 256-bit vector and finishes
  * two positions per 512-bit vector. (int16 tables, with no widening per load, measured slower.) */
 static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
+    const ssize taps = (ssize)c->KH * c->KW * c->image_C;
     int64_t tot[16];
     for (ssize ox = 0; ox < c->WO; ox++) {
         memset(tot, 0, sizeof(tot));
@@ -216,7 +220,7 @@ static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, s
                 if (x < 0 || x >= c->W) continue;
                 const uint8_t *px = c->codes + ((n * c->H + y) * c->W + x) * c->image_C;
                 for (int ch = 0; ch < c->image_C; ch++) {
-                    const int8_t *e = table + (((ssize)(ky * c->KW + kx) * c->image_C + ch) * 256 + px[ch]) * 16;
+                    const int8_t *e = table + ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
                     for (int o = 0; o < 16; o++) tot[o] += e[o];
                 }
             }
