@@ -92,6 +92,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
+        out += [raw_times_line(runtime_bench), ""]
         out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
                 "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "
                 "ONNX Runtime int8 is the steadier one.", ""]
@@ -102,6 +103,18 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"on uint8 at {data_bench['augment_images_per_s']:.0f} images/s on {data_bench['threads']} thread.", ""]
     out.append(END)
     return "\n".join(out)
+
+
+def raw_times_line(bench: dict) -> str:
+    """The times behind the whole-network and first-layer ratios, in ms."""
+    parts = []
+    for threads in (1, 2):
+        t = {k: 1000 * v for k, v in bench["times"][f"threads_{threads}"].items() if k != "layers_s"}
+        parts.append(f"{threads} thread{'s' if threads > 1 else ''}: batch 64 pixelq {t['b64_pixelq_s']:.1f} ms, "
+                     f"ONNX Runtime int8 {t['b64_ort_int8_s']:.1f} ms, PyTorch fp32 {t['b64_torch_fp32_s']:.1f} ms; "
+                     f"batch 1 {t['b1_pixelq_s']:.2f} / {t['b1_ort_int8_s']:.2f} / {t['b1_torch_fp32_s']:.2f} ms; "
+                     f"first layer {t['first_layer_pixelq_s']:.2f} ms vs {t['first_layer_torch_fp32_s']:.2f} ms")
+    return "Raw times (same run) at " + "; at ".join(parts) + "."
 
 
 def profile_lines(bench: dict) -> list:
