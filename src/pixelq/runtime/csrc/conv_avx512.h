@@ -212,8 +212,6 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
         for (ssize i = 0, r = residual_offset(c, n, oy, ox); i < count; i++, r += res_step) {
             if (ox == c->WO) ox = 0, oy++, r = residual_offset(c, n, oy, 0);
             roff[i] = r, ox++;
-            if (i == 0 || r / 64 != roff[i - 1] / 64)  /* read after the tiles; once per cache line */
-                _mm_prefetch((const char *)(c->res + r), _MM_HINT_T0);
         }
     }
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
