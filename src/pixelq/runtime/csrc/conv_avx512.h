@@ -140,18 +140,24 @@ static inline __m512i narrow32(__m512i a0, __m512i a1, __m512i b0, __m512i b1) {
                                    _mm512_permutex2var_epi16(b0, idx, b1));
 }
 
-/* The int16 epilogue's codes (c->narrow): accumulators `a` against the thresholds of channels
- * o0 .. o0 + 31, or (pair) of channels 0 .. 15 in both halves. */
-static inline __m512i narrow_codes(const conv_t *c, __m512i a, ssize o0, int pair) {
-    __mmask32 neg = pair ? (__mmask32)((c->neg64 & 0xFFFF) * 0x10001) : (__mmask32)(c->neg64 >> o0);
-    __m512i s = _mm512_mask_sub_epi16(a, neg, _mm512_setzero_si512(), a);
+/* The int16 epilogue's codes (c->narrow): accumulators `a` against the thresholds of lanes o0 ..
+ * o0 + 31 (for a 16-channel conv, prepare_narrow repeats channels 0-15 in lanes 16-31). L is a
+ * constant where the caller passes one, so the levels unroll. */
+static inline __attribute__((always_inline)) __m512i narrow_levels(const conv_t *c, __m512i a, ssize o0, const int L) {
+    __m512i s = _mm512_mask_sub_epi16(a, (__mmask32)(c->neg64 >> o0), _mm512_setzero_si512(), a);
     __m512i code = _mm512_set1_epi16((short)c->qmin), one = _mm512_set1_epi16(1);
-    for (int l = 0; l < c->L; l++) {
-        __m512i t = pair ? _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)c->thr16[l]))
-                         : _mm512_loadu_si512(c->thr16[l] + o0);
-        code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(s, t), code, one);
-    }
+    #pragma GCC unroll 8
+    for (int l = 0; l < L; l++)
+        code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(s, _mm512_loadu_si512(c->thr16[l] + o0)), code, one);
     return code;
+}
+
+static inline __m512i narrow_codes(const conv_t *c, __m512i a, ssize o0) {
+    switch (c->L) {  /* 1- and 2-bit activations unrolled */
+        case 1: return narrow_levels(c, a, o0, 1);
+        case 3: return narrow_levels(c, a, o0, 3);
+        default: return narrow_levels(c, a, o0, c->L);
+    }
 }
 
 static inline __m512i clip_res_qmax(const conv_t *c, __m512i code, __m256i res) {
@@ -162,7 +168,7 @@ static inline __m512i clip_res_qmax(const conv_t *c, __m512i code, __m256i res) 
  * int16 lanes (the first position in lanes 0-15) and their residual offsets; their codes are 32
  * consecutive bytes. */
 static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssize *r) {
-    __m512i code = narrow_codes(c, a, 0, 1);
+    __m512i code = narrow_codes(c, a, 0);
     if (c->res)  /* res_C == 16 (narrow_fits) */
         code = clip_res_qmax(c, code, _mm256_loadu2_m128i((const __m128i *)(c->res + r[1]), (const __m128i *)(c->res + r[0])));
     _mm256_storeu_si256((__m256i *)(c->out + m * 16), _mm512_cvtepi16_epi8(code));
@@ -170,7 +176,7 @@ static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssiz
 
 /* finish16 for channels o0 .. o0 + 31 of position m, from their accumulators as 32 int16 lanes. */
 static inline void finish_block32(const conv_t *c, ssize m, ssize o0, __m512i a, ssize r) {
-    __m512i code = narrow_codes(c, a, o0, 0);
+    __m512i code = narrow_codes(c, a, o0);
     if (c->res && o0 < c->res_C) {  /* res_C is a multiple of 16 (narrow_fits); channels from it on add 0 */
         const uint8_t *res = c->res + r + o0;
         code = clip_res_qmax(c, code, c->res_C - o0 >= 32 ? _mm256_loadu_si256((const __m256i *)res)

@@ -317,12 +317,14 @@ static int narrow_fits(const conv_t *c) {
 static void prepare_narrow(conv_t *c, int fits) {
     c->narrow = fits;
     if (!fits) return;
+    /* A 16-channel conv finishes two positions per vector: channels 0-15 again in lanes 16-31. */
+    const int lanes = c->O == 16 ? 32 : (int)c->O;
     c->neg64 = 0;
-    for (int o = 0; o < c->O; o++) c->neg64 |= (uint64_t)(c->dir[o] < 0) << o;
+    for (int k = 0; k < lanes; k++) c->neg64 |= (uint64_t)(c->dir[k % c->O] < 0) << k;
     for (int l = 0; l < c->L; l++)
-        for (int o = 0; o < c->O; o++) {
-            int32_t t = c->thr[(ssize)l * c->Opad + o];
-            c->thr16[l][o] = (int16_t)(t < -32768 ? -32768 : t > 32767 ? 32767 : t);
+        for (int k = 0; k < lanes; k++) {
+            int32_t t = c->thr[(ssize)l * c->Opad + k % c->O];
+            c->thr16[l][k] = (int16_t)(t < -32768 ? -32768 : t > 32767 ? 32767 : t);
         }
 }
 
