@@ -13,7 +13,7 @@ from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_
 
 pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
 
-ISAS = ["portable", "avx2", "avx512vpopcntdq"]
+ISAS = ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"]
 WEIGHT_GRIDS = {"binary": (-1, 2, 1), "ternary": (-1, 1, 2), "dorefa3": (-7, 2, 3), "lsq4": (-8, 1, 4)}
 
 
@@ -187,6 +187,34 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     else:
         fast._kernels.conv(*args, out, threads, d, t, levels, 0)
     assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("width", [31, 32, 33, 64, 70])
+@pytest.mark.parametrize("residual", [False, True])
+def test_sixteen_channel_rows_equal_reference(isa, width, residual):
+    """16 -> 16 channels, 3x3, stride 1 (the AVX-512 BITALG build runs these with 32 positions of a
+    row per vector): rows of whole groups of 32 and a remainder, 2-bit codes, binary and 3-bit weights."""
+    rng = np.random.default_rng(width)
+    for grid in ("binary", "dorefa3"):
+        lowest, wstride, bits = WEIGHT_GRIDS[grid]
+        x = rng.integers(0, 4, (3, 5, width, 16)).astype(np.uint8)
+        wt = random_weights(rng, (16, 3, 3, 16), WEIGHT_GRIDS[grid])
+        acc = conv2d_reference(x, wt, 1, 1)
+        direction = rng.choice([-1, 1], 16).astype(np.int8)
+        span = int(np.abs(acc).max()) + 2
+        thresholds = np.sort(rng.integers(-span, span + 1, (16, 3)), axis=1).astype(np.int32)
+        expected = threshold_reference(acc, direction, thresholds, 0)
+        d, t = fast.pad_thresholds(direction, thresholds)
+        args = (x, 3, 5, width, 16, 2, fast.pack_conv_weight(wt, lowest, wstride, bits), 3, 3, bits, 16, 16, lowest,
+                wstride, 1, 1, 5, width)
+        out = np.empty((3, 5, width, 16), np.uint8)
+        if residual:
+            shortcut = rng.integers(0, 4, x.shape).astype(np.uint8)
+            expected = np.minimum(expected + shortcut, 3)
+            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5, width, 16, 1, 3)
+        else:
+            fast._kernels.conv(*args, out, 2, d, t, 3, 0)
+        assert np.array_equal(out, expected), grid
 
 
 def test_conv_rejects_inconsistent_geometry():

@@ -244,13 +244,19 @@ static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, s
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt")
 #include "conv_avx512.h"
 #pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx512bitalg,popcnt")
+#include "conv_lanes.h"
+#pragma GCC pop_options
 #endif
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
 typedef void (*table_fn)(const conv_t *c, const int8_t *table, ssize n, ssize oy);
 static table_fn table_impl = table_conv_portable;
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
+typedef void (*row_fn)(const conv_t *c, ssize n, ssize oy);
 static positions_fn conv_impl = conv_portable;
+static row_fn rows16_impl = NULL;  /* the 16-channel conv by output rows (conv_lanes.h), where built */
 static pack_fn pack_impl = pack_row_portable;
 static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
@@ -340,6 +346,20 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
     if (yp == c->Hp - 1) memset(c->x + n * c->image_bytes + c->P * c->plane_bytes, 0, 8);  /* the slack */
 }
 
+/* Whether the 16-channel lanes conv (conv_lanes.h) takes this conv: 16 channels in and out, 3x3,
+ * stride 1, the int16 epilogue, a shortcut (if any) of 16 channels at stride 1. */
+static int lanes16_fits(const conv_t *c) {
+    return rows16_impl && c->narrow && c->C == 16 && c->O == 16 && c->KH == 3 && c->KW == 3 && c->stride == 1 &&
+           c->J <= 8 && (!c->res || (c->res_C == 16 && c->res_stride == 1));
+}
+
+/* Work item k of image n: output row k (lanes conv), or the k-th chunk of positions. */
+static void conv_item(const conv_t *c, int lanes, ssize n, ssize k, ssize chunk) {
+    ssize M = c->HO * c->WO;
+    if (lanes) rows16_impl(c, n, k);
+    else conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+}
+
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
 static int run_conv(conv_t *c) {
     prepare_narrow(c, narrow_fits(c));
@@ -358,8 +378,8 @@ static int run_conv(conv_t *c) {
     c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
     c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
-    ssize M = c->HO * c->WO, chunk = conv_chunk;
-    ssize chunks = (M + chunk - 1) / chunk;
+    const int lanes = lanes16_fits(c);
+    const ssize chunk = conv_chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
      * the conv reads them; else (a batch smaller than the threads) each step is shared by rows. */
@@ -374,7 +394,7 @@ static int run_conv(conv_t *c) {
             for (ssize n = 0; n < c->N; n++) {
                 for (ssize yp = 0; yp < c->Hp; yp++) pack_padded_row(c, n, yp, row);
                 for (ssize oy = 0; c->window && oy < c->HO; oy++) window_sums_row(c, n, oy);
-                for (ssize k = 0; k < chunks; k++) conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+                for (ssize k = 0; k < items; k++) conv_item(c, lanes, n, k, chunk);
             }
         } else {
             #pragma omp for collapse(2) schedule(static)
@@ -389,8 +409,7 @@ static int run_conv(conv_t *c) {
              * writes the output rows the next layer's same thread will read. */
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
-                for (ssize k = 0; k < chunks; k++)
-                    conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+                for (ssize k = 0; k < items; k++) conv_item(c, lanes, n, k, chunk);
         }
     }
     scratch_give(scratch);
@@ -583,6 +602,7 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 }
 
 static int choose_isa(const char *name) {
+    rows16_impl = NULL;
     if (strcmp(name, "portable") == 0) {
         conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         table_impl = table_conv_portable;
@@ -595,11 +615,15 @@ static int choose_isa(const char *name) {
         table_impl = table_conv_portable;
         return 1;
     }
-    if (strcmp(name, "avx512vpopcntdq") == 0 && __builtin_cpu_supports("avx512vpopcntdq") &&
-        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq")) {
-        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS, conv_isa = "avx512vpopcntdq";
+    int avx512 = __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    /* avx512bitalg: the AVX-512 conv plus the 16-channel lanes conv; avx512vpopcntdq: without it. */
+    int bitalg = strcmp(name, "avx512bitalg") == 0 && __builtin_cpu_supports("avx512bitalg");
+    if (avx512 && (bitalg || strcmp(name, "avx512vpopcntdq") == 0)) {
+        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS;
+        conv_isa = bitalg ? "avx512bitalg" : "avx512vpopcntdq";
         table_impl = table_conv_avx512;
+        rows16_impl = bitalg ? conv_rows16 : NULL;
         return 1;
     }
 #endif
@@ -641,7 +665,8 @@ static PyMethodDef methods[] = {
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
-    {"set_isa", py_set_isa, METH_VARARGS, "use the conv built for 'avx512vpopcntdq', 'avx2' or 'portable'"},
+    {"set_isa", py_set_isa, METH_VARARGS,
+     "use the conv built for 'avx512bitalg' (AVX-512 with the 16-channel lanes conv), 'avx512vpopcntdq', 'avx2' or 'portable'"},
     {"isa", py_isa, METH_NOARGS, "the instruction set the conv runs with"},
     {NULL, NULL, 0, NULL},
 };
@@ -649,6 +674,6 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "pixelq integer runtime kernels", -1, methods};
 
 PyMODINIT_FUNC PyInit__kernels(void) {
-    if (!choose_isa("avx512vpopcntdq") && !choose_isa("avx2")) choose_isa("portable");
+    if (!choose_isa("avx512bitalg") && !choose_isa("avx512vpopcntdq") && !choose_isa("avx2")) choose_isa("portable");
     return PyModule_Create(&module);
 }
