@@ -189,29 +189,34 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     assert np.array_equal(out, expected)
 
 
-@pytest.mark.parametrize("width", [31, 32, 33, 64, 70])
-@pytest.mark.parametrize("residual", [False, True])
-def test_sixteen_channel_rows_equal_reference(isa, width, residual):
-    """16 -> 16 channels, 3x3, stride 1 (the AVX-512 BITALG build runs these with 32 positions of a
-    row per vector): rows of whole groups of 32 and a remainder, 2-bit codes, binary and 3-bit weights."""
+@pytest.mark.parametrize("channels", [16, 32])
+@pytest.mark.parametrize("width", [15, 16, 17, 31, 32, 33, 64, 70])
+@pytest.mark.parametrize("residual", [None, "same", "downsampled"])
+def test_row_convs_equal_reference(isa, channels, width, residual):
+    """16 -> 16 and 32 -> 32 channels, 3x3, stride 1 (the AVX-512 BITALG build runs these with a
+    row's positions in the lanes, 32 or 16 per vector): rows of whole vectors and a remainder, 2-bit
+    codes, binary and 3-bit weights; shortcuts of the same shape, or (ResNet's downsampling block)
+    half the channels at twice the size, read at stride 2, the other channels adding 0."""
     rng = np.random.default_rng(width)
+    c = channels
     for grid in ("binary", "dorefa3"):
         lowest, wstride, bits = WEIGHT_GRIDS[grid]
-        x = rng.integers(0, 4, (3, 5, width, 16)).astype(np.uint8)
-        wt = random_weights(rng, (16, 3, 3, 16), WEIGHT_GRIDS[grid])
+        x = rng.integers(0, 4, (3, 5, width, c)).astype(np.uint8)
+        wt = random_weights(rng, (c, 3, 3, c), WEIGHT_GRIDS[grid])
         acc = conv2d_reference(x, wt, 1, 1)
-        direction = rng.choice([-1, 1], 16).astype(np.int8)
+        direction = rng.choice([-1, 1], c).astype(np.int8)
         span = int(np.abs(acc).max()) + 2
-        thresholds = np.sort(rng.integers(-span, span + 1, (16, 3)), axis=1).astype(np.int32)
+        thresholds = np.sort(rng.integers(-span, span + 1, (c, 3)), axis=1).astype(np.int32)
         expected = threshold_reference(acc, direction, thresholds, 0)
         d, t = fast.pad_thresholds(direction, thresholds)
-        args = (x, 3, 5, width, 16, 2, fast.pack_conv_weight(wt, lowest, wstride, bits), 3, 3, bits, 16, 16, lowest,
+        args = (x, 3, 5, width, c, 2, fast.pack_conv_weight(wt, lowest, wstride, bits), 3, 3, bits, c, c, lowest,
                 wstride, 1, 1, 5, width)
-        out = np.empty((3, 5, width, 16), np.uint8)
+        out = np.empty((3, 5, width, c), np.uint8)
         if residual:
-            shortcut = rng.integers(0, 4, x.shape).astype(np.uint8)
-            expected = np.minimum(expected + shortcut, 3)
-            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5, width, 16, 1, 3)
+            s = 1 if residual == "same" else 2
+            shortcut = rng.integers(0, 4, (3, 5 * s, width * s, c // s)).astype(np.uint8)
+            expected[..., :c // s] = np.minimum(expected[..., :c // s] + shortcut[:, ::s, ::s], 3)
+            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5 * s, width * s, c // s, s, 3)
         else:
             fast._kernels.conv(*args, out, 2, d, t, 3, 0)
         assert np.array_equal(out, expected), grid

@@ -256,7 +256,7 @@ static table_fn table_impl = table_conv_portable;
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
 typedef void (*row_fn)(const conv_t *c, ssize n, ssize oy);
 static positions_fn conv_impl = conv_portable;
-static row_fn rows16_impl = NULL;  /* the 16-channel conv by output rows (conv_lanes.h), where built */
+static row_fn rows16_impl = NULL, rows32_impl = NULL;  /* the convs by output rows (conv_lanes.h), where built */
 static pack_fn pack_impl = pack_row_portable;
 static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
 static const char *conv_isa = "portable";
@@ -346,17 +346,20 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
     if (yp == c->Hp - 1) memset(c->x + n * c->image_bytes + c->P * c->plane_bytes, 0, 8);  /* the slack */
 }
 
-/* Whether the 16-channel lanes conv (conv_lanes.h) takes this conv: 16 channels in and out, 3x3,
- * stride 1, the int16 epilogue, a shortcut (if any) of 16 channels at stride 1. */
-static int lanes16_fits(const conv_t *c) {
-    return rows16_impl && c->narrow && c->C == 16 && c->O == 16 && c->KH == 3 && c->KW == 3 && c->stride == 1 &&
-           c->J <= 8 && (!c->res || (c->res_C == 16 && c->res_stride == 1));
+/* The lanes conv (conv_lanes.h) that takes this conv, or NULL: as many input as output channels,
+ * 16 (with the int16 epilogue) or 32, 3x3, stride 1, fused thresholds, a shortcut (if any) of as
+ * many channels, or of 16 for 32 (a zero-padded downsampling shortcut). */
+static row_fn lanes_fits(const conv_t *c) {
+    if (!c->out || c->C != c->O || c->Opad != c->O || c->KH != 3 || c->KW != 3 || c->stride != 1 || c->J > 8 ||
+        (c->res && c->res_C != c->O && !(c->O == 32 && c->res_C == 16)))
+        return NULL;
+    return c->O == 16 && c->narrow ? rows16_impl : c->O == 32 ? rows32_impl : NULL;
 }
 
 /* Work item k of image n: output row k (lanes conv), or the k-th chunk of positions. */
-static void conv_item(const conv_t *c, int lanes, ssize n, ssize k, ssize chunk) {
+static void conv_item(const conv_t *c, row_fn lanes, ssize n, ssize k, ssize chunk) {
     ssize M = c->HO * c->WO;
-    if (lanes) rows16_impl(c, n, k);
+    if (lanes) lanes(c, n, k);
     else conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
 }
 
@@ -378,7 +381,7 @@ static int run_conv(conv_t *c) {
     c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
     c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
-    const int lanes = lanes16_fits(c);
+    const row_fn lanes = lanes_fits(c);
     const ssize chunk = conv_chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
@@ -602,7 +605,7 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
 }
 
 static int choose_isa(const char *name) {
-    rows16_impl = NULL;
+    rows16_impl = rows32_impl = NULL;
     if (strcmp(name, "portable") == 0) {
         conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         table_impl = table_conv_portable;
@@ -617,13 +620,13 @@ static int choose_isa(const char *name) {
     }
     int avx512 = __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw") &&
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    /* avx512bitalg: the AVX-512 conv plus the 16-channel lanes conv; avx512vpopcntdq: without it. */
+    /* avx512bitalg: the AVX-512 conv plus the 16/32-channel lanes convs; avx512vpopcntdq: without them. */
     int bitalg = strcmp(name, "avx512bitalg") == 0 && __builtin_cpu_supports("avx512bitalg");
     if (avx512 && (bitalg || strcmp(name, "avx512vpopcntdq") == 0)) {
         conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS;
         conv_isa = bitalg ? "avx512bitalg" : "avx512vpopcntdq";
         table_impl = table_conv_avx512;
-        rows16_impl = bitalg ? conv_rows16 : NULL;
+        rows16_impl = bitalg ? conv_rows16 : NULL, rows32_impl = bitalg ? conv_rows32 : NULL;
         return 1;
     }
 #endif
@@ -666,7 +669,7 @@ static PyMethodDef methods[] = {
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
     {"set_isa", py_set_isa, METH_VARARGS,
-     "use the conv built for 'avx512bitalg' (AVX-512 with the 16-channel lanes conv), 'avx512vpopcntdq', 'avx2' or 'portable'"},
+     "use the conv built for 'avx512bitalg' (AVX-512 with the 16/32-channel lanes convs), 'avx512vpopcntdq', 'avx2' or 'portable'"},
     {"isa", py_isa, METH_NOARGS, "the instruction set the conv runs with"},
     {NULL, NULL, 0, NULL},
 };
