@@ -16,9 +16,11 @@
  *
  * The AVX-512 VPOPCNTDQ conv keeps a tile of R output positions x V vectors of 8 channels in
  * registers; plane pairs are summed Horner-style (the tile doubles between shift levels), and the
- * batch norm + activation of the next layer is applied to the tile as integer thresholds. The
- * portable conv (compiled as is and for AVX2) is the same arithmetic, one position at a time.
- * The module picks the best build at import; set_isa can force another (the tests check each).
+ * batch norm + activation of the next layer is applied to the tile as integer thresholds. With
+ * AVX-512 BITALG, 16- and 32-channel 3x3 stride-1 convs run with a row's positions in the lanes
+ * instead (conv_lanes.h). The portable conv (compiled as is and for AVX2) is the same arithmetic,
+ * one position at a time. The module picks the best build at import; set_isa can force another
+ * (the tests check each).
  *
  * The first conv, when it reads a per-pixel lookup table (pixel embedding), sums per-(tap, colour,
  * pixel value) tables of its output channels' partial sums (table_conv: 27 vector adds per window
