@@ -9,7 +9,8 @@ import pixelq
 from pixelq import ConfigError, InputError, ModelFileError, create_model
 from pixelq.cli import main
 from pixelq.exporting import load_model, payload_bytes
-from pixelq.runtime import load
+from pixelq.runtime import fast, load
+from pixelq.runtime.reference import run_reference
 from pixelq.runtime.verify import label_agreement
 from test_export import trained_like
 
@@ -44,6 +45,31 @@ def test_runtime_agrees_with_pytorch(model_file):
     assert np.allclose(runtime.float_logits(x.numpy()), logits, rtol=1e-4, atol=1e-5)
     layers = runtime.layer_outputs(x.numpy())
     assert layers["stem.act"].shape == (5, 16, 16, 16) and layers["stem.act"].max() <= 3
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
+def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, isa):
+    """The fast executor as logits() runs it (convs fused with their thresholds and residual adds,
+    the first conv as table sums, on 32x32 images: whole rows for the row-lane convs) gives every
+    node it materialises exactly the reference executor's value, for each instruction set."""
+    if not fast.kernels_available():
+        pytest.skip("C kernels not built")
+    _, graph, _ = model_file
+    before = fast._kernels.isa()
+    try:
+        fast._kernels.set_isa(isa)
+    except ValueError:
+        pytest.skip(f"this CPU has no {isa}")
+    try:
+        x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+        values = fast.FastExecutor(graph, threads=2).run(x)
+    finally:
+        fast._kernels.set_isa(before)
+    reference = run_reference(graph, x)
+    compared = [name for name, v in values.items() if v is not None and name in reference]
+    assert graph.meta["output"] in compared and sum(n.endswith("act_out") for n in compared) >= 9
+    for name in compared:
+        assert np.array_equal(values[name], reference[name]), name
 
 
 def test_logits_stay_the_callers_when_the_runtime_reuses_its_arrays(model_file):
