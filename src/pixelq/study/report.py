@@ -167,7 +167,10 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              f"lr {s['lr']} {s['schedule']}, weight decay {s['weight_decay']}, batch {s['batch_size']}, pad-4 crop + "
              f"flip; evaluated on the {test_size:,} test images. Std is the sample std over seeds (– for one seed). "
              "Gaps are to the float-first-layer W1A2 network of the same schedule. Bit-ops and parameter bits are "
-             "the first layer's (first conv and its input encoder) for one 32×32 image.", ""]
+             "the first layer's (first conv and its input encoder) for one 32×32 image. Runtime columns: the run "
+             "exported to `.pxq` and run by the integer runtime on the test images (`runtime.json`, written when "
+             "the run finishes; `python experiments/redeploy_study_runs.py` re-measures finished runs), "
+             "mean over seeds; images/s at the threads recorded there, on the machine of the time.", ""]
     for tier, title in (("headline", "Headline rows"), ("ablation", "Ablations (shorter schedule)")):
         part = [r for r in rows if r["tier"] == tier]
         if part:
