@@ -40,16 +40,6 @@ static inline void transpose16x32(__m256i r[16]) {
 static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ssize n, ssize oy, const int CH) {
     const int LP = 512 / CH;  /* positions per vector */
     const uint8_t *xn = c->x + n * c->image_bytes + oy * c->row_bytes;
-    /* Weight bits of output channel o at tap (ky, kx), plane j: a 32-bit lane (16 bits twice for CH 16). */
-    uint32_t w[8][9][32];
-    for (int j = 0; j < c->J; j++)
-        for (int ky = 0; ky < 3; ky++)
-            for (int kx = 0; kx < 3; kx++)
-                for (int o = 0; o < CH; o++) {
-                    const uint64_t *row = c->w + ((ssize)j * 3 + ky) * c->Kr * c->Opad + o;
-                    uint32_t bits = (uint32_t)(row[(CH * kx / 64) * c->Opad] >> (CH * kx % 64));
-                    w[j][3 * ky + kx][o] = CH == 16 ? (bits & 0xFFFF) * 0x10001u : bits;
-                }
     const int top = c->P + c->J - 2;
     const ssize m_row = (n * c->HO + oy) * c->WO;
     for (ssize ox0 = 0; ox0 < c->WO; ox0 += LP) {
@@ -87,7 +77,7 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
                         __m512i x = count == LP ? _mm512_loadu_si512(src)
                                     : CH == 16 ? _mm512_maskz_loadu_epi16(lanes, src)
                                                : _mm512_maskz_loadu_epi32((__mmask16)lanes, src);
-                        const uint32_t *wt = w[e - p][t] + o0;
+                        const uint32_t *wt = c->lane_w[e - p][t] + o0;
                         #pragma GCC unroll 16
                         for (int o = 0; o < 16; o++) {
                             __m512i y = _mm512_and_si512(x, _mm512_set1_epi32((int)wt[o]));

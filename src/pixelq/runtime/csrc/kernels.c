@@ -94,6 +94,9 @@ typedef struct {
     int narrow;
     int16_t thr16[NARROW_LEVELS][NARROW_CHANNELS];
     uint64_t neg64;
+    /* For the lanes convs (conv_lanes.h, 16 or 32 channels): the weight bits of output channel o at
+     * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
+    uint32_t lane_w[8][9][32];
 } conv_t;
 
 /* The code sum of each of the W pixels of a row of codes, into sums[0 .. W). */
@@ -358,6 +361,19 @@ static row_fn lanes_fits(const conv_t *c) {
     return c->O == 16 && c->narrow ? rows16_impl : c->O == 32 ? rows32_impl : NULL;
 }
 
+/* c->lane_w from the packed weight words: tap kx's channels are bits CH * kx .. of row ky. */
+static void prepare_lane_weights(conv_t *c) {
+    const int CH = (int)c->O;
+    for (int j = 0; j < c->J; j++)
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++)
+                for (int o = 0; o < CH; o++) {
+                    const uint64_t *row = c->w + ((ssize)j * 3 + ky) * c->Kr * c->Opad + o;
+                    uint32_t bits = (uint32_t)(row[(CH * kx / 64) * c->Opad] >> (CH * kx % 64));
+                    c->lane_w[j][3 * ky + kx][o] = CH == 16 ? (bits & 0xFFFF) * 0x10001u : bits;
+                }
+}
+
 /* Work item k of image n: output row k (lanes conv), or the k-th chunk of positions. */
 static void conv_item(const conv_t *c, row_fn lanes, ssize n, ssize k, ssize chunk) {
     ssize M = c->HO * c->WO;
@@ -384,6 +400,7 @@ static int run_conv(conv_t *c) {
     c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
     const row_fn lanes = lanes_fits(c);
+    if (lanes) prepare_lane_weights(c);
     const ssize chunk = conv_chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
@@ -606,11 +623,12 @@ static PyObject *py_lut(PyObject *self, PyObject *args) {
     return ret;
 }
 
+/* Switch to the named build; on failure (unknown, or not on this CPU) nothing changes. */
 static int choose_isa(const char *name) {
-    rows16_impl = rows32_impl = NULL;
     if (strcmp(name, "portable") == 0) {
         conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
         table_impl = table_conv_portable;
+        rows16_impl = rows32_impl = NULL;
         return 1;
     }
 #ifdef PIXELQ_X86
@@ -618,6 +636,7 @@ static int choose_isa(const char *name) {
     if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
         conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
         table_impl = table_conv_portable;
+        rows16_impl = rows32_impl = NULL;
         return 1;
     }
     int avx512 = __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw") &&
@@ -650,8 +669,9 @@ static PyObject *py_isa(PyObject *self, PyObject *args) { return PyUnicode_FromS
 static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
 #ifdef PIXELQ_X86
     __builtin_cpu_init();
-    return Py_BuildValue("{s:O,s:O,s:O}", "avx512vpopcntdq",
-                         __builtin_cpu_supports("avx512vpopcntdq") ? Py_True : Py_False, "avx2",
+    return Py_BuildValue("{s:O,s:O,s:O,s:O}", "avx512vpopcntdq",
+                         __builtin_cpu_supports("avx512vpopcntdq") ? Py_True : Py_False, "avx512bitalg",
+                         __builtin_cpu_supports("avx512bitalg") ? Py_True : Py_False, "avx2",
                          __builtin_cpu_supports("avx2") ? Py_True : Py_False, "popcnt",
                          __builtin_cpu_supports("popcnt") ? Py_True : Py_False);
 #else
