@@ -222,6 +222,16 @@ def test_row_convs_equal_reference(isa, channels, width, residual):
         assert np.array_equal(out, expected), grid
 
 
+@given(n=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 130),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**16))
+@settings(max_examples=40, deadline=None)
+def test_sum_pool_kernel_equals_numpy(n, h, w, c, threads, seed):
+    x = np.random.default_rng(seed).integers(0, 256, (n, h, w, c)).astype(np.uint8)
+    out = np.empty((n, c), np.int64)
+    fast._kernels.sum_pool(x, n, h * w, c, out, threads)
+    assert np.array_equal(out, x.sum((1, 2), dtype=np.int64))
+
+
 def test_conv_rejects_inconsistent_geometry():
     x = np.zeros((1, 4, 4, 8), np.uint8)
     w = fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)

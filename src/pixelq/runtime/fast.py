@@ -254,10 +254,19 @@ class FastExecutor:
         out = np.add(a, b, out=self._empty(node["name"], np.broadcast_shapes(a.shape, b.shape), np.uint8))
         return np.minimum(out, node["qmax"], out=out)  # codes <= 127 each: the uint8 sum cannot wrap
 
+    def _sum_pool(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
+        if x[0].dtype != np.uint8:
+            return REFERENCE_OPS["sum_pool"](node, x, t, values)
+        n, h, w, c = x[0].shape
+        values["pool.count"] = h * w
+        out = self._empty(node["name"], (n, c), np.int64)
+        _kernels.sum_pool(np.ascontiguousarray(x[0]), n, h * w, c, out, self.threads)
+        return out
+
     def ops(self) -> dict:
         """The ops this executor runs in C, in `run_graph`'s form; the rest are the reference's."""
         return {"conv": self._conv, "threshold": self._threshold, "lut": self._lut, "add_clip": self._add_clip,
-                "subsample_pad": self._subsample_pad}
+                "subsample_pad": self._subsample_pad, "sum_pool": self._sum_pool}
 
     def _subsample_pad(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         return None if node["name"] in self.skipped else REFERENCE_OPS["subsample_pad"](node, x, t, values)
