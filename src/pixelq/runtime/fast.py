@@ -14,7 +14,7 @@ from collections import Counter
 import numpy as np
 
 from ..errors import ExportError
-from .reference import REFERENCE_OPS, conv2d_reference, lut_reference, run_graph, threshold_reference
+from .reference import REFERENCE_OPS, conv2d_reference, lut_reference, node_tensors, run_graph, threshold_reference
 
 try:
     from . import _kernels
@@ -134,6 +134,7 @@ class FastExecutor:
             if name in self.fused and name not in self.residual and table is not None:
                 self.table_convs[name] = table
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
+        self._tensors = node_tensors(model)
 
     def _empty(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """An output array for node `name`: the one kept from the last call when reusing."""
@@ -279,6 +280,6 @@ class FastExecutor:
         with self._lock:
             self._reuse = reuse
             try:
-                return run_graph(self.model, images, ops)
+                return run_graph(self.model, images, ops, self._tensors)
             finally:
                 self._reuse = False

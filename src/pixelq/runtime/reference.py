@@ -62,15 +62,20 @@ REFERENCE_OPS = {
 }
 
 
-def run_graph(model, images: np.ndarray, ops: "dict | None" = None) -> dict:
+def node_tensors(model) -> list:
+    """Each node's tensors by their short name, in node order."""
+    return [{k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]} for node in model.nodes]
+
+
+def run_graph(model, images: np.ndarray, ops: "dict | None" = None, tensors: "list | None" = None) -> dict:
     """Every node's output for uint8 NHWC `images`, keyed by node name ("image" holds the input).
-    `ops` replaces some of REFERENCE_OPS (the fast executor passes its C kernels)."""
+    `ops` replaces some of REFERENCE_OPS (the fast executor passes its C kernels); `tensors`, when
+    given, is node_tensors(model), gathered once by a caller that runs the graph many times."""
     table = {**REFERENCE_OPS, **(ops or {})}
     values = {"image": images}
-    for node in model.nodes:
+    for node, t in zip(model.nodes, tensors or node_tensors(model)):
         if node["op"] not in table:
             raise ExportError(f"unknown op {node['op']!r} in the model file; it needs a newer pixelq")
-        t = {k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
         values[node["name"]] = table[node["op"]](node, [values[i] for i in node["inputs"]], t, values)
     return values
 
