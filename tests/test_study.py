@@ -103,3 +103,19 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
 def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no study.json" in capsys.readouterr().err
+
+
+def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
+    from pixelq.study.report import _targets
+
+    def row(variant, first_layer, top1, bitops, gap=None):
+        return {"variant": variant, "first_layer": first_layer, "tier": "headline", "top1_mean": top1, "seeds": [0, 1],
+                "gap_to_float_first": gap, "first_layer_cost": {"bitops": bitops}}
+
+    rows = [row("w1a2-float-first", "float", 80.0, 4e8, 0.0), row("w1a2-pe", "pixel-embedding", 79.5, 1e7, -0.5),
+            row("w1a2-int8-first", "int8", 79.9, 3e8), row("w1a2-thermometer", "thermometer", 77.0, 1e7)]
+    lines = _targets(rows)
+    assert "- `w1a2-pe`: 79.50 % over 2 seed(s), 0.50 points below `w1a2-float-first` (target ≤ 1.0: met)." in lines
+    assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
+    assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) at 30x its first-layer bit-ops." in lines
+    assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) at 1x its first-layer bit-ops."

@@ -145,6 +145,11 @@ def _targets(rows: list) -> list:
         behind = [r["variant"] for r in quantized if r["top1_mean"] >= pe["top1_mean"]]
         out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows."
                    if not behind else f"- pixel embedding is not ahead of: {', '.join(behind)}.")
+        # what each costs beside it: accuracy for first-layer work is the trade the table is about
+        for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
+            ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
+            out.append(f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({r['top1_mean'] - pe['top1_mean']:+.2f} against "
+                       f"`w1a2-pe`) at {ratio:.3g}x its first-layer bit-ops.")
     return out
 
 
