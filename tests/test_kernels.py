@@ -54,6 +54,17 @@ def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None):
     return out
 
 
+def spread_thresholds(rng, acc, levels):
+    """Sorted int32 thresholds (O, levels) across the range of accumulators `acc` (..., O), about a
+    tenth of them beyond every accumulator (never reached) and a tenth below all (always passed):
+    values far outside int16, which the int16 epilogues must clamp without changing a code."""
+    span = int(np.abs(acc).max(initial=0)) + 2
+    thresholds = rng.integers(-span, span + 1, (acc.shape[-1], levels))
+    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1
+    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31
+    return np.sort(thresholds, axis=1).astype(np.int32)
+
+
 def torch_oracle(x, w, stride, padding):
     xt = torch.as_tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
     wt = torch.as_tensor(w, dtype=torch.float64).permute(0, 3, 1, 2)
@@ -169,11 +180,7 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     ho = acc.shape[1]
     direction = rng.choice([-1, 1], o).astype(np.int8)
     levels = 2**abits - 1
-    span = int(np.abs(acc).max(initial=0)) + 2
-    thresholds = rng.integers(-span, span + 1, (o, levels))
-    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1  # never reached
-    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31     # always passed
-    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
+    thresholds = spread_thresholds(rng, acc, levels)
     expected = threshold_reference(acc, direction, thresholds, 0)
     args = (x, n, h, h, c, abits, fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, o, fast.padded_channels(o),
             lowest, wstride, stride, pad, ho, ho)
@@ -289,11 +296,7 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
         assert np.array_equal(out, acc)
         return
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    span = int(np.abs(acc).max(initial=0)) + 2
-    thresholds = rng.integers(-span, span + 1, (o, 3))
-    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1
-    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31
-    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
+    thresholds = spread_thresholds(rng, acc, 3)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.lut_conv(*args, out, 2, dpad, tpad, 3, 0)
@@ -319,11 +322,7 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stri
     ho, wo = acc.shape[1:3]
     table = fast.lut_conv_table(wt, lut)
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    span = int(np.abs(acc).max(initial=0)) + 2
-    thresholds = rng.integers(-span, span + 1, (o, 3))
-    thresholds[rng.random(thresholds.shape) < 0.1] = 2**31 - 1
-    thresholds[rng.random(thresholds.shape) < 0.1] = -2**31
-    thresholds = np.sort(thresholds, axis=1).astype(np.int32)
+    thresholds = spread_thresholds(rng, acc, 3)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,
