@@ -105,6 +105,89 @@ def test_cifar100_python_format_uses_fine_labels(tmp_path):
     assert len(d.classes) == 100 and d.train.labels.tolist() == raw["train"]["fine_labels"]
 
 
+
+# --- ImageNet-style trees: a val/ split, images of mixed sizes, --image-size ------------------
+
+def write_imagenet_style(root, sizes=((40, 30), (25, 50), (33, 33)), suffix=".JPEG"):
+    """train/ and val/ folders of smooth JPEGs in mixed sizes (W, H), as ImageNet's trees hold."""
+    for split in ("train", "val"):
+        for c, cls in enumerate(CLASSES):
+            (root / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                y, x = np.mgrid[0:h, 0:w]
+                a = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 60 + 120 * c)], -1).astype(np.uint8)
+                Image.fromarray(a).save(root / split / cls / f"n{i:03d}{suffix}", quality=95)
+
+
+def test_imagenet_style_tree_reads_val_as_test_at_one_size(tmp_path):
+    write_imagenet_style(tmp_path / "imagenet")
+    assert detect_layout(tmp_path / "imagenet")[0] == "image-folders"
+    with pytest.raises(DataError, match="--image-size"):
+        load_dataset(tmp_path / "imagenet", use_cache=False)
+    d = load_dataset(tmp_path / "imagenet", image_size=12, use_cache=False)
+    assert d.train.images.shape == (6, 12, 12, 3) and d.test.images.shape == (6, 12, 12, 3)
+    assert d.classes == CLASSES and d.test.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    # the constant blue channel survives the scaling; red and green still run left-right and top-bottom
+    assert np.all(np.abs(d.test.images[:3, ..., 2].astype(int) - 60) <= 3)
+    assert np.all(np.abs(d.test.images[3:, ..., 2].astype(int) - 180) <= 3)
+    assert np.all(np.diff(d.test.images[..., 0].astype(int), axis=2) >= -3)
+    assert np.all(np.diff(d.test.images[..., 1].astype(int), axis=1) >= -3)
+
+
+def test_image_size_keeps_the_centre_of_the_shorter_side(tmp_path):
+    """An image whose shorter side already is S is cropped, not scaled: exact pixels survive."""
+    rng = np.random.default_rng(1)
+    wide, tall = rng.integers(0, 256, (6, 14, 3), dtype=np.uint8), rng.integers(0, 256, (11, 6, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        for cls, a in zip(CLASSES, (wide, tall)):
+            (tmp_path / "ds" / split / cls).mkdir(parents=True)
+            Image.fromarray(a).save(tmp_path / "ds" / split / cls / "0.png")
+    d = load_dataset(tmp_path / "ds", image_size=6, use_cache=False)
+    assert np.array_equal(d.train.images[0], wide[:, 4:10]) and np.array_equal(d.train.images[1], tall[2:8])
+
+
+def test_jpeg_draft_decode_matches_a_full_decode(tmp_path):
+    """Decoding a large JPEG at a reduced DCT scale (never below S) before the resize changes little."""
+    from pixelq.data.readers import _decode, _fit
+
+    blocks = np.random.default_rng(2).integers(0, 256, (25, 40, 3), dtype=np.uint8)
+    f = tmp_path / "big.jpg"
+    Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)).save(f, quality=95)  # 320 x 200, 8 x 8 blocks
+    fast = _decode(f.read_bytes(), f.name, 32)
+    with Image.open(f) as img:
+        img.load()
+        full = np.asarray(_fit(img, 32))
+    assert fast.shape == full.shape == (32, 32, 3)
+    assert np.abs(fast.astype(int) - full.astype(int)).mean() <= 6  # 3.5 here; a swapped or shifted image: ~80
+
+
+def test_tar_of_an_imagenet_style_tree_equals_its_folders(tmp_path):
+    write_imagenet_style(tmp_path / "ds")
+    archive = tmp_path / "ds.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "ds", arcname="ds")
+    a = load_dataset(tmp_path / "ds", image_size=10, use_cache=False)
+    b = load_dataset(archive, image_size=10, use_cache=False)
+    assert np.array_equal(a.train.images, b.train.images) and np.array_equal(a.test.images, b.test.images)
+
+
+def test_image_size_on_array_formats_and_in_the_cache_key(tmp_path):
+    write_cifar(tmp_path / "cifar-10-batches-py", "cifar10")
+    cache = tmp_path / "cache"
+    stored = load_dataset(tmp_path, cache_dir=cache)
+    assert np.array_equal(load_dataset(tmp_path, cache_dir=cache, image_size=32).train.images, stored.train.images)
+    small = load_dataset(tmp_path, cache_dir=cache, image_size=16)
+    assert small.train.images.shape == (20, 16, 16, 3) and small.test.images.shape == (3, 16, 16, 3)
+    assert len(list(cache.iterdir())) == 3  # as stored, 32, 16: each its own entry
+    assert np.array_equal(load_dataset(tmp_path, cache_dir=cache, image_size=16).test.images, small.test.images)
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, "32", True])
+def test_bad_image_size(tmp_path, size):
+    write_image_folders(tmp_path / "ds")
+    with pytest.raises(DataError, match="image_size"):
+        load_dataset(tmp_path / "ds", image_size=size)
+
 def write_idx(path, array, gz=True):
     header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
     data = header + array.astype(np.uint8).tobytes()

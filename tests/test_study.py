@@ -119,3 +119,23 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
     assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
     assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) at 30x its first-layer bit-ops." in lines
     assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) at 1x its first-layer bit-ops."
+
+
+def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys):
+    """The same command on train/ + val/ folders of mixed sizes, scaled to --image-size: the run
+    trains, deploys to the integer runtime, and the report costs the first layer at that size."""
+    from test_data import write_imagenet_style
+
+    write_imagenet_style(tmp_path / "imagenet")
+    out = tmp_path / "runs"
+    assert main(["study", "first-layer", "--data", str(tmp_path / "imagenet"), "--image-size", "16", "--out", str(out),
+                 "--seeds", "0", "--epochs", "1", "--batch-size", "4", "--only", "w1a2-pe", "--threads", "1",
+                 "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trained"] == ["w1a2-pe-s0"]
+    assert json.loads((out / "w1a2-pe-s0" / "metrics.json").read_text())["config"]["image_size"] == 16
+    assert json.loads((out / "w1a2-pe-s0" / "runtime.json").read_text())["labels"]["differ_unexplained"] == 0
+    (row,) = write_report(out, tmp_path / "results.md")["rows"]
+    model = pixelq.create_model("resnet20", first_layer="pixel-embedding", first_layer_kwargs=row["first_layer_kwargs"],
+                                wbits=1, abits=2)
+    assert row["image_size"] == 16 and row["first_layer_cost"] == first_layer_cost(model, 16, 16)
+    assert "one 16×16 image" in (tmp_path / "results.md").read_text()

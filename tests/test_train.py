@@ -182,3 +182,22 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     assert "no such checkpoint" in capsys.readouterr().err
     assert main(["train", "--model", "resnet99", "--out", str(tmp_path / "y"), "--quiet", "--epochs", "1"]) == 2
     assert "unknown model 'resnet99'" in capsys.readouterr().err
+
+
+def test_cli_trains_and_evaluates_an_imagenet_style_tree_at_one_size(tmp_path, capsys):
+    """train/ + val/ folders of mixed-size JPEGs: --image-size makes them one size, end to end."""
+    from test_data import write_imagenet_style
+
+    data = tmp_path / "imagenet"
+    write_imagenet_style(data)
+    out = tmp_path / "run"
+    base = ["--data", str(data), "--threads", "1"]
+    assert main(["train", *base, "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet"]) == 2
+    assert "--image-size" in capsys.readouterr().err
+    assert main(["train", *base, "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--out", str(out),
+                 "--quiet"]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads((out / "metrics.json").read_text())["config"]["image_size"] == 16
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), *base, "--image-size", "16"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["n"] == 6 and evaluated["top1"] == trained["top1"]

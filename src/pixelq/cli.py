@@ -38,9 +38,15 @@ def _first_layer_kwargs(args) -> dict:
     return kwargs
 
 
+def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:
+    p.add_argument("--data", help=help_text)
+    p.add_argument("--image-size", type=int, help="scale each image's shorter side to S and keep the centre S x S "
+                                                  "(folders of mixed sizes, e.g. ImageNet-style); default: as stored")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model; writes metrics.json(l) and checkpoint.pt into --out")
-    p.add_argument("--data", help="data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded subset")
+    _add_data(p, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded subset")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--first-layer", default="float", choices=FIRST_LAYERS)
     p.add_argument("--pe-dim", type=int, default=10, help="pixel embedding / thermometer dimensions per colour (d)")
@@ -78,7 +84,7 @@ def _run_train(args) -> None:
         model=args.model, first_layer=args.first_layer, first_layer_kwargs=_first_layer_kwargs(args),
         wbits=args.wbits, abits=args.abits, last_layer=args.last_layer,
         overrides=_read_mapping(args.overrides) if args.overrides else {},
-        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+        data=args.data, image_size=args.image_size, out=args.out, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
         warmup_epochs=args.warmup_epochs, seed=args.seed, train_subset=args.train_subset,
         test_subset=args.test_subset, augment=not args.no_augment, threads=args.threads, device=args.device,
@@ -97,7 +103,7 @@ def _run_eval(args) -> None:
 
         torch.set_num_threads(args.threads)
     model = load_checkpoint(args.checkpoint)
-    data = load_dataset(args.data)
+    data = load_dataset(args.data, image_size=args.image_size)
     result = evaluate(model, data.test.images, data.test.labels)
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
 
@@ -164,7 +170,7 @@ def _run_run(args) -> None:
     from .runtime import load
 
     runtime = load(args.model, threads=args.threads)
-    test = load_dataset(args.data).test
+    test = load_dataset(args.data, image_size=args.image_size).test
     images, labels = test.images[: args.limit], test.labels[: args.limit]
     t0 = time.perf_counter()
     predicted = runtime.predict(images)
@@ -189,7 +195,7 @@ def _run_study(args) -> None:
     schedule = StudySchedule(seeds=tuple(args.seeds), epochs=args.epochs, ablation_epochs=args.ablation_epochs,
                              ablation_train_subset=args.ablation_train_subset or None, batch_size=args.batch_size)
     tiers = (args.tier,) if args.tier != "all" else ("headline", "ablation")
-    trained = run_study(args.out, data=args.data, schedule=schedule, tiers=tiers, threads=args.threads,
+    trained = run_study(args.out, data=args.data, image_size=args.image_size, schedule=schedule, tiers=tiers, threads=args.threads,
                         device=args.device, progress=not args.quiet, only=args.only)
     print(json.dumps({"trained": trained, "out": args.out}))
 
@@ -213,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split; prints JSON")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--data", help="data set path; default: embedded subset")
+    _add_data(p)
     p.add_argument("--threads", type=int)
     p = sub.add_parser("demo", help="float vs fully quantized ResNet on the embedded subset, with a report")
     p.add_argument("--out", default="runs/demo")
@@ -226,14 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file")
-    p.add_argument("--data", help="data set path; default: embedded subset")
+    _add_data(p)
     p.add_argument("--limit", type=int, help="only the first N test images")
     p.add_argument("--threads", type=int)
     p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
     p.add_argument("model")
     p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
     p.add_argument("study", choices=("first-layer",))
-    p.add_argument("--data", help="data set path; default: embedded subset")
+    _add_data(p)
     p.add_argument("--out", default="results/first-layer-study")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="headline runs train once per seed")
     p.add_argument("--epochs", type=int, default=20, help="epochs of each headline run")

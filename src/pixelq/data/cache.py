@@ -41,9 +41,11 @@ def source_fingerprint(path: Path) -> str:
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _cache_entry(cache_dir: Path, layout: str, path: Path) -> Path:
-    key = hashlib.sha256(f"{CACHE_VERSION}\0{layout}\0{path.resolve()}\0{source_fingerprint(path)}".encode())
-    return cache_dir / f"{path.name}-{key.hexdigest()[:16]}"
+def _cache_entry(cache_dir: Path, layout: str, path: Path, image_size: "int | None" = None) -> Path:
+    key = f"{CACHE_VERSION}\0{layout}\0{path.resolve()}\0{source_fingerprint(path)}"
+    if image_size is not None:  # the key of an as-stored read is the one earlier versions wrote
+        key += f"\0size={image_size}"
+    return cache_dir / f"{path.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _save(splits: DataSplits, entry: Path) -> None:
@@ -70,23 +72,27 @@ def _load(entry: Path, source: str) -> DataSplits:
 
 
 def load_dataset(path: "str | os.PathLike | None" = None, cache_dir: "str | os.PathLike | None" = None,
-                 use_cache: bool = True) -> DataSplits:
+                 use_cache: bool = True, image_size: "int | None" = None) -> DataSplits:
     """Read the data set at `path` (any layout `pixelq.data.readers` knows) as uint8 NHWC arrays.
 
-    `path=None` loads the embedded subset. The decoded arrays are cached in `cache_dir`
-    (default `$XDG_CACHE_HOME/pixelq`); the key covers the path, the reader and every source file's
-    size and mtime, so an edited source is decoded again.
+    `path=None` loads the embedded subset. `image_size=S` scales every image's shorter side to S
+    and keeps the centre S x S (needed for folders of mixed sizes, e.g. ImageNet-style trees); None
+    keeps the stored size. The decoded arrays are cached in `cache_dir` (default
+    `$XDG_CACHE_HOME/pixelq`); the key covers the path, the reader, the image size and every source
+    file's size and mtime, so an edited source is decoded again.
     """
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"image_size must be a positive int or None, got {image_size!r}")
     path = Path(path) if path is not None else embedded_data_path()
     layout, root = detect_layout(path)
     if not use_cache:
-        return READERS[layout](root)
-    entry = _cache_entry(Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, root)
+        return READERS[layout](root, image_size)
+    entry = _cache_entry(Path(cache_dir) if cache_dir is not None else default_cache_dir(), layout, root, image_size)
     if entry.is_dir():
         try:
             return _load(entry, str(path))
         except (OSError, ValueError, KeyError, DataError) as e:
             warnings.warn(f"{entry}: unreadable cache ({e}); decoding {path} again", stacklevel=2)
-    splits = READERS[layout](root)
+    splits = READERS[layout](root, image_size)
     _save(splits, entry)
     return splits

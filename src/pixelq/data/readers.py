@@ -1,11 +1,15 @@
 """Readers for the layouts pixelq knows, each returning uint8 NHWC DataSplits.
 
-- image folders `ROOT/{train,test}/<class>/*.{jpg,jpeg,png,bmp}`, also inside a .tar / .tar.gz
-  (under one top folder or none);
+- image folders `ROOT/{train,test}/<class>/*.{jpg,jpeg,png,bmp}` (ImageNet-style `val/` is read as
+  the test split), also inside a .tar / .tar.gz (under one top folder or none);
 - CIFAR-10 and CIFAR-100 in the official python format (`cifar-10-batches-py/`,
   `cifar-100-python/`, fine labels), given that folder or the one holding it;
 - MNIST-style IDX files (`train-images-idx3-ubyte[.gz]` and friends).
-Nothing is skipped silently: a file that cannot be read raises DataError naming it.
+Every reader takes `image_size`: None keeps the images as stored (they must then share one size);
+an int S scales each image's shorter side to S and keeps the centre S x S (ImageNet's eval
+transform), which folders of mixed sizes need. Images are decoded as they are read, so only the
+uint8 arrays stay in memory. Nothing is skipped silently: a file that cannot be read raises
+DataError naming it.
 """
 from __future__ import annotations
 
@@ -24,37 +28,65 @@ from .dataset import DataSplits, ImageSet
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "test")
+# folder names read as each split, first found wins: ImageNet-style trees call the test split `val`
+SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 
 
-def _decode(data: bytes, name: str) -> np.ndarray:
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side scaled to `size` (antialiased bilinear), then the centre size x size crop."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    scale = size / min(w, h)
+    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((rw, rh), Image.BILINEAR)
+    left, top = (rw - size) // 2, (rh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _decode(data: bytes, name: str, image_size: "int | None" = None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if image_size is not None:
+                img.draft(None, (image_size, image_size))  # JPEG: decode at the smallest DCT scale >= S
             img.load()
             if img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
+            if image_size is not None:
+                img = _fit(img, image_size)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{name}: cannot decode image ({e}); remove or replace the file") from e
 
 
+def resize_images(images: np.ndarray, image_size: "int | None") -> np.ndarray:
+    """(N, H, W, C) uint8 through `_fit` image by image; unchanged when already image_size square."""
+    if image_size is None or images.shape[1:3] == (image_size, image_size):
+        return images
+    gray = images.shape[3] == 1
+    out = [np.asarray(_fit(Image.fromarray(a[..., 0] if gray else a), image_size)) for a in images]
+    out = np.stack(out)
+    return out[..., None] if gray else out
+
+
 def _stack(items: list, split: str, source: str) -> ImageSet:
-    """items: (class name, file name, bytes). Classes are the sorted folder names."""
+    """items: (class name, file name, decoded array). Classes are the sorted folder names."""
     if not items:
         raise DataError(f"{source}: no images found for split {split!r}")
     classes = sorted({c for c, _, _ in items})
     items = sorted(items, key=lambda t: (t[0], t[1]))
-    arrays, labels = [], []
-    for cls, name, data in items:
-        a = _decode(data, name)
-        if a.ndim == 2:
-            a = a[:, :, None]
-        if arrays and a.shape != arrays[0].shape:
-            first = items[0][1]
-            raise DataError(f"{name}: image shape {a.shape} differs from {arrays[0].shape} of {first}; "
-                            "resize the images to one size first")
-        arrays.append(a)
-        labels.append(classes.index(cls))
-    return ImageSet(np.stack(arrays), np.asarray(labels, dtype=np.int64), classes)
+    first_name, first = items[0][1], items[0][2]
+    for _, name, a in items:
+        if a.shape != first.shape:
+            raise DataError(f"{name}: image shape {a.shape} differs from {first.shape} of {first_name}; "
+                            "pass an image size (--image-size S) to scale and centre-crop every image to S x S")
+    index = {c: i for i, c in enumerate(classes)}
+    return ImageSet(np.stack([a for _, _, a in items]), np.asarray([index[c] for c, _, _ in items], dtype=np.int64),
+                    classes)
+
+
+def _as_hwc(a: np.ndarray) -> np.ndarray:
+    return a[:, :, None] if a.ndim == 2 else a
 
 
 def _split_folders(splits: dict, source: str) -> DataSplits:
@@ -64,31 +96,40 @@ def _split_folders(splits: dict, source: str) -> DataSplits:
     return DataSplits(train, test, source)
 
 
-def read_image_folders(root: Path) -> DataSplits:
-    """`root/{train,test}/<class>/<image>`."""
+def _split_dir(root: Path, split: str) -> "Path | None":
+    return next((root / name for name in SPLIT_FOLDERS[split] if (root / name).is_dir()), None)
+
+
+def read_image_folders(root: Path, image_size: "int | None" = None) -> DataSplits:
+    """`root/{train,test|val}/<class>/<image>`."""
     splits: dict = {s: [] for s in SPLITS}
     for split in SPLITS:
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+        folder = _split_dir(root, split)
+        if folder is None:
+            raise DataError(f"{root}: no {' or '.join(SPLIT_FOLDERS[split])} folder")
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             for f in sorted(class_dir.iterdir()):
                 if f.suffix.lower() in IMAGE_SUFFIXES:
-                    splits[split].append((class_dir.name, str(f), f.read_bytes()))
+                    splits[split].append((class_dir.name, str(f), _as_hwc(_decode(f.read_bytes(), str(f), image_size))))
     return _split_folders(splits, str(root))
 
 
-def read_image_folder_tar(path: Path) -> DataSplits:
+def read_image_folder_tar(path: Path, image_size: "int | None" = None) -> DataSplits:
     """The image-folder layout inside a .tar or .tar.gz (optionally under one top folder)."""
-    splits: dict = {s: [] for s in SPLITS}
+    found: dict = {name: [] for names in SPLIT_FOLDERS.values() for name in names}
     try:
         with tarfile.open(path) as tar:
             for member in tar:
                 parts = Path(member.name).parts
                 if not member.isfile() or len(parts) < 3 or Path(member.name).suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                split, cls = parts[-3], parts[-2]
-                if split in splits:
-                    splits[split].append((cls, f"{path}:{member.name}", tar.extractfile(member).read()))
+                folder, cls = parts[-3], parts[-2]
+                if folder in found:
+                    name = f"{path}:{member.name}"
+                    found[folder].append((cls, name, _as_hwc(_decode(tar.extractfile(member).read(), name, image_size))))
     except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as e:
         raise DataError(f"{path}: cannot read the archive ({e}); it may be truncated or corrupt") from e
+    splits = {s: next((found[n] for n in SPLIT_FOLDERS[s] if found[n]), []) for s in SPLITS}
     return _split_folders(splits, str(path))
 
 
@@ -114,21 +155,24 @@ def _cifar_batch(path: Path, label_key: str) -> tuple:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def read_cifar10(root: Path) -> DataSplits:
+def _array_splits(train: tuple, test: tuple, classes: list, source: str, image_size: "int | None") -> DataSplits:
+    return DataSplits(ImageSet(resize_images(train[0], image_size), train[1], classes),
+                      ImageSet(resize_images(test[0], image_size), test[1], classes), source)
+
+
+def read_cifar10(root: Path, image_size: "int | None" = None) -> DataSplits:
     """The official `cifar-10-batches-py` folder: data_batch_1..5, test_batch, batches.meta."""
     classes = list(_unpickle(root / "batches.meta")["label_names"])
     parts = [_cifar_batch(root / f"data_batch_{i}", "labels") for i in range(1, 6)]
-    train = ImageSet(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), classes)
-    test = ImageSet(*_cifar_batch(root / "test_batch", "labels"), classes)
-    return DataSplits(train, test, str(root))
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return _array_splits(train, _cifar_batch(root / "test_batch", "labels"), classes, str(root), image_size)
 
 
-def read_cifar100(root: Path) -> DataSplits:
+def read_cifar100(root: Path, image_size: "int | None" = None) -> DataSplits:
     """The official `cifar-100-python` folder: train, test, meta; fine labels (100 classes)."""
     classes = list(_unpickle(root / "meta")["fine_label_names"])
-    train = ImageSet(*_cifar_batch(root / "train", "fine_labels"), classes)
-    test = ImageSet(*_cifar_batch(root / "test", "fine_labels"), classes)
-    return DataSplits(train, test, str(root))
+    return _array_splits(_cifar_batch(root / "train", "fine_labels"), _cifar_batch(root / "test", "fine_labels"),
+                         classes, str(root), image_size)
 
 
 _IDX_DTYPES = {0x08: np.uint8}
@@ -161,7 +205,7 @@ def _idx_file(root: Path, stem: str) -> Path:
     raise DataError(f"{root}: missing {stem}[.gz]; an IDX data set needs train/t10k images and labels")
 
 
-def read_idx(root: Path) -> DataSplits:
+def read_idx(root: Path, image_size: "int | None" = None) -> DataSplits:
     """MNIST-style IDX files: {train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] -> (N, H, W, 1)."""
     sets = []
     for prefix in ("train", "t10k"):
@@ -172,7 +216,7 @@ def read_idx(root: Path) -> DataSplits:
         sets.append((images[..., None], labels))
     n_classes = int(max(s[1].max() for s in sets)) + 1
     classes = [str(i) for i in range(n_classes)]
-    return DataSplits(ImageSet(*sets[0], classes), ImageSet(*sets[1], classes), str(root))
+    return _array_splits(sets[0], sets[1], classes, str(root), image_size)
 
 
 def detect_layout(path: Path) -> tuple:
@@ -192,10 +236,10 @@ def detect_layout(path: Path) -> tuple:
     if any(path.glob("train-images*idx3-ubyte*")):
         return "idx", path
     for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
-        if all((candidate / s).is_dir() for s in SPLITS):
+        if all(_split_dir(candidate, s) is not None for s in SPLITS):
             return "image-folders", candidate
     raise DataError(
-        f"{path}: unknown layout; expected {{train,test}}/<class>/ image folders (or a .tar.gz of them), "
+        f"{path}: unknown layout; expected {{train,test or val}}/<class>/ image folders (or a .tar.gz of them), "
         "cifar-10-batches-py/, cifar-100-python/, or MNIST-style IDX files"
     )
 

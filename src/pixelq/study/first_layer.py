@@ -132,10 +132,11 @@ def plan(schedule: StudySchedule, tiers: tuple = ("headline", "ablation")) -> li
 
 
 def run_config(variant: Variant, seed: int, schedule: StudySchedule, out: Path, data: "str | None",
-               threads: "int | None" = None, device: str = "auto", progress: bool = False) -> TrainConfig:
+               threads: "int | None" = None, device: str = "auto", progress: bool = False,
+               image_size: "int | None" = None) -> TrainConfig:
     short = variant.tier == "ablation"
     return TrainConfig(
-        model=schedule.model, **variant.model_fields(), data=data, out=str(out / run_name(variant, seed)),
+        model=schedule.model, **variant.model_fields(), data=data, image_size=image_size, out=str(out / run_name(variant, seed)),
         epochs=schedule.ablation_epochs if short else schedule.epochs, batch_size=schedule.batch_size,
         optimizer=schedule.optimizer, lr=schedule.lr, weight_decay=schedule.weight_decay, schedule=schedule.schedule,
         seed=seed, train_subset=schedule.ablation_train_subset if short else None, threads=threads, device=device,
@@ -192,9 +193,10 @@ def _check_same_settings(metrics_path: Path, cfg: TrainConfig) -> None:
 
 def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySchedule | None" = None,
               tiers: tuple = ("headline", "ablation"), threads: "int | None" = None, device: str = "auto",
-              progress: bool = False, only: "list | None" = None) -> list:
+              progress: bool = False, only: "list | None" = None, image_size: "int | None" = None) -> list:
     """Train every (variant, seed) of the plan that has no metrics.json yet; returns the run names
-    trained in this call. `only` restricts the plan to the named variants."""
+    trained in this call. `only` restricts the plan to the named variants; `image_size` is
+    `load_dataset`'s (e.g. 32 or 64 for ImageNet-style folders of mixed sizes)."""
     from ..data import load_dataset
 
     schedule = schedule or StudySchedule()
@@ -215,12 +217,12 @@ def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySche
     splits = None
     trained = []
     for variant, seed in pairs:
-        cfg = run_config(variant, seed, schedule, out, data, threads, device, progress)
+        cfg = run_config(variant, seed, schedule, out, data, threads, device, progress, image_size)
         run_dir = Path(cfg.out)
         if (run_dir / "metrics.json").is_file():
             _check_same_settings(run_dir / "metrics.json", cfg)
             continue
-        splits = splits if splits is not None else load_dataset(data)
+        splits = splits if splits is not None else load_dataset(data, image_size=image_size)
         print(f"== {run_dir.name}: {variant.first_layer} first layer, last layer {variant.last_layer}, "
               f"{cfg.epochs} epochs", flush=True)
         metrics = train(cfg, resume=True, data=splits)

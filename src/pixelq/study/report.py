@@ -4,7 +4,8 @@ Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.j
 embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
 with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the gap to the
 float-first-layer W1A2 network of the same tier, and the first layer's MACs, bit-ops and
-parameter bits (computed from the variant's model, 32 x 32 RGB input).
+parameter bits (computed from the variant's model for one RGB image of the size it trained on,
+32 x 32 unless the study ran with an image size).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def summarize(study_dir: "str | Path") -> dict:
         if not metrics:
             continue
         top1 = [m["top1"] for m in metrics]
+        size = metrics[0]["config"].get("image_size") or 32
         model = create_model(metrics[0]["config"]["model"], in_channels=3, num_classes=len(metrics[0]["classes"]),
                              first_layer=v["first_layer"], first_layer_kwargs=v["first_layer_kwargs"],
                              wbits=v["wbits"], abits=v["abits"], last_layer=v["last_layer"])
@@ -47,7 +49,7 @@ def summarize(study_dir: "str | Path") -> dict:
                "seeds": [m["config"]["seed"] for m in metrics], "top1": top1, "top1_mean": statistics.fmean(top1),
                "top1_std": statistics.stdev(top1) if len(top1) > 1 else None,
                "top5_mean": statistics.fmean(m["top5"] for m in metrics),
-               "first_layer_cost": first_layer_cost(model, 32, 32)}
+               "image_size": size, "first_layer_cost": first_layer_cost(model, size, size)}
         deployed = [d for d in (_load(p.parent / "runtime.json") for p in runs) if d]
         if deployed:
             row["runtime"] = {k: statistics.fmean(d[k] for d in deployed)
@@ -98,7 +100,8 @@ def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
         for r, x, y in zip(part, xs, ys):
             ax.annotate(r["variant"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set_xlabel("first-layer bit-ops per 32x32 image (MACs x input bits x weight bits)")
+    size = rows[0]["image_size"]
+    ax.set_xlabel(f"first-layer bit-ops per {size}x{size} image (MACs x input bits x weight bits)")
     ax.set_ylabel("top-1 %")
     ax.set_title("ResNet-20 W1A2: accuracy against the first layer's cost")
     ax.legend(fontsize=8)
@@ -163,6 +166,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     s = summary["schedule"]
     data = next((Path(r["data"]).name for r in rows if r["data"]), "the embedded CIFAR-10-JPEG subset")
     test_size = rows[0]["test_size"] if rows else 0
+    size = rows[0]["image_size"] if rows else 32
     lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
              f"Rendered by `pixelq report {study_dir}` from `{study_dir}/*/metrics.json` (trained by "
              f"`pixelq study first-layer`); `{study_dir}/summary.json` holds these rows.", "",
@@ -172,7 +176,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              f"lr {s['lr']} {s['schedule']}, weight decay {s['weight_decay']}, batch {s['batch_size']}, pad-4 crop + "
              f"flip; evaluated on the {test_size:,} test images. Std is the sample std over seeds (– for one seed). "
              "Gaps are to the float-first-layer W1A2 network of the same schedule. Bit-ops and parameter bits are "
-             "the first layer's (first conv and its input encoder) for one 32×32 image; in the W1A2 rows every "
+             f"the first layer's (first conv and its input encoder) for one {size}×{size} image; in the W1A2 rows every "
              "quantized first layer is an input encoder feeding a binary first conv (`int8`: the 8-bit pixel "
              "codes themselves, i.e. 8-bit input with binary weights). Runtime columns: the run "
              "exported to `.pxq` and run by the integer runtime on the test images (`runtime.json`, written when "

@@ -35,6 +35,7 @@ class TrainConfig:
     last_layer: str = "float"
     overrides: dict = field(default_factory=dict)
     data: "str | None" = None
+    image_size: "int | None" = None
     out: str = "runs/train"
     epochs: int = 10
     batch_size: int = 128
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
 
-    data = data if data is not None else load_dataset(cfg.data)
+    data = data if data is not None else load_dataset(cfg.data, image_size=cfg.image_size)
     train_set = data.train.subset(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else data.train
     test_set = data.test.subset(cfg.test_subset, seed=cfg.seed) if cfg.test_subset else data.test
 
