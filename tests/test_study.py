@@ -26,9 +26,13 @@ def test_ablations_cover_the_embedding_grid_and_quantized_last_twins():
     grid = {(k["shared"], k["d"], k["bits"], k["init"]) for k in pe}
     assert grid == {(s, d, q, i) for s in (True, False) for d in (4, 10, 16) for q in (1, 2)
                     for i in ("thermometer", "uniform")}
-    twins = {v.first_layer for v in ablation_variants() if v.last_layer == "quantized"}
-    assert twins == {"int8", "naive", "thermometer", "bitplane"}
-    assert any(v.first_layer == "naive" and v.last_layer == "float" for v in ablation_variants())
+    # every quantized first layer at the short schedule with a float and a quantized last layer
+    pairs = {(v.first_layer, json.dumps(v.first_layer_kwargs, sort_keys=True), v.last_layer) for v in ablation_variants()}
+    quantized_last = {(f, k) for f, k, last in pairs if last == "quantized"}
+    assert {f for f, _ in quantized_last} == {"int8", "naive", "thermometer", "bitplane", "pixel-embedding"}
+    assert all((f, k, "float") in pairs for f, k in quantized_last)
+    names = [v.name for v in ablation_variants()]
+    assert len(names) == len(set(names))
 
 
 def test_plan_runs_every_headline_seed_before_ablations():
@@ -139,3 +143,37 @@ def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys
                                 wbits=1, abits=2)
     assert row["image_size"] == 16 and row["first_layer_cost"] == first_layer_cost(model, 16, 16)
     assert "one 16×16 image" in (tmp_path / "results.md").read_text()
+
+
+def test_report_reads_each_ablation_factor_from_matched_pairs():
+    """A synthetic grid whose top-1 is a known sum of effects: the report recovers each effect."""
+    from pixelq.study.report import _embedding_grid, _last_layer_cost
+
+    def row(variant, first_layer, kwargs, top1, last="float", tier="ablation", std=None):
+        return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": kwargs, "wbits": 1,
+                "abits": 2, "last_layer": last, "top1_mean": top1, "top1_std": std, "gap_to_float_first": top1 - 80.0,
+                "first_layer_cost": {"bitops": 1e6 * kwargs.get("d", 1) * kwargs.get("bits", 1)}}
+
+    rows = [row("short-w1a2-float-first", "float", {}, 80.0)]
+    for v in ablation_variants():
+        k = v.first_layer_kwargs
+        if v.first_layer == "pixel-embedding" and v.last_layer == "float":
+            top1 = 70 - (not k["shared"]) - 0.5 * (k["init"] == "uniform") + k["bits"] + k["d"] / 10
+            rows.append(row(v.name, v.first_layer, k, top1))
+    rows.append(row("short-w1a2-naive2", "naive", {"bits": 2}, 75.0))
+    rows.append(row("short-w1a2-naive2-qlast", "naive", {"bits": 2}, 74.25, last="quantized"))
+    rows.append(row("short-w1a2-bitplane-qlast", "bitplane", {}, 70.0, last="quantized"))  # no float-last twin
+    rows += [row("w1a2-pe", "pixel-embedding", {"d": 10}, 79.0, tier="headline", std=0.2),
+             row("w1a2-pe-qlast", "pixel-embedding", {"d": 10}, 78.5, last="quantized", tier="headline", std=0.4)]
+    grid = _embedding_grid(rows)
+    assert "| 10 | 2 | 73.00 (-7.00) | 72.50 (-7.50) | 72.00 (-8.00) | 71.50 (-8.50) | 2e+07 |" in grid
+    assert "- per-colour tables instead of one shared table: -1.00 points on average over 12 pair(s) " \
+           "(from -1.00 to -1.00)." in grid
+    assert any(line.startswith("- uniform initialisation instead of thermometer: -0.50 points") for line in grid)
+    assert any(line.startswith("- Q = 2 bits instead of 1: +1.00 points on average over 12 pair(s)") for line in grid)
+    assert any(line.startswith("- d = 16 instead of 10: +0.60 points on average over 8 pair(s)") for line in grid)
+    assert any("std over seeds averages 0.30 points (2 rows" in line for line in grid)
+    last = _last_layer_cost(rows)
+    assert "| ablation | short-w1a2-naive2 | 75.00 | short-w1a2-naive2-qlast | 74.25 | -0.75 |" in last
+    assert "| headline | w1a2-pe | 79.00 | w1a2-pe-qlast | 78.50 | -0.50 |" in last
+    assert not any("bitplane" in line for line in last)

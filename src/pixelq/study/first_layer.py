@@ -3,8 +3,9 @@
 Two tiers share one plan:
   headline  the rows the targets are judged on, at the full schedule, every seed;
   ablation  the pixel-embedding grid (shared / per-colour table, d, Q, initialisation) and every
-            quantized first layer again with the last layer quantized, at a shorter schedule,
-            first seed only, with its own float-first-layer reference so gaps are like for like.
+            quantized first layer with a float and with a quantized last layer, at a shorter
+            schedule, first seed only, with its own float-first-layer reference so gaps are like
+            for like.
 
 Each run is an ordinary `train()` into OUT/<variant>-s<seed>/ with resume on, so a killed study
 loses at most the epoch in flight; a run whose metrics.json exists is skipped. A finished
@@ -74,7 +75,8 @@ def headline_variants() -> list:
 
 
 def ablation_variants() -> list:
-    """The pixel-embedding grid and the quantized-last-layer twins, with their own reference."""
+    """The pixel-embedding grid, and every quantized first layer (pixel embedding's headline setting
+    included) with a float and a quantized last layer, with their own float-first reference."""
     rows = [Variant("short-w1a2-float-first", "float", tier="ablation")]
     for shared in (True, False):
         for d in (4, 10, 16):
@@ -82,9 +84,11 @@ def ablation_variants() -> list:
                 for init in ("thermometer", "uniform"):
                     name = f"short-pe-{'shared' if shared else 'percolour'}-d{d}-q{bits}-{init}"
                     rows.append(Variant(name, "pixel-embedding", _pe(d, bits, shared, init), tier="ablation"))
+    # the grid holds pixel embedding's float-last row; the baselines get theirs here
+    rows.append(Variant("short-pe-shared-d10-q2-thermometer-qlast", "pixel-embedding", _pe(10, 2, True, "thermometer"),
+                        last_layer="quantized", tier="ablation"))
     for stem, (layer, kwargs) in _BASELINES.items():
-        if stem not in _HEADLINE_BASELINES:
-            rows.append(Variant(f"short-w1a2-{stem}", layer, kwargs, tier="ablation"))
+        rows.append(Variant(f"short-w1a2-{stem}", layer, kwargs, tier="ablation"))
         rows.append(Variant(f"short-w1a2-{stem}-qlast", layer, kwargs, last_layer="quantized", tier="ablation"))
     return rows
 

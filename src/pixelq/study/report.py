@@ -156,6 +156,73 @@ def _targets(rows: list) -> list:
     return out
 
 
+def _key(r: dict, **changes) -> tuple:
+    """A row's model settings (first layer, its kwargs, precision, last layer), some replaced."""
+    kwargs = {**r["first_layer_kwargs"], **{k: v for k, v in changes.items() if k in r["first_layer_kwargs"]}}
+    last = changes.get("last_layer", r["last_layer"])
+    return r["tier"], r["first_layer"], json.dumps(kwargs, sort_keys=True), r["wbits"], r["abits"], last
+
+
+# Pixel-embedding grid factors: (what changes, setting, from, to)
+_FACTORS = (("per-colour tables instead of one shared table", "shared", True, False),
+            ("uniform initialisation instead of thermometer", "init", "thermometer", "uniform"),
+            ("Q = 2 bits instead of 1", "bits", 1, 2),
+            ("d = 10 instead of 4", "d", 4, 10),
+            ("d = 16 instead of 10", "d", 10, 16))
+
+
+def _embedding_grid(rows: list) -> list:
+    """The ablation tier's pixel-embedding grid as one table, then each factor's effect averaged
+    over the pairs of rows that differ only in it, next to the seed-to-seed spread."""
+    grid = [r for r in rows if r["tier"] == "ablation" and r["first_layer"] == "pixel-embedding"
+            and r["last_layer"] == "float"]
+    if not grid:
+        return []
+    cell = {(r["first_layer_kwargs"]["d"], r["first_layer_kwargs"]["bits"], r["first_layer_kwargs"]["shared"],
+             r["first_layer_kwargs"]["init"]): r for r in grid}
+    columns = [(shared, init) for shared in (True, False) for init in ("thermometer", "uniform")]
+    lines = ["### Pixel-embedding grid", "",
+             "Top-1 % (gap to `short-w1a2-float-first`) at the ablation schedule, last layer float.", "",
+             "| d | Q | " + " | ".join(f"{'shared' if sh else 'per-colour'}, {init} init" for sh, init in columns)
+             + " | first-layer bit-ops |", "|---:|---:|" + "---:|" * (len(columns) + 1)]
+    for d, bits in sorted({(k[0], k[1]) for k in cell}):
+        cells = []
+        for shared, init in columns:
+            r = cell.get((d, bits, shared, init))
+            cells.append("–" if r is None else f"{r['top1_mean']:.2f} ({_fmt(r['gap_to_float_first'], '+.2f')})")
+        bitops = next(r for k, r in cell.items() if k[:2] == (d, bits))["first_layer_cost"]["bitops"]
+        lines.append(f"| {d} | {bits} | " + " | ".join(cells) + f" | {bitops:.3g} |")
+    lines += ["", "Each factor's effect: the top-1 change between rows that differ only in it (one seed each)."]
+    by_key = {_key(r): r for r in grid}
+    for label, name, before, after in _FACTORS:
+        diffs = [by_key[_key(r, **{name: after})]["top1_mean"] - r["top1_mean"] for r in grid
+                 if r["first_layer_kwargs"][name] == before and _key(r, **{name: after}) in by_key]
+        if diffs:
+            lines.append(f"- {label}: {statistics.fmean(diffs):+.2f} points on average over {len(diffs)} pair(s) "
+                         f"(from {min(diffs):+.2f} to {max(diffs):+.2f}).")
+    spread = [r["top1_std"] for r in rows if r["tier"] == "headline" and r["top1_std"] is not None]
+    if spread:
+        lines.append(f"- For scale: the headline rows' std over seeds averages {statistics.fmean(spread):.2f} points "
+                     f"({len(spread)} rows, full schedule); a difference of that size between two one-seed rows is noise.")
+    return lines + [""]
+
+
+def _last_layer_cost(rows: list) -> list:
+    """What quantizing the last layer costs each quantized first layer, like for like."""
+    by_key = {_key(r): r for r in rows}
+    pairs = [(by_key[_key(r, last_layer="float")], r) for r in rows
+             if r["last_layer"] == "quantized" and _key(r, last_layer="float") in by_key]
+    if not pairs:
+        return []
+    lines = ["### Quantizing the last layer", "",
+             "The same first layer with a float and with a quantized last layer, at the same schedule.", "",
+             "| tier | float last | top-1 % | quantized last | top-1 % | change |", "|---|---|---:|---|---:|---:|"]
+    for f, q in pairs:
+        lines.append(f"| {q['tier']} | {f['variant']} | {f['top1_mean']:.2f} | {q['variant']} | {q['top1_mean']:.2f} | "
+                     f"{q['top1_mean'] - f['top1_mean']:+.2f} |")
+    return lines + [""]
+
+
 def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md") -> dict:
     """summary.json in DIR; `docs` (markdown) and its PNG plots beside it. Returns the summary."""
     study_dir, docs = Path(study_dir), Path(docs)
@@ -186,6 +253,9 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
         part = [r for r in rows if r["tier"] == tier]
         if part:
             lines += [f"## {title}", ""] + _table(part) + [""]
+    findings = _embedding_grid(rows) + _last_layer_cost(rows)
+    if findings:
+        lines += ["## What the ablations show", ""] + findings
     targets = _targets(rows)
     if targets:
         lines += ["## Against the targets", ""] + targets + [""]
