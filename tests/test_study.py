@@ -114,15 +114,28 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
 
     def row(variant, first_layer, top1, bitops, gap=None):
         return {"variant": variant, "first_layer": first_layer, "tier": "headline", "top1_mean": top1, "seeds": [0, 1],
-                "gap_to_float_first": gap, "first_layer_cost": {"bitops": bitops}}
+                "top1": [top1, top1], "gap_to_float_first": gap, "first_layer_cost": {"bitops": bitops}}
 
     rows = [row("w1a2-float-first", "float", 80.0, 4e8, 0.0), row("w1a2-pe", "pixel-embedding", 79.5, 1e7, -0.5),
             row("w1a2-int8-first", "int8", 79.9, 3e8), row("w1a2-thermometer", "thermometer", 77.0, 1e7)]
+    rows[0].update(seeds=[1, 0], top1=[80.5, 79.5])
+    rows[1].update(seeds=[0, 1], top1=[79.25, 79.75])
     lines = _targets(rows)
-    assert "- `w1a2-pe`: 79.50 % over 2 seed(s), 0.50 points below `w1a2-float-first` (target ≤ 1.0: met)." in lines
+    assert ("- `w1a2-pe`: 79.50 % over 2 seed(s), 0.50 points below `w1a2-float-first` (target ≤ 1.0: met). "
+            "Gap per seed: s0 -0.25, s1 -0.75.") in lines
     assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
     assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) at 30x its first-layer bit-ops." in lines
     assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) at 1x its first-layer bit-ops."
+
+
+def test_gaps_pair_seeds_while_a_row_has_fewer_seeds_than_its_reference():
+    from pixelq.study.report import _gap
+
+    ref = {"seeds": [0, 1], "top1": [80.0, 82.0], "top1_mean": 81.0}
+    assert _gap({"seeds": [0], "top1": [79.0], "top1_mean": 79.0}, ref) == pytest.approx(-1.0)  # not 79 - 81
+    assert _gap({"seeds": [1, 0], "top1": [81.0, 80.5], "top1_mean": 80.75}, ref) == pytest.approx(-0.25)
+    assert _gap({"seeds": [2], "top1": [80.0], "top1_mean": 80.0}, ref) == pytest.approx(-1.0)  # no shared seed
+    assert _gap({"seeds": [0], "top1": [80.0], "top1_mean": 80.0}, None) is None
 
 
 def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys):
@@ -152,6 +165,7 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     def row(variant, first_layer, kwargs, top1, last="float", tier="ablation", std=None):
         return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": kwargs, "wbits": 1,
                 "abits": 2, "last_layer": last, "top1_mean": top1, "top1_std": std, "gap_to_float_first": top1 - 80.0,
+                "seeds": [0], "top1": [top1],
                 "first_layer_cost": {"bitops": 1e6 * kwargs.get("d", 1) * kwargs.get("bits", 1)}}
 
     rows = [row("short-w1a2-float-first", "float", {}, 80.0)]

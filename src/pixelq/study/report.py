@@ -3,7 +3,7 @@
 Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
 embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
 with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the gap to the
-float-first-layer W1A2 network of the same tier, and the first layer's MACs, bit-ops and
+float-first-layer W1A2 network of the same tier (over the seeds both finished), and the first layer's MACs, bit-ops and
 parameter bits (computed from the variant's model for one RGB image of the size it trained on,
 32 x 32 unless the study ran with an image size).
 """
@@ -57,9 +57,18 @@ def summarize(study_dir: "str | Path") -> dict:
         rows.append(row)
     by_name = {r["variant"]: r for r in rows}
     for r in rows:
-        ref = by_name.get(REFERENCES[r["tier"]])
-        r["gap_to_float_first"] = r["top1_mean"] - ref["top1_mean"] if ref else None
+        r["gap_to_float_first"] = _gap(r, by_name.get(REFERENCES[r["tier"]]))
     return {"schedule": study["schedule"], "rows": rows}
+
+
+def _gap(row: dict, ref: "dict | None") -> "float | None":
+    """Mean top-1 difference to the reference over the seeds both finished (the same seed shares data
+    order and augmentation); the difference of the means where they share none."""
+    if ref is None:
+        return None
+    ref_top1 = dict(zip(ref["seeds"], ref["top1"]))
+    paired = [top1 - ref_top1[seed] for seed, top1 in zip(row["seeds"], row["top1"]) if seed in ref_top1]
+    return statistics.fmean(paired) if paired else row["top1_mean"] - ref["top1_mean"]
 
 
 def _fmt(value, spec: str, empty: str = "–") -> str:
@@ -135,23 +144,30 @@ def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
 def _targets(rows: list) -> list:
     by_name = {r["variant"]: r for r in rows}
     out = []
+    ref = by_name.get(REFERENCES["headline"])
     for name, bound in (("w1a2-pe", 1.0), ("w1a2-pe-qlast", 1.5)):
         r = by_name.get(name)
         if r and r["gap_to_float_first"] is not None:
             met = -r["gap_to_float_first"] <= bound
-            out.append(f"- `{name}`: {r['top1_mean']:.2f} % over {len(r['seeds'])} seed(s), "
-                       f"{-r['gap_to_float_first']:.2f} points below `w1a2-float-first` "
-                       f"(target ≤ {bound}: {'met' if met else 'not met'}).")
+            line = (f"- `{name}`: {r['top1_mean']:.2f} % over {len(r['seeds'])} seed(s), "
+                    f"{-r['gap_to_float_first']:.2f} points below `w1a2-float-first` "
+                    f"(target ≤ {bound}: {'met' if met else 'not met'}).")
+            # the same seed shares the data order and augmentation, so per-seed gaps are the paired view
+            paired = {seed: top1 - dict(zip(ref["seeds"], ref["top1"]))[seed]
+                      for seed, top1 in zip(r.get("seeds", []), r.get("top1", [])) if seed in ref.get("seeds", [])}
+            if len(paired) > 1:
+                line += " Gap per seed: " + ", ".join(f"s{seed} {gap:+.2f}" for seed, gap in paired.items()) + "."
+            out.append(line)
     quantized = [r for r in rows if r["tier"] == "headline" and r["first_layer"] not in ("float", "pixel-embedding")]
     pe = by_name.get("w1a2-pe")
     if pe and quantized:
-        behind = [r["variant"] for r in quantized if r["top1_mean"] >= pe["top1_mean"]]
+        behind = [r["variant"] for r in quantized if _gap(r, pe) >= 0]
         out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows."
                    if not behind else f"- pixel embedding is not ahead of: {', '.join(behind)}.")
         # what each costs beside it: accuracy for first-layer work is the trade the table is about
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
             ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
-            out.append(f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({r['top1_mean'] - pe['top1_mean']:+.2f} against "
+            out.append(f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({_gap(r, pe):+.2f} against "
                        f"`w1a2-pe`) at {ratio:.3g}x its first-layer bit-ops.")
     return out
 
@@ -219,7 +235,7 @@ def _last_layer_cost(rows: list) -> list:
              "| tier | float last | top-1 % | quantized last | top-1 % | change |", "|---|---|---:|---|---:|---:|"]
     for f, q in pairs:
         lines.append(f"| {q['tier']} | {f['variant']} | {f['top1_mean']:.2f} | {q['variant']} | {q['top1_mean']:.2f} | "
-                     f"{q['top1_mean'] - f['top1_mean']:+.2f} |")
+                     f"{_gap(q, f):+.2f} |")
     return lines + [""]
 
 
@@ -242,7 +258,8 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              f"{s['ablation_train_subset'] or 'full'}-image train subset, seed {s['seeds'][0]}. Both: {s['optimizer']} "
              f"lr {s['lr']} {s['schedule']}, weight decay {s['weight_decay']}, batch {s['batch_size']}, pad-4 crop + "
              f"flip; evaluated on the {test_size:,} test images. Std is the sample std over seeds (– for one seed). "
-             "Gaps are to the float-first-layer W1A2 network of the same schedule. Bit-ops and parameter bits are "
+             "Gaps are to the float-first-layer W1A2 network of the same schedule, over the seeds both rows "
+             "finished. Bit-ops and parameter bits are "
              f"the first layer's (first conv and its input encoder) for one {size}×{size} image; in the W1A2 rows every "
              "quantized first layer is an input encoder feeding a binary first conv (`int8`: the 8-bit pixel "
              "codes themselves, i.e. 8-bit input with binary weights). Runtime columns: the run "
@@ -258,7 +275,12 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
         lines += ["## What the ablations show", ""] + findings
     targets = _targets(rows)
     if targets:
-        lines += ["## Against the targets", ""] + targets + [""]
+        lines += ["## Against the targets", ""] + targets + [
+            "", "The paper (Tokunaga et al., arXiv 2407.16174) reports about 1 point of top-5 lost to a "
+            "pixel-embedding first layer on ImageNet, and slightly over 1 point of top-1 with first and last layers "
+            "quantized on CIFAR-100. Neither data set is available offline here; the rows above ask the same "
+            "question on the data and schedule stated at the top (`--data` takes the official CIFAR-100 folder "
+            "and ImageNet-style trees with `--image-size`).", ""]
     if rows:
         plot_accuracy_vs_cost(rows, docs.parent / "first_layer_accuracy_vs_cost.png")
         lines += ["![accuracy against first-layer cost](first_layer_accuracy_vs_cost.png)", ""]
