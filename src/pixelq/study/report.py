@@ -120,7 +120,8 @@ def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
 
 
 def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
-    """One panel per table (shared, or R, G, B), each of the d dimensions a curve over 0..255."""
+    """One panel per table (shared, or R, G, B); each of the d dimensions a step curve over 0..255,
+    stacked one above the other so none hides another."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,13 +129,20 @@ def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
 
     tables = record["table"]
     names = ["shared by R, G, B"] if record["shared"] else ["R", "G", "B"][:len(tables)]
-    fig, axes = plt.subplots(1, len(tables), figsize=(max(6.5, 4.5 * len(tables)), 3.4), squeeze=False)  # room for the title
+    values = [v for t in tables for row in t for v in row]
+    low, span = min(values), (max(values) - min(values)) or 1.0
+    step = 1.3 * span
+    height = min(9.0, 1.6 + 0.32 * record["d"])
+    fig, axes = plt.subplots(1, len(tables), figsize=(max(6.5, 4.5 * len(tables)), height), squeeze=False)
     for ax, table, name in zip(axes[0], tables, names):
         for j in range(record["d"]):
-            ax.plot(range(256), [row[j] + 0.03 * j for row in table], lw=1)
+            ax.step(range(256), [row[j] - low + j * step for row in table], where="mid", lw=1)
+        ax.set_yticks([j * step + span / 2 for j in range(record["d"])], [f"dim {j}" for j in range(record["d"])],
+                      fontsize=7)
+        ax.set_xlim(0, 255)
         ax.set_xlabel("pixel value")
-        ax.set_ylabel("quantized value (offset per dim)")
         ax.set_title(f"{name}", fontsize=9)
+    axes[0][0].set_ylabel(f"quantized value (0 to {span:.3g} per row)")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
