@@ -201,3 +201,5 @@ def test_cli_trains_and_evaluates_an_imagenet_style_tree_at_one_size(tmp_path, c
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), *base, "--image-size", "16"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["n"] == 6 and evaluated["top1"] == trained["top1"]
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), *base]) == 0  # the checkpoint's size
+    assert json.loads(capsys.readouterr().out) == evaluated

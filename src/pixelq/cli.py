@@ -41,7 +41,8 @@ def _first_layer_kwargs(args) -> dict:
 def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:
     p.add_argument("--data", help=help_text)
     p.add_argument("--image-size", type=int, help="scale each image's shorter side to S and keep the centre S x S "
-                                                  "(folders of mixed sizes, e.g. ImageNet-style); default: as stored")
+                                                  "(folders of mixed sizes, e.g. ImageNet-style); default: as stored "
+                                                  "(eval: the size the checkpoint trained at)")
 
 
 def _add_train(sub) -> None:
@@ -96,14 +97,17 @@ def _run_train(args) -> None:
 
 def _run_eval(args) -> None:
     from .data import load_dataset
-    from .training import evaluate, load_checkpoint
+    from .training import evaluate, read_checkpoint
+    from .training.checkpoint import model_from_checkpoint
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.checkpoint)
-    data = load_dataset(args.data, image_size=args.image_size)
+    ckpt = read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    # default: the size the model trained at
+    data = load_dataset(args.data, image_size=args.image_size or ckpt["config"].get("image_size"))
     result = evaluate(model, data.test.images, data.test.labels)
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
 
