@@ -9,5 +9,5 @@ THREADS=${2:-2}
 PIXELQ=${PIXELQ:-.venv/bin/pixelq}
 OUT=results/first-layer-study
 
-$PIXELQ study first-layer --data "$DATA" --out $OUT --seeds 0 1 --epochs 20 \
+$PIXELQ study first-layer --data "$DATA" --out $OUT --seeds 0 1 2 --epochs 20 \
   --ablation-epochs 10 --ablation-train-subset 10000 --threads "$THREADS" --quiet

@@ -35,11 +35,14 @@ def test_ablations_cover_the_embedding_grid_and_quantized_last_twins():
     assert len(names) == len(set(names))
 
 
-def test_plan_runs_every_headline_seed_before_ablations():
-    pairs = plan(StudySchedule(seeds=(3, 4)))
-    headline = len(headline_variants())
+def test_plan_runs_two_headline_seeds_then_ablations_then_further_seeds():
+    pairs = plan(StudySchedule(seeds=(3, 4, 5)))
+    headline, ablation = len(headline_variants()), len(ablation_variants())
     assert [s for _, s in pairs[:headline]] == [3] * headline and [s for _, s in pairs[headline:2 * headline]] == [4] * headline
-    assert all(v.tier == "ablation" and s == 3 for v, s in pairs[2 * headline:])
+    assert all(v.tier == "ablation" and s == 3 for v, s in pairs[2 * headline:2 * headline + ablation])
+    assert [(v.tier, s) for v, s in pairs[2 * headline + ablation:]] == [("headline", 5)] * headline
+    assert len(pairs) == 3 * headline + ablation
+    assert plan(StudySchedule(seeds=(3, 4, 5)), tiers=("headline",)) == [p for p in pairs if p[0].tier == "headline"]
 
 
 def test_first_layer_cost():

@@ -126,13 +126,12 @@ def run_name(variant: Variant, seed: int) -> str:
 
 def plan(schedule: StudySchedule, tiers: tuple = ("headline", "ablation")) -> list:
     """(variant, seed) pairs in the order they run: every headline variant at the first seed, then
-    at each further seed, then the ablations, so the most informative rows finish first."""
-    pairs = []
-    if "headline" in tiers:
-        pairs += [(v, s) for s in schedule.seeds for v in headline_variants()]
-    if "ablation" in tiers:
-        pairs += [(v, schedule.seeds[0]) for v in ablation_variants()]
-    return pairs
+    at the second (a mean and a std per row), then the ablations, then the headline rows at any
+    further seed, so a study cut short has the most informative rows."""
+    headline = [(v, s) for s in schedule.seeds for v in headline_variants()] if "headline" in tiers else []
+    ablation = [(v, schedule.seeds[0]) for v in ablation_variants()] if "ablation" in tiers else []
+    first_two = 2 * len(headline_variants())
+    return headline[:first_two] + ablation + headline[first_two:]
 
 
 def run_config(variant: Variant, seed: int, schedule: StudySchedule, out: Path, data: "str | None",
