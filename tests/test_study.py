@@ -132,13 +132,20 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
 
 
 def test_gaps_pair_seeds_while_a_row_has_fewer_seeds_than_its_reference():
-    from pixelq.study.report import _gap
+    from pixelq.study.report import _gap, _last_layer_cost, _over
 
     ref = {"seeds": [0, 1], "top1": [80.0, 82.0], "top1_mean": 81.0}
     assert _gap({"seeds": [0], "top1": [79.0], "top1_mean": 79.0}, ref) == pytest.approx(-1.0)  # not 79 - 81
     assert _gap({"seeds": [1, 0], "top1": [81.0, 80.5], "top1_mean": 80.75}, ref) == pytest.approx(-0.25)
     assert _gap({"seeds": [2], "top1": [80.0], "top1_mean": 80.0}, ref) == pytest.approx(-1.0)  # no shared seed
     assert _gap({"seeds": [0], "top1": [80.0], "top1_mean": 80.0}, None) is None
+    assert _over({"seeds": [0], "top1": [79.0], "top1_mean": 79.0}, ref) == " at seed 0"
+    assert _over({"seeds": [1, 0], "top1": [81.0, 80.5], "top1_mean": 80.75}, ref) == ""
+    # the last-layer table compares the same seeds too
+    f = {"tier": "headline", "variant": "a", "first_layer": "int8", "first_layer_kwargs": {}, "wbits": 1, "abits": 2,
+         "last_layer": "float", **ref}
+    q = {**f, "variant": "a-qlast", "last_layer": "quantized", "seeds": [1], "top1": [81.5], "top1_mean": 81.5}
+    assert "| headline | a | 82.00 | a-qlast | 81.50 | -0.50 at seed 1 |" in _last_layer_cost([f, q])
 
 
 def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys):

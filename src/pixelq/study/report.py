@@ -61,14 +61,31 @@ def summarize(study_dir: "str | Path") -> dict:
     return {"schedule": study["schedule"], "rows": rows}
 
 
+def _paired(row: dict, ref: dict) -> tuple:
+    """(row mean, ref mean, seeds) over the seeds both finished (the same seed shares data order
+    and augmentation); the plain means and () where they share none."""
+    ref_top1 = dict(zip(ref["seeds"], ref["top1"]))
+    shared = [(seed, top1, ref_top1[seed]) for seed, top1 in zip(row["seeds"], row["top1"]) if seed in ref_top1]
+    if not shared:
+        return row["top1_mean"], ref["top1_mean"], ()
+    return statistics.fmean(t for _, t, _ in shared), statistics.fmean(t for _, _, t in shared), \
+        tuple(seed for seed, _, _ in shared)
+
+
 def _gap(row: dict, ref: "dict | None") -> "float | None":
-    """Mean top-1 difference to the reference over the seeds both finished (the same seed shares data
-    order and augmentation); the difference of the means where they share none."""
+    """row - ref in top-1 points, over the seeds both finished (see `_paired`)."""
     if ref is None:
         return None
-    ref_top1 = dict(zip(ref["seeds"], ref["top1"]))
-    paired = [top1 - ref_top1[seed] for seed, top1 in zip(row["seeds"], row["top1"]) if seed in ref_top1]
-    return statistics.fmean(paired) if paired else row["top1_mean"] - ref["top1_mean"]
+    mine, theirs, _ = _paired(row, ref)
+    return mine - theirs
+
+
+def _over(row: dict, ref: dict) -> str:
+    """' at seed 0' where the comparison covers fewer seeds than either row has, else ''."""
+    seeds = _paired(row, ref)[2]
+    if not seeds or len(seeds) == max(len(row["seeds"]), len(ref["seeds"])):
+        return ""
+    return f" at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
 def _fmt(value, spec: str, empty: str = "–") -> str:
@@ -158,7 +175,7 @@ def _targets(rows: list) -> list:
         if r and r["gap_to_float_first"] is not None:
             met = -r["gap_to_float_first"] <= bound
             line = (f"- `{name}`: {r['top1_mean']:.2f} % over {len(r['seeds'])} seed(s), "
-                    f"{-r['gap_to_float_first']:.2f} points below `w1a2-float-first` "
+                    f"{-r['gap_to_float_first']:.2f} points below `w1a2-float-first`{_over(r, ref)} "
                     f"(target ≤ {bound}: {'met' if met else 'not met'}).")
             # the same seed shares the data order and augmentation, so per-seed gaps are the paired view
             paired = {seed: top1 - dict(zip(ref["seeds"], ref["top1"]))[seed]
@@ -176,7 +193,7 @@ def _targets(rows: list) -> list:
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
             ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
             out.append(f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({_gap(r, pe):+.2f} against "
-                       f"`w1a2-pe`) at {ratio:.3g}x its first-layer bit-ops.")
+                       f"`w1a2-pe`{_over(r, pe)}) at {ratio:.3g}x its first-layer bit-ops.")
     return out
 
 
@@ -239,11 +256,13 @@ def _last_layer_cost(rows: list) -> list:
     if not pairs:
         return []
     lines = ["### Quantizing the last layer", "",
-             "The same first layer with a float and with a quantized last layer, at the same schedule.", "",
+             "The same first layer with a float and with a quantized last layer, at the same schedule, over "
+             "the seeds both finished.", "",
              "| tier | float last | top-1 % | quantized last | top-1 % | change |", "|---|---|---:|---|---:|---:|"]
     for f, q in pairs:
-        lines.append(f"| {q['tier']} | {f['variant']} | {f['top1_mean']:.2f} | {q['variant']} | {q['top1_mean']:.2f} | "
-                     f"{_gap(q, f):+.2f} |")
+        mine, theirs, _ = _paired(q, f)
+        lines.append(f"| {q['tier']} | {f['variant']} | {theirs:.2f} | {q['variant']} | {mine:.2f} | "
+                     f"{mine - theirs:+.2f}{_over(q, f)} |")
     return lines + [""]
 
 
