@@ -103,8 +103,17 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
         rows["short-pe-percolour-d4-q1-uniform"]["top1_mean"] - rows["short-w1a2-float-first"]["top1_mean"])
     text = docs.read_text()
     assert "| w1a2-pe |" in text and "## Ablations" in text and "1 epochs" in text
-    for png in ("first_layer_accuracy_vs_cost.png", "embedding_w1a2-pe.png"):
+    for png in ("first_layer_accuracy_vs_cost.png", "embedding_w1a2-pe.png", "first_layer_gap_by_epoch.png"):
         assert (docs.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the gap by epoch: each epoch's test top-1 against the float first layer's, mean over seeds
+    from pixelq.study.report import gap_by_epoch
+
+    def top1(run):
+        return [json.loads(line)["test_top1"] for line in (out / run / "metrics.jsonl").read_text().splitlines()]
+
+    expected = [(a0 - b0 + a1 - b1) / 2 for a0, b0, a1, b1 in zip(top1("w1a2-pe-s0"), top1("w1a2-float-first-s0"),
+                                                                   top1("w1a2-pe-s1"), top1("w1a2-float-first-s1"))]
+    assert gap_by_epoch(out, list(rows.values())) == {"w1a2-pe": pytest.approx(expected)}
 
 
 def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """`pixelq report DIR`: the first-layer study's summary.json, plots and docs/results.md, from its JSON.
 
 Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
-embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
+metrics.jsonl, embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
 with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the gap to the
 float-first-layer W1A2 network of the same tier (over the seeds both finished), and the first layer's MACs, bit-ops and
 parameter bits (computed from the variant's model for one RGB image of the size it trained on,
@@ -130,6 +130,50 @@ def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
     ax.set_xlabel(f"first-layer bit-ops per {size}x{size} image (MACs x input bits x weight bits)")
     ax.set_ylabel("top-1 %")
     ax.set_title("ResNet-20 W1A2: accuracy against the first layer's cost")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def gap_by_epoch(study_dir: Path, rows: list) -> dict:
+    """{variant: [mean test top-1 gap to w1a2-float-first after each epoch]} for the headline W1A2
+    rows, from each run's metrics.jsonl, averaged over the seeds both finished."""
+    ref = next((r for r in rows if r["variant"] == REFERENCES["headline"]), None)
+    if ref is None:
+        return {}
+
+    def curve(variant: str, seed: int) -> list:
+        path = study_dir / f"{variant}-s{seed}" / "metrics.jsonl"
+        return [json.loads(line)["test_top1"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+    out = {}
+    for r in rows:
+        if r["tier"] != "headline" or r is ref or r["wbits"] > 8:
+            continue
+        gaps = [[a - b for a, b in zip(curve(r["variant"], s), curve(ref["variant"], s))]
+                for s in r["seeds"] if s in ref["seeds"]]
+        gaps = [g for g in gaps if g]
+        if gaps:
+            out[r["variant"]] = [statistics.fmean(g[e] for g in gaps) for e in range(min(map(len, gaps)))]
+    return out
+
+
+def plot_gap_by_epoch(gaps: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant, gap in gaps.items():
+        ax.plot(range(1, len(gap) + 1), gap, marker=".", lw=1.5 if variant.startswith("w1a2-pe") else 0.8,
+                label=variant)
+    ax.axhline(0.0, color="black", lw=0.6)
+    ax.set_ylim(max(-8.0, min(min(g) for g in gaps.values()) - 0.5), max(1.0, max(max(g) for g in gaps.values()) + 0.5))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 gap to w1a2-float-first (points)")
+    ax.set_title("Gap to the float first layer during training (mean over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -311,6 +355,13 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     if rows:
         plot_accuracy_vs_cost(rows, docs.parent / "first_layer_accuracy_vs_cost.png")
         lines += ["![accuracy against first-layer cost](first_layer_accuracy_vs_cost.png)", ""]
+    gaps = gap_by_epoch(study_dir, rows)
+    if gaps:
+        plot_gap_by_epoch(gaps, docs.parent / "first_layer_gap_by_epoch.png")
+        last = ", ".join(f"`{v}` {' → '.join(f'{x:+.2f}' for x in g[-3:])}" for v, g in gaps.items())
+        lines += ["The gap to the float first layer after each epoch (test top-1 of the epoch's model; the "
+                  f"per-epoch numbers swing while the learning rate is high). Last three epochs: {last}.", "",
+                  "![gap by epoch](first_layer_gap_by_epoch.png)", ""]
     for name in ("w1a2-pe", "short-pe-percolour-d10-q2-thermometer"):
         record = next((_load(p) for p in sorted(study_dir.glob(f"{name}-s*/embedding.json"))), None)
         if record:
