@@ -1,11 +1,11 @@
 """`pixelq report DIR`: the first-layer study's summary.json, plots and docs/results.md, from its JSON.
 
 Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
-metrics.jsonl, embedding.json and runtime.json where the study wrote them); nothing else. Rows are one per variant
-with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the gap to the
-float-first-layer W1A2 network of the same tier (over the seeds both finished), and the first layer's MACs, bit-ops and
-parameter bits (computed from the variant's model for one RGB image of the size it trained on,
-32 x 32 unless the study ran with an image size).
+metrics.jsonl, embedding.json and runtime.json where the study wrote them); nothing else. Rows are
+one per variant with at least one finished seed: top-1 mean and (over >= 2 seeds) sample std, the
+gap to the float-first-layer W1A2 network of the same tier (over the seeds both finished), and the
+first layer's MACs, bit-ops and parameter bits (computed from the variant's model for one RGB image
+of the size it trained on, 32 x 32 unless the study ran with an image size).
 """
 from __future__ import annotations
 
