@@ -234,10 +234,18 @@ def _targets(rows: list) -> list:
         out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows."
                    if not behind else f"- pixel embedding is not ahead of: {', '.join(behind)}.")
         # what each costs beside it: accuracy for first-layer work is the trade the table is about
+        spread = [r["top1_std"] for r in rows if r["tier"] == "headline" and r.get("top1_std") is not None]
+        noise = statistics.fmean(spread) if spread else None
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
+            gap = _gap(r, pe)
             ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
-            out.append(f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({_gap(r, pe):+.2f} against "
-                       f"`w1a2-pe`{_over(r, pe)}) at {ratio:.3g}x its first-layer bit-ops.")
+            close = f"; within the headline rows' mean seed std of {noise:.2f}" if noise and abs(gap) < noise else ""
+            line = (f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({gap:+.2f} against `w1a2-pe`{_over(r, pe)}{close}) "
+                    f"at {ratio:.3g}x its first-layer bit-ops")
+            if r.get("runtime") and pe.get("runtime"):
+                line += (f"; on the integer runtime {r['runtime']['images_per_s']:,.0f} images/s against "
+                         f"{pe['runtime']['images_per_s']:,.0f}")
+            out.append(line + ".")
     return out
 
 
