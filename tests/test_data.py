@@ -134,6 +134,16 @@ def test_imagenet_style_tree_reads_val_as_test_at_one_size(tmp_path):
     assert np.all(np.diff(d.test.images[..., 1].astype(int), axis=1) >= -3)
 
 
+def test_a_grey_image_among_colour_ones_becomes_colour(tmp_path):
+    write_imagenet_style(tmp_path / "imagenet")
+    grey = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
+    Image.fromarray(grey, "L").save(tmp_path / "imagenet" / "val" / "dog" / "n999.JPEG", quality=95)
+    d = load_dataset(tmp_path / "imagenet", image_size=12, use_cache=False)
+    assert d.test.images.shape == (7, 12, 12, 3)
+    last = d.test.images[-1].astype(int)
+    assert np.array_equal(last[..., 0], last[..., 1]) and np.array_equal(last[..., 0], last[..., 2])
+
+
 def test_image_size_keeps_the_centre_of_the_shorter_side(tmp_path):
     """An image whose shorter side already is S is cropped, not scaled: exact pixels survive."""
     rng = np.random.default_rng(1)

@@ -75,6 +75,8 @@ def _stack(items: list, split: str, source: str) -> ImageSet:
         raise DataError(f"{source}: no images found for split {split!r}")
     classes = sorted({c for c, _, _ in items})
     items = sorted(items, key=lambda t: (t[0], t[1]))
+    if {a.shape[2] for _, _, a in items} == {1, 3}:  # a few grey images among colour ones (ImageNet has some)
+        items = [(c, name, a.repeat(3, axis=2) if a.shape[2] == 1 else a) for c, name, a in items]
     first_name, first = items[0][1], items[0][2]
     for _, name, a in items:
         if a.shape != first.shape:
