@@ -88,6 +88,11 @@ def _over(row: dict, ref: dict) -> str:
     return f" at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
+def _seed_spread(rows: list) -> list:
+    """The sample std over seeds of every headline row that has one."""
+    return [r["top1_std"] for r in rows if r["tier"] == "headline" and r.get("top1_std") is not None]
+
+
 def _fmt(value, spec: str, empty: str = "–") -> str:
     return empty if value is None else format(value, spec)
 
@@ -108,13 +113,26 @@ def _table(rows: list) -> list:
     return lines
 
 
-def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
+def _subplots(*args, **kwargs):
+    """matplotlib's subplots on the file-only Agg backend (imported here, not at start-up)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt.subplots(*args, **kwargs)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
+    fig, ax = _subplots(figsize=(7, 4.5))
     for tier, marker in (("headline", "o"), ("ablation", "^")):
         part = [r for r in rows if r["tier"] == tier]
         if not part:
@@ -131,9 +149,7 @@ def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
     ax.set_ylabel("top-1 %")
     ax.set_title("ResNet-20 W1A2: accuracy against the first layer's cost")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def gap_by_epoch(study_dir: Path, rows: list) -> dict:
@@ -147,12 +163,12 @@ def gap_by_epoch(study_dir: Path, rows: list) -> dict:
         path = study_dir / f"{variant}-s{seed}" / "metrics.jsonl"
         return [json.loads(line)["test_top1"] for line in path.read_text().splitlines()] if path.is_file() else []
 
+    ref_curves = {s: curve(ref["variant"], s) for s in ref["seeds"]}
     out = {}
     for r in rows:
         if r["tier"] != "headline" or r is ref or r["wbits"] > 8:
             continue
-        gaps = [[a - b for a, b in zip(curve(r["variant"], s), curve(ref["variant"], s))]
-                for s in r["seeds"] if s in ref["seeds"]]
+        gaps = [[a - b for a, b in zip(curve(r["variant"], s), ref_curves[s])] for s in r["seeds"] if s in ref_curves]
         gaps = [g for g in gaps if g]
         if gaps:
             out[r["variant"]] = [statistics.fmean(g[e] for g in gaps) for e in range(min(map(len, gaps)))]
@@ -160,12 +176,7 @@ def gap_by_epoch(study_dir: Path, rows: list) -> dict:
 
 
 def plot_gap_by_epoch(gaps: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _subplots(figsize=(7, 4))
     for variant, gap in gaps.items():
         ax.plot(range(1, len(gap) + 1), gap, marker=".", lw=1.5 if variant.startswith("w1a2-pe") else 0.8,
                 label=variant)
@@ -175,26 +186,19 @@ def plot_gap_by_epoch(gaps: dict, path: Path) -> None:
     ax.set_ylabel("test top-1 gap to w1a2-float-first (points)")
     ax.set_title("Gap to the float first layer during training (mean over seeds)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
     """One panel per table (shared, or R, G, B); each of the d dimensions a step curve over 0..255,
     stacked one above the other so none hides another."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tables = record["table"]
     names = ["shared by R, G, B"] if record["shared"] else ["R", "G", "B"][:len(tables)]
     values = [v for t in tables for row in t for v in row]
     low, span = min(values), (max(values) - min(values)) or 1.0
     step = 1.3 * span
     height = min(9.0, 1.6 + 0.32 * record["d"])
-    fig, axes = plt.subplots(1, len(tables), figsize=(max(6.5, 4.5 * len(tables)), height), squeeze=False)
+    fig, axes = _subplots(1, len(tables), figsize=(max(6.5, 4.5 * len(tables)), height), squeeze=False)
     for ax, table, name in zip(axes[0], tables, names):
         for j in range(record["d"]):
             ax.step(range(256), [row[j] - low + j * step for row in table], where="mid", lw=1)
@@ -205,9 +209,7 @@ def plot_embedding_curves(record: dict, title: str, path: Path) -> None:
         ax.set_title(f"{name}", fontsize=9)
     axes[0][0].set_ylabel(f"quantized value (0 to {span:.3g} per row)")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def _targets(rows: list) -> list:
@@ -234,7 +236,7 @@ def _targets(rows: list) -> list:
         out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows."
                    if not behind else f"- pixel embedding is not ahead of: {', '.join(behind)}.")
         # what each costs beside it: accuracy for first-layer work is the trade the table is about
-        spread = [r["top1_std"] for r in rows if r["tier"] == "headline" and r.get("top1_std") is not None]
+        spread = _seed_spread(rows)
         noise = statistics.fmean(spread) if spread else None
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
             gap = _gap(r, pe)
@@ -293,7 +295,7 @@ def _embedding_grid(rows: list) -> list:
         if diffs:
             lines.append(f"- {label}: {statistics.fmean(diffs):+.2f} points on average over {len(diffs)} pair(s) "
                          f"(from {min(diffs):+.2f} to {max(diffs):+.2f}).")
-    spread = [r["top1_std"] for r in rows if r["tier"] == "headline" and r["top1_std"] is not None]
+    spread = _seed_spread(rows)
     if spread:
         lines.append(f"- For scale: the headline rows' std over seeds averages {statistics.fmean(spread):.2f} points "
                      f"({len(spread)} rows, full schedule); a difference of that size between two one-seed rows is noise.")
