@@ -1,5 +1,6 @@
 """Data-parallel training with torch.distributed: torchrun, two CPU processes, gloo."""
 import json
+import os
 import subprocess
 import sys
 
@@ -16,8 +17,10 @@ def test_torchrun_two_processes(tmp_path, tiny_splits):
            "-m", "pixelq.cli", "train", "--data", str(data), "--first-layer", "pixel-embedding", "--pe-dim", "4",
            "--wbits", "1", "--abits", "2", "--overrides", str(_lsq_overrides(tmp_path)), "--epochs", "2",
            "--batch-size", "16", "--threads", "1", "--quiet", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # A rank that aborts (seen once under heavy load, inside gloo) prints where it was.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-6000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["train_size"] == 48
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
