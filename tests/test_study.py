@@ -215,3 +215,26 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     assert "| ablation | short-w1a2-naive2 | 75.00 | short-w1a2-naive2-qlast | 74.25 | -0.75 |" in last
     assert "| headline | w1a2-pe | 79.00 | w1a2-pe-qlast | 78.50 | -0.50 |" in last
     assert not any("bitplane" in line for line in last)
+
+
+def test_report_checks_whether_the_short_schedule_ranks_first_layers_like_the_full_one():
+    from pixelq.study.report import _schedule_check
+
+    def row(variant, tier, first_layer, top1, gap, last="float"):
+        return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": {}, "wbits": 1,
+                "abits": 2, "last_layer": last, "top1_mean": top1, "gap_to_float_first": gap}
+
+    rows = [row("w1a2-float-first", "headline", "float", 80.0, 0.0), row("w1a2-int8-first", "headline", "int8", 79.0, -1.0),
+            row("w1a2-thermometer", "headline", "thermometer", 78.0, -2.0),
+            row("w1a2-bitplane", "headline", "bitplane", 77.0, -3.0),
+            row("short-w1a2-float-first", "ablation", "float", 55.0, 0.0),
+            row("short-w1a2-int8-first", "ablation", "int8", 50.0, -5.0),
+            row("short-w1a2-thermometer", "ablation", "thermometer", 52.0, -3.0),  # swaps places with int8
+            row("short-w1a2-bitplane", "ablation", "bitplane", 45.0, -10.0),
+            row("short-w1a2-bitplane-qlast", "ablation", "bitplane", 44.0, -11.0, last="quantized")]  # no headline twin
+    lines = _schedule_check(rows)
+    assert "| w1a2-thermometer | -2.00 | short-w1a2-thermometer | -3.00 |" in lines
+    assert not any("qlast" in line or "float-first |" in line for line in lines)
+    assert any(line.startswith("2 of 3 pairs of these rows are in the same order at both schedules. The float first "
+                               "layer reaches 55.00 % at the ablation schedule against 80.00 %") for line in lines)
+    assert _schedule_check(rows[:6]) == []  # one twin (int8): nothing to order

@@ -255,7 +255,7 @@ def _key(r: dict, **changes) -> tuple:
     """A row's model settings (first layer, its kwargs, precision, last layer), some replaced."""
     kwargs = {**r["first_layer_kwargs"], **{k: v for k, v in changes.items() if k in r["first_layer_kwargs"]}}
     last = changes.get("last_layer", r["last_layer"])
-    return r["tier"], r["first_layer"], json.dumps(kwargs, sort_keys=True), r["wbits"], r["abits"], last
+    return changes.get("tier", r["tier"]), r["first_layer"], json.dumps(kwargs, sort_keys=True), r["wbits"], r["abits"], last
 
 
 # Pixel-embedding grid factors: (what changes, setting, from, to)
@@ -320,6 +320,36 @@ def _last_layer_cost(rows: list) -> list:
     return lines + [""]
 
 
+def _schedule_check(rows: list) -> list:
+    """Whether the ablation schedule orders the quantized first layers as the full schedule does:
+    each headline row beside its ablation twin (the same model), and how many pairs of them the two
+    schedules put in the same order."""
+    by_key = {_key(r): r for r in rows}
+    twins = [(r, by_key[_key(r, tier="ablation")]) for r in rows
+             if r["tier"] == "headline" and r["first_layer"] != "float" and _key(r, tier="ablation") in by_key]
+    twins = [(full, short) for full, short in twins
+             if full["gap_to_float_first"] is not None and short["gap_to_float_first"] is not None]
+    if len(twins) < 2:
+        return []
+    by_name = {r["variant"]: r for r in rows}
+    refs = [by_name.get(REFERENCES[tier]) for tier in ("headline", "ablation")]
+    lines = ["### Does the shorter schedule rank first layers like the full one?", "",
+             "Each headline row beside the same model at the ablation schedule, as gaps to that schedule's float "
+             "first layer.", "", "| full schedule | gap | ablation schedule | gap |", "|---|---:|---|---:|"]
+    for full, short in twins:
+        lines.append(f"| {full['variant']} | {full['gap_to_float_first']:+.2f} | {short['variant']} | "
+                     f"{short['gap_to_float_first']:+.2f} |")
+    pairs = [(a, b) for i, a in enumerate(twins) for b in twins[i + 1:]]
+    same = sum((a[0]["gap_to_float_first"] - b[0]["gap_to_float_first"])
+               * (a[1]["gap_to_float_first"] - b[1]["gap_to_float_first"]) > 0 for a, b in pairs)
+    line = f"{same} of {len(pairs)} pairs of these rows are in the same order at both schedules."
+    if all(refs):
+        line += (f" The float first layer reaches {refs[1]['top1_mean']:.2f} % at the ablation schedule against "
+                 f"{refs[0]['top1_mean']:.2f} % at the full one: the ablation gaps measure how far each first layer "
+                 "gets in a short run, which need not be where it ends.")
+    return lines + ["", line, ""]
+
+
 def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md") -> dict:
     """summary.json in DIR; `docs` (markdown) and its PNG plots beside it. Returns the summary."""
     study_dir, docs = Path(study_dir), Path(docs)
@@ -351,7 +381,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
         part = [r for r in rows if r["tier"] == tier]
         if part:
             lines += [f"## {title}", ""] + _table(part) + [""]
-    findings = _embedding_grid(rows) + _last_layer_cost(rows)
+    findings = _embedding_grid(rows) + _last_layer_cost(rows) + _schedule_check(rows)
     if findings:
         lines += ["## What the ablations show", ""] + findings
     targets = _targets(rows)
