@@ -207,7 +207,7 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     assert "| 10 | 2 | 73.00 (-7.00) | 72.50 (-7.50) | 72.00 (-8.00) | 71.50 (-8.50) | 2e+07 |" in grid
     assert "- per-colour tables instead of one shared table: -1.00 points on average over 12 pair(s) " \
            "(from -1.00 to -1.00)." in grid
-    assert any(line.startswith("- uniform initialisation instead of thermometer: -0.50 points") for line in grid)
+    assert any(line.startswith("- random uniform initialisation instead of thermometer: -0.50 points") for line in grid)
     assert any(line.startswith("- Q = 2 bits instead of 1: +1.00 points on average over 12 pair(s)") for line in grid)
     assert any(line.startswith("- d = 16 instead of 10: +0.60 points on average over 8 pair(s)") for line in grid)
     assert any("std over seeds averages 0.30 points (2 rows" in line for line in grid)

@@ -260,7 +260,7 @@ def _key(r: dict, **changes) -> tuple:
 
 # Pixel-embedding grid factors: (what changes, setting, from, to)
 _FACTORS = (("per-colour tables instead of one shared table", "shared", True, False),
-            ("uniform initialisation instead of thermometer", "init", "thermometer", "uniform"),
+            ("random uniform initialisation instead of thermometer", "init", "thermometer", "uniform"),
             ("Q = 2 bits instead of 1", "bits", 1, 2),
             ("d = 10 instead of 4", "d", 4, 10),
             ("d = 16 instead of 10", "d", 10, 16))
