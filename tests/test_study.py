@@ -7,6 +7,7 @@ import pixelq
 from pixelq import ConfigError
 from pixelq.cli import main
 from pixelq.models import first_layer_cost
+from pixelq.study.first_layer import ABLATION_NOISE_VARIANTS
 from pixelq.study import StudySchedule, ablation_variants, headline_variants, plan, run_study, write_report
 from test_train import write_dataset
 
@@ -40,8 +41,13 @@ def test_plan_runs_two_headline_seeds_then_ablations_then_further_seeds():
     headline, ablation = len(headline_variants()), len(ablation_variants())
     assert [s for _, s in pairs[:headline]] == [3] * headline and [s for _, s in pairs[headline:2 * headline]] == [4] * headline
     assert all(v.tier == "ablation" and s == 3 for v, s in pairs[2 * headline:2 * headline + ablation])
-    assert [(v.tier, s) for v, s in pairs[2 * headline + ablation:]] == [("headline", 5)] * headline
-    assert len(pairs) == 3 * headline + ablation
+    # the ablation schedule's noise rows at the second seed, then the headline rows' further seeds
+    noise = pairs[2 * headline + ablation:2 * headline + ablation + len(ABLATION_NOISE_VARIANTS)]
+    assert sorted((v.name, v.tier, s) for v, s in noise) == sorted((n, "ablation", 4) for n in ABLATION_NOISE_VARIANTS)
+    assert [(v.tier, s) for v, s in pairs[2 * headline + ablation + len(noise):]] == [("headline", 5)] * headline
+    assert len(pairs) == 3 * headline + ablation + len(noise)
+    assert len({(v.name, s) for v, s in pairs}) == len(pairs)
+    assert len(plan(StudySchedule(seeds=(3,)))) == headline + ablation  # one seed: no noise rows
     assert plan(StudySchedule(seeds=(3, 4, 5)), tiers=("headline",)) == [p for p in pairs if p[0].tier == "headline"]
 
 
@@ -71,7 +77,7 @@ def study(tmp_path_factory):
 def test_study_trains_each_run_once(study):
     out, data, schedule, only, trained = study
     assert trained == ["w1a2-float-first-s0", "w1a2-pe-s0", "w1a2-float-first-s1", "w1a2-pe-s1",
-                       "short-w1a2-float-first-s0", "short-pe-percolour-d4-q1-uniform-s0"]
+                       "short-w1a2-float-first-s0", "short-pe-percolour-d4-q1-uniform-s0", "short-w1a2-float-first-s1"]
     assert run_study(out, data=data, schedule=schedule, threads=1, only=only) == []  # resumed: all finished
     pe = json.loads((out / "w1a2-pe-s0" / "embedding.json").read_text())
     assert len(pe["table"]) == 1 and len(pe["table"][0]) == 256 and len(pe["table"][0][0]) == 10
@@ -99,10 +105,13 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
     assert pe["seeds"] == [0, 1] and len(pe["top1"]) == 2 and pe["top1_std"] is not None
     assert pe["top1_mean"] == pytest.approx(sum(pe["top1"]) / 2)
     assert pe["gap_to_float_first"] == pytest.approx(pe["top1_mean"] - ref["top1_mean"])
-    assert rows["short-pe-percolour-d4-q1-uniform"]["gap_to_float_first"] == pytest.approx(
-        rows["short-pe-percolour-d4-q1-uniform"]["top1_mean"] - rows["short-w1a2-float-first"]["top1_mean"])
+    # the ablation reference also ran at seed 1 (this schedule's noise); a one-seed row is compared at seed 0
+    short_pe, short_ref = rows["short-pe-percolour-d4-q1-uniform"], rows["short-w1a2-float-first"]
+    assert short_ref["seeds"] == [0, 1] and short_pe["seeds"] == [0]
+    assert short_pe["gap_to_float_first"] == pytest.approx(short_pe["top1"][0] - short_ref["top1"][0])
     text = docs.read_text()
     assert "| w1a2-pe |" in text and "## Ablations" in text and "1 epochs" in text
+    assert "seed 0 (seeds 0, 1 for `short-w1a2-float-first`, to measure this schedule's seed noise)" in text
     for png in ("first_layer_accuracy_vs_cost.png", "embedding_w1a2-pe.png", "first_layer_gap_by_epoch.png"):
         assert (docs.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the gap by epoch: each epoch's test top-1 against the float first layer's, mean over seeds
@@ -210,7 +219,19 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     assert any(line.startswith("- random uniform initialisation instead of thermometer: -0.50 points") for line in grid)
     assert any(line.startswith("- Q = 2 bits instead of 1: +1.00 points on average over 12 pair(s)") for line in grid)
     assert any(line.startswith("- d = 16 instead of 10: +0.60 points on average over 8 pair(s)") for line in grid)
-    assert any("std over seeds averages 0.30 points (2 rows" in line for line in grid)
+    assert "- For scale: at the full schedule the std over seeds averages 0.30 points (2 rows); a difference of that " \
+        "size between two one-seed rows is noise." in grid
+    assert not any("this schedule" in line for line in grid)
+    # an ablation row run at a second seed: marked, measures this schedule's noise, compared at the shared seed
+    ref, cell = rows[0], next(r for r in rows if r["variant"] == "short-pe-shared-d10-q2-thermometer")
+    ref.update(seeds=[0, 1], top1=[80.0, 82.0], top1_mean=81.0, top1_std=1.41)
+    cell.update(seeds=[0, 1], top1=[cell["top1_mean"], 90.0], top1_mean=(cell["top1_mean"] + 90) / 2, top1_std=2.0)
+    grid = _embedding_grid(rows)
+    assert "| 10 | 2 | 81.50* (-7.00) |" in "\n".join(grid)
+    assert "- per-colour tables instead of one shared table: -1.00 points on average over 12 pair(s) " \
+           "(from -1.00 to -1.00)." in grid
+    assert any(line.startswith("- For scale: at this schedule the std over seeds averages 1.71 points (2 rows)")
+               for line in grid)
     last = _last_layer_cost(rows)
     assert "| ablation | short-w1a2-naive2 | 75.00 | short-w1a2-naive2-qlast | 74.25 | -0.75 |" in last
     assert "| headline | w1a2-pe | 79.00 | w1a2-pe-qlast | 78.50 | -0.50 |" in last

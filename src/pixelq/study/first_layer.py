@@ -4,7 +4,8 @@ Two tiers share one plan:
   headline  the rows the targets are judged on, at the full schedule, every seed;
   ablation  the pixel-embedding grid (shared / per-colour table, d, Q, initialisation) and every
             quantized first layer with a float and with a quantized last layer, at a shorter
-            schedule, first seed only, with its own float-first-layer reference so gaps are like
+            schedule, first seed only (two rows also at the second seed, to measure that
+            schedule's seed noise), with its own float-first-layer reference so gaps are like
             for like.
 
 Each run is an ordinary `train()` into OUT/<variant>-s<seed>/ with resume on, so a killed study
@@ -100,7 +101,8 @@ def all_variants() -> list:
 @dataclass
 class StudySchedule:
     """The shared schedule: headline runs get `epochs` on the whole train split for every seed;
-    ablation runs get `ablation_epochs` on `ablation_train_subset` images, first seed only."""
+    ablation runs get `ablation_epochs` on `ablation_train_subset` images, first seed only (the
+    `ABLATION_NOISE_VARIANTS` also at the second)."""
 
     seeds: tuple = (0, 1)
     epochs: int = 20
@@ -124,12 +126,20 @@ def run_name(variant: Variant, seed: int) -> str:
     return f"{variant.name}-s{seed}"
 
 
+# Ablation rows also run at the second seed, to measure the ablation schedule's own seed noise
+# (its runs are short, so it need not be the headline rows'): the reference and pixel embedding.
+ABLATION_NOISE_VARIANTS = ("short-w1a2-float-first", "short-pe-shared-d10-q2-thermometer")
+
+
 def plan(schedule: StudySchedule, tiers: tuple = ("headline", "ablation")) -> list:
     """(variant, seed) pairs in the order they run: every headline variant at the first seed, then
-    at the second (a mean and a std per row), then the ablations, then the headline rows at any
-    further seed, so a study cut short has the most informative rows."""
+    at the second (a mean and a std per row), then the ablations, then the noise rows of the
+    ablation schedule at the second seed, then the headline rows at any further seed, so a study
+    cut short has the most informative rows."""
     headline = [(v, s) for s in schedule.seeds for v in headline_variants()] if "headline" in tiers else []
     ablation = [(v, schedule.seeds[0]) for v in ablation_variants()] if "ablation" in tiers else []
+    if "ablation" in tiers and len(schedule.seeds) > 1:
+        ablation += [(v, schedule.seeds[1]) for v in ablation_variants() if v.name in ABLATION_NOISE_VARIANTS]
     first_two = 2 * len(headline_variants())
     return headline[:first_two] + ablation + headline[first_two:]
 

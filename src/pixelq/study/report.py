@@ -30,9 +30,8 @@ def summarize(study_dir: "str | Path") -> dict:
     if study is None:
         raise ConfigError(f"{study_dir}: no study.json; run `pixelq study first-layer --out {study_dir}` first")
     rows = []
-    seeds = {"headline": study["schedule"]["seeds"], "ablation": study["schedule"]["seeds"][:1]}
     for v in study["variants"]:
-        runs = [p for p in (study_dir / f"{v['name']}-s{seed}" / "metrics.json" for seed in seeds[v["tier"]])
+        runs = [p for p in (study_dir / f"{v['name']}-s{seed}" / "metrics.json" for seed in study["schedule"]["seeds"])
                 if p.is_file()]
         metrics = [_load(p) for p in runs]
         if not metrics:
@@ -88,9 +87,9 @@ def _over(row: dict, ref: dict) -> str:
     return f" at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
-def _seed_spread(rows: list) -> list:
-    """The sample std over seeds of every headline row that has one."""
-    return [r["top1_std"] for r in rows if r["tier"] == "headline" and r.get("top1_std") is not None]
+def _seed_spread(rows: list, tier: str = "headline") -> list:
+    """The sample std over seeds of every row of `tier` that has one."""
+    return [r["top1_std"] for r in rows if r["tier"] == tier and r.get("top1_std") is not None]
 
 
 def _fmt(value, spec: str, empty: str = "–") -> str:
@@ -277,28 +276,32 @@ def _embedding_grid(rows: list) -> list:
              r["first_layer_kwargs"]["init"]): r for r in grid}
     columns = [(shared, init) for shared in (True, False) for init in ("thermometer", "uniform")]
     lines = ["### Pixel-embedding grid", "",
-             "Top-1 % (gap to `short-w1a2-float-first`) at the ablation schedule, last layer float.", "",
+             "Top-1 % (gap to `short-w1a2-float-first`) at the ablation schedule, last layer float; one seed, "
+             "* a mean over seeds.", "",
              "| d | Q | " + " | ".join(f"{'shared' if sh else 'per-colour'}, {init} init" for sh, init in columns)
              + " | first-layer bit-ops |", "|---:|---:|" + "---:|" * (len(columns) + 1)]
     for d, bits in sorted({(k[0], k[1]) for k in cell}):
         cells = []
         for shared, init in columns:
             r = cell.get((d, bits, shared, init))
-            cells.append("–" if r is None else f"{r['top1_mean']:.2f} ({_fmt(r['gap_to_float_first'], '+.2f')})")
+            mark = "*" if r is not None and len(r["seeds"]) > 1 else ""
+            cells.append("–" if r is None else f"{r['top1_mean']:.2f}{mark} ({_fmt(r['gap_to_float_first'], '+.2f')})")
         bitops = next(r for k, r in cell.items() if k[:2] == (d, bits))["first_layer_cost"]["bitops"]
         lines.append(f"| {d} | {bits} | " + " | ".join(cells) + f" | {bitops:.3g} |")
-    lines += ["", "Each factor's effect: the top-1 change between rows that differ only in it (one seed each)."]
+    lines += ["", "Each factor's effect: the top-1 change between rows that differ only in it, at the seeds both ran."]
     by_key = {_key(r): r for r in grid}
     for label, name, before, after in _FACTORS:
-        diffs = [by_key[_key(r, **{name: after})]["top1_mean"] - r["top1_mean"] for r in grid
+        diffs = [_gap(by_key[_key(r, **{name: after})], r) for r in grid
                  if r["first_layer_kwargs"][name] == before and _key(r, **{name: after}) in by_key]
         if diffs:
             lines.append(f"- {label}: {statistics.fmean(diffs):+.2f} points on average over {len(diffs)} pair(s) "
                          f"(from {min(diffs):+.2f} to {max(diffs):+.2f}).")
-    spread = _seed_spread(rows)
-    if spread:
-        lines.append(f"- For scale: the headline rows' std over seeds averages {statistics.fmean(spread):.2f} points "
-                     f"({len(spread)} rows, full schedule); a difference of that size between two one-seed rows is noise.")
+    for tier, schedule in (("ablation", "this schedule"), ("headline", "the full schedule")):
+        spread = _seed_spread(rows, tier)
+        if spread:
+            lines.append(f"- For scale: at {schedule} the std over seeds averages {statistics.fmean(spread):.2f} points "
+                         f"({len(spread)} row{'s' if len(spread) > 1 else ''}); a difference of that size between "
+                         "two one-seed rows is noise.")
     return lines + [""]
 
 
@@ -361,12 +364,17 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     data = next((Path(r["data"]).name for r in rows if r["data"]), "the embedded CIFAR-10-JPEG subset")
     test_size = rows[0]["test_size"] if rows else 0
     size = rows[0]["image_size"] if rows else 32
+    headline_seeds = sorted({seed for r in rows if r["tier"] == "headline" for seed in r["seeds"]}) or s["seeds"]
+    noise = [r["variant"] for r in rows if r["tier"] == "ablation" and len(r["seeds"]) > 1]
+    noise_seeds = sorted({seed for r in rows if r["variant"] in noise for seed in r["seeds"]})
     lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
              f"Rendered by `pixelq report {study_dir}` from `{study_dir}/*/metrics.json` (trained by "
              f"`pixelq study first-layer`); `{study_dir}/summary.json` holds these rows.", "",
-             f"Schedule: headline rows {s['epochs']} epochs on the whole train split for each of seeds "
-             f"{', '.join(map(str, s['seeds']))}; ablation rows {s['ablation_epochs']} epochs on a stratified "
-             f"{s['ablation_train_subset'] or 'full'}-image train subset, seed {s['seeds'][0]}. Both: {s['optimizer']} "
+             f"Schedule: headline rows {s['epochs']} epochs on the whole train split at seeds "
+             f"{', '.join(map(str, headline_seeds))}; ablation rows {s['ablation_epochs']} epochs on a stratified "
+             f"{s['ablation_train_subset'] or 'full'}-image train subset, seed {s['seeds'][0]}"
+             + (f" (seeds {', '.join(map(str, noise_seeds))} for {', '.join(f'`{n}`' for n in noise)}, to measure "
+                "this schedule's seed noise)" if noise else "") + f". Both: {s['optimizer']} "
              f"lr {s['lr']} {s['schedule']}, weight decay {s['weight_decay']}, batch {s['batch_size']}, pad-4 crop + "
              f"flip; evaluated on the {test_size:,} test images. Std is the sample std over seeds (– for one seed). "
              "Gaps are to the float-first-layer W1A2 network of the same schedule, over the seeds both rows "
