@@ -343,9 +343,12 @@ def _schedule_check(rows: list) -> list:
         lines.append(f"| {full['variant']} | {full['gap_to_float_first']:+.2f} | {short['variant']} | "
                      f"{short['gap_to_float_first']:+.2f} |")
     pairs = [(a, b) for i, a in enumerate(twins) for b in twins[i + 1:]]
-    same = sum((a[0]["gap_to_float_first"] - b[0]["gap_to_float_first"])
-               * (a[1]["gap_to_float_first"] - b[1]["gap_to_float_first"]) > 0 for a, b in pairs)
-    line = f"{same} of {len(pairs)} pairs of these rows are in the same order at both schedules."
+    def order(a: dict, b: dict) -> int:  # as shown, to 0.01 points: a tie has no order
+        return (round(a["gap_to_float_first"], 2) > round(b["gap_to_float_first"], 2)) - \
+            (round(a["gap_to_float_first"], 2) < round(b["gap_to_float_first"], 2))
+
+    same = sum(order(a[0], b[0]) * order(a[1], b[1]) > 0 for a, b in pairs)
+    line = f"{same} of {len(pairs)} pairs of these rows are in the same order at both schedules (a tie is in none)."
     if all(refs):
         line += (f" The float first layer reaches {refs[1]['top1_mean']:.2f} % at the ablation schedule against "
                  f"{refs[0]['top1_mean']:.2f} % at the full one: the ablation gaps measure how far each first layer "
