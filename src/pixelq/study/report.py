@@ -328,10 +328,9 @@ def _schedule_check(rows: list) -> list:
     each headline row beside its ablation twin (the same model), and how many pairs of them the two
     schedules put in the same order."""
     by_key = {_key(r): r for r in rows}
-    twins = [(r, by_key[_key(r, tier="ablation")]) for r in rows
-             if r["tier"] == "headline" and r["first_layer"] != "float" and _key(r, tier="ablation") in by_key]
-    twins = [(full, short) for full, short in twins
-             if full["gap_to_float_first"] is not None and short["gap_to_float_first"] is not None]
+    twins = [(r, by_key.get(_key(r, tier="ablation"))) for r in rows
+             if r["tier"] == "headline" and r["first_layer"] != "float" and r["gap_to_float_first"] is not None]
+    twins = [(full, short) for full, short in twins if short and short["gap_to_float_first"] is not None]
     if len(twins) < 2:
         return []
     by_name = {r["variant"]: r for r in rows}
@@ -343,11 +342,10 @@ def _schedule_check(rows: list) -> list:
         lines.append(f"| {full['variant']} | {full['gap_to_float_first']:+.2f} | {short['variant']} | "
                      f"{short['gap_to_float_first']:+.2f} |")
     pairs = [(a, b) for i, a in enumerate(twins) for b in twins[i + 1:]]
-    def order(a: dict, b: dict) -> int:  # as shown, to 0.01 points: a tie has no order
-        return (round(a["gap_to_float_first"], 2) > round(b["gap_to_float_first"], 2)) - \
-            (round(a["gap_to_float_first"], 2) < round(b["gap_to_float_first"], 2))
+    def shown(r: dict) -> float:  # gaps are ordered as the table shows them: a tie has no order
+        return round(r["gap_to_float_first"], 2)
 
-    same = sum(order(a[0], b[0]) * order(a[1], b[1]) > 0 for a, b in pairs)
+    same = sum((shown(a[0]) - shown(b[0])) * (shown(a[1]) - shown(b[1])) > 0 for a, b in pairs)
     line = f"{same} of {len(pairs)} pairs of these rows are in the same order at both schedules (a tie is in none)."
     if all(refs):
         line += (f" The float first layer reaches {refs[1]['top1_mean']:.2f} % at the ablation schedule against "
