@@ -47,14 +47,27 @@ def test_runtime_agrees_with_pytorch(model_file):
     assert layers["stem.act"].shape == (5, 16, 16, 16) and layers["stem.act"].max() <= 3
 
 
+@pytest.fixture(scope="module")
+def int8_first_graph(tmp_path_factory):
+    torch.manual_seed(1)
+    model = trained_like(create_model("resnet20", first_layer="int8", wbits=1, abits=2))
+    return pixelq.export(model, tmp_path_factory.mktemp("pxq") / "int8.pxq")
+
+
+@pytest.mark.parametrize("first_layer", ["pixel-embedding", "int8"])
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
-def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, isa):
+def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int8_first_graph, first_layer, isa):
     """The fast executor as logits() runs it (convs fused with their thresholds and residual adds,
     the first conv as table sums, on 32x32 images: whole rows for the row-lane convs) gives every
-    node it materialises exactly the reference executor's value, for each instruction set."""
+    node it materialises exactly the reference executor's value, for each instruction set. The int8
+    first layer's signed codes (pixel - 128) run in C too: shifted to unsigned inside the conv, the
+    shift's share taken off the sums (smaller at the borders, where the padding is not shifted)."""
     if not fast.kernels_available():
         pytest.skip("C kernels not built")
-    _, graph, _ = model_file
+    graph = model_file[1] if first_layer == "pixel-embedding" else int8_first_graph
+    executor = fast.FastExecutor(graph, threads=2)
+    first_conv_path = executor.table_convs if first_layer == "pixel-embedding" else executor.shifted
+    assert set(first_conv_path) == {"stem.conv"} and set(executor.lut_convs) == {"stem.conv"}
     before = fast._kernels.isa()
     try:
         fast._kernels.set_isa(isa)
@@ -62,7 +75,8 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, isa
         pytest.skip(f"this CPU has no {isa}")
     try:
         x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-        values = fast.FastExecutor(graph, threads=2).run(x)
+        values = executor.run(x)
+        every_layer = fast.FastExecutor(graph, threads=2, fuse=False).run(x)  # as layer_outputs() runs
     finally:
         fast._kernels.set_isa(before)
     reference = run_reference(graph, x)
@@ -70,6 +84,9 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, isa
     assert graph.meta["output"] in compared and sum(n.endswith("act_out") for n in compared) >= 9
     for name in compared:
         assert np.array_equal(values[name], reference[name]), name
+    assert every_layer.keys() == reference.keys()
+    for name, value in every_layer.items():
+        assert np.array_equal(value, reference[name]), name
 
 
 def test_logits_stay_the_callers_when_the_runtime_reuses_its_arrays(model_file):

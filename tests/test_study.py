@@ -86,6 +86,33 @@ def test_study_trains_each_run_once(study):
     assert not (out / "w1a2-float-first-s0" / "runtime.json").exists()  # a float first layer has no integer form
 
 
+def test_retime_re_measures_the_committed_model_file_without_a_checkpoint(study, tmp_path):
+    """After a runtime change, a run whose checkpoint is gone is re-timed from its model.pxq; the
+    export's label comparison stays, and a moved top-1 (the labels changed) is refused."""
+    import shutil
+
+    from pixelq import ExportError
+    from pixelq.data import load_dataset
+    from pixelq.study.first_layer import retime_runtime
+
+    out, data = study[0], study[1]
+    run = tmp_path / "w1a2-pe-s0"
+    run.mkdir()
+    for name in ("model.pxq", "runtime.json"):
+        shutil.copy(out / "w1a2-pe-s0" / name, run / name)
+    before = json.loads((run / "runtime.json").read_text())
+    stale = {**before, "images_per_s": -1.0}
+    (run / "runtime.json").write_text(json.dumps(stale))
+    test = load_dataset(data).test
+    after = retime_runtime(run, test, threads=1)
+    assert after == json.loads((run / "runtime.json").read_text())
+    assert after["images_per_s"] > 0 and after["runtime_top1"] == before["runtime_top1"]
+    assert after["labels"] == before["labels"] and after["label_agreement"] == before["label_agreement"]
+    (run / "runtime.json").write_text(json.dumps({**before, "runtime_top1": before["runtime_top1"] + 1.0}))
+    with pytest.raises(ExportError, match="re-export"):
+        retime_runtime(run, test, threads=1)
+
+
 def test_study_refuses_a_finished_run_with_other_settings(study):
     out, data, schedule, only, _ = study
     longer = StudySchedule(seeds=(0, 1), epochs=2, ablation_epochs=1, ablation_train_subset=24, batch_size=16)

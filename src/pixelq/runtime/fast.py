@@ -89,8 +89,9 @@ def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
 
 
 def _planes(conv: dict) -> int:
-    """Bit-planes of a conv's unsigned input codes."""
-    return max(1, int(conv["input_range"][1]).bit_length())
+    """Bit-planes of a conv's input codes, signed ones shifted to start at 0."""
+    lo, hi = conv["input_range"]
+    return max(1, int(hi - min(lo, 0)).bit_length())
 
 
 class FastExecutor:
@@ -107,22 +108,29 @@ class FastExecutor:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
         self.packed, self.lut_convs, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}, {}
+        self.shifted, self._shift_shares = {}, {}
         self.readers = Counter(name for node in model.nodes for name in node["inputs"])
         self.by_name = by_name = {node["name"]: node for node in model.nodes}
         for node in model.nodes:
             name = node["name"]
             if node["op"] == "lut" and 0 <= node["qmin"] <= node["qmax"] <= 255:
                 self.lut_tables[name] = np.ascontiguousarray(model.tensors[f"{name}.lut"], np.uint8)
-            if node["op"] == "conv" and node["input_range"][0] >= 0 and node["input_range"][1] <= 255:
+            # Signed input codes spanning at most a byte (an int8 first layer's pixel - 128) run shifted
+            # to unsigned; the shift's share comes off the accumulators, so these convs are not fused.
+            shift = max(0, -node["input_range"][0]) if node["op"] == "conv" else 0
+            if node["op"] == "conv" and node["input_range"][1] + shift <= 255:
                 self.packed[name] = pack_conv_weight(model.tensors[f"{name}.weight"], node["weight_lowest"],
                                                      node["weight_stride"], node["weight_bits"])
+                if shift:
+                    self.shifted[name] = shift
                 source = by_name.get(node["inputs"][0])
                 if fuse and source is not None and source["op"] == "lut" and self.readers[source["name"]] == 1 \
                         and node["in_channels"] <= 64:  # the lookup runs inside this conv, as its packing
-                    self.lut_convs[name] = (source, *lut_plane_bits(model.tensors[f"{source['name']}.lut"],
+                    self.lut_convs[name] = (source, *lut_plane_bits(model.tensors[f"{source['name']}.lut"] + shift,
                                                                    _planes(node)))
             conv = node["inputs"][0]
-            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed:
+            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed \
+                    and conv not in self.shifted:
                 self.fused[conv] = node  # conv + threshold run as one kernel
                 self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
                                                        model.tensors[f"{name}.thresholds"])
@@ -181,8 +189,10 @@ class FastExecutor:
         if name in self.lut_convs:  # x is None: the lookup was left to this conv
             lut, bits, sums = self.lut_convs[name]
             x = values[lut["inputs"][0]]
-        elif name not in self.packed:  # signed or wide input codes: the reference handles them
+        elif name not in self.packed:  # wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
+        elif name in self.shifted:  # shifted here; a lookup conv's tables were shifted at load
+            x = np.add(x, self.shifted[name], dtype=np.int32)
         n, h, w, c = x.shape
         k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
@@ -204,6 +214,8 @@ class FastExecutor:
         if thr is None:
             out = self._empty(name, (n, ho, wo, o), np.int32)
             call(*args, out, self.threads)
+            if name in self.shifted:
+                np.subtract(out, self._shift_share(node, h, w, t["weight"]), out=out)
             return out
         codes = self._empty(name, (n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
@@ -217,6 +229,17 @@ class FastExecutor:
             call(*args, *fused)
             self._codes[thr["name"]] = codes
         return None
+
+    def _shift_share(self, node: dict, h: int, w: int, weight: np.ndarray) -> np.ndarray:
+        """What shifting a conv's (h, w) input adds to its sums: the shift times the weights over each
+        window's taps inside the image (the zero padding is not shifted), so the same in the interior
+        and less at the borders. (1, Ho, Wo, O) int32, kept per input size."""
+        key = (node["name"], h, w)
+        if key not in self._shift_shares:
+            inside = np.ones((1, h, w, node["in_channels"]), np.int64)
+            share = self.shifted[node["name"]] * conv2d_reference(inside, weight, node["stride"], node["padding"])
+            self._shift_shares[key] = share.astype(np.int32)
+        return self._shift_shares[key]
 
     def _threshold(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         if node["name"] in self._codes:
