@@ -246,6 +246,9 @@ def _targets(rows: list) -> list:
             if r.get("runtime") and pe.get("runtime"):
                 line += (f"; on the integer runtime {r['runtime']['images_per_s']:,.0f} images/s against "
                          f"{pe['runtime']['images_per_s']:,.0f}")
+                if r["first_layer"] == "int8":  # why it is slower, lest it read as the method's own cost
+                    line += (" (the runtime runs an int8 first conv as 8 bit-planes of the pixel bytes, its "
+                             "thresholds in a second pass; pixel embedding's as table sums fused with them)")
             out.append(line + ".")
     return out
 
@@ -384,8 +387,9 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              "quantized first layer is an input encoder feeding a binary first conv (`int8`: the 8-bit pixel "
              "codes themselves, i.e. 8-bit input with binary weights). Runtime columns: the run "
              "exported to `.pxq` and run by the integer runtime on the test images (`runtime.json`, written when "
-             "the run finishes; `python experiments/redeploy_study_runs.py` re-measures finished runs), "
-             "mean over seeds; images/s at the threads recorded there, on the machine of the time.", ""]
+             "the run finishes; `python experiments/redeploy_study_runs.py --time-only` re-times the finished "
+             "runs' model files in one sitting, so that their speeds compare), mean over seeds; images/s at the "
+             "threads recorded there, on the machine of the time.", ""]
     for tier, title in (("headline", "Headline rows"), ("ablation", "Ablations (shorter schedule)")):
         part = [r for r in rows if r["tier"] == tier]
         if part:
