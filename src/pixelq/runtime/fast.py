@@ -88,6 +88,15 @@ def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
     return d, t
 
 
+def _signed_zero(lut: np.ndarray, channels: int) -> "np.ndarray | None":
+    """(C,) uint8: for each colour, a pixel value its lookup table maps to codes all 0 (the zero
+    padding of the codes, as a pixel); None where a table has none."""
+    zero = (np.asarray(lut) == 0).all(-1)  # (T, 256)
+    if not zero.any(1).all():
+        return None
+    return np.broadcast_to(zero.argmax(1).astype(np.uint8), (channels,)).copy()
+
+
 def _planes(conv: dict) -> int:
     """Bit-planes of a conv's input codes, signed ones shifted to start at 0."""
     lo, hi = conv["input_range"]
@@ -108,38 +117,42 @@ class FastExecutor:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
         self.packed, self.lut_convs, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}, {}
-        self.shifted, self._shift_shares = {}, {}
+        self.shifted = {}  # conv name -> (shift, its (O,) share of the sums, the (C,) byte its padding holds)
         self.readers = Counter(name for node in model.nodes for name in node["inputs"])
         self.by_name = by_name = {node["name"]: node for node in model.nodes}
         for node in model.nodes:
             name = node["name"]
             if node["op"] == "lut" and 0 <= node["qmin"] <= node["qmax"] <= 255:
                 self.lut_tables[name] = np.ascontiguousarray(model.tensors[f"{name}.lut"], np.uint8)
-            # Signed input codes spanning at most a byte (an int8 first layer's pixel - 128) run shifted
-            # to unsigned; the shift's share comes off the accumulators, so these convs are not fused.
             shift = max(0, -node["input_range"][0]) if node["op"] == "conv" else 0
             if node["op"] == "conv" and node["input_range"][1] + shift <= 255:
-                self.packed[name] = pack_conv_weight(model.tensors[f"{name}.weight"], node["weight_lowest"],
-                                                     node["weight_stride"], node["weight_bits"])
-                if shift:
-                    self.shifted[name] = shift
+                weight = model.tensors[f"{name}.weight"]
+                self.packed[name] = pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"],
+                                                     node["weight_bits"])
                 source = by_name.get(node["inputs"][0])
-                if fuse and source is not None and source["op"] == "lut" and self.readers[source["name"]] == 1 \
-                        and node["in_channels"] <= 64:  # the lookup runs inside this conv, as its packing
-                    self.lut_convs[name] = (source, *lut_plane_bits(model.tensors[f"{source['name']}.lut"] + shift,
-                                                                   _planes(node)))
+                lut = model.tensors[f"{source['name']}.lut"] if source is not None and source["op"] == "lut" else None
+                pad = _signed_zero(lut, node["in_channels"]) if shift and lut is not None else None
+                if fuse and lut is not None and self.readers[source["name"]] == 1 and node["in_channels"] <= 64 \
+                        and (pad is not None or not shift):  # the lookup runs inside this conv, as its packing
+                    self.lut_convs[name] = (source, *lut_plane_bits(lut + shift, _planes(node)))
+                if shift:  # see _shifted_input
+                    share = shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)
+                    if name not in self.lut_convs:
+                        pad = np.full(node["in_channels"], shift, np.uint8)
+                    self.shifted[name] = (shift, share, pad)
             conv = node["inputs"][0]
-            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed \
-                    and conv not in self.shifted:
+            if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed:
                 self.fused[conv] = node  # conv + threshold run as one kernel
-                self.thresholds[name] = pad_thresholds(model.tensors[f"{name}.direction"],
-                                                       model.tensors[f"{name}.thresholds"])
+                direction, thresholds = (model.tensors[f"{name}.{k}"] for k in ("direction", "thresholds"))
+                if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share
+                    thresholds = thresholds + (direction * self.shifted[conv][1])[:, None]
+                self.thresholds[name] = pad_thresholds(direction, thresholds)
         self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
         # A lookup conv with thresholds and at most 16 channels runs as table sums (no bit-planes).
         self.table_convs = {}
         for name, (lut, _, _) in self.lut_convs.items():
             table = lut_conv_table(model.tensors[f"{name}.weight"], model.tensors[f"{lut['name']}.lut"])
-            if name in self.fused and name not in self.residual and table is not None:
+            if name in self.fused and name not in self.residual and name not in self.shifted and table is not None:
                 self.table_convs[name] = table
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
         self._tensors = node_tensors(model)
@@ -169,7 +182,7 @@ class FastExecutor:
             if branch is None or branch["op"] != "threshold" or readers[branch["name"]] != 1:
                 continue
             conv = branch["inputs"][0]
-            if self.fused.get(conv) is not branch:
+            if self.fused.get(conv) is not branch or conv in self.shifted:
                 continue
             source, stride = node["inputs"][1], 1
             if shortcut is not None and shortcut["op"] == "subsample_pad" and readers[source] == 1:
@@ -191,11 +204,11 @@ class FastExecutor:
             x = values[lut["inputs"][0]]
         elif name not in self.packed:  # wide input codes: the reference handles them
             return conv2d_reference(x, t["weight"], node["stride"], node["padding"]).astype(np.int32)
-        elif name in self.shifted:  # shifted here; a lookup conv's tables were shifted at load
-            x = np.add(x, self.shifted[name], dtype=np.int32)
         n, h, w, c = x.shape
         k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        if name in self.shifted:
+            x, h, w, p = self._shifted_input(node, x), h + 2 * p, w + 2 * p, 0
         x = np.ascontiguousarray(x, np.uint8)
         weights = (self.packed[name], k, k, node["weight_bits"], o, padded_channels(o), node["weight_lowest"],
                    node["weight_stride"], s, p, ho, wo)
@@ -215,7 +228,7 @@ class FastExecutor:
             out = self._empty(name, (n, ho, wo, o), np.int32)
             call(*args, out, self.threads)
             if name in self.shifted:
-                np.subtract(out, self._shift_share(node, h, w, t["weight"]), out=out)
+                np.subtract(out, self.shifted[name][1].astype(np.int32), out=out)
             return out
         codes = self._empty(name, (n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
@@ -230,16 +243,23 @@ class FastExecutor:
             self._codes[thr["name"]] = codes
         return None
 
-    def _shift_share(self, node: dict, h: int, w: int, weight: np.ndarray) -> np.ndarray:
-        """What shifting a conv's (h, w) input adds to its sums: the shift times the weights over each
-        window's taps inside the image (the zero padding is not shifted), so the same in the interior
-        and less at the borders. (1, Ho, Wo, O) int32, kept per input size."""
-        key = (node["name"], h, w)
-        if key not in self._shift_shares:
-            inside = np.ones((1, h, w, node["in_channels"]), np.int64)
-            share = self.shifted[node["name"]] * conv2d_reference(inside, weight, node["stride"], node["padding"])
-            self._shift_shares[key] = share.astype(np.int32)
-        return self._shift_shares[key]
+    def _shifted_input(self, node: dict, x: np.ndarray) -> np.ndarray:
+        """Signed input codes spanning at most a byte (an int8 first layer's pixel - 128) run shifted to
+        unsigned, padded here with the shifted code of 0, so every window (border ones too) sums the
+        shift x all its weights: one constant per channel, taken off the accumulators or folded into
+        the thresholds. A lookup conv's tables were shifted at load: it pads the pixels with a value
+        whose codes are 0; another conv shifts its codes here. -> (N, H + 2p, W + 2p, C) uint8."""
+        shift, _, pad = self.shifted[node["name"]]
+        n, h, w, c = x.shape
+        p = node["padding"]
+        out = self._empty(node["name"] + ".shifted", (n, h + 2 * p, w + 2 * p, c), np.uint8)
+        out[:, :p], out[:, h + p:], out[:, :, :p], out[:, :, w + p:] = pad, pad, pad, pad
+        inside = out[:, p:h + p, p:w + p]
+        if node["name"] in self.lut_convs:
+            inside[...] = x
+        else:
+            np.add(x, shift, out=inside, casting="unsafe")
+        return out
 
     def _threshold(self, node: dict, x: list, t: dict, values: dict) -> "np.ndarray | None":
         if node["name"] in self._codes:
