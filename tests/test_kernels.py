@@ -305,33 +305,39 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
 
 @given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), abits=st.integers(1, 2), o=st.sampled_from([1, 7, 16]),
        h=st.integers(1, 7), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
-       colours=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stride, padding, colours, seed):
+       colours=st.sampled_from([1, 3]), int8=st.booleans(), seed=st.integers(0, 2**16))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stride, padding, colours, int8, seed):
     """The first conv as per-(tap, colour, pixel value) table sums equals the lookup followed by the
     integer conv and thresholds, border windows (zero padding) and the unrolled 3x3x3 path alike;
     with 16 channels, positions finish in pairs in int16 (thresholds beyond int16 clamped), and an
-    odd row's last one alone."""
+    odd row's last one alone. An int8 first layer's signed codes (pixel - 128) need int16 entries."""
     if h + 2 * padding < k or (tables == 3 and colours == 1):
         return
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (2, h, h + 1, colours)).astype(np.uint8)
-    lut = rng.integers(0, 2**abits, (tables, 256, d))
+    if int8:
+        d, lut = 1, np.broadcast_to(np.arange(-128, 128).reshape(1, 256, 1), (tables, 256, 1))
+    else:
+        lut = rng.integers(0, 2**abits, (tables, 256, d))
     wt = random_weights(rng, (o, k, k, colours * d), WEIGHT_GRIDS["binary"])
     acc = conv2d_reference(lut_reference(image, lut), wt, stride, padding)
     ho, wo = acc.shape[1:3]
     table = fast.lut_conv_table(wt, lut)
+    assert table.dtype == (np.int16 if int8 and (wt < 0).any() else np.int8)
     direction = rng.choice([-1, 1], o).astype(np.int8)
     thresholds = spread_thresholds(rng, acc, 3)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,
-                             ho, wo, out, 2, dpad, tpad, 3, 0)
+                             ho, wo, out, 2, dpad, tpad, 3, 0, table.itemsize)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 
 def test_lut_conv_table_declines_what_the_kernel_cannot_hold():
     lut = np.full((1, 256, 10), 3)
     assert fast.lut_conv_table(np.ones((17, 3, 3, 30), np.int32), lut) is None  # > 16 channels
-    assert fast.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut) is None  # 150 > int8
+    assert fast.lut_conv_table(np.full((16, 3, 3, 30), 50, np.int32), lut) is None  # 27 x 1500 > int16 sums
+    assert fast.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut).dtype == np.int16  # 150 > int8
     assert fast.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (256, 27, 16)
+    assert fast.lut_conv_table(-np.ones((16, 3, 3, 24), np.int32), np.full((1, 256, 8), 16)).dtype == np.int8  # -128

@@ -48,26 +48,37 @@ def test_runtime_agrees_with_pytorch(model_file):
 
 
 @pytest.fixture(scope="module")
-def int8_first_graph(tmp_path_factory):
-    torch.manual_seed(1)
-    model = trained_like(create_model("resnet20", first_layer="int8", wbits=1, abits=2))
-    return pixelq.export(model, tmp_path_factory.mktemp("pxq") / "int8.pxq")
+def int8_first_graphs(tmp_path_factory):
+    """ResNet-20 with an int8 first layer, and a narrower net whose 32-channel first conv is too wide
+    for the table kernel."""
+    graphs = {}
+    for name, kwargs in (("int8", {}), ("int8-32-channels", {"widths": (32, 64), "blocks": (1, 1)})):
+        torch.manual_seed(1)
+        model = trained_like(create_model("resnet20", first_layer="int8", wbits=1, abits=2, **kwargs))
+        graphs[name] = pixelq.export(model, tmp_path_factory.mktemp("pxq") / f"{name}.pxq")
+    return graphs
 
 
-@pytest.mark.parametrize("first_layer", ["pixel-embedding", "int8"])
+@pytest.mark.parametrize("first_layer, path", [("pixel-embedding", "int8 table"), ("int8", "int16 table"),
+                                               ("int8-32-channels", "shifted planes")])
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
-def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int8_first_graph, first_layer, isa):
+def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int8_first_graphs, first_layer, path, isa):
     """The fast executor as logits() runs it (convs fused with their thresholds and residual adds,
     the first conv as table sums, on 32x32 images: whole rows for the row-lane convs) gives every
-    node it materialises exactly the reference executor's value, for each instruction set. The int8
-    first layer's signed codes (pixel - 128) run in C too: shifted to unsigned inside the conv, the
-    shift's share taken off the sums (smaller at the borders, where the padding is not shifted)."""
+    node it materialises exactly the reference executor's value, for each instruction set; and so
+    does the executor that keeps every layer (layer_outputs). An int8 first layer's signed codes
+    (pixel - 128) reach +128 in its tables, so they are int16; with more than 16 channels, its
+    bit-planes are the pixel bytes shifted to unsigned, padded with the shifted 0, the shift's
+    share (then one constant per channel) folded into the thresholds."""
     if not fast.kernels_available():
         pytest.skip("C kernels not built")
-    graph = model_file[1] if first_layer == "pixel-embedding" else int8_first_graph
+    graph = model_file[1] if first_layer == "pixel-embedding" else int8_first_graphs[first_layer]
     executor = fast.FastExecutor(graph, threads=2)
-    first_conv_path = executor.table_convs if first_layer == "pixel-embedding" else executor.shifted
-    assert set(first_conv_path) == {"stem.conv"} and set(executor.lut_convs) == {"stem.conv"} and "stem.conv" in executor.fused
+    assert "stem.conv" in executor.lut_convs and "stem.conv" in executor.fused
+    if path == "shifted planes":
+        assert "stem.conv" in executor.shifted and "stem.conv" not in executor.table_convs
+    else:
+        assert executor.table_convs["stem.conv"].dtype.name == path.split()[0] and not executor.shifted
     before = fast._kernels.isa()
     try:
         fast._kernels.set_isa(isa)
@@ -81,7 +92,8 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
         fast._kernels.set_isa(before)
     reference = run_reference(graph, x)
     compared = [name for name, v in values.items() if v is not None and name in reference]
-    assert graph.meta["output"] in compared and sum(n.endswith("act_out") for n in compared) >= 9
+    block_outputs = {node["name"] for node in graph.nodes if node["name"].endswith("act_out")}
+    assert graph.meta["output"] in compared and len(block_outputs) >= 2 and block_outputs <= set(compared)
     for name in compared:
         assert np.array_equal(values[name], reference[name]), name
     assert every_layer.keys() == reference.keys()

@@ -60,9 +60,10 @@ def lut_plane_bits(lut: np.ndarray, planes: int) -> tuple:
 
 def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     """The first conv over a lookup as tables: weight codes (O, kh, kw, C * d), lookup codes (T, 256, d)
-    -> int8 (256, kh * kw * C, 16), entry (value, tap, colour) = the 16 (padded) output channels'
-    sums of weight x code over that colour's d codes (value-major: see kernels.c); None when O > 16
-    or the sums do not fit the kernel's int8 entries and int16 accumulators."""
+    -> (256, kh * kw * C, 16), entry (value, tap, colour) = the 16 (padded) output channels' sums of
+    weight x code over that colour's d codes (value-major: see kernels.c); int8 where the entries
+    fit, else int16 (an int8 first layer's (pixel - 128) x -1 reaches +128). None when O > 16 or
+    a window's sums do not fit the kernel's int16 accumulators."""
     o, kh, kw, cd = weight.shape
     t, _, d = lut.shape
     c = cd // d
@@ -70,10 +71,10 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
         return None
     codes = np.broadcast_to(np.asarray(lut, np.int64), (c, 256, d))
     table = np.einsum("oyxcj,cvj->yxcvo", np.asarray(weight, np.int64).reshape(o, kh, kw, c, d), codes)
-    bound = np.abs(table).max(initial=0)
-    if bound > 127 or bound * kh * kw * c > 32000:  # int16 sums, with room for the int16 threshold clamp
+    if np.abs(table).max(initial=0) * kh * kw * c > 32000:  # int16 sums, with room for the int16 threshold clamp
         return None
-    out = np.zeros((256, kh * kw * c, 16), np.int8)
+    narrow = table.min(initial=0) >= -128 and table.max(initial=0) <= 127
+    out = np.zeros((256, kh * kw * c, 16), np.int8 if narrow else np.int16)
     out[..., :o] = table.reshape(kh * kw * c, 256, o).transpose(1, 0, 2)
     return out
 
@@ -143,17 +144,19 @@ class FastExecutor:
             conv = node["inputs"][0]
             if node["op"] == "threshold" and 0 <= node["qmin"] and node["qmax"] <= 255 and conv in self.packed:
                 self.fused[conv] = node  # conv + threshold run as one kernel
-                direction, thresholds = (model.tensors[f"{name}.{k}"] for k in ("direction", "thresholds"))
-                if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share
-                    thresholds = thresholds + (direction * self.shifted[conv][1])[:, None]
-                self.thresholds[name] = pad_thresholds(direction, thresholds)
         self.residual, self.skipped = self._plan_residual_adds() if fuse else ({}, set())
         # A lookup conv with thresholds and at most 16 channels runs as table sums (no bit-planes).
         self.table_convs = {}
         for name, (lut, _, _) in self.lut_convs.items():
             table = lut_conv_table(model.tensors[f"{name}.weight"], model.tensors[f"{lut['name']}.lut"])
-            if name in self.fused and name not in self.residual and name not in self.shifted and table is not None:
+            if name in self.fused and name not in self.residual and table is not None:
                 self.table_convs[name] = table
+                self.shifted.pop(name, None)  # the tables hold signed codes' sums as they are
+        for conv, node in self.fused.items():
+            direction, thresholds = (model.tensors[f"{node['name']}.{k}"] for k in ("direction", "thresholds"))
+            if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share
+                thresholds = thresholds + (direction * self.shifted[conv][1])[:, None]
+            self.thresholds[node["name"]] = pad_thresholds(direction, thresholds)
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
         self._tensors = node_tensors(model)
 
@@ -217,7 +220,8 @@ class FastExecutor:
             codes = self._empty(name, (n, ho, wo, o), np.uint8)
             direction, thresholds = self.thresholds[thr["name"]]
             _kernels.table_conv(x, n, h, w, c, self.table_convs[name], k, k, o, padded_channels(o), s, p, ho, wo, codes,
-                                self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"])
+                                self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"],
+                                self.table_convs[name].itemsize)
             self._codes[thr["name"]] = codes
             return None
         if name in self.lut_convs:

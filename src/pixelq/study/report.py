@@ -246,9 +246,6 @@ def _targets(rows: list) -> list:
             if r.get("runtime") and pe.get("runtime"):
                 line += (f"; on the integer runtime {r['runtime']['images_per_s']:,.0f} images/s against "
                          f"{pe['runtime']['images_per_s']:,.0f}")
-                if r["first_layer"] == "int8":  # why it is slower, lest it read as the method's own cost
-                    line += (" (the runtime runs an int8 first conv as 8 bit-planes of the pixel bytes, its "
-                             "thresholds in a second pass; pixel embedding's as table sums fused with them)")
             out.append(line + ".")
     return out
 
@@ -389,7 +386,10 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              "exported to `.pxq` and run by the integer runtime on the test images (`runtime.json`, written when "
              "the run finishes; `python experiments/redeploy_study_runs.py --time-only` re-times the finished "
              "runs' model files in one sitting, so that their speeds compare), mean over seeds; images/s at the "
-             "threads recorded there, on the machine of the time.", ""]
+             "threads recorded there, on the machine of the time. Every first layer that looks its pixels up "
+             "(pixel embedding, int8, thermometer, naive) runs its first conv on the runtime as the same "
+             "per-pixel-value table sums (int16 entries for int8, int8 entries for the others), so these "
+             "rows' speeds measure the same work.", ""]
     for tier, title in (("headline", "Headline rows"), ("ablation", "Ablations (shorter schedule)")):
         part = [r for r in rows if r["tier"] == tier]
         if part:

@@ -266,12 +266,19 @@ static inline void table_emit(const conv_t *c, ssize m_row, ssize ox, __m256i ac
     }
 }
 
+/* Table row e's 16 entries as int16 lanes: e counts entries (16 per row) of int8, or with `wide` int16. */
+static inline __attribute__((always_inline)) __m256i table_entries(const void *table, ssize e, int wide) {
+    return wide ? _mm256_loadu_si256((const __m256i *)((const int16_t *)table + e))
+                : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const int8_t *)table + e)));
+}
+
 /* A stride-1 3x3 output row over an RGB image, its three input rows inside the image: sliding along
  * the input columns, each pixel's colour values are read once per kernel row, and each looks up its
  * three taps' entries (constant offsets apart), added to the three outputs it reaches: 9 byte loads
  * and 27 vector adds per output rather than 27 of each. The outputs to the left of column 0 and
- * right of column W - 1 see zero padding. */
-static void table_row_3x3x3(const conv_t *c, const int8_t *table, ssize n, ssize oy, ssize y0) {
+ * right of column W - 1 see zero padding. Inlined with `wide` a constant: one loop per entry width. */
+static inline __attribute__((always_inline)) void table_row_3x3x3(const conv_t *c, const void *table, ssize n,
+                                                                  ssize oy, ssize y0, int wide) {
     const ssize tap = 3 * 16;  /* from tap (ky, kx)'s entry to (ky, kx + 1)'s */
     const ssize m_row = (n * c->HO + oy) * c->WO;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, held = a0;  /* outputs j + pad - 2, - 1, - 0 */
@@ -282,10 +289,10 @@ static void table_row_3x3x3(const conv_t *c, const int8_t *table, ssize n, ssize
                 const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + j) * 3;
                 #pragma GCC unroll 3
                 for (int ch = 0; ch < 3; ch++) {
-                    const int8_t *e = table + ((ssize)px[ch] * 27 + ky * 9 + ch) * 16;  /* tap (ky, 0) */
-                    a2 = _mm256_add_epi16(a2, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)e)));
-                    a1 = _mm256_add_epi16(a1, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(e + tap))));
-                    a0 = _mm256_add_epi16(a0, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(e + 2 * tap))));
+                    const ssize e = ((ssize)px[ch] * 27 + ky * 9 + ch) * 16;  /* tap (ky, 0) */
+                    a2 = _mm256_add_epi16(a2, table_entries(table, e, wide));
+                    a1 = _mm256_add_epi16(a1, table_entries(table, e + tap, wide));
+                    a0 = _mm256_add_epi16(a0, table_entries(table, e + 2 * tap, wide));
                 }
             }
         }
@@ -297,11 +304,14 @@ static void table_row_3x3x3(const conv_t *c, const int8_t *table, ssize n, ssize
 
 /* table_conv_portable's arithmetic (kernels.c) with the 16 channels' int16 sums in one vector;
  * stride-1 rows of a 3x3 kernel over 3 colours, inside the image, slide (table_row_3x3x3). */
-static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
+static void table_conv_avx512(const conv_t *c, const void *table, ssize n, ssize oy) {
     const ssize y0 = oy * c->stride - c->pad;
     if (y0 >= 0 && y0 + c->KH <= c->H && c->KH == 3 && c->KW == 3 && c->image_C == 3 && c->stride == 1 &&
         c->WO == c->W + 2 * c->pad - 2) {
-        table_row_3x3x3(c, table, n, oy, y0);
+        if (c->table16)
+            table_row_3x3x3(c, table, n, oy, y0, 1);
+        else
+            table_row_3x3x3(c, table, n, oy, y0, 0);
         return;
     }
     const ssize m_row = (n * c->HO + oy) * c->WO, taps = (ssize)c->KH * c->KW * c->image_C;
@@ -315,8 +325,8 @@ static void table_conv_avx512(const conv_t *c, const int8_t *table, ssize n, ssi
                 if (x0 + kx < 0 || x0 + kx >= c->W) continue;
                 const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + x0 + kx) * c->image_C;
                 for (int ch = 0; ch < c->image_C; ch++) {
-                    const int8_t *e = table + ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
-                    acc = _mm256_add_epi16(acc, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)e)));
+                    const ssize e = ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
+                    acc = _mm256_add_epi16(acc, table_entries(table, e, c->table16));
                 }
             }
         }

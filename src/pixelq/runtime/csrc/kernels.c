@@ -22,11 +22,12 @@
  * one position at a time. The module picks the best build at import; set_isa can force another
  * (the tests check each).
  *
- * The first conv, when it reads a per-pixel lookup table (pixel embedding), sums per-(tap, colour,
- * pixel value) tables of its output channels' partial sums (table_conv: 27 vector adds per window
- * for a 3x3 kernel on RGB, no bit-planes); where those tables do not fit (more than 16 channels,
- * sums beyond int8), it packs its planes straight from the pixel values (lut_conv): a pixel's
- * plane is an OR of shifted table words.
+ * The first conv, when it reads a per-pixel lookup table (pixel embedding, int8 pixel codes), sums
+ * per-(tap, colour, pixel value) tables of its output channels' partial sums (table_conv: 27 vector
+ * adds per window for a 3x3 kernel on RGB, no bit-planes; int8 entries, or int16 where the sums
+ * need them); where those tables do not fit (more than 16 channels, sums beyond int16), it packs
+ * its planes straight from the pixel values (lut_conv): a pixel's plane is an OR of shifted table
+ * words.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -70,6 +71,7 @@ typedef struct {
     const uint64_t *lut_bits;  /* (T, 256, P): plane p of the d codes a pixel value looks up, bit j = code j */
     const int32_t *lut_sums;   /* (T, 256): the sum of those d codes */
     int lut_tables, lut_d, image_C;
+    int table16;           /* table_conv: int16 table entries (else int8) */
     const uint64_t *w;     /* (J, KH, Kr, Opad) weight words */
     uint8_t *x;            /* (N, P, Hp, Wp, Cb) packed planes, each image followed by 8 bytes of
                               slack (zero) that its last window word may read */
@@ -203,7 +205,7 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
 }
 
 /* ---- The first conv as table sums (pixel embedding, <= 16 output channels). ----
- * table (256, KH * KW * image_C, 16) int8: entry (v, t, ch) holds, for each output channel, the sum
+ * table (256, KH * KW * image_C, 16) int8 (int16 with table16): entry (v, t, ch) holds, for each output channel, the sum
  * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. Value-major,
  * so a value's entries for every tap share a few cache lines (tap-major, the entries of one value
  * lay 4 KB apart, all in one L1 set: the fewer distinct values nearby, the slower it ran; images
@@ -212,7 +214,7 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
  * (their codes are 0). The export keeps the accumulators in int32; these stay inside +-32000
  * (checked by the caller), so the AVX-512 build adds 16 channels in one 256-bit vector and finishes
  * two positions per 512-bit vector. (int16 tables, with no widening per load, measured slower.) */
-static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, ssize oy) {
+static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssize oy) {
     const ssize taps = (ssize)c->KH * c->KW * c->image_C;
     int64_t tot[16];
     for (ssize ox = 0; ox < c->WO; ox++) {
@@ -225,8 +227,9 @@ static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, s
                 if (x < 0 || x >= c->W) continue;
                 const uint8_t *px = c->codes + ((n * c->H + y) * c->W + x) * c->image_C;
                 for (int ch = 0; ch < c->image_C; ch++) {
-                    const int8_t *e = table + ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
-                    for (int o = 0; o < 16; o++) tot[o] += e[o];
+                    const ssize e = ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
+                    for (int o = 0; o < 16; o++)
+                        tot[o] += c->table16 ? ((const int16_t *)table)[e + o] : ((const int8_t *)table)[e + o];
                 }
             }
         }
@@ -256,7 +259,7 @@ static void table_conv_portable(const conv_t *c, const int8_t *table, ssize n, s
 #endif
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
-typedef void (*table_fn)(const conv_t *c, const int8_t *table, ssize n, ssize oy);
+typedef void (*table_fn)(const conv_t *c, const void *table, ssize n, ssize oy);
 static table_fn table_impl = table_conv_portable;
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
 typedef void (*row_fn)(const conv_t *c, ssize n, ssize oy);
@@ -547,16 +550,17 @@ static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
 static PyObject *py_table_conv(PyObject *self, PyObject *args) {
     Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
     conv_t c = {0};
-    if (!PyArg_ParseTuple(args, "y*nnniy*iinniinnw*iy*y*ii", &image, &c.N, &c.H, &c.W, &c.image_C, &table, &c.KH,
+    int entry_bytes;
+    if (!PyArg_ParseTuple(args, "y*nnniy*iinniinnw*iy*y*iii", &image, &c.N, &c.H, &c.W, &c.image_C, &table, &c.KH,
                           &c.KW, &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
-                          &c.qmin))
+                          &c.qmin, &entry_bytes))
         return NULL;
-    c.C = c.image_C, c.codes = image.buf, c.wstride = 1, c.lowest = 0;
-    int shape_ok = c.O <= 16 && c.image_C >= 1;
-    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "table_conv: at most 16 output channels");
+    c.C = c.image_C, c.codes = image.buf, c.wstride = 1, c.lowest = 0, c.table16 = entry_bytes == 2;
+    int shape_ok = c.O <= 16 && c.image_C >= 1 && (entry_bytes == 1 || entry_bytes == 2);
+    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "table_conv: at most 16 output channels, entries of 1 or 2 bytes");
     int inputs_ok = shape_ok && want(&image, c.N * c.H * c.W * c.image_C, "image") &&
-                    want(&table, (ssize)c.KH * c.KW * c.image_C * 256 * 16, "table");
-    const int8_t *tab = table.buf;
+                    want(&table, (ssize)c.KH * c.KW * c.image_C * 256 * 16 * entry_bytes, "table");
+    const void *tab = table.buf;
     Py_buffer *bufs[] = {&image, &table, &out, &dir, &thr};
     /* finish_call runs run_conv; this conv runs its own loop, so check the buffers the same way first. */
     PyObject *ret = NULL;
@@ -723,7 +727,7 @@ static PyMethodDef methods[] = {
     {"lut_conv", py_lut_conv, METH_VARARGS,
      "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
     {"table_conv", py_table_conv, METH_VARARGS,
-     "first conv (<= 16 output channels) as sums of per-(tap, colour, pixel value) int8 tables, then thresholds"},
+     "first conv (<= 16 output channels) as sums of per-(tap, colour, pixel value) int8 or int16 tables, then thresholds"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"sum_pool", py_sum_pool, METH_VARARGS, "uint8 codes (N, HW, C) -> int64 sums over HW (N, C)"},
