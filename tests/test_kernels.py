@@ -341,3 +341,11 @@ def test_lut_conv_table_declines_what_the_kernel_cannot_hold():
     assert fast.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut).dtype == np.int16  # 150 > int8
     assert fast.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (256, 27, 16)
     assert fast.lut_conv_table(-np.ones((16, 3, 3, 24), np.int32), np.full((1, 256, 8), 16)).dtype == np.int8  # -128
+
+
+def test_signed_zero_is_each_colours_pixel_value_of_code_zero():
+    int8 = np.arange(-128, 128).reshape(1, 256, 1)  # an int8 first layer's lookup
+    assert fast._signed_zero(int8, 3).tolist() == [128, 128, 128]
+    per_colour = np.stack([np.roll(int8[0], k, 0) for k in (0, 1, 2)])
+    assert fast._signed_zero(per_colour, 3).tolist() == [128, 129, 130]
+    assert fast._signed_zero(np.arange(1, 257).reshape(1, 256, 1), 3) is None

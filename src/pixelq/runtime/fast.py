@@ -89,13 +89,13 @@ def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
     return d, t
 
 
-def _signed_zero(lut: np.ndarray, channels: int) -> "np.ndarray | None":
-    """(C,) uint8: for each colour, a pixel value its lookup table maps to codes all 0 (the zero
-    padding of the codes, as a pixel); None where a table has none."""
+def _signed_zero(lut: np.ndarray, colours: int) -> "np.ndarray | None":
+    """(colours,) uint8: for each image colour, a pixel value its lookup table maps to codes all 0
+    (the zero padding of the codes, as a pixel); None where a table has none."""
     zero = (np.asarray(lut) == 0).all(-1)  # (T, 256)
     if not zero.any(1).all():
         return None
-    return np.broadcast_to(zero.argmax(1).astype(np.uint8), (channels,)).copy()
+    return np.broadcast_to(zero.argmax(1).astype(np.uint8), (colours,)).copy()
 
 
 def _planes(conv: dict) -> int:
@@ -132,7 +132,7 @@ class FastExecutor:
                                                      node["weight_bits"])
                 source = by_name.get(node["inputs"][0])
                 lut = model.tensors[f"{source['name']}.lut"] if source is not None and source["op"] == "lut" else None
-                pad = _signed_zero(lut, node["in_channels"]) if shift and lut is not None else None
+                pad = _signed_zero(lut, source["in_channels"]) if shift and lut is not None else None  # pixels
                 if fuse and lut is not None and self.readers[source["name"]] == 1 and node["in_channels"] <= 64 \
                         and (pad is not None or not shift):  # the lookup runs inside this conv, as its packing
                     self.lut_convs[name] = (source, *lut_plane_bits(lut + shift, _planes(node)))
