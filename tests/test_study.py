@@ -36,7 +36,7 @@ def test_ablations_cover_the_embedding_grid_and_quantized_last_twins():
     assert len(names) == len(set(names))
 
 
-def test_plan_runs_two_headline_seeds_then_ablations_then_further_seeds():
+def test_plan_runs_two_headline_seeds_then_ablations_then_further_seeds_float_network_last():
     pairs = plan(StudySchedule(seeds=(3, 4, 5)))
     headline, ablation = len(headline_variants()), len(ablation_variants())
     assert [s for _, s in pairs[:headline]] == [3] * headline and [s for _, s in pairs[headline:2 * headline]] == [4] * headline
@@ -44,7 +44,9 @@ def test_plan_runs_two_headline_seeds_then_ablations_then_further_seeds():
     # the ablation schedule's noise rows at the second seed, then the headline rows' further seeds
     noise = pairs[2 * headline + ablation:2 * headline + ablation + len(ABLATION_NOISE_VARIANTS)]
     assert sorted((v.name, v.tier, s) for v, s in noise) == sorted((n, "ablation", 4) for n in ABLATION_NOISE_VARIANTS)
-    assert [(v.tier, s) for v, s in pairs[2 * headline + ablation + len(noise):]] == [("headline", 5)] * headline
+    further = pairs[2 * headline + ablation + len(noise):]
+    assert [(v.tier, s) for v, s in further] == [("headline", 5)] * headline
+    assert further[-1][0].name == "float-net"  # no target reads it: its further seeds come last
     assert len(pairs) == 3 * headline + ablation + len(noise)
     assert len({(v.name, s) for v, s in pairs}) == len(pairs)
     assert len(plan(StudySchedule(seeds=(3,)))) == headline + ablation  # one seed: no noise rows

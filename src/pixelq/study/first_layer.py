@@ -134,14 +134,15 @@ ABLATION_NOISE_VARIANTS = ("short-w1a2-float-first", "short-pe-shared-d10-q2-the
 def plan(schedule: StudySchedule, tiers: tuple = ("headline", "ablation")) -> list:
     """(variant, seed) pairs in the order they run: every headline variant at the first seed, then
     at the second (a mean and a std per row), then the ablations, then the noise rows of the
-    ablation schedule at the second seed, then the headline rows at any further seed, so a study
-    cut short has the most informative rows."""
+    ablation schedule at the second seed, then the headline rows at any further seed, the float
+    network (which no target reads) last, so a study cut short has the most informative rows."""
     headline = [(v, s) for s in schedule.seeds for v in headline_variants()] if "headline" in tiers else []
     ablation = [(v, schedule.seeds[0]) for v in ablation_variants()] if "ablation" in tiers else []
     if "ablation" in tiers and len(schedule.seeds) > 1:
         ablation += [(v, schedule.seeds[1]) for v in ablation_variants() if v.name in ABLATION_NOISE_VARIANTS]
     first_two = 2 * len(headline_variants())
-    return headline[:first_two] + ablation + headline[first_two:]
+    further = sorted(headline[first_two:], key=lambda pair: pair[0].wbits == 32)  # stable: float network last
+    return headline[:first_two] + ablation + further
 
 
 def run_config(variant: Variant, seed: int, schedule: StudySchedule, out: Path, data: "str | None",
