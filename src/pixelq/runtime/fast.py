@@ -3,7 +3,9 @@
 Weights are re-laid out once at load into the kernels' window-row words (see `pack_conv_weight`
 and csrc/kernels.c), output channels innermost and padded to vectors of 8. Activations stay uint8
 codes between layers; each conv call packs its input into bit-planes itself. The first conv of a
-pixel-embedding model runs as table sums instead (`lut_conv_table`), straight from the pixels.
+model that looks its pixels up (pixel embedding, int8, thermometer) runs as table sums instead
+(`lut_conv_table`), straight from the pixels. Signed codes (an int8 first layer's) that no table
+holds run shifted to unsigned (`_shifted_input`).
 """
 from __future__ import annotations
 
