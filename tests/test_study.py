@@ -1,5 +1,6 @@
 """The first-layer study: its plan, a resumable run on tiny data, and the report rendered from JSON."""
 import json
+import statistics
 
 import pytest
 
@@ -248,7 +249,7 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     grid = _embedding_grid(rows)
     assert "| 10 | 2 | 73.00 (-7.00) | 72.50 (-7.50) | 72.00 (-8.00) | 71.50 (-8.50) | 2e+07 |" in grid
     assert "- per-colour tables instead of one shared table: -1.00 points on average over 12 pair(s) " \
-           "(from -1.00 to -1.00)." in grid
+           "(from -1.00 to -1.00; standard error of the mean 0.00)." in grid
     assert any(line.startswith("- random uniform initialisation instead of thermometer: -0.50 points") for line in grid)
     assert any(line.startswith("- Q = 2 bits instead of 1: +1.00 points on average over 12 pair(s)") for line in grid)
     assert any(line.startswith("- d = 16 instead of 10: +0.60 points on average over 8 pair(s)") for line in grid)
@@ -262,9 +263,15 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
     grid = _embedding_grid(rows)
     assert "| 10 | 2 | 81.50* (-7.00) |" in "\n".join(grid)
     assert "- per-colour tables instead of one shared table: -1.00 points on average over 12 pair(s) " \
-           "(from -1.00 to -1.00)." in grid
+           "(from -1.00 to -1.00; standard error of the mean 0.00)." in grid
     assert any(line.startswith("- For scale: at this schedule the std over seeds averages 1.71 points (2 rows)")
                for line in grid)
+    # one per-colour cell 1.2 points higher: that factor's pairs spread, and the standard error says how much
+    odd = next(r for r in rows if r["variant"] == "short-pe-percolour-d4-q1-thermometer")
+    odd.update(top1=[odd["top1"][0] + 1.2], top1_mean=odd["top1_mean"] + 1.2)
+    diffs = [-1.0] * 11 + [0.2]
+    assert (f"- per-colour tables instead of one shared table: -0.90 points on average over 12 pair(s) (from -1.00 "
+            f"to +0.20; standard error of the mean {statistics.stdev(diffs) / 12 ** 0.5:.2f}).") in _embedding_grid(rows)
     last = _last_layer_cost(rows)
     assert "| ablation | short-w1a2-naive2 | 75.00 | short-w1a2-naive2-qlast | 74.25 | -0.75 |" in last
     assert "| headline | w1a2-pe | 79.00 | w1a2-pe-qlast | 78.50 | -0.50 |" in last

@@ -294,8 +294,10 @@ def _embedding_grid(rows: list) -> list:
         diffs = [_gap(by_key[_key(r, **{name: after})], r) for r in grid
                  if r["first_layer_kwargs"][name] == before and _key(r, **{name: after}) in by_key]
         if diffs:
+            se = (f"; standard error of the mean {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
+                  if len(diffs) > 1 else "")
             lines.append(f"- {label}: {statistics.fmean(diffs):+.2f} points on average over {len(diffs)} pair(s) "
-                         f"(from {min(diffs):+.2f} to {max(diffs):+.2f}).")
+                         f"(from {min(diffs):+.2f} to {max(diffs):+.2f}{se}).")
     for tier, schedule in (("ablation", "this schedule"), ("headline", "the full schedule")):
         spread = _seed_spread(rows, tier)
         if spread:
