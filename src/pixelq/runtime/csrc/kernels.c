@@ -205,15 +205,16 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
 }
 
 /* ---- The first conv as table sums (pixel embedding, <= 16 output channels). ----
- * table (256, KH * KW * image_C, 16) int8 (int16 with table16): entry (v, t, ch) holds, for each output channel, the sum
- * over the d codes that pixel value v looks up in colour ch of code x weight at tap t. Value-major,
- * so a value's entries for every tap share a few cache lines (tap-major, the entries of one value
- * lay 4 KB apart, all in one L1 set: the fewer distinct values nearby, the slower it ran; images
- * of 8 distinct values 2.4x slower than random ones). A window's
+ * table (256, KH * KW * image_C, 16) int8 (int16 with table16): entry (v, t, ch) holds, for each
+ * output channel, the sum over the d codes that pixel value v looks up in colour ch of code x weight
+ * at tap t. Value-major, so a value's entries for every tap share a few cache lines (tap-major, the
+ * entries of one value lay 4 KB apart, all in one L1 set: the fewer distinct values nearby, the
+ * slower it ran; images of 8 distinct values 2.4x slower than random ones). A window's
  * accumulator is the sum of its KH * KW * image_C entries; taps in the zero padding add nothing
  * (their codes are 0). The export keeps the accumulators in int32; these stay inside +-32000
  * (checked by the caller), so the AVX-512 build adds 16 channels in one 256-bit vector and finishes
- * two positions per 512-bit vector. (int16 tables, with no widening per load, measured slower.) */
+ * two positions per 512-bit vector. (int16 tables, with no widening per load, measured slower: they
+ * serve only where int8 entries cannot hold the sums, as an int8 first layer's +128.) */
 static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssize oy) {
     const ssize taps = (ssize)c->KH * c->KW * c->image_C;
     int64_t tot[16];
