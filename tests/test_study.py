@@ -173,7 +173,7 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
     rows[1].update(seeds=[0, 1], top1=[79.25, 79.75])
     lines = _targets(rows)
     assert ("- `w1a2-pe`: 79.50 % over 2 seed(s), 0.50 points below `w1a2-float-first` (target ≤ 1.0: met). "
-            "Gap per seed: s0 -0.25, s1 -0.75.") in lines
+            "Gap per seed: s0 -0.25, s1 -0.75; standard error of the mean gap 0.25.") in lines
     assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
     assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) at 30x its first-layer bit-ops." in lines
     assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) at 1x its first-layer bit-ops."

@@ -226,7 +226,9 @@ def _targets(rows: list) -> list:
             paired = {seed: top1 - dict(zip(ref["seeds"], ref["top1"]))[seed]
                       for seed, top1 in zip(r.get("seeds", []), r.get("top1", [])) if seed in ref.get("seeds", [])}
             if len(paired) > 1:
-                line += " Gap per seed: " + ", ".join(f"s{seed} {gap:+.2f}" for seed, gap in paired.items()) + "."
+                se = statistics.stdev(paired.values()) / len(paired) ** 0.5
+                line += (" Gap per seed: " + ", ".join(f"s{seed} {gap:+.2f}" for seed, gap in paired.items())
+                         + f"; standard error of the mean gap {se:.2f}.")
             out.append(line)
     quantized = [r for r in rows if r["tier"] == "headline" and r["first_layer"] not in ("float", "pixel-embedding")]
     pe = by_name.get("w1a2-pe")
