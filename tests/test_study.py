@@ -174,6 +174,10 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
     lines = _targets(rows)
     assert ("- `w1a2-pe`: 79.50 % over 2 seed(s), 0.50 points below `w1a2-float-first` (target ≤ 1.0: met). "
             "Gap per seed: s0 -0.25, s1 -0.75; standard error of the mean gap 0.25.") in lines
+    rows[1].update(top1=[78.25, 78.75], top1_mean=78.5, gap_to_float_first=-1.5)
+    assert any(line.startswith("- `w1a2-pe`: 78.50 % over 2 seed(s), 1.50 points below `w1a2-float-first` (target ≤ "
+                               "1.0: not met, by 0.50).") for line in _targets(rows))
+    rows[1].update(top1=[79.25, 79.75], top1_mean=79.5, gap_to_float_first=-0.5)
     assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
     assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) at 30x its first-layer bit-ops." in lines
     assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) at 1x its first-layer bit-ops."
