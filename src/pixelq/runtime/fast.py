@@ -139,7 +139,7 @@ class FastExecutor:
                         and (pad is not None or not shift):  # the lookup runs inside this conv, as its packing
                     self.lut_convs[name] = (source, *lut_plane_bits(lut + shift, _planes(node)))
                 if shift:  # see _shifted_input
-                    share = shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)
+                    share = (shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)).astype(np.int32)
                     if name not in self.lut_convs:
                         pad = np.full(node["in_channels"], shift, np.uint8)
                     self.shifted[name] = (shift, share, pad)
@@ -234,7 +234,7 @@ class FastExecutor:
             out = self._empty(name, (n, ho, wo, o), np.int32)
             call(*args, out, self.threads)
             if name in self.shifted:
-                np.subtract(out, self.shifted[name][1].astype(np.int32), out=out)
+                np.subtract(out, self.shifted[name][1], out=out)
             return out
         codes = self._empty(name, (n, ho, wo, o), np.uint8)
         direction, thresholds = self.thresholds[thr["name"]]
