@@ -144,6 +144,7 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
     assert "seed 0 (seeds 0, 1 for `short-w1a2-float-first`, to measure this schedule's seed noise)" in text
     for png in ("first_layer_accuracy_vs_cost.png", "embedding_w1a2-pe.png", "first_layer_gap_by_epoch.png"):
         assert (docs.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "at seeds 0, 1; ablation rows" in text  # every headline row has every seed
     # the gap by epoch: each epoch's test top-1 against the float first layer's, mean over seeds
     from pixelq.study.report import gap_by_epoch
 
@@ -153,6 +154,18 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
     expected = [(a0 - b0 + a1 - b1) / 2 for a0, b0, a1, b1 in zip(top1("w1a2-pe-s0"), top1("w1a2-float-first-s0"),
                                                                    top1("w1a2-pe-s1"), top1("w1a2-float-first-s1"))]
     assert gap_by_epoch(out, list(rows.values())) == {"w1a2-pe": pytest.approx(expected)}
+
+
+def test_report_names_headline_rows_short_of_the_seed_list(study, tmp_path):
+    """A study stopped before a headline row's last seed says which rows have which seeds."""
+    import shutil
+
+    part = tmp_path / "study"
+    shutil.copytree(study[0], part)
+    (part / "w1a2-pe-s1" / "metrics.json").unlink()  # the run in flight: checkpoint, no result
+    write_report(part, tmp_path / "results.md")
+    text = (tmp_path / "results.md").read_text()
+    assert "at seeds 0, 1 (`w1a2-pe` at seeds 0); ablation rows" in text
 
 
 def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):

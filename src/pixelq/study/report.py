@@ -389,13 +389,17 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     test_size = rows[0]["test_size"] if rows else 0
     size = rows[0]["image_size"] if rows else 32
     headline_seeds = sorted({seed for r in rows if r["tier"] == "headline" for seed in r["seeds"]}) or s["seeds"]
+    # headline rows still short of the full seed list (a study stopped, or under way)
+    short = [f"`{r['variant']}` at seeds {', '.join(map(str, r['seeds']))}" for r in rows
+             if r["tier"] == "headline" and set(r["seeds"]) < set(headline_seeds)]
     noise = [r["variant"] for r in rows if r["tier"] == "ablation" and len(r["seeds"]) > 1]
     noise_seeds = sorted({seed for r in rows if r["variant"] in noise for seed in r["seeds"]})
     lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
              f"Rendered by `pixelq report {study_dir}` from `{study_dir}/*/metrics.json` (trained by "
              f"`pixelq study first-layer`); `{study_dir}/summary.json` holds these rows.", "",
              f"Schedule: headline rows {s['epochs']} epochs on the whole train split at seeds "
-             f"{', '.join(map(str, headline_seeds))}; ablation rows {s['ablation_epochs']} epochs on a stratified "
+             f"{', '.join(map(str, headline_seeds))}" + (f" ({'; '.join(short)})" if short else "")
+             + f"; ablation rows {s['ablation_epochs']} epochs on a stratified "
              f"{s['ablation_train_subset'] or 'full'}-image train subset, seed {s['seeds'][0]}"
              + (f" (seeds {', '.join(map(str, noise_seeds))} for {', '.join(f'`{n}`' for n in noise)}, to measure "
                 "this schedule's seed noise)" if noise else "") + f". Both: {s['optimizer']} "
