@@ -110,6 +110,9 @@ def test_retime_re_measures_the_committed_model_file_without_a_checkpoint(study,
     after = retime_runtime(run, test, threads=1)
     assert after == json.loads((run / "runtime.json").read_text())
     assert after["images_per_s"] > 0 and after["runtime_top1"] == before["runtime_top1"]
+    from pixelq.runtime.fast import _kernels, kernels_available
+
+    assert after["isa"] == (_kernels.isa() if kernels_available() else "numpy reference")  # speeds compare per ISA
     assert after["labels"] == before["labels"] and after["label_agreement"] == before["label_agreement"]
     (run / "runtime.json").write_text(json.dumps({**before, "runtime_top1": before["runtime_top1"] + 1.0}))
     with pytest.raises(ExportError, match="re-export"):
@@ -166,6 +169,11 @@ def test_report_names_headline_rows_short_of_the_seed_list(study, tmp_path):
     write_report(part, tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
     assert "at seeds 0, 1 (`w1a2-pe` at seeds 0); ablation rows" in text
+    assert "All were timed with the runtime's `" in text
+    timed = json.loads((part / "w1a2-pe-s0" / "runtime.json").read_text())
+    (part / "w1a2-pe-s0" / "runtime.json").write_text(json.dumps({**timed, "isa": "another-isa"}))
+    write_report(part, tmp_path / "results.md")
+    assert "timed with different convs (`another-isa`, `" in (tmp_path / "results.md").read_text()
 
 
 def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):

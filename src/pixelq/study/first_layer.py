@@ -212,8 +212,12 @@ def _time_runtime(path: Path, test, threads: "int | None") -> tuple:
     t0 = time.perf_counter()
     labels = rt.predict(test.images)
     seconds = time.perf_counter() - t0
+    from ..runtime.fast import _kernels
+
+    # the conv's instruction set sets the speed (AVX-512 runs several times AVX2's): speeds compare only within one
+    isa = _kernels.isa() if rt.backend == "c" else "numpy reference"
     return rt, {"runtime_top1": 100.0 * float((labels == test.labels).mean()), "images_per_s": len(labels) / seconds,
-                "threads": rt.threads, "backend": rt.backend, "file_bytes": path.stat().st_size}
+                "threads": rt.threads, "backend": rt.backend, "isa": isa, "file_bytes": path.stat().st_size}
 
 
 def _check_same_settings(metrics_path: Path, cfg: TrainConfig) -> None:

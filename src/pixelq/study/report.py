@@ -53,6 +53,7 @@ def summarize(study_dir: "str | Path") -> dict:
         if deployed:
             row["runtime"] = {k: statistics.fmean(d[k] for d in deployed)
                               for k in ("runtime_top1", "images_per_s", "label_agreement")}
+            row["runtime"]["isa"] = sorted({d.get("isa") or "unrecorded" for d in deployed})
         rows.append(row)
     by_name = {r["variant"]: r for r in rows}
     for r in rows:
@@ -392,6 +393,12 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     # headline rows still short of the full seed list (a study stopped, or under way)
     short = [f"`{r['variant']}` at seeds {', '.join(map(str, r['seeds']))}" for r in rows
              if r["tier"] == "headline" and set(r["seeds"]) < set(headline_seeds)]
+    isas = sorted({isa for r in rows if r.get("runtime") for isa in r["runtime"].get("isa", ["unrecorded"])})
+    if len(isas) == 1:
+        timed = f" All were timed with the runtime's `{isas[0]}` conv."
+    else:
+        timed = (" They were timed with different convs (" + ", ".join(f"`{i}`" for i in isas) + "), whose speeds "
+                 "do not compare: re-time them in one sitting.") if isas else ""
     noise = [r["variant"] for r in rows if r["tier"] == "ablation" and len(r["seeds"]) > 1]
     noise_seeds = sorted({seed for r in rows if r["variant"] in noise for seed in r["seeds"]})
     lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
@@ -416,7 +423,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
              "threads recorded there, on the machine of the time. Every first layer that looks its pixels up "
              "(pixel embedding, int8, thermometer, naive) runs its first conv on the runtime as the same "
              "per-pixel-value table sums (int16 entries for int8, int8 entries for the others), so these "
-             "rows' speeds measure the same work.", ""]
+             "rows' speeds measure the same work." + timed, ""]
     for tier, title in (("headline", "Headline rows"), ("ablation", "Ablations (shorter schedule)")):
         part = [r for r in rows if r["tier"] == tier]
         if part:
