@@ -264,8 +264,8 @@ def _targets(rows: list) -> list:
         float_first = ref["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"] if ref else None
         if cheaper:
             names = ", ".join(f"`{r['variant']}`" for r in cheaper)
-            out.append(f"- {names} matches pixel embedding's accuracy "
-                       "within the noise for fewer first-layer bit-ops, so on this data and schedule the study does "
+            out.append(f"- {names} is as accurate as pixel embedding (within the seed noise, or better) "
+                       "for fewer first-layer bit-ops, so on this data and schedule the study does "
                        "not show pixel embedding's advantage over it"
                        + (f"; its advantage over the float first layer ({float_first:.3g}x fewer first-layer "
                           f"bit-ops for {-_gap(pe, ref):.2f} points of top-1) stands." if float_first else "."))
