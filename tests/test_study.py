@@ -200,27 +200,30 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
                                "1.0: not met, by 0.50).") for line in _targets(rows))
     rows[1].update(top1=[79.25, 79.75], top1_mean=79.5, gap_to_float_first=-0.5)
     assert "- pixel embedding is not ahead of: w1a2-int8-first." in lines
-    assert "  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) with 30x pixel embedding's first-layer bit-ops." in lines
-    assert lines[-1] == "  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) with 1x pixel embedding's first-layer bit-ops."
+    assert ("  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`) with 30x pixel embedding's first-layer "
+            "bit-ops.") in lines
+    assert lines[-1] == ("  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) with 1x pixel embedding's "
+                         "first-layer bit-ops.")
     # a margin below the seed-to-seed std is called so; runtime speed is set beside bit-ops where measured
     rows[0]["top1_std"], rows[1]["top1_std"] = 0.6, 0.4
     rows[1]["runtime"], rows[2]["runtime"] = {"images_per_s": 12000.0}, {"images_per_s": 2500.0}
     rows[3]["runtime"] = {"images_per_s": 11000.0}
     lines = _targets(rows)
     assert ("  - `w1a2-int8-first`: 79.90 % (+0.40 against `w1a2-pe`; within the headline rows' mean seed std of "
-            "0.50) with 30x pixel embedding's first-layer bit-ops; on the integer runtime 2,500 images/s against 12,000.") in lines
-    assert lines[-1] == ("  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) with 1x pixel embedding's first-layer bit-ops; "
-                         "on the integer runtime 11,000 images/s against 12,000.")
+            "0.50) with 30x pixel embedding's first-layer bit-ops; on the integer runtime 2,500 images/s against "
+            "12,000.") in lines
+    assert lines[-1] == ("  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) with 1x pixel embedding's "
+                         "first-layer bit-ops; on the integer runtime 11,000 images/s against 12,000.")
     # a lead inside the noise is not called "ahead"; a first layer as accurate for less work is named
     rows[2].update(top1_mean=79.3, top1=[79.3, 79.3], first_layer_cost={"bitops": 5e6})
     lines = _targets(rows)
     assert ("- pixel embedding's mean top-1 is above every other quantized first layer's in the headline rows, but its "
             "lead over `w1a2-int8-first` is smaller than the headline rows' mean seed std (0.50): the study does not "
             "separate them.") in lines
-    assert lines[-1] == ("- `w1a2-int8-first` is as accurate as pixel embedding (within the seed noise, or better) for "
-                         "fewer first-layer bit-ops, so on this data and schedule the study does not show pixel embedding's advantage over "
-                         "it; its advantage over the float first layer (40x fewer first-layer bit-ops for 0.50 points of "
-                         "top-1) stands.")
+    assert lines[-1] == ("- `w1a2-int8-first` is as accurate as pixel embedding (within the seed noise, or better) "
+                         "for fewer first-layer bit-ops, so on this data and schedule the study does not show pixel "
+                         "embedding's advantage over it; its advantage over the float first layer (40x fewer "
+                         "first-layer bit-ops for 0.50 points of top-1) stands.")
     rows[2]["top1_mean"] = rows[2]["top1"][0] = rows[2]["top1"][1] = 78.0
     assert "- pixel embedding is ahead of every other quantized first layer in the headline rows." in _targets(rows)
     assert not any("as accurate as pixel embedding" in line for line in _targets(rows))

@@ -237,8 +237,9 @@ def _targets(rows: list) -> list:
     if pe and quantized:
         spread = _seed_spread(rows)
         noise = statistics.fmean(spread) if spread else None
-        behind = [r["variant"] for r in quantized if _gap(r, pe) >= 0]
-        tied = [r["variant"] for r in quantized if noise and -noise < _gap(r, pe) < 0]
+        gaps = {r["variant"]: _gap(r, pe) for r in quantized}
+        behind = [v for v, gap in gaps.items() if gap >= 0]
+        tied = [v for v, gap in gaps.items() if noise and -noise < gap < 0]
         if behind:
             out.append(f"- pixel embedding is not ahead of: {', '.join(behind)}.")
         elif tied:
@@ -249,7 +250,7 @@ def _targets(rows: list) -> list:
             out.append("- pixel embedding is ahead of every other quantized first layer in the headline rows.")
         # what each costs beside it: accuracy for first-layer work is the trade the table is about
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
-            gap = _gap(r, pe)
+            gap = gaps[r["variant"]]
             ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
             close = f"; within the headline rows' mean seed std of {noise:.2f}" if noise and abs(gap) < noise else ""
             line = (f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({gap:+.2f} against `w1a2-pe`{_over(r, pe)}{close}) "
@@ -261,8 +262,8 @@ def _targets(rows: list) -> list:
         # a first layer as accurate for less work is where pixel embedding's case does not hold here
         cheaper = [r for r in quantized if r["variant"] in behind + tied
                    and r["first_layer_cost"]["bitops"] < pe["first_layer_cost"]["bitops"]]
-        float_first = ref["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"] if ref else None
         if cheaper:
+            float_first = ref["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"] if ref else None
             names = ", ".join(f"`{r['variant']}`" for r in cheaper)
             out.append(f"- {names} is as accurate as pixel embedding (within the seed noise, or better) "
                        "for fewer first-layer bit-ops, so on this data and schedule the study does "
@@ -393,7 +394,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     # headline rows still short of the full seed list (a study stopped, or under way)
     short = [f"`{r['variant']}` at seeds {', '.join(map(str, r['seeds']))}" for r in rows
              if r["tier"] == "headline" and set(r["seeds"]) < set(headline_seeds)]
-    isas = sorted({isa for r in rows if r.get("runtime") for isa in r["runtime"].get("isa", ["unrecorded"])})
+    isas = sorted({isa for r in rows if r.get("runtime") for isa in r["runtime"]["isa"]})
     if len(isas) == 1:
         timed = f" All were timed with the runtime's `{isas[0]}` conv."
     else:
