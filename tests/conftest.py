@@ -1,7 +1,11 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from pixelq import TrainConfig
 from pixelq.data import DataSplits, ImageSet
 
 
@@ -28,3 +32,54 @@ def make_splits(n_train=48, n_test=24, size=8, channels=3, classes=3, seed=0) ->
 @pytest.fixture
 def tiny_splits():
     return make_splits()
+
+
+def run_config(tmp_path, name="run", **kw) -> TrainConfig:
+    """A quick training config writing into tmp_path/name."""
+    base = dict(out=str(tmp_path / name), epochs=2, batch_size=16, lr=0.05, progress=False, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+def write_image_dataset(tmp_path, splits):
+    """`splits` as PNG image folders under tmp_path/data, so the CLI reads them like a user's data."""
+    root = tmp_path / "data"
+    for split, part in (("train", splits.train), ("test", splits.test)):
+        for i, (img, label) in enumerate(zip(part.images, part.labels)):
+            d = root / split / part.classes[label]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(d / f"{i:04d}.png")
+    return root
+
+
+def write_cifar(root, kind, protocol=pickle.DEFAULT_PROTOCOL, bytes_names=False):
+    """A tiny official-format CIFAR-10 or CIFAR-100 python folder; returns the batches written.
+    `bytes_names` stores the class names as bytes, as Python 2 wrote the official files."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True)
+    batches_ = {}
+
+    def dump(name, obj):
+        with open(root / name, "wb") as f:
+            pickle.dump(obj, f, protocol=protocol)
+
+    def batch(n, key, classes):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        return {"data": data, key: rng.integers(0, classes, n).tolist()}
+
+    def names(prefix, n):
+        return [f"{prefix}{i}".encode() if bytes_names else f"{prefix}{i}" for i in range(n)]
+
+    if kind == "cifar10":
+        dump("batches.meta", {"label_names": names("n", 10)})
+        for i in range(1, 6):
+            batches_[f"data_batch_{i}"] = batch(4, "labels", 10)
+            dump(f"data_batch_{i}", batches_[f"data_batch_{i}"])
+        batches_["test_batch"] = batch(3, "labels", 10)
+        dump("test_batch", batches_["test_batch"])
+    else:
+        dump("meta", {"fine_label_names": names("f", 100), "coarse_label_names": []})
+        for name, n in (("train", 5), ("test", 3)):
+            batches_[name] = batch(n, "fine_labels", 100)
+            batches_[name]["coarse_labels"] = [0] * n
+            dump(name, batches_[name])
+    return batches_

@@ -1,6 +1,5 @@
 """Readers for every layout, the decode cache, uint8 augmentation, and bad input."""
 import gzip
-import pickle
 import struct
 import tarfile
 
@@ -13,6 +12,8 @@ from PIL import Image
 
 from pixelq import DataError, InputError, load_dataset
 from pixelq.data import ImageSet, batches, detect_layout, embedded_data_path, random_crop_flip
+
+from conftest import write_cifar
 
 CLASSES = ["cat", "dog"]
 
@@ -59,35 +60,6 @@ def test_tar_of_image_folders_equals_folders(tmp_path, mode):
         tar.add(tmp_path / "ds", arcname="ds")
     a, b = load_dataset(tmp_path / "ds"), load_dataset(archive)
     assert np.array_equal(a.train.images, b.train.images) and np.array_equal(a.test.labels, b.test.labels)
-
-
-def write_cifar(root, kind):
-    rng = np.random.default_rng(1)
-    root.mkdir(parents=True)
-    batches_ = {}
-
-    def dump(name, obj):
-        with open(root / name, "wb") as f:
-            pickle.dump(obj, f)
-
-    def batch(n, key, classes):
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        return {"data": data, key: rng.integers(0, classes, n).tolist()}
-
-    if kind == "cifar10":
-        dump("batches.meta", {"label_names": [f"n{i}" for i in range(10)]})
-        for i in range(1, 6):
-            batches_[f"data_batch_{i}"] = batch(4, "labels", 10)
-            dump(f"data_batch_{i}", batches_[f"data_batch_{i}"])
-        batches_["test_batch"] = batch(3, "labels", 10)
-        dump("test_batch", batches_["test_batch"])
-    else:
-        dump("meta", {"fine_label_names": [f"f{i}" for i in range(100)], "coarse_label_names": []})
-        for name, n in (("train", 5), ("test", 3)):
-            batches_[name] = batch(n, "fine_labels", 100)
-            batches_[name]["coarse_labels"] = [0] * n
-            dump(name, batches_[name])
-    return batches_
 
 
 def test_cifar10_python_format(tmp_path):

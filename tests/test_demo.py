@@ -2,11 +2,11 @@
 import json
 
 from pixelq.demo import run_demo
-from test_train import write_dataset
+from conftest import write_image_dataset
 
 
 def test_demo_writes_report_and_plot(tmp_path, tiny_splits):
-    data = write_dataset(tmp_path, tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
     out = tmp_path / "demo"
     rows = run_demo(out=str(out), data=str(data), epochs=1, progress=False)
     assert [r["run"] for r in rows] == ["float", "w1a2-pe-qlast"]

@@ -165,9 +165,9 @@ def test_runtime_rejects_bad_thread_counts(model_file, threads):
 
 
 def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
-    from test_train import write_dataset
+    from conftest import write_image_dataset
 
-    data = write_dataset(tmp_path, tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
     out = tmp_path / "run"
     assert main(["train", "--data", str(data), "--first-layer", "pixel-embedding", "--pe-dim", "4", "--wbits", "1",
                  "--abits", "2", "--last-layer", "quantized", "--epochs", "1", "--batch-size", "16",

@@ -10,7 +10,7 @@ from pixelq.cli import main
 from pixelq.models import first_layer_cost
 from pixelq.study.first_layer import ABLATION_NOISE_VARIANTS
 from pixelq.study import StudySchedule, ablation_variants, headline_variants, plan, run_study, write_report
-from test_train import write_dataset
+from conftest import write_image_dataset
 
 
 def test_headline_variants_are_the_named_rows():
@@ -69,7 +69,7 @@ def study(tmp_path_factory):
     from conftest import make_splits
 
     tmp = tmp_path_factory.mktemp("study")
-    data = str(write_dataset(tmp, make_splits()))
+    data = str(write_image_dataset(tmp, make_splits()))
     out = tmp / "runs"
     schedule = StudySchedule(seeds=(0, 1), epochs=1, ablation_epochs=1, ablation_train_subset=24, batch_size=16)
     only = ["w1a2-float-first", "w1a2-pe", "short-w1a2-float-first", "short-pe-percolour-d4-q1-uniform"]

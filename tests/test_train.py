@@ -9,17 +9,14 @@ from pixelq import CheckpointError, ConfigError, TrainConfig, evaluate, load_che
 from pixelq.cli import main
 from pixelq.training import learning_rate, read_checkpoint
 
+from conftest import make_splits, run_config, write_image_dataset
+
 QUANT = dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4, "bits": 2}, wbits=1, abits=2,
              last_layer="quantized")
 
 
-def config(tmp_path, name="run", **kw):
-    base = dict(out=str(tmp_path / name), epochs=2, batch_size=16, lr=0.05, progress=False, threads=1)
-    return TrainConfig(**{**base, **kw})
-
-
 def test_train_writes_metrics_and_checkpoint(tmp_path, tiny_splits):
-    cfg = config(tmp_path, **QUANT)
+    cfg = run_config(tmp_path, **QUANT)
     metrics = train(cfg, data=tiny_splits)
     out = tmp_path / "run"
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -35,17 +32,15 @@ def test_train_writes_metrics_and_checkpoint(tmp_path, tiny_splits):
 
 
 def test_in_channels_and_classes_come_from_the_data(tmp_path):
-    from conftest import make_splits
-
     splits = make_splits(channels=1, classes=5, size=10)
-    train(config(tmp_path, epochs=1, **QUANT), data=splits)
+    train(run_config(tmp_path, epochs=1, **QUANT), data=splits)
     model = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert model.config.in_channels == 1 and model.config.num_classes == 5
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["classes"] == [f"c{i}" for i in range(5)]
 
 
 def test_training_learns_the_easy_task(tmp_path, tiny_splits):
-    metrics = train(config(tmp_path, epochs=4, lr=0.1), data=tiny_splits)
+    metrics = train(run_config(tmp_path, epochs=4, lr=0.1), data=tiny_splits)
     assert metrics["top1"] > 60  # three brightness classes; chance is 33%
 
 
@@ -58,7 +53,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_spl
     import pixelq.training.loop as loop
 
     kw = QUANT if variant == "quantized" else {}
-    full = train(config(tmp_path, "full", epochs=3, **kw), data=tiny_splits)
+    full = train(run_config(tmp_path, "full", epochs=3, **kw), data=tiny_splits)
 
     real_save = loop.save_checkpoint
 
@@ -68,11 +63,11 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_spl
 
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        train(config(tmp_path, "killed", epochs=3, **kw), data=tiny_splits)
+        train(run_config(tmp_path, "killed", epochs=3, **kw), data=tiny_splits)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     assert read_checkpoint(tmp_path / "killed" / "checkpoint.pt")["epoch"] == 1
 
-    resumed = train(config(tmp_path, "killed", epochs=3, **kw), resume=True, data=tiny_splits)
+    resumed = train(run_config(tmp_path, "killed", epochs=3, **kw), resume=True, data=tiny_splits)
     assert resumed["top1"] == full["top1"]
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["state_dict"]
@@ -81,21 +76,21 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_spl
     assert history == [1, 2, 3]
 
 
-def test_resume_refuses_a_different_config(tmp_path, tiny_splits):
-    train(config(tmp_path, epochs=1), data=tiny_splits)
+def test_resume_refuses_a_different_run_config(tmp_path, tiny_splits):
+    train(run_config(tmp_path, epochs=1), data=tiny_splits)
     with pytest.raises(CheckpointError, match="lr"):
-        train(config(tmp_path, epochs=1, lr=0.2), resume=True, data=tiny_splits)
+        train(run_config(tmp_path, epochs=1, lr=0.2), resume=True, data=tiny_splits)
 
 
 def test_resume_of_a_finished_run_only_evaluates(tmp_path, tiny_splits):
-    first = train(config(tmp_path, epochs=1), data=tiny_splits)
-    again = train(config(tmp_path, epochs=1), resume=True, data=tiny_splits)
+    first = train(run_config(tmp_path, epochs=1), data=tiny_splits)
+    again = train(run_config(tmp_path, epochs=1), resume=True, data=tiny_splits)
     assert again["top1"] == first["top1"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "foreign", "version"])
 def test_bad_checkpoints_raise_checkpoint_error(tmp_path, tiny_splits, damage):
-    train(config(tmp_path, epochs=1), data=tiny_splits)
+    train(run_config(tmp_path, epochs=1), data=tiny_splits)
     path = tmp_path / "run" / "checkpoint.pt"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[:1000])
@@ -128,30 +123,17 @@ def test_learning_rate_schedules():
     assert math.isclose(learning_rate(warm, 10, 100), 1.0)
 
 
-def test_bad_train_config(tmp_path, tiny_splits):
+def test_bad_train_run_config(tmp_path, tiny_splits):
     with pytest.raises(ConfigError, match="schedule"):
-        train(config(tmp_path, schedule="linear"), data=tiny_splits)
+        train(run_config(tmp_path, schedule="linear"), data=tiny_splits)
     with pytest.raises(ConfigError, match="unknown model"):
-        train(config(tmp_path, model="vgg"), data=tiny_splits)
+        train(run_config(tmp_path, model="vgg"), data=tiny_splits)
 
 
 # --- command line --------------------------------------------------------------------------
 
-def write_dataset(tmp_path, tiny_splits):
-    """The tiny data set as PNG image folders, so the CLI reads it like a user's data."""
-    from PIL import Image
-
-    root = tmp_path / "data"
-    for split, part in (("train", tiny_splits.train), ("test", tiny_splits.test)):
-        for i, (img, label) in enumerate(zip(part.images, part.labels)):
-            d = root / split / part.classes[label]
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i:04d}.png")
-    return root
-
-
 def test_cli_train_then_eval(tmp_path, tiny_splits, capsys):
-    data = write_dataset(tmp_path, tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
     out = tmp_path / "cli"
     args = ["train", "--data", str(data), "--first-layer", "pixel-embedding", "--pe-dim", "4", "--wbits", "1",
             "--abits", "2", "--last-layer", "quantized", "--epochs", "1", "--batch-size", "16", "--out", str(out),
@@ -165,7 +147,7 @@ def test_cli_train_then_eval(tmp_path, tiny_splits, capsys):
 
 
 def test_cli_overrides_file(tmp_path, tiny_splits, capsys):
-    data = write_dataset(tmp_path, tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
     overrides = tmp_path / "mixed.yaml"
     overrides.write_text("'stages.0.*.conv1': dorefa:4\n")
     out = tmp_path / "mixed"

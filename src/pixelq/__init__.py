@@ -1,6 +1,6 @@
 """pixelq: fully quantized CNNs with pixel embedding, from uint8 pixels to integer-only inference."""
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError, DataError, ExportError, InputError, ModelFileError, PixelqError
+from .errors import CheckpointError, ConfigError, DataError, ExportError, InputError, ModelFileError, PixelqError, TrainingError
 from .exporting import export
 from .models import create_model, list_models, register_model
 from .training import TrainConfig, evaluate, load_checkpoint, train
@@ -16,6 +16,7 @@ __all__ = [
     "ModelFileError",
     "PixelqError",
     "TrainConfig",
+    "TrainingError",
     "create_model",
     "evaluate",
     "export",

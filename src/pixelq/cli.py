@@ -75,6 +75,7 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--out", default="runs/train")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (refused otherwise)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -91,8 +92,13 @@ def _run_train(args) -> None:
         test_subset=args.test_subset, augment=not args.no_augment, threads=args.threads, device=args.device,
         progress=not args.quiet,
     )
-    metrics = train(cfg, resume=args.resume)
+    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
+
+
+def _check_threads(threads: "int | None") -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be a positive integer, got {threads}")
 
 
 def _run_eval(args) -> None:
@@ -100,6 +106,7 @@ def _run_eval(args) -> None:
     from .training import evaluate, read_checkpoint
     from .training.checkpoint import model_from_checkpoint
 
+    _check_threads(args.threads)
     if args.threads:
         import torch
 
@@ -107,8 +114,9 @@ def _run_eval(args) -> None:
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     # default: the size the model trained at
-    data = load_dataset(args.data, image_size=args.image_size or ckpt["config"].get("image_size"))
-    result = evaluate(model, data.test.images, data.test.labels)
+    test = load_dataset(args.data, image_size=args.image_size or ckpt["config"].get("image_size")).test
+    test.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
+    result = evaluate(model, test.images, test.labels)
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
 
 
@@ -159,9 +167,12 @@ def _run_bench_data(args) -> None:
 
 def _run_export(args) -> None:
     from .exporting import export, payload_bytes
-    from .training import load_checkpoint
+    from .training import read_checkpoint
+    from .training.checkpoint import model_from_checkpoint
 
-    integer_model = export(load_checkpoint(args.checkpoint), args.output)
+    ckpt = read_checkpoint(args.checkpoint)
+    integer_model = export(model_from_checkpoint(ckpt, args.checkpoint).eval(), args.output,
+                           classes=ckpt["classes"] or None, image_shape=ckpt["data"].get("image_shape"))
     size = Path(args.output).stat().st_size
     print(json.dumps({"path": args.output, "bytes": size, "payload_bytes": payload_bytes(integer_model),
                       "integer_only": integer_model.meta["integer_only"]}))
@@ -173,14 +184,19 @@ def _run_run(args) -> None:
     from .data import load_dataset
     from .runtime import load
 
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
     runtime = load(args.model, threads=args.threads)
     test = load_dataset(args.data, image_size=args.image_size).test
-    images, labels = test.images[: args.limit], test.labels[: args.limit]
+    if runtime.classes is not None:  # files exported before class names were stored cannot be checked
+        test.require(runtime.classes, runtime.image_shape, args.model)
+    if args.limit is not None:
+        test = test.subset(args.limit)
     t0 = time.perf_counter()
-    predicted = runtime.predict(images)
+    predicted = runtime.predict(test.images)
     seconds = time.perf_counter() - t0
-    print(json.dumps({"top1": 100.0 * float((predicted == labels).mean()), "n": len(labels),
-                      "images_per_s": len(labels) / seconds}))
+    print(json.dumps({"top1": 100.0 * float((predicted == test.labels).mean()), "n": len(test),
+                      "images_per_s": len(test) / seconds}))
 
 
 def _run_inspect(args) -> None:
@@ -237,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file")
     _add_data(p)
-    p.add_argument("--limit", type=int, help="only the first N test images")
+    p.add_argument("--limit", type=int, help="only a stratified sample of N test images (the same share of each class)")
     p.add_argument("--threads", type=int)
     p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
     p.add_argument("model")

@@ -109,7 +109,7 @@ def run_demo(out: str = "runs/demo", data: "str | None" = None, epochs: "int | N
         print(f"== training {name} ({epochs} epochs)", flush=True)
         cfg = TrainConfig(model="resnet20", data=data, out=str(out_dir / name), epochs=epochs, progress=progress,
                           **kwargs)
-        metrics = train(cfg, data=splits)
+        metrics = train(cfg, data=splits, overwrite=True)  # the demo's own folder: a rerun replaces it
         rows.append({"run": name, **{k: metrics[k] for k in ("top1", "top5", "train_images_per_s", "model_size_bytes")}})
     quantized = load_checkpoint(out_dir / "w1a2-pe-qlast" / "checkpoint.pt")
     plot_embedding(quantized, out_dir / "pixel_embedding.png")

@@ -21,6 +21,10 @@ class CheckpointError(PixelqError):
     """A checkpoint file is missing, corrupt, or was written by an incompatible version."""
 
 
+class TrainingError(PixelqError):
+    """Training cannot go on: the loss became non-finite (the run diverged)."""
+
+
 class ExportError(PixelqError):
     """A model cannot be lowered to integers (unsupported layer or precision), or a model file is bad."""
 

@@ -49,16 +49,36 @@ def _cache_entry(cache_dir: Path, layout: str, path: Path, image_size: "int | No
 
 
 def _save(splits: DataSplits, entry: Path) -> None:
-    """One .npy per array (a plain read to load, unlike a zip), written to a temp folder then renamed."""
+    """One .npy per array (a plain read to load, unlike a zip), written to a folder of this process's
+    own, then renamed into place in one step. Several processes (DDP ranks, parallel jobs) may
+    decode the same source at once: the first rename wins, the others find the entry there and drop
+    their copy. A damaged entry is first renamed aside, so no reader ever sees a half-written one."""
     tmp = entry.with_name(f".{entry.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    parts = (splits.train.images, splits.train.labels, splits.test.images, splits.test.labels)
-    for name, array in zip(ARRAYS, parts):
-        np.save(tmp / f"{name}.npy", array)
-    (tmp / "classes.json").write_text(json.dumps(splits.classes))
-    shutil.rmtree(entry, ignore_errors=True)
-    os.replace(tmp, entry)
+    try:
+        tmp.mkdir(parents=True)
+        parts = (splits.train.images, splits.train.labels, splits.test.images, splits.test.labels)
+        for name, array in zip(ARRAYS, parts):
+            np.save(tmp / f"{name}.npy", array)
+        (tmp / "classes.json").write_text(json.dumps(splits.classes))
+        if entry.exists():  # damaged (it failed to load): move it aside in one step, then delete it
+            trash = entry.with_name(f".{entry.name}.old{os.getpid()}")
+            try:
+                os.replace(entry, trash)
+            except OSError:
+                pass  # another process moved it first
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process's complete entry is in place
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        warnings.warn(f"cannot write the decode cache at {entry.parent} ({e.strerror or e}); going on without it, "
+                      "so the data is decoded again next time. Set XDG_CACHE_HOME to a writable folder",
+                      stacklevel=3)
 
 
 def _load(entry: Path, source: str) -> DataSplits:
@@ -91,7 +111,7 @@ def load_dataset(path: "str | os.PathLike | None" = None, cache_dir: "str | os.P
     if entry.is_dir():
         try:
             return _load(entry, str(path))
-        except (OSError, ValueError, KeyError, DataError) as e:
+        except (OSError, ValueError, KeyError, TypeError, DataError) as e:
             warnings.warn(f"{entry}: unreadable cache ({e}); decoding {path} again", stacklevel=2)
     splits = READERS[layout](root, image_size)
     _save(splits, entry)

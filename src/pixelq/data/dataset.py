@@ -1,6 +1,8 @@
 """In-memory uint8 image data sets: what every reader returns."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +31,10 @@ class ImageSet:
         return len(self.images)
 
     def subset(self, n: int, seed: int = 0) -> "ImageSet":
-        """A stratified subset of about n images: the same share of every class, drawn with `seed`."""
+        """A stratified subset of about n images: the same share of every class, drawn with `seed`
+        (so the first n of a class-sorted split, which would be one class, are never what is taken)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < len(self.classes):
+            raise DataError(f"a subset needs at least one image per class: at least {len(self.classes)}, got {n!r}")
         if n >= len(self):
             return self
         rng = np.random.default_rng(seed)
@@ -40,6 +45,22 @@ class ImageSet:
             keep.append(rng.choice(idx, size=take, replace=False))
         keep = np.sort(np.concatenate(keep))
         return ImageSet(self.images[keep], self.labels[keep], self.classes)
+
+    @property
+    def image_shape(self) -> tuple:
+        """(H, W, C) of every image."""
+        return tuple(self.images.shape[1:])
+
+    def require(self, classes: list, image_shape: "tuple | None", model: str) -> None:
+        """DataError unless these images are what `model` was trained on: the same class names in the
+        same order (else its label indices mean other classes) and, when known, the same image shape."""
+        if list(classes) != list(self.classes):
+            raise DataError(f"{model} was trained on classes {list(classes)}, the data has {list(self.classes)}; "
+                            "its predictions would be scored against the wrong labels. Use data with the same "
+                            "class folders (names and order)")
+        if image_shape and tuple(image_shape) != self.image_shape:
+            raise DataError(f"{model} was trained on images of shape {tuple(image_shape)} (H, W, C), the data has "
+                            f"{self.image_shape}; pass --image-size to scale them, or use the matching data")
 
 
 @dataclass
@@ -61,6 +82,16 @@ class DataSplits:
     @property
     def classes(self) -> list:
         return self.train.classes
+
+    def identity(self) -> dict:
+        """What a run trained on these splits records: image shape and a SHA-256 of every class
+        name, label and pixel, so that resuming on other data is noticed."""
+        h = hashlib.sha256(json.dumps(self.classes).encode())
+        for part in (self.train, self.test):
+            h.update(repr(part.images.shape).encode())
+            h.update(np.ascontiguousarray(part.labels))
+            h.update(np.ascontiguousarray(part.images))
+        return {"image_shape": list(self.train.image_shape), "fingerprint": h.hexdigest()}
 
     @property
     def channels(self) -> int:

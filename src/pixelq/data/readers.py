@@ -135,14 +135,43 @@ def read_image_folder_tar(path: Path, image_size: "int | None" = None) -> DataSp
     return _split_folders(splits, str(path))
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Rebuilds only what the official CIFAR pickles hold: dicts, lists, strings, bytes and numpy
+    arrays. Any other global a pickle names (the way a pickle runs code) is refused, never imported."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),  # how protocol-2 pickles spell bytes
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR batch holds only arrays, "
+                                         "lists and strings, and this file asks to run other code")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            value = _CifarUnpickler(f, encoding="latin1").load()
     except FileNotFoundError:
         raise DataError(f"{path}: missing; the official CIFAR python folder is incomplete") from None
     except Exception as e:  # a corrupt pickle can raise almost anything
-        raise DataError(f"{path}: cannot read the CIFAR batch ({type(e).__name__}: {e}); re-extract the archive") from e
+        raise DataError(f"{path}: cannot read the CIFAR batch ({type(e).__name__}: {e}); re-extract the archive "
+                        "from the official release") from e
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: not a CIFAR batch (holds a {type(value).__name__}, not a dict)")
+    return value
+
+
+def _class_names(path: Path, key: str) -> list:
+    names = _unpickle(path).get(key)
+    if not isinstance(names, list) or not names or not all(isinstance(n, (str, bytes)) for n in names):
+        raise DataError(f"{path}: no list of class names under {key!r}; re-extract the official archive")
+    return [n.decode() if isinstance(n, bytes) else n for n in names]
 
 
 def _cifar_batch(path: Path, label_key: str) -> tuple:
@@ -164,7 +193,7 @@ def _array_splits(train: tuple, test: tuple, classes: list, source: str, image_s
 
 def read_cifar10(root: Path, image_size: "int | None" = None) -> DataSplits:
     """The official `cifar-10-batches-py` folder: data_batch_1..5, test_batch, batches.meta."""
-    classes = list(_unpickle(root / "batches.meta")["label_names"])
+    classes = _class_names(root / "batches.meta", "label_names")
     parts = [_cifar_batch(root / f"data_batch_{i}", "labels") for i in range(1, 6)]
     train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     return _array_splits(train, _cifar_batch(root / "test_batch", "labels"), classes, str(root), image_size)
@@ -172,7 +201,7 @@ def read_cifar10(root: Path, image_size: "int | None" = None) -> DataSplits:
 
 def read_cifar100(root: Path, image_size: "int | None" = None) -> DataSplits:
     """The official `cifar-100-python` folder: train, test, meta; fine labels (100 classes)."""
-    classes = list(_unpickle(root / "meta")["fine_label_names"])
+    classes = _class_names(root / "meta", "fine_label_names")
     return _array_splits(_cifar_batch(root / "train", "fine_labels"), _cifar_batch(root / "test", "fine_labels"),
                          classes, str(root), image_size)
 

@@ -3,15 +3,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from ..errors import ExportError
 from .fileformat import load_model, payload_bytes, read_manifest, save_model
 from .graph import IntegerModel, lower_resnet
 
 
-def export(model: nn.Module, path: "str | Path") -> IntegerModel:
-    """Lower an eval-mode pixelq model to integers and write it to `path` (.pxq)."""
+def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
+           image_shape: "tuple | None" = None) -> IntegerModel:
+    """Lower an eval-mode pixelq model to integers and write it to `path` (.pxq).
+
+    `classes` (the names the logits index) and `image_shape` ((H, W, C) it was trained on) are
+    stored in the file, so the runtime can refuse data the model was not made for.
+    """
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise ExportError(f"the model holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}"
+                          f"{' and more' if len(bad) > 5 else ''}; its training diverged, so its labels would be "
+                          "meaningless. Export a checkpoint from before it diverged")
     integer_model = lower_resnet(model.eval())
+    if classes is not None:
+        integer_model.meta["classes"] = list(classes)
+    if image_shape is not None:
+        integer_model.meta["image_shape"] = [int(v) for v in image_shape]
     save_model(integer_model, path)
     return integer_model
 

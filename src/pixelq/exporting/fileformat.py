@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelFileError
-from .graph import IntegerModel
+from ..files import atomic_write
+from .graph import IntegerModel, check_node
 from .integers import code_bits, pack_bits, unpack_bits
 
 FORMAT = "pixelq-model"
@@ -72,12 +73,8 @@ def save_model(model: IntegerModel, path) -> int:
         "manifest": base64.b64encode(zlib.compress(manifest_bytes, 9)).decode(),
         "sha256": _digest(manifest_bytes, blobs),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(blobs, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path.stat().st_size
+    atomic_write(path, lambda tmp: save_file(blobs, str(tmp), metadata=metadata), ModelFileError, "model file")
+    return Path(path).stat().st_size
 
 
 def read_manifest(path) -> tuple:
@@ -109,19 +106,45 @@ def read_manifest(path) -> tuple:
     return manifest, blobs
 
 
+def _tensor(blobs: dict, name: str, t: dict) -> np.ndarray:
+    """One manifest entry's tensor; ValueError unless the entry lies inside its blob and its length
+    is exactly what its shape and encoding need (so a shifted or stretched entry is caught)."""
+    count = int(np.prod(t["shape"], dtype=np.int64))
+    if any(not isinstance(v, int) or v < 0 for v in (*t["shape"], t["offset"], t["length"])):
+        raise ValueError(f"{name}: shape, offset and length must be non-negative integers")
+    blob = blobs[t["blob"]]
+    if t["offset"] + t["length"] > len(blob):
+        raise ValueError(f"{name}: lies past the end of blob {t['blob']!r} ({t['offset']} + {t['length']} > {len(blob)})")
+    data = blob[t["offset"]:t["offset"] + t["length"]]
+    if t["packed"]:
+        if not 1 <= t["bits"] <= 32 or t["length"] != -(-count * t["bits"] // 8):
+            raise ValueError(f"{name}: {t['length']} bytes do not hold {count} codes of {t['bits']} bits")
+        return (t["lowest"] + t["stride"] * unpack_bits(data, t["bits"], count)).reshape(t["shape"]).astype(np.int32)
+    if data.dtype != np.dtype(t["dtype"]) or t["length"] != count:
+        raise ValueError(f"{name}: {t['length']} {data.dtype} values do not fill shape {t['shape']} of {t['dtype']}")
+    return data.reshape(t["shape"])
+
+
 def load_model(path) -> IntegerModel:
-    """Read a .pxq file back into an IntegerModel with unpacked integer tensors."""
+    """Read a .pxq file back into an IntegerModel with unpacked integer tensors. ModelFileError if
+    the manifest does not describe the stored tensors (even when its checksum was recomputed)."""
     manifest, blobs = read_manifest(path)
-    tensors = {}
-    for name, t in manifest["tensors"].items():
-        data = blobs[t["blob"]][t["offset"]:t["offset"] + t["length"]]
-        count = int(np.prod(t["shape"]))
-        if t["packed"]:
-            values = t["lowest"] + t["stride"] * unpack_bits(data, t["bits"], count)
-            tensors[name] = values.reshape(t["shape"]).astype(np.int32)
-        else:
-            tensors[name] = data.reshape(t["shape"])
-    return IntegerModel(manifest["nodes"], tensors, manifest["meta"])
+    try:
+        tensors = {name: _tensor(blobs, name, t) for name, t in manifest["tensors"].items()}
+        nodes, meta = manifest["nodes"], manifest["meta"]
+        for node in nodes:
+            check_node(node)
+        missing = [f"{n['name']}.{k}" for n in nodes for k in n["tensors"] if f"{n['name']}.{k}" not in tensors]
+        if missing:
+            raise ValueError(f"nodes use tensors the file does not hold: {', '.join(missing[:5])}")
+        known = {"image"} | {n["name"] for n in nodes}
+        unknown = [i for n in nodes for i in n["inputs"] if i not in known]
+        if unknown or meta["output"] not in known:
+            raise ValueError(f"inputs or output name no layer: {unknown or meta['output']}")
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelFileError(f"{path}: the manifest does not describe a valid model ({type(e).__name__}: {e}); "
+                             "export it again with `pixelq export`") from e
+    return IntegerModel(nodes, tensors, meta)
 
 
 def payload_bytes(model: IntegerModel) -> float:

@@ -34,6 +34,33 @@ from .integers import (
 )
 
 
+# What each op's node carries besides op, name, inputs: its attributes and its tensors.
+NODE_SCHEMA = {
+    "lut": ({"d", "in_channels", "qmin", "qmax", "step"}, {"lut"}),
+    "conv": ({"in_channels", "out_channels", "input_range", "kernel", "stride", "padding", "weight_bits",
+              "weight_lowest", "weight_stride"}, {"weight"}),
+    "threshold": ({"qmin", "qmax", "step"}, {"direction", "thresholds"}),
+    "add_clip": ({"qmin", "qmax", "step"}, set()),
+    "subsample_pad": ({"stride", "extra_channels"}, set()),
+    "sum_pool": ({"step"}, set()),
+    "linear": ({"in_channels", "out_channels", "weight_bits", "weight_lowest", "weight_stride"}, {"weight"}),
+    "linear_float": ({"step"}, {"weight", "bias"}),
+}
+
+
+def check_node(node: dict) -> None:
+    """ValueError unless `node` is a known op with exactly the attributes and tensors NODE_SCHEMA names."""
+    if node.get("op") not in NODE_SCHEMA:
+        raise ValueError(f"node {node.get('name')!r}: unknown op {node.get('op')!r}")
+    attrs, tensors = NODE_SCHEMA[node["op"]]
+    missing = sorted(attrs - set(node)) + sorted(tensors - set(node["tensors"]))
+    if missing or not isinstance(node["name"], str) or not isinstance(node["inputs"], list):
+        raise ValueError(f"node {node['name']!r} ({node['op']}): missing {', '.join(missing) or 'name or inputs'}")
+    bad = [k for k in attrs if not isinstance(node[k], (int, float, list)) or isinstance(node[k], bool)]
+    if bad:
+        raise ValueError(f"node {node['name']!r} ({node['op']}): {', '.join(sorted(bad))} must be numbers")
+
+
 @dataclass
 class IntegerModel:
     """An integer-only graph plus what a user needs to feed it and read its output."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, ModelFileError, PixelqError
 from ..exporting.fileformat import load_model
 from ..exporting.graph import IntegerModel
 from .fast import FastExecutor, kernels_available
@@ -27,6 +27,9 @@ class Runtime:
             raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
         self.model, self.threads, self.batch_size = model, threads, batch_size
         self.in_channels = model.meta["in_channels"]
+        # written by exports since classes and image shape were recorded; older files check channels only
+        self.classes = model.meta.get("classes")
+        self.image_shape = tuple(model.meta["image_shape"]) if model.meta.get("image_shape") else None
         self.integer_only = model.meta["integer_only"]
         use_c = backend == "c" or (backend == "auto" and kernels_available())
         self.backend = "c" if use_c else "reference"
@@ -48,6 +51,9 @@ class Runtime:
             raise InputError(f"the runtime takes uint8 images, got {images.dtype}; pass raw pixel bytes")
         if images.ndim != 4 or images.shape[-1] != self.in_channels:
             raise InputError(f"expected images (N, H, W, {self.in_channels}), got shape {images.shape}")
+        if self.image_shape and images.shape[1:] != self.image_shape:
+            raise InputError(f"this model was trained on images of shape {self.image_shape} (H, W, C), got "
+                             f"{images.shape[1:]}; scale them to that size first (--image-size)")
         return images
 
     def layer_outputs(self, images) -> dict:
@@ -76,10 +82,17 @@ class Runtime:
         return logits * (np.asarray(self.model.meta["logit_scale"], np.float32) / count)
 
     def predict(self, images) -> np.ndarray:
-        """(N,) int64 class indices."""
+        """(N,) int64 class indices; equal logits go to the lower class index, as in `evaluate`."""
         return self.logits(images).argmax(1).astype(np.int64)
 
 
 def load(path, threads: "int | None" = None, backend: str = "auto") -> Runtime:
     """Read a .pxq model file and return a Runtime for it."""
-    return Runtime(load_model(path), threads=threads, backend=backend)
+    model = load_model(path)
+    try:
+        return Runtime(model, threads=threads, backend=backend)
+    except PixelqError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as e:  # a manifest edited into nonsense
+        raise ModelFileError(f"{path}: the model's layers are inconsistent ({type(e).__name__}: {e}); "
+                             "export it again with `pixelq export`") from e

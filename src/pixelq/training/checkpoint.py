@@ -9,17 +9,25 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_write
 from ..models import create_model
 
 FORMAT = "pixelq-checkpoint"
 VERSION = 1
+JSON_FIELDS = ("model_kwargs", "config", "history", "classes", "data")
+REQUIRED = ("model", "state_dict", "optimizer", "epoch", "model_kwargs", "config", "history", "classes")
 
 
 def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs: dict, model: nn.Module,
                     optimizer: "torch.optim.Optimizer | None" = None, epoch: int = 0, config: "dict | None" = None,
-                    history: "list | None" = None, classes: "list | None" = None) -> None:
-    """Write atomically (temp file + rename), so a run killed mid-write keeps the previous one."""
-    path = Path(path)
+                    history: "list | None" = None, classes: "list | None" = None,
+                    data: "dict | None" = None) -> None:
+    """Write atomically (temp file + rename), so a run killed mid-write keeps the previous one, and a
+    failed write (a full disk) leaves no temp file and raises CheckpointError.
+
+    `classes` are the class names the logits index; `data` describes the data trained on
+    (`DataSplits.identity()`: image shape and a content fingerprint), so eval and resume can check it.
+    """
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -31,12 +39,10 @@ def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs:
         "config": json.dumps(config or {}),
         "history": json.dumps(history or []),
         "classes": json.dumps(classes or []),
+        "data": json.dumps(data or {}),
         "torch_version": str(torch.__version__),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), CheckpointError, "checkpoint")
 
 
 def read_checkpoint(path: "str | os.PathLike") -> dict:
@@ -53,8 +59,17 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
         raise CheckpointError(f"{path}: not a pixelq checkpoint")
     if raw.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {raw.get('version')}, this pixelq reads version {VERSION}")
-    for key in ("model_kwargs", "config", "history", "classes"):
-        raw[key] = json.loads(raw[key])
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete pixelq checkpoint (missing {', '.join(missing)})")
+    raw.setdefault("data", "{}")  # written before checkpoints described their data
+    try:
+        for key in JSON_FIELDS:
+            raw[key] = json.loads(raw[key])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: the checkpoint's {key!r} field is not valid JSON ({e})") from e
+    if not isinstance(raw["model_kwargs"], dict) or not isinstance(raw["config"], dict):
+        raise CheckpointError(f"{path}: the checkpoint's model_kwargs and config must be JSON objects")
     return raw
 
 
@@ -62,7 +77,7 @@ def model_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> nn.Module:
     try:
         model = create_model(ckpt["model"], **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, RuntimeError, TypeError) as e:
+    except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: the weights do not fit model {ckpt['model']!r} ({e})") from e
     return model
 

@@ -1,7 +1,6 @@
 """`train(config)`: the training loop, top to bottom. `evaluate(model, images, labels)`."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -16,9 +15,11 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..data import DataSplits, batches, load_dataset
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, DataError, TrainingError
+from ..files import write_json, write_jsonl
 from ..models import create_model, model_kwargs, model_size_bytes
 from .checkpoint import read_checkpoint, save_checkpoint
+from .distributed import join_process_group, synchronize_batchnorm
 
 SCHEDULES = ("cosine", "step")
 OPTIMIZERS = ("sgd", "adam")
@@ -58,8 +59,19 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0; got {self.epochs}, {self.batch_size}, {self.lr}")
+        for name in ("epochs", "batch_size", "threads", "train_subset", "test_subset"):
+            value = getattr(self, name)
+            optional = name in ("threads", "train_subset", "test_subset")
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name in ("momentum", "weight_decay", "warmup_epochs"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum!r}")
 
     def model_arguments(self) -> dict:
         return {
@@ -84,11 +96,18 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" (CUDA when present, else CPU), "cpu", "cuda" or "cuda:N"; ConfigError for anything else."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but this torch sees no CUDA device")
-    return torch.device(name)
+    return device
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -105,9 +124,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
+def ranked_classes(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """The k highest-scoring classes per row, best first; equal scores rank the lower class index
+    first. This is argmax's rule (torch and numpy), which the integer runtime's predict uses too,
+    so the same logits give the same top-1 in PyTorch and on the runtime."""
+    return torch.sort(logits, dim=1, descending=True, stable=True).indices[:, :k]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cpu") -> dict:
-    """top1 / top5 accuracy in percent (top-k with k capped at the class count), mean loss, n."""
+    """top1 / top5 accuracy in percent (top-k with k capped at the class count), mean loss, n.
+    Ties between logits go to the lower class index (`ranked_classes`)."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum = 0.0
@@ -115,65 +142,88 @@ def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cp
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top = ranked_classes(logits, min(5, logits.shape[1]))
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(1).sum().item()
     n = len(labels)
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    now = asdict(cfg)
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, path: Path) -> None:
+    """CheckpointError unless the run in `saved` can go on with `cfg` on `data` to the result it
+    would have reached: the same settings (bar RESUMABLE_CHANGES) and the same data. A setting the
+    checkpoint predates counts as its default, which is what that run used."""
+    now, defaults = asdict(cfg), asdict(TrainConfig())
+    config = saved["config"]
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and config.get(k, defaults[k]) != now[k]]
     if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {config.get(k, defaults[k])!r} -> {now[k]!r}" for k in changed)
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({diffs}); "
                               "use a new --out folder or the original settings")
+    before = saved.get("data") or {}
+    if before.get("fingerprint") and before["fingerprint"] != data["fingerprint"]:
+        raise CheckpointError(f"{path}: this run trained on other data (images, labels or classes differ from "
+                              f"{cfg.data or 'the embedded subset'}); resume it on its own data or use a new --out")
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.jsonl")
 
 
-def _join_process_group(device: torch.device) -> tuple:
-    """(rank, world size, whether we started the group). torchrun sets WORLD_SIZE; a plain run is 1."""
-    if not dist.is_available():
-        return 0, 1, False
-    started = False
-    if not dist.is_initialized():
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return 0, 1, False
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        started = True
-    return dist.get_rank(), dist.get_world_size(), started
+def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` ready for a run: refuse to replace an earlier run unless asked to, and fail now,
+    not after an epoch of training, if the folder cannot be written."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out, --overwrite replaces it: give one, not both")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; --out names the folder a run writes into")
+    earlier = [name for name in RUN_FILES if (out / name).exists()]
+    if earlier and not (resume or overwrite):
+        raise ConfigError(f"{out}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
+                          "--overwrite to replace it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pixelq-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        if overwrite:
+            for name in earlier:
+                (out / name).unlink()
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
 
 
-def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = None, overwrite: bool = False) -> dict:
     """Train `cfg.model` on `cfg.data` (embedded subset if None), writing into `cfg.out`:
     metrics.jsonl (one line per epoch), checkpoint.pt (each epoch), metrics.json (at the end).
-    With `resume`, continue from checkpoint.pt to the same result as an uninterrupted run.
+    With `resume`, continue from checkpoint.pt to the same result as an uninterrupted run. A folder
+    holding an earlier run is refused unless `resume` or `overwrite` is given. A non-finite loss
+    stops the run with TrainingError; the last checkpoint (the last finished epoch) stays.
 
     Under torchrun, every process walks the same shuffled, augmented global batches and trains on
-    its 1/world share (DistributedDataParallel averages the gradients); rank 0 evaluates and writes.
+    its 1/world share (DistributedDataParallel averages the gradients, batch norm normalises over the
+    global batch), so N processes train the network one process would; rank 0 evaluates and writes.
     """
     cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    rank, world, started_group = _join_process_group(device)
+    rank, world, started_group = join_process_group(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if cfg.batch_size % world:
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {world} processes")
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        _prepare_out(out, resume, overwrite)
     ckpt_path = out / "checkpoint.pt"
 
     data = data if data is not None else load_dataset(cfg.data, image_size=cfg.image_size)
-    train_set = data.train.subset(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else data.train
-    test_set = data.test.subset(cfg.test_subset, seed=cfg.seed) if cfg.test_subset else data.test
+    identity = data.identity()
+    try:
+        train_set = data.train.subset(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else data.train
+        test_set = data.test.subset(cfg.test_subset, seed=cfg.seed) if cfg.test_subset else data.test
+    except DataError as e:
+        raise ConfigError(f"--train-subset / --test-subset: {e}") from e
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_channels=data.channels, num_classes=len(data.classes), **cfg.model_arguments())
@@ -182,14 +232,14 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     start_epoch, history = 0, []
     if resume and ckpt_path.is_file():
         saved = read_checkpoint(ckpt_path)
-        _check_resumable(saved["config"], cfg, ckpt_path)
+        _check_resumable(saved, cfg, identity, ckpt_path)
         try:
             model.load_state_dict(saved["state_dict"])
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt_path}: the saved weights do not fit this model ({e})") from e
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history = saved["epoch"], saved["history"]
-    net = DistributedDataParallel(model) if world > 1 else model
+    net = DistributedDataParallel(synchronize_batchnorm(model)) if world > 1 else model
 
     # With several processes an incomplete last batch is dropped, so no process gets an empty share.
     drop_last = world > 1
@@ -213,6 +263,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             x, y = x[rank::world].to(device, non_blocking=True), y[rank::world].to(device, non_blocking=True)
             logits = net(x)
             loss = F.cross_entropy(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
+                    f"{ckpt_path} keeps the last finished epoch ({epoch}); lower --lr or add --warmup-epochs")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -235,8 +289,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         if rank == 0:
             save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
                             optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
-                            classes=data.classes)
-            (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+                            classes=data.classes, data=identity)
+            write_jsonl(out / "metrics.jsonl", history)
             if cfg.progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
                            f"train {record['train_top1']:.1f}%  test top1 {test['top1']:.2f}%  "
@@ -252,10 +306,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             "top1": test["top1"], "top5": test["top5"], "n": test["n"], "epochs": cfg.epochs,
             "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
             "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
-            "classes": data.classes, "train_size": len(train_set), "config": asdict(cfg),
+            "classes": data.classes, "data": identity, "train_size": len(train_set), "config": asdict(cfg),
             "torch_version": str(torch.__version__), "threads": torch.get_num_threads(), "world_size": world,
         }
-        _write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
     if world > 1:
         shared = [metrics]
         dist.broadcast_object_list(shared, src=0)
