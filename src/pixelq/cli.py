@@ -8,9 +8,6 @@ from pathlib import Path
 
 from .errors import ConfigError, PixelqError
 
-FIRST_LAYERS = ("float", "int8", "naive", "thermometer", "bitplane", "pixel-embedding")
-
-
 def _read_mapping(path: str) -> dict:
     """A JSON or YAML file holding one mapping (per-layer overrides)."""
     import yaml  # YAML is a superset of JSON, so one parser reads both
@@ -27,15 +24,19 @@ def _read_mapping(path: str) -> dict:
     return value
 
 
-def _first_layer_kwargs(args) -> dict:
-    kwargs = {}
-    if args.first_layer == "pixel-embedding":
-        kwargs = {"d": args.pe_dim, "bits": args.pe_bits, "shared": not args.pe_per_channel, "init": args.pe_init}
-    elif args.first_layer == "thermometer":
-        kwargs = {"d": args.pe_dim}
-    elif args.first_layer == "naive":
-        kwargs = {"bits": args.pe_bits}
-    return kwargs
+# The --pe-* flags, the encoder option each sets, its value when not given, and which encoders take it.
+PE_FLAGS = {"pe_dim": ("d", 10), "pe_bits": ("bits", 2), "pe_per_channel": ("shared", True), "pe_init": ("init", "thermometer")}
+ENCODER_OPTIONS = {"pixel-embedding": ("d", "bits", "shared", "init"), "thermometer": ("d",), "naive": ("bits",)}
+
+
+def _first_layer_kwargs(args, first_layer: str, recipe_kwargs: dict) -> dict:
+    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's, else the defaults."""
+    options = {key: default for key, default in PE_FLAGS.values()}
+    options.update(recipe_kwargs)
+    for flag, (key, _) in PE_FLAGS.items():
+        if hasattr(args, flag):
+            options[key] = not getattr(args, flag) if key == "shared" else getattr(args, flag)
+    return {k: options[k] for k in ENCODER_OPTIONS.get(first_layer, ())}
 
 
 def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:
@@ -46,54 +47,57 @@ def _add_data(p, help_text: str = "data set path; default: embedded subset") -> 
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a model; writes metrics.json(l) and checkpoint.pt into --out")
-    _add_data(p, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded subset")
-    p.add_argument("--model", default="resnet20")
-    p.add_argument("--first-layer", default="float", choices=FIRST_LAYERS)
-    p.add_argument("--pe-dim", type=int, default=10, help="pixel embedding / thermometer dimensions per colour (d)")
-    p.add_argument("--pe-bits", type=int, default=2, help="pixel embedding / naive input code bits (Q)")
+    """Every TrainConfig setting as a flag (read off the dataclass); a flag given overrides the recipe."""
+    from .models import list_models
+    from .nn import ENCODERS
+    from .training.config import cli_settings
+
+    p = sub.add_parser("train", help="train a model; writes metrics.json(l) and checkpoint.pt into --out",
+                       argument_default=argparse.SUPPRESS)
+    p.add_argument("--recipe", help="a shipped recipe (`pixelq recipes`) or a YAML file of settings; flags override it")
+    # registry names are checked by the registry, whose error lists them; the help lists them too
+    names = {"model": list_models(), "first_layer": ENCODERS.names()}
+    for name, flag, kwargs in cli_settings():
+        if kwargs.pop("action", None) == "store_bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        if name in names:
+            kwargs["help"] += f"; one of {', '.join(names[name])}"
+        p.add_argument(flag, dest=name, **kwargs)
+    p.add_argument("--pe-dim", type=int, help="pixel embedding / thermometer dimensions per colour (d; default 10)")
+    p.add_argument("--pe-bits", type=int, help="pixel embedding / naive input code bits (Q; default 2)")
     p.add_argument("--pe-per-channel", action="store_true", help="one embedding table per colour, not one shared")
-    p.add_argument("--pe-init", default="thermometer", choices=("thermometer", "uniform", "linear"))
-    p.add_argument("--wbits", type=int, default=32, help="weight bits: 1..8, or 32 for float")
-    p.add_argument("--abits", type=int, default=32, help="activation bits: 1..8, or 32 for float")
-    p.add_argument("--last-layer", default="float", choices=("float", "quantized"))
+    p.add_argument("--pe-init", choices=("thermometer", "uniform", "linear"), help="embedding table initialisation")
     p.add_argument("--overrides", help="JSON/YAML file: {layer-name pattern: quantizer spec} (mixed precision)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="adam", choices=("sgd", "adam"),
-                   help="adam (default; best on short CPU schedules) or sgd (Blueoil's recipe: --lr 0.01 --schedule step)")
-    p.add_argument("--lr", type=float, default=0.002)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=("cosine", "step"))
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int, help="train on a stratified subset of N images")
-    p.add_argument("--test-subset", type=int, help="evaluate on a stratified subset of N images")
-    p.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: all cores)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--out", default="runs/train")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (refused otherwise)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _run_train(args) -> None:
-    from .training import TrainConfig, train
+    from .training import resolve_config, train
+    from .training.config import default_config
 
-    cfg = TrainConfig(
-        model=args.model, first_layer=args.first_layer, first_layer_kwargs=_first_layer_kwargs(args),
-        wbits=args.wbits, abits=args.abits, last_layer=args.last_layer,
-        overrides=_read_mapping(args.overrides) if args.overrides else {},
-        data=args.data, image_size=args.image_size, out=args.out, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, schedule=args.schedule,
-        warmup_epochs=args.warmup_epochs, seed=args.seed, train_subset=args.train_subset,
-        test_subset=args.test_subset, augment=not args.no_augment, threads=args.threads, device=args.device,
-        progress=not args.quiet,
-    )
-    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    given = {k: v for k, v in vars(args).items() if k in default_config() and k != "recipe"}
+    if getattr(args, "quiet", False):
+        given["progress"] = False
+    if hasattr(args, "overrides"):
+        given["overrides"] = _read_mapping(args.overrides)
+    recipe = getattr(args, "recipe", None)
+    cfg = resolve_config(recipe, **given)
+    cfg = resolve_config(recipe, **given, first_layer_kwargs=_first_layer_kwargs(args, cfg.first_layer,
+                                                                                 cfg.first_layer_kwargs))
+    metrics = train(cfg, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False))
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
+
+
+def _run_recipes(args) -> None:
+    from .training import list_recipes, read_recipe
+
+    if args.name:
+        print(json.dumps(read_recipe(args.name), indent=2))
+        return
+    for name, description in list_recipes().items():
+        print(f"{name:<24} {description}")
 
 
 def _check_threads(threads: "int | None") -> None:
@@ -247,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's schedule)")
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("models", help="list the registered model names")
+    p = sub.add_parser("recipes", help="list the shipped training recipes, or print one's settings")
+    p.add_argument("name", nargs="?", help="a recipe to print")
     p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
@@ -293,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models,
+COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
             "inspect": _run_inspect, "study": _run_study, "report": _run_report}
 

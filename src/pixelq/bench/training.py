@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 from ..data import batches, load_dataset
 from ..models import create_model
-from ..training.loop import TrainConfig, make_optimizer
+from ..training.config import TrainConfig
+from ..training.loop import make_optimizer
 
 # The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized.
 TRAIN_VARIANTS = {

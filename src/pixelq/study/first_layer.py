@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ConfigError, ExportError
 from ..training import TrainConfig, load_checkpoint, train
-from ..training.loop import RESUMABLE_CHANGES
+from ..training.config import config_changes
 
 W1A2 = {"wbits": 1, "abits": 2}
 
@@ -223,7 +223,7 @@ def _check_same_settings(metrics_path: Path, cfg: TrainConfig) -> None:
     """ConfigError unless a finished run's metrics.json was made with this configuration (the fields
     a resumed training may change, such as paths and threads, aside)."""
     saved = json.loads(metrics_path.read_text())["config"]
-    mismatch = {k for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES and saved.get(k) != v}
+    mismatch = config_changes(saved, cfg)
     if mismatch:
         raise ConfigError(f"{metrics_path.parent}: finished with different settings ({', '.join(sorted(mismatch))}); "
                           "use another --out or the same schedule")

@@ -14,19 +14,20 @@ from ..models import create_model
 
 FORMAT = "pixelq-checkpoint"
 VERSION = 1
-JSON_FIELDS = ("model_kwargs", "config", "history", "classes", "data")
+JSON_FIELDS = ("model_kwargs", "config", "history", "classes", "data", "init")
 REQUIRED = ("model", "state_dict", "optimizer", "epoch", "model_kwargs", "config", "history", "classes")
 
 
 def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs: dict, model: nn.Module,
                     optimizer: "torch.optim.Optimizer | None" = None, epoch: int = 0, config: "dict | None" = None,
                     history: "list | None" = None, classes: "list | None" = None,
-                    data: "dict | None" = None) -> None:
+                    data: "dict | None" = None, init: "dict | None" = None) -> None:
     """Write atomically (temp file + rename), so a run killed mid-write keeps the previous one, and a
     failed write (a full disk) leaves no temp file and raises CheckpointError.
 
     `classes` are the class names the logits index; `data` describes the data trained on
-    (`DataSplits.identity()`: image shape and a content fingerprint), so eval and resume can check it.
+    (`DataSplits.identity()`: image shape and a content fingerprint), so eval and resume can check it;
+    `init` says what the run started from (`--init`), if anything.
     """
     payload = {
         "format": FORMAT,
@@ -40,6 +41,7 @@ def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs:
         "history": json.dumps(history or []),
         "classes": json.dumps(classes or []),
         "data": json.dumps(data or {}),
+        "init": json.dumps(init),
         "torch_version": str(torch.__version__),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp), CheckpointError, "checkpoint")
@@ -62,7 +64,8 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: not a complete pixelq checkpoint (missing {', '.join(missing)})")
-    raw.setdefault("data", "{}")  # written before checkpoints described their data
+    raw.setdefault("data", "{}")  # written before checkpoints described their data and start
+    raw.setdefault("init", "null")
     try:
         for key in JSON_FIELDS:
             raw[key] = json.loads(raw[key])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -18,74 +18,26 @@ from ..data import DataSplits, batches, load_dataset
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..files import write_json, write_jsonl
 from ..models import create_model, model_kwargs, model_size_bytes
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from .config import STEP_MILESTONES, TrainConfig, config_changes
+from .initialization import calibrate, copy_trained_weights
+from .objectives import training_loss
+from .saq import perturbed_weights
 from .distributed import join_process_group, synchronize_batchnorm
 
-SCHEDULES = ("cosine", "step")
-OPTIMIZERS = ("sgd", "adam")
-STEP_MILESTONES = (0.5, 0.75, 0.9)  # fractions of training at which the step schedule divides lr by 10
-
-
-@dataclass
-class TrainConfig:
-    model: str = "resnet20"
-    first_layer: str = "float"
-    first_layer_kwargs: dict = field(default_factory=dict)
-    wbits: int = 32
-    abits: int = 32
-    last_layer: str = "float"
-    overrides: dict = field(default_factory=dict)
-    data: "str | None" = None
-    image_size: "int | None" = None
-    out: str = "runs/train"
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "adam"
-    lr: float = 0.002
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: float = 0.0
-    seed: int = 0
-    train_subset: "int | None" = None
-    test_subset: "int | None" = None
-    augment: bool = True
-    threads: "int | None" = None
-    device: str = "auto"
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "threads", "train_subset", "test_subset"):
-            value = getattr(self, name)
-            optional = name in ("threads", "train_subset", "test_subset")
-            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
-        for name in ("momentum", "weight_decay", "warmup_epochs"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.momentum >= 1:
-            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum!r}")
-
-    def model_arguments(self) -> dict:
-        return {
-            "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
-            "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
-        }
-
-
-# Fields that may differ between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out"}
-
-
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """lr at optimizer step `step`: linear warm-up, then cosine to 0 or /10 at STEP_MILESTONES."""
+    """lr at optimizer step `step` of `total_steps`.
+
+    cosine / step: linear warm-up over `warmup_epochs`, then cosine to 0, or /10 at STEP_MILESTONES.
+    onecycle (Smith 2018, as torch's OneCycleLR): cosine from lr/25 up to lr over the first 30 % of
+    the steps, then cosine down to lr/25/1e4; it brings its own warm-up.
+    """
+    if cfg.schedule == "onecycle":
+        start, end, peak = cfg.lr / 25, cfg.lr / 25 / 1e4, max(1.0, 0.3 * total_steps - 1)
+        if step <= peak:
+            return start + (cfg.lr - start) * 0.5 * (1 - math.cos(math.pi * step / peak))
+        t = (step - peak) / max(1.0, total_steps - 1 - peak)
+        return end + (cfg.lr - end) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
     warmup = int(cfg.warmup_epochs * total_steps / cfg.epochs)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
@@ -110,17 +62,27 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only; none on BN, biases, learned scales, and none on
-    the pixel-embedding table, whose rows for rare pixel values would otherwise decay towards 0."""
+def parameter_groups(model: nn.Module) -> tuple:
+    """(decayed, not decayed) parameters. Weight decay applies to conv and linear weights only: not
+    to batch norm, biases or quantizer scales (they set ranges, not features), nor to the
+    pixel-embedding table, whose rows for rare pixel values would otherwise decay towards 0."""
     decay, no_decay = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             is_weight = isinstance(module, (nn.Conv2d, nn.Linear)) and name == "weight"
             (decay if is_weight else no_decay).append(p)
+    return decay, no_decay
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov when momentum > 0 and cfg.nesterov), Adam (L2 decay in the gradient) or AdamW
+    (decoupled decay), with weight decay only on the groups `parameter_groups` says."""
+    decay, no_decay = parameter_groups(model)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.Adam(groups, lr=cfg.lr)
 
 
@@ -151,13 +113,10 @@ def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cp
 
 def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, path: Path) -> None:
     """CheckpointError unless the run in `saved` can go on with `cfg` on `data` to the result it
-    would have reached: the same settings (bar RESUMABLE_CHANGES) and the same data. A setting the
-    checkpoint predates counts as its default, which is what that run used."""
-    now, defaults = asdict(cfg), asdict(TrainConfig())
-    config = saved["config"]
-    changed = [k for k in now if k not in RESUMABLE_CHANGES and config.get(k, defaults[k]) != now[k]]
+    would have reached: the same settings (`config_changes`) and the same data."""
+    changed = config_changes(saved["config"], cfg)
     if changed:
-        diffs = ", ".join(f"{k}: {config.get(k, defaults[k])!r} -> {now[k]!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({diffs}); "
                               "use a new --out folder or the original settings")
     before = saved.get("data") or {}
@@ -190,6 +149,17 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
                 (out / name).unlink()
     except OSError as e:
         raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
+
+
+def _load_teacher(path: str, classes: list, device) -> nn.Module:
+    """The distillation teacher: eval mode, no gradients, trained on the same classes."""
+    taught = read_checkpoint(path)["classes"]
+    if taught and taught != list(classes):
+        raise ConfigError(f"--teacher {path}: trained on classes {taught}, the data has {list(classes)}")
+    teacher = load_checkpoint(path).to(device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = None, overwrite: bool = False) -> dict:
@@ -228,9 +198,17 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_channels=data.channels, num_classes=len(data.classes), **cfg.model_arguments())
     model.to(device)
+    teacher = _load_teacher(cfg.teacher, data.classes, device) if cfg.teacher else None
+    resuming = resume and ckpt_path.is_file()
+    started_from = None
+    if cfg.init and not resuming:  # a resumed run's checkpoint already holds where init led
+        started_from = copy_trained_weights(model, cfg.model, cfg.init)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 - 1)
+        calibrate(model, batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True,
+                                 augment=cfg.augment, generator=gen), cfg.calibration_batches, device)
     optimizer = make_optimizer(model, cfg)
     start_epoch, history = 0, []
-    if resume and ckpt_path.is_file():
+    if resuming:
         saved = read_checkpoint(ckpt_path)
         _check_resumable(saved, cfg, identity, ckpt_path)
         try:
@@ -238,7 +216,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt_path}: the saved weights do not fit this model ({e})") from e
         optimizer.load_state_dict(saved["optimizer"])
-        start_epoch, history = saved["epoch"], saved["history"]
+        start_epoch, history, started_from = saved["epoch"], saved["history"], saved["init"]
     net = DistributedDataParallel(synchronize_batchnorm(model)) if world > 1 else model
 
     # With several processes an incomplete last batch is dropped, so no process gets an empty share.
@@ -261,14 +239,24 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x[rank::world].to(device, non_blocking=True), y[rank::world].to(device, non_blocking=True)
+            with torch.no_grad():
+                teacher_logits = teacher(x) if teacher is not None else None
+
+            def loss_of(logits):
+                return training_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_weight, cfg.kd_temperature)
+
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
+            loss = loss_of(logits)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
                     f"{ckpt_path} keeps the last finished epoch ({epoch}); lower --lr or add --warmup-epochs")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.saq_rho:  # the gradient again, at the sharpest nearby quantized weights
+                with perturbed_weights(model, cfg.saq_rho):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss_of(net(x)).backward()
             optimizer.step()
             train_time += time.perf_counter() - t0
             totals += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y)],
@@ -289,7 +277,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         if rank == 0:
             save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
                             optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
-                            classes=data.classes, data=identity)
+                            classes=data.classes, data=identity, init=started_from)
             write_jsonl(out / "metrics.jsonl", history)
             if cfg.progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
@@ -307,6 +295,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
             "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
             "classes": data.classes, "data": identity, "train_size": len(train_set), "config": asdict(cfg),
+            "init": started_from,
             "torch_version": str(torch.__version__), "threads": torch.get_num_threads(), "world_size": world,
         }
         write_json(out / "metrics.json", metrics)
@@ -315,5 +304,9 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         dist.broadcast_object_list(shared, src=0)
         metrics = shared[0]
     if started_group:
+        # DDP's reducer holds the group: free it first, or its destructor, run after the group is
+        # gone, aborts the process at exit ("terminate called without an active exception")
+        del net
+        dist.barrier()
         dist.destroy_process_group()
     return metrics

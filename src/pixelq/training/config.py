@@ -1,0 +1,198 @@
+"""`TrainConfig`: every training setting, declared once. The command line's `train` flags, the
+recipe files and the checkpoint's stored config are all read off this dataclass.
+
+A recipe is a YAML file of TrainConfig fields (`pixelq recipes` lists the shipped ones, in
+`pixelq/training/recipes/`). Settings resolve in this order, later wins: the dataclass defaults,
+the recipe, then each flag given on the command line.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ConfigError
+
+SCHEDULES = ("cosine", "step", "onecycle")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+STEP_MILESTONES = (0.5, 0.75, 0.9)  # fractions of training at which the step schedule divides lr by 10
+
+
+def setting(default, help: str, cli: bool = True, **argparse_kwargs):
+    """A TrainConfig field with the help text (and argparse type/choices) its flag uses."""
+    kind = {"default_factory": default} if callable(default) else {"default": default}
+    return field(**kind, metadata={"help": help, "cli": cli, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    # what is trained
+    model: str = setting("resnet20", "registered model name")
+    first_layer: str = setting("float", "input encoder")
+    first_layer_kwargs: dict = setting(dict, "encoder options (CLI: --pe-dim, --pe-bits, --pe-per-channel, --pe-init)",
+                                       cli=False)
+    wbits: int = setting(32, "weight bits: 1..8, or 32 for float")
+    abits: int = setting(32, "activation bits: 1..8, or 32 for float")
+    last_layer: str = setting("float", "float or quantized", choices=("float", "quantized"))
+    overrides: dict = setting(dict, "{layer-name pattern: quantizer spec} (CLI: --overrides FILE)", cli=False)
+    # on what
+    data: "str | None" = setting(None, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded "
+                                       "subset", type=str)
+    image_size: "int | None" = setting(None, "scale each image's shorter side to S and keep the centre S x S",
+                                       type=int)
+    train_subset: "int | None" = setting(None, "train on a stratified subset of N images", type=int)
+    test_subset: "int | None" = setting(None, "evaluate on a stratified subset of N images", type=int)
+    augment: bool = setting(True, "pad-4 random crop + horizontal flip")
+    # how
+    epochs: int = setting(10, "epochs")
+    batch_size: int = setting(128, "global batch size (split across processes under torchrun)")
+    optimizer: str = setting("adam", "sgd (momentum, Nesterov by default), adam, or adamw (decoupled weight decay)",
+                             choices=OPTIMIZERS)
+    lr: float = setting(0.002, "peak learning rate")
+    momentum: float = setting(0.9, "SGD momentum")
+    nesterov: bool = setting(True, "Nesterov momentum (SGD with momentum > 0)")
+    weight_decay: float = setting(5e-4, "weight decay on conv and linear weights only (never on batch norm, biases, "
+                                        "embedding tables or quantizer scales)")
+    schedule: str = setting("cosine", "cosine to 0, step (/10 at 50, 75, 90 %), or onecycle", choices=SCHEDULES)
+    warmup_epochs: float = setting(0.0, "linear warm-up epochs (cosine and step)")
+    label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy target")
+    seed: int = setting(0, "seed of initialisation, data order and augmentation")
+    # starting point and extra objectives
+    init: "str | None" = setting(None, "start from this checkpoint's weights (same architecture; layers whose shapes "
+                                       "differ, e.g. the first layer, keep their own initialisation)", type=str)
+    calibration_batches: int = setting(8, "with --init: batches that re-estimate batch-norm statistics and set "
+                                          "data-initialised quantizer scales before training")
+    teacher: "str | None" = setting(None, "knowledge distillation from this checkpoint (eval mode, no gradients)",
+                                    type=str)
+    kd_weight: float = setting(0.5, "with --teacher: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || model)")
+    kd_temperature: float = setting(4.0, "with --teacher: softmax temperature T of both logits")
+    saq_rho: float = setting(0.0, "sharpness-aware quantization radius rho (0: off); costs a second forward/backward",
+                             flag="--saq")
+    # where and on what
+    recipe: "str | None" = setting(None, "the recipe these settings started from (informational)", cli=False)
+    threads: "int | None" = setting(None, "torch intra-op threads (default: all cores)", type=int)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    out: str = setting("runs/train", "folder for checkpoint.pt, metrics.json and metrics.jsonl")
+    progress: bool = setting(True, "progress bar and one line per epoch (CLI: --quiet turns both off)", cli=False)
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "threads", "train_subset", "test_subset", "calibration_batches"):
+            value = getattr(self, name)
+            optional = name in ("threads", "train_subset", "test_subset")
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "saq_rho"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name, high in (("momentum", 1), ("label_smoothing", 1)):
+            if getattr(self, name) >= high:
+                raise ConfigError(f"{name} must lie in [0, {high}), got {getattr(self, name)!r}")
+        if self.schedule == "onecycle" and self.warmup_epochs:
+            raise ConfigError("the onecycle schedule brings its own warm-up; drop warmup_epochs")
+        if self.kd_weight > 1:
+            raise ConfigError(f"kd_weight must lie in [0, 1], got {self.kd_weight!r}")
+        if not (math.isfinite(self.kd_temperature) and self.kd_temperature > 0):
+            raise ConfigError(f"kd_temperature must be a positive finite number, got {self.kd_temperature!r}")
+
+    def model_arguments(self) -> dict:
+        return {
+            "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
+            "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
+        }
+
+
+# Fields that may differ between a run and its resumption without changing the result.
+RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out", "recipe", "init", "calibration_batches"}
+
+
+def default_config() -> dict:
+    """Every TrainConfig field at its default value."""
+    return asdict(TrainConfig())
+
+
+def config_changes(saved: dict, cfg: TrainConfig) -> dict:
+    """{field: (saved value, cfg's value)} for each setting that changes the result (all bar
+    RESUMABLE_CHANGES) and differs. A field `saved` predates counts as its default, which is what
+    the run that wrote it used."""
+    defaults = default_config()
+    return {k: (saved.get(k, defaults[k]), v) for k, v in asdict(cfg).items()
+            if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v}
+
+
+def _recipe_dir():
+    return resources.files("pixelq.training") / "recipes"
+
+
+def list_recipes() -> dict:
+    """{name: first line of its description} of the recipes shipped in the package."""
+    out = {}
+    for f in sorted(_recipe_dir().iterdir(), key=lambda f: f.name):
+        if f.name.endswith(".yaml"):
+            text = f.read_text()
+            first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+            out[f.name[:-5]] = first
+    return out
+
+
+def read_recipe(name_or_path: str) -> dict:
+    """A recipe's settings: a shipped recipe by name, or a YAML file by path. ConfigError for an unknown
+    name, an unreadable file or a key that is not a TrainConfig field."""
+    import yaml
+
+    shipped = _recipe_dir() / f"{name_or_path}.yaml"
+    path = Path(name_or_path)
+    if shipped.is_file():
+        text, where = shipped.read_text(), f"recipe {name_or_path!r}"
+    elif path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        text, where = path.read_text(), str(path)
+    else:
+        raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(list_recipes())} "
+                          "(or give the path of a .yaml file)")
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: must hold a mapping of setting -> value")
+    unknown = sorted(set(values) - set(default_config()) - {"description"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {unknown}; known: {', '.join(default_config())}")
+    values.pop("description", None)
+    return values
+
+
+def resolve_config(recipe: "str | None" = None, **overrides) -> TrainConfig:
+    """TrainConfig from the defaults, then `recipe`'s settings, then `overrides` (later wins)."""
+    values = read_recipe(recipe) if recipe else {}
+    unknown = sorted(set(overrides) - set(default_config()))
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown}")
+    cfg = TrainConfig(**{**values, **overrides, **({"recipe": recipe} if recipe else {})})
+    cfg.validate()
+    return cfg
+
+
+def cli_settings() -> list:
+    """(field name, flag, argparse kwargs) of every TrainConfig field the `train` command exposes."""
+    out = []
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        if not meta.pop("cli"):
+            continue
+        flag = meta.pop("flag", "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, bool):
+            meta["action"] = "store_bool"
+        else:
+            meta.setdefault("type", type(default))
+        meta["help"] = f"{meta['help']} (default: {default})".replace("%", "%%")  # argparse formats help with %
+        out.append((f.name, flag, meta))
+    return out
