@@ -39,3 +39,16 @@ def test_runtime_benchmark_reports_every_ratio():
     for key in keys:
         assert result["ratios"][key] > 0 and result["ratios"][key + "_2t"] > 0
     assert "stages.2.2.conv2" in result["times"]["threads_1"]["layers_s"]
+
+
+def test_bench_data_times_decoding_and_streaming_on_folders(tmp_path, capsys):
+    from conftest import make_splits, write_image_dataset
+
+    folders = write_image_dataset(tmp_path, make_splits(n_train=40, n_test=12))
+    out = tmp_path / "data.json"
+    assert main(["bench-data", "--folders", str(folders), "--decode-images", "30", "--json", str(out)]) == 0
+    decode = json.loads(out.read_text())["decode"]
+    assert decode["images"] == 30
+    assert set(decode["decode_images_per_s_one_process"]) == {"pillow", "pixelq"}
+    assert set(decode["streamed_images_per_s_by_workers"]) == {"1", "2"}
+    assert "worker" in capsys.readouterr().out

@@ -346,3 +346,34 @@ def test_batches_cover_every_image_once():
     seen = torch.cat([x[:, 0, 0, 0] for x, _ in batches(images, np.arange(10), 3, shuffle=True,
                                                           generator=torch.Generator().manual_seed(1))])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+@given(st.integers(9, 200), st.integers(9, 200), st.one_of(st.none(), st.integers(4, 48)), st.sampled_from(["RGB", "L"]),
+       st.integers(0, 99))
+@settings(max_examples=25, deadline=None)
+def test_fast_jpeg_decoding_gives_pillows_pixels(w, h, size, mode, seed):
+    """JPEGs go through libjpeg-turbo (simplejpeg) for speed; the pixels must be Pillow's, draft scale included."""
+    import io
+
+    from pixelq.data.readers import _decode, _fit
+
+    a = np.random.default_rng(seed).integers(0, 256, (h // 3 + 1, w // 3 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(a).resize((w, h)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    with Image.open(io.BytesIO(buf.getvalue())) as ref:
+        if size is not None:
+            ref.draft(None, (size, size))
+        ref.load()
+        expected = np.asarray(_fit(ref, size) if size is not None else ref)
+    assert np.array_equal(_decode(buf.getvalue(), "x.jpg", size), expected)
+
+
+def test_cmyk_jpegs_are_read_as_rgb():
+    import io
+
+    from pixelq.data.readers import _decode
+
+    buf = io.BytesIO()
+    Image.new("CMYK", (7, 5), (10, 20, 30, 0)).save(buf, "JPEG")
+    assert _decode(buf.getvalue(), "x.jpg").shape == (5, 7, 3)

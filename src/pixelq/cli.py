@@ -106,9 +106,10 @@ def _check_threads(threads: "int | None") -> None:
 
 
 def _run_eval(args) -> None:
-    from .data import load_dataset
+    from .data import open_data
     from .training import evaluate, read_checkpoint
     from .training.checkpoint import model_from_checkpoint
+    from .training.loop import _source
 
     _check_threads(args.threads)
     if args.threads:
@@ -118,9 +119,9 @@ def _run_eval(args) -> None:
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     # default: the size the model trained at
-    test = load_dataset(args.data, image_size=args.image_size or ckpt["config"].get("image_size")).test
+    test = open_data(args.data, image_size=args.image_size or ckpt["config"].get("image_size"), stream=args.stream).test
     test.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
-    result = evaluate(model, test.images, test.labels)
+    result = evaluate(model, *_source(test), workers=args.workers)
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
 
 
@@ -166,6 +167,14 @@ def _run_bench_data(args) -> None:
     result = data_throughput(data=args.data, batch_size=args.batch_size, threads=args.threads)
     print(f"cached load of {result['images']} images: {result['cached_load_s']:.3f} s; "
           f"shuffle + crop + flip: {result['augment_images_per_s']:.0f} images/s on {result['threads']} thread(s)")
+    if args.folders:
+        from .bench import decode_throughput
+
+        result["decode"] = decode = decode_throughput(args.folders, images=args.decode_images)
+        rates = decode["decode_images_per_s_one_process"]
+        print(f"decode, one process: Pillow {rates['pillow']:.0f} images/s, pixelq {rates['pixelq']:.0f} images/s "
+              f"({decode['decoder_speedup_vs_pillow']:.1f}x); streamed: " +
+              ", ".join(f"{v:.0f} images/s with {k} worker(s)" for k, v in decode["streamed_images_per_s_by_workers"].items()))
     _write_json(args.json, result)
 
 
@@ -245,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     _add_data(p)
     p.add_argument("--threads", type=int)
+    p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
     p = sub.add_parser("demo", help="float vs fully quantized ResNet on the embedded subset, with a report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", help="data set path; default: embedded subset")
@@ -291,8 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", help="write the results here")
-    p = sub.add_parser("bench-data", help="cached load and uint8 augmentation throughput")
+    p = sub.add_parser("bench-data", help="cached load, uint8 augmentation and decode/streaming throughput")
     p.add_argument("--data", help="data set path; default: embedded subset")
+    p.add_argument("--folders", help="image folders to time decoding and streaming on (e.g. extracted CIFAR-10-JPEG)")
+    p.add_argument("--decode-images", type=int, default=5000, help="how many of the folders' train images to decode")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", help="write the results here")

@@ -1,7 +1,7 @@
 """Benchmarks: commands that measure, as ratios against a baseline timed in the same run."""
-from .training import data_throughput, train_step_throughput
+from .training import data_throughput, decode_throughput, train_step_throughput
 
-__all__ = ["data_throughput", "run_benchmark", "train_step_throughput"]
+__all__ = ["data_throughput", "decode_throughput", "run_benchmark", "train_step_throughput"]
 
 
 def run_benchmark(*args, **kwargs) -> dict:

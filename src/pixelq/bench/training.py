@@ -39,6 +39,44 @@ def data_throughput(data: "str | None" = None, batch_size: int = 128, threads: i
             "cached_load_s": load_s, "augment_images_per_s": len(images) / best, "batch_size": batch_size}
 
 
+def decode_throughput(folders: str, images: int = 5000, batch_size: int = 128, workers: tuple = (1, 2)) -> dict:
+    """JPEG/PNG decode speed on image folders: images/s of one process decoding with Pillow and with
+    pixelq's decoder (libjpeg-turbo through simplejpeg for JPEG), and of a streamed pass over the
+    same images with each worker count (decode + batching, no augmentation)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from ..data import open_stream
+    from ..data.readers import _decode
+
+    stream = open_stream(folders).train
+    stream = stream.subset(min(images, len(stream)))
+    blobs = [(name, open(name, "rb").read()) for name in stream.files]
+
+    def pillow(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(img.convert("RGB") if img.mode not in ("L", "RGB") else img)
+
+    per_process = {}
+    for name, decode in (("pillow", pillow), ("pixelq", lambda data: _decode(data, "bench"))):
+        t0 = time.perf_counter()
+        for _, data in blobs:
+            decode(data)
+        per_process[name] = len(blobs) / (time.perf_counter() - t0)
+    streamed = {}
+    for count in workers:
+        t0 = time.perf_counter()
+        for _ in batches(stream, batch_size=batch_size, workers=count):
+            pass
+        streamed[count] = len(stream) / (time.perf_counter() - t0)
+    return {"folders": str(folders), "images": len(blobs), "decode_images_per_s_one_process": per_process,
+            "decoder_speedup_vs_pillow": per_process["pixelq"] / per_process["pillow"],
+            "streamed_images_per_s_by_workers": streamed}
+
+
 def train_step_throughput(model: str = "resnet20", variants: "dict | None" = None, batch_size: int = 128,
                           steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
                           image_size: int = 32) -> dict:

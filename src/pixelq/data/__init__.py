@@ -3,14 +3,19 @@ from .augment import batches, random_crop_flip
 from .cache import embedded_data_path, load_dataset
 from .dataset import DataSplits, ImageSet
 from .readers import READERS, detect_layout
+from .streaming import StreamedImages, StreamedSplits, open_data, open_stream
 
 __all__ = [
     "READERS",
     "DataSplits",
     "ImageSet",
+    "StreamedImages",
+    "StreamedSplits",
     "batches",
     "detect_layout",
     "embedded_data_path",
     "load_dataset",
+    "open_data",
+    "open_stream",
     "random_crop_flip",
 ]

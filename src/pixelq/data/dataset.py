@@ -10,6 +10,21 @@ import numpy as np
 from ..errors import DataError
 
 
+def stratified_indices(labels: np.ndarray, classes: int, n: int, seed: int) -> "np.ndarray | None":
+    """Sorted indices of about n items with the same share of every class, drawn with `seed`;
+    None when n covers them all. DataError when n is not an integer >= the class count."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < classes:
+        raise DataError(f"a subset needs at least one image per class: at least {classes}, got {n!r}")
+    if n >= len(labels):
+        return None
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(classes):
+        idx = np.flatnonzero(labels == c)
+        keep.append(rng.choice(idx, size=int(round(n * len(idx) / len(labels))), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 @dataclass
 class ImageSet:
     """Images (N, H, W, C) uint8, labels (N,) int64, and the class names labels index."""
@@ -33,18 +48,8 @@ class ImageSet:
     def subset(self, n: int, seed: int = 0) -> "ImageSet":
         """A stratified subset of about n images: the same share of every class, drawn with `seed`
         (so the first n of a class-sorted split, which would be one class, are never what is taken)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < len(self.classes):
-            raise DataError(f"a subset needs at least one image per class: at least {len(self.classes)}, got {n!r}")
-        if n >= len(self):
-            return self
-        rng = np.random.default_rng(seed)
-        keep = []
-        for c in range(len(self.classes)):
-            idx = np.flatnonzero(self.labels == c)
-            take = int(round(n * len(idx) / len(self)))
-            keep.append(rng.choice(idx, size=take, replace=False))
-        keep = np.sort(np.concatenate(keep))
-        return ImageSet(self.images[keep], self.labels[keep], self.classes)
+        keep = stratified_indices(self.labels, len(self.classes), n, seed)
+        return self if keep is None else ImageSet(self.images[keep], self.labels[keep], self.classes)
 
     @property
     def image_shape(self) -> tuple:
@@ -52,15 +57,21 @@ class ImageSet:
         return tuple(self.images.shape[1:])
 
     def require(self, classes: list, image_shape: "tuple | None", model: str) -> None:
-        """DataError unless these images are what `model` was trained on: the same class names in the
-        same order (else its label indices mean other classes) and, when known, the same image shape."""
-        if list(classes) != list(self.classes):
-            raise DataError(f"{model} was trained on classes {list(classes)}, the data has {list(self.classes)}; "
-                            "its predictions would be scored against the wrong labels. Use data with the same "
-                            "class folders (names and order)")
-        if image_shape and tuple(image_shape) != self.image_shape:
-            raise DataError(f"{model} was trained on images of shape {tuple(image_shape)} (H, W, C), the data has "
-                            f"{self.image_shape}; pass --image-size to scale them, or use the matching data")
+        """DataError unless these images are what `model` was trained on (`check_trained_on`)."""
+        check_trained_on(self, classes, image_shape, model)
+
+
+def check_trained_on(images, classes: list, image_shape: "tuple | None", model: str) -> None:
+    """DataError unless `images` (an ImageSet or a stream) are what `model` was trained on: the same
+    class names in the same order (else its label indices mean other classes) and, when known, the
+    same image shape."""
+    if list(classes) != list(images.classes):
+        raise DataError(f"{model} was trained on classes {list(classes)}, the data has {list(images.classes)}; "
+                        "its predictions would be scored against the wrong labels. Use data with the same "
+                        "class folders (names and order)")
+    if image_shape and tuple(image_shape) != images.image_shape:
+        raise DataError(f"{model} was trained on images of shape {tuple(image_shape)} (H, W, C), the data has "
+                        f"{images.image_shape}; pass --image-size to scale them, or use the matching data")
 
 
 @dataclass
@@ -91,7 +102,8 @@ class DataSplits:
             h.update(repr(part.images.shape).encode())
             h.update(np.ascontiguousarray(part.labels))
             h.update(np.ascontiguousarray(part.images))
-        return {"image_shape": list(self.train.image_shape), "fingerprint": h.hexdigest()}
+        return {"image_shape": list(self.train.image_shape), "images": [len(self.train), len(self.test)],
+                "fingerprint": h.hexdigest(), "streamed": False}
 
     @property
     def channels(self) -> int:

@@ -44,8 +44,33 @@ def _fit(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def _decode_jpeg(data: bytes, image_size: "int | None") -> "np.ndarray | None":
+    """A baseline grey or colour JPEG through libjpeg-turbo (simplejpeg): the same pixels as Pillow,
+    about 5x faster on small images (`pixelq bench-data`). None for what it does not take (CMYK...)."""
+    import simplejpeg
+
+    try:
+        h, w, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # let Pillow say what is wrong
+    if colourspace not in ("Gray", "YCbCr", "RGB"):
+        return None
+    scale = {}
+    if image_size is not None:  # Pillow's draft(): the largest 1/s, s in 8, 4, 2, 1, that keeps both sides >= S
+        s = next(s for s in (8, 4, 2, 1) if s <= min(w // image_size, h // image_size) or s == 1)
+        scale = {"min_height": -(-h // s), "min_width": -(-w // s)}
+    a = simplejpeg.decode_jpeg(data, colorspace="GRAY" if colourspace == "Gray" else "RGB", **scale)
+    if image_size is not None:
+        a = np.asarray(_fit(Image.fromarray(a[..., 0] if a.shape[2] == 1 else a), image_size))
+    return a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a
+
+
 def _decode(data: bytes, name: str, image_size: "int | None" = None) -> np.ndarray:
     try:
+        if data[:2] == b"\xff\xd8":
+            a = _decode_jpeg(data, image_size)
+            if a is not None:
+                return a
         with Image.open(io.BytesIO(data)) as img:
             if image_size is not None:
                 img.draft(None, (image_size, image_size))  # JPEG: decode at the smallest DCT scale >= S

@@ -43,7 +43,13 @@ class TrainConfig:
                                        type=int)
     train_subset: "int | None" = setting(None, "train on a stratified subset of N images", type=int)
     test_subset: "int | None" = setting(None, "evaluate on a stratified subset of N images", type=int)
-    augment: bool = setting(True, "pad-4 random crop + horizontal flip")
+    augment: bool = setting(True, "random crop + horizontal flip (see crop)")
+    crop: str = setting("pad", "pad: pad-4 random crop of the stored image (small images); resized: random-resized "
+                               "crop to --image-size of each full image, decoded fresh (photographs; needs --stream)",
+                        choices=("pad", "resized"))
+    stream: bool = setting(False, "read image folders lazily from disk, decoded by worker processes (for data larger "
+                                  "than memory; automatic when the decoded images would fill half of it)")
+    workers: int = setting(2, "decoding processes when streaming (0: in the training process)")
     # how
     epochs: int = setting(10, "epochs")
     batch_size: int = setting(128, "global batch size (split across processes under torchrun)")
@@ -81,6 +87,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
         for name in ("epochs", "batch_size", "threads", "train_subset", "test_subset", "calibration_batches"):
             value = getattr(self, name)
             optional = name in ("threads", "train_subset", "test_subset")
@@ -95,6 +103,11 @@ class TrainConfig:
         for name, high in (("momentum", 1), ("label_smoothing", 1)):
             if getattr(self, name) >= high:
                 raise ConfigError(f"{name} must lie in [0, {high}), got {getattr(self, name)!r}")
+        if self.crop not in ("pad", "resized"):
+            raise ConfigError(f"crop must be pad or resized, got {self.crop!r}")
+        if self.crop == "resized" and not (self.stream and self.image_size):
+            raise ConfigError("crop=resized draws a new crop of each full image every epoch: it needs --stream and "
+                              "--image-size S (in memory only the S x S centre is kept)")
         if self.schedule == "onecycle" and self.warmup_epochs:
             raise ConfigError("the onecycle schedule brings its own warm-up; drop warmup_epochs")
         if self.kd_weight > 1:
@@ -110,7 +123,8 @@ class TrainConfig:
 
 
 # Fields that may differ between a run and its resumption without changing the result.
-RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out", "recipe", "init", "calibration_batches"}
+RESUMABLE_CHANGES = {"progress", "threads", "device", "data", "out", "recipe", "init", "calibration_batches", "stream",
+                     "workers"}
 
 
 def default_config() -> dict:

@@ -1,6 +1,7 @@
 """`train(config)`: the training loop, top to bottom. `evaluate(model, images, labels)`."""
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -14,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..data import DataSplits, batches, load_dataset
+from ..data import DataSplits, StreamedImages, batches, open_data
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..files import write_json, write_jsonl
 from ..models import create_model, model_kwargs, model_size_bytes
@@ -94,24 +95,25 @@ def ranked_classes(logits: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, images, labels, batch_size: int = 500, device="cpu") -> dict:
+def evaluate(model: nn.Module, images, labels=None, batch_size: int = 500, device="cpu", workers: int = 0) -> dict:
     """top1 / top5 accuracy in percent (top-k with k capped at the class count), mean loss, n.
-    Ties between logits go to the lower class index (`ranked_classes`)."""
+    `images` with `labels`, or a StreamedImages. Ties between logits go to the lower class index
+    (`ranked_classes`)."""
     model.eval()
     correct1 = correct5 = 0
     loss_sum = 0.0
-    for x, y in batches(images, labels, batch_size):
+    for x, y in batches(images, labels, batch_size, workers=workers):
         x, y = x.to(device), y.to(device)
         logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         top = ranked_classes(logits, min(5, logits.shape[1]))
         correct1 += (top[:, 0] == y).sum().item()
         correct5 += (top == y[:, None]).any(1).sum().item()
-    n = len(labels)
+    n = len(images)
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, path: Path) -> None:
+def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, classes: list, path: Path) -> None:
     """CheckpointError unless the run in `saved` can go on with `cfg` on `data` to the result it
     would have reached: the same settings (`config_changes`) and the same data."""
     changed = config_changes(saved["config"], cfg)
@@ -120,7 +122,12 @@ def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, path: Path) -> N
         raise CheckpointError(f"{path}: cannot resume with a different configuration ({diffs}); "
                               "use a new --out folder or the original settings")
     before = saved.get("data") or {}
-    if before.get("fingerprint") and before["fingerprint"] != data["fingerprint"]:
+    if before.get("streamed", False) == data["streamed"]:  # fingerprints of the same kind: pixels, or files
+        other = before.get("fingerprint") not in (None, data["fingerprint"])
+    else:  # a streamed run resumed in memory, or the reverse: what both kinds record must agree
+        other = (before.get("image_shape"), before.get("images"), saved["classes"]) != (
+            data["image_shape"], data["images"], classes)
+    if other:
         raise CheckpointError(f"{path}: this run trained on other data (images, labels or classes differ from "
                               f"{cfg.data or 'the embedded subset'}); resume it on its own data or use a new --out")
 
@@ -149,6 +156,11 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
                 (out / name).unlink()
     except OSError as e:
         raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
+
+
+def _source(part) -> tuple:
+    """What `batches` takes for an in-memory ImageSet (images, labels) or a stream (itself, None)."""
+    return (part, None) if isinstance(part, StreamedImages) else (part.images, part.labels)
 
 
 def _load_teacher(path: str, classes: list, device) -> nn.Module:
@@ -187,7 +199,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         _prepare_out(out, resume, overwrite)
     ckpt_path = out / "checkpoint.pt"
 
-    data = data if data is not None else load_dataset(cfg.data, image_size=cfg.image_size)
+    data = data if data is not None else open_data(cfg.data, image_size=cfg.image_size, stream=cfg.stream)
     identity = data.identity()
     try:
         train_set = data.train.subset(cfg.train_subset, seed=cfg.seed) if cfg.train_subset else data.train
@@ -204,13 +216,13 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     if cfg.init and not resuming:  # a resumed run's checkpoint already holds where init led
         started_from = copy_trained_weights(model, cfg.model, cfg.init)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 - 1)
-        calibrate(model, batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True,
-                                 augment=cfg.augment, generator=gen), cfg.calibration_batches, device)
+        calibrate(model, batches(*_source(train_set), cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen,
+                                 workers=cfg.workers), cfg.calibration_batches, device)
     optimizer = make_optimizer(model, cfg)
     start_epoch, history = 0, []
     if resuming:
         saved = read_checkpoint(ckpt_path)
-        _check_resumable(saved, cfg, identity, ckpt_path)
+        _check_resumable(saved, cfg, identity, data.classes, ckpt_path)
         try:
             model.load_state_dict(saved["state_dict"])
         except RuntimeError as e:
@@ -225,12 +237,16 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     total_steps = steps_per_epoch * cfg.epochs
     test = None
     for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.perf_counter()
         net.train()
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         totals = torch.zeros(3, dtype=torch.float64)  # images, correct, summed loss (this process)
         train_time = 0.0
-        bar = tqdm(batches(train_set.images, train_set.labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           generator=gen, drop_last=drop_last), total=steps_per_epoch,
+        epoch_set, pad_crop = train_set, cfg.augment
+        if cfg.augment and cfg.crop == "resized":  # a fresh crop of every full image, drawn in the workers
+            epoch_set, pad_crop = train_set.with_random_resized_crop(cfg.seed * 1_000_003 + epoch), False
+        bar = tqdm(batches(*_source(epoch_set), cfg.batch_size, shuffle=True, augment=pad_crop, generator=gen,
+                           drop_last=drop_last, shard=(rank, world), workers=cfg.workers), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=True if not cfg.progress or rank > 0 else None)  # None: no bar unless a terminal
         for i, (x, y) in enumerate(bar):
@@ -238,7 +254,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             lr = learning_rate(cfg, epoch * steps_per_epoch + i, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = x[rank::world].to(device, non_blocking=True), y[rank::world].to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.no_grad():
                 teacher_logits = teacher(x) if teacher is not None else None
 
@@ -268,9 +284,9 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         if world > 1:
             dist.all_reduce(totals)
         seen, correct, loss_sum = totals.tolist()
-        test = evaluate(model, test_set.images, test_set.labels, device=device) if rank == 0 else None
+        test = evaluate(model, *_source(test_set), device=device, workers=cfg.workers) if rank == 0 else None
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
-                  "train_images_per_s": seen / train_time}
+                  "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start}
         if rank == 0:
             record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
         history.append(record)
@@ -289,7 +305,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     metrics = {}
     if rank == 0:
         if test is None:  # resumed a finished run: nothing trained in this call
-            test = evaluate(model, test_set.images, test_set.labels, device=device)
+            test = evaluate(model, *_source(test_set), device=device, workers=cfg.workers)
         metrics = {
             "top1": test["top1"], "top5": test["top5"], "n": test["n"], "epochs": cfg.epochs,
             "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
@@ -304,9 +320,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         dist.broadcast_object_list(shared, src=0)
         metrics = shared[0]
     if started_group:
-        # DDP's reducer holds the group: free it first, or its destructor, run after the group is
-        # gone, aborts the process at exit ("terminate called without an active exception")
+        # DDP's reducer keeps gloo work objects (and their tensors) alive; freed only at interpreter
+        # shutdown, they abort the process ("terminate called without an active exception"). So
+        # free it now (it sits in reference cycles, hence the collect), then close the group.
         del net
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
     return metrics

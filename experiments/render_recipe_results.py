@@ -1,0 +1,92 @@
+"""Render README's "Training recipes" table from committed JSON (never from numbers typed by hand).
+
+    python experiments/render_recipe_results.py     # rewrites README.md between the recipe markers
+
+Reads results/recipe/<run>/metrics.json and eval.json (written by experiments/recipe_cifar10.sh),
+and the published numbers in experiments/field_numbers.json; writes results/recipe/summary.json.
+A run still in flight (no metrics.json yet) is shown from its metrics.jsonl, marked as such.
+"""
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "results" / "recipe"
+START, END = "<!-- recipes:start -->", "<!-- recipes:end -->"
+ORDER = ["resnet20-float", "resnet20-w1a2-pe-qlast", "resnet20-w1a2-float-first", "resnet20-w1a2-pe",
+         "resnet20-w1a2-int8-first"]
+TARGETS = {"resnet20-float": 91.0, "resnet20-w1a2-pe-qlast": 87.0}
+
+
+def load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_row(name: str) -> "dict | None":
+    folder = RUNS / name
+    metrics, evaluated = load(folder / "metrics.json"), load(folder / "eval.json")
+    lines = (folder / "metrics.jsonl").read_text().splitlines() if (folder / "metrics.jsonl").is_file() else []
+    history = [json.loads(line) for line in lines]
+    if not history:
+        return None
+    ckpt_config = metrics["config"] if metrics else None
+    train_size = metrics["train_size"] if metrics else None
+    # wall time per epoch where recorded, else the train time alone (runs from before epoch_s was kept)
+    seconds = sum(r.get("epoch_s", (train_size or 50000) / r["train_images_per_s"]) for r in history)
+    return {
+        "run": name, "finished": metrics is not None, "epochs_done": history[-1]["epoch"],
+        "epochs": metrics["epochs"] if metrics else None, "config": ckpt_config,
+        "top1": metrics["top1"] if metrics else history[-1]["test_top1"],
+        "eval_top1": evaluated["top1"] if evaluated else None, "cpu_hours": seconds / 3600,
+        "target": TARGETS.get(name),
+    }
+
+
+def describe(c: dict) -> str:
+    bits = "float" if c["wbits"] == 32 else f"W{c['wbits']}A{c['abits']}"
+    parts = [bits, f"{c['first_layer']} first", f"{c['last_layer']} last"]
+    if c.get("init"):
+        parts.append("init from float")
+    if c.get("teacher"):
+        parts.append(f"KD w={c['kd_weight']} T={c['kd_temperature']}")
+    if c.get("saq_rho"):
+        parts.append(f"SAQ rho={c['saq_rho']}")
+    return ", ".join(parts)
+
+
+def render(rows: list, field: dict) -> str:
+    out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
+           "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json`, `eval.json` and `checkpoint.pt` "
+           "are in `results/recipe/<run>/`):", "",
+           "| run | network | recipe | epochs | top-1 % | `pixelq eval` top-1 % | target | CPU hours |",
+           "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c = r["config"] or {}
+        epochs = f"{r['epochs_done']}" if r["finished"] else f"{r['epochs_done']} (in flight)"
+        network = describe(c) if c else "(in flight)"
+        evaluated = f"{r['eval_top1']:.2f}" if r["eval_top1"] is not None else "–"
+        target = "–" if r["target"] is None else (f"≥ {r['target']:.1f} " +
+                                                  ("met" if r["top1"] >= r["target"] else f"missed by {r['target'] - r['top1']:.2f}")
+                                                  if r["finished"] else f"≥ {r['target']:.1f}")
+        out.append(f"| {r['run']} | {network} | {c.get('recipe') or '–'} | {epochs} | {r['top1']:.2f} | {evaluated} | "
+                   f"{target} | {r['cpu_hours']:.1f} |")
+    out += ["", field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
+    out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
+    out += ["", END]
+    return "\n".join(out)
+
+
+def main() -> None:
+    rows = [r for r in (run_row(name) for name in ORDER) if r is not None]
+    (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    section = render(rows, json.loads((ROOT / "experiments" / "field_numbers.json").read_text()))
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} section to fill")
+    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S))
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
