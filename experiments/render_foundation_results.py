@@ -7,8 +7,9 @@ results/bench/train_step.json, results/bench/data.json, results/bench/runtime.js
 `pixelq bench-train`, `pixelq bench-data`, `pixelq bench`), and writes results/cifar10-jpeg/summary.json beside the runs.
 """
 import json
-import re
 from pathlib import Path
+
+from readme_section import fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "cifar10-jpeg"
@@ -132,19 +133,11 @@ def profile_lines(bench: dict) -> list:
     return lines + [""]
 
 
-def load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def main() -> None:
     rows = run_rows()
     (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     section = render(rows, load(BENCH / "train_step.json"), load(BENCH / "data.json"))
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} section to fill")
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S))
+    fill(START, END, section)
     print(section)
 
 

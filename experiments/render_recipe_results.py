@@ -7,8 +7,9 @@ and the published numbers in experiments/field_numbers.json; writes results/reci
 A run still in flight (no metrics.json yet) is shown from its metrics.jsonl, marked as such.
 """
 import json
-import re
 from pathlib import Path
+
+from readme_section import fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "recipe"
@@ -16,10 +17,6 @@ START, END = "<!-- recipes:start -->", "<!-- recipes:end -->"
 ORDER = ["resnet20-float", "resnet20-w1a2-pe-qlast", "resnet20-w1a2-float-first", "resnet20-w1a2-pe",
          "resnet20-w1a2-int8-first"]
 TARGETS = {"resnet20-float": 91.0, "resnet20-w1a2-pe-qlast": 87.0}
-
-
-def load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def run_row(name: str) -> "dict | None":
@@ -80,11 +77,7 @@ def main() -> None:
     rows = [r for r in (run_row(name) for name in ORDER) if r is not None]
     (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     section = render(rows, json.loads((ROOT / "experiments" / "field_numbers.json").read_text()))
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if START not in text:
-        raise SystemExit(f"README.md has no {START} ... {END} section to fill")
-    readme.write_text(re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S))
+    fill(START, END, section)
     print(section)
 
 

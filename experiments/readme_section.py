@@ -1,0 +1,20 @@
+"""Fill one marked section of README.md with text rendered from JSON (shared by the renderers)."""
+import json
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def load(path: Path):
+    """The JSON at `path`, or None when it is not there (yet)."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fill(start: str, end: str, section: str, readme: Path = README) -> None:
+    """Replace README's text from the `start` marker through the `end` marker with `section`,
+    which begins with `start` and ends with `end`."""
+    text = readme.read_text()
+    if start not in text:
+        raise SystemExit(f"{readme.name} has no {start} ... {end} section to fill")
+    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S))
