@@ -13,6 +13,8 @@ from readme_section import fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "recipe"
+ABLATION = ROOT / "results" / "recipe-ablation"
+ABLATION_ORDER = ["base", "no-init", "no-kd", "saq", "base-2x-epochs", "step-schedule"]
 START, END = "<!-- recipes:start -->", "<!-- recipes:end -->"
 ORDER = ["resnet20-float", "resnet20-w1a2-pe-qlast", "resnet20-w1a2-float-first", "resnet20-w1a2-pe",
          "resnet20-w1a2-int8-first"]
@@ -51,6 +53,36 @@ def describe(c: dict) -> str:
     return ", ".join(parts)
 
 
+def ablation_rows() -> list:
+    """One row per ablation variant: top-1 of each finished seed, their mean, and the gap to base."""
+    rows = []
+    for name in ABLATION_ORDER:
+        runs = [load(p) for p in sorted(ABLATION.glob(f"{name}-s*/metrics.json"))]
+        if runs:
+            top1 = [m["top1"] for m in runs]
+            rows.append({"variant": name, "seeds": [m["config"]["seed"] for m in runs], "top1": top1,
+                         "top1_mean": sum(top1) / len(top1), "epochs": runs[0]["epochs"],
+                         "train_size": runs[0]["train_size"]})
+    base = next((r["top1_mean"] for r in rows if r["variant"] == "base"), None)
+    for r in rows:
+        r["gap_to_base"] = None if base is None else r["top1_mean"] - base
+    return rows
+
+
+def render_ablation(rows: list) -> list:
+    if not rows:
+        return []
+    out = [f"What each ingredient is worth (`bash experiments/recipe_ablation.sh DATA`: the cifar-w1a2 recipe at "
+           f"{rows[0]['epochs']} epochs on {rows[0]['train_size']} training images, one ingredient changed per row; "
+           "`saq` costs two forward/backward passes per step, so `base-2x-epochs` is its equal-compute baseline):", "",
+           "| variant | seeds | top-1 % per seed | mean | vs base |", "|---|---|---|---:|---:|"]
+    for r in rows:
+        gap = "–" if r["gap_to_base"] is None else f"{r['gap_to_base']:+.2f}"
+        out.append(f"| {r['variant']} | {', '.join(map(str, r['seeds']))} | "
+                   f"{', '.join(f'{t:.2f}' for t in r['top1'])} | {r['top1_mean']:.2f} | {gap} |")
+    return out + [""]
+
+
 def render(rows: list, field: dict) -> str:
     out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
            "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json`, `eval.json` and `checkpoint.pt` "
@@ -67,7 +99,8 @@ def render(rows: list, field: dict) -> str:
                                                   if r["finished"] else f"≥ {r['target']:.1f}")
         out.append(f"| {r['run']} | {network} | {c.get('recipe') or '–'} | {epochs} | {r['top1']:.2f} | {evaluated} | "
                    f"{target} | {r['cpu_hours']:.1f} |")
-    out += ["", field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
+    out += [""] + render_ablation(ablation_rows())
+    out += [field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
     out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
     out += ["", END]
     return "\n".join(out)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# What each ingredient of the W1A2 recipe is worth: the cifar-w1a2 recipe (init from float, KD from
+# float, cosine) at a shorter budget, and the same with one ingredient switched off or changed, two
+# seeds each. SAQ doubles the work per step, so it is compared at equal epochs and, against the
+# base run at twice the epochs, at equal compute. Resumable: run it again after an interruption.
+#   bash experiments/recipe_ablation.sh DATA [EPOCHS] [TRAIN_SUBSET]
+set -euo pipefail
+DATA=${1:?usage: $0 DATA [EPOCHS] [TRAIN_SUBSET]}
+EPOCHS=${2:-15}
+SUBSET=${3:-10000}
+PIXELQ=${PIXELQ:-.venv/bin/pixelq}
+OUT=results/recipe-ablation
+FLOAT=results/recipe/resnet20-float/checkpoint.pt
+BASE=(--recipe cifar-w1a2 --epochs "$EPOCHS" --train-subset "$SUBSET")
+
+declare -A VARIANTS=(
+  [base]="--init $FLOAT --teacher $FLOAT"
+  [no-init]="--teacher $FLOAT"
+  [no-kd]="--init $FLOAT"
+  [saq]="--init $FLOAT --teacher $FLOAT --saq 0.4"
+  [base-2x-epochs]="--init $FLOAT --teacher $FLOAT --epochs $((2 * EPOCHS))"
+  [step-schedule]="--init $FLOAT --teacher $FLOAT --schedule step"
+)
+for seed in 0 1; do
+  for name in base no-init no-kd saq base-2x-epochs step-schedule; do
+    # shellcheck disable=SC2086  # the settings are words
+    $PIXELQ train --data "$DATA" "${BASE[@]}" ${VARIANTS[$name]} --seed "$seed" --out "$OUT/$name-s$seed" --resume --quiet
+  done
+done
+${PYTHON:-.venv/bin/python} experiments/render_recipe_results.py
