@@ -94,6 +94,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
         out += [raw_times_line(runtime_bench), ""]
+        out += avx2_lines(load(BENCH / "runtime-avx2.json"))
         out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
                 "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "
                 "ONNX Runtime int8 is the steadier one.", ""]
@@ -104,6 +105,19 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"on uint8 at {data_bench['augment_images_per_s']:.0f} images/s on {data_bench['threads']} thread.", ""]
     out.append(END)
     return "\n".join(out)
+
+
+def avx2_lines(bench: "dict | None") -> list:
+    """The same bench on an AVX2-only machine, where the runtime is not yet fast."""
+    if not bench:
+        return []
+    r = bench["ratios"]
+    return ["**On a CPU without AVX-512 the runtime is not yet fast.** The same command on an AVX2-only machine "
+            f"(`pixelq bench --json results/bench/runtime-avx2.json`, {bench['runtime_isa']} kernels, 1 thread) measured "
+            f"ResNet-20 batch 64 at {r['resnet20_b64_vs_torch_fp32']:.2f}x PyTorch fp32 and "
+            f"{r['resnet20_b64_vs_ort_int8']:.2f}x ONNX Runtime int8, the first layer at {r['first_layer_vs_float']:.2f}x "
+            f"the float one, a W1A2 3×3 conv at {r['conv3x3_w1a2_vs_torch_fp32']:.2f}x: the AVX2 build runs the portable "
+            "conv and has no vector table conv, where AVX-512 has dedicated lane convs.", ""]
 
 
 def raw_times_line(bench: dict) -> str:
