@@ -1,4 +1,6 @@
 """Models: the registry, shapes, layouts, gradients, precision overrides."""
+import json
+
 import pytest
 import torch
 
@@ -127,3 +129,40 @@ def test_unknown_model_name():
 def test_models_reject_bad_input(x, message):
     with pytest.raises(InputError, match=message):
         create_model("resnet20")(x)
+
+
+def test_layer_costs_count_macs_bits_and_bops():
+    from pixelq.models import cost_totals, layer_costs
+
+    model = create_model("resnet20", first_layer="pixel-embedding", first_layer_kwargs={"d": 4, "bits": 2}, wbits=1,
+                         abits=2, last_layer="quantized", in_channels=3, num_classes=10,
+                         overrides={"stages.1.0.conv1": "dorefa:4"})
+    rows = {r["layer"]: r for r in layer_costs(model, (8, 8, 3))}
+    stem = rows["stem.conv"]
+    assert stem["macs"] == 8 * 8 * 16 * 12 * 9 and (stem["input_bits"], stem["weight_bits"]) == (2, 1)
+    strided = rows["stages.1.0.conv1"]  # 16 -> 32 channels, stride 2 on 8x8: 4x4 outputs, 4-bit weights
+    assert strided["macs"] == 4 * 4 * 32 * 16 * 9 and strided["weight_bits"] == 4
+    assert strided["bops"] == strided["macs"] * 4 * 2 and strided["param_bits"] == 32 * 16 * 9 * 4
+    assert rows["fc"]["macs"] == 64 * 10 and rows["fc"]["input_bits"] == 2
+    assert cost_totals(list(rows.values()))["bops"] == sum(r["bops"] for r in rows.values())
+    floats = layer_costs(create_model("resnet20", in_channels=3, num_classes=10), (8, 8, 3))
+    assert all(r["weight_bits"] == 32 and r["input_bits"] == 32 for r in floats)
+
+
+def test_bitops_of_a_checkpoint_and_of_its_export_agree(tmp_path, tiny_splits, capsys):
+    from conftest import run_config
+
+    from pixelq import train
+    from pixelq.cli import main
+
+    train(run_config(tmp_path, epochs=1, first_layer="int8", wbits=1, abits=2, last_layer="quantized"), data=tiny_splits)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    assert main(["export", ckpt, "-o", str(tmp_path / "m.pxq")]) == 0
+    assert main(["bitops", ckpt, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["bitops", str(tmp_path / "m.pxq"), "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert a["totals"] == b["totals"] and a["image_shape"] == b["image_shape"] == [8, 8, 3]
+    assert [(r["macs"], r["input_bits"], r["weight_bits"]) for r in a["layers"]] == \
+        [(r["macs"], r["input_bits"], r["weight_bits"]) for r in b["layers"]]
+    assert a["layers"][0]["input_bits"] == 8  # the int8 first layer
+    assert "total" in capsys.readouterr().out

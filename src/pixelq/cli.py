@@ -212,6 +212,43 @@ def _run_run(args) -> None:
                       "images_per_s": len(test) / seconds}))
 
 
+def _run_bitops(args) -> None:
+    """Per-layer MACs and bit-operations of a checkpoint or an exported .pxq model."""
+    from .models import cost_totals
+
+    size = (args.image_size, args.image_size) if args.image_size else None
+    if str(args.model).endswith(".pxq"):
+        from .exporting import load_model
+        from .exporting.graph import graph_costs
+
+        integer_model = load_model(args.model)
+        shape = _image_shape(size, integer_model.meta.get("image_shape"), integer_model.meta["in_channels"], args.model)
+        rows = graph_costs(integer_model, shape)
+    else:
+        from .models import layer_costs
+        from .training import read_checkpoint
+        from .training.checkpoint import model_from_checkpoint
+
+        ckpt = read_checkpoint(args.model)
+        model = model_from_checkpoint(ckpt, args.model)
+        shape = _image_shape(size, ckpt["data"].get("image_shape"), model.config.in_channels, args.model)
+        rows = layer_costs(model, shape)
+    totals = cost_totals(rows)
+    print(f"{'layer':<24} {'kind':<12} {'MACs':>12} {'W':>3} {'A':>3} {'BOPs':>15} {'weight bits':>12}")
+    for r in rows:
+        print(f"{r['layer']:<24} {r['kind']:<12} {r['macs']:>12,} {r['weight_bits']:>3} {r['input_bits']:>3} "
+              f"{r['bops']:>15,} {r['param_bits']:>12,}")
+    print(f"{'total':<37} {totals['macs']:>12,} {'':>7} {totals['bops']:>15,} {totals['param_bits']:>12,}")
+    _write_json(args.json, {"model": str(args.model), "image_shape": list(shape), "layers": rows, "totals": totals})
+
+
+def _image_shape(size, stored, channels: int, path: str) -> tuple:
+    """(H, W, C) the costs are counted on: --image-size, else what the model was trained on."""
+    if size is None and not stored:
+        raise ConfigError(f"{path} does not record the image size it was trained on; pass --image-size S")
+    return (*size, channels) if size is not None else tuple(stored)
+
+
 def _run_inspect(args) -> None:
     from .exporting import read_manifest
 
@@ -272,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--limit", type=int, help="only a stratified sample of N test images (the same share of each class)")
     p.add_argument("--threads", type=int)
+    p = sub.add_parser("bitops", help="per-layer MACs, bits and bit-operations (BOPs) of a checkpoint or .pxq file")
+    p.add_argument("model", help="checkpoint.pt or model.pxq")
+    p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")
+    p.add_argument("--json", help="write the rows and totals here")
     p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
     p.add_argument("model")
     p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
@@ -312,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes,
+COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes, "bitops": _run_bitops,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
             "inspect": _run_inspect, "study": _run_study, "report": _run_report}
 

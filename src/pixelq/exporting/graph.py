@@ -176,3 +176,38 @@ def lower_resnet(model: ResNet) -> IntegerModel:
     meta = {"in_channels": cfg.in_channels, "num_classes": cfg.num_classes, "output": "fc",
             "logit_scale": logit_scale, "integer_only": logit_scale is not None}
     return IntegerModel(b.nodes, b.tensors, meta)
+
+
+def graph_costs(model: IntegerModel, image_shape: tuple) -> list[dict]:
+    """`pixelq.models.layer_costs` read off an integer graph: per conv / linear node on one (H, W, C)
+    image, MACs, weight bits, input code bits, BOPs and stored weight bits. The last layer's input
+    (pooled sums) counts at the bits of the codes pooled, as in `layer_costs`."""
+    from .integers import code_bits
+
+    size = {"image": tuple(image_shape[:2])}
+    bits = {"image": 8}
+    rows = []
+    for node in model.nodes:
+        inp = node["inputs"][0]
+        h, w = size.get(inp, (1, 1))
+        op = node["op"]
+        if op == "conv":
+            k, s, p = node["kernel"], node["stride"], node["padding"]
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+            macs = h * w * node["out_channels"] * node["in_channels"] * k * k
+        elif op == "subsample_pad":
+            h, w = -(-h // node["stride"]), -(-w // node["stride"])
+        size[node["name"]] = (h, w)
+        if "qmin" in node:
+            bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
+        else:
+            bits[node["name"]] = bits.get(inp, 32)
+        if op in ("linear", "linear_float"):
+            out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
+            macs = out_c * in_c
+        if op in ("conv", "linear", "linear_float"):
+            w_bits = node.get("weight_bits", 32)
+            in_bits = code_bits(*node["input_range"]) if op == "conv" else bits[inp]
+            rows.append({"layer": node["name"], "kind": op, "macs": macs, "weight_bits": w_bits, "input_bits": in_bits,
+                         "bops": macs * w_bits * in_bits, "param_bits": int(np.prod(model.tensors[f"{node['name']}.weight"].shape)) * w_bits})
+    return rows

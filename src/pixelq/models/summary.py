@@ -46,3 +46,63 @@ def first_layer_cost(model: nn.Module, height: int, width: int) -> dict:
     rows = [r for r in layer_bits(model) if r["name"].startswith("stem.conv.weight") or r["name"].startswith("stem.encoder.")]
     return {"macs": macs, "input_bits": encoder.bits, "weight_bits": weight_bits,
             "bitops": macs * encoder.bits * weight_bits, "param_bits": sum(r["params"] * r["bits"] for r in rows)}
+
+
+def layer_costs(model: nn.Module, image_shape: tuple) -> list[dict]:
+    """Per conv/linear layer on one (H, W, C) image: MACs, weight and input bits, bit-operations
+    (BOPs = MACs * weight bits * input bits, as SAQ counts them) and the weight bits stored.
+
+    Found by one forward pass. A layer's input bits are those of the quantizer (or input encoder)
+    whose output it reads; an input no quantizer produced directly (the pooled codes before the last
+    layer) counts at the bits of the last quantizer that ran before it; float everywhere else (32).
+    """
+    import torch
+
+    from ..quant import Quantizer
+
+    produced: dict[int, int] = {}
+    last = {"bits": FLOAT_BITS}
+    rows: list[dict] = []
+
+    def quantized(module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            produced[output.data_ptr()] = last["bits"] = module.bits
+
+    def measured(name):
+        def hook(module, inputs, output):
+            x = inputs[0]
+            in_bits = produced.get(x.data_ptr(), last["bits"] if produced else FLOAT_BITS)
+            quantizer = getattr(module, "weight_quantizer", None)
+            w_bits = quantizer.bits if quantizer is not None else FLOAT_BITS
+            if isinstance(module, nn.Conv2d):
+                macs = output[0].numel() * module.weight[0].numel()
+            else:
+                macs = module.in_features * module.out_features
+            rows.append({"layer": name, "kind": type(module).__name__, "macs": macs, "weight_bits": w_bits,
+                         "input_bits": in_bits, "bops": macs * w_bits * in_bits,
+                         "param_bits": module.weight.numel() * w_bits})
+        return hook
+
+    weight_quantizers = {id(getattr(m, "weight_quantizer", None)) for m in model.modules()}
+    hooks = []
+    for name, module in model.named_modules():
+        is_encoder = getattr(module, "quantized", False) and hasattr(module, "bits")
+        if (isinstance(module, Quantizer) and id(module) not in weight_quantizers) or is_encoder:
+            hooks.append(module.register_forward_hook(quantized))
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            hooks.append(module.register_forward_hook(measured(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *image_shape), dtype=torch.uint8))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows
+
+
+def cost_totals(rows: list[dict]) -> dict:
+    """Sums of MACs, BOPs and stored weight bits over `layer_costs` (or `graph_costs`) rows."""
+    return {key: sum(r[key] for r in rows) for key in ("macs", "bops", "param_bits")}
