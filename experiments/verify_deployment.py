@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 import pixelq
-from pixelq.exporting import payload_bytes
+from pixelq.integer import payload_bytes
 from pixelq.runtime import load
-from pixelq.runtime.verify import label_agreement, layer_agreement
+from pixelq.exporting.verify import label_agreement, layer_agreement
 
 
 def main() -> None:

@@ -167,7 +167,7 @@ def _resave_with_manifest(src, dst, change):
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    from pixelq.exporting.fileformat import _digest
+    from pixelq.integer.fileformat import _digest
 
     with safe_open(str(src), framework="np") as f:
         metadata, blobs = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}

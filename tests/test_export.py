@@ -8,19 +8,13 @@ from hypothesis import strategies as st
 from pixelq import create_model
 from pixelq.errors import ExportError
 from pixelq.exporting import lower_resnet
-from pixelq.exporting.integers import (
-    fold_batchnorm_into_thresholds,
-    freeze_input_table,
-    pack_bits,
-    unpack_bits,
-    weight_code_grid,
-    weight_integers,
-)
+from pixelq.exporting.integers import fold_batchnorm_into_thresholds, freeze_input_table, weight_code_grid, weight_integers
+from pixelq.integer import pack_bits, unpack_bits
 from pixelq.nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
 from pixelq.quant import make_quantizer
 from pixelq.runtime import Runtime
 from pixelq.runtime.reference import run_reference
-from pixelq.runtime.verify import label_agreement, layer_agreement
+from pixelq.exporting.verify import label_agreement, layer_agreement
 
 WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "dorefa:1", "dorefa:2", "dorefa:4",
                 "lsq:2", "lsq:3", "lsq:8"]

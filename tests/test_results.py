@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import pixelq
-from pixelq.exporting import load_model
+from pixelq.integer import load_model
 from pixelq.runtime import load
-from pixelq.runtime.verify import label_agreement
+from pixelq.exporting.verify import label_agreement
 
 RUN = Path(__file__).resolve().parent.parent / "results" / "cifar10-jpeg" / "resnet20-w1a2-pe-qlast"
 

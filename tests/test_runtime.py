@@ -8,10 +8,10 @@ import torch
 import pixelq
 from pixelq import ConfigError, InputError, ModelFileError, create_model
 from pixelq.cli import main
-from pixelq.exporting import load_model, payload_bytes
+from pixelq.integer import load_model, payload_bytes
 from pixelq.runtime import fast, load
 from pixelq.runtime.reference import run_reference
-from pixelq.runtime.verify import label_agreement
+from pixelq.exporting.verify import label_agreement
 from test_export import trained_like
 
 
@@ -185,3 +185,21 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert main(["inspect", str(tmp_path / "m.pxq")]) == 0
     assert "stem.encoder" in capsys.readouterr().out
     assert main(["run", str(tmp_path / "missing.pxq")]) == 2
+
+
+def test_the_runtime_runs_with_torch_blocked(model_file, tmp_path):
+    """A deployment needs numpy, not torch: load and run a .pxq in a process where `import torch` fails."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np, pixelq.runtime, pixelq.integer\n"
+            "rt = pixelq.runtime.load(sys.argv[1])\n"
+            "images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)\n"
+            "print(rt.predict(images).tolist())\n"
+            "assert 'torch' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n")
+    path = model_file[2]
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    assert json.loads(done.stdout) == load(path).predict(images).tolist()

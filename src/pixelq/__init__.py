@@ -1,11 +1,44 @@
-"""pixelq: fully quantized CNNs with pixel embedding, from uint8 pixels to integer-only inference."""
-from .data import load_dataset
-from .errors import CheckpointError, ConfigError, DataError, ExportError, InputError, ModelFileError, PixelqError, TrainingError
-from .exporting import export
-from .models import create_model, list_models, register_model
-from .training import TrainConfig, evaluate, load_checkpoint, train
+"""pixelq: fully quantized CNNs with pixel embedding, from uint8 pixels to integer-only inference.
+
+`import pixelq` loads nothing heavy: the names below that need PyTorch (training, models, export,
+data) are imported on first use, so `pixelq.runtime` and `pixelq.integer` run where torch is absent.
+"""
+from importlib import import_module
+
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExportError,
+    InputError,
+    ModelFileError,
+    PixelqError,
+    TrainingError,
+)
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it, imported when the name is first used
+_LAZY = {
+    "load_dataset": ".data",
+    "export": ".exporting",
+    "create_model": ".models",
+    "list_models": ".models",
+    "register_model": ".models",
+    "TrainConfig": ".training",
+    "evaluate": ".training",
+    "load_checkpoint": ".training",
+    "train": ".training",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pixelq' has no attribute {name!r}")
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointError",
@@ -26,3 +59,7 @@ __all__ = [
     "register_model",
     "train",
 ]
+
+
+def __dir__() -> list:
+    return sorted(__all__)

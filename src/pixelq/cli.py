@@ -179,7 +179,8 @@ def _run_bench_data(args) -> None:
 
 
 def _run_export(args) -> None:
-    from .exporting import export, payload_bytes
+    from .exporting import export
+    from .integer import payload_bytes
     from .training import read_checkpoint
     from .training.checkpoint import model_from_checkpoint
 
@@ -218,8 +219,7 @@ def _run_bitops(args) -> None:
 
     size = (args.image_size, args.image_size) if args.image_size else None
     if str(args.model).endswith(".pxq"):
-        from .exporting import load_model
-        from .exporting.graph import graph_costs
+        from .integer import graph_costs, load_model
 
         integer_model = load_model(args.model)
         shape = _image_shape(size, integer_model.meta.get("image_shape"), integer_model.meta["in_channels"], args.model)
@@ -250,7 +250,7 @@ def _image_shape(size, stored, channels: int, path: str) -> tuple:
 
 
 def _run_inspect(args) -> None:
-    from .exporting import read_manifest
+    from .integer import read_manifest
 
     manifest, _ = read_manifest(args.model)
     for node in manifest["nodes"]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..exporting import export
-from ..exporting.graph import IntegerModel
+from ..integer import IntegerModel
 from ..models import create_model
 from ..runtime import load
 from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, pad_thresholds, padded_channels

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from .fileformat import load_model, payload_bytes, read_manifest, save_model
-from .graph import IntegerModel, lower_resnet
+from ..integer import IntegerModel, save_model
+from .graph import lower_resnet
 
 
 def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
@@ -33,4 +33,4 @@ def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
     return integer_model
 
 
-__all__ = ["IntegerModel", "export", "load_model", "lower_resnet", "payload_bytes", "read_manifest", "save_model"]
+__all__ = ["export", "lower_resnet"]

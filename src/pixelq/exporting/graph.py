@@ -15,12 +15,11 @@ Ops and the tensors they hold (activations are NHWC):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 from torch import nn
 
 from ..errors import ExportError
+from ..integer import IntegerModel
 from ..models.resnet import ResNet
 from ..quant import Quantizer
 from .integers import (
@@ -32,48 +31,6 @@ from .integers import (
     weight_code_grid,
     weight_integers,
 )
-
-
-# What each op's node carries besides op, name, inputs: its attributes and its tensors.
-NODE_SCHEMA = {
-    "lut": ({"d", "in_channels", "qmin", "qmax", "step"}, {"lut"}),
-    "conv": ({"in_channels", "out_channels", "input_range", "kernel", "stride", "padding", "weight_bits",
-              "weight_lowest", "weight_stride"}, {"weight"}),
-    "threshold": ({"qmin", "qmax", "step"}, {"direction", "thresholds"}),
-    "add_clip": ({"qmin", "qmax", "step"}, set()),
-    "subsample_pad": ({"stride", "extra_channels"}, set()),
-    "sum_pool": ({"step"}, set()),
-    "linear": ({"in_channels", "out_channels", "weight_bits", "weight_lowest", "weight_stride"}, {"weight"}),
-    "linear_float": ({"step"}, {"weight", "bias"}),
-}
-
-
-def check_node(node: dict) -> None:
-    """ValueError unless `node` is a known op with exactly the attributes and tensors NODE_SCHEMA names."""
-    if node.get("op") not in NODE_SCHEMA:
-        raise ValueError(f"node {node.get('name')!r}: unknown op {node.get('op')!r}")
-    attrs, tensors = NODE_SCHEMA[node["op"]]
-    missing = sorted(attrs - set(node)) + sorted(tensors - set(node["tensors"]))
-    if missing or not isinstance(node["name"], str) or not isinstance(node["inputs"], list):
-        raise ValueError(f"node {node['name']!r} ({node['op']}): missing {', '.join(missing) or 'name or inputs'}")
-    bad = [k for k in attrs if not isinstance(node[k], (int, float, list)) or isinstance(node[k], bool)]
-    if bad:
-        raise ValueError(f"node {node['name']!r} ({node['op']}): {', '.join(sorted(bad))} must be numbers")
-
-
-@dataclass
-class IntegerModel:
-    """An integer-only graph plus what a user needs to feed it and read its output."""
-
-    nodes: list
-    tensors: dict
-    meta: dict = field(default_factory=dict)
-
-    def node(self, name: str) -> dict:
-        for n in self.nodes:
-            if n["name"] == name:
-                return n
-        raise KeyError(name)
 
 
 class _Builder:
@@ -177,37 +134,3 @@ def lower_resnet(model: ResNet) -> IntegerModel:
             "logit_scale": logit_scale, "integer_only": logit_scale is not None}
     return IntegerModel(b.nodes, b.tensors, meta)
 
-
-def graph_costs(model: IntegerModel, image_shape: tuple) -> list[dict]:
-    """`pixelq.models.layer_costs` read off an integer graph: per conv / linear node on one (H, W, C)
-    image, MACs, weight bits, input code bits, BOPs and stored weight bits. The last layer's input
-    (pooled sums) counts at the bits of the codes pooled, as in `layer_costs`."""
-    from .integers import code_bits
-
-    size = {"image": tuple(image_shape[:2])}
-    bits = {"image": 8}
-    rows = []
-    for node in model.nodes:
-        inp = node["inputs"][0]
-        h, w = size.get(inp, (1, 1))
-        op = node["op"]
-        if op == "conv":
-            k, s, p = node["kernel"], node["stride"], node["padding"]
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            macs = h * w * node["out_channels"] * node["in_channels"] * k * k
-        elif op == "subsample_pad":
-            h, w = -(-h // node["stride"]), -(-w // node["stride"])
-        size[node["name"]] = (h, w)
-        if "qmin" in node:
-            bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
-        else:
-            bits[node["name"]] = bits.get(inp, 32)
-        if op in ("linear", "linear_float"):
-            out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
-            macs = out_c * in_c
-        if op in ("conv", "linear", "linear_float"):
-            w_bits = node.get("weight_bits", 32)
-            in_bits = code_bits(*node["input_range"]) if op == "conv" else bits[inp]
-            rows.append({"layer": node["name"], "kind": op, "macs": macs, "weight_bits": w_bits, "input_bits": in_bits,
-                         "bops": macs * w_bits * in_bits, "param_bits": int(np.prod(model.tensors[f"{node['name']}.weight"].shape)) * w_bits})
-    return rows

@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, InputError, ModelFileError, PixelqError
-from ..exporting.fileformat import load_model
-from ..exporting.graph import IntegerModel
+from ..integer import IntegerModel, load_model
 from .fast import FastExecutor, kernels_available
 from .reference import run_reference
 

@@ -175,7 +175,7 @@ def write_runtime(run_dir: Path, test, threads: "int | None") -> None:
     on the test split, its images/s, and how often its labels equal the fake-quant model's. Runs
     whose first layer has no integer form (float, bit-plane) are skipped."""
     from ..exporting import export
-    from ..runtime.verify import label_agreement
+    from ..exporting.verify import label_agreement
 
     model = load_checkpoint(run_dir / "checkpoint.pt")
     try:

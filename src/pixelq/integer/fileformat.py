@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import ModelFileError
 from ..files import atomic_write
 from .graph import IntegerModel, check_node
-from .integers import code_bits, pack_bits, unpack_bits
+from .packing import code_bits, pack_bits, unpack_bits
 
 FORMAT = "pixelq-model"
 VERSION = 1
