@@ -1,18 +1,7 @@
-"""Lower a trained quantized ResNet to an integer graph: LUT, integer convs, thresholds, integer adds.
-
-The graph is a list of nodes in execution order; each names its inputs (earlier outputs, or
-"image") and its output, which is named after the PyTorch module it replaces, so every layer's
-integer codes can be compared with the fake-quant model's (`code = output / step`).
-Ops and the tensors they hold (activations are NHWC):
-  lut           lut (tables, 256, d) int16            uint8 image -> codes, channel t*d + j
-  conv          weight (O, kh, kw, I) int codes       codes -> int accumulator; attrs stride, padding
-  threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see fold_batchnorm_into_thresholds)
-  add_clip      -                                     codes + codes, clipped to [qmin, qmax]
-  subsample_pad -                                     stride-s subsampling, zero channels appended
-  sum_pool      -                                     codes -> per-channel sums (N, C)
-  linear        weight (O, I) int codes               sums -> int32 logits (quantized last layer)
-  linear_float  weight (O, I), bias (O,) float32      sums * step / count -> float logits (float last layer)
-"""
+"""Lower a trained quantized ResNet to an integer graph (`pixelq.integer.graph` lists its ops): a
+LUT or integer first layer, integer convs with batch norm + activation folded into thresholds,
+integer residual adds, sum pooling and the last layer. Each node is named after the PyTorch module
+it replaces, so every layer's integer codes can be compared with the fake-quant model's."""
 from __future__ import annotations
 
 import numpy as np
