@@ -11,8 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError
-from ..nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
-from ..quant import LSQ, PACT, BinaryWeight, DoReFaWeight, MidTreadHalf, TernaryWeight
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -22,63 +20,32 @@ def _per_channel(scale: Tensor, out_channels: int) -> np.ndarray:
     return np.broadcast_to(scale.detach().double().reshape(-1).numpy(), (out_channels,)).copy()
 
 
-@torch.no_grad()
+def _view(piece: nn.Module, method: str, what: str):
+    """`piece`'s integer view `method`, or an ExportError naming what has none."""
+    view = getattr(piece, method, None)
+    if view is None:
+        raise ExportError(f"{what} {type(piece).__name__} has no integer form; integer export needs binary, ternary, "
+                          "dorefa or signed lsq weights, mid_tread, pact or lsq activations, and a pixel-embedding, "
+                          "naive, thermometer or int8 first layer")
+    return view
+
+
 def weight_integers(quantizer: nn.Module, w: Tensor) -> tuple:
     """(codes, scale): integer codes (int32, w's shape) and one scale per output channel (float64),
     with quantizer(w) == codes * scale[:, None, ...] up to float rounding."""
-    w = w.detach().float()
-    out = w.shape[0]
-    if isinstance(quantizer, BinaryWeight) or (isinstance(quantizer, DoReFaWeight) and quantizer.bits == 1):
-        per_channel = getattr(quantizer, "per_channel", False)
-        codes = torch.where(w >= 0, 1, -1)
-        scale = w.abs().flatten(1).mean(1) if per_channel else w.abs().mean()
-    elif isinstance(quantizer, TernaryWeight):
-        q = quantizer(w)
-        codes = torch.sign(q).to(torch.int64)
-        dims = tuple(range(1, w.dim()))
-        scale = q.abs().amax(dims) if quantizer.per_channel else q.abs().max()
-    elif isinstance(quantizer, DoReFaWeight):
-        n = 2**quantizer.bits - 1
-        t = torch.tanh(w)
-        t = t / (2 * t.abs().max().clamp_min(1e-12)) + 0.5
-        codes = 2 * torch.round(t * n).to(torch.int64) - n
-        scale = torch.tensor(1.0 / n)
-    elif isinstance(quantizer, LSQ) and quantizer.signed:
-        s = quantizer.step.detach().float()
-        codes = torch.round((w / s).clamp(-quantizer.q_neg, quantizer.q_pos)).to(torch.int64)
-        scale = s
-    else:
-        raise ExportError(f"cannot lower weights quantized by {type(quantizer).__name__} to integers; "
-                          "supported: binary, ternary, dorefa, signed lsq")
-    return codes.to(torch.int32).numpy(), _per_channel(torch.as_tensor(scale), out)
+    codes, scale = _view(quantizer, "integer_weights", "weight quantizer")(w.detach().float())
+    return codes.to(torch.int32).numpy(), _per_channel(torch.as_tensor(scale), w.shape[0])
 
 
 def weight_code_grid(quantizer: nn.Module) -> tuple:
     """(lowest, stride, bits): the quantizer's integer weight codes are lowest + stride * u with
     u in [0, 2^bits), which is how they are packed. Binary {-1, +1} is 1 bit (stride 2)."""
-    if isinstance(quantizer, BinaryWeight) or (isinstance(quantizer, DoReFaWeight) and quantizer.bits == 1):
-        return -1, 2, 1
-    if isinstance(quantizer, TernaryWeight):
-        return -1, 1, 2
-    if isinstance(quantizer, DoReFaWeight):
-        n = 2**quantizer.bits - 1
-        return -n, 2, quantizer.bits
-    if isinstance(quantizer, LSQ) and quantizer.signed:
-        return -quantizer.q_neg, 1, quantizer.bits
-    raise ExportError(f"no integer weight codes for {type(quantizer).__name__}")
+    return _view(quantizer, "weight_code_grid", "weight quantizer")()
 
 
 def activation_grid(quantizer: nn.Module) -> tuple:
-    """(step, qmin, qmax): the quantizer emits code * step with integer code in [qmin, qmax]."""
-    if isinstance(quantizer, MidTreadHalf):
-        return quantizer.step, 0, 2**quantizer.bits - 1
-    if isinstance(quantizer, PACT):
-        n = 2**quantizer.bits - 1
-        return float(quantizer.alpha.detach()) / n, 0, n
-    if isinstance(quantizer, LSQ):
-        return float(quantizer.step.detach()), -quantizer.q_neg, quantizer.q_pos
-    raise ExportError(f"activation {type(quantizer).__name__} is not a uniform quantizer; "
-                      "an integer model needs mid_tread, pact or lsq activations")
+    """(step, qmin, qmax): the quantizer (or first-layer encoder) emits code * step, code in [qmin, qmax]."""
+    return _view(quantizer, "activation_grid", "activation")()
 
 
 def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple:
@@ -113,27 +80,12 @@ def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qm
     return direction, np.clip(thresholds, INT32_MIN, INT32_MAX).astype(np.int32)
 
 
-def encoder_grid(encoder: nn.Module) -> tuple:
-    """(step, qmin, qmax) of a first-layer encoder whose output is integer codes times a step."""
-    if isinstance(encoder, PixelEmbedding):
-        return activation_grid(encoder.quantizer)
-    if isinstance(encoder, NaiveInput):
-        n = 2**encoder.bits - 1
-        return 1.0 / n, 0, n
-    if isinstance(encoder, ThermometerInput):
-        return 1.0, 0, 1
-    if isinstance(encoder, Int8Input):
-        return 1.0 / 128, -128, 127
-    raise ExportError(f"first layer {type(encoder).__name__} has no integer form; integer export supports "
-                      "pixel-embedding, naive, thermometer and int8 first layers")
-
-
 @torch.no_grad()
 def freeze_input_table(encoder: nn.Module, in_channels: int) -> tuple:
     """(lut, step, qmin, qmax): any per-pixel encoder as a lookup table of integer codes,
     lut[t, p, j] = code of output channel t*d + j for pixel value p (tables, 256, d), int16.
     One table when every colour's is the same (a shared pixel embedding), else one per colour."""
-    step, qmin, qmax = encoder_grid(encoder)
+    step, qmin, qmax = activation_grid(encoder)
     pixels = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, in_channels, 1, 256).contiguous()
     values = encoder(pixels).double().reshape(in_channels, -1, 256).transpose(1, 2)  # (C, 256, d)
     codes = torch.round(values / step).clamp(qmin, qmax).to(torch.int16).numpy()

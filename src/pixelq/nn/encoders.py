@@ -45,6 +45,9 @@ class Int8Input(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return (_check_uint8(x).float() - 128.0) / 128.0
 
+    def activation_grid(self) -> tuple:
+        return 1.0 / 128, -128, 127
+
 
 @ENCODERS.register("naive")
 class NaiveInput(nn.Module):
@@ -60,6 +63,10 @@ class NaiveInput(nn.Module):
         n = 2**self.bits - 1
         codes = torch.div(_check_uint8(x).to(torch.int32) * (2 * n) + 255, 510, rounding_mode="floor")
         return codes.float() / n
+
+    def activation_grid(self) -> tuple:
+        n = 2**self.bits - 1
+        return 1.0 / n, 0, n
 
 
 @ENCODERS.register("thermometer")
@@ -79,6 +86,9 @@ class ThermometerInput(nn.Module):
         x = _check_uint8(x).to(torch.int32)
         planes = (x.unsqueeze(2) >= self.thresholds.view(1, 1, -1, 1, 1)).float()
         return planes.flatten(1, 2)
+
+    def activation_grid(self) -> tuple:
+        return 1.0, 0, 1
 
 
 @ENCODERS.register("bitplane")
@@ -168,6 +178,10 @@ class PixelEmbedding(nn.Module):
         else:
             unit = torch.rand(256, d)
         return (low + (high - low) * unit).unsqueeze(0).repeat(tables, 1, 1).contiguous()
+
+    def activation_grid(self) -> tuple:
+        """(step, qmin, qmax) of the codes it emits: its quantizer's."""
+        return self.quantizer.activation_grid()
 
     def quantized_table(self) -> Tensor:
         """The (tables, 256, d) table after quantization, as the first conv sees it."""

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch import distributed as dist
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 from ..registry import Registry
 from . import ste
 
@@ -27,7 +27,14 @@ def _check_bits(name: str, bits: int, low: int = 1, high: int = 8) -> int:
 
 
 class Quantizer(nn.Module):
-    """Base class: `bits` (precision of the codes) and `signed` (codes below zero or not)."""
+    """Base class: `bits` (precision of the codes) and `signed` (codes below zero or not).
+
+    Each quantizer also states its integer view, which export reads instead of re-deriving it:
+    a weight quantizer `integer_weights(w)` -> (integer codes, scale per tensor or per output
+    channel) with forward(w) == codes * scale, and `weight_code_grid()` -> (lowest, stride, bits),
+    codes = lowest + stride * u for u in [0, 2^bits); an activation quantizer `activation_grid()`
+    -> (step, qmin, qmax), its output being code * step with code in [qmin, qmax].
+    """
 
     bits: int
     signed: bool
@@ -47,6 +54,13 @@ class BinaryWeight(Quantizer):
     def forward(self, w: Tensor) -> Tensor:
         return ste.binary_mean_scaling(w, self.per_channel)
 
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        return torch.where(w >= 0, 1, -1), (w.abs().flatten(1).mean(1) if self.per_channel else w.abs().mean())
+
+    def weight_code_grid(self) -> tuple:
+        return -1, 2, 1  # {-1, +1}: one bit
+
     def extra_repr(self) -> str:
         return f"per_channel={self.per_channel}"
 
@@ -63,6 +77,15 @@ class TernaryWeight(Quantizer):
     def forward(self, w: Tensor) -> Tensor:
         return ste.ternary_twn(w, self.per_channel, self.threshold_factor)
 
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        q = self(w)
+        scale = q.abs().amax(tuple(range(1, w.dim()))) if self.per_channel else q.abs().max()
+        return torch.sign(q).to(torch.int64), scale
+
+    def weight_code_grid(self) -> tuple:
+        return -1, 1, 2
+
     def extra_repr(self) -> str:
         return f"per_channel={self.per_channel}, threshold_factor={self.threshold_factor}"
 
@@ -76,13 +99,27 @@ class DoReFaWeight(Quantizer):
         super().__init__()
         self.bits, self.signed = _check_bits("dorefa", bits), True
 
+    def _unit(self, w: Tensor) -> Tensor:
+        """w_t * (2^k - 1): the value rounded to the code."""
+        t = torch.tanh(w)
+        return (t / (2 * t.abs().max().detach().clamp_min(1e-12)) + 0.5) * (2**self.bits - 1)
+
     def forward(self, w: Tensor) -> Tensor:
         if self.bits == 1:
             return ste.binary_mean_scaling(w)
-        t = torch.tanh(w)
-        t = t / (2 * t.abs().max().detach().clamp_min(1e-12)) + 0.5
         n = 2**self.bits - 1
-        return 2 * ste.round_ste(t * n) / n - 1
+        return 2 * ste.round_ste(self._unit(w)) / n - 1
+
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        if self.bits == 1:
+            return torch.where(w >= 0, 1, -1), w.abs().mean()
+        n = 2**self.bits - 1
+        return 2 * torch.round(self._unit(w)).to(torch.int64) - n, torch.tensor(1.0 / n)  # odd codes -n..n
+
+    def weight_code_grid(self) -> tuple:
+        n = 2**self.bits - 1
+        return (-1, 2, 1) if self.bits == 1 else (-n, 2, self.bits)
 
 
 @QUANTIZERS.register("lsq")
@@ -112,6 +149,19 @@ class LSQ(Quantizer):
         grad_scale = 1.0 / math.sqrt(x.numel() * self.q_pos)
         return ste.lsq(x, self.step, self.q_neg, self.q_pos, grad_scale)
 
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        if not self.signed:
+            raise ExportError("unsigned lsq quantizes activations, not weights")
+        s = self.step.detach().float()
+        return torch.round((w / s).clamp(-self.q_neg, self.q_pos)).to(torch.int64), s
+
+    def weight_code_grid(self) -> tuple:
+        return -self.q_neg, 1, self.bits
+
+    def activation_grid(self) -> tuple:
+        return float(self.step.detach()), -self.q_neg, self.q_pos
+
 
 @QUANTIZERS.register("pact")
 class PACT(Quantizer):
@@ -124,6 +174,10 @@ class PACT(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return ste.pact(x, self.alpha, self.bits)
+
+    def activation_grid(self) -> tuple:
+        n = 2**self.bits - 1
+        return float(self.alpha.detach()) / n, 0, n
 
 
 @QUANTIZERS.register("mid_tread")
@@ -142,6 +196,9 @@ class MidTreadHalf(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         return ste.linear_mid_tread_half(x, self.bits, self.max_value)
+
+    def activation_grid(self) -> tuple:
+        return self.step, 0, 2**self.bits - 1
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, max_value={self.max_value}"
