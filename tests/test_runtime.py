@@ -182,8 +182,13 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert label_agreement(model, runtime, tiny_splits.test.images)["differ_unexplained"] == 0
     expected = 100.0 * (runtime.predict(tiny_splits.test.images) == tiny_splits.test.labels).mean()
     assert ran["n"] == 24 and ran["top1"] == pytest.approx(expected)
-    assert main(["inspect", str(tmp_path / "m.pxq")]) == 0
+    assert main(["inspect", str(tmp_path / "m.pxq"), "--json", str(tmp_path / "inspect.json")]) == 0
     assert "stem.encoder" in capsys.readouterr().out
+    table = {r["layer"]: r for r in json.loads((tmp_path / "inspect.json").read_text())["table"]}
+    assert table["stem.encoder"]["shape"] == [8, 8, 12] and table["stem.encoder"]["bits"] == 2
+    assert table["stem.conv"]["shape"] == [8, 8, 16] and table["stem.conv"]["macs"] == 8 * 8 * 16 * 12 * 9
+    assert table["stages.1.0.conv1"]["shape"] == [4, 4, 32] and table["stem.conv"]["bits"] is None
+    assert table["pool"]["shape"] == [64] and table["fc"]["shape"] == [3]
     assert main(["run", str(tmp_path / "missing.pxq")]) == 2
 
 

@@ -250,13 +250,20 @@ def _image_shape(size, stored, channels: int, path: str) -> tuple:
 
 
 def _run_inspect(args) -> None:
-    from .integer import read_manifest
+    """The integer graph as a table: layer, op, inputs, output shape, code bits, MACs."""
+    from .integer import graph_table, load_model
 
-    manifest, _ = read_manifest(args.model)
-    for node in manifest["nodes"]:
-        attrs = {k: v for k, v in node.items() if k not in ("op", "name", "inputs", "tensors")}
-        print(f"{node['name']:<28} {node['op']:<14} <- {', '.join(node['inputs']):<28} {attrs}")
-    print(json.dumps(manifest["meta"]))
+    model = load_model(args.model)
+    size = (args.image_size, args.image_size) if args.image_size else None
+    rows = graph_table(model, _image_shape(size, model.meta.get("image_shape"), model.meta["in_channels"], args.model))
+    if args.json:
+        _write_json(args.json, {"meta": model.meta, "nodes": model.nodes, "table": rows})
+    print(f"{'layer':<24} {'op':<13} {'inputs':<34} {'output shape':<14} {'bits':>4} {'MACs':>12}")
+    for r in rows:
+        shape = "x".join(map(str, r["shape"]))
+        print(f"{r['layer']:<24} {r['op']:<13} {', '.join(r['inputs']):<34} {shape:<14} "
+              f"{r['bits'] if r['bits'] is not None else '-':>4} {r['macs']:>12,}")
+    print(json.dumps({k: v for k, v in model.meta.items() if k != "logit_scale"}))
 
 
 def _run_study(args) -> None:
@@ -313,8 +320,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint.pt or model.pxq")
     p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")
     p.add_argument("--json", help="write the rows and totals here")
-    p = sub.add_parser("inspect", help="print a .pxq model file's layers and metadata")
+    p = sub.add_parser("inspect", help="print a .pxq model file's layers (op, shapes, bits, MACs) and metadata")
     p.add_argument("model")
+    p.add_argument("--image-size", type=int, help="shapes for S x S images (default: the size the model trained on)")
+    p.add_argument("--json", help="write the manifest's nodes, metadata and the table here")
     p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
     p.add_argument("study", choices=("first-layer",))
     _add_data(p)

@@ -64,34 +64,49 @@ class IntegerModel:
         raise KeyError(name)
 
 
+def graph_table(model: IntegerModel, image_shape: tuple) -> list[dict]:
+    """One row per node on one (H, W, C) image: name, op, inputs, output shape, the bits of its
+    output codes (None for accumulators and logits) and its MACs (convs and linear layers)."""
+    shape = {"image": tuple(image_shape)}
+    bits = {"image": 8}
+    rows = []
+    for node in model.nodes:
+        op, inp = node["op"], node["inputs"][0]
+        h, w, c = shape[inp] if len(shape[inp]) == 3 else (1, 1, shape[inp][0])
+        macs = 0
+        if op == "lut":
+            c = node["in_channels"] * node["d"]
+        elif op == "conv":
+            k, s, p = node["kernel"], node["stride"], node["padding"]
+            h, w, c = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, node["out_channels"]
+            macs = h * w * c * node["in_channels"] * k * k
+        elif op == "subsample_pad":
+            h, w, c = -(-h // node["stride"]), -(-w // node["stride"]), c + node["extra_channels"]
+        shape[node["name"]] = (c,) if op == "sum_pool" else (h, w, c)
+        if op in ("linear", "linear_float"):
+            out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
+            shape[node["name"]], macs = (out_c,), out_c * in_c
+        if "qmin" in node:
+            bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
+        elif op in ("subsample_pad", "sum_pool"):
+            bits[node["name"]] = bits[inp]  # the same codes, moved or summed
+        rows.append({"layer": node["name"], "op": op, "inputs": node["inputs"], "shape": list(shape[node["name"]]),
+                     "bits": bits.get(node["name"]), "input_bits": bits.get(inp), "macs": macs})
+    return rows
+
+
 def graph_costs(model: IntegerModel, image_shape: tuple) -> list[dict]:
     """`pixelq.models.layer_costs` read off an integer graph: per conv / linear node on one (H, W, C)
     image, MACs, weight bits, input code bits, BOPs and stored weight bits. The last layer's input
     (pooled sums) counts at the bits of the codes pooled, as in `layer_costs`."""
-    size = {"image": tuple(image_shape[:2])}
-    bits = {"image": 8}
+    nodes = {n["name"]: n for n in model.nodes}
     rows = []
-    for node in model.nodes:
-        inp = node["inputs"][0]
-        h, w = size.get(inp, (1, 1))
-        op = node["op"]
-        if op == "conv":
-            k, s, p = node["kernel"], node["stride"], node["padding"]
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            macs = h * w * node["out_channels"] * node["in_channels"] * k * k
-        elif op == "subsample_pad":
-            h, w = -(-h // node["stride"]), -(-w // node["stride"])
-        size[node["name"]] = (h, w)
-        if "qmin" in node:
-            bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
-        else:
-            bits[node["name"]] = bits.get(inp, 32)
-        if op in ("linear", "linear_float"):
-            out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
-            macs = out_c * in_c
-        if op in ("conv", "linear", "linear_float"):
+    for r in graph_table(model, image_shape):
+        if r["op"] in ("conv", "linear", "linear_float"):
+            node = nodes[r["layer"]]
             w_bits = node.get("weight_bits", 32)
-            in_bits = code_bits(*node["input_range"]) if op == "conv" else bits[inp]
-            rows.append({"layer": node["name"], "kind": op, "macs": macs, "weight_bits": w_bits, "input_bits": in_bits,
-                         "bops": macs * w_bits * in_bits, "param_bits": int(np.prod(model.tensors[f"{node['name']}.weight"].shape)) * w_bits})
+            in_bits = code_bits(*node["input_range"]) if r["op"] == "conv" else r["input_bits"]
+            weights = int(np.prod(model.tensors[f"{r['layer']}.weight"].shape))
+            rows.append({"layer": r["layer"], "kind": r["op"], "macs": r["macs"], "weight_bits": w_bits,
+                         "input_bits": in_bits, "bops": r["macs"] * w_bits * in_bits, "param_bits": weights * w_bits})
     return rows
