@@ -166,3 +166,73 @@ def test_bitops_of_a_checkpoint_and_of_its_export_agree(tmp_path, tiny_splits, c
         [(r["macs"], r["input_bits"], r["weight_bits"]) for r in b["layers"]]
     assert a["layers"][0]["input_bits"] == 8  # the int8 first layer
     assert "total" in capsys.readouterr().out
+
+
+class HandWritten(torch.nn.Module):
+    """A small CNN as a user would write it: no pixelq in sight."""
+
+    def __init__(self, classes=4):
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.MaxPool2d(2))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(),
+                                  nn.Linear(32, classes))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def test_quantize_model_turns_a_hand_written_cnn_into_its_quantized_twin():
+    from pixelq import quantize_model
+    from pixelq.nn import PixelEmbedding, QuantLinear
+
+    torch.manual_seed(0)
+    float_model = HandWritten()
+    twin = quantize_model(float_model, first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2)
+    assert isinstance(float_model.features[0], torch.nn.Conv2d) and not isinstance(float_model.features[0], QuantConv2d)
+    first = twin.body.features[0]
+    assert isinstance(first.encoder, PixelEmbedding) and first.conv.in_channels == 12
+    assert first.conv.weight_quantizer.bits == 1
+    conv2 = twin.body.features[3]
+    assert isinstance(conv2, QuantConv2d) and conv2.weight_quantizer.bits == 1
+    assert torch.equal(conv2.weight, float_model.features[3].weight)  # trained weights carried over
+    assert isinstance(twin.body.features[2], MidTreadHalf) and isinstance(twin.body.head[3], MidTreadHalf)
+    assert isinstance(twin.body.head[2], QuantLinear) and twin.body.head[2].weight_quantizer.bits == 1
+    assert twin.body.head[4].weight_quantizer is not None
+    x = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    torch.nn.functional.cross_entropy(twin(x), y).backward()
+    assert all(p.grad is not None for p in twin.parameters())
+    with pytest.raises(InputError, match="uint8"):
+        twin(x.float())
+    kept = quantize_model(float_model, wbits=1, abits=2, last_layer="float", first_layer="int8")
+    assert kept.body.head[4].weight_quantizer is None
+    assert torch.equal(kept.body.features[0].conv.weight, float_model.features[0].weight)
+
+
+def test_quantize_model_at_float_precision_is_the_same_function():
+    from pixelq import quantize_model
+    from pixelq.nn import FloatInput
+
+    torch.manual_seed(0)
+    float_model = HandWritten().eval()
+    twin = quantize_model(float_model, first_layer="float", wbits=32, abits=32, last_layer="float").eval()
+    x = torch.randint(0, 256, (3, 12, 12, 3), dtype=torch.uint8)
+    expected = float_model(FloatInput(3)(x.permute(0, 3, 1, 2)))
+    torch.testing.assert_close(twin(x), expected)
+
+
+def test_quantize_model_overrides_and_errors():
+    from pixelq import quantize_model
+
+    twin = quantize_model(HandWritten(), overrides={"body.features.3": "dorefa:4"})
+    assert twin.body.features[3].weight_quantizer.bits == 4
+    with pytest.raises(ConfigError, match="matches no quantizable layer"):
+        quantize_model(HandWritten(), overrides={"body.nothing": "binary"})
+    with pytest.raises(ConfigError, match="takes 3 channels, not in_channels=1"):
+        quantize_model(HandWritten(), in_channels=1)
+    with pytest.raises(ConfigError, match="needs a network"):
+        quantize_model(torch.nn.Linear(3, 2))

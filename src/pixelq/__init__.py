@@ -25,6 +25,7 @@ _LAZY = {
     "create_model": ".models",
     "list_models": ".models",
     "register_model": ".models",
+    "quantize_model": ".models",
     "TrainConfig": ".training",
     "evaluate": ".training",
     "load_checkpoint": ".training",
@@ -56,6 +57,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_dataset",
+    "quantize_model",
     "register_model",
     "train",
 ]

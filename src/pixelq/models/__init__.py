@@ -1,9 +1,12 @@
 """Model registry and the CIFAR ResNets."""
+from .convert import QuantizedModel, quantize_model
 from .registry import MODELS, create_model, list_models, register_model
 from .resnet import ResNet, ResNetConfig, apply_overrides, model_kwargs, resnet18, resnet20
 from .summary import cost_totals, first_layer_cost, layer_bits, layer_costs, model_size_bytes
 
 __all__ = [
+    "QuantizedModel",
+    "quantize_model",
     "cost_totals",
     "layer_costs",
     "MODELS",

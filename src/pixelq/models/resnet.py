@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..errors import ConfigError, InputError
-from ..nn import QuantConv2d, QuantLinear, make_encoder
+from ..errors import ConfigError
+from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
 from ..quant import Quantizer, make_quantizer
 from .registry import register_model
 
@@ -189,19 +189,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def to_nchw(self, x: Tensor) -> Tensor:
-        """Check dtype and shape; NHWC input (last dim = channels) becomes an NCHW view.
-        When both dim 1 and the last dim equal the channel count (e.g. 3x3 RGB images), NCHW is assumed."""
-        c = self.config.in_channels
-        if not isinstance(x, Tensor) or x.dtype != torch.uint8:
-            got = x.dtype if isinstance(x, Tensor) else type(x).__name__
-            raise InputError(f"models take uint8 image tensors, got {got}; pass raw pixel bytes, not normalised floats")
-        if x.dim() != 4:
-            raise InputError(f"expected a batch of images (N, H, W, {c}) or (N, {c}, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] == c:
-            return x
-        if x.shape[-1] == c:
-            return x.permute(0, 3, 1, 2)
-        raise InputError(f"this model takes {c}-channel images, got shape {tuple(x.shape)}")
+        """Check dtype and shape; NHWC input becomes an NCHW view (`images_to_nchw`)."""
+        return images_to_nchw(x, self.config.in_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         h = keep_grad_layout(self.stages(self.stem(self.to_nchw(x))))

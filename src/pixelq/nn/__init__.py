@@ -7,6 +7,7 @@ from .encoders import (
     NaiveInput,
     PixelEmbedding,
     ThermometerInput,
+    images_to_nchw,
     make_encoder,
 )
 from .layers import QuantConv2d, QuantLinear
@@ -21,5 +22,6 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "ThermometerInput",
+    "images_to_nchw",
     "make_encoder",
 ]

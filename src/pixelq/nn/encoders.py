@@ -22,6 +22,22 @@ def _check_uint8(x: Tensor) -> Tensor:
     return x
 
 
+def images_to_nchw(x: Tensor, channels: int) -> Tensor:
+    """Check a batch of uint8 images; NHWC (last dim = channels) becomes an NCHW view. When both
+    dim 1 and the last dim equal the channel count (e.g. 3x3 RGB images), NCHW is assumed."""
+    if not isinstance(x, Tensor) or x.dtype != torch.uint8:
+        got = x.dtype if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"models take uint8 image tensors, got {got}; pass raw pixel bytes, not normalised floats")
+    if x.dim() != 4:
+        raise InputError(f"expected a batch of images (N, H, W, {channels}) or (N, {channels}, H, W), "
+                         f"got shape {tuple(x.shape)}")
+    if x.shape[1] == channels:
+        return x
+    if x.shape[-1] == channels:
+        return x.permute(0, 3, 1, 2)
+    raise InputError(f"this model takes {channels}-channel images, got shape {tuple(x.shape)}")
+
+
 @ENCODERS.register("float")
 class FloatInput(nn.Module):
     """Usual practice: pixels as floats, normalised inside the model: (p / 255 - 0.5) / 0.25."""
