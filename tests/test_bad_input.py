@@ -283,7 +283,7 @@ def test_run_limit_takes_every_class_and_refuses_zero(tmp_path, tiny_splits, cap
     sample = tiny_splits.test.subset(6)
     assert sorted(set(sample.labels.tolist())) == [0, 1, 2]  # the first 6 of a class-sorted split are one class
     expected = 100.0 * float((load(model).predict(sample.images) == sample.labels).mean())
-    assert result["n"] == 6 and result["top1"] == expected
+    assert result["n"] == 6 and result["top1"] == pytest.approx(expected)
     assert main(["run", str(model), "--data", str(data), "--limit", "0"]) == 2
     assert "--limit must be a positive integer" in capsys.readouterr().err
 

@@ -120,3 +120,17 @@ def test_training_with_random_resized_crops(tmp_path, folders):
     again = train(run_config(tmp_path, "c", epochs=1, data=str(folders), crop="resized", stream=True, image_size=6,
                              workers=0))
     assert metrics["top1"] == again["top1"]  # the crops are drawn from (seed, epoch, image), not from the worker
+
+
+def test_cli_run_streams_through_the_runtime(tmp_path, folders, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folders), "--first-layer", "pixel-embedding", "--pe-dim", "4", "--wbits", "1",
+                 "--abits", "2", "--last-layer", "quantized", "--epochs", "1", "--batch-size", "16", "--out", str(out),
+                 "--quiet", "--threads", "1"]) == 0
+    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "m.pxq"), "--data", str(folders)]) == 0
+    in_memory = json.loads(capsys.readouterr().out)
+    assert main(["run", str(tmp_path / "m.pxq"), "--data", str(folders), "--stream", "--workers", "1"]) == 0
+    streamed = json.loads(capsys.readouterr().out)
+    assert (streamed["top1"], streamed["n"]) == (in_memory["top1"], in_memory["n"]) == (streamed["top1"], 21)

@@ -106,10 +106,9 @@ def _check_threads(threads: "int | None") -> None:
 
 
 def _run_eval(args) -> None:
-    from .data import open_data
+    from .data import batch_source, open_data
     from .training import evaluate, read_checkpoint
     from .training.checkpoint import model_from_checkpoint
-    from .training.loop import _source
 
     _check_threads(args.threads)
     if args.threads:
@@ -121,7 +120,7 @@ def _run_eval(args) -> None:
     # default: the size the model trained at
     test = open_data(args.data, image_size=args.image_size or ckpt["config"].get("image_size"), stream=args.stream).test
     test.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
-    result = evaluate(model, *_source(test), workers=args.workers)
+    result = evaluate(model, *batch_source(test), workers=args.workers)
     print(json.dumps({"top1": result["top1"], "top5": result["top5"], "n": result["n"]}))
 
 
@@ -195,22 +194,26 @@ def _run_export(args) -> None:
 def _run_run(args) -> None:
     import time
 
-    from .data import load_dataset
+    import numpy as np
+
+    from .data import batch_source, batches, open_data
     from .runtime import load
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
     runtime = load(args.model, threads=args.threads)
-    test = load_dataset(args.data, image_size=args.image_size).test
+    test = open_data(args.data, image_size=args.image_size, stream=args.stream).test
     if runtime.classes is not None:  # files exported before class names were stored cannot be checked
         test.require(runtime.classes, runtime.image_shape, args.model)
     if args.limit is not None:
         test = test.subset(args.limit)
-    t0 = time.perf_counter()
-    predicted = runtime.predict(test.images)
-    seconds = time.perf_counter() - t0
-    print(json.dumps({"top1": 100.0 * float((predicted == test.labels).mean()), "n": len(test),
-                      "images_per_s": len(test) / seconds}))
+    correct, seconds = 0, 0.0
+    for x, y in batches(*batch_source(test), batch_size=256, workers=args.workers):
+        t0 = time.perf_counter()
+        predicted = runtime.predict(x.numpy())
+        seconds += time.perf_counter() - t0
+        correct += int(np.sum(predicted == y.numpy()))
+    print(json.dumps({"top1": 100.0 * correct / len(test), "n": len(test), "images_per_s": len(test) / seconds}))
 
 
 def _run_bitops(args) -> None:
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p)
     p.add_argument("--limit", type=int, help="only a stratified sample of N test images (the same share of each class)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
     p = sub.add_parser("bitops", help="per-layer MACs, bits and bit-operations (BOPs) of a checkpoint or .pxq file")
     p.add_argument("model", help="checkpoint.pt or model.pxq")
     p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")

@@ -1,5 +1,5 @@
 """Data: readers for image folders, CIFAR and IDX, a decode cache, uint8 augmentation."""
-from .augment import batches, random_crop_flip
+from .augment import batch_source, batches, random_crop_flip
 from .cache import embedded_data_path, load_dataset
 from .dataset import DataSplits, ImageSet
 from .readers import READERS, detect_layout
@@ -11,6 +11,7 @@ __all__ = [
     "ImageSet",
     "StreamedImages",
     "StreamedSplits",
+    "batch_source",
     "batches",
     "detect_layout",
     "embedded_data_path",

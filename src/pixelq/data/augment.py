@@ -37,6 +37,13 @@ def random_crop_flip(images: Tensor, pad: int = 4, flip: bool = True, generator:
     return apply_crop_flip(images, crop_flip_draws(len(images), pad, flip, generator), pad)
 
 
+def batch_source(part) -> tuple:
+    """The (images, labels) `batches` takes for an ImageSet, or (stream, None) for a StreamedImages."""
+    from .streaming import StreamedImages
+
+    return (part, None) if isinstance(part, StreamedImages) else (part.images, part.labels)
+
+
 def _in_memory(images, labels, index_batches):
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
     for idx in index_batches:

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..data import DataSplits, StreamedImages, batches, open_data
+from ..data import DataSplits, batch_source, batches, open_data
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..files import write_json, write_jsonl
 from ..models import create_model, model_kwargs, model_size_bytes
@@ -158,11 +158,6 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
 
 
-def _source(part) -> tuple:
-    """What `batches` takes for an in-memory ImageSet (images, labels) or a stream (itself, None)."""
-    return (part, None) if isinstance(part, StreamedImages) else (part.images, part.labels)
-
-
 def _load_teacher(path: str, classes: list, device) -> nn.Module:
     """The distillation teacher: eval mode, no gradients, trained on the same classes."""
     taught = read_checkpoint(path)["classes"]
@@ -216,7 +211,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     if cfg.init and not resuming:  # a resumed run's checkpoint already holds where init led
         started_from = copy_trained_weights(model, cfg.model, cfg.init)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 - 1)
-        calibrate(model, batches(*_source(train_set), cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen,
+        calibrate(model, batches(*batch_source(train_set), cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen,
                                  workers=cfg.workers), cfg.calibration_batches, device)
     optimizer = make_optimizer(model, cfg)
     start_epoch, history = 0, []
@@ -245,7 +240,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         epoch_set, pad_crop = train_set, cfg.augment
         if cfg.augment and cfg.crop == "resized":  # a fresh crop of every full image, drawn in the workers
             epoch_set, pad_crop = train_set.with_random_resized_crop(cfg.seed * 1_000_003 + epoch), False
-        bar = tqdm(batches(*_source(epoch_set), cfg.batch_size, shuffle=True, augment=pad_crop, generator=gen,
+        bar = tqdm(batches(*batch_source(epoch_set), cfg.batch_size, shuffle=True, augment=pad_crop, generator=gen,
                            drop_last=drop_last, shard=(rank, world), workers=cfg.workers), total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=True if not cfg.progress or rank > 0 else None)  # None: no bar unless a terminal
@@ -284,7 +279,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         if world > 1:
             dist.all_reduce(totals)
         seen, correct, loss_sum = totals.tolist()
-        test = evaluate(model, *_source(test_set), device=device, workers=cfg.workers) if rank == 0 else None
+        test = evaluate(model, *batch_source(test_set), device=device, workers=cfg.workers) if rank == 0 else None
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                   "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start}
         if rank == 0:
@@ -305,7 +300,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     metrics = {}
     if rank == 0:
         if test is None:  # resumed a finished run: nothing trained in this call
-            test = evaluate(model, *_source(test_set), device=device, workers=cfg.workers)
+            test = evaluate(model, *batch_source(test_set), device=device, workers=cfg.workers)
         metrics = {
             "top1": test["top1"], "top5": test["top5"], "n": test["n"], "epochs": cfg.epochs,
             "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
