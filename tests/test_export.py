@@ -16,7 +16,8 @@ from pixelq.runtime import Runtime
 from pixelq.runtime.reference import run_reference
 from pixelq.exporting.verify import label_agreement, layer_agreement
 
-WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "dorefa:1", "dorefa:2", "dorefa:4",
+WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "pruned_ternary:0.6", "pruned_ternary:0.3:channel",
+                "dorefa:1", "dorefa:2", "dorefa:4",
                 "lsq:2", "lsq:3", "lsq:8"]
 
 
@@ -113,6 +114,8 @@ def torch_logits(model, x):
     ("resnet20", dict(first_layer="thermometer", wbits=1, abits=2, last_layer="float",
                       overrides={"stages.1.*.conv2": "ternary:channel", "stages.2.0.conv1": "dorefa:3"})),
     ("resnet18", dict(first_layer="naive", wbits=1, abits=2, last_layer="quantized")),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="quantized",
+                      overrides={"stages.*.conv*": "pruned_ternary:0.6:channel", "fc": "pruned_ternary:0.5"})),
 ])
 def test_integer_graph_matches_fake_quant_model_layer_by_layer(name, kwargs):
     torch.manual_seed(1)

@@ -192,3 +192,38 @@ def test_unknown_name_lists_the_known_ones():
     with pytest.raises(ConfigError) as e:
         make_quantizer("bianry")
     assert "binary" in str(e.value) and "mid_tread" in str(e.value)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.75])
+def test_pruned_ternary_zeroes_the_set_share_of_smallest_weights(per_channel, sparsity):
+    from pixelq.quant import PrunedTernaryWeight
+
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    y = PrunedTernaryWeight(sparsity, per_channel=per_channel)(w)
+    rows = w.detach().abs().flatten(1) if per_channel else w.detach().abs().reshape(1, -1)
+    out = y.detach().flatten(1) if per_channel else y.detach().reshape(1, -1)
+    for r, o in zip(rows, out):
+        zero = o == 0
+        assert int(zero.sum()) == round(sparsity * r.numel())
+        if zero.any() and (~zero).any():
+            assert r[zero].max() < r[~zero].min()  # the smallest |w| are the pruned ones
+        kept = r[~zero]
+        assert torch.allclose(o[~zero].abs(), kept.mean().expand_as(kept))  # alpha = mean kept |w|
+    assert set(torch.sign(y.detach()).unique().tolist()) <= {-1.0, 0.0, 1.0}
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+
+
+def test_pruned_ternary_ramps_its_sparsity_over_training_steps():
+    from pixelq.quant import PrunedTernaryWeight
+
+    q = PrunedTernaryWeight(0.8, ramp_steps=4).train()
+    w = torch.randn(100)[None].expand(2, 100).contiguous()
+    zeros = [int((q(w) == 0).sum()) // 2 for _ in range(6)]
+    assert zeros == [20, 40, 60, 80, 80, 80]
+    q.eval()
+    assert int((q(w) == 0).sum()) // 2 == 80 and int(q.steps) == 6  # eval does not advance the schedule
+    assert make_quantizer("pruned_ternary:0.6:channel").per_channel and make_quantizer("pruned_ternary:0.6").target == 0.6
+    with pytest.raises(ConfigError, match="sparsity must lie in"):
+        PrunedTernaryWeight(1.0)

@@ -90,6 +90,46 @@ class TernaryWeight(Quantizer):
         return f"per_channel={self.per_channel}, threshold_factor={self.threshold_factor}"
 
 
+@QUANTIZERS.register("pruned_ternary")
+class PrunedTernaryWeight(Quantizer):
+    """Pruning ternary quantization (seeds/004): ternary {-alpha, 0, +alpha} weights where exactly
+    the fraction `sparsity` of weights (the smallest |w|) is 0. `ramp_steps` > 0 raises the sparsity
+    linearly from 0 over that many training forwards (the count is a buffer, so resume continues
+    the schedule); 0 prunes to the target at once, as after `--init` from a float network."""
+
+    def __init__(self, sparsity: float = 0.5, per_channel: bool = False, ramp_steps: int = 0):
+        super().__init__()
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"pruned_ternary: sparsity must lie in [0, 1), got {sparsity!r}")
+        self.bits, self.signed = 2, True
+        self.target, self.per_channel, self.ramp_steps = float(sparsity), per_channel, int(ramp_steps)
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    @property
+    def sparsity(self) -> float:
+        """The share of zeros now: the target, or the point the ramp has reached."""
+        if self.ramp_steps <= 0:
+            return self.target
+        return self.target * min(1.0, int(self.steps) / self.ramp_steps)
+
+    def forward(self, w: Tensor) -> Tensor:
+        if self.training:
+            self.steps += 1
+        return ste.pruned_ternary(w, self.sparsity, self.per_channel)
+
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        q = ste.pruned_ternary(w, self.sparsity, self.per_channel)
+        scale = q.abs().amax(tuple(range(1, w.dim()))) if self.per_channel else q.abs().max()
+        return torch.sign(q).to(torch.int64), scale
+
+    def weight_code_grid(self) -> tuple:
+        return -1, 1, 2
+
+    def extra_repr(self) -> str:
+        return f"sparsity={self.target}, per_channel={self.per_channel}, ramp_steps={self.ramp_steps}"
+
+
 @QUANTIZERS.register("dorefa")
 class DoReFaWeight(Quantizer):
     """DoReFa-Net k-bit weights: w_t = tanh(w) / (2 max|tanh w|) + 1/2, y = 2 round_k(w_t) - 1,
@@ -205,7 +245,8 @@ class MidTreadHalf(Quantizer):
 
 
 _SPEC_HELP = (
-    "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'dorefa:4', "
+    "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'pruned_ternary:0.6[:channel]', "
+    "'dorefa:4', "
     "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5'"
 )
 
@@ -227,7 +268,7 @@ def _parse_args(spec: str, args: list[str]) -> dict:
     return kwargs
 
 
-_RANGE_PARAM = {"mid_tread": "max_value", "pact": "alpha"}
+_RANGE_PARAM = {"mid_tread": "max_value", "pact": "alpha", "pruned_ternary": "sparsity"}
 
 
 def make_quantizer(spec: "str | nn.Module | None", role: str = "weight") -> "nn.Module | None":

@@ -74,6 +74,33 @@ def ternary_twn(w: Tensor, per_channel: bool = False, threshold_factor: float = 
     return _TernaryTWN.apply(w, per_channel, threshold_factor)
 
 
+class _PrunedTernary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, sparsity, per_channel):
+        flat = w.abs().flatten(1) if per_channel else w.abs().reshape(1, -1)
+        k = int(round(sparsity * flat.shape[1]))
+        if k == 0:
+            keep = torch.ones_like(w, dtype=torch.bool)
+        else:  # the k smallest |w| of each row (channel, or the whole tensor) become 0
+            delta = flat.kthvalue(k, dim=1).values
+            keep = (flat > delta[:, None]).view_as(w)
+        kept = (w.abs() * keep).flatten(1) if per_channel else (w.abs() * keep).reshape(1, -1)
+        alpha = kept.sum(1) / keep.reshape(kept.shape).sum(1).clamp_min(1)
+        alpha = alpha.view(-1, *([1] * (w.dim() - 1))) if per_channel else alpha.reshape(())
+        return torch.sign(w) * keep * alpha
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None, None
+
+
+def pruned_ternary(w: Tensor, sparsity: float, per_channel: bool = False) -> Tensor:
+    """Pruning ternary quantization: the fraction `sparsity` of weights smallest in |w| (per output
+    channel, or over the tensor) become 0, the rest alpha * sign(w) with alpha the mean kept |w|;
+    dy/dw = 1. Unlike TWN's 0.7 mean|w| threshold, the share of zeros is set, not a by-product."""
+    return _PrunedTernary.apply(w, sparsity, per_channel)
+
+
 class _MidTreadHalf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits, max_value):
