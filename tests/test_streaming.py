@@ -134,3 +134,16 @@ def test_cli_run_streams_through_the_runtime(tmp_path, folders, capsys):
     assert main(["run", str(tmp_path / "m.pxq"), "--data", str(folders), "--stream", "--workers", "1"]) == 0
     streamed = json.loads(capsys.readouterr().out)
     assert (streamed["top1"], streamed["n"]) == (in_memory["top1"], in_memory["n"]) == (streamed["top1"], 21)
+
+
+def test_grey_images_among_colour_ones_stream_as_in_memory(tmp_path):
+    from PIL import Image
+
+    splits = make_splits(n_train=12, n_test=6, size=6)
+    root = write_image_dataset(tmp_path, splits)
+    first = sorted((root / "train" / "c0").iterdir())[0]  # the first image listed is grey
+    Image.open(first).convert("L").save(first)
+    memory, stream = load_dataset(root), open_stream(root)
+    assert stream.channels == 3 == memory.channels
+    got = np.stack([stream.train.decode(i) for i in range(len(stream.train))])
+    assert np.array_equal(got, memory.train.images)

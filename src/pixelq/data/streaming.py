@@ -166,6 +166,17 @@ def _list_split(folder: Path) -> tuple:
     return files, names
 
 
+def _channels(files: list, image_size: "int | None", sample: int = 32) -> int:
+    """3 if any of `sample` images spread over the list is colour, else 1: grey images among colour
+    ones are read as colour, as in memory (where all are seen)."""
+    for name in files[:: max(1, len(files) // sample)][:sample]:
+        with open(name, "rb") as f:
+            a = _decode(f.read(), name, image_size)
+        if a.ndim == 3 and a.shape[2] == 3:
+            return 3
+    return 1
+
+
 def open_stream(path: "str | os.PathLike", image_size: "int | None" = None) -> StreamedSplits:
     """List the image folders at `path` for streaming (see module doc); DataError for other layouts."""
     layout, root = detect_layout(Path(path))
@@ -182,9 +193,7 @@ def open_stream(path: "str | os.PathLike", image_size: "int | None" = None) -> S
     if sorted(set(listed["test"][1])) != classes:
         raise DataError(f"{root}: train classes {classes} differ from test classes {sorted(set(listed['test'][1]))}")
     index = {c: i for i, c in enumerate(classes)}
-    with open(listed["train"][0][0], "rb") as f:
-        first = _decode(f.read(), listed["train"][0][0], image_size)
-    channels = 1 if first.ndim == 2 or first.shape[2] == 1 else 3
+    channels = _channels(listed["train"][0], image_size)
     parts = [StreamedImages(files, np.array([index[c] for c in names]), classes, image_size, channels)
              for files, names in (listed[s] for s in SPLITS)]
     return StreamedSplits(parts[0], parts[1], str(path))
