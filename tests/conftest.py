@@ -83,3 +83,24 @@ def write_cifar(root, kind, protocol=pickle.DEFAULT_PROTOCOL, bytes_names=False)
             batches_[name]["coarse_labels"] = [0] * n
             dump(name, batches_[name])
     return batches_
+
+
+def trained_like(model, seed=0):
+    """Give batch norm real running statistics, as training would, then switch to eval."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g))
+    return model.eval()
+
+
+def write_imagenet_style(root, sizes=((40, 30), (25, 50), (33, 33)), suffix=".JPEG"):
+    """train/ and val/ folders of smooth JPEGs in mixed sizes (W, H), as ImageNet's trees hold."""
+    for split in ("train", "val"):
+        for c, cls in enumerate(["cat", "dog"]):
+            (root / split / cls).mkdir(parents=True)
+            for i, (w, h) in enumerate(sizes):
+                y, x = np.mgrid[0:h, 0:w]
+                a = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 60 + 120 * c)], -1).astype(np.uint8)
+                Image.fromarray(a).save(root / split / cls / f"n{i:03d}{suffix}", quality=95)

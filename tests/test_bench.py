@@ -1,6 +1,8 @@
 """Benchmark commands run and write what they promise (their numbers are not judged here)."""
 import json
 
+import pytest
+
 from pixelq.bench import data_throughput, train_step_throughput
 from pixelq.cli import main
 
@@ -24,9 +26,8 @@ def test_data_throughput_reports_cached_load():
     assert data_throughput(repeats=1)["cached_load_s"] >= 0
 
 
+@pytest.mark.slow
 def test_runtime_benchmark_reports_every_ratio():
-    import pytest
-
     pytest.importorskip("onnxruntime")
     from pixelq.bench import run_benchmark
     from pixelq.runtime.fast import kernels_available

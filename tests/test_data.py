@@ -13,7 +13,7 @@ from PIL import Image
 from pixelq import DataError, InputError, load_dataset
 from pixelq.data import ImageSet, batches, detect_layout, embedded_data_path, random_crop_flip
 
-from conftest import write_cifar
+from conftest import write_cifar, write_imagenet_style
 
 CLASSES = ["cat", "dog"]
 
@@ -79,17 +79,6 @@ def test_cifar100_python_format_uses_fine_labels(tmp_path):
 
 
 # --- ImageNet-style trees: a val/ split, images of mixed sizes, --image-size ------------------
-
-def write_imagenet_style(root, sizes=((40, 30), (25, 50), (33, 33)), suffix=".JPEG"):
-    """train/ and val/ folders of smooth JPEGs in mixed sizes (W, H), as ImageNet's trees hold."""
-    for split in ("train", "val"):
-        for c, cls in enumerate(CLASSES):
-            (root / split / cls).mkdir(parents=True)
-            for i, (w, h) in enumerate(sizes):
-                y, x = np.mgrid[0:h, 0:w]
-                a = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 60 + 120 * c)], -1).astype(np.uint8)
-                Image.fromarray(a).save(root / split / cls / f"n{i:03d}{suffix}", quality=95)
-
 
 def test_imagenet_style_tree_reads_val_as_test_at_one_size(tmp_path):
     write_imagenet_style(tmp_path / "imagenet")

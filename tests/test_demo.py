@@ -1,10 +1,13 @@
 """The demo end to end on a tiny data set: both trainings, export, runtime, report and plot."""
 import json
 
+import pytest
+
 from pixelq.demo import run_demo
 from conftest import write_image_dataset
 
 
+@pytest.mark.slow
 def test_demo_writes_report_and_plot(tmp_path, tiny_splits):
     data = write_image_dataset(tmp_path, tiny_splits)
     out = tmp_path / "demo"

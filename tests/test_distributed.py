@@ -11,6 +11,8 @@ from pixelq import load_checkpoint, train
 
 from conftest import run_config, write_image_dataset
 
+pytestmark = pytest.mark.slow  # torchrun: several processes per test
+
 
 def _torchrun(args, timeout=300):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

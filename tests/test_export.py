@@ -16,6 +16,8 @@ from pixelq.runtime import Runtime
 from pixelq.runtime.reference import run_reference
 from pixelq.exporting.verify import label_agreement, layer_agreement
 
+from conftest import trained_like
+
 WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "pruned_ternary:0.6", "pruned_ternary:0.3:channel",
                 "dorefa:1", "dorefa:2", "dorefa:4",
                 "lsq:2", "lsq:3", "lsq:8"]
@@ -90,16 +92,6 @@ def run_reference_lut(lut, x):
     from pixelq.runtime.reference import lut_reference
 
     return lut_reference(x.permute(0, 2, 3, 1).numpy(), lut).transpose(0, 3, 1, 2)
-
-
-def trained_like(model, seed=0):
-    """Give batch norm real running statistics, as training would, then switch to eval."""
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g))
-    return model.eval()
 
 
 def torch_logits(model, x):

@@ -153,6 +153,7 @@ def _float_checkpoint(tmp_path, splits, name="float", epochs=2):
     return str(tmp_path / name / "checkpoint.pt")
 
 
+@pytest.mark.slow
 def test_training_with_a_teacher_resumes_to_the_uninterrupted_result(tmp_path, tiny_splits, monkeypatch):
     import pixelq.training.loop as loop
 

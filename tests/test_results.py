@@ -12,7 +12,8 @@ from pixelq.exporting.verify import label_agreement
 
 RUN = Path(__file__).resolve().parent.parent / "results" / "cifar10-jpeg" / "resnet20-w1a2-pe-qlast"
 
-pytestmark = pytest.mark.skipif(not (RUN / "checkpoint.pt").is_file(), reason="the run's checkpoint is not committed")
+pytestmark = [pytest.mark.skipif(not (RUN / "checkpoint.pt").is_file(), reason="the run's checkpoint is not committed"),
+              pytest.mark.slow]
 
 
 def test_checkpoint_is_the_run_its_metrics_describe():

@@ -12,7 +12,7 @@ from pixelq.integer import load_model, payload_bytes
 from pixelq.runtime import fast, load
 from pixelq.runtime.reference import run_reference
 from pixelq.exporting.verify import label_agreement
-from test_export import trained_like
+from conftest import trained_like
 
 
 @pytest.fixture(scope="module")

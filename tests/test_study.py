@@ -249,7 +249,7 @@ def test_gaps_pair_seeds_while_a_row_has_fewer_seeds_than_its_reference():
 def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys):
     """The same command on train/ + val/ folders of mixed sizes, scaled to --image-size: the run
     trains, deploys to the integer runtime, and the report costs the first layer at that size."""
-    from test_data import write_imagenet_style
+    from conftest import write_imagenet_style
 
     write_imagenet_style(tmp_path / "imagenet")
     out = tmp_path / "runs"

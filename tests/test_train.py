@@ -168,7 +168,7 @@ def test_cli_reports_user_errors(tmp_path, capsys):
 
 def test_cli_trains_and_evaluates_an_imagenet_style_tree_at_one_size(tmp_path, capsys):
     """train/ + val/ folders of mixed-size JPEGs: --image-size makes them one size, end to end."""
-    from test_data import write_imagenet_style
+    from conftest import write_imagenet_style
 
     data = tmp_path / "imagenet"
     write_imagenet_style(data)
