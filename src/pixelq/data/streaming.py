@@ -199,12 +199,6 @@ def open_stream(path: "str | os.PathLike", image_size: "int | None" = None) -> S
     return StreamedSplits(parts[0], parts[1], str(path))
 
 
-def decoded_bytes(path: "str | os.PathLike", image_size: "int | None" = None) -> int:
-    """Bytes the decoded arrays of the image folders at `path` would take in memory."""
-    splits = open_stream(path, image_size)
-    return (len(splits.train) + len(splits.test)) * int(np.prod(splits.train.image_shape))
-
-
 def open_data(path: "str | os.PathLike | None" = None, image_size: "int | None" = None, stream: bool = False,
               memory_share: float = 0.5):
     """The data at `path`: streamed (`StreamedSplits`) when `stream` is asked for, or when image
@@ -219,11 +213,13 @@ def open_data(path: "str | os.PathLike | None" = None, image_size: "int | None" 
             raise DataError("streaming reads image folders given with --data; the embedded subset is read into memory")
         return open_stream(path, image_size)
     if path is not None and detect_layout(Path(path))[0] == "image-folders":
-        need, have = decoded_bytes(path, image_size), os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        splits = open_stream(path, image_size)  # lists the files (decodes one image to learn the shape)
+        need = (len(splits.train) + len(splits.test)) * int(np.prod(splits.train.image_shape))
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         if need > memory_share * have:
             warnings.warn(f"{path}: decoded, these images take {need / 2**30:.1f} GiB, more than "
                           f"{memory_share:.0%} of this machine's {have / 2**30:.1f} GiB; streaming them from disk",
                           stacklevel=2)
-            return open_stream(path, image_size)
+            return splits
     return load_dataset(path, image_size=image_size)
 
