@@ -63,3 +63,17 @@ def test_two_processes_train_the_same_weights_as_one(tmp_path, tiny_splits, opti
     a, b = (torch.cat([sd[k].flatten() for k in floats]) for sd in (one, two))
     assert ((a - b).norm() / a.norm()).item() < 5e-3
     assert all(torch.equal(one[k], two[k]) for k in one if k not in floats)  # batch counters
+
+
+def test_two_processes_streaming_train_what_one_process_does_in_memory(tmp_path, tiny_splits):
+    """Each rank streams only its share of every batch (DataLoader workers inside the rank)."""
+    data = write_image_dataset(tmp_path, tiny_splits)
+    train(run_config(tmp_path, "one", lr=0.002, optimizer="adam", data=str(data)))
+    _torchrun(["--data", str(data), "--stream", "--workers", "1", "--epochs", "2", "--batch-size", "16",
+               "--lr", "0.002", "--optimizer", "adam", "--threads", "1", "--quiet", "--out", str(tmp_path / "two")])
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["state_dict"]
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["state_dict"]
+    floats = [k for k in one if one[k].is_floating_point()]
+    a, b = (torch.cat([sd[k].flatten() for k in floats]) for sd in (one, two))
+    assert ((a - b).norm() / a.norm()).item() < 5e-3
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["data"]["streamed"]
