@@ -78,7 +78,7 @@ class StreamedImages(torch.utils.data.Dataset):
 
     def loader(self, index_batches: list, workers: int):
         """(uint8 NHWC tensor, int64 labels) for each list of indices, decoded by `workers` processes."""
-        self.image_shape  # known before the workers copy this object
+        self._shape = self.image_shape  # known before the workers copy this object
         index_batches = [[int(i) for i in idx] for idx in index_batches]
         return torch.utils.data.DataLoader(self, batch_sampler=index_batches, num_workers=workers,
                                            collate_fn=_collate, persistent_workers=False)

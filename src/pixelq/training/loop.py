@@ -252,12 +252,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.no_grad():
                 teacher_logits = teacher(x) if teacher is not None else None
-
-            def loss_of(logits):
-                return training_loss(logits, y, cfg.label_smoothing, teacher_logits, cfg.kd_weight, cfg.kd_temperature)
-
+            objective = dict(label_smoothing=cfg.label_smoothing, teacher_logits=teacher_logits,
+                             kd_weight=cfg.kd_weight, temperature=cfg.kd_temperature)
             logits = net(x)
-            loss = loss_of(logits)
+            loss = training_loss(logits, y, **objective)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
@@ -267,7 +265,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             if cfg.saq_rho:  # the gradient again, at the sharpest nearby quantized weights
                 with perturbed_weights(model, cfg.saq_rho):
                     optimizer.zero_grad(set_to_none=True)
-                    loss_of(net(x)).backward()
+                    training_loss(net(x), y, **objective).backward()
             optimizer.step()
             train_time += time.perf_counter() - t0
             totals += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y)],
