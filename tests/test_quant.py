@@ -157,7 +157,7 @@ def test_mid_tread_codes_are_integers_in_range(values, bits):
     ],
 )
 def test_make_quantizer_from_spec(spec, cls, attrs):
-    q = make_quantizer(spec)
+    q = make_quantizer(spec, role="weight" if "weight" in cls.roles else "activation")
     assert isinstance(q, cls)
     for k, v in attrs.items():
         assert getattr(q, k) == v
@@ -184,8 +184,9 @@ def test_make_quantizer_passes_modules_and_none():
     ("mid_tread:2:-1.0", "max_value must be positive"),
 ])
 def test_bad_specs_raise_config_error(spec, message):
+    role = "activation" if spec.startswith(("mid_tread", "pact")) else "weight"
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        make_quantizer(spec)
+        make_quantizer(spec, role=role)
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -227,3 +228,23 @@ def test_pruned_ternary_ramps_its_sparsity_over_training_steps():
     assert make_quantizer("pruned_ternary:0.6:channel").per_channel and make_quantizer("pruned_ternary:0.6").target == 0.6
     with pytest.raises(ConfigError, match="sparsity must lie in"):
         PrunedTernaryWeight(1.0)
+
+
+@pytest.mark.parametrize("spec, role, message", [
+    ("binary", "activation", "'binary' quantizes weights, not activations.*activation quantizers: lsq, mid_tread, pact"),
+    ("mid_tread:2", "weight", "'mid_tread' quantizes activations, not weights.*weight quantizers: binary, dorefa"),
+    ("pact:2", "weight", "quantizes activations"),
+    ("pruned_ternary:0.5", "activation", "quantizes weights"),
+])
+def test_a_quantizer_in_the_wrong_role_is_refused(spec, role, message):
+    with pytest.raises(ConfigError, match=message):
+        make_quantizer(spec, role=role)
+
+
+def test_overrides_refuse_a_weight_quantizer_on_an_activation():
+    from pixelq import create_model
+
+    with pytest.raises(ConfigError, match="'binary' quantizes weights, not activations"):
+        create_model("resnet20", wbits=1, abits=2, overrides={"stages.0.0.act1": "binary"})
+    with pytest.raises(ConfigError, match="'mid_tread' quantizes activations, not weights"):
+        create_model("resnet20", wbits=1, abits=2, overrides={"stages.0.0.conv1": "mid_tread:2"})

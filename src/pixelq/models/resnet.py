@@ -208,8 +208,12 @@ def apply_overrides(model: nn.Module, overrides: dict) -> None:
     (`stages.2.*.conv1`); one that matches nothing is an error.
     """
     modules = dict(model.named_modules())
+    # A layer's own quantizers and an input encoder's internals are set through the layer or encoder
+    # (`stages.*.conv*` names the convs, not also their weight_quantizer children).
+    owned = {f"{name}.{child}" if name else child for name, m in modules.items()
+             if isinstance(m, (QuantConv2d, QuantLinear)) or hasattr(m, "quantized") for child in m._modules}
     for pattern, spec in overrides.items():
-        names = [n for n in modules if n and fnmatch.fnmatchcase(n, pattern)]
+        names = [n for n in modules if n and n not in owned and fnmatch.fnmatchcase(n, pattern)]
         targets = [n for n in names if isinstance(modules[n], (QuantConv2d, QuantLinear, *_SLOTS))]
         if not targets:
             raise ConfigError(f"override {pattern!r} matches no quantizable layer or activation; "

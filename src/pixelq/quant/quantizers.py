@@ -38,6 +38,7 @@ class Quantizer(nn.Module):
 
     bits: int
     signed: bool
+    roles: tuple = ("weight", "activation")  # what it may quantize; make_quantizer checks it
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, signed={self.signed}"
@@ -46,6 +47,8 @@ class Quantizer(nn.Module):
 @QUANTIZERS.register("binary")
 class BinaryWeight(Quantizer):
     """w -> mean|w| * sign(w), one scale per tensor or per output channel (XNOR-Net, Blueoil)."""
+
+    roles = ("weight",)
 
     def __init__(self, per_channel: bool = False):
         super().__init__()
@@ -68,6 +71,8 @@ class BinaryWeight(Quantizer):
 @QUANTIZERS.register("ternary")
 class TernaryWeight(Quantizer):
     """Ternary weight networks (Li et al. 2016): threshold 0.7 * mean|w|, scale = mean kept |w|."""
+
+    roles = ("weight",)
 
     def __init__(self, per_channel: bool = False, threshold_factor: float = 0.7):
         super().__init__()
@@ -96,6 +101,8 @@ class PrunedTernaryWeight(Quantizer):
     the fraction `sparsity` of weights (the smallest |w|) is 0. `ramp_steps` > 0 raises the sparsity
     linearly from 0 over that many training forwards (the count is a buffer, so resume continues
     the schedule); 0 prunes to the target at once, as after `--init` from a float network."""
+
+    roles = ("weight",)
 
     def __init__(self, sparsity: float = 0.5, per_channel: bool = False, ramp_steps: int = 0):
         super().__init__()
@@ -134,6 +141,8 @@ class PrunedTernaryWeight(Quantizer):
 class DoReFaWeight(Quantizer):
     """DoReFa-Net k-bit weights: w_t = tanh(w) / (2 max|tanh w|) + 1/2, y = 2 round_k(w_t) - 1,
     with round_k(v) = round(v (2^k - 1)) / (2^k - 1). For k = 1 it is sign(w) * mean|w|."""
+
+    roles = ("weight",)
 
     def __init__(self, bits: int = 2):
         super().__init__()
@@ -207,6 +216,8 @@ class LSQ(Quantizer):
 class PACT(Quantizer):
     """PACT (Choi et al. 2018): unsigned k-bit activations with a learned clipping level alpha."""
 
+    roles = ("activation",)
+
     def __init__(self, bits: int = 2, alpha: float = 2.0):
         super().__init__()
         self.bits, self.signed = _check_bits("pact", bits), False
@@ -223,6 +234,8 @@ class PACT(Quantizer):
 @QUANTIZERS.register("mid_tread")
 class MidTreadHalf(Quantizer):
     """Blueoil's `linear_mid_tread_half`: clip to [0, max], 2^k - 1 equal steps."""
+
+    roles = ("activation",)
 
     def __init__(self, bits: int = 2, max_value: float = 2.0):
         super().__init__()
@@ -292,6 +305,10 @@ def make_quantizer(spec: "str | nn.Module | None", role: str = "weight") -> "nn.
         kwargs[_RANGE_PARAM[name]] = kwargs.pop("range")
     if name == "lsq":
         kwargs.setdefault("signed", role == "weight")
+    if role not in factory.roles:
+        allowed = sorted(n for n in QUANTIZERS.names() if role in QUANTIZERS.get(n).roles)
+        raise ConfigError(f"{name!r} quantizes {' and '.join(factory.roles)}s, not {role}s ({spec!r}); "
+                          f"{role} quantizers: {', '.join(allowed)}")
     accepted = inspect.signature(factory).parameters
     for key in kwargs:
         if key not in accepted:
