@@ -83,9 +83,9 @@ def _run_train(args) -> None:
     if hasattr(args, "overrides"):
         given["overrides"] = _read_mapping(args.overrides)
     recipe = getattr(args, "recipe", None)
-    cfg = resolve_config(recipe, **given)
-    cfg = resolve_config(recipe, **given, first_layer_kwargs=_first_layer_kwargs(args, cfg.first_layer,
-                                                                                 cfg.first_layer_kwargs))
+    chosen = resolve_config(recipe, **given)  # which first layer the recipe and flags chose, and its options
+    kwargs = _first_layer_kwargs(args, chosen.first_layer, chosen.first_layer_kwargs)
+    cfg = resolve_config(recipe, **given, first_layer_kwargs=kwargs)
     metrics = train(cfg, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False))
     print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
 
