@@ -149,3 +149,37 @@ def test_layer_agreement_notices_a_wrong_threshold():
 def test_unsupported_models_raise_export_error(kwargs, message):
     with pytest.raises(ExportError, match=message):
         lower_resnet(create_model("resnet20", **kwargs).eval())
+
+
+def test_a_signed_residual_branch_adds_to_unsigned_shortcut_codes():
+    """A float ResNet adds negative residuals: a signed res_act on the output's step exports, and the
+    integer runtime (reference and C) keeps PyTorch's codes layer by layer."""
+    from pixelq.quant import LSQ
+
+    torch.manual_seed(2)
+    model = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized")
+    step = model.stages[0][0].act_out.step
+    for stage in model.stages:
+        for block in stage:
+            signed = LSQ(3, signed=True)
+            signed.step.data.fill_(step)
+            signed.initialized.fill_(True)
+            block.res_act = signed  # codes -4..3 on the same step as the unsigned 0..3 shortcut
+    model = trained_like(model)
+    graph = lower_resnet(model)
+    assert graph.node("stages.0.0.res_act")["qmin"] == -4
+    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    for backend in ("reference", "c") if fast_available() else ("reference",):
+        report = layer_agreement(model, Runtime(graph, backend=backend), x.numpy())
+        for layer, counts in report.items():
+            assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
+    bad = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized")
+    bad.stages[0][0].res_act = LSQ(3, signed=True)  # its own step (1.0): not the output's grid
+    with pytest.raises(ExportError, match="one step"):
+        lower_resnet(trained_like(bad))
+
+
+def fast_available():
+    from pixelq.runtime.fast import kernels_available
+
+    return kernels_available()

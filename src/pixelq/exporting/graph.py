@@ -69,11 +69,16 @@ def _conv_threshold(b: _Builder, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Mo
     return act_name, (step, qmin, qmax)
 
 
-def _same_grid(grids: list, where: str) -> tuple:
-    if any(abs(g[0] - grids[0][0]) > 1e-12 * abs(grids[0][0]) or g[1:] != grids[0][1:] for g in grids):
-        raise ExportError(f"{where}: the residual add needs both addends and the output on one activation grid, "
-                          f"got {grids}")
-    return grids[0]
+def _add_grid(branch: tuple, shortcut: tuple, out: tuple, where: str) -> tuple:
+    """The residual add's output grid. Codes add as integers when both addends and the output share
+    one step; the addends' ranges may differ (a signed residual branch, as a float ResNet's is, adds
+    to unsigned shortcut codes), and the sum is clipped to the output's range."""
+    if any(abs(g[0] - out[0]) > 1e-6 * abs(out[0]) for g in (branch, shortcut)):  # float32 steps (LSQ) agree to this
+        raise ExportError(f"{where}: the residual add needs both addends and the output on one activation grid "
+                          f"(one step), got (step, qmin, qmax) {branch}, {shortcut} -> {out}")
+    if out[1] != 0:
+        raise ExportError(f"{where}: the residual add's output must be unsigned codes (qmin 0), got {out}")
+    return out
 
 
 def lower_resnet(model: ResNet) -> IntegerModel:
@@ -101,9 +106,7 @@ def lower_resnet(model: ResNet) -> IntegerModel:
                 s, gs = _conv_threshold(b, block.shortcut_conv, block.shortcut_bn, block.shortcut_act,
                                         f"{p}.shortcut_conv", f"{p}.shortcut_act", h, grid)
             out_grid = activation_grid(_activation_quantizer(block.act_out, f"{p}.act_out"))
-            grid = _same_grid([gr, gs, out_grid], p)
-            if grid[1] != 0:
-                raise ExportError(f"{p}: the integer residual add needs unsigned activations (qmin 0)")
+            grid = _add_grid(gr, gs, out_grid, p)
             h = b.add("add_clip", f"{p}.act_out", [r, s], qmin=grid[1], qmax=grid[2], step=grid[0])
     pooled = b.add("sum_pool", "pool", [h], step=grid[0])
     fc = model.fc
