@@ -4,19 +4,22 @@ from __future__ import annotations
 import time
 
 import torch
-from torch.nn import functional as F
 
 from ..data import batches, load_dataset
 from ..models import create_model
 from ..training.config import TrainConfig
-from ..training.loop import make_optimizer
+from ..training.loop import make_optimizer, training_step
 
-# The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized.
+# The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized;
+# then the fully quantized one with the recipe issue's extra objectives (a float teacher, SAQ).
+_PE_QLAST = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1, "abits": 2,
+             "last_layer": "quantized"}
 TRAIN_VARIANTS = {
-    "float": {},
-    "w1a2-float-first": {"wbits": 1, "abits": 2},
-    "w1a2-pe-qlast": {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2},
-                      "wbits": 1, "abits": 2, "last_layer": "quantized"},
+    "float": {"model": {}},
+    "w1a2-float-first": {"model": {"wbits": 1, "abits": 2}},
+    "w1a2-pe-qlast": {"model": _PE_QLAST},
+    "w1a2-pe-qlast+kd": {"model": _PE_QLAST, "teacher": True},
+    "w1a2-pe-qlast+saq": {"model": _PE_QLAST, "saq_rho": 0.4},
 }
 
 
@@ -80,7 +83,8 @@ def decode_throughput(folders: str, images: int = 5000, batch_size: int = 128, w
 def train_step_throughput(model: str = "resnet20", variants: "dict | None" = None, batch_size: int = 128,
                           steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
                           image_size: int = 32) -> dict:
-    """Train step time (forward, backward, SGD step) of each variant on random uint8 batches.
+    """Train step time (the training loop's step: forward, loss, backward, optimizer step) of each
+    variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ.
 
     Variants are timed in interleaved rounds and each keeps its best round, so a noisy machine
     hurts all of them alike; `ratios` holds each variant's step time over the first variant's.
@@ -92,26 +96,25 @@ def train_step_throughput(model: str = "resnet20", variants: "dict | None" = Non
     x = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
     setups = {}
-    for name, kwargs in variants.items():
+    for name, variant in variants.items():
         torch.manual_seed(0)
-        net = create_model(model, **kwargs).train()
-        setups[name] = (net, make_optimizer(net, TrainConfig()))
+        net = create_model(model, **variant["model"]).train()
+        cfg = TrainConfig(saq_rho=variant.get("saq_rho", 0.0))
+        teacher = create_model(model).eval() if variant.get("teacher") else None
+        setups[name] = (net, make_optimizer(net, cfg), cfg, teacher)
 
-    def step(net, opt):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    def step(net, opt, cfg, teacher):  # the training loop's own step
+        training_step(net, net, opt, x, y, cfg, teacher)
 
     best = {name: float("inf") for name in variants}
-    for name, (net, opt) in setups.items():
+    for setup in setups.values():
         for _ in range(warmup):
-            step(net, opt)
+            step(*setup)
     for _ in range(rounds):
-        for name, (net, opt) in setups.items():
+        for name, setup in setups.items():
             t0 = time.perf_counter()
             for _ in range(steps):
-                step(net, opt)
+                step(*setup)
             best[name] = min(best[name], (time.perf_counter() - t0) / steps)
     first = next(iter(variants))
     return {

@@ -158,6 +158,30 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
 
 
+def training_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, cfg: TrainConfig,
+                  teacher: "nn.Module | None" = None) -> tuple:
+    """One optimizer step: the teacher's logits (no gradients), the loss (`training_loss`), its
+    gradient - taken again at SAQ's perturbed weights when cfg.saq_rho - and the step. `net` is
+    `model` or its DistributedDataParallel wrapper. Returns the first pass's (logits, loss); a
+    non-finite loss returns before any gradient or step, for the caller to stop on."""
+    with torch.no_grad():
+        teacher_logits = teacher(x) if teacher is not None else None
+    objective = dict(label_smoothing=cfg.label_smoothing, teacher_logits=teacher_logits, kd_weight=cfg.kd_weight,
+                     temperature=cfg.kd_temperature)
+    logits = net(x)
+    loss = training_loss(logits, y, **objective)
+    if not torch.isfinite(loss):
+        return logits, loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.saq_rho:  # the gradient again, at the sharpest nearby quantized weights
+        with perturbed_weights(model, cfg.saq_rho):
+            optimizer.zero_grad(set_to_none=True)
+            training_loss(net(x), y, **objective).backward()
+    optimizer.step()
+    return logits, loss
+
+
 def _load_teacher(path: str, classes: list, device) -> nn.Module:
     """The distillation teacher: eval mode, no gradients, trained on the same classes."""
     taught = read_checkpoint(path)["classes"]
@@ -250,23 +274,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad():
-                teacher_logits = teacher(x) if teacher is not None else None
-            objective = dict(label_smoothing=cfg.label_smoothing, teacher_logits=teacher_logits,
-                             kd_weight=cfg.kd_weight, temperature=cfg.kd_temperature)
-            logits = net(x)
-            loss = training_loss(logits, y, **objective)
+            logits, loss = training_step(net, model, optimizer, x, y, cfg, teacher)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
                     f"{ckpt_path} keeps the last finished epoch ({epoch}); lower --lr or add --warmup-epochs")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.saq_rho:  # the gradient again, at the sharpest nearby quantized weights
-                with perturbed_weights(model, cfg.saq_rho):
-                    optimizer.zero_grad(set_to_none=True)
-                    training_loss(net(x), y, **objective).backward()
-            optimizer.step()
             train_time += time.perf_counter() - t0
             totals += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y)],
                                    dtype=torch.float64)
