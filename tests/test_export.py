@@ -19,7 +19,7 @@ from pixelq.exporting.verify import label_agreement, layer_agreement
 from conftest import trained_like
 
 WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "pruned_ternary:0.6", "pruned_ternary:0.3:channel",
-                "dorefa:1", "dorefa:2", "dorefa:4",
+                "dorefa:1", "dorefa:2", "dorefa:4", "grid:2", "grid:4:tensor", "grid:8:zero",
                 "lsq:2", "lsq:3", "lsq:8"]
 
 
@@ -108,6 +108,8 @@ def torch_logits(model, x):
     ("resnet18", dict(first_layer="naive", wbits=1, abits=2, last_layer="quantized")),
     ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="quantized",
                       overrides={"stages.*.conv*": "pruned_ternary:0.6:channel", "fc": "pruned_ternary:0.5"})),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=4, last_layer="float",
+                      overrides={"stem.conv": "grid:8:zero", "stages.0.*.conv*": "grid:3", "stages.2.*.conv*": "grid:4:tensor"})),
 ])
 def test_integer_graph_matches_fake_quant_model_layer_by_layer(name, kwargs):
     torch.manual_seed(1)

@@ -248,3 +248,23 @@ def test_overrides_refuse_a_weight_quantizer_on_an_activation():
         create_model("resnet20", wbits=1, abits=2, overrides={"stages.0.0.act1": "binary"})
     with pytest.raises(ConfigError, match="'mid_tread' quantizes activations, not weights"):
         create_model("resnet20", wbits=1, abits=2, overrides={"stages.0.0.conv1": "mid_tread:2"})
+
+
+@pytest.mark.parametrize("bits, zero", [(2, False), (3, False), (8, True), (2, True)])
+def test_grid_weights_round_to_the_alphabet(bits, zero):
+    from pixelq.quant import GridWeight
+
+    q = GridWeight(bits, zero=zero)
+    w = torch.randn(5, 7, requires_grad=True)
+    q.set_radius(torch.full((5,), 0.8))
+    y = q(w)
+    levels = 2**bits - 1 if zero else 2**bits
+    alphabet = 0.8 * torch.linspace(-1, 1, levels)
+    nearest = alphabet[(w.detach()[..., None] - alphabet).abs().argmin(-1)]
+    assert torch.allclose(y.detach(), nearest, atol=1e-6)
+    assert (alphabet.abs().min() < 1e-6) == zero  # a level at 0 exactly when asked for
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    fresh = GridWeight(bits, zero=zero)
+    fresh(w)
+    assert torch.allclose(fresh.radius, w.detach().abs().amax(1))  # unset radius: max|w| per channel

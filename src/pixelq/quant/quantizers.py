@@ -137,6 +137,54 @@ class PrunedTernaryWeight(Quantizer):
         return f"sparsity={self.target}, per_channel={self.per_channel}, ramp_steps={self.ramp_steps}"
 
 
+@QUANTIZERS.register("grid")
+class GridWeight(Quantizer):
+    """Weights rounded to a fixed symmetric grid of `levels` values r * (2j / (levels - 1) - 1),
+    j = 0 .. levels - 1, with radius r per output channel or per tensor: 2^bits levels (no zero; the
+    alphabet of GPFQ and round-to-nearest, SPEC §6), or 2^bits - 1 with `zero` (symmetric int8 is
+    bits 8 with zero: codes -127 .. 127 times r / 127). Post-training quantization sets the radius;
+    until then the first forward takes max|w|. dy/dw = 1 (fine-tuning after PTQ)."""
+
+    roles = ("weight",)
+
+    def __init__(self, bits: int = 8, zero: bool = False, per_channel: bool = True):
+        super().__init__()
+        self.bits, self.signed, self.zero, self.per_channel = _check_bits("grid", bits), True, zero, per_channel
+        self.levels = 2**bits - 1 if zero else 2**bits
+        if self.levels < 2:
+            raise ConfigError("grid: one level is no grid; use bits >= 2 with zero")
+        self.register_buffer("radius", torch.zeros(()))
+
+    def set_radius(self, radius: Tensor) -> None:
+        """The grid's radius: a scalar, or one per output channel."""
+        self.radius = torch.as_tensor(radius, dtype=torch.float32).detach().clone()
+
+    def _radius(self, w: Tensor) -> Tensor:
+        if not bool((self.radius > 0).all()):
+            self.set_radius(w.detach().abs().flatten(1).amax(1) if self.per_channel else w.detach().abs().max())
+        r = self.radius.clamp_min(1e-12)
+        return r.view(-1, *([1] * (w.dim() - 1))) if r.dim() else r
+
+    def _index(self, w: Tensor, r: Tensor) -> Tensor:
+        return torch.round((w / r + 1) * ((self.levels - 1) / 2)).clamp(0, self.levels - 1)
+
+    def forward(self, w: Tensor) -> Tensor:
+        r = self._radius(w)
+        return w + ((self._index(w, r) * (2 / (self.levels - 1)) - 1) * r - w).detach()  # straight through
+
+    @torch.no_grad()
+    def integer_weights(self, w: Tensor) -> tuple:
+        r = self._radius(w)
+        codes = 2 * self._index(w, r).to(torch.int64) - (self.levels - 1)
+        return codes, (self.radius.clamp_min(1e-12) / (self.levels - 1))
+
+    def weight_code_grid(self) -> tuple:
+        return -(self.levels - 1), 2, self.bits
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, zero={self.zero}, per_channel={self.per_channel}, levels={self.levels}"
+
+
 @QUANTIZERS.register("dorefa")
 class DoReFaWeight(Quantizer):
     """DoReFa-Net k-bit weights: w_t = tanh(w) / (2 max|tanh w|) + 1/2, y = 2 round_k(w_t) - 1,
@@ -259,7 +307,7 @@ class MidTreadHalf(Quantizer):
 
 _SPEC_HELP = (
     "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'pruned_ternary:0.6[:channel]', "
-    "'dorefa:4', "
+    "'dorefa:4', 'grid:4', 'grid:8:zero', "
     "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5'"
 )
 
@@ -271,6 +319,8 @@ def _parse_args(spec: str, args: list[str]) -> dict:
             kwargs["per_channel"] = arg == "channel"
         elif arg in ("signed", "unsigned"):
             kwargs["signed"] = arg == "signed"
+        elif arg == "zero":
+            kwargs["zero"] = True
         elif arg.isdigit():
             kwargs["bits"] = int(arg)
         else:
