@@ -61,3 +61,44 @@ def test_rtn_rounds_to_the_nearest_level():
 def test_gpfq_rejects_mismatched_inputs():
     with pytest.raises(ConfigError, match="inputs"):
         gpfq_quantize(torch.zeros(2, 3), torch.zeros(5, 3), torch.zeros(4, 3), torch.tensor([-1.0, 1.0]))
+
+
+@pytest.mark.parametrize("method, bits", [("int8", 8), ("rtn", 3), ("gpfq", 2)])
+def test_cli_quantize_then_eval_export_run(tmp_path, tiny_splits, capsys, method, bits):
+    """A float network, post-training quantized, is a normal checkpoint: eval, export and the integer
+    runtime take it, and the runtime agrees with PyTorch."""
+    import json
+
+    from pixelq import train
+    from pixelq.cli import main
+    from pixelq.exporting.verify import label_agreement
+    from pixelq.runtime import load
+    from pixelq.training import load_checkpoint
+
+    from conftest import run_config, write_image_dataset
+
+    data = write_image_dataset(tmp_path, tiny_splits)
+    train(run_config(tmp_path, "float", epochs=2, optimizer="sgd", lr=0.05, data=str(data)))
+    out = tmp_path / method
+    assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", method, "--bits", str(bits),
+                 "--calib", "24", "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["method"] == method and result["bits"] == bits and result["calibration_images"] == 24
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(data)]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
+    model = load_checkpoint(out / "checkpoint.pt")
+    assert label_agreement(model, load(tmp_path / "m.pxq"), tiny_splits.test.images)["differ_unexplained"] == 0
+    assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--out", str(out)]) == 2  # no overwrite
+
+
+def test_quantize_refuses_an_already_quantized_network(tmp_path, tiny_splits):
+    from pixelq import train
+    from pixelq.ptq import quantize_resnet
+    from pixelq.training import load_checkpoint
+
+    from conftest import run_config
+
+    train(run_config(tmp_path, "q", epochs=1, wbits=1, abits=2), data=tiny_splits)
+    with pytest.raises(ConfigError, match="starts from a float network"):
+        quantize_resnet(load_checkpoint(tmp_path / "q" / "checkpoint.pt"), torch.zeros(4, 8, 8, 3, dtype=torch.uint8))

@@ -216,6 +216,39 @@ def _run_run(args) -> None:
     print(json.dumps({"top1": 100.0 * correct / len(test), "n": len(test), "images_per_s": len(test) / seconds}))
 
 
+def _run_quantize(args) -> None:
+    """Post-training quantization of a float checkpoint into a pixelq checkpoint (`pixelq.ptq`)."""
+    import torch
+
+    from .data import open_data
+    from .models import model_kwargs
+    from .ptq import quantize_resnet
+    from .training import evaluate, read_checkpoint, save_checkpoint
+    from .training.checkpoint import model_from_checkpoint
+
+    if args.calib < 1:
+        raise ConfigError(f"--calib must be a positive number of images, got {args.calib}")
+    if (Path(args.out) / "checkpoint.pt").exists():
+        raise ConfigError(f"{args.out}: holds a checkpoint already; choose another --out")
+    ckpt = read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    data = open_data(args.data, image_size=ckpt["config"].get("image_size"))
+    data.train.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
+    calib = data.train.subset(max(args.calib, len(data.classes)), seed=args.seed)
+    images = torch.from_numpy(calib.images)
+    twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"])
+    out = Path(args.out)
+    config = {"ptq": {"method": args.method, "bits": 8 if args.method == "int8" else args.bits,
+                      "calibration_images": len(calib), "from": str(args.checkpoint)},
+              "image_size": ckpt["config"].get("image_size")}
+    save_checkpoint(out / "checkpoint.pt", model_name=ckpt["model"], model_kwargs=model_kwargs(twin), model=twin,
+                    config=config, classes=ckpt["classes"], data=ckpt["data"])
+    test = evaluate(twin, data.test.images, data.test.labels)
+    result = {"top1": test["top1"], "top5": test["top5"], "n": test["n"], **config["ptq"]}
+    _write_json(str(out / "metrics.json"), result)
+    print(json.dumps(result))
+
+
 def _run_bitops(args) -> None:
     """Per-layer MACs and bit-operations of a checkpoint or an exported .pxq model."""
     from .models import cost_totals
@@ -321,6 +354,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
+    p = sub.add_parser("quantize", help="post-training quantization of a float checkpoint (int8, rtn, gpfq)")
+    p.add_argument("checkpoint", help="a float network's checkpoint.pt")
+    p.add_argument("--method", default="int8", choices=("int8", "rtn", "gpfq"))
+    p.add_argument("--bits", type=int, default=4, help="weight bits for rtn and gpfq (int8 is 8)")
+    p.add_argument("--calib", type=int, default=512, help="training images that calibrate (and drive GPFQ)")
+    p.add_argument("--data", help="the data the network was trained on; default: embedded subset")
+    p.add_argument("--seed", type=int, default=0, help="which calibration images (a stratified draw)")
+    p.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
     p = sub.add_parser("bitops", help="per-layer MACs, bits and bit-operations (BOPs) of a checkpoint or .pxq file")
     p.add_argument("model", help="checkpoint.pt or model.pxq")
     p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")
@@ -367,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes, "bitops": _run_bitops,
+COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes, "bitops": _run_bitops, "quantize": _run_quantize,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
             "inspect": _run_inspect, "study": _run_study, "report": _run_report}
 

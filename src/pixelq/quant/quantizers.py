@@ -159,6 +159,11 @@ class GridWeight(Quantizer):
         """The grid's radius: a scalar, or one per output channel."""
         self.radius = torch.as_tensor(radius, dtype=torch.float32).detach().clone()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "radius" in state_dict:  # a scalar or per-channel radius: take its shape
+            self.set_radius(state_dict[prefix + "radius"])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _radius(self, w: Tensor) -> Tensor:
         if not bool((self.radius > 0).all()):
             self.set_radius(w.detach().abs().flatten(1).amax(1) if self.per_channel else w.detach().abs().max())
