@@ -20,7 +20,6 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..models import create_model
 from ..models.resnet import ResNet
-from ..quant import GridWeight
 from .gpfq import alphabet, gpfq_quantize, rtn_quantize
 
 METHODS = ("int8", "rtn", "gpfq")

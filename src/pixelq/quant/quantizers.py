@@ -68,6 +68,15 @@ class BinaryWeight(Quantizer):
         return f"per_channel={self.per_channel}"
 
 
+TERNARY_GRID = (-1, 1, 2)  # codes -1, 0, +1 in 2 bits
+
+
+def _ternary_integers(q: Tensor, per_channel: bool) -> tuple:
+    """Codes sign(q) and the scale |q| takes where not 0 (per output channel or per tensor)."""
+    scale = q.abs().amax(tuple(range(1, q.dim()))) if per_channel else q.abs().max()
+    return torch.sign(q).to(torch.int64), scale
+
+
 @QUANTIZERS.register("ternary")
 class TernaryWeight(Quantizer):
     """Ternary weight networks (Li et al. 2016): threshold 0.7 * mean|w|, scale = mean kept |w|."""
@@ -84,12 +93,10 @@ class TernaryWeight(Quantizer):
 
     @torch.no_grad()
     def integer_weights(self, w: Tensor) -> tuple:
-        q = self(w)
-        scale = q.abs().amax(tuple(range(1, w.dim()))) if self.per_channel else q.abs().max()
-        return torch.sign(q).to(torch.int64), scale
+        return _ternary_integers(self(w), self.per_channel)
 
     def weight_code_grid(self) -> tuple:
-        return -1, 1, 2
+        return TERNARY_GRID
 
     def extra_repr(self) -> str:
         return f"per_channel={self.per_channel}, threshold_factor={self.threshold_factor}"
@@ -126,12 +133,10 @@ class PrunedTernaryWeight(Quantizer):
 
     @torch.no_grad()
     def integer_weights(self, w: Tensor) -> tuple:
-        q = ste.pruned_ternary(w, self.sparsity, self.per_channel)
-        scale = q.abs().amax(tuple(range(1, w.dim()))) if self.per_channel else q.abs().max()
-        return torch.sign(q).to(torch.int64), scale
+        return _ternary_integers(ste.pruned_ternary(w, self.sparsity, self.per_channel), self.per_channel)
 
     def weight_code_grid(self) -> tuple:
-        return -1, 1, 2
+        return TERNARY_GRID
 
     def extra_repr(self) -> str:
         return f"sparsity={self.target}, per_channel={self.per_channel}, ramp_steps={self.ramp_steps}"
