@@ -74,18 +74,24 @@ def _calibrate_activations(twin: ResNet, model: ResNet, images: Tensor) -> None:
             module.initialized.fill_(True)
 
 
-def _conv_inputs(model: nn.Module, conv_name: str, images: Tensor, rows: int) -> Tensor:
-    """im2col rows (m, C*kh*kw) of what `conv_name` reads on `images`, `rows` of them drawn evenly."""
-    conv = dict(model.named_modules())[conv_name]
-    seen = []
-    hook = conv.register_forward_pre_hook(lambda _m, inputs: seen.append(inputs[0].detach()))
+def _conv_inputs(model: nn.Module, names: list, images: Tensor, rows: int) -> dict:
+    """{conv name: im2col rows (m, C*kh*kw) of what it reads on `images`, `rows` of them drawn evenly},
+    for every conv in `names`, from one forward pass."""
+    modules = dict(model.named_modules())
+    seen = {}
+    hooks = [modules[n].register_forward_pre_hook(lambda _m, inputs, n=n: seen.__setitem__(n, inputs[0].detach()))
+             for n in names]
     with torch.no_grad():
         model.eval()(images)
-    hook.remove()
-    cols = F.unfold(seen[0].float(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (B, N, L)
-    cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    take = torch.linspace(0, len(cols) - 1, min(rows, len(cols))).long()
-    return cols[take].double()
+    for h in hooks:
+        h.remove()
+    out = {}
+    for n in names:
+        conv = modules[n]
+        cols = F.unfold(seen[n].float(), conv.kernel_size, padding=conv.padding, stride=conv.stride)  # (B, N, L)
+        cols = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        out[n] = cols[torch.linspace(0, len(cols) - 1, min(rows, len(cols))).long()].double()
+    return out
 
 
 @torch.no_grad()
@@ -102,10 +108,11 @@ def quantize_resnet(model: ResNet, images: Tensor, method: str = "int8", bits: i
     _calibrate_activations(twin, model, images)
     if method != "int8":
         convs = [n for n, m in twin.named_modules() if isinstance(m, nn.Conv2d) and n != "stem.conv"]
+        float_inputs = _conv_inputs(model, convs, images, rows)  # the float network does not change
+        float_layers, layers = dict(model.named_modules()), dict(twin.named_modules())
         for name in convs:  # in execution order: each layer sees the layers before it quantized
-            layer = dict(twin.named_modules())[name]
-            w = dict(model.named_modules())[name].weight.double().flatten(1)
-            x, xq = _conv_inputs(model, name, images, rows), _conv_inputs(twin, name, images, rows)
+            layer, w = layers[name], float_layers[name].weight.double().flatten(1)
+            x, xq = float_inputs[name], _conv_inputs(twin, [name], images, rows)[name]
             best = None
             for c in RADIUS_FACTORS:
                 levels = alphabet(w, bits, c)
