@@ -102,3 +102,25 @@ def test_quantize_refuses_an_already_quantized_network(tmp_path, tiny_splits):
     train(run_config(tmp_path, "q", epochs=1, wbits=1, abits=2), data=tiny_splits)
     with pytest.raises(ConfigError, match="starts from a float network"):
         quantize_resnet(load_checkpoint(tmp_path / "q" / "checkpoint.pt"), torch.zeros(4, 8, 8, 3, dtype=torch.uint8))
+
+
+def test_cli_quantize_calibrates_on_streamed_folders(tmp_path, tiny_splits, capsys, monkeypatch):
+    """Folders too large for memory stream; calibration and the test top-1 then come from the stream."""
+    import json
+
+    import pixelq.data.streaming as streaming
+    from pixelq import train
+    from pixelq.cli import main
+
+    from conftest import run_config, write_image_dataset
+
+    data = write_image_dataset(tmp_path, tiny_splits)
+    train(run_config(tmp_path, "float", epochs=1, data=str(data)))
+    args = ["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--calib", "12", "--data", str(data)]
+    assert main([*args, "--out", str(tmp_path / "memory")]) == 0
+    in_memory = json.loads(capsys.readouterr().out)
+    real_open = streaming.open_data
+    monkeypatch.setattr("pixelq.data.open_data", lambda *a, **k: real_open(*a, **k, memory_share=1e-12))
+    with pytest.warns(UserWarning, match="streaming them from disk"):
+        assert main([*args, "--out", str(tmp_path / "streamed")]) == 0
+    assert json.loads(capsys.readouterr().out) == in_memory

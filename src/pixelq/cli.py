@@ -218,9 +218,7 @@ def _run_run(args) -> None:
 
 def _run_quantize(args) -> None:
     """Post-training quantization of a float checkpoint into a pixelq checkpoint (`pixelq.ptq`)."""
-    import torch
-
-    from .data import open_data
+    from .data import batch_source, batches, open_data
     from .models import model_kwargs
     from .ptq import quantize_resnet
     from .training import evaluate, read_checkpoint, save_checkpoint
@@ -235,7 +233,7 @@ def _run_quantize(args) -> None:
     data = open_data(args.data, image_size=ckpt["config"].get("image_size"))
     data.train.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
     calib = data.train.subset(max(args.calib, len(data.classes)), seed=args.seed)
-    images = torch.from_numpy(calib.images)
+    images = next(iter(batches(*batch_source(calib), batch_size=len(calib))))[0]  # in memory or streamed
     twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"])
     out = Path(args.out)
     config = {"ptq": {"method": args.method, "bits": 8 if args.method == "int8" else args.bits,
@@ -243,7 +241,7 @@ def _run_quantize(args) -> None:
               "image_size": ckpt["config"].get("image_size")}
     save_checkpoint(out / "checkpoint.pt", model_name=ckpt["model"], model_kwargs=model_kwargs(twin), model=twin,
                     config=config, classes=ckpt["classes"], data=ckpt["data"])
-    test = evaluate(twin, data.test.images, data.test.labels)
+    test = evaluate(twin, *batch_source(data.test))
     result = {"top1": test["top1"], "top5": test["top5"], "n": test["n"], **config["ptq"]}
     _write_json(str(out / "metrics.json"), result)
     print(json.dumps(result))
