@@ -10,8 +10,8 @@ setup(
         Extension(
             "pixelq.runtime._kernels",
             sources=["src/pixelq/runtime/csrc/kernels.c"],
-            depends=["src/pixelq/runtime/csrc/conv_body.h", "src/pixelq/runtime/csrc/conv_avx512.h",
-                     "src/pixelq/runtime/csrc/conv_lanes.h"],
+            depends=[f"src/pixelq/runtime/csrc/{name}.h"
+                     for name in ("conv_avx2", "conv_avx512", "conv_lanes", "table_body")],
             extra_compile_args=["-O3", "-std=c11", *openmp],
             extra_link_args=openmp,
             optional=True,

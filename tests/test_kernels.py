@@ -19,14 +19,10 @@ WEIGHT_GRIDS = {"binary": (-1, 2, 1), "ternary": (-1, 1, 2), "dorefa3": (-7, 2, 
 
 @pytest.fixture(params=ISAS)
 def isa(request):
-    k = fast._kernels
-    before = k.isa()
-    try:
-        k.set_isa(request.param)
-    except ValueError:
+    """The name of an instruction set this CPU has, passed to each kernel call as isa=NAME."""
+    if request.param not in fast._kernels.isas():
         pytest.skip(f"this CPU has no {request.param}")
-    yield request.param
-    k.set_isa(before)
+    return request.param
 
 
 def random_weights(rng, shape, grid):
@@ -34,7 +30,7 @@ def random_weights(rng, shape, grid):
     return (lowest + stride * rng.integers(0, 2**bits, shape)).astype(np.int32)
 
 
-def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None):
+def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None, isa=None):
     """The C conv on uint8 codes: int32 accumulators, or codes given (direction, thresholds, qmin)."""
     lowest, wstride, bits = grid
     n, h, wd_, c = x.shape
@@ -45,12 +41,12 @@ def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None):
             k, k, bits, o, fast.padded_channels(o), lowest, wstride, stride, padding, ho, wo)
     if thresholds is None:
         out = np.empty((n, ho, wo, o), np.int32)
-        fast._kernels.conv(*args, out, threads)
+        fast._kernels.conv(*args, out, threads, isa=isa)
         return out
     direction, levels, qmin = thresholds
     d, t = fast.pad_thresholds(direction, levels)
     out = np.empty((n, ho, wo, o), np.uint8)
-    fast._kernels.conv(*args, out, threads, d, t, t.shape[0], qmin)
+    fast._kernels.conv(*args, out, threads, d, t, t.shape[0], qmin, isa=isa)
     return out
 
 
@@ -97,7 +93,8 @@ def test_fast_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abit
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**abits, (n, h, w, c)).astype(np.uint8)
     wt = random_weights(rng, (o, k, k, c), WEIGHT_GRIDS[grid])
-    assert np.array_equal(fast_conv(x, wt, WEIGHT_GRIDS[grid], stride, padding), conv2d_reference(x, wt, stride, padding))
+    assert np.array_equal(fast_conv(x, wt, WEIGHT_GRIDS[grid], stride, padding, isa=isa),
+                          conv2d_reference(x, wt, stride, padding))
 
 
 def test_fast_conv_near_the_int32_limit(isa):
@@ -106,7 +103,7 @@ def test_fast_conv_near_the_int32_limit(isa):
     x = np.full((1, 3, 3, c), 255, np.uint8)
     w = np.full((2, 3, 3, c), -128, np.int32)
     w[1] = 127
-    out = fast_conv(x, w, (-128, 1, 8), 1, 0)
+    out = fast_conv(x, w, (-128, 1, 8), 1, 0, isa=isa)
     assert out[0, 0, 0].tolist() == [-9 * c * 255 * 128, 9 * c * 255 * 127]
     assert np.array_equal(out, torch_oracle(x, w, 1, 0))
 
@@ -154,7 +151,7 @@ def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed
     direction = rng.choice([-1, 1], o).astype(np.int8)
     levels = 2**abits - 1
     thresholds = np.sort(rng.integers(-30, 30, (o, levels)), axis=1).astype(np.int32)
-    codes = fast_conv(x, wt, WEIGHT_GRIDS["binary"], stride, 1, thresholds=(direction, thresholds, 0))
+    codes = fast_conv(x, wt, WEIGHT_GRIDS["binary"], stride, 1, thresholds=(direction, thresholds, 0), isa=isa)
     assert np.array_equal(codes, threshold_reference(acc, direction, thresholds, 0))
 
 
@@ -188,9 +185,9 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     if res_c:
         codes = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, res_c)).astype(np.uint8)
         expected[..., :res_c] = np.minimum(expected[..., :res_c] + codes[:, ::stride, ::stride], levels)
-        fast._kernels.conv(*args, out, threads, d, t, levels, 0, codes, ho * stride, ho * stride, res_c, stride, levels)
+        fast._kernels.conv(*args, out, threads, d, t, levels, 0, codes, ho * stride, ho * stride, res_c, stride, levels, isa=isa)
     else:
-        fast._kernels.conv(*args, out, threads, d, t, levels, 0)
+        fast._kernels.conv(*args, out, threads, d, t, levels, 0, isa=isa)
     assert np.array_equal(out, expected)
 
 
@@ -221,9 +218,9 @@ def test_row_convs_equal_reference(isa, channels, width, residual):
             s = 1 if residual == "same" else 2
             shortcut = rng.integers(0, 4, (3, 5 * s, width * s, c // s)).astype(np.uint8)
             expected[..., :c // s] = np.minimum(expected[..., :c // s] + shortcut[:, ::s, ::s], 3)
-            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5 * s, width * s, c // s, s, 3)
+            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5 * s, width * s, c // s, s, 3, isa=isa)
         else:
-            fast._kernels.conv(*args, out, 2, d, t, 3, 0)
+            fast._kernels.conv(*args, out, 2, d, t, 3, 0, isa=isa)
         assert np.array_equal(out, expected), grid
 
 
@@ -235,6 +232,22 @@ def test_sum_pool_kernel_equals_numpy(n, h, w, c, threads, seed):
     out = np.empty((n, c), np.int64)
     fast._kernels.sum_pool(x, n, h * w, c, out, threads)
     assert np.array_equal(out, x.sum((1, 2), dtype=np.int64))
+
+
+def test_kernels_name_their_instruction_sets():
+    """isas() lists this CPU's builds, portable first and the default last; a call naming another
+    (or an unknown keyword) is refused before anything runs."""
+    names = fast._kernels.isas()
+    assert names[0] == "portable" and set(names) <= set(ISAS)
+    x, w = np.zeros((1, 4, 4, 8), np.uint8), fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)
+    args = (x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 1, 4, 4, np.empty((1, 4, 4, 8), np.int32), 1)
+    with pytest.raises(ValueError, match="instruction set avx9 is not available"):
+        fast._kernels.conv(*args, isa="avx9")
+    with pytest.raises(TypeError, match="one keyword argument, isa"):
+        fast._kernels.conv(*args, threads=2)
+    features = fast._kernels.cpu_features()
+    assert all(isinstance(v, bool) for v in features.values())
+    assert ("avx2" in names) == (features.get("avx2", False) and features.get("popcnt", False))
 
 
 def test_conv_rejects_inconsistent_geometry():
@@ -266,7 +279,7 @@ def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, seed):
     d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, ho, o), np.uint8)
     fast._kernels.conv(x, 2, h, h, c, 2, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, fast.padded_channels(o),
-                       -1, 2, stride, 1, ho, ho, out, 2, d, t, 3, 0, shortcut, h, h, shortcut.shape[3], stride, 3)
+                       -1, 2, stride, 1, ho, ho, out, 2, d, t, 3, 0, shortcut, h, h, shortcut.shape[3], stride, 3, isa=isa)
     assert np.array_equal(out, expected)
 
 
@@ -289,14 +302,14 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
             fast.padded_channels(o), -1, 2, stride, padding, ho, wo)
     if not fused:
         out = np.empty((2, ho, wo, o), np.int32)
-        fast._kernels.lut_conv(*args, out, 2)
+        fast._kernels.lut_conv(*args, out, 2, isa=isa)
         assert np.array_equal(out, acc)
         return
     direction = rng.choice([-1, 1], o).astype(np.int8)
     thresholds = spread_thresholds(rng, acc, 3)
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
-    fast._kernels.lut_conv(*args, out, 2, dpad, tpad, 3, 0)
+    fast._kernels.lut_conv(*args, out, 2, dpad, tpad, 3, 0, isa=isa)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 
@@ -326,7 +339,7 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stri
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,
-                             ho, wo, out, 2, dpad, tpad, 3, 0, table.itemsize)
+                             ho, wo, out, 2, dpad, tpad, 3, 0, table.itemsize, isa=isa)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 

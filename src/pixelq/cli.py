@@ -152,8 +152,9 @@ def _run_bench_train(args) -> None:
 def _run_bench(args) -> None:
     from .bench import run_benchmark
 
-    result = run_benchmark(model_path=args.model, repeats=args.repeats)
-    print(f"runtime kernels: {result['runtime_isa']}")
+    result = run_benchmark(model_path=args.model, repeats=args.repeats, isa=args.isa)
+    print(f"runtime kernels: {result['runtime_isa']}; PyTorch: {result['torch_isa']}; "
+          f"ONNX Runtime: {result['onnxruntime_isa']}")
     print(f"{'speed-up (baseline time / pixelq time)':<44} {'value':>8}")
     for key, value in result["ratios"].items():
         print(f"{key:<44} {value:8.2f}x")
@@ -191,6 +192,11 @@ def _run_export(args) -> None:
                       "integer_only": integer_model.meta["integer_only"]}))
 
 
+def _add_isa(p) -> None:
+    p.add_argument("--isa", help="the runtime kernels' instruction set: portable, avx2, avx512vpopcntdq or avx512bitalg "
+                                 "(default: the best this CPU has)")
+
+
 def _run_run(args) -> None:
     import time
 
@@ -201,7 +207,7 @@ def _run_run(args) -> None:
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
-    runtime = load(args.model, threads=args.threads)
+    runtime = load(args.model, threads=args.threads, isa=args.isa)
     test = open_data(args.data, image_size=args.image_size, stream=args.stream).test
     if runtime.classes is not None:  # files exported before class names were stored cannot be checked
         test.require(runtime.classes, runtime.image_shape, args.model)
@@ -213,7 +219,8 @@ def _run_run(args) -> None:
         predicted = runtime.predict(x.numpy())
         seconds += time.perf_counter() - t0
         correct += int(np.sum(predicted == y.numpy()))
-    print(json.dumps({"top1": 100.0 * correct / len(test), "n": len(test), "images_per_s": len(test) / seconds}))
+    print(json.dumps({"top1": 100.0 * correct / len(test), "n": len(test), "images_per_s": len(test) / seconds,
+                      "isa": runtime.isa}))
 
 
 def _run_quantize(args) -> None:
@@ -352,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
+    _add_isa(p)
     p = sub.add_parser("quantize", help="post-training quantization of a float checkpoint (int8, rtn, gpfq)")
     p.add_argument("checkpoint", help="a float network's checkpoint.pt")
     p.add_argument("--method", default="int8", choices=("int8", "rtn", "gpfq"))
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", help="write the results here")
+    _add_isa(p)
     p = sub.add_parser("bench-data", help="cached load, uint8 augmentation and decode/streaming throughput")
     p.add_argument("--data", help="data set path; default: embedded subset")
     p.add_argument("--folders", help="image folders to time decoding and streaming on (e.g. extracted CIFAR-10-JPEG)")

@@ -20,7 +20,7 @@ from ..exporting import export
 from ..integer import IntegerModel
 from ..models import create_model
 from ..runtime import load
-from ..runtime.fast import FastExecutor, _kernels, pack_conv_weight, pad_thresholds, padded_channels
+from ..runtime.fast import FastExecutor, _kernels, choose_isa, pack_conv_weight, pad_thresholds, padded_channels
 
 DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
                  "abits": 2, "last_layer": "quantized"}
@@ -77,7 +77,7 @@ def ort_int8_session(float_model: nn.Module, calibration: np.ndarray, threads: i
     return ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
 
 
-def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, size: int = 32,
+def conv_layer_times(abits: int, threads: int, repeats: int, isa: str, batch: int = 64, size: int = 32,
                      channels: int = 64) -> dict:
     """One 3x3 conv, channels -> channels, batch x size x size: pixelq W1A{abits} (pack + conv +
     thresholds, as in the network) against PyTorch fp32 conv2d."""
@@ -91,7 +91,7 @@ def conv_layer_times(abits: int, threads: int, repeats: int, batch: int = 64, si
 
     def pixelq_layer():
         _kernels.conv(codes, batch, size, size, channels, abits, packed, 3, 3, 1, channels, padded_channels(channels),
-                      -1, 2, 1, 1, size, size, out, threads, direction, thresholds, thresholds.shape[0], 0)
+                      -1, 2, 1, 1, size, size, out, threads, direction, thresholds, thresholds.shape[0], 0, isa=isa)
 
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     x = torch.randn(batch, channels, size, size)
@@ -103,7 +103,7 @@ def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
     """Seconds per graph node for one batch, best of `repeats`, on the executor the runtime uses: a
     conv's time includes the thresholds (and the residual add, and for the first conv the lookup)
     fused into it, whose own nodes then take next to nothing."""
-    executor = FastExecutor(runtime.model, runtime.threads)
+    executor = FastExecutor(runtime.model, runtime.threads, isa=runtime.isa)
     times: dict = {}
 
     def timed(fn):
@@ -123,19 +123,45 @@ def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repea
     """Pixel embedding LUT + binary conv (pixelq) against the float first conv (PyTorch fp32, on
     normalised float input), one batch, through the first activation."""
     stem = IntegerModel(runtime.model.nodes[:3], runtime.model.tensors, runtime.model.meta)  # lut, conv, threshold
-    executor = FastExecutor(stem, runtime.threads)
+    executor = FastExecutor(stem, runtime.threads, isa=runtime.isa)
     x = torch.as_tensor(images)
     with torch.no_grad():
         return best_times({"pixelq_s": lambda: executor.run(images, reuse=True),
                            "torch_fp32_s": lambda: float_model.stem(float_model.to_nchw(x))}, repeats)
 
 
+def cpu_description() -> dict:
+    """The CPU the times were taken on: its model name, and the flags that matter to the contenders
+    (from /proc/cpuinfo where there is one, else the kernels' own feature check)."""
+    import platform
+
+    wanted = {"avx2", "fma", "popcnt", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vpopcntdq",
+              "avx512_bitalg", "avx512_vnni", "avx_vnni", "amx_int8"}
+    info = {"machine": platform.machine(), "model": platform.processor() or None, "flags": None}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not info["model"]:
+            info["model"] = value.strip()
+        if key.strip() == "flags" and info["flags"] is None:
+            info["flags"] = sorted(wanted & set(value.split()))
+    if info["flags"] is None:
+        info["flags"] = sorted(name for name, present in _kernels.cpu_features().items() if present)
+    return info
+
+
 def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_counts=(1, 2), repeats: int = 5,
-                  image_size: int = 32) -> dict:
+                  image_size: int = 32, isa: "str | None" = None) -> dict:
     """The comparison `pixelq bench` prints; see the module docstring. Without `model_path` a W1A2
-    ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported."""
+    ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported.
+    `isa` chooses pixelq's kernels (default: the best this CPU has); PyTorch and ONNX Runtime keep
+    their own choice, which the result records next to the CPU's flags."""
     if _kernels is None:
         raise ExportError("pixelq bench needs the C kernels; reinstall pixelq with a C compiler present")
+    isa = choose_isa(isa)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (max(batch_sizes), image_size, image_size, 3), dtype=np.uint8)
     calibration = rng.integers(0, 256, (128, image_size, image_size, 3), dtype=np.uint8)
@@ -146,11 +172,13 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             model_path = tmp / "resnet20-w1a2-pe.pxq"
             export(calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration), model_path)
         float_model = calibrated(create_model("resnet20"), calibration)
-        result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {}}
+        result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {},
+                  "runtime_isa": isa, "torch_isa": torch.backends.cpu.get_cpu_capability(),
+                  "onnxruntime_isa": "its own choice (the best this CPU has; not selectable)", "cpu": cpu_description()}
         for threads in thread_counts:
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
-            runtime = load(model_path, threads=threads)
+            runtime = load(model_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
             times = {}
             for batch in batch_sizes:
@@ -160,7 +188,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                                              f"b{batch}_ort_int8_s": lambda: session.run(None, {"image": x}),
                                              f"b{batch}_pixelq_s": lambda: runtime.logits(x)}, repeats))
             for abits in (1, 2):
-                layer = conv_layer_times(abits, threads, repeats)
+                layer = conv_layer_times(abits, threads, repeats, isa)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
                     layer["pixelq_s"], layer["torch_fp32_s"]
                 result["ratios"][f"conv3x3_w1a{abits}_vs_torch_fp32{suffix}"] = layer["torch_fp32_s"] / layer["pixelq_s"]
@@ -174,5 +202,4 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             ratios[f"resnet20_b1_vs_torch_fp32{suffix}"] = times["b1_torch_fp32_s"] / times["b1_pixelq_s"]
             ratios[f"first_layer_vs_float{suffix}"] = first["torch_fp32_s"] / first["pixelq_s"]
             result["times"][f"threads_{threads}"] = times
-        result["runtime_isa"] = _kernels.isa()
     return result

@@ -15,13 +15,17 @@ class Runtime:
     """Runs an IntegerModel on uint8 (N, H, W, C) numpy images, `batch_size` images at a time.
 
     backend "c" uses the compiled popcount kernels, "reference" the numpy executor, "auto" the
-    kernels when they were built. `threads` caps the kernels' threads (default: all cores).
+    kernels when they were built. `threads` caps the kernels' threads (default: all cores); `isa`
+    picks the kernels' instruction set (default: the best this CPU has; see `available_isas`).
+    `isa` names what runs: the instruction set, or "numpy reference".
     """
 
     def __init__(self, model: IntegerModel, threads: "int | None" = None, batch_size: int = 256,
-                 backend: str = "auto"):
+                 backend: str = "auto", isa: "str | None" = None):
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if isa is not None and backend == "reference":
+            raise ConfigError("isa chooses the C kernels' instruction set; the reference backend has none")
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer or None, got {threads!r}")
         self.model, self.threads, self.batch_size = model, threads, batch_size
@@ -30,19 +34,20 @@ class Runtime:
         self.classes = model.meta.get("classes")
         self.image_shape = tuple(model.meta["image_shape"]) if model.meta.get("image_shape") else None
         self.integer_only = model.meta["integer_only"]
-        use_c = backend == "c" or (backend == "auto" and kernels_available())
+        use_c = backend == "c" or (backend == "auto" and kernels_available()) or (isa is not None and backend == "auto")
         self.backend = "c" if use_c else "reference"
 
         def reference(images):
             return run_reference(model, images)
 
         if use_c:
-            executor = FastExecutor(model, threads)
+            executor = FastExecutor(model, threads, isa=isa)
             self._execute = lambda images: executor.run(images, reuse=True)  # _run keeps only the output
+            self.isa = executor.isa
         else:
-            self._execute = reference
+            self._execute, self.isa = reference, "numpy reference"
         # Layer by layer shows the accumulators too, which the fused conv + threshold kernel never writes.
-        self._execute_layers = FastExecutor(model, threads, fuse=False).run if use_c else reference
+        self._execute_layers = FastExecutor(model, threads, fuse=False, isa=self.isa).run if use_c else reference
 
     def _check(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -85,11 +90,11 @@ class Runtime:
         return self.logits(images).argmax(1).astype(np.int64)
 
 
-def load(path, threads: "int | None" = None, backend: str = "auto") -> Runtime:
-    """Read a .pxq model file and return a Runtime for it."""
+def load(path, threads: "int | None" = None, backend: str = "auto", isa: "str | None" = None) -> Runtime:
+    """Read a .pxq model file and return a Runtime for it (see Runtime for the options)."""
     model = load_model(path)
     try:
-        return Runtime(model, threads=threads, backend=backend)
+        return Runtime(model, threads=threads, backend=backend, isa=isa)
     except PixelqError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as e:  # a manifest edited into nonsense

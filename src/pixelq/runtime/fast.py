@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ConfigError, ExportError
 from .reference import REFERENCE_OPS, conv2d_reference, lut_reference, node_tensors, run_graph, threshold_reference
 
 try:
@@ -25,6 +25,24 @@ except ImportError:  # built without a C compiler: the engine falls back to the 
 
 def kernels_available() -> bool:
     return _kernels is not None
+
+
+def available_isas() -> list:
+    """The instruction sets this CPU runs the kernels with, worst to best (the last is the default);
+    empty without the kernels."""
+    return _kernels.isas() if _kernels is not None else []
+
+
+def choose_isa(isa: "str | None") -> str:
+    """`isa` checked against this CPU (None: the best it has) -> the name the kernels run with."""
+    names = available_isas()
+    if isa is None:
+        return names[-1]
+    if isa not in names:
+        known = ("portable", "avx2", "avx512vpopcntdq", "avx512bitalg")
+        what = "is not an instruction set pixelq knows" if isa not in known else "is not available on this CPU"
+        raise ConfigError(f"isa {isa!r} {what}; this CPU runs {', '.join(names)}")
+    return isa
 
 
 def padded_channels(channels: int) -> int:
@@ -108,6 +126,7 @@ def _planes(conv: dict) -> int:
 
 class FastExecutor:
     """Prepares packed weights once; `run(images)` returns every node's output like run_reference.
+    Its convs run with the instruction set `isa` (default: the best this CPU has, `available_isas`).
 
     `run(images, reuse=True)` writes the convs' outputs into arrays kept from the previous call of
     the same batch shape (for `Runtime.logits`, which keeps only the final output): fresh arrays
@@ -115,10 +134,11 @@ class FastExecutor:
     returned intermediates are then overwritten by the next reusing call. Calls hold a lock.
     """
 
-    def __init__(self, model, threads: "int | None" = None, fuse: bool = True):
+    def __init__(self, model, threads: "int | None" = None, fuse: bool = True, isa: "str | None" = None):
         if _kernels is None:
             raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads, self.fuse = model, threads or os.cpu_count() or 1, fuse
+        self.isa = choose_isa(isa)
         self.packed, self.lut_convs, self.fused, self.thresholds, self.lut_tables, self._codes = {}, {}, {}, {}, {}, {}
         self.shifted = {}  # conv name -> (shift, its (O,) share of the sums, the (C,) byte its padding holds)
         self.readers = Counter(name for node in model.nodes for name in node["inputs"])
@@ -223,7 +243,7 @@ class FastExecutor:
             direction, thresholds = self.thresholds[thr["name"]]
             _kernels.table_conv(x, n, h, w, c, self.table_convs[name], k, k, o, padded_channels(o), s, p, ho, wo, codes,
                                 self.threads, direction, thresholds, thresholds.shape[0], thr["qmin"],
-                                self.table_convs[name].itemsize)
+                                self.table_convs[name].itemsize, isa=self.isa)
             self._codes[thr["name"]] = codes
             return None
         if name in self.lut_convs:
@@ -232,7 +252,7 @@ class FastExecutor:
             call, args = _kernels.conv, (x, n, h, w, c, _planes(node), *weights)
         if thr is None:
             out = self._empty(name, (n, ho, wo, o), np.int32)
-            call(*args, out, self.threads)
+            call(*args, out, self.threads, isa=self.isa)
             if name in self.shifted:
                 np.subtract(out, self.shifted[name][1], out=out)
             return out
@@ -242,10 +262,10 @@ class FastExecutor:
         if name in self.residual:  # the block's residual add too: the codes are the add node's
             add, source, stride = self.residual[name]
             shortcut = np.ascontiguousarray(values[source], np.uint8)
-            call(*args, *fused, shortcut, *shortcut.shape[1:], stride, add["qmax"])
+            call(*args, *fused, shortcut, *shortcut.shape[1:], stride, add["qmax"], isa=self.isa)
             self._codes[add["name"]] = codes
         else:
-            call(*args, *fused)
+            call(*args, *fused, isa=self.isa)
             self._codes[thr["name"]] = codes
         return None
 

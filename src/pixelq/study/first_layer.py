@@ -207,16 +207,14 @@ def retime_runtime(run_dir: Path, test, threads: "int | None") -> dict:
 def _time_runtime(path: Path, test, threads: "int | None") -> tuple:
     """(runtime, record): the .pxq's top-1 on `test` and images/s, as runtime.json holds them."""
     from ..runtime import load
-    from ..runtime.fast import _kernels
 
     rt = load(path, threads=threads)
     t0 = time.perf_counter()
     labels = rt.predict(test.images)
     seconds = time.perf_counter() - t0
     # the conv's instruction set sets the speed (AVX-512 runs several times AVX2's): speeds compare only within one
-    isa = _kernels.isa() if rt.backend == "c" else "numpy reference"
     return rt, {"runtime_top1": 100.0 * float((labels == test.labels).mean()), "images_per_s": len(labels) / seconds,
-                "threads": rt.threads, "backend": rt.backend, "isa": isa, "file_bytes": path.stat().st_size}
+                "threads": rt.threads, "backend": rt.backend, "isa": rt.isa, "file_bytes": path.stat().st_size}
 
 
 def _check_same_settings(metrics_path: Path, cfg: TrainConfig) -> None:

@@ -26,17 +26,7 @@ static void pack_row_avx512(const conv_t *c, ssize n, ssize y, int32_t *sums) {
             else memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
         }
     }
-    if (!sums) return;
-    /* A pixel's code sum: PSADBW against zero sums each 8 bytes. */
-    for (ssize px = 0; px < c->W; px++) {
-        const uint8_t *code = src + px * c->C;
-        __m128i acc = _mm_setzero_si128();
-        ssize i = 0;
-        for (; i + 16 <= c->C; i += 16)
-            acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(code + i)), _mm_setzero_si128()));
-        if (i < c->C) acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadl_epi64((const __m128i *)(code + i)), _mm_setzero_si128()));
-        sums[px] = (int32_t)(_mm_cvtsi128_si64(acc) + _mm_extract_epi64(acc, 1));
-    }
+    if (sums) pixel_sums_sad(c, src, sums);
 }
 
 static inline __attribute__((always_inline)) void tile512(const conv_t *c, const uint8_t *xn, const ssize *pos,
@@ -204,22 +194,7 @@ static void conv_avx512(const conv_t *c, ssize n, ssize m0, ssize m1) {
     ssize pos[AVX512_POSITIONS + 16], roff[AVX512_POSITIONS];
     static const int32_t no_sums[AVX512_POSITIONS];  /* S = 0 when the weights have no offset */
     const int32_t *S = c->window ? c->window + n * c->HO * c->WO + m0 : no_sums;
-    /* Where each position's window starts (and its shortcut codes, when there is a residual add);
-     * past the end the last position is repeated, so a partial tile reads valid memory and its
-     * extra results go unused. Stepped along the output row, set again at each row start. */
-    const ssize step = (ssize)c->stride * c->Cb, res_step = (ssize)c->res_stride * c->res_C;
-    ssize oy = m0 / c->WO, ox = m0 % c->WO;
-    for (ssize i = 0, p = oy * c->stride * c->row_bytes + ox * step; i < count; i++, p += step) {
-        if (ox == c->WO) ox = 0, oy++, p = oy * c->stride * c->row_bytes;
-        pos[i] = p, ox++;
-    }
-    if (c->res) {
-        oy = m0 / c->WO, ox = m0 % c->WO;
-        for (ssize i = 0, r = residual_offset(c, n, oy, ox); i < count; i++, r += res_step) {
-            if (ox == c->WO) ox = 0, oy++, r = residual_offset(c, n, oy, 0);
-            roff[i] = r, ox++;
-        }
-    }
+    window_positions(c, n, m0, count, pos, roff);
     for (ssize i = count; i < count + R; i++) pos[i] = pos[count - 1];
     for (ssize o0 = 0; o0 < c->Opad; o0 += 8 * V) {
         for (ssize i0 = 0; i0 < count; i0 += R) {
@@ -266,70 +241,10 @@ static inline void table_emit(const conv_t *c, ssize m_row, ssize ox, __m256i ac
     }
 }
 
-/* Table row e's 16 entries as int16 lanes: e counts entries (16 per row) of int8, or with `wide` int16. */
-static inline __attribute__((always_inline)) __m256i table_entries(const void *table, ssize e, int wide) {
-    return wide ? _mm256_loadu_si256((const __m256i *)((const int16_t *)table + e))
-                : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const int8_t *)table + e)));
-}
-
-/* A stride-1 3x3 output row over an RGB image, its three input rows inside the image: sliding along
- * the input columns, each pixel's colour values are read once per kernel row, and each looks up its
- * three taps' entries (constant offsets apart), added to the three outputs it reaches: 9 byte loads
- * and 27 vector adds per output rather than 27 of each. The outputs to the left of column 0 and
- * right of column W - 1 see zero padding. Inlined with `wide` a constant: one loop per entry width. */
-static inline __attribute__((always_inline)) void table_row_3x3x3(const conv_t *c, const void *table, ssize n,
-                                                                  ssize oy, ssize y0, int wide) {
-    const ssize tap = 3 * 16;  /* from tap (ky, kx)'s entry to (ky, kx + 1)'s */
-    const ssize m_row = (n * c->HO + oy) * c->WO;
-    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, held = a0;  /* outputs j + pad - 2, - 1, - 0 */
-    for (ssize j = 0; j < c->W + 2; j++) {
-        if (j < c->W) {
-            #pragma GCC unroll 3
-            for (int ky = 0; ky < 3; ky++) {
-                const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + j) * 3;
-                #pragma GCC unroll 3
-                for (int ch = 0; ch < 3; ch++) {
-                    const ssize e = ((ssize)px[ch] * 27 + ky * 9 + ch) * 16;  /* tap (ky, 0) */
-                    a2 = _mm256_add_epi16(a2, table_entries(table, e, wide));
-                    a1 = _mm256_add_epi16(a1, table_entries(table, e + tap, wide));
-                    a0 = _mm256_add_epi16(a0, table_entries(table, e + 2 * tap, wide));
-                }
-            }
-        }
-        const ssize ox = j + c->pad - 2;  /* complete: its last tap was column j */
-        if (ox >= 0 && ox < c->WO) table_emit(c, m_row, ox, a0, &held);
-        a0 = a1, a1 = a2, a2 = _mm256_setzero_si256();
-    }
-}
-
-/* table_conv_portable's arithmetic (kernels.c) with the 16 channels' int16 sums in one vector;
- * stride-1 rows of a 3x3 kernel over 3 colours, inside the image, slide (table_row_3x3x3). */
-static void table_conv_avx512(const conv_t *c, const void *table, ssize n, ssize oy) {
-    const ssize y0 = oy * c->stride - c->pad;
-    if (y0 >= 0 && y0 + c->KH <= c->H && c->KH == 3 && c->KW == 3 && c->image_C == 3 && c->stride == 1 &&
-        c->WO == c->W + 2 * c->pad - 2) {
-        if (c->table16)
-            table_row_3x3x3(c, table, n, oy, y0, 1);
-        else
-            table_row_3x3x3(c, table, n, oy, y0, 0);
-        return;
-    }
-    const ssize m_row = (n * c->HO + oy) * c->WO, taps = (ssize)c->KH * c->KW * c->image_C;
-    __m256i held = _mm256_setzero_si256();
-    for (ssize ox = 0; ox < c->WO; ox++) {
-        const ssize x0 = ox * c->stride - c->pad;
-        __m256i acc = _mm256_setzero_si256();
-        for (int ky = 0; ky < c->KH; ky++) {
-            if (y0 + ky < 0 || y0 + ky >= c->H) continue;
-            for (int kx = 0; kx < c->KW; kx++) {
-                if (x0 + kx < 0 || x0 + kx >= c->W) continue;
-                const uint8_t *px = c->codes + ((n * c->H + y0 + ky) * c->W + x0 + kx) * c->image_C;
-                for (int ch = 0; ch < c->image_C; ch++) {
-                    const ssize e = ((ssize)px[ch] * taps + (ky * c->KW + kx) * c->image_C + ch) * 16;
-                    acc = _mm256_add_epi16(acc, table_entries(table, e, c->table16));
-                }
-            }
-        }
-        table_emit(c, m_row, ox, acc, &held);
-    }
-}
+#define TABLE_ROW table_row_avx512
+#define TABLE_CONV table_conv_avx512
+#define TABLE_EMIT table_emit
+#include "table_body.h"
+#undef TABLE_ROW
+#undef TABLE_CONV
+#undef TABLE_EMIT

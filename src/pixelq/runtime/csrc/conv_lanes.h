@@ -12,30 +12,6 @@
  * channel's CH weight bits for the tap. Thresholds then compare a channel's positions at once, and
  * a byte transpose turns the channel vectors into positions of CH codes. */
 
-/* Transpose 16 vectors r[o] of 32 position bytes into positions: on return, 128-bit lane 0 of r[q]
- * holds the 16 channel bytes of position q and lane 1 those of position 16 + q. */
-static inline void transpose16x32(__m256i r[16]) {
-    __m256i t[16];
-    for (int k = 0; k < 8; k++) {  /* channel pairs: byte pairs per position */
-        t[k] = _mm256_unpacklo_epi8(r[2 * k], r[2 * k + 1]);      /* positions 0-7 (16-23) */
-        t[8 + k] = _mm256_unpackhi_epi8(r[2 * k], r[2 * k + 1]);  /* positions 8-15 (24-31) */
-    }
-    for (int h = 0; h < 2; h++)  /* channel quads */
-        for (int k = 0; k < 4; k++) {
-            r[8 * h + k] = _mm256_unpacklo_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]);     /* positions 8h + 0-3 */
-            r[8 * h + 4 + k] = _mm256_unpackhi_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]); /* 8h + 4-7 */
-        }
-    for (int g = 0; g < 4; g++)  /* channel octets */
-        for (int k = 0; k < 2; k++) {
-            t[4 * g + k] = _mm256_unpacklo_epi32(r[4 * g + 2 * k], r[4 * g + 2 * k + 1]);     /* 4g + 0-1 */
-            t[4 * g + 2 + k] = _mm256_unpackhi_epi32(r[4 * g + 2 * k], r[4 * g + 2 * k + 1]); /* 4g + 2-3 */
-        }
-    for (int f = 0; f < 8; f++) {  /* all 16 channels */
-        r[2 * f] = _mm256_unpacklo_epi64(t[2 * f], t[2 * f + 1]);
-        r[2 * f + 1] = _mm256_unpackhi_epi64(t[2 * f], t[2 * f + 1]);
-    }
-}
-
 /* Output row oy of image n; CH (16 or 32) is a compile-time constant in each caller. */
 static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ssize n, ssize oy, const int CH) {
     const int LP = 512 / CH;  /* positions per vector */
@@ -113,35 +89,7 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
         }
         if (CH == 32)  /* channel o's positions in lane 0, channel 16 + o's in lane 1 */
             for (int o = 0; o < 16; o++) r[o] = _mm256_inserti128_si256(_mm256_castsi128_si256(codes[o]), codes[16 + o], 1);
-        transpose16x32(r);
-        /* CH 16: positions q and 16 + q in r[q]'s lanes; CH 32: position q's 32 codes in r[q].
-         * Residual add (saturating, then the clip), store. */
-        uint8_t *out = c->out + (m_row + ox0) * CH;
-        const uint8_t *res = c->res ? c->res + residual_offset(c, n, oy, ox0) : NULL;
-        const ssize res_step = (ssize)c->res_stride * c->res_C;  /* res_C is CH, or 16 for CH 32 (lanes_fits) */
-        for (int q = 0; q < 16; q++) {
-            if (CH == 32) {
-                if (q >= count) continue;
-                __m256i v = r[q];
-                if (res) {  /* channels from res_C on add 0 (a zero-padded shortcut) */
-                    const uint8_t *sc = res + res_step * q;
-                    __m256i s = c->res_C == 32 ? _mm256_loadu_si256((const __m256i *)sc)
-                                               : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)sc));
-                    v = _mm256_min_epu8(_mm256_adds_epu8(v, s), _mm256_set1_epi8((char)c->res_qmax));
-                }
-                _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
-                continue;
-            }
-            for (int half = 0; half < 2; half++) {
-                const int k = 16 * half + q;  /* position ox0 + k */
-                if (k >= count) continue;
-                __m128i v = half ? _mm256_extracti128_si256(r[q], 1) : _mm256_castsi256_si128(r[q]);
-                if (res)
-                    v = _mm_min_epu8(_mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(res + res_step * k))),
-                                     _mm_set1_epi8((char)c->res_qmax));
-                _mm_storeu_si128((__m128i *)(out + 16 * k), v);
-            }
-        }
+        store_lane_codes(c, r, n, oy, ox0, count, CH);
     }
 }
 

@@ -18,9 +18,9 @@
  * registers; plane pairs are summed Horner-style (the tile doubles between shift levels), and the
  * batch norm + activation of the next layer is applied to the tile as integer thresholds. With
  * AVX-512 BITALG, 16- and 32-channel 3x3 stride-1 convs run with a row's positions in the lanes
- * instead (conv_lanes.h). The portable conv (compiled as is and for AVX2) is the same arithmetic,
- * one position at a time. The module picks the best build at import; set_isa can force another
- * (the tests check each).
+ * instead (conv_lanes.h). AVX2 has both convs too, with popcounts by nibble table (conv_avx2.h).
+ * The portable conv is the same arithmetic, one position at a time. Each call runs the build its
+ * `isa` keyword names (ISAS), by default the best this CPU has; the tests check every one.
  *
  * The first conv, when it reads a per-pixel lookup table (pixel embedding, int8 pixel codes), sums
  * per-(tap, colour, pixel value) tables of its output channels' partial sums (table_conv: 27 vector
@@ -62,6 +62,8 @@ static inline uint64_t gather_bits8(uint64_t eight_codes, int p) {
 
 /* ---- The conv's geometry, shared by every build. ---- */
 
+typedef struct isa isa_t;
+
 typedef struct {
     ssize N, H, W, C, HO, WO, O, Opad;
     int P, J, KH, KW, Kr, Cb, stride, pad, lowest, wstride;
@@ -99,6 +101,8 @@ typedef struct {
     /* For the lanes convs (conv_lanes.h, 16 or 32 channels): the weight bits of output channel o at
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
+    uint64_t *w_nib;  /* the AVX2 convs' weights split into nibbles (split_weight_nibbles, split_lane_nibbles) */
+    const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
 /* The code sum of each of the W pixels of a row of codes, into sums[0 .. W). */
@@ -204,6 +208,39 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
     }
 }
 
+/* Where each of `count` positions from m0 of image n starts its window in the packed planes (and,
+ * with a residual add, where its shortcut codes start in `roff`); past `count` the caller repeats
+ * the last, so a partial tile reads valid memory. Stepped along the output row, reset at row starts. */
+static void window_positions(const conv_t *c, ssize n, ssize m0, ssize count, ssize *pos, ssize *roff) {
+    const ssize step = (ssize)c->stride * c->Cb, res_step = (ssize)c->res_stride * c->res_C;
+    ssize oy = m0 / c->WO, ox = m0 % c->WO;
+    for (ssize i = 0, p = oy * c->stride * c->row_bytes + ox * step; i < count; i++, p += step) {
+        if (ox == c->WO) ox = 0, oy++, p = oy * c->stride * c->row_bytes;
+        pos[i] = p, ox++;
+    }
+    if (!c->res) return;
+    oy = m0 / c->WO, ox = m0 % c->WO;
+    for (ssize i = 0, r = residual_offset(c, n, oy, ox); i < count; i++, r += res_step) {
+        if (ox == c->WO) ox = 0, oy++, r = residual_offset(c, n, oy, 0);
+        roff[i] = r, ox++;
+    }
+}
+
+#ifdef PIXELQ_X86
+/* The code sum of each of the W pixels of a row of codes (C a multiple of 8): PSADBW against zero
+ * sums each 8 bytes (SSE2, so every x86 build shares it). */
+static void pixel_sums_sad(const conv_t *c, const uint8_t *codes, int32_t *sums) {
+    for (ssize px = 0; px < c->W; px++, codes += c->C) {
+        __m128i acc = _mm_setzero_si128();
+        ssize i = 0;
+        for (; i + 16 <= c->C; i += 16)
+            acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(codes + i)), _mm_setzero_si128()));
+        if (i < c->C) acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadl_epi64((const __m128i *)(codes + i)), _mm_setzero_si128()));
+        sums[px] = (int32_t)(_mm_cvtsi128_si64(acc) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc)));
+    }
+}
+#endif
+
 /* ---- The first conv as table sums (pixel embedding, <= 16 output channels). ----
  * table (256, KH * KW * image_C, 16) int8 (int16 with table16): entry (v, t, ch) holds, for each
  * output channel, the sum over the d codes that pixel value v looks up in colour ch of code x weight
@@ -238,16 +275,72 @@ static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssi
     }
 }
 
-/* The portable conv over the packed planes of image n, positions [m0, m1). */
-#define CONV_NAME conv_portable
-#include "conv_body.h"
-#undef CONV_NAME
+/* The portable conv over the packed planes of image n, positions [m0, m1): one output position at a
+ * time, the arithmetic of every build. */
+static void conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    int64_t *tot = malloc(sizeof(int64_t) * c->O);
+    if (!tot) return;  /* cannot happen for any real layer; the caller's buffers are far larger */
+    const uint8_t *xn = c->x + n * c->image_bytes;
+    for (ssize m = m0; m < m1; m++) {
+        ssize oy = m / c->WO, ox = m % c->WO;
+        memset(tot, 0, sizeof(int64_t) * c->O);
+        for (int p = 0; p < c->P; p++)
+            for (int j = 0; j < c->J; j++)
+                for (int ky = 0; ky < c->KH; ky++) {
+                    const uint8_t *row = xn + p * c->plane_bytes + (oy * c->stride + ky) * c->row_bytes +
+                                         ox * c->stride * c->Cb;
+                    for (int r = 0; r < c->Kr; r++) {
+                        const uint64_t xv = load_u64(row + 8 * r);
+                        if (!xv) continue;
+                        const uint64_t *restrict wv = c->w + (((ssize)j * c->KH + ky) * c->Kr + r) * c->Opad;
+                        for (ssize o = 0; o < c->O; o++) tot[o] += (int64_t)__builtin_popcountll(wv[o] & xv) << (p + j);
+                    }
+                }
+        finish_portable(c, n * c->HO * c->WO + m, tot, window_sum(c, n * c->HO * c->WO + m),
+                        c->res ? residual_offset(c, n, oy, ox) : 0);
+    }
+    free(tot);
+}
+
+/* c->w_nib from c->w: for each window word (j, ky, r) and block of 4 output channels, the 4 words'
+ * low nibbles then their high nibbles ((J, KH, Kr, Opad / 4, 2, 4) words). 0 when out of memory. */
+static int split_weight_nibbles(conv_t *c) {
+    const ssize words = (ssize)c->J * c->KH * c->Kr, blocks = c->Opad / 4;
+    uint64_t *nib = malloc(sizeof(uint64_t) * words * c->Opad * 2);
+    if (!nib) return 0;
+    for (ssize k = 0; k < words; k++)
+        for (ssize b = 0; b < blocks; b++)
+            for (int i = 0; i < 4; i++) {
+                const uint64_t w = c->w[k * c->Opad + 4 * b + i];
+                nib[(k * blocks + b) * 8 + i] = w & 0x0F0F0F0F0F0F0F0FULL;
+                nib[(k * blocks + b) * 8 + 4 + i] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+            }
+    c->w_nib = nib;
+    return 1;
+}
+
+/* c->w_nib from c->lane_w for the AVX2 lanes convs: for each (j, tap, output channel), the 32-bit
+ * lane word's low nibbles repeated over 256 bits, then its high nibbles ((J, 9, CH, 2, 4) words),
+ * so a conv ANDs them straight from memory. 0 when out of memory. */
+static int split_lane_nibbles(conv_t *c) {
+    const int CH = (int)c->O;
+    uint64_t *nib = malloc(sizeof(uint64_t) * c->J * 9 * CH * 8);
+    if (!nib) return 0;
+    for (int j = 0; j < c->J; j++)
+        for (int t = 0; t < 9; t++)
+            for (int o = 0; o < CH; o++) {
+                const uint64_t w = c->lane_w[j][t][o] * 0x100000001ULL;
+                uint64_t *at = nib + (((ssize)j * 9 + t) * CH + o) * 8;
+                for (int i = 0; i < 4; i++) at[i] = w & 0x0F0F0F0F0F0F0F0FULL, at[4 + i] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+            }
+    c->w_nib = nib;
+    return 1;
+}
+
 #ifdef PIXELQ_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,popcnt")
-#define CONV_NAME conv_avx2
-#include "conv_body.h"
-#undef CONV_NAME
+#include "conv_avx2.h"
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,popcnt")
@@ -261,14 +354,65 @@ static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssi
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
 typedef void (*table_fn)(const conv_t *c, const void *table, ssize n, ssize oy);
-static table_fn table_impl = table_conv_portable;
 typedef void (*pack_fn)(const conv_t *c, ssize n, ssize y, int32_t *sums);
 typedef void (*row_fn)(const conv_t *c, ssize n, ssize oy);
-static positions_fn conv_impl = conv_portable;
-static row_fn rows16_impl = NULL, rows32_impl = NULL;  /* the convs by output rows (conv_lanes.h), where built */
-static pack_fn pack_impl = pack_row_portable;
-static ssize conv_chunk = 16;  /* output positions per work item of the parallel loop */
-static const char *conv_isa = "portable";
+
+/* One build of the kernels: a call runs with the one its `isa` names (default: the best this CPU has). */
+struct isa {
+    const char *name;
+    const char *needs[8];  /* the CPU features it needs (__builtin_cpu_supports names), NULL-terminated */
+    positions_fn conv;     /* the tile conv over a chunk of output positions */
+    ssize chunk;           /* output positions per work item of the parallel loop */
+    pack_fn pack;
+    table_fn table;
+    row_fn rows16, rows32;  /* the 16- and 32-channel convs by output rows, where built */
+    int nibble_weights;     /* the convs read c->w_nib */
+};
+
+static const isa_t ISAS[] = {  /* worst to best */
+    {"portable", {NULL}, conv_portable, 16, pack_row_portable, table_conv_portable, NULL, NULL, 0},
+#ifdef PIXELQ_X86
+    {"avx2", {"avx2", "popcnt", NULL}, conv_avx2, AVX2_POSITIONS, pack_row_avx2, table_conv_avx2, conv_rows16_avx2,
+     conv_rows32_avx2, 1},
+    {"avx512vpopcntdq", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt", NULL}, conv_avx512,
+     AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, NULL, NULL, 0},
+    {"avx512bitalg", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg", "popcnt", NULL},
+     conv_avx512, AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, conv_rows16, conv_rows32, 0},
+#endif
+};
+#define ISA_COUNT ((int)(sizeof(ISAS) / sizeof(ISAS[0])))
+
+static int cpu_has(const char *feature) {
+#ifdef PIXELQ_X86
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports takes only string literals */
+#define FEATURE(f) if (strcmp(feature, f) == 0) return __builtin_cpu_supports(f);
+    FEATURE("avx2") FEATURE("popcnt") FEATURE("avx512f") FEATURE("avx512bw") FEATURE("avx512vl")
+    FEATURE("avx512dq") FEATURE("avx512vpopcntdq") FEATURE("avx512bitalg") FEATURE("avx512vnni") FEATURE("avxvnni")
+#undef FEATURE
+#endif
+    (void)feature;
+    return 0;
+}
+
+static int isa_available(const isa_t *isa) {
+    for (int i = 0; isa->needs[i]; i++)
+        if (!cpu_has(isa->needs[i])) return 0;
+    return 1;
+}
+
+/* The build named `name` if this CPU runs it, else NULL. */
+static const isa_t *find_isa(const char *name) {
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (strcmp(ISAS[i].name, name) == 0) return isa_available(&ISAS[i]) ? &ISAS[i] : NULL;
+    return NULL;
+}
+
+static const isa_t *best_isa(void) {
+    for (int i = ISA_COUNT - 1; i > 0; i--)
+        if (isa_available(&ISAS[i])) return &ISAS[i];
+    return &ISAS[0];
+}
 
 /* Zero the padding of padded row yp of image n (all of it for a border row). */
 static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
@@ -350,7 +494,7 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
     int interior = y >= 0 && y < c->H;
     clear_padding(c, n, yp, interior);
     int32_t *sums = row ? row + c->pad : NULL;
-    if (interior) (c->lut_bits ? pack_row_lut : pack_impl)(c, n, y, sums);
+    if (interior) (c->lut_bits ? pack_row_lut : c->isa->pack)(c, n, y, sums);
     if (row) hsums_row(c, n, yp, interior ? row : NULL);
     if (yp == c->Hp - 1) memset(c->x + n * c->image_bytes + c->P * c->plane_bytes, 0, 8);  /* the slack */
 }
@@ -362,7 +506,7 @@ static row_fn lanes_fits(const conv_t *c) {
     if (!c->out || c->C != c->O || c->Opad != c->O || c->KH != 3 || c->KW != 3 || c->stride != 1 || c->J > 8 ||
         (c->res && c->res_C != c->O && !(c->O == 32 && c->res_C == 16)))
         return NULL;
-    return c->O == 16 && c->narrow ? rows16_impl : c->O == 32 ? rows32_impl : NULL;
+    return c->O == 16 && c->narrow ? c->isa->rows16 : c->O == 32 ? c->isa->rows32 : NULL;
 }
 
 /* c->lane_w from the packed weight words: tap kx's channels are bits CH * kx .. of row ky. */
@@ -382,7 +526,7 @@ static void prepare_lane_weights(conv_t *c) {
 static void conv_item(const conv_t *c, row_fn lanes, ssize n, ssize k, ssize chunk) {
     ssize M = c->HO * c->WO;
     if (lanes) lanes(c, n, k);
-    else conv_impl(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+    else c->isa->conv(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
 }
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
@@ -405,7 +549,12 @@ static int run_conv(conv_t *c) {
     int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
     const row_fn lanes = lanes_fits(c);
     if (lanes) prepare_lane_weights(c);
-    const ssize chunk = conv_chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
+    c->w_nib = NULL;
+    if (c->isa->nibble_weights && !(lanes ? split_lane_nibbles(c) : split_weight_nibbles(c))) {
+        scratch_give(scratch);
+        return 0;
+    }
+    const ssize chunk = c->isa->chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
      * the conv reads them; else (a batch smaller than the threads) each step is shared by rows. */
@@ -439,6 +588,7 @@ static int run_conv(conv_t *c) {
         }
     }
     scratch_give(scratch);
+    free(c->w_nib);
     return 1;
 }
 
@@ -499,14 +649,31 @@ static PyObject *finish_call(conv_t *c, int geometry_ok, int inputs_ok, Py_buffe
     return ret;
 }
 
+/* The build a call names with its keyword `isa` (the only keyword), or the best this CPU has. */
+static const isa_t *isa_argument(PyObject *kwargs) {
+    if (!kwargs || PyDict_Size(kwargs) == 0) return best_isa();
+    PyObject *value = PyDict_GetItemString(kwargs, "isa");
+    if (!value || PyDict_Size(kwargs) != 1) {
+        PyErr_SetString(PyExc_TypeError, "the kernels take one keyword argument, isa");
+        return NULL;
+    }
+    if (value == Py_None) return best_isa();
+    const char *name = PyUnicode_AsUTF8(value);
+    if (!name) return NULL;
+    const isa_t *isa = find_isa(name);
+    if (!isa) PyErr_Format(PyExc_ValueError, "instruction set %s is not available on this CPU", name);
+    return isa;
+}
+
 static int geometry_ok(const conv_t *c) {
     return c->Opad % 8 == 0 && c->Opad >= c->O && c->HO >= 1 && c->WO >= 1 && c->stride >= 1 &&
            (c->HO - 1) * c->stride + c->KH <= c->H + 2 * c->pad && (c->WO - 1) * c->stride + c->KW <= c->W + 2 * c->pad;
 }
 
-static PyObject *py_conv(PyObject *self, PyObject *args) {
+static PyObject *py_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
+    if (!(c.isa = isa_argument(kwargs))) return NULL;
     if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
                           &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO,
                           &out, &c.threads, &dir, &thr, &c.L, &c.qmin, &res, &c.res_H, &c.res_W, &c.res_C,
@@ -527,9 +694,10 @@ static PyObject *py_conv(PyObject *self, PyObject *args) {
                        &thr);
 }
 
-static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
+static PyObject *py_lut_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer image = {0}, bits = {0}, sums = {0}, w = {0}, out = {0}, dir = {0}, thr = {0};
     conv_t c = {0};
+    if (!(c.isa = isa_argument(kwargs))) return NULL;
     if (!PyArg_ParseTuple(args, "y*nnniy*y*iiiy*iiinniiiinnw*i|y*y*ii", &image, &c.N, &c.H, &c.W, &c.image_C, &bits,
                           &sums, &c.lut_tables, &c.lut_d, &c.P, &w, &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest,
                           &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin))
@@ -548,10 +716,11 @@ static PyObject *py_lut_conv(PyObject *self, PyObject *args) {
     return finish_call(&c, shape_ok && geometry_ok(&c), inputs_ok, bufs, 7, &out, &dir, &thr);
 }
 
-static PyObject *py_table_conv(PyObject *self, PyObject *args) {
+static PyObject *py_table_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
     conv_t c = {0};
     int entry_bytes;
+    if (!(c.isa = isa_argument(kwargs))) return NULL;
     if (!PyArg_ParseTuple(args, "y*nnniy*iinniinnw*iy*y*iii", &image, &c.N, &c.H, &c.W, &c.image_C, &table, &c.KH,
                           &c.KW, &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
                           &c.qmin, &entry_bytes))
@@ -575,7 +744,7 @@ static PyObject *py_table_conv(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for collapse(2) num_threads(c.threads) schedule(static)
         for (ssize n = 0; n < c.N; n++)
-            for (ssize oy = 0; oy < c.HO; oy++) table_impl(&c, tab, n, oy);
+            for (ssize oy = 0; oy < c.HO; oy++) c.isa->table(&c, tab, n, oy);
         Py_END_ALLOW_THREADS
         ret = Py_None;
         Py_INCREF(ret);
@@ -665,83 +834,46 @@ static PyObject *py_sum_pool(PyObject *self, PyObject *args) {
     return ret;
 }
 
-/* Switch to the named build; on failure (unknown, or not on this CPU) nothing changes. */
-static int choose_isa(const char *name) {
-    if (strcmp(name, "portable") == 0) {
-        conv_impl = conv_portable, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "portable";
-        table_impl = table_conv_portable;
-        rows16_impl = rows32_impl = NULL;
-        return 1;
+/* The builds this CPU runs, worst to best (the last is the default). */
+static PyObject *py_isas(PyObject *self, PyObject *args) {
+    PyObject *names = PyList_New(0);
+    for (int i = 0; names && i < ISA_COUNT; i++) {
+        if (!isa_available(&ISAS[i])) continue;
+        PyObject *name = PyUnicode_FromString(ISAS[i].name);
+        if (!name || PyList_Append(names, name) < 0) Py_CLEAR(names);
+        Py_XDECREF(name);
     }
-#ifdef PIXELQ_X86
-    __builtin_cpu_init();
-    if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) {
-        conv_impl = conv_avx2, pack_impl = pack_row_portable, conv_chunk = 16, conv_isa = "avx2";
-        table_impl = table_conv_portable;
-        rows16_impl = rows32_impl = NULL;
-        return 1;
-    }
-    int avx512 = __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    /* avx512bitalg: the AVX-512 conv plus the 16/32-channel lanes convs; avx512vpopcntdq: without them. */
-    int bitalg = strcmp(name, "avx512bitalg") == 0 && __builtin_cpu_supports("avx512bitalg");
-    if (avx512 && (bitalg || strcmp(name, "avx512vpopcntdq") == 0)) {
-        conv_impl = conv_avx512, pack_impl = pack_row_avx512, conv_chunk = AVX512_POSITIONS;
-        conv_isa = bitalg ? "avx512bitalg" : "avx512vpopcntdq";
-        table_impl = table_conv_avx512;
-        rows16_impl = bitalg ? conv_rows16 : NULL, rows32_impl = bitalg ? conv_rows32 : NULL;
-        return 1;
-    }
-#endif
-    return 0;
+    return names;
 }
-
-static PyObject *py_set_isa(PyObject *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    if (!choose_isa(name)) {
-        PyErr_Format(PyExc_ValueError, "instruction set %s is not available on this CPU", name);
-        return NULL;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_isa(PyObject *self, PyObject *args) { return PyUnicode_FromString(conv_isa); }
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
-#ifdef PIXELQ_X86
-    __builtin_cpu_init();
-    return Py_BuildValue("{s:O,s:O,s:O,s:O}", "avx512vpopcntdq",
-                         __builtin_cpu_supports("avx512vpopcntdq") ? Py_True : Py_False, "avx512bitalg",
-                         __builtin_cpu_supports("avx512bitalg") ? Py_True : Py_False, "avx2",
-                         __builtin_cpu_supports("avx2") ? Py_True : Py_False, "popcnt",
-                         __builtin_cpu_supports("popcnt") ? Py_True : Py_False);
-#else
-    return PyDict_New();
-#endif
+    static const char *const features[] = {"popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+                                           "avx512vpopcntdq", "avx512bitalg", "avx512vnni", "avxvnni"};
+    PyObject *out = PyDict_New();
+    for (size_t i = 0; out && i < sizeof(features) / sizeof(features[0]); i++)
+        if (PyDict_SetItemString(out, features[i], cpu_has(features[i]) ? Py_True : Py_False) < 0) Py_CLEAR(out);
+    return out;
 }
 
 static PyMethodDef methods[] = {
-    {"conv", py_conv, METH_VARARGS,
+    {"conv", (PyCFunction)(void (*)(void))py_conv, METH_VARARGS | METH_KEYWORDS,
      "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
      "given thresholds, plus a clipped residual add given its codes"},
-    {"lut_conv", py_lut_conv, METH_VARARGS,
+    {"lut_conv", (PyCFunction)(void (*)(void))py_lut_conv, METH_VARARGS | METH_KEYWORDS,
      "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
-    {"table_conv", py_table_conv, METH_VARARGS,
+    {"table_conv", (PyCFunction)(void (*)(void))py_table_conv, METH_VARARGS | METH_KEYWORDS,
      "first conv (<= 16 output channels) as sums of per-(tap, colour, pixel value) int8 or int16 tables, then thresholds"},
     {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
     {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
     {"sum_pool", py_sum_pool, METH_VARARGS, "uint8 codes (N, HW, C) -> int64 sums over HW (N, C)"},
     {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
-    {"set_isa", py_set_isa, METH_VARARGS,
-     "use the conv built for 'avx512bitalg' (AVX-512 with the 16/32-channel lanes convs), 'avx512vpopcntdq', 'avx2' or 'portable'"},
-    {"isa", py_isa, METH_NOARGS, "the instruction set the conv runs with"},
+    {"isas", py_isas, METH_NOARGS,
+     "the instruction sets this CPU runs the kernels with, worst to best: 'portable', 'avx2', 'avx512vpopcntdq' "
+     "(AVX-512 tile conv), 'avx512bitalg' (plus the 16/32-channel lanes convs); conv, lut_conv and table_conv take "
+     "isa=NAME, default the best"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "pixelq integer runtime kernels", -1, methods};
 
-PyMODINIT_FUNC PyInit__kernels(void) {
-    if (!choose_isa("avx512bitalg") && !choose_isa("avx512vpopcntdq") && !choose_isa("avx2")) choose_isa("portable");
-    return PyModule_Create(&module);
-}
+PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,366 @@
+/* The AVX2 convs; kernels.c includes this under a `#pragma GCC target` for AVX2. The AVX-512 files
+ * included after it reuse its byte transpose, table loads and lane-code store (AVX2 instructions,
+ * which GCC inlines into AVX-512 code).
+ *
+ * AVX2 has no vector popcount. popcount(x & w) is counted per byte by table: VPSHUFB looks the low
+ * and the high nibble of each byte up in the 16 nibble counts. The input's nibbles are split once
+ * per load (shared by every output channel), the weights' once per call (split_weight_nibbles,
+ * split_lane_nibbles in kernels.c), so a 256-bit AND-popcount-accumulate is 2 ANDs, 2 shuffles and 2 byte adds.
+ * Byte counts are widened (VPSADBW, or VPMADDUBSW + VPMADDWD) before they can reach 255.
+ *
+ * Two convs, as on AVX-512: the tile conv (any geometry: R positions x 8 output channels of int64
+ * sums, the weight words' output channels in the lanes) and, for 16- and 32-channel 3x3 stride-1
+ * convs, the lanes conv (one output row's positions in the lanes, 16 or 8 per vector, every
+ * popcount bit counting). The first conv over a lookup runs as table sums (table_body.h). */
+
+#define AVX2_POSITIONS 32  /* positions per work item of the tile conv: a multiple of AVX2_TILE */
+#define AVX2_TILE 4        /* positions per tile, each x 8 output channels */
+
+static inline __m256i nibble_counts(void) {
+    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
+
+/* acc + per-byte popcount(x & w), x and w given as nibbles: lo = v & 0x0f.., hi = (v >> 4) & 0x0f... */
+static inline __m256i add_counts(__m256i acc, __m256i xlo, __m256i xhi, __m256i wlo, __m256i whi, __m256i table) {
+    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_and_si256(xlo, wlo)));
+    return _mm256_add_epi8(acc, _mm256_shuffle_epi8(table, _mm256_and_si256(xhi, whi)));
+}
+
+static void pack_row_avx2(const conv_t *c, ssize n, ssize y, int32_t *sums) {
+    if (c->C % 8) {  /* channels not whole bytes: the byte-gather packer */
+        pack_row_portable(c, n, y, sums);
+        return;
+    }
+    /* As pack_row_avx512: bit p of 32 code bytes moved to each byte's top bit, collected by VPMOVMSKB. */
+    const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
+    uint8_t *dst = c->x + n * c->image_bytes + (y + c->pad) * c->row_bytes + c->pad * c->Cb;
+    const ssize bytes = c->W * c->C;
+    for (ssize k = 0; k < bytes; k += 32) {
+        const ssize take = bytes - k < 32 ? bytes - k : 32;  /* a multiple of 8 */
+        __m256i v;
+        if (take == 32) {
+            v = _mm256_loadu_si256((const __m256i *)(src + k));
+        } else {
+            uint8_t tail[32] = {0};
+            memcpy(tail, src + k, take);
+            v = _mm256_loadu_si256((const __m256i *)tail);
+        }
+        for (int p = 0; p < c->P; p++) {
+            uint32_t bits = (uint32_t)_mm256_movemask_epi8(_mm256_sll_epi16(v, _mm_cvtsi32_si128(7 - p)));
+            if (take == 32) memcpy(dst + p * c->plane_bytes + k / 8, &bits, 4);  /* a constant size: one store */
+            else memcpy(dst + p * c->plane_bytes + k / 8, &bits, take / 8);
+        }
+    }
+    if (sums) pixel_sums_sad(c, src, sums);
+}
+
+/* ---- The tile conv. ---- */
+
+/* R positions (window starts pos[0 .. R)) x output channels o0 .. o0 + 7: the int64 sums of the
+ * 2^(p+j)-weighted popcounts, channels o0 .. o0 + 3 in res[2 i], o0 + 4 .. in res[2 i + 1]. Plane
+ * pairs by shift level, Horner-style, as tile512; byte counts widen before 31 words (8 each). */
+static inline __attribute__((always_inline)) void tile_avx2(const conv_t *c, const uint8_t *xn, const ssize *pos,
+                                                            ssize o0, __m256i *res, const int R) {
+    const __m256i table = nibble_counts(), low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const ssize blocks = c->Opad / 4;
+    __m256i tot[AVX2_TILE][2], bytes[AVX2_TILE][2];
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) tot[i][0] = tot[i][1] = bytes[i][0] = bytes[i][1] = zero;
+    const int top = c->P + c->J - 2;
+    for (int e = top; e >= 0; e--) {
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++) tot[i][0] = _mm256_slli_epi64(tot[i][0], 1), tot[i][1] = _mm256_slli_epi64(tot[i][1], 1);
+        int words = 0;  /* added into the byte counts since they were last widened */
+        int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
+        for (int p = plo; p <= phi; p++) {
+            const uint8_t *xp = xn + p * c->plane_bytes;
+            const uint64_t *wj = c->w_nib + ((ssize)(e - p) * c->KH * c->Kr * blocks + o0 / 4) * 8;
+            for (int ky = 0; ky < c->KH; ky++)
+                for (int r = 0; r < c->Kr; r++) {
+                    const uint64_t *wr = wj + ((ssize)ky * c->Kr + r) * blocks * 8;
+                    #pragma GCC unroll 4
+                    for (int i = 0; i < R; i++) {
+                        __m256i x = _mm256_set1_epi64x((long long)load_u64(xp + ky * c->row_bytes + pos[i] + 8 * r));
+                        __m256i xlo = _mm256_and_si256(x, low4), xhi = _mm256_and_si256(_mm256_srli_epi64(x, 4), low4);
+                        #pragma GCC unroll 2
+                        for (int v = 0; v < 2; v++)
+                            bytes[i][v] = add_counts(bytes[i][v], xlo, xhi, _mm256_loadu_si256((const __m256i *)(wr + 8 * v)),
+                                                     _mm256_loadu_si256((const __m256i *)(wr + 8 * v + 4)), table);
+                    }
+                    if (++words == 31) {
+                        #pragma GCC unroll 4
+                        for (int i = 0; i < R; i++)
+                            for (int v = 0; v < 2; v++)
+                                tot[i][v] = _mm256_add_epi64(tot[i][v], _mm256_sad_epu8(bytes[i][v], zero)), bytes[i][v] = zero;
+                        words = 0;
+                    }
+                }
+        }
+        #pragma GCC unroll 4
+        for (int i = 0; i < R; i++)
+            for (int v = 0; v < 2; v++)
+                tot[i][v] = _mm256_add_epi64(tot[i][v], _mm256_sad_epu8(bytes[i][v], zero)), bytes[i][v] = zero;
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < R; i++) res[2 * i] = tot[i][0], res[2 * i + 1] = tot[i][1];
+}
+
+static void tile_avx2_4(const conv_t *c, const uint8_t *xn, const ssize *pos, ssize o0, __m256i *res) {
+    tile_avx2(c, xn, pos, o0, res, AVX2_TILE);
+}
+
+/* Two vectors of 4 int64 sums (the low 32 bits of each count) as 8 int32 lanes. */
+static inline __m256i join8(__m256i lo, __m256i hi) {
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    return _mm256_blend_epi32(_mm256_permutevar8x32_epi32(lo, even), _mm256_permutevar8x32_epi32(hi, even), 0xF0);
+}
+
+/* finish_portable for channels o .. o + 7 (those below O) of global position m, from their popcount
+ * sums as int32 lanes: accumulators, or codes by thresholds plus the residual at offset r. */
+static inline void finish8_avx2(const conv_t *c, ssize m, ssize o, __m256i tot, int64_t S, ssize r) {
+    const int left = c->O - o < 8 ? (int)(c->O - o) : 8;
+    __m256i a = _mm256_add_epi32(_mm256_mullo_epi32(tot, _mm256_set1_epi32(c->wstride)),
+                                 _mm256_set1_epi32((int32_t)(c->lowest * S)));
+    if (!c->out) {
+        int32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, a);
+        memcpy(c->acc + m * c->O + o, lanes, sizeof(int32_t) * left);
+        return;
+    }
+    /* direction and thresholds hold Opad >= o + 8 channels; the direction is +1 or -1, never 0 */
+    __m256i s = _mm256_sign_epi32(a, _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(c->dir + o))));
+    /* code = qmin + #{l: s >= thr_l} = qmin + L - #{l: thr_l > s}; a true compare is -1 */
+    __m256i code = _mm256_set1_epi32(c->qmin + c->L);
+    for (int l = 0; l < c->L; l++)
+        code = _mm256_add_epi32(code, _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(c->thr + (ssize)l * c->Opad + o)), s));
+    if (c->res) {  /* channels from res_C on add 0 */
+        uint8_t shortcut[8] = {0};
+        if (o < c->res_C) memcpy(shortcut, c->res + r + o, c->res_C - o < left ? c->res_C - o : left);
+        code = _mm256_min_epi32(_mm256_add_epi32(code, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)shortcut))),
+                                _mm256_set1_epi32(c->res_qmax));
+    }
+    __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
+    uint64_t codes = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(words, words));
+    memcpy(c->out + m * c->O + o, &codes, left);
+}
+
+static void conv_avx2(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    const uint8_t *xn = c->x + n * c->image_bytes;
+    const ssize count = m1 - m0;  /* <= AVX2_POSITIONS */
+    ssize pos[AVX2_POSITIONS + AVX2_TILE], roff[AVX2_POSITIONS];
+    static const int32_t no_sums[AVX2_POSITIONS];  /* S = 0 when the weights have no offset */
+    const int32_t *S = c->window ? c->window + n * c->HO * c->WO + m0 : no_sums;
+    window_positions(c, n, m0, count, pos, roff);
+    for (ssize i = count; i < count + AVX2_TILE; i++) pos[i] = pos[count - 1];
+    __m256i tiles[2 * AVX2_TILE];
+    for (ssize o0 = 0; o0 < c->O; o0 += 8)
+        for (ssize i0 = 0; i0 < count; i0 += AVX2_TILE) {
+            tile_avx2_4(c, xn, pos + i0, o0, tiles);
+            for (int i = 0; i < AVX2_TILE && i0 + i < count; i++)
+                finish8_avx2(c, n * c->HO * c->WO + m0 + i0 + i, o0, join8(tiles[2 * i], tiles[2 * i + 1]), S[i0 + i],
+                             c->res ? roff[i0 + i] : 0);
+        }
+}
+
+/* ---- The lanes convs (16 or 32 channels, 3x3, stride 1; see conv_lanes.h for the idea). ---- */
+
+/* Transpose 16 vectors r[o] of 32 position bytes into positions: on return, 128-bit lane 0 of r[q]
+ * holds the 16 channel bytes of position q and lane 1 those of position 16 + q. */
+static inline void transpose16x32(__m256i r[16]) {
+    __m256i t[16];
+    for (int k = 0; k < 8; k++) {  /* channel pairs: byte pairs per position */
+        t[k] = _mm256_unpacklo_epi8(r[2 * k], r[2 * k + 1]);      /* positions 0-7 (16-23) */
+        t[8 + k] = _mm256_unpackhi_epi8(r[2 * k], r[2 * k + 1]);  /* positions 8-15 (24-31) */
+    }
+    for (int h = 0; h < 2; h++)  /* channel quads */
+        for (int k = 0; k < 4; k++) {
+            r[8 * h + k] = _mm256_unpacklo_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]);     /* positions 8h + 0-3 */
+            r[8 * h + 4 + k] = _mm256_unpackhi_epi16(t[8 * h + 2 * k], t[8 * h + 2 * k + 1]); /* 8h + 4-7 */
+        }
+    for (int g = 0; g < 4; g++)  /* channel octets */
+        for (int k = 0; k < 2; k++) {
+            t[4 * g + k] = _mm256_unpacklo_epi32(r[4 * g + 2 * k], r[4 * g + 2 * k + 1]);     /* 4g + 0-1 */
+            t[4 * g + 2 + k] = _mm256_unpackhi_epi32(r[4 * g + 2 * k], r[4 * g + 2 * k + 1]); /* 4g + 2-3 */
+        }
+    for (int f = 0; f < 8; f++) {  /* all 16 channels */
+        r[2 * f] = _mm256_unpacklo_epi64(t[2 * f], t[2 * f + 1]);
+        r[2 * f + 1] = _mm256_unpackhi_epi64(t[2 * f], t[2 * f + 1]);
+    }
+}
+
+/* Store the codes of positions ox0 .. ox0 + count - 1 of output row oy from the transposed vectors
+ * r (CH 16: positions q and 16 + q in r[q]'s 128-bit lanes; CH 32: position q's 32 codes in r[q]),
+ * after the residual add (saturating, then the clip) when there is one. */
+static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssize oy, ssize ox0, int count, const int CH) {
+    transpose16x32(r);
+    const ssize m_row = (n * c->HO + oy) * c->WO;
+    uint8_t *out = c->out + (m_row + ox0) * CH;
+    const uint8_t *res = c->res ? c->res + residual_offset(c, n, oy, ox0) : NULL;
+    const ssize res_step = (ssize)c->res_stride * c->res_C;  /* res_C is CH, or 16 for CH 32 (lanes_fits) */
+    for (int q = 0; q < 16; q++) {
+        if (CH == 32) {
+            if (q >= count) continue;
+            __m256i v = r[q];
+            if (res) {  /* channels from res_C on add 0 (a zero-padded shortcut) */
+                const uint8_t *sc = res + res_step * q;
+                __m256i s = c->res_C == 32 ? _mm256_loadu_si256((const __m256i *)sc)
+                                           : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)sc));
+                v = _mm256_min_epu8(_mm256_adds_epu8(v, s), _mm256_set1_epi8((char)c->res_qmax));
+            }
+            _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
+            continue;
+        }
+        for (int half = 0; half < 2; half++) {
+            const int k = 16 * half + q;  /* position ox0 + k */
+            if (k >= count) continue;
+            __m128i v = half ? _mm256_extracti128_si256(r[q], 1) : _mm256_castsi256_si128(r[q]);
+            if (res)
+                v = _mm_min_epu8(_mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(res + res_step * k))),
+                                 _mm_set1_epi8((char)c->res_qmax));
+            _mm_storeu_si128((__m128i *)(out + 16 * k), v);
+        }
+    }
+}
+
+/* Output row oy of image n with positions in lanes: a vector holds LPV = 256 / CH positions of CH
+ * bits (the plane words of a tap), and the row goes by chunks of 2 LPV positions (32 or 16, the
+ * store's). Byte counts of one plane pair (9 taps, at most 72 each) widen to int16 (CH 16, exact:
+ * lanes_fits takes it only with the int16 epilogue) or int32 lanes. CH is a constant in each caller. */
+static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *c, ssize n, ssize oy, const int CH) {
+    const int LPV = 256 / CH, LP = 2 * LPV;
+    const uint8_t *xn = c->x + n * c->image_bytes + oy * c->row_bytes;
+    const int top = c->P + c->J - 2;
+    const ssize m_row = (n * c->HO + oy) * c->WO;
+    const __m256i table = nibble_counts(), low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (ssize ox0 = 0; ox0 < c->WO; ox0 += LP) {
+        const int count = c->WO - ox0 < LP ? (int)(c->WO - ox0) : LP;
+        __m256i codes[32][2];  /* output channel o's codes in the two halves of the chunk */
+        for (int h = 0; h < 2; h++) {
+            const ssize first = ox0 + h * LPV;
+            const int have = count - h * LPV < LPV ? count - h * LPV : LPV;  /* positions of this half */
+            if (have <= 0) {
+                for (int o = 0; o < CH; o++) codes[o][h] = zero;
+                continue;
+            }
+            __m256i low = zero;  /* lowest * S of each position, in its lanes */
+            if (c->window) {
+                int32_t s[16] = {0};
+                memcpy(s, c->window + m_row + first, sizeof(int32_t) * have);
+                __m256i s0 = _mm256_loadu_si256((const __m256i *)s), s1 = _mm256_loadu_si256((const __m256i *)(s + 8));
+                low = CH == 16 ? _mm256_mullo_epi16(_mm256_permute4x64_epi64(_mm256_packs_epi32(s0, s1), 0xD8),
+                                                    _mm256_set1_epi16((short)c->lowest))
+                               : _mm256_mullo_epi32(s0, _mm256_set1_epi32(c->lowest));
+            }
+            for (int o0 = 0; o0 < CH; o0 += 8) {
+                __m256i wide[8];
+                #pragma GCC unroll 8
+                for (int o = 0; o < 8; o++) wide[o] = zero;
+                for (int e = top; e >= 0; e--) {
+                    #pragma GCC unroll 8
+                    for (int o = 0; o < 8; o++) wide[o] = CH == 16 ? _mm256_slli_epi16(wide[o], 1) : _mm256_slli_epi32(wide[o], 1);
+                    int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
+                    for (int p = plo; p <= phi; p++) {
+                        __m256i bytes[8];
+                        #pragma GCC unroll 8
+                        for (int o = 0; o < 8; o++) bytes[o] = zero;
+                        #pragma GCC unroll 9
+                        for (int t = 0; t < 9; t++) {
+                            const uint8_t *src = xn + p * c->plane_bytes + (t / 3) * c->row_bytes + (first + t % 3) * (CH / 8);
+                            __m256i x;
+                            if (have == LPV) {
+                                x = _mm256_loadu_si256((const __m256i *)src);
+                            } else {
+                                uint8_t part[32] = {0};
+                                memcpy(part, src, (size_t)have * CH / 8);
+                                x = _mm256_loadu_si256((const __m256i *)part);
+                            }
+                            const __m256i xlo = _mm256_and_si256(x, low4), xhi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
+                            const __m256i *w = (const __m256i *)c->w_nib + (((ssize)(e - p) * 9 + t) * CH + o0) * 2;
+                            #pragma GCC unroll 8
+                            for (int o = 0; o < 8; o++)
+                                bytes[o] = add_counts(bytes[o], xlo, xhi, _mm256_loadu_si256(w + 2 * o),
+                                                      _mm256_loadu_si256(w + 2 * o + 1), table);
+                        }
+                        #pragma GCC unroll 8
+                        for (int o = 0; o < 8; o++) {
+                            __m256i pairs = _mm256_maddubs_epi16(bytes[o], ones8);  /* a lane's byte pairs as int16 */
+                            wide[o] = CH == 16 ? _mm256_add_epi16(wide[o], pairs)
+                                               : _mm256_add_epi32(wide[o], _mm256_madd_epi16(pairs, ones16));
+                        }
+                    }
+                }
+                /* wstride * tot + lowest * S against the channel's thresholds (as finish8_avx2) */
+                #pragma GCC unroll 8
+                for (int o = 0; o < 8; o++) {
+                    const int ch = o0 + o;
+                    __m256i code;
+                    if (CH == 16) {
+                        __m256i a = _mm256_add_epi16(_mm256_mullo_epi16(wide[o], _mm256_set1_epi16((short)c->wstride)), low);
+                        if (c->dir[ch] < 0) a = _mm256_sub_epi16(zero, a);
+                        code = _mm256_set1_epi16((short)(c->qmin + c->L));
+                        for (int l = 0; l < c->L; l++)
+                            code = _mm256_add_epi16(code, _mm256_cmpgt_epi16(_mm256_set1_epi16(c->thr16[l][ch]), a));
+                    } else {
+                        __m256i a = _mm256_add_epi32(_mm256_mullo_epi32(wide[o], _mm256_set1_epi32(c->wstride)), low);
+                        if (c->dir[ch] < 0) a = _mm256_sub_epi32(zero, a);
+                        code = _mm256_set1_epi32(c->qmin + c->L);
+                        for (int l = 0; l < c->L; l++)
+                            code = _mm256_add_epi32(code, _mm256_cmpgt_epi32(_mm256_set1_epi32(c->thr[(ssize)l * c->Opad + ch]), a));
+                    }
+                    codes[ch][h] = code;
+                }
+            }
+        }
+        /* Bytes in the AVX-512 lanes conv's order: r[o] = channel o's 32 positions (CH 16), or channel
+         * o's 16 positions then channel 16 + o's (CH 32). VPACK works per 128-bit lane: VPERMQ 0xD8
+         * puts the halves back in order. */
+        __m256i r[16];
+        if (CH == 16) {
+            for (int o = 0; o < 16; o++) r[o] = _mm256_permute4x64_epi64(_mm256_packus_epi16(codes[o][0], codes[o][1]), 0xD8);
+        } else {
+            __m256i words[32];
+            for (int o = 0; o < 32; o++) words[o] = _mm256_permute4x64_epi64(_mm256_packs_epi32(codes[o][0], codes[o][1]), 0xD8);
+            for (int o = 0; o < 16; o++) r[o] = _mm256_permute4x64_epi64(_mm256_packus_epi16(words[o], words[16 + o]), 0xD8);
+        }
+        store_lane_codes(c, r, n, oy, ox0, count, CH);
+    }
+}
+
+static void conv_rows16_avx2(const conv_t *c, ssize n, ssize oy) { rows_lanes_avx2(c, n, oy, 16); }
+static void conv_rows32_avx2(const conv_t *c, ssize n, ssize oy) { rows_lanes_avx2(c, n, oy, 32); }
+
+/* ---- The first conv as table sums. ---- */
+
+/* Table row e's 16 entries as int16 lanes: e counts entries (16 per row) of int8, or with `wide` int16. */
+static inline __attribute__((always_inline)) __m256i table_entries(const void *table, ssize e, int wide) {
+    return wide ? _mm256_loadu_si256((const __m256i *)((const int16_t *)table + e))
+                : _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)((const int8_t *)table + e)));
+}
+
+
+/* Output ox of row m_row from its 16 channels' int16 sums: codes by int16 thresholds where they
+ * fit (c->narrow: 16 channels), else 8 channels at a time in int32. */
+static inline void table_emit_avx2(const conv_t *c, ssize m_row, ssize ox, __m256i acc, __m256i *held) {
+    (void)held;  /* the AVX-512 epilogue pairs positions; this one finishes each as it comes */
+    const ssize m = m_row + ox;
+    if (c->narrow) {
+        __m256i s = _mm256_sign_epi16(acc, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)c->dir)));
+        __m256i code = _mm256_set1_epi16((short)(c->qmin + c->L));
+        for (int l = 0; l < c->L; l++)
+            code = _mm256_add_epi16(code, _mm256_cmpgt_epi16(_mm256_loadu_si256((const __m256i *)c->thr16[l]), s));
+        _mm_storeu_si128((__m128i *)(c->out + m * 16),
+                         _mm_packus_epi16(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1)));
+        return;
+    }
+    finish8_avx2(c, m, 0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc)), 0, 0);
+    if (c->O > 8) finish8_avx2(c, m, 8, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc, 1)), 0, 0);
+}
+
+#define TABLE_ROW table_row_avx2
+#define TABLE_CONV table_conv_avx2
+#define TABLE_EMIT table_emit_avx2
+#include "table_body.h"
+#undef TABLE_ROW
+#undef TABLE_CONV
+#undef TABLE_EMIT
