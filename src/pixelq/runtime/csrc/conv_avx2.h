@@ -5,7 +5,8 @@
  * AVX2 has no vector popcount. popcount(x & w) is counted per byte by table: VPSHUFB looks the low
  * and the high nibble of each byte up in the 16 nibble counts. The input's nibbles are split once
  * per load (shared by every output channel), the weights' once per call (split_weight_nibbles,
- * split_lane_nibbles in kernels.c), so a 256-bit AND-popcount-accumulate is 2 ANDs, 2 shuffles and 2 byte adds.
+ * in kernels.c), so a 256-bit AND-popcount-accumulate is 2 ANDs, 2 shuffles and 2 byte adds; the
+ * lanes convs look the input's nibbles up in tables made for each weight byte instead, with no AND.
  * Byte counts are widened (VPSADBW, or VPMADDUBSW + VPMADDWD) before they can reach 255.
  *
  * Two convs, as on AVX-512: the tile conv (any geometry: R positions x 8 output channels of int64
@@ -14,7 +15,7 @@
  * popcount bit counting). The first conv over a lookup runs as table sums (table_body.h). */
 
 #define AVX2_POSITIONS 32  /* positions per work item of the tile conv: a multiple of AVX2_TILE */
-#define AVX2_TILE 4        /* positions per tile, each x 8 output channels */
+#define AVX2_TILE 4        /* positions per tile, each x 8 output channels (3 measured slower) */
 
 static inline __m256i nibble_counts(void) {
     return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
@@ -61,7 +62,7 @@ static void pack_row_avx2(const conv_t *c, ssize n, ssize y, int32_t *sums) {
  * pairs by shift level, Horner-style, as tile512; byte counts widen before 31 words (8 each). */
 static inline __attribute__((always_inline)) void tile_avx2(const conv_t *c, const uint8_t *xn, const ssize *pos,
                                                             ssize o0, __m256i *res, const int R) {
-    const __m256i table = nibble_counts(), low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i table = nibble_counts(), zero = _mm256_setzero_si256();
     const ssize blocks = c->Opad / 4;
     __m256i tot[AVX2_TILE][2], bytes[AVX2_TILE][2];
     #pragma GCC unroll 4
@@ -80,8 +81,10 @@ static inline __attribute__((always_inline)) void tile_avx2(const conv_t *c, con
                     const uint64_t *wr = wj + ((ssize)ky * c->Kr + r) * blocks * 8;
                     #pragma GCC unroll 4
                     for (int i = 0; i < R; i++) {
-                        __m256i x = _mm256_set1_epi64x((long long)load_u64(xp + ky * c->row_bytes + pos[i] + 8 * r));
-                        __m256i xlo = _mm256_and_si256(x, low4), xhi = _mm256_and_si256(_mm256_srli_epi64(x, 4), low4);
+                        /* VPSHUFB reads bits 0-3 and 7 of an index: x & (w's low nibbles) needs no mask of
+                         * its own, nor (x >> 4) & (w's high nibbles, shifted down) */
+                        __m256i xlo = _mm256_set1_epi64x((long long)load_u64(xp + ky * c->row_bytes + pos[i] + 8 * r));
+                        __m256i xhi = _mm256_srli_epi64(xlo, 4);
                         #pragma GCC unroll 2
                         for (int v = 0; v < 2; v++)
                             bytes[i][v] = add_counts(bytes[i][v], xlo, xhi, _mm256_loadu_si256((const __m256i *)(wr + 8 * v)),
@@ -105,7 +108,7 @@ static inline __attribute__((always_inline)) void tile_avx2(const conv_t *c, con
     for (int i = 0; i < R; i++) res[2 * i] = tot[i][0], res[2 * i + 1] = tot[i][1];
 }
 
-static void tile_avx2_4(const conv_t *c, const uint8_t *xn, const ssize *pos, ssize o0, __m256i *res) {
+static void tile_avx2_r(const conv_t *c, const uint8_t *xn, const ssize *pos, ssize o0, __m256i *res) {
     tile_avx2(c, xn, pos, o0, res, AVX2_TILE);
 }
 
@@ -155,7 +158,7 @@ static void conv_avx2(const conv_t *c, ssize n, ssize m0, ssize m1) {
     __m256i tiles[2 * AVX2_TILE];
     for (ssize o0 = 0; o0 < c->O; o0 += 8)
         for (ssize i0 = 0; i0 < count; i0 += AVX2_TILE) {
-            tile_avx2_4(c, xn, pos + i0, o0, tiles);
+            tile_avx2_r(c, xn, pos + i0, o0, tiles);
             for (int i = 0; i < AVX2_TILE && i0 + i < count; i++)
                 finish8_avx2(c, n * c->HO * c->WO + m0 + i0 + i, o0, join8(tiles[2 * i], tiles[2 * i + 1]), S[i0 + i],
                              c->res ? roff[i0 + i] : 0);
@@ -222,35 +225,68 @@ static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssi
     }
 }
 
-/* Output row oy of image n with positions in lanes: a vector holds LPV = 256 / CH positions of CH
- * bits (the plane words of a tap), and the row goes by chunks of 2 LPV positions (32 or 16, the
- * store's). Byte counts of one plane pair (9 taps, at most 72 each) widen to int16 (CH 16, exact:
- * lanes_fits takes it only with the int16 epilogue) or int32 lanes. CH is a constant in each caller. */
+/* Rearrange the plane words of 16 positions (CH bits each, 2 or 4 bytes, from `src`) so that each
+ * 128-bit lane holds one byte of every position, positions in order: CH 16 -> g[0] = [byte 0 | byte 1];
+ * CH 32 -> g[0] = [byte 0 | byte 2], g[1] = [byte 1 | byte 3]. Fewer than 16 positions (`have`)
+ * are read through a zeroed copy, so nothing past the planes is read. */
+static inline __attribute__((always_inline)) void byte_groups(const uint8_t *src, int have, __m256i *g, const int CH) {
+    __m256i x0, x1 = _mm256_setzero_si256();
+    if (have == 16) {
+        x0 = _mm256_loadu_si256((const __m256i *)src);
+        if (CH == 32) x1 = _mm256_loadu_si256((const __m256i *)(src + 32));
+    } else {
+        uint8_t part[64] = {0};
+        memcpy(part, src, (size_t)have * CH / 8);
+        x0 = _mm256_loadu_si256((const __m256i *)part);
+        if (CH == 32) x1 = _mm256_loadu_si256((const __m256i *)(part + 32));
+    }
+    if (CH == 16) {  /* per 128-bit lane: even bytes then odd; then the lanes' halves regrouped */
+        const __m256i even_odd = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                                  0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        g[0] = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(x0, even_odd), 0xD8);
+        return;
+    }
+    /* per 128-bit lane (4 positions): byte k of each as dword k; then per vector [b0, b1 | b2, b3]
+     * of its 8 positions as qwords; then the two vectors' qwords interleaved */
+    const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i pairs = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    x0 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x0, by_byte), pairs);
+    x1 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x1, by_byte), pairs);
+    g[0] = _mm256_unpacklo_epi64(x0, x1);
+    g[1] = _mm256_unpackhi_epi64(x0, x1);
+}
+
+/* Output row oy of image n with positions in lanes, 16 per vector: each tap's plane words of 16
+ * positions regrouped by byte (byte_groups), so a 128-bit lane holds one byte of the weights' CH
+ * bits and the popcount of x & w is a lookup of x's nibbles in tables made for that weight byte
+ * (split_lane_nibbles): 2 shuffles and 2 adds per vector, no AND. Byte counts of one plane pair
+ * (9 taps, at most 144 per byte) widen to int16 lanes; lanes_fits takes these convs only with the
+ * int16 epilogue. The row goes by chunks of 32 (CH 16) or 16 (CH 32) positions, the store's. */
 static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *c, ssize n, ssize oy, const int CH) {
-    const int LPV = 256 / CH, LP = 2 * LPV;
+    const int V = CH / 16, LP = CH == 16 ? 32 : 16;
     const uint8_t *xn = c->x + n * c->image_bytes + oy * c->row_bytes;
     const int top = c->P + c->J - 2;
     const ssize m_row = (n * c->HO + oy) * c->WO;
-    const __m256i table = nibble_counts(), low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
-    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i *tables = (const __m256i *)c->w_nib;
     for (ssize ox0 = 0; ox0 < c->WO; ox0 += LP) {
         const int count = c->WO - ox0 < LP ? (int)(c->WO - ox0) : LP;
-        __m256i codes[32][2];  /* output channel o's codes in the two halves of the chunk */
-        for (int h = 0; h < 2; h++) {
-            const ssize first = ox0 + h * LPV;
-            const int have = count - h * LPV < LPV ? count - h * LPV : LPV;  /* positions of this half */
+        __m256i codes[32][2];  /* output channel o's int16 codes of 16 positions, in the chunk's halves */
+        for (int h = 0; h < LP / 16; h++) {
+            const ssize first = ox0 + 16 * h;
+            const int have = count - 16 * h < 16 ? count - 16 * h : 16;
             if (have <= 0) {
                 for (int o = 0; o < CH; o++) codes[o][h] = zero;
                 continue;
             }
-            __m256i low = zero;  /* lowest * S of each position, in its lanes */
+            __m256i low = zero;  /* lowest * S of each position */
             if (c->window) {
                 int32_t s[16] = {0};
                 memcpy(s, c->window + m_row + first, sizeof(int32_t) * have);
                 __m256i s0 = _mm256_loadu_si256((const __m256i *)s), s1 = _mm256_loadu_si256((const __m256i *)(s + 8));
-                low = CH == 16 ? _mm256_mullo_epi16(_mm256_permute4x64_epi64(_mm256_packs_epi32(s0, s1), 0xD8),
-                                                    _mm256_set1_epi16((short)c->lowest))
-                               : _mm256_mullo_epi32(s0, _mm256_set1_epi32(c->lowest));
+                low = _mm256_mullo_epi16(_mm256_permute4x64_epi64(_mm256_packs_epi32(s0, s1), 0xD8),
+                                         _mm256_set1_epi16((short)c->lowest));
             }
             for (int o0 = 0; o0 < CH; o0 += 8) {
                 __m256i wide[8];
@@ -258,7 +294,7 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                 for (int o = 0; o < 8; o++) wide[o] = zero;
                 for (int e = top; e >= 0; e--) {
                     #pragma GCC unroll 8
-                    for (int o = 0; o < 8; o++) wide[o] = CH == 16 ? _mm256_slli_epi16(wide[o], 1) : _mm256_slli_epi32(wide[o], 1);
+                    for (int o = 0; o < 8; o++) wide[o] = _mm256_slli_epi16(wide[o], 1);
                     int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
                     for (int p = plo; p <= phi; p++) {
                         __m256i bytes[8];
@@ -266,48 +302,36 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                         for (int o = 0; o < 8; o++) bytes[o] = zero;
                         #pragma GCC unroll 9
                         for (int t = 0; t < 9; t++) {
-                            const uint8_t *src = xn + p * c->plane_bytes + (t / 3) * c->row_bytes + (first + t % 3) * (CH / 8);
-                            __m256i x;
-                            if (have == LPV) {
-                                x = _mm256_loadu_si256((const __m256i *)src);
-                            } else {
-                                uint8_t part[32] = {0};
-                                memcpy(part, src, (size_t)have * CH / 8);
-                                x = _mm256_loadu_si256((const __m256i *)part);
-                            }
-                            const __m256i xlo = _mm256_and_si256(x, low4), xhi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low4);
-                            const __m256i *w = (const __m256i *)c->w_nib + (((ssize)(e - p) * 9 + t) * CH + o0) * 2;
+                            __m256i g[2], lo[2], hi[2];
+                            byte_groups(xn + p * c->plane_bytes + (t / 3) * c->row_bytes + (first + t % 3) * (CH / 8), have, g, CH);
+                            #pragma GCC unroll 2
+                            for (int v = 0; v < V; v++)
+                                lo[v] = _mm256_and_si256(g[v], low4), hi[v] = _mm256_and_si256(_mm256_srli_epi16(g[v], 4), low4);
+                            const __m256i *tab = tables + (((ssize)(e - p) * 9 + t) * CH + o0) * 2 * V;
                             #pragma GCC unroll 8
                             for (int o = 0; o < 8; o++)
-                                bytes[o] = add_counts(bytes[o], xlo, xhi, _mm256_loadu_si256(w + 2 * o),
-                                                      _mm256_loadu_si256(w + 2 * o + 1), table);
+                                #pragma GCC unroll 2
+                                for (int v = 0; v < V; v++) {
+                                    const __m256i *tv = tab + (o * V + v) * 2;
+                                    bytes[o] = _mm256_add_epi8(bytes[o], _mm256_shuffle_epi8(_mm256_loadu_si256(tv), lo[v]));
+                                    bytes[o] = _mm256_add_epi8(bytes[o], _mm256_shuffle_epi8(_mm256_loadu_si256(tv + 1), hi[v]));
+                                }
                         }
                         #pragma GCC unroll 8
-                        for (int o = 0; o < 8; o++) {
-                            __m256i pairs = _mm256_maddubs_epi16(bytes[o], ones8);  /* a lane's byte pairs as int16 */
-                            wide[o] = CH == 16 ? _mm256_add_epi16(wide[o], pairs)
-                                               : _mm256_add_epi32(wide[o], _mm256_madd_epi16(pairs, ones16));
-                        }
+                        for (int o = 0; o < 8; o++)  /* a position's count: its bytes in the two lanes */
+                            wide[o] = _mm256_add_epi16(wide[o], _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes[o])),
+                                                                                 _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes[o], 1))));
                     }
                 }
-                /* wstride * tot + lowest * S against the channel's thresholds (as finish8_avx2) */
+                /* wstride * tot + lowest * S against the channel's int16 thresholds (as finish8_avx2) */
                 #pragma GCC unroll 8
                 for (int o = 0; o < 8; o++) {
                     const int ch = o0 + o;
-                    __m256i code;
-                    if (CH == 16) {
-                        __m256i a = _mm256_add_epi16(_mm256_mullo_epi16(wide[o], _mm256_set1_epi16((short)c->wstride)), low);
-                        if (c->dir[ch] < 0) a = _mm256_sub_epi16(zero, a);
-                        code = _mm256_set1_epi16((short)(c->qmin + c->L));
-                        for (int l = 0; l < c->L; l++)
-                            code = _mm256_add_epi16(code, _mm256_cmpgt_epi16(_mm256_set1_epi16(c->thr16[l][ch]), a));
-                    } else {
-                        __m256i a = _mm256_add_epi32(_mm256_mullo_epi32(wide[o], _mm256_set1_epi32(c->wstride)), low);
-                        if (c->dir[ch] < 0) a = _mm256_sub_epi32(zero, a);
-                        code = _mm256_set1_epi32(c->qmin + c->L);
-                        for (int l = 0; l < c->L; l++)
-                            code = _mm256_add_epi32(code, _mm256_cmpgt_epi32(_mm256_set1_epi32(c->thr[(ssize)l * c->Opad + ch]), a));
-                    }
+                    __m256i a = _mm256_add_epi16(_mm256_mullo_epi16(wide[o], _mm256_set1_epi16((short)c->wstride)), low);
+                    if (c->dir[ch] < 0) a = _mm256_sub_epi16(zero, a);
+                    __m256i code = _mm256_set1_epi16((short)(c->qmin + c->L));
+                    for (int l = 0; l < c->L; l++)
+                        code = _mm256_add_epi16(code, _mm256_cmpgt_epi16(_mm256_set1_epi16(c->thr16[l][ch]), a));
                     codes[ch][h] = code;
                 }
             }
@@ -316,13 +340,9 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
          * o's 16 positions then channel 16 + o's (CH 32). VPACK works per 128-bit lane: VPERMQ 0xD8
          * puts the halves back in order. */
         __m256i r[16];
-        if (CH == 16) {
-            for (int o = 0; o < 16; o++) r[o] = _mm256_permute4x64_epi64(_mm256_packus_epi16(codes[o][0], codes[o][1]), 0xD8);
-        } else {
-            __m256i words[32];
-            for (int o = 0; o < 32; o++) words[o] = _mm256_permute4x64_epi64(_mm256_packs_epi32(codes[o][0], codes[o][1]), 0xD8);
-            for (int o = 0; o < 16; o++) r[o] = _mm256_permute4x64_epi64(_mm256_packus_epi16(words[o], words[16 + o]), 0xD8);
-        }
+        for (int o = 0; o < 16; o++)
+            r[o] = _mm256_permute4x64_epi64(CH == 16 ? _mm256_packus_epi16(codes[o][0], codes[o][1])
+                                                     : _mm256_packus_epi16(codes[o][0], codes[16 + o][0]), 0xD8);
         store_lane_codes(c, r, n, oy, ox0, count, CH);
     }
 }

@@ -101,7 +101,7 @@ typedef struct {
     /* For the lanes convs (conv_lanes.h, 16 or 32 channels): the weight bits of output channel o at
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
-    uint64_t *w_nib;  /* the AVX2 convs' weights split into nibbles (split_weight_nibbles, split_lane_nibbles) */
+    uint64_t *w_nib;  /* the AVX2 convs' weights by nibble (split_weight_nibbles, split_lane_nibbles) */
     const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
@@ -319,21 +319,27 @@ static int split_weight_nibbles(conv_t *c) {
     return 1;
 }
 
-/* c->w_nib from c->lane_w for the AVX2 lanes convs: for each (j, tap, output channel), the 32-bit
- * lane word's low nibbles repeated over 256 bits, then its high nibbles ((J, 9, CH, 2, 4) words),
- * so a conv ANDs them straight from memory. 0 when out of memory. */
+/* c->w_nib from c->lane_w for the AVX2 lanes convs (conv_avx2.h): for each (j, tap, output
+ * channel) and vector of byte groups (CH 16: [byte 0 | byte 1]; CH 32: [0 | 2], then [1 | 3]), two
+ * 32-byte shuffle tables: in each 128-bit lane, entry v = popcount(v & the low nibble of that weight
+ * byte), then the same for its high nibble. (J, 9, CH, CH / 16, 2, 32) bytes; 0 when out of memory. */
 static int split_lane_nibbles(conv_t *c) {
-    const int CH = (int)c->O;
-    uint64_t *nib = malloc(sizeof(uint64_t) * c->J * 9 * CH * 8);
-    if (!nib) return 0;
+    const int CH = (int)c->O, V = CH / 16;
+    static const int lane_byte[2][2][2] = {{{0, 1}, {0, 1}}, {{0, 2}, {1, 3}}};  /* [CH 32][v][lane] */
+    uint8_t *tables = malloc((size_t)c->J * 9 * CH * V * 2 * 32);
+    if (!tables) return 0;
+    uint8_t *at = tables;
     for (int j = 0; j < c->J; j++)
         for (int t = 0; t < 9; t++)
-            for (int o = 0; o < CH; o++) {
-                const uint64_t w = c->lane_w[j][t][o] * 0x100000001ULL;
-                uint64_t *at = nib + (((ssize)j * 9 + t) * CH + o) * 8;
-                for (int i = 0; i < 4; i++) at[i] = w & 0x0F0F0F0F0F0F0F0FULL, at[4 + i] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
-            }
-    c->w_nib = nib;
+            for (int o = 0; o < CH; o++)
+                for (int v = 0; v < V; v++)
+                    for (int half = 0; half < 2; half++)  /* low nibble, high nibble */
+                        for (int lane = 0; lane < 2; lane++, at += 16) {
+                            const uint32_t byte = c->lane_w[j][t][o] >> (8 * lane_byte[CH == 32][v][lane]) & 0xFF;
+                            const uint32_t nib = half ? byte >> 4 : byte & 0xF;
+                            for (int value = 0; value < 16; value++) at[value] = (uint8_t)__builtin_popcount(value & nib);
+                        }
+    c->w_nib = (uint64_t *)tables;
     return 1;
 }
 
@@ -366,18 +372,19 @@ struct isa {
     pack_fn pack;
     table_fn table;
     row_fn rows16, rows32;  /* the 16- and 32-channel convs by output rows, where built */
+    int rows32_narrow;      /* rows32 needs the int16 epilogue too */
     int nibble_weights;     /* the convs read c->w_nib */
 };
 
 static const isa_t ISAS[] = {  /* worst to best */
-    {"portable", {NULL}, conv_portable, 16, pack_row_portable, table_conv_portable, NULL, NULL, 0},
+    {"portable", {NULL}, conv_portable, 16, pack_row_portable, table_conv_portable, NULL, NULL, 0, 0},
 #ifdef PIXELQ_X86
     {"avx2", {"avx2", "popcnt", NULL}, conv_avx2, AVX2_POSITIONS, pack_row_avx2, table_conv_avx2, conv_rows16_avx2,
-     conv_rows32_avx2, 1},
+     conv_rows32_avx2, 1, 1},
     {"avx512vpopcntdq", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt", NULL}, conv_avx512,
-     AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, NULL, NULL, 0},
+     AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, NULL, NULL, 0, 0},
     {"avx512bitalg", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg", "popcnt", NULL},
-     conv_avx512, AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, conv_rows16, conv_rows32, 0},
+     conv_avx512, AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, conv_rows16, conv_rows32, 0, 0},
 #endif
 };
 #define ISA_COUNT ((int)(sizeof(ISAS) / sizeof(ISAS[0])))
@@ -500,13 +507,15 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
 }
 
 /* The lanes conv (conv_lanes.h) that takes this conv, or NULL: as many input as output channels,
- * 16 (with the int16 epilogue) or 32, 3x3, stride 1, fused thresholds, a shortcut (if any) of as
+ * 16 (with the int16 epilogue) or 32 (AVX2: with it too), 3x3, stride 1, fused thresholds, a shortcut (if any) of as
  * many channels, or of 16 for 32 (a zero-padded downsampling shortcut). */
 static row_fn lanes_fits(const conv_t *c) {
     if (!c->out || c->C != c->O || c->Opad != c->O || c->KH != 3 || c->KW != 3 || c->stride != 1 || c->J > 8 ||
         (c->res && c->res_C != c->O && !(c->O == 32 && c->res_C == 16)))
         return NULL;
-    return c->O == 16 && c->narrow ? c->isa->rows16 : c->O == 32 ? c->isa->rows32 : NULL;
+    if (c->O == 16) return c->narrow ? c->isa->rows16 : NULL;
+    if (c->O == 32) return c->narrow || !c->isa->rows32_narrow ? c->isa->rows32 : NULL;
+    return NULL;
 }
 
 /* c->lane_w from the packed weight words: tap kx's channels are bits CH * kx .. of row ky. */
