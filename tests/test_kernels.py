@@ -114,6 +114,49 @@ def test_accumulator_range_check():
         check_accumulator_range("conv", 9 * 8192, 255, -128, 127)
 
 
+@given(
+    n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.sampled_from([1, 3, 4, 5, 16, 30, 64, 67]),
+    o=st.integers(1, 40), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2),
+    abits=st.sampled_from([1, 2, 4, 8]), wbits=st.sampled_from([2, 4, 8]), fused=st.booleans(), shortcut=st.booleans(),
+    threads=st.integers(1, 3), seed=st.integers(0, 2**16),
+)
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits, wbits, fused, shortcut, threads, seed):
+    """The dot-product conv (codes x int8 weights, no bit-planes) equals the reference: accumulators,
+    or codes by thresholds plus a shortcut. AVX2's VPMADDUBSW saturates int16 pairs, so beyond
+    2 x code x |weight| <= 32767 (8-bit codes with 8-bit weights) only VNNI and portable builds run."""
+    assume(h + 2 * padding >= k and w + 2 * padding >= k)
+    if abits == 8 and wbits == 8 and fast._kernels.dot_isa(isa) == "avx2":
+        return  # fast.dot_conv_fits refuses these for VPMADDUBSW
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2**abits, (n, h, w, c)).astype(np.uint8)
+    x.flat[0] = 2**abits - 1
+    wt = rng.integers(-2**(wbits - 1), 2**(wbits - 1), (o, k, k, c)).astype(np.int32)
+    wt.flat[0] = -2**(wbits - 1)
+    acc = conv2d_reference(x, wt, stride, padding)
+    ho, wo = acc.shape[1:3]
+    args = (x, n, h, w, c, fast.pack_dot_weight(wt), k, k, o, fast.padded_channels(o), stride, padding, ho, wo)
+    if not fused:
+        out = np.empty((n, ho, wo, o), np.int32)
+        fast._kernels.dot_conv(*args, out, threads, isa=isa)
+        assert np.array_equal(out, acc)
+        return
+    direction = rng.choice([-1, 1], o).astype(np.int8)
+    thresholds = spread_thresholds(rng, acc, 3)
+    expected = threshold_reference(acc, direction, thresholds, 0)
+    d, t = fast.pad_thresholds(direction, thresholds)
+    out = np.empty((n, ho, wo, o), np.uint8)
+    if shortcut:
+        res_c = (o + 1) // 2
+        codes = rng.integers(0, 4, (n, ho, wo, res_c)).astype(np.uint8)
+        expected[..., :res_c] = np.minimum(expected[..., :res_c] + codes, 3)
+        expected = np.minimum(expected, 3)
+        fast._kernels.dot_conv(*args, out, threads, d, t, 3, 0, codes, ho, wo, res_c, 1, 3, isa=isa)
+    else:
+        fast._kernels.dot_conv(*args, out, threads, d, t, 3, 0, isa=isa)
+    assert np.array_equal(out, expected)
+
+
 @given(m=st.integers(1, 50), o=st.integers(1, 40), levels=st.integers(1, 7), qmin=st.integers(-2, 0),
        seed=st.integers(0, 2**16))
 @settings(max_examples=50, deadline=None)

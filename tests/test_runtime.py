@@ -95,6 +95,38 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
         assert np.array_equal(value, reference[name]), name
 
 
+@pytest.fixture(scope="module")
+def wide_bits_graph(tmp_path_factory):
+    """A ResNet-20 with 4-bit weights and activations (4-bit pixel embedding too): 16 plane pairs per
+    conv, past every build's crossover to the dot-product conv."""
+    torch.manual_seed(2)
+    model = trained_like(create_model("resnet20", first_layer="pixel-embedding", first_layer_kwargs={"d": 4, "bits": 4},
+                                      wbits=4, abits=4, last_layer="quantized"))
+    return model, pixelq.export(model, tmp_path_factory.mktemp("pxq") / "w4a4.pxq")
+
+
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
+def test_dot_product_convs_equal_the_reference_and_pytorch(wide_bits_graph, isa):
+    """Past the crossover (fast.DOT_MIN_PAIRS) every conv but the lookup one runs as dot products:
+    every node the executor materialises equals the reference's, and the labels PyTorch's."""
+    if not fast.kernels_available() or isa not in fast._kernels.isas():
+        pytest.skip(f"this CPU has no {isa}")
+    model, graph = wide_bits_graph
+    executor = fast.FastExecutor(graph, threads=2, isa=isa)
+    kernels = executor.conv_kernels()
+    dots = [name for name, kernel in kernels.items() if kernel.startswith("dot product")]
+    assert kernels["stem.conv"] == "table sums" and len(dots) == len(kernels) - 1
+    x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    values, reference = executor.run(x), run_reference(graph, x)
+    compared = [name for name, v in values.items() if v is not None and name in reference]
+    assert len(compared) > len(dots)
+    for name in compared:
+        assert np.array_equal(values[name], reference[name]), name
+    with torch.no_grad():
+        expected = model(torch.as_tensor(x)).argmax(1).numpy()
+    assert np.array_equal(values[graph.meta["output"]].argmax(1), expected)
+
+
 def test_logits_stay_the_callers_when_the_runtime_reuses_its_arrays(model_file):
     # logits() keeps layer outputs between calls (no fresh pages per call); results must not alias them.
     _, _, path = model_file
@@ -183,6 +215,15 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert table["stem.conv"]["shape"] == [8, 8, 16] and table["stem.conv"]["macs"] == 8 * 8 * 16 * 12 * 9
     assert table["stages.1.0.conv1"]["shape"] == [4, 4, 32] and table["stem.conv"]["bits"] is None
     assert table["pool"]["shape"] == [64] and table["fc"]["shape"] == [3]
+    if fast.kernels_available():  # each conv's kernel under the chosen instruction set
+        assert table["stem.conv"]["kernel"] == "table sums" and table["stem.encoder"]["kernel"] is None
+        assert table["stages.0.0.conv1"]["kernel"] == "bit-planes (2x1 popcount passes)"
+        assert main(["inspect", str(tmp_path / "m.pxq"), "--isa", "portable"]) == 0
+        assert "kernel (portable)" in capsys.readouterr().out
+        assert main(["inspect", str(tmp_path / "m.pxq"), "--isa", "avx9"]) == 2
+        assert "isa 'avx9' is not an instruction set pixelq knows" in capsys.readouterr().err
+        assert main(["run", str(tmp_path / "m.pxq"), "--data", str(data), "--isa", "portable"]) == 0
+        assert json.loads(capsys.readouterr().out)["isa"] == "portable"
     assert main(["run", str(tmp_path / "missing.pxq")]) == 2
 
 

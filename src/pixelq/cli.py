@@ -294,16 +294,26 @@ def _run_inspect(args) -> None:
     """The integer graph as a table: layer, op, inputs, output shape, code bits, MACs."""
     from .integer import graph_table, load_model
 
+    from .runtime.fast import FastExecutor, kernels_available
+
     model = load_model(args.model)
     size = (args.image_size, args.image_size) if args.image_size else None
     rows = graph_table(model, _image_shape(size, model.meta.get("image_shape"), model.meta["in_channels"], args.model))
+    isa, kernels = "numpy reference", {}
+    if kernels_available():  # which kernel each conv runs on, under the chosen instruction set
+        executor = FastExecutor(model, isa=args.isa)
+        isa, kernels = executor.isa, executor.conv_kernels()
+    elif args.isa:
+        raise ConfigError("--isa: the C kernels are not built, so the numpy reference runs every layer")
+    for r in rows:
+        r["kernel"] = kernels.get(r["layer"])
     if args.json:
-        _write_json(args.json, {"meta": model.meta, "nodes": model.nodes, "table": rows})
-    print(f"{'layer':<24} {'op':<13} {'inputs':<34} {'output shape':<14} {'bits':>4} {'MACs':>12}")
+        _write_json(args.json, {"meta": model.meta, "nodes": model.nodes, "table": rows, "isa": isa})
+    print(f"{'layer':<24} {'op':<13} {'inputs':<34} {'output shape':<14} {'bits':>4} {'MACs':>12}  kernel ({isa})")
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
         print(f"{r['layer']:<24} {r['op']:<13} {', '.join(r['inputs']):<34} {shape:<14} "
-              f"{r['bits'] if r['bits'] is not None else '-':>4} {r['macs']:>12,}")
+              f"{r['bits'] if r['bits'] is not None else '-':>4} {r['macs']:>12,}  {r['kernel'] or ''}")
     print(json.dumps({k: v for k, v in model.meta.items() if k != "logit_scale"}))
 
 
@@ -376,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--image-size", type=int, help="shapes for S x S images (default: the size the model trained on)")
     p.add_argument("--json", help="write the manifest's nodes, metadata and the table here")
+    _add_isa(p)
     p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
     p.add_argument("study", choices=("first-layer",))
     _add_data(p)

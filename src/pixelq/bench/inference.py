@@ -24,6 +24,9 @@ from ..runtime.fast import FastExecutor, _kernels, choose_isa, pack_conv_weight,
 
 DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
                  "abits": 2, "last_layer": "quantized"}
+# The multi-bit network of the comparison: 16 plane pairs per conv, so the runtime runs dot products.
+W4A4_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 4}, "wbits": 4, "abits": 4,
+              "last_layer": "quantized"}
 
 
 def best_times(fns: dict, repeats: int) -> dict:
@@ -156,7 +159,8 @@ def cpu_description() -> dict:
 def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_counts=(1, 2), repeats: int = 5,
                   image_size: int = 32, isa: "str | None" = None) -> dict:
     """The comparison `pixelq bench` prints; see the module docstring. Without `model_path` a W1A2
-    ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported.
+    ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported; a
+    W4A4 one (dot-product convs) is always timed next to it.
     `isa` chooses pixelq's kernels (default: the best this CPU has); PyTorch and ONNX Runtime keep
     their own choice, which the result records next to the CPU's flags."""
     if _kernels is None:
@@ -172,6 +176,8 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             model_path = tmp / "resnet20-w1a2-pe.pxq"
             export(calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration), model_path)
         float_model = calibrated(create_model("resnet20"), calibration)
+        w4a4_path = tmp / "resnet20-w4a4-pe.pxq"
+        export(calibrated(create_model("resnet20", **W4A4_MODEL), calibration), w4a4_path)
         result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {},
                   "runtime_isa": isa, "torch_isa": torch.backends.cpu.get_cpu_capability(),
                   "onnxruntime_isa": "its own choice (the best this CPU has; not selectable)", "cpu": cpu_description()}
@@ -179,14 +185,18 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
             runtime = load(model_path, threads=threads, isa=isa)
+            w4a4 = load(w4a4_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
+            result["conv_kernels"] = {name: FastExecutor(rt.model, isa=isa).conv_kernels()
+                                      for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
             times = {}
             for batch in batch_sizes:
                 x = images[:batch]
                 with torch.no_grad():
                     times.update(best_times({f"b{batch}_torch_fp32_s": lambda: float_model(torch.as_tensor(x)),
                                              f"b{batch}_ort_int8_s": lambda: session.run(None, {"image": x}),
-                                             f"b{batch}_pixelq_s": lambda: runtime.logits(x)}, repeats))
+                                             f"b{batch}_pixelq_s": lambda: runtime.logits(x),
+                                             f"b{batch}_pixelq_w4a4_s": lambda: w4a4.logits(x)}, repeats))
             for abits in (1, 2):
                 layer = conv_layer_times(abits, threads, repeats, isa)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
@@ -200,6 +210,10 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             ratios[f"resnet20_b{big}_vs_torch_fp32{suffix}"] = times[f"b{big}_torch_fp32_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b1_vs_torch_fp32{suffix}"] = times["b1_torch_fp32_s"] / times["b1_pixelq_s"]
+            ratios[f"resnet20_w4a4_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_w4a4_s"]
+            ratios[f"resnet20_w4a4_b{big}_vs_torch_fp32{suffix}"] = (times[f"b{big}_torch_fp32_s"]
+                                                                    / times[f"b{big}_pixelq_w4a4_s"])
+            times["layers_w4a4_s"] = layer_profile(w4a4, images[:big], repeats)
             ratios[f"first_layer_vs_float{suffix}"] = first["torch_fp32_s"] / first["pixelq_s"]
             result["times"][f"threads_{threads}"] = times
     return result

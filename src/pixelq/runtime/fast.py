@@ -68,6 +68,17 @@ def pack_conv_weight(codes: np.ndarray, lowest: int, stride: int, bits: int) -> 
     return out
 
 
+def pack_dot_weight(codes: np.ndarray) -> np.ndarray:
+    """Integer weight codes (O, kh, kw, I), each within int8 -> the dot-product conv's layout
+    (kh, kw, ceil(I / 4), Opad / 8, 8, 4) int8: for each tap and group of 4 input channels, 8 output
+    channels' 4 weights side by side (zero for padded channels)."""
+    o, kh, kw, ci = codes.shape
+    groups = (ci + 3) // 4
+    w = np.zeros((padded_channels(o), kh, kw, groups * 4), np.int8)
+    w[:o, ..., :ci] = codes
+    return np.ascontiguousarray(w.reshape(-1, 8, kh, kw, groups, 4).transpose(2, 3, 4, 0, 1, 5))
+
+
 def lut_plane_bits(lut: np.ndarray, planes: int) -> tuple:
     """Lookup codes (T, 256, d), unsigned and d <= 64 -> (bits (T, 256, planes) uint64, sums (T, 256)
     int32): bit j of bits[t, v, p] is bit p of code j, and sums the d codes, for the C kernel that
@@ -97,6 +108,25 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     out = np.zeros((256, kh * kw * c, 16), np.int8 if narrow else np.int16)
     out[..., :o] = table.reshape(kh * kw * c, 256, o).transpose(1, 0, 2)
     return out
+
+
+# A conv runs as dot products of its codes with int8 weights (no bit-planes) where its input planes x
+# weight bits (the popcount passes of the bit-plane conv) reach this: the dot product costs the same
+# at any bits. Measured per build with `python experiments/kernel_crossover.py` (results/bench/
+# kernel_crossover.json): on AVX2 the bit-planes win at up to 4 plane pairs (W2A2), on AVX-512 up
+# to 8 (W2A4), with VNNI dot products.
+DOT_MIN_PAIRS = {"portable": 5, "avx2": 5, "avx512vpopcntdq": 9, "avx512bitalg": 9}
+
+
+def dot_conv_fits(node: dict, weight: np.ndarray, isa: str) -> bool:
+    """Whether conv `node` runs on the dot-product kernel under `isa`: by the cost rule above, with
+    weight codes inside int8, and for VPMADDUBSW (AVX2 without VNNI, which saturates int16 pairs)
+    2 x largest code x largest |weight| <= 32767."""
+    planes, bits = _planes(node), node["weight_bits"]
+    if planes * bits < DOT_MIN_PAIRS[isa] or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
+        return False
+    top = (1 << planes) - 1
+    return _kernels.dot_isa(isa) != "avx2" or 2 * top * int(np.abs(weight).max(initial=0)) <= 32767
 
 
 def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
@@ -174,6 +204,10 @@ class FastExecutor:
             if name in self.fused and name not in self.residual and table is not None:
                 self.table_convs[name] = table
                 self.shifted.pop(name, None)  # the tables hold signed codes' sums as they are
+        # Convs whose bit widths make dot products cheaper than bit-planes (lookup convs keep their tables).
+        self.dot_convs = {name: pack_dot_weight(model.tensors[f"{name}.weight"]) for name in self.packed
+                          if name not in self.lut_convs
+                          and dot_conv_fits(by_name[name], model.tensors[f"{name}.weight"], self.isa)}
         for conv, node in self.fused.items():
             direction, thresholds = (model.tensors[f"{node['name']}.{k}"] for k in ("direction", "thresholds"))
             if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share
@@ -181,6 +215,25 @@ class FastExecutor:
             self.thresholds[node["name"]] = pad_thresholds(direction, thresholds)
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
         self._tensors = node_tensors(model)
+
+    def conv_kernels(self) -> dict:
+        """{conv name: the kernel it runs on}, as `pixelq inspect --isa` shows it."""
+        kernels = {}
+        for node in self.model.nodes:
+            name = node["name"]
+            if node["op"] != "conv":
+                continue
+            if name in self.table_convs:
+                kernels[name] = "table sums"
+            elif name in self.lut_convs:
+                kernels[name] = "bit-planes via lookup"
+            elif name in self.dot_convs:
+                kernels[name] = f"dot product ({_kernels.dot_isa(self.isa)})"
+            elif name in self.packed:
+                kernels[name] = f"bit-planes ({_planes(node)}x{node['weight_bits']} popcount passes)"
+            else:
+                kernels[name] = "numpy reference (codes wider than a byte)"
+        return kernels
 
     def _empty(self, name: str, shape: tuple, dtype) -> np.ndarray:
         """An output array for node `name`: the one kept from the last call when reusing."""
@@ -248,6 +301,8 @@ class FastExecutor:
             return None
         if name in self.lut_convs:
             call, args = _kernels.lut_conv, (x, n, h, w, c, bits, sums, bits.shape[0], lut["d"], bits.shape[2], *weights)
+        elif name in self.dot_convs:
+            call, args = _kernels.dot_conv, (x, n, h, w, c, self.dot_convs[name], k, k, o, padded_channels(o), s, p, ho, wo)
         else:
             call, args = _kernels.conv, (x, n, h, w, c, _planes(node), *weights)
         if thr is None:

@@ -165,6 +165,15 @@ static void conv_avx2(const conv_t *c, ssize n, ssize m0, ssize m1) {
         }
 }
 
+/* ---- The dot-product conv. ---- */
+
+#define DOT_TILE 8  /* DOT_POSITIONS (kernels.c) is a multiple of it */
+#define DOT_NAME dot_avx2
+#define DOT_MAC(acc, x, w) _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), _mm256_set1_epi16(1)))
+#include "dot_body.h"
+#undef DOT_NAME
+#undef DOT_MAC
+
 /* ---- The lanes convs (16 or 32 channels, 3x3, stride 1; see conv_lanes.h for the idea). ---- */
 
 /* Transpose 16 vectors r[o] of 32 position bytes into positions: on return, 128-bit lane 0 of r[q]

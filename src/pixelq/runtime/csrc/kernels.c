@@ -46,6 +46,7 @@
 
 typedef Py_ssize_t ssize;
 
+#define DOT_POSITIONS 32  /* output positions per work item of the dot-product conv (dot_body.h) */
 #define NARROW_LEVELS 7     /* the int16 epilogue: activation codes of up to 3 bits, */
 #define NARROW_CHANNELS 64  /* up to 64 output channels */
 
@@ -102,6 +103,10 @@ typedef struct {
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
     uint64_t *w_nib;  /* the AVX2 convs' weights by nibble (split_weight_nibbles, split_lane_nibbles) */
+    /* The dot-product conv (dot_body.h): codes as bytes (P = 1 "plane" of Cb = C rounded up to 4 bytes
+     * per pixel), int8 weights (KH, KW, Cb / 4, Opad / 8, 8, 4); lowest = 0 and wstride = 1. */
+    int dot;
+    const int8_t *wdot;
     const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
@@ -302,6 +307,43 @@ static void conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
     free(tot);
 }
 
+/* The dot-product conv, portable: codes times int8 weights, one output position at a time. */
+static void dot_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    int64_t *tot = malloc(sizeof(int64_t) * c->O);
+    if (!tot) return;  /* as conv_portable */
+    const uint8_t *xn = c->x + n * c->image_bytes;
+    const ssize groups = c->Cb / 4, blocks = c->Opad / 8;
+    for (ssize m = m0; m < m1; m++) {
+        ssize oy = m / c->WO, ox = m % c->WO;
+        memset(tot, 0, sizeof(int64_t) * c->O);
+        for (int ky = 0; ky < c->KH; ky++)
+            for (int kx = 0; kx < c->KW; kx++) {
+                const uint8_t *px = xn + (oy * c->stride + ky) * c->row_bytes + (ox * c->stride + kx) * c->Cb;
+                const int8_t *wt = c->wdot + ((ssize)ky * c->KW + kx) * groups * blocks * 32;
+                for (ssize i = 0; i < c->C; i++)
+                    for (ssize o = 0; o < c->O; o++) tot[o] += px[i] * wt[((i / 4) * blocks + o / 8) * 32 + (o % 8) * 4 + i % 4];
+            }
+        finish_portable(c, n * c->HO * c->WO + m, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
+    }
+    free(tot);
+}
+
+/* One image row of codes into the dot conv's padded rows of Cb bytes per pixel (channels C .. Cb
+ * zero). */
+static void pack_row_bytes(const conv_t *c, ssize n, ssize y, int32_t *sums) {
+    (void)sums;  /* the dot conv's weights have no offset: no window sums */
+    const uint8_t *src = c->codes + (n * c->H + y) * c->W * c->C;
+    uint8_t *dst = c->x + n * c->image_bytes + (y + c->pad) * c->row_bytes + c->pad * c->Cb;
+    if (c->Cb == c->C) {
+        memcpy(dst, src, c->W * c->C);
+        return;
+    }
+    for (ssize px = 0; px < c->W; px++, src += c->C, dst += c->Cb) {
+        memcpy(dst, src, c->C);
+        memset(dst + c->C, 0, c->Cb - c->C);
+    }
+}
+
 /* c->w_nib from c->w: for each window word (j, ky, r) and block of 4 output channels, the 4 words'
  * low nibbles then their high nibbles ((J, KH, Kr, Opad / 4, 2, 4) words). 0 when out of memory. */
 static int split_weight_nibbles(conv_t *c) {
@@ -353,6 +395,14 @@ static int split_lane_nibbles(conv_t *c) {
 #include "conv_avx512.h"
 #pragma GCC pop_options
 #pragma GCC push_options
+#pragma GCC target("avx2,avx512f,avx512vl,avx512vnni")
+#define DOT_NAME dot_vnni
+#define DOT_MAC(acc, x, w) _mm256_dpbusd_epi32(acc, x, w)
+#include "dot_body.h"
+#undef DOT_NAME
+#undef DOT_MAC
+#pragma GCC pop_options
+#pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx512bitalg,popcnt")
 #include "conv_lanes.h"
 #pragma GCC pop_options
@@ -366,25 +416,32 @@ typedef void (*row_fn)(const conv_t *c, ssize n, ssize oy);
 /* One build of the kernels: a call runs with the one its `isa` names (default: the best this CPU has). */
 struct isa {
     const char *name;
-    const char *needs[8];  /* the CPU features it needs (__builtin_cpu_supports names), NULL-terminated */
+    const char *needs[8];  /* the CPU features it needs (__builtin_cpu_supports names), NULL after the last */
     positions_fn conv;     /* the tile conv over a chunk of output positions */
     ssize chunk;           /* output positions per work item of the parallel loop */
     pack_fn pack;
     table_fn table;
     row_fn rows16, rows32;  /* the 16- and 32-channel convs by output rows, where built */
     int rows32_narrow;      /* rows32 needs the int16 epilogue too */
+    positions_fn dot;       /* the dot-product conv */
+    positions_fn dot_vnni;  /* the same with AVX-512 VNNI, where the CPU has it (else dot runs) */
     int nibble_weights;     /* the convs read c->w_nib */
 };
 
 static const isa_t ISAS[] = {  /* worst to best */
-    {"portable", {NULL}, conv_portable, 16, pack_row_portable, table_conv_portable, NULL, NULL, 0, 0},
+    {.name = "portable", .conv = conv_portable, .chunk = 16, .pack = pack_row_portable, .table = table_conv_portable,
+     .dot = dot_portable},
 #ifdef PIXELQ_X86
-    {"avx2", {"avx2", "popcnt", NULL}, conv_avx2, AVX2_POSITIONS, pack_row_avx2, table_conv_avx2, conv_rows16_avx2,
-     conv_rows32_avx2, 1, 1},
-    {"avx512vpopcntdq", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt", NULL}, conv_avx512,
-     AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, NULL, NULL, 0, 0},
-    {"avx512bitalg", {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg", "popcnt", NULL},
-     conv_avx512, AVX512_POSITIONS, pack_row_avx512, table_conv_avx512, conv_rows16, conv_rows32, 0, 0},
+    {.name = "avx2", .needs = {"avx2", "popcnt"}, .conv = conv_avx2, .chunk = AVX2_POSITIONS, .pack = pack_row_avx2,
+     .table = table_conv_avx2, .rows16 = conv_rows16_avx2, .rows32 = conv_rows32_avx2, .rows32_narrow = 1,
+     .dot = dot_avx2, .nibble_weights = 1},
+    {.name = "avx512vpopcntdq", .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt"},
+     .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
+     .dot = dot_avx2, .dot_vnni = dot_vnni},
+    {.name = "avx512bitalg",
+     .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg", "popcnt"},
+     .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
+     .rows16 = conv_rows16, .rows32 = conv_rows32, .dot = dot_avx2, .dot_vnni = dot_vnni},
 #endif
 };
 #define ISA_COUNT ((int)(sizeof(ISAS) / sizeof(ISAS[0])))
@@ -501,7 +558,7 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
     int interior = y >= 0 && y < c->H;
     clear_padding(c, n, yp, interior);
     int32_t *sums = row ? row + c->pad : NULL;
-    if (interior) (c->lut_bits ? pack_row_lut : c->isa->pack)(c, n, y, sums);
+    if (interior) (c->lut_bits ? pack_row_lut : c->dot ? pack_row_bytes : c->isa->pack)(c, n, y, sums);
     if (row) hsums_row(c, n, yp, interior ? row : NULL);
     if (yp == c->Hp - 1) memset(c->x + n * c->image_bytes + c->P * c->plane_bytes, 0, 8);  /* the slack */
 }
@@ -510,7 +567,7 @@ static void pack_padded_row(const conv_t *c, ssize n, ssize yp, int32_t *row) {
  * 16 (with the int16 epilogue) or 32 (AVX2: with it too), 3x3, stride 1, fused thresholds, a shortcut (if any) of as
  * many channels, or of 16 for 32 (a zero-padded downsampling shortcut). */
 static row_fn lanes_fits(const conv_t *c) {
-    if (!c->out || c->C != c->O || c->Opad != c->O || c->KH != 3 || c->KW != 3 || c->stride != 1 || c->J > 8 ||
+    if (c->dot || !c->out || c->C != c->O || c->Opad != c->O || c->KH != 3 || c->KW != 3 || c->stride != 1 || c->J > 8 ||
         (c->res && c->res_C != c->O && !(c->O == 32 && c->res_C == 16)))
         return NULL;
     if (c->O == 16) return c->narrow ? c->isa->rows16 : NULL;
@@ -532,10 +589,15 @@ static void prepare_lane_weights(conv_t *c) {
 }
 
 /* Work item k of image n: output row k (lanes conv), or the k-th chunk of positions. */
-static void conv_item(const conv_t *c, row_fn lanes, ssize n, ssize k, ssize chunk) {
+static void conv_item(const conv_t *c, positions_fn positions, row_fn lanes, ssize n, ssize k, ssize chunk) {
     ssize M = c->HO * c->WO;
     if (lanes) lanes(c, n, k);
-    else c->isa->conv(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+    else positions(c, n, k * chunk, (k + 1) * chunk < M ? (k + 1) * chunk : M);
+}
+
+/* The dot-product conv this call's build runs: with VNNI where the build has it and the CPU too. */
+static positions_fn dot_conv_of(const isa_t *isa) {
+    return isa->dot_vnni && cpu_has("avx512vnni") && cpu_has("avx512vl") ? isa->dot_vnni : isa->dot;
 }
 
 /* Pack, then conv, in one parallel region: the planes live only for this call. */
@@ -559,11 +621,12 @@ static int run_conv(conv_t *c) {
     const row_fn lanes = lanes_fits(c);
     if (lanes) prepare_lane_weights(c);
     c->w_nib = NULL;
-    if (c->isa->nibble_weights && !(lanes ? split_lane_nibbles(c) : split_weight_nibbles(c))) {
+    if (!c->dot && c->isa->nibble_weights && !(lanes ? split_lane_nibbles(c) : split_weight_nibbles(c))) {
         scratch_give(scratch);
         return 0;
     }
-    const ssize chunk = c->isa->chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
+    const positions_fn positions = c->dot ? dot_conv_of(c->isa) : c->isa->conv;
+    const ssize chunk = c->dot ? DOT_POSITIONS : c->isa->chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
      * the conv reads them; else (a batch smaller than the threads) each step is shared by rows. */
@@ -578,7 +641,7 @@ static int run_conv(conv_t *c) {
             for (ssize n = 0; n < c->N; n++) {
                 for (ssize yp = 0; yp < c->Hp; yp++) pack_padded_row(c, n, yp, row);
                 for (ssize oy = 0; c->window && oy < c->HO; oy++) window_sums_row(c, n, oy);
-                for (ssize k = 0; k < items; k++) conv_item(c, lanes, n, k, chunk);
+                for (ssize k = 0; k < items; k++) conv_item(c, positions, lanes, n, k, chunk);
             }
         } else {
             #pragma omp for collapse(2) schedule(static)
@@ -593,7 +656,7 @@ static int run_conv(conv_t *c) {
              * writes the output rows the next layer's same thread will read. */
             #pragma omp for collapse(2) schedule(static)
             for (ssize n = 0; n < c->N; n++)
-                for (ssize k = 0; k < items; k++) conv_item(c, lanes, n, k, chunk);
+                for (ssize k = 0; k < items; k++) conv_item(c, positions, lanes, n, k, chunk);
         }
     }
     scratch_give(scratch);
@@ -679,6 +742,15 @@ static int geometry_ok(const conv_t *c) {
            (c->HO - 1) * c->stride + c->KH <= c->H + 2 * c->pad && (c->WO - 1) * c->stride + c->KW <= c->W + 2 * c->pad;
 }
 
+/* A residual input (when given) fits the output: shortcut channels at most O, its positions there. */
+static int check_residual(const conv_t *c, Py_buffer *res, Py_buffer *thr) {
+    int ok = !res->buf || (thr->buf && c->res_C <= c->O && c->res_stride >= 1 && (c->HO - 1) * c->res_stride < c->res_H &&
+                           (c->WO - 1) * c->res_stride < c->res_W &&
+                           want(res, c->N * c->res_H * c->res_W * c->res_C, "residual"));
+    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
+    return ok;
+}
+
 static PyObject *py_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
@@ -691,16 +763,39 @@ static PyObject *py_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     c.Cb = (int)((c.C + 7) / 8);
     c.Kr = (c.KW * c.Cb + 7) / 8;
     c.codes = codes.buf, c.w = w.buf, c.res = res.buf;
-    int residual_ok = !res.buf || (thr.buf && c.res_C <= c.O && c.res_stride >= 1 &&
-                                   (c.HO - 1) * c.res_stride < c.res_H && (c.WO - 1) * c.res_stride < c.res_W &&
-                                   want(&res, c.N * c.res_H * c.res_W * c.res_C, "residual"));
-    if (!residual_ok && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
+    int residual_ok = check_residual(&c, &res, &thr);
     int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
                     want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights");
     Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
     return finish_call(&c, residual_ok && c.P >= 1 && c.P <= 8 && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir,
                        &thr);
+}
+
+static PyObject *py_dot_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
+    Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
+    conv_t c = {0};
+    if (!(c.isa = isa_argument(kwargs))) return NULL;
+    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &w, &c.KH, &c.KW,
+                          &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin,
+                          &res, &c.res_H, &c.res_W, &c.res_C, &c.res_stride, &c.res_qmax))
+        return NULL;
+    c.dot = 1, c.P = 1, c.J = 1, c.lowest = 0, c.wstride = 1;
+    c.Cb = (int)((c.C + 3) / 4 * 4);  /* bytes per pixel: whole groups of 4 channels */
+    c.codes = codes.buf, c.wdot = w.buf, c.res = res.buf;
+    int residual_ok = check_residual(&c, &res, &thr);
+    int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
+                    want(&w, (ssize)c.KH * c.KW * c.Cb * c.Opad, "weights");
+    Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
+    return finish_call(&c, residual_ok && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir, &thr);
+}
+
+static PyObject *py_dot_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    const isa_t *isa = find_isa(name);
+    if (!isa) return PyErr_Format(PyExc_ValueError, "instruction set %s is not available on this CPU", name);
+    positions_fn dot = dot_conv_of(isa);
+    return PyUnicode_FromString(dot == dot_portable ? "portable" : isa->dot_vnni && dot == isa->dot_vnni ? "avx512vnni" : "avx2");
 }
 
 static PyObject *py_lut_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
@@ -868,6 +963,10 @@ static PyMethodDef methods[] = {
     {"conv", (PyCFunction)(void (*)(void))py_conv, METH_VARARGS | METH_KEYWORDS,
      "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
      "given thresholds, plus a clipped residual add given its codes"},
+    {"dot_conv", (PyCFunction)(void (*)(void))py_dot_conv, METH_VARARGS | METH_KEYWORDS,
+     "integer conv of uint8 codes times int8 weights (dot products, no bit-planes) -> int32 accumulators, or codes "
+     "given thresholds, plus a clipped residual add given its codes"},
+    {"dot_isa", py_dot_isa, METH_VARARGS, "the instructions the dot-product conv of the named build runs with"},
     {"lut_conv", (PyCFunction)(void (*)(void))py_lut_conv, METH_VARARGS | METH_KEYWORDS,
      "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
     {"table_conv", (PyCFunction)(void (*)(void))py_table_conv, METH_VARARGS | METH_KEYWORDS,
