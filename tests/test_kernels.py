@@ -199,7 +199,7 @@ def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed
 
 
 @given(n=st.integers(1, 5), h=st.integers(1, 8), c=st.sampled_from([8, 16, 24, 64]), o=st.sampled_from([16, 24, 32, 64]),
-       grid=st.sampled_from(sorted(WEIGHT_GRIDS)), abits=st.integers(1, 3), k=st.sampled_from([1, 3]),
+       grid=st.sampled_from(sorted(WEIGHT_GRIDS)), abits=st.integers(1, 4), k=st.sampled_from([1, 3]),
        stride=st.integers(1, 2), shortcut=st.sampled_from([0, 8, 16, 32, 64]), threads=st.integers(1, 3),
        seed=st.integers(0, 2**16))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -357,10 +357,11 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
 
 
 @given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), abits=st.integers(1, 2), o=st.sampled_from([1, 7, 16]),
+       levels=st.sampled_from([1, 3, 7, 15]),
        h=st.integers(1, 7), k=st.sampled_from([1, 3]), stride=st.integers(1, 2), padding=st.integers(0, 1),
        colours=st.sampled_from([1, 3]), int8=st.booleans(), seed=st.integers(0, 2**16))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stride, padding, colours, int8, seed):
+def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, levels, h, k, stride, padding, colours, int8, seed):
     """The first conv as per-(tap, colour, pixel value) table sums equals the lookup followed by the
     integer conv and thresholds, border windows (zero padding) and the unrolled 3x3x3 path alike;
     with 16 channels, positions finish in pairs in int16 (thresholds beyond int16 clamped), and an
@@ -378,11 +379,11 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, k, stri
     table = fast.lut_conv_table(wt, lut)
     assert table.dtype == (np.int16 if int8 and (wt < 0).any() else np.int8)
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = spread_thresholds(rng, acc, 3)
+    thresholds = spread_thresholds(rng, acc, levels)  # 15 levels: 4-bit codes, still the int16 epilogue
     dpad, tpad = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, wo, o), np.uint8)
     fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,
-                             ho, wo, out, 2, dpad, tpad, 3, 0, table.itemsize, isa=isa)
+                             ho, wo, out, 2, dpad, tpad, levels, 0, table.itemsize, isa=isa)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 

@@ -113,9 +113,9 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
 # A conv runs as dot products of its codes with int8 weights (no bit-planes) where its input planes x
 # weight bits (the popcount passes of the bit-plane conv) reach this: the dot product costs the same
 # at any bits. Measured per build with `python experiments/kernel_crossover.py` (results/bench/
-# kernel_crossover.json): on AVX2 the bit-planes win at up to 4 plane pairs (W2A2), on AVX-512 up
-# to 8 (W2A4), with VNNI dot products.
-DOT_MIN_PAIRS = {"portable": 5, "avx2": 5, "avx512vpopcntdq": 9, "avx512bitalg": 9}
+# kernel_crossover.json): the bit-planes win at up to 4 plane pairs (W1A4, W2A2) on AVX2 and on
+# AVX-512 (with VNNI dot products); from 6 (W2A3) the dot product does.
+DOT_MIN_PAIRS = {"portable": 5, "avx2": 5, "avx512vpopcntdq": 5, "avx512bitalg": 5}
 
 
 def dot_conv_fits(node: dict, weight: np.ndarray, isa: str) -> bool:

@@ -47,7 +47,7 @@
 typedef Py_ssize_t ssize;
 
 #define DOT_POSITIONS 32  /* output positions per work item of the dot-product conv (dot_body.h) */
-#define NARROW_LEVELS 7     /* the int16 epilogue: activation codes of up to 3 bits, */
+#define NARROW_LEVELS 15    /* the int16 epilogue: activation codes of up to 4 bits, */
 #define NARROW_CHANNELS 64  /* up to 64 output channels */
 
 static inline uint64_t load_u64(const uint8_t *p) {
@@ -395,12 +395,8 @@ static int split_lane_nibbles(conv_t *c) {
 #include "conv_avx512.h"
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx2,avx512f,avx512vl,avx512vnni")
-#define DOT_NAME dot_vnni
-#define DOT_MAC(acc, x, w) _mm256_dpbusd_epi32(acc, x, w)
-#include "dot_body.h"
-#undef DOT_NAME
-#undef DOT_MAC
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx512vnni,popcnt")
+#include "dot_vnni.h"
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx512bitalg,popcnt")
