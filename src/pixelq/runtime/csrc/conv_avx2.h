@@ -266,6 +266,12 @@ static inline __attribute__((always_inline)) void byte_groups(const uint8_t *src
     g[1] = _mm256_unpackhi_epi64(x0, x1);
 }
 
+/* Each position's count, as int16 lanes, from byte counts of its bytes in the two 128-bit lanes. */
+static inline __m256i lane_counts(__m256i bytes) {
+    return _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes)),
+                            _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes, 1)));
+}
+
 /* Output row oy of image n with positions in lanes, 16 per vector: each tap's plane words of 16
  * positions regrouped by byte (byte_groups), so a 128-bit lane holds one byte of the weights' CH
  * bits and the popcount of x & w is a lookup of x's nibbles in tables made for that weight byte
@@ -276,7 +282,6 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
     const int V = CH / 16, LP = CH == 16 ? 32 : 16;
     const uint8_t *xn = c->x + n * c->image_bytes + oy * c->row_bytes;
     const int top = c->P + c->J - 2;
-    const ssize m_row = (n * c->HO + oy) * c->WO;
     const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
     const __m256i *tables = (const __m256i *)c->w_nib;
     for (ssize ox0 = 0; ox0 < c->WO; ox0 += LP) {
@@ -289,14 +294,10 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                 for (int o = 0; o < CH; o++) codes[o][h] = zero;
                 continue;
             }
-            __m256i low = zero;  /* lowest * S of each position */
-            if (c->window) {
-                int32_t s[16] = {0};
-                memcpy(s, c->window + m_row + first, sizeof(int32_t) * have);
-                __m256i s0 = _mm256_loadu_si256((const __m256i *)s), s1 = _mm256_loadu_si256((const __m256i *)(s + 8));
-                low = _mm256_mullo_epi16(_mm256_permute4x64_epi64(_mm256_packs_epi32(s0, s1), 0xD8),
-                                         _mm256_set1_epi16((short)c->lowest));
-            }
+            /* lowest * S of each position: S, the window's code sum, is counted with the first block's
+             * popcounts (plane p's words once, at level e = p), so the packing computes no window sums */
+            __m256i low = zero, sums = zero;
+            const int count_sums = c->lowest != 0;
             for (int o0 = 0; o0 < CH; o0 += 8) {
                 __m256i wide[8];
                 #pragma GCC unroll 8
@@ -304,9 +305,11 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                 for (int e = top; e >= 0; e--) {
                     #pragma GCC unroll 8
                     for (int o = 0; o < 8; o++) wide[o] = _mm256_slli_epi16(wide[o], 1);
+                    sums = _mm256_slli_epi16(sums, 1);
                     int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
                     for (int p = plo; p <= phi; p++) {
-                        __m256i bytes[8];
+                        const int with_sums = count_sums && o0 == 0 && p == e;
+                        __m256i bytes[8], sum_bytes = zero;
                         #pragma GCC unroll 8
                         for (int o = 0; o < 8; o++) bytes[o] = zero;
                         #pragma GCC unroll 9
@@ -316,6 +319,13 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                             #pragma GCC unroll 2
                             for (int v = 0; v < V; v++)
                                 lo[v] = _mm256_and_si256(g[v], low4), hi[v] = _mm256_and_si256(_mm256_srli_epi16(g[v], 4), low4);
+                            if (with_sums) {
+                                const __m256i counts = nibble_counts();
+                                #pragma GCC unroll 2
+                                for (int v = 0; v < V; v++)
+                                    sum_bytes = _mm256_add_epi8(_mm256_add_epi8(sum_bytes, _mm256_shuffle_epi8(counts, lo[v])),
+                                                                _mm256_shuffle_epi8(counts, hi[v]));
+                            }
                             const __m256i *tab = tables + (((ssize)(e - p) * 9 + t) * CH + o0) * 2 * V;
                             #pragma GCC unroll 8
                             for (int o = 0; o < 8; o++)
@@ -328,10 +338,11 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
                         }
                         #pragma GCC unroll 8
                         for (int o = 0; o < 8; o++)  /* a position's count: its bytes in the two lanes */
-                            wide[o] = _mm256_add_epi16(wide[o], _mm256_add_epi16(_mm256_cvtepu8_epi16(_mm256_castsi256_si128(bytes[o])),
-                                                                                 _mm256_cvtepu8_epi16(_mm256_extracti128_si256(bytes[o], 1))));
+                            wide[o] = _mm256_add_epi16(wide[o], lane_counts(bytes[o]));
+                        if (with_sums) sums = _mm256_add_epi16(sums, lane_counts(sum_bytes));
                     }
                 }
+                if (o0 == 0 && count_sums) low = _mm256_mullo_epi16(sums, _mm256_set1_epi16((short)c->lowest));
                 /* wstride * tot + lowest * S against the channel's int16 thresholds (as finish8_avx2) */
                 #pragma GCC unroll 8
                 for (int o = 0; o < 8; o++) {

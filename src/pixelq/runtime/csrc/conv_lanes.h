@@ -17,23 +17,14 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
     const int LP = 512 / CH;  /* positions per vector */
     const uint8_t *xn = c->x + n * c->image_bytes + oy * c->row_bytes;
     const int top = c->P + c->J - 2;
-    const ssize m_row = (n * c->HO + oy) * c->WO;
     for (ssize ox0 = 0; ox0 < c->WO; ox0 += LP) {
         const int count = c->WO - ox0 < LP ? (int)(c->WO - ox0) : LP;
         const __mmask32 lanes = count == 32 ? ~0u : (1u << count) - 1;
-        /* lowest * S for the row's positions, in the epilogue's lanes */
-        __m512i low = _mm512_setzero_si512();
-        if (c->window) {
-            const int32_t *s = c->window + m_row + ox0;
-            __m512i s0 = _mm512_maskz_loadu_epi32((__mmask16)lanes, s);
-            if (CH == 16) {
-                __m256i s1 = _mm512_cvtepi32_epi16(_mm512_maskz_loadu_epi32((__mmask16)(lanes >> 16), s + 16));
-                low = _mm512_mullo_epi16(_mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(s0)), s1, 1),
-                                         _mm512_set1_epi16((short)c->lowest));
-            } else {
-                low = _mm512_mullo_epi32(s0, _mm512_set1_epi32(c->lowest));
-            }
-        }
+        /* lowest * S for the row's positions, in the epilogue's lanes: S, each window's code sum, is
+         * counted with the first block's popcounts (plane p's words once, at level e = p), so the
+         * packing computes no window sums for these convs */
+        __m512i low = _mm512_setzero_si512(), sums = low;
+        const int count_sums = c->lowest != 0;
         __m128i codes[32];  /* CH 32: each output channel's 16 position codes */
         __m256i r[16];
         for (int o0 = 0; o0 < CH; o0 += 16) {
@@ -45,6 +36,7 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
                     #pragma GCC unroll 16
                     for (int o = 0; o < 16; o++)
                         acc[o] = CH == 16 ? _mm512_slli_epi16(acc[o], 1) : _mm512_slli_epi32(acc[o], 1);
+                    sums = CH == 16 ? _mm512_slli_epi16(sums, 1) : _mm512_slli_epi32(sums, 1);
                 }
                 int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
                 for (int p = plo; p <= phi; p++)
@@ -53,6 +45,8 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
                         __m512i x = count == LP ? _mm512_loadu_si512(src)
                                     : CH == 16 ? _mm512_maskz_loadu_epi16(lanes, src)
                                                : _mm512_maskz_loadu_epi32((__mmask16)lanes, src);
+                        if (count_sums && o0 == 0 && p == e)
+                            sums = CH == 16 ? _mm512_add_epi16(sums, _mm512_popcnt_epi16(x)) : _mm512_add_epi32(sums, _mm512_popcnt_epi32(x));
                         const uint32_t *wt = c->lane_w[e - p][t] + o0;
                         #pragma GCC unroll 16
                         for (int o = 0; o < 16; o++) {
@@ -62,6 +56,9 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
                         }
                     }
             }
+            if (o0 == 0 && count_sums)
+                low = CH == 16 ? _mm512_mullo_epi16(sums, _mm512_set1_epi16((short)c->lowest))
+                               : _mm512_mullo_epi32(sums, _mm512_set1_epi32(c->lowest));
             /* Each channel's codes: wstride * tot + lowest * S against its thresholds. */
             const __m512i one = CH == 16 ? _mm512_set1_epi16(1) : _mm512_set1_epi32(1);
             #pragma GCC unroll 16

@@ -604,17 +604,20 @@ static int run_conv(conv_t *c) {
     c->image_bytes = c->P * c->plane_bytes + 8;
     /* Not zeroed: each thread zeroes the padding of the rows it packs, so no core writes lines
      * another core is about to fill (zeroing it all here made the other thread's stores slow). */
+    /* The window code sums S (for weights with an offset, lowest != 0), from per-pixel sums at
+     * packing; the lanes convs count S with their popcounts instead. */
+    const row_fn lanes = lanes_fits(c);
+    const int sums = c->lowest && !lanes;
     size_t x_bytes = round64(c->N * c->image_bytes);
-    size_t hsums_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->Hp * c->WO) : 0;
-    size_t window_bytes = c->lowest ? round64(sizeof(int32_t) * c->N * c->HO * c->WO) : 0;
-    size_t rows_bytes = c->lowest ? sizeof(int32_t) * c->Wp * c->threads : 0;  /* a pixel-sum row per thread */
+    size_t hsums_bytes = sums ? round64(sizeof(int32_t) * c->N * c->Hp * c->WO) : 0;
+    size_t window_bytes = sums ? round64(sizeof(int32_t) * c->N * c->HO * c->WO) : 0;
+    size_t rows_bytes = sums ? sizeof(int32_t) * c->Wp * c->threads : 0;  /* a pixel-sum row per thread */
     scratch_t *scratch = scratch_take(x_bytes + hsums_bytes + window_bytes + rows_bytes);
     if (!scratch) return 0;
     c->x = (uint8_t *)scratch->data;
-    c->hsums = c->lowest ? (int32_t *)(c->x + x_bytes) : NULL;
-    c->window = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
-    int32_t *rows = c->lowest ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
-    const row_fn lanes = lanes_fits(c);
+    c->hsums = sums ? (int32_t *)(c->x + x_bytes) : NULL;
+    c->window = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
+    int32_t *rows = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
     if (lanes) prepare_lane_weights(c);
     c->w_nib = NULL;
     if (!c->dot && c->isa->nibble_weights && !(lanes ? split_lane_nibbles(c) : split_weight_nibbles(c))) {
