@@ -234,6 +234,20 @@ static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssi
     }
 }
 
+/* 16 positions' 4 bytes each (positions 0-7 in x0, 8-15 in x1) as g[0] = [byte 0 | byte 2] and
+ * g[1] = [byte 1 | byte 3], positions in order in each 128-bit lane. */
+static inline __attribute__((always_inline)) void regroup32(__m256i x0, __m256i x1, __m256i *g) {
+    /* per 128-bit lane (4 positions): byte k of each as dword k; then per vector [b0, b1 | b2, b3]
+     * of its 8 positions as qwords; then the two vectors' qwords interleaved */
+    const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
+                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m256i pairs = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    x0 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x0, by_byte), pairs);
+    x1 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x1, by_byte), pairs);
+    g[0] = _mm256_unpacklo_epi64(x0, x1);
+    g[1] = _mm256_unpackhi_epi64(x0, x1);
+}
+
 /* Rearrange the plane words of 16 positions (CH bits each, 2 or 4 bytes, from `src`) so that each
  * 128-bit lane holds one byte of every position, positions in order: CH 16 -> g[0] = [byte 0 | byte 1];
  * CH 32 -> g[0] = [byte 0 | byte 2], g[1] = [byte 1 | byte 3]. Fewer than 16 positions (`have`)
@@ -255,15 +269,7 @@ static inline __attribute__((always_inline)) void byte_groups(const uint8_t *src
         g[0] = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(x0, even_odd), 0xD8);
         return;
     }
-    /* per 128-bit lane (4 positions): byte k of each as dword k; then per vector [b0, b1 | b2, b3]
-     * of its 8 positions as qwords; then the two vectors' qwords interleaved */
-    const __m256i by_byte = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                                             0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m256i pairs = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    x0 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x0, by_byte), pairs);
-    x1 = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(x1, by_byte), pairs);
-    g[0] = _mm256_unpacklo_epi64(x0, x1);
-    g[1] = _mm256_unpackhi_epi64(x0, x1);
+    regroup32(x0, x1, g);
 }
 
 /* Each position's count, as int16 lanes, from byte counts of its bytes in the two 128-bit lanes. */
@@ -364,6 +370,126 @@ static inline __attribute__((always_inline)) void rows_lanes_avx2(const conv_t *
             r[o] = _mm256_permute4x64_epi64(CH == 16 ? _mm256_packus_epi16(codes[o][0], codes[o][1])
                                                      : _mm256_packus_epi16(codes[o][0], codes[16 + o][0]), 0xD8);
         store_lane_codes(c, r, n, oy, ox0, count, CH);
+    }
+}
+
+/* ---- The gathered lanes conv: any geometry, input channels a multiple of 32. ----
+ * The lanes convs' arithmetic for output positions that are not one row's stride-1 neighbours
+ * (strided convs, 8 x 8 maps, more channels): 32 consecutive output positions at a time, as two
+ * vectors of 16, each tap's plane words gathered from their window starts (VPGATHERDD), 32 input
+ * channels (4 bytes) a slice, regrouped by byte once into a stack buffer that every block of 4
+ * output channels then reads; each table load serves both vectors (the tables, a few hundred KB
+ * for 64 channels, come from L2). Tables per (j, tap, slice, channel) as the lanes convs' CH 32
+ * ones (split_gather_tables); the int16 epilogue (gather_fits), a transpose to positions, the store. */
+#define GATHER_SLICES_MAX 64  /* regrouped words per group of positions: planes x taps x slices */
+
+static void conv_gather_avx2(const conv_t *c, ssize n, ssize m0, ssize m1) {
+    const uint8_t *xn = c->x + n * c->image_bytes;
+    const int taps = c->KH * c->KW, slices = (int)(c->C / 32), top = c->P + c->J - 2;
+    const __m256i low4 = _mm256_set1_epi8(0x0F), zero = _mm256_setzero_si256();
+    const __m256i *tables = (const __m256i *)c->w_nib;
+    ssize pos[AVX2_POSITIONS], roff[AVX2_POSITIONS];
+    const int count = (int)(m1 - m0);  /* <= AVX2_POSITIONS = 32 */
+    window_positions(c, n, m0, count, pos, roff);
+    for (int i = count; i < AVX2_POSITIONS; i++) pos[i] = pos[count - 1];
+    /* plane p, tap t, slice h: the regrouped words' nibbles [vector of 16 positions][v][lo, hi] */
+    __m256i words[GATHER_SLICES_MAX][2][2][2];
+    __m256i at[2];
+    for (int k = 0; k < 2; k++)
+        at[k] = _mm256_setr_epi32((int)pos[16 * k], (int)pos[16 * k + 1], (int)pos[16 * k + 2], (int)pos[16 * k + 3],
+                                  (int)pos[16 * k + 4], (int)pos[16 * k + 5], (int)pos[16 * k + 6], (int)pos[16 * k + 7]);
+    __m256i at_hi[2];
+    for (int k = 0; k < 2; k++)
+        at_hi[k] = _mm256_setr_epi32((int)pos[16 * k + 8], (int)pos[16 * k + 9], (int)pos[16 * k + 10], (int)pos[16 * k + 11],
+                                     (int)pos[16 * k + 12], (int)pos[16 * k + 13], (int)pos[16 * k + 14], (int)pos[16 * k + 15]);
+    for (int p = 0; p < c->P; p++)
+        for (int t = 0; t < taps; t++)
+            for (int h = 0; h < slices; h++) {
+                const int *base = (const int *)(xn + p * c->plane_bytes + (t / c->KW) * c->row_bytes + (t % c->KW) * c->Cb + 4 * h);
+                for (int k = 0; k < 2; k++) {
+                    __m256i g[2];
+                    regroup32(_mm256_i32gather_epi32(base, at[k], 1), _mm256_i32gather_epi32(base, at_hi[k], 1), g);
+                    for (int v = 0; v < 2; v++) {
+                        words[(p * taps + t) * slices + h][k][v][0] = _mm256_and_si256(g[v], low4);
+                        words[(p * taps + t) * slices + h][k][v][1] = _mm256_and_si256(_mm256_srli_epi16(g[v], 4), low4);
+                    }
+                }
+            }
+    __m256i codes[64][2];  /* output channel o's int16 codes of each vector of 16 positions */
+    __m256i low[2] = {zero, zero}, sums[2] = {zero, zero};
+    const int count_sums = c->lowest != 0;
+    for (int o0 = 0; o0 < c->O; o0 += 4) {
+        __m256i wide[4][2];
+        #pragma GCC unroll 4
+        for (int o = 0; o < 4; o++) wide[o][0] = wide[o][1] = zero;
+        for (int e = top; e >= 0; e--) {
+            #pragma GCC unroll 4
+            for (int o = 0; o < 4; o++) wide[o][0] = _mm256_slli_epi16(wide[o][0], 1), wide[o][1] = _mm256_slli_epi16(wide[o][1], 1);
+            sums[0] = _mm256_slli_epi16(sums[0], 1), sums[1] = _mm256_slli_epi16(sums[1], 1);
+            int plo = e - (c->J - 1) > 0 ? e - (c->J - 1) : 0, phi = e < c->P - 1 ? e : c->P - 1;
+            for (int p = plo; p <= phi; p++)
+                for (int h = 0; h < slices; h++) {  /* byte counts widened per slice: at most 16 x taps */
+                    const int with_sums = count_sums && o0 == 0 && p == e;
+                    __m256i bytes[4][2], sum_bytes[2] = {zero, zero};
+                    #pragma GCC unroll 4
+                    for (int o = 0; o < 4; o++) bytes[o][0] = bytes[o][1] = zero;
+                    for (int t = 0; t < taps; t++) {
+                        __m256i(*wv)[2][2] = words[(p * taps + t) * slices + h];
+                        const __m256i *tab = tables + ((((ssize)(e - p) * taps + t) * slices + h) * c->O + o0) * 4;
+                        if (with_sums) {
+                            const __m256i counts = nibble_counts();
+                            for (int k = 0; k < 2; k++)
+                                for (int v = 0; v < 2; v++)
+                                    sum_bytes[k] = _mm256_add_epi8(_mm256_add_epi8(sum_bytes[k], _mm256_shuffle_epi8(counts, wv[k][v][0])),
+                                                                   _mm256_shuffle_epi8(counts, wv[k][v][1]));
+                        }
+                        #pragma GCC unroll 2
+                        for (int v = 0; v < 2; v++)
+                            #pragma GCC unroll 4
+                            for (int o = 0; o < 4; o++) {
+                                const __m256i tlo = _mm256_loadu_si256(tab + (o * 2 + v) * 2);
+                                const __m256i thi = _mm256_loadu_si256(tab + (o * 2 + v) * 2 + 1);
+                                #pragma GCC unroll 2
+                                for (int k = 0; k < 2; k++)
+                                    bytes[o][k] = _mm256_add_epi8(_mm256_add_epi8(bytes[o][k], _mm256_shuffle_epi8(tlo, wv[k][v][0])),
+                                                                  _mm256_shuffle_epi8(thi, wv[k][v][1]));
+                            }
+                    }
+                    #pragma GCC unroll 4
+                    for (int o = 0; o < 4; o++)
+                        for (int k = 0; k < 2; k++) wide[o][k] = _mm256_add_epi16(wide[o][k], lane_counts(bytes[o][k]));
+                    if (with_sums)
+                        for (int k = 0; k < 2; k++) sums[k] = _mm256_add_epi16(sums[k], lane_counts(sum_bytes[k]));
+                }
+        }
+        if (o0 == 0 && count_sums)
+            for (int k = 0; k < 2; k++) low[k] = _mm256_mullo_epi16(sums[k], _mm256_set1_epi16((short)c->lowest));
+        #pragma GCC unroll 4
+        for (int o = 0; o < 4; o++)  /* as rows_lanes_avx2 */
+            for (int k = 0; k < 2; k++) {
+                const int ch = o0 + o;
+                __m256i a = _mm256_add_epi16(_mm256_mullo_epi16(wide[o][k], _mm256_set1_epi16((short)c->wstride)), low[k]);
+                if (c->dir[ch] < 0) a = _mm256_sub_epi16(zero, a);
+                __m256i code = _mm256_set1_epi16((short)(c->qmin + c->L));
+                for (int l = 0; l < c->L; l++)
+                    code = _mm256_add_epi16(code, _mm256_cmpgt_epi16(_mm256_set1_epi16(c->thr16[l][ch]), a));
+                codes[ch][k] = code;
+            }
+    }
+    /* 16 channels at a time: the 32 positions' bytes per channel, transposed to positions */
+    const ssize m = n * c->HO * c->WO + m0;
+    for (int o16 = 0; o16 < c->O; o16 += 16) {
+        __m256i r[16];
+        for (int o = 0; o < 16; o++)
+            r[o] = _mm256_permute4x64_epi64(_mm256_packus_epi16(codes[o16 + o][0], codes[o16 + o][1]), 0xD8);
+        transpose16x32(r);  /* position q in r[q & 15]'s 128-bit lane q / 16 */
+        for (int q = 0; q < count; q++) {
+            __m128i v = q < 16 ? _mm256_castsi256_si128(r[q]) : _mm256_extracti128_si256(r[q - 16], 1);
+            if (c->res && o16 < c->res_C)  /* res_C is a multiple of 16 (narrow_fits) */
+                v = _mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(c->res + roff[q] + o16)));
+            if (c->res) v = _mm_min_epu8(v, _mm_set1_epi8((char)c->res_qmax));
+            _mm_storeu_si128((__m128i *)(c->out + (m + q) * c->O + o16), v);
+        }
     }
 }
 

@@ -280,6 +280,8 @@ static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssi
     }
 }
 
+static const uint8_t NIBBLE_BITS[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};  /* popcount of 0 .. 15 */
+
 /* The portable conv over the packed planes of image n, positions [m0, m1): one output position at a
  * time, the arithmetic of every build. */
 static void conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
@@ -379,8 +381,36 @@ static int split_lane_nibbles(conv_t *c) {
                         for (int lane = 0; lane < 2; lane++, at += 16) {
                             const uint32_t byte = c->lane_w[j][t][o] >> (8 * lane_byte[CH == 32][v][lane]) & 0xFF;
                             const uint32_t nib = half ? byte >> 4 : byte & 0xF;
-                            for (int value = 0; value < 16; value++) at[value] = (uint8_t)__builtin_popcount(value & nib);
+                            for (int value = 0; value < 16; value++) at[value] = NIBBLE_BITS[value & nib];
                         }
+    c->w_nib = (uint64_t *)tables;
+    return 1;
+}
+
+/* The shuffle tables of the AVX2 gathered lanes conv (conv_avx2.h): for each (j, tap, slice of 32
+ * input channels, output channel), the lanes convs' CH 32 vectors [byte 0 | byte 2], [byte 1 | byte 3]
+ * of the slice's weight bits, each as low- and high-nibble tables ((J, taps, C / 32, O, 2, 2, 32)
+ * bytes). 0 when out of memory. */
+static int split_gather_tables(conv_t *c) {
+    static const int lane_byte[2][2] = {{0, 2}, {1, 3}};  /* [v][lane] */
+    const int taps = c->KH * c->KW, slices = (int)(c->C / 32);
+    uint8_t *tables = malloc((size_t)c->J * taps * slices * c->O * 128);
+    if (!tables) return 0;
+    uint8_t *at = tables;
+    for (int j = 0; j < c->J; j++)
+        for (int t = 0; t < taps; t++)
+            for (int h = 0; h < slices; h++)
+                for (ssize o = 0; o < c->O; o++)
+                    for (int v = 0; v < 2; v++)
+                        for (int half = 0; half < 2; half++)
+                            for (int lane = 0; lane < 2; lane++, at += 16) {
+                                /* byte kx * Cb + 4 h + b of row ky's weight bits (tap kx's channels follow kx * Cb bytes) */
+                                const ssize k = (ssize)(t % c->KW) * c->Cb + 4 * h + lane_byte[v][lane];
+                                const uint64_t word = c->w[(((ssize)j * c->KH + t / c->KW) * c->Kr + k / 8) * c->Opad + o];
+                                const uint32_t byte = (uint32_t)(word >> (8 * (k % 8))) & 0xFF;
+                                const uint32_t nib = half ? byte >> 4 : byte & 0xF;
+                                for (int value = 0; value < 16; value++) at[value] = NIBBLE_BITS[value & nib];
+                            }
     c->w_nib = (uint64_t *)tables;
     return 1;
 }
@@ -419,6 +449,7 @@ struct isa {
     table_fn table;
     row_fn rows16, rows32;  /* the 16- and 32-channel convs by output rows, where built */
     int rows32_narrow;      /* rows32 needs the int16 epilogue too */
+    positions_fn gather;    /* the conv of gathered positions in lanes (gather_fits), where built */
     positions_fn dot;       /* the dot-product conv */
     positions_fn dot_vnni;  /* the same with AVX-512 VNNI, where the CPU has it (else dot runs) */
     int nibble_weights;     /* the convs read c->w_nib */
@@ -430,7 +461,7 @@ static const isa_t ISAS[] = {  /* worst to best */
 #ifdef PIXELQ_X86
     {.name = "avx2", .needs = {"avx2", "popcnt"}, .conv = conv_avx2, .chunk = AVX2_POSITIONS, .pack = pack_row_avx2,
      .table = table_conv_avx2, .rows16 = conv_rows16_avx2, .rows32 = conv_rows32_avx2, .rows32_narrow = 1,
-     .dot = dot_avx2, .nibble_weights = 1},
+     .gather = conv_gather_avx2, .dot = dot_avx2, .nibble_weights = 1},
     {.name = "avx512vpopcntdq", .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt"},
      .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
      .dot = dot_avx2, .dot_vnni = dot_vnni},
@@ -584,6 +615,15 @@ static void prepare_lane_weights(conv_t *c) {
                 }
 }
 
+/* Whether the build's gathered lanes conv (conv_avx2.h) takes this conv: fused with the int16
+ * epilogue, input channels in whole slices of 32, at most 15 taps (byte counts of a slice stay
+ * under 256), its regrouped words and tables within their buffers (GATHER_SLICES_MAX, 256 KB). */
+static int gather_fits(const conv_t *c) {
+    const ssize taps = (ssize)c->KH * c->KW, slices = c->C / 32;
+    return c->isa->gather && !c->dot && !c->lut_bits && c->out && c->narrow && c->C % 32 == 0 && taps <= 15 &&
+           c->P * taps * slices <= 64 && c->J * taps * slices * c->O * 128 <= 256 * 1024;
+}
+
 /* Work item k of image n: output row k (lanes conv), or the k-th chunk of positions. */
 static void conv_item(const conv_t *c, positions_fn positions, row_fn lanes, ssize n, ssize k, ssize chunk) {
     ssize M = c->HO * c->WO;
@@ -619,12 +659,14 @@ static int run_conv(conv_t *c) {
     c->window = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
     if (lanes) prepare_lane_weights(c);
+    const int gather = !lanes && gather_fits(c);
     c->w_nib = NULL;
-    if (!c->dot && c->isa->nibble_weights && !(lanes ? split_lane_nibbles(c) : split_weight_nibbles(c))) {
+    if (!c->dot && c->isa->nibble_weights &&
+        !(lanes ? split_lane_nibbles(c) : gather ? split_gather_tables(c) : split_weight_nibbles(c))) {
         scratch_give(scratch);
         return 0;
     }
-    const positions_fn positions = c->dot ? dot_conv_of(c->isa) : c->isa->conv;
+    const positions_fn positions = c->dot ? dot_conv_of(c->isa) : gather ? c->isa->gather : c->isa->conv;
     const ssize chunk = c->dot ? DOT_POSITIONS : c->isa->chunk, items = lanes ? c->HO : (c->HO * c->WO + chunk - 1) / chunk;
     /* With images enough to share out evenly, each thread takes whole images and runs pack, window
      * sums and conv on one image before the next, so its planes and sums are still in cache when
