@@ -402,3 +402,21 @@ def test_signed_zero_is_each_colours_pixel_value_of_code_zero():
     per_colour = np.stack([np.roll(int8[0], k, 0) for k in (0, 1, 2)])
     assert fast._signed_zero(per_colour, 3).tolist() == [128, 129, 130]
     assert fast._signed_zero(np.arange(1, 257).reshape(1, 256, 1), 3) is None
+
+
+def test_dot_product_rule_follows_the_measured_crossover():
+    """fast.dot_conv_fits: bit-planes up to 4 plane pairs (W2A2 on wide layers excepted), dot products
+    from 5; never for weights beyond int8, nor where VPMADDUBSW's int16 pairs would saturate."""
+    def node(abits, wbits, channels=16):
+        return {"input_range": [0, 2**abits - 1], "weight_bits": wbits, "in_channels": channels}
+
+    w4, w8 = np.array([-8, 7]), np.array([-128, 127])
+    for isa in fast.available_isas():
+        assert not fast.dot_conv_fits(node(2, 1), np.array([-1, 1]), isa)  # W1A2
+        assert fast.dot_conv_fits(node(4, 4), w4, isa)  # W4A4
+        assert not fast.dot_conv_fits(node(4, 4), np.array([-200, 7]), isa)  # not int8
+        wide = fast.DOT_WIDE_CHANNELS[isa]
+        assert fast.dot_conv_fits(node(2, 2, 64), np.array([-2, 1]), isa) == (wide is not None and 64 >= wide)
+        assert not fast.dot_conv_fits(node(2, 2, 16), np.array([-2, 1]), isa)
+        # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW
+        assert fast.dot_conv_fits(node(8, 8), w8, isa) == (fast._kernels.dot_isa(isa) != "avx2")

@@ -111,21 +111,22 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
 
 
 # A conv runs as dot products of its codes with int8 weights (no bit-planes) where its input planes x
-# weight bits (the popcount passes of the bit-plane conv) reach this: the dot product costs the same
-# at any bits. Measured per build with `python experiments/kernel_crossover.py` (results/bench/
-# kernel_crossover.json): the bit-planes win at up to 4 plane pairs (W1A4, W2A2) on AVX2 and on
-# AVX-512 (with VNNI dot products); from 6 (W2A3) the dot product does.
+# weight bits (the popcount passes of the bit-plane conv) reach DOT_MIN_PAIRS, or 4 (W2A2, W1A4) with
+# at least DOT_WIDE_CHANNELS input channels: the dot product costs the same at any bits. Read off
+# `python experiments/kernel_crossover.py` (results/bench/kernel_crossover.json) per build.
 DOT_MIN_PAIRS = {"portable": 5, "avx2": 5, "avx512vpopcntdq": 5, "avx512bitalg": 5}
+DOT_WIDE_CHANNELS = {"portable": None, "avx2": 64, "avx512vpopcntdq": 32, "avx512bitalg": 32}
 
 
 def dot_conv_fits(node: dict, weight: np.ndarray, isa: str) -> bool:
     """Whether conv `node` runs on the dot-product kernel under `isa`: by the cost rule above, with
     weight codes inside int8, and for VPMADDUBSW (AVX2 without VNNI, which saturates int16 pairs)
     2 x largest code x largest |weight| <= 32767."""
-    planes, bits = _planes(node), node["weight_bits"]
-    if planes * bits < DOT_MIN_PAIRS[isa] or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
+    pairs, wide = _planes(node) * node["weight_bits"], DOT_WIDE_CHANNELS[isa]
+    cheaper = pairs >= DOT_MIN_PAIRS[isa] or (pairs == 4 and wide is not None and node["in_channels"] >= wide)
+    if not cheaper or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
         return False
-    top = (1 << planes) - 1
+    top = (1 << _planes(node)) - 1
     return _kernels.dot_isa(isa) != "avx2" or 2 * top * int(np.abs(weight).max(initial=0)) <= 32767
 
 

@@ -309,21 +309,22 @@ static void conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
     free(tot);
 }
 
-/* The dot-product conv, portable: codes times int8 weights, one output position at a time. */
+/* The dot-product conv, portable: codes times int8 weights, one output position at a time, the
+ * weights read in their stored order (tap, group of 4 channels, block of 8 outputs). */
 static void dot_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
-    int64_t *tot = malloc(sizeof(int64_t) * c->O);
+    int64_t *tot = malloc(sizeof(int64_t) * c->Opad);
     if (!tot) return;  /* as conv_portable */
     const uint8_t *xn = c->x + n * c->image_bytes;
     const ssize groups = c->Cb / 4, blocks = c->Opad / 8;
     for (ssize m = m0; m < m1; m++) {
         ssize oy = m / c->WO, ox = m % c->WO;
-        memset(tot, 0, sizeof(int64_t) * c->O);
+        memset(tot, 0, sizeof(int64_t) * c->Opad);
         for (int ky = 0; ky < c->KH; ky++)
             for (int kx = 0; kx < c->KW; kx++) {
                 const uint8_t *px = xn + (oy * c->stride + ky) * c->row_bytes + (ox * c->stride + kx) * c->Cb;
-                const int8_t *wt = c->wdot + ((ssize)ky * c->KW + kx) * groups * blocks * 32;
-                for (ssize i = 0; i < c->C; i++)
-                    for (ssize o = 0; o < c->O; o++) tot[o] += px[i] * wt[((i / 4) * blocks + o / 8) * 32 + (o % 8) * 4 + i % 4];
+                const int8_t *w = c->wdot + ((ssize)ky * c->KW + kx) * groups * blocks * 32;
+                for (ssize g = 0; g < groups; g++, px += 4)  /* channels past C are zero codes and weights */
+                    for (ssize o = 0; o < c->Opad; o++, w += 4) tot[o] += px[0] * w[0] + px[1] * w[1] + px[2] * w[2] + px[3] * w[3];
             }
         finish_portable(c, n * c->HO * c->WO + m, tot, 0, c->res ? residual_offset(c, n, oy, ox) : 0);
     }
