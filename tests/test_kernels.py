@@ -420,3 +420,17 @@ def test_dot_product_rule_follows_the_measured_crossover():
         assert not fast.dot_conv_fits(node(2, 2, 16), np.array([-2, 1]), isa)
         # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW
         assert fast.dot_conv_fits(node(8, 8), w8, isa) == (fast._kernels.dot_isa(isa) != "avx2")
+
+
+def test_dot_conv_near_the_int32_limit(isa):
+    """8-bit codes at 255 times weights at -128 over 9 x 2048 inputs: 60% of int32, exact (VNNI and
+    portable; VPMADDUBSW's int16 pairs would saturate, so the runtime never sends it these)."""
+    if fast._kernels.dot_isa(isa) == "avx2":
+        pytest.skip("VPMADDUBSW takes at most 2 x code x |weight| <= 32767")
+    c = 2048
+    x = np.full((1, 3, 3, c), 255, np.uint8)
+    w = np.full((2, 3, 3, c), -128, np.int32)
+    w[1] = 127
+    out = np.empty((1, 1, 1, 2), np.int32)
+    fast._kernels.dot_conv(x, 1, 3, 3, c, fast.pack_dot_weight(w), 3, 3, 2, 8, 1, 0, 1, 1, out, 1, isa=isa)
+    assert out[0, 0, 0].tolist() == [-9 * c * 255 * 128, 9 * c * 255 * 127]

@@ -5,15 +5,15 @@
  * As dot_body.h, with 16 output channels per 512-bit vector (two of the weights' 8-channel blocks,
  * side by side in memory): VPDPBUSD adds 64 code x weight products per instruction; an odd last
  * block of 8 channels runs on 256-bit vectors. */
-#define VNNI_TILE 8  /* positions per tile; DOT_POSITIONS is a multiple of it */
+#define VNNI_TILE 16  /* the most positions per tile (16 with one vector of channels, 8 with two); DOT_POSITIONS is a multiple */
 
-/* Positions pos[0 .. VNNI_TILE) x V vectors of 16 output channels from o0 (the last may hold 8:
- * `last` lanes of its vector are real), their int32 sums into acc[i * V + v]. */
+/* Positions pos[0 .. R) x V vectors of 16 output channels from o0 (the last may hold 8: `last`
+ * lanes of its vector are real), their int32 sums into acc[i * V + v]. */
 static inline __attribute__((always_inline)) void vnni_tile(const conv_t *c, const uint8_t *xn, const ssize *pos,
-                                                            ssize o0, int last, __m512i *acc, const int V) {
+                                                            ssize o0, int last, __m512i *acc, const int V, const int R) {
     const ssize groups = c->Cb / 4, blocks = c->Opad / 8;
     #pragma GCC unroll 16
-    for (int k = 0; k < VNNI_TILE * V; k++) acc[k] = _mm512_setzero_si512();
+    for (int k = 0; k < R * V; k++) acc[k] = _mm512_setzero_si512();
     for (int ky = 0; ky < c->KH; ky++)
         for (int kx = 0; kx < c->KW; kx++) {
             const uint8_t *xt = xn + ky * c->row_bytes + kx * c->Cb;
@@ -25,8 +25,8 @@ static inline __attribute__((always_inline)) void vnni_tile(const conv_t *c, con
                 for (int v = 0; v < V; v++)
                     w[v] = v < V - 1 || last == 16 ? _mm512_loadu_si512(wg + 64 * v)
                                                    : _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(wg + 64 * v)));
-                #pragma GCC unroll 8
-                for (int i = 0; i < VNNI_TILE; i++) {
+                #pragma GCC unroll 16
+                for (int i = 0; i < R; i++) {
                     uint32_t four;
                     memcpy(&four, xt + pos[i] + 4 * g, 4);
                     const __m512i x = _mm512_set1_epi32((int)four);
@@ -41,8 +41,8 @@ static inline __attribute__((always_inline)) void vnni_tile(const conv_t *c, con
  * once and compared with every position's sums, where finish16 reloads all L per position (with
  * 4-bit codes, 15 levels, that was as much work as the products). */
 static inline __attribute__((always_inline)) void finish16_tile(const conv_t *c, ssize m, ssize o, int count,
-                                                                const __m512i *acc, const int V, int npos,
-                                                                const ssize *roff) {
+                                                                const __m512i *acc, const int V, const int R,
+                                                                int npos, const ssize *roff) {
     if (!c->out) {
         for (int i = 0; i < npos; i++) finish16(c, m + i, o, count, acc[i * V], 0, 0);
         return;
@@ -54,14 +54,14 @@ static inline __attribute__((always_inline)) void finish16_tile(const conv_t *c,
     const __mmask16 neg = _mm512_movepi32_mask(_mm512_cvtepi8_epi32(dir));
     const __m512i one = _mm512_set1_epi32(1);
     __m512i s[VNNI_TILE], code[VNNI_TILE];
-    #pragma GCC unroll 8
-    for (int i = 0; i < VNNI_TILE; i++)
+    #pragma GCC unroll 16
+    for (int i = 0; i < R; i++)
         s[i] = _mm512_mask_sub_epi32(acc[i * V], neg, _mm512_setzero_si512(), acc[i * V]), code[i] = _mm512_set1_epi32(c->qmin);
     for (int l = 0; l < c->L; l++) {
         const int32_t *thr = c->thr + (ssize)l * c->Opad + o;
         const __m512i t = full ? _mm512_loadu_si512(thr) : _mm512_maskz_loadu_epi32(lanes, thr);
-        #pragma GCC unroll 8
-        for (int i = 0; i < VNNI_TILE; i++) code[i] = _mm512_mask_add_epi32(code[i], _mm512_cmpge_epi32_mask(s[i], t), code[i], one);
+        #pragma GCC unroll 16
+        for (int i = 0; i < R; i++) code[i] = _mm512_mask_add_epi32(code[i], _mm512_cmpge_epi32_mask(s[i], t), code[i], one);
     }
     for (int i = 0; i < npos; i++) {
         if (c->res && o < c->res_C) {  /* channels from res_C on add zero */
@@ -81,19 +81,34 @@ static void dot_vnni(const conv_t *c, ssize n, ssize m0, ssize m1) {
     ssize pos[DOT_POSITIONS + VNNI_TILE], roff[DOT_POSITIONS];
     window_positions(c, n, m0, count, pos, roff);
     for (ssize i = count; i < count + VNNI_TILE; i++) pos[i] = pos[count - 1];
-    __m512i acc[2 * VNNI_TILE];
+    __m512i acc[VNNI_TILE];
     for (ssize o0 = 0; o0 < c->O;) {
-        /* two vectors of 16 channels while 32 remain (each broadcast code then serves both), else one */
-        const int V = o0 + 32 <= c->Opad ? 2 : 1, last = o0 + 16 * V <= c->Opad ? 16 : 8;
-        for (ssize i0 = 0; i0 < count; i0 += VNNI_TILE) {
-            if (V == 2) vnni_tile(c, xn, pos + i0, o0, last, acc, 2);
-            else vnni_tile(c, xn, pos + i0, o0, last, acc, 1);
-            const int npos = count - i0 < VNNI_TILE ? (int)(count - i0) : VNNI_TILE;
-            for (int v = 0; v < V && o0 + 16 * v < c->O; v++)
-                if (V == 2)
-                    finish16_tile(c, n * c->HO * c->WO + m0 + i0, o0 + 16 * v, v < V - 1 ? 16 : last, acc + v, 2, npos, roff + i0);
-                else
-                    finish16_tile(c, n * c->HO * c->WO + m0 + i0, o0, last, acc, 1, npos, roff + i0);
+        /* two vectors of 16 channels while 32 remain (each broadcast code then serves both) x 8
+         * positions, else one x 16 positions: 16 accumulators either way */
+        const int V = o0 + 32 <= c->Opad ? 2 : 1, R = V == 2 ? 8 : 16, last = o0 + 16 * V <= c->Opad ? 16 : 8;
+        for (ssize i0 = 0; i0 < count; i0 += R) {
+            if (V == 2) vnni_tile(c, xn, pos + i0, o0, last, acc, 2, 8);
+            else vnni_tile(c, xn, pos + i0, o0, last, acc, 1, 16);
+            const int npos = count - i0 < R ? (int)(count - i0) : R;
+            const ssize m = n * c->HO * c->WO + m0 + i0;
+            if (c->narrow && c->O == 16) {  /* int16 lanes: two positions per vector (narrow_fits) */
+                for (int i = 0; i < npos; i += 2) {
+                    __m512i a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(acc[i])),
+                                                   _mm512_cvtepi32_epi16(acc[i + 1]), 1);
+                    if (i + 1 < npos) finish_pair16(c, m + i, a, roff + i0 + i);
+                    else finish16(c, m + i, 0, 16, acc[i], 0, c->res ? roff[i0 + i] : 0);
+                }
+            } else if (c->narrow && V == 2) {  /* int16 lanes: 32 channels of one position per vector */
+                for (int i = 0; i < npos; i++)
+                    finish_block32(c, m + i, o0, _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(acc[2 * i])),
+                                                                    _mm512_cvtepi32_epi16(acc[2 * i + 1]), 1),
+                                   c->res ? roff[i0 + i] : 0);
+            } else if (V == 2) {
+                finish16_tile(c, m, o0, 16, acc, 2, 8, npos, roff + i0);
+                if (o0 + 16 < c->O) finish16_tile(c, m, o0 + 16, last, acc + 1, 2, 8, npos, roff + i0);
+            } else {
+                finish16_tile(c, m, o0, last, acc, 1, 16, npos, roff + i0);
+            }
         }
         o0 += 16 * V;
     }

@@ -107,6 +107,7 @@ typedef struct {
      * per pixel), int8 weights (KH, KW, Cb / 4, Opad / 8, 8, 4); lowest = 0 and wstride = 1. */
     int dot;
     const int8_t *wdot;
+    int64_t dot_bound;  /* the largest |accumulator| this call's codes and weights can reach */
     const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
@@ -558,6 +559,7 @@ static int narrow_fits(const conv_t *c) {
     if (!c->out || c->O != c->Opad || (c->O != 16 && c->O != 32 && c->O != 64) || c->L > NARROW_LEVELS ||
         (c->res && c->res_C % 16))
         return 0;
+    if (c->dot) return c->dot_bound < 32000;
     int64_t codes = (int64_t)c->KH * c->KW * c->C * ((1 << c->P) - 1);  /* the largest window code sum S */
     int64_t top = (int64_t)c->wstride * ((1 << c->J) - 1);              /* the largest weight offset */
     int64_t low = c->lowest < 0 ? -(int64_t)c->lowest : c->lowest;
@@ -827,6 +829,15 @@ static PyObject *py_dot_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     int residual_ok = check_residual(&c, &res, &thr);
     int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
                     want(&w, (ssize)c.KH * c.KW * c.Cb * c.Opad, "weights");
+    if (inputs_ok) {  /* a bound on the accumulators, for the int16 epilogue (narrow_fits) */
+        uint8_t top = 0;
+        int wmax = 0;
+        const uint8_t *x = codes.buf;
+        for (ssize i = 0; i < codes.len; i++) top = x[i] > top ? x[i] : top;
+        const int8_t *wv = w.buf;
+        for (ssize i = 0; i < w.len; i++) wmax = abs(wv[i]) > wmax ? abs(wv[i]) : wmax;
+        c.dot_bound = (int64_t)c.KH * c.KW * c.C * top * wmax;
+    }
     Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
     return finish_call(&c, residual_ok && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir, &thr);
 }
