@@ -95,6 +95,29 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
         assert np.array_equal(value, reference[name]), name
 
 
+@pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
+def test_labels_equal_pytorch_on_every_instruction_set(model_file, isa):
+    """The whole W1A2 network's labels against the PyTorch model, run with each build this CPU has
+    (load(isa=...)); a disagreement is excused only at a tie of the integer logits."""
+    if isa not in fast.available_isas():
+        pytest.skip(f"this CPU has no {isa}")
+    model, _, path = model_file
+    runtime = load(path, isa=isa)
+    assert runtime.isa == isa
+    images = np.random.default_rng(5).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    agreement = label_agreement(model, runtime, images)
+    assert agreement["differ_unexplained"] == 0 and agreement["same"] >= 36
+
+
+def test_isa_choice_errors():
+    with pytest.raises(ConfigError, match="not an instruction set pixelq knows"):
+        fast.choose_isa("sse9")
+    from pixelq.runtime import Runtime
+
+    with pytest.raises(ConfigError, match="the reference backend has none"):
+        Runtime(None, backend="reference", isa="avx2")  # refused before the model is read
+
+
 @pytest.fixture(scope="module")
 def wide_bits_graph(tmp_path_factory):
     """A ResNet-20 with 4-bit weights and activations (4-bit pixel embedding too): 16 plane pairs per
