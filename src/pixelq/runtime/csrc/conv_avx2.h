@@ -55,6 +55,89 @@ static void pack_row_avx2(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     if (sums) pixel_sums_sad(c, src, sums);
 }
 
+/* ---- The lanes convs' tables (made once per call, from the packed weights). ---- */
+
+/* popcount(v & nib) for v = 0 .. 15: one shuffle table. */
+static inline __m128i nibble_table(uint32_t nib) {
+    const __m128i values = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return _mm_shuffle_epi8(_mm256_castsi256_si128(nibble_counts()), _mm_and_si128(values, _mm_set1_epi8((char)nib)));
+}
+
+/* c->w_nib from c->lane_w for the lanes convs below: for each (j, tap, output
+ * channel) and vector of byte groups (CH 16: [byte 0 | byte 1]; CH 32: [0 | 2], then [1 | 3]), two
+ * 32-byte shuffle tables: in each 128-bit lane, entry v = popcount(v & the low nibble of that weight
+ * byte), then the same for its high nibble. (J, 9, CH, CH / 16, 2, 32) bytes; 0 when out of memory. */
+static int split_lane_nibbles(conv_t *c) {
+    const int CH = (int)c->O, V = CH / 16;
+    static const int lane_byte[2][2][2] = {{{0, 1}, {0, 1}}, {{0, 2}, {1, 3}}};  /* [CH 32][v][lane] */
+    uint8_t *tables = malloc((size_t)c->J * 9 * CH * V * 2 * 32);
+    if (!tables) return 0;
+    uint8_t *at = tables;
+    for (int j = 0; j < c->J; j++)
+        for (int t = 0; t < 9; t++)
+            for (int o = 0; o < CH; o++)
+                for (int v = 0; v < V; v++)
+                    for (int half = 0; half < 2; half++)  /* low nibble, high nibble */
+                        for (int lane = 0; lane < 2; lane++, at += 16) {
+                            const uint32_t byte = c->lane_w[j][t][o] >> (8 * lane_byte[CH == 32][v][lane]) & 0xFF;
+                            const uint32_t nib = half ? byte >> 4 : byte & 0xF;
+                            _mm_storeu_si128((__m128i *)at, nibble_table(nib));
+                        }
+    c->w_nib = (uint64_t *)tables;
+    return 1;
+}
+
+/* The shuffle tables of the gathered lanes conv below: for each (j, tap, slice of 32
+ * input channels, output channel), the lanes convs' CH 32 vectors [byte 0 | byte 2], [byte 1 | byte 3]
+ * of the slice's weight bits, each as low- and high-nibble tables ((J, taps, C / 32, O, 2, 2, 32)
+ * bytes). 0 when out of memory. */
+static int split_gather_tables(conv_t *c) {
+    static const int lane_byte[2][2] = {{0, 2}, {1, 3}};  /* [v][lane] */
+    const int taps = c->KH * c->KW, slices = (int)(c->C / 32);
+    uint8_t *tables = malloc((size_t)c->J * taps * slices * c->O * 128);
+    if (!tables) return 0;
+    uint8_t *at = tables;
+    for (int j = 0; j < c->J; j++)
+        for (int t = 0; t < taps; t++)
+            for (int h = 0; h < slices; h++)
+                for (ssize o = 0; o < c->O; o++)
+                    for (int v = 0; v < 2; v++)
+                        for (int half = 0; half < 2; half++)
+                            for (int lane = 0; lane < 2; lane++, at += 16) {
+                                /* byte kx * Cb + 4 h + b of row ky's weight bits (tap kx's channels follow kx * Cb bytes) */
+                                const ssize k = (ssize)(t % c->KW) * c->Cb + 4 * h + lane_byte[v][lane];
+                                const uint64_t word = c->w[(((ssize)j * c->KH + t / c->KW) * c->Kr + k / 8) * c->Opad + o];
+                                const uint32_t byte = (uint32_t)(word >> (8 * (k % 8))) & 0xFF;
+                                const uint32_t nib = half ? byte >> 4 : byte & 0xF;
+                                _mm_storeu_si128((__m128i *)at, nibble_table(nib));
+                            }
+    c->w_nib = (uint64_t *)tables;
+    return 1;
+}
+
+/* c->w_nib from c->w: for each window word (j, ky, r) and block of 4 output channels, the 4 words'
+ * low nibbles then their high nibbles ((J, KH, Kr, Opad / 4, 2, 4) words). 0 when out of memory. */
+static int split_weight_nibbles(conv_t *c) {
+    const ssize words = (ssize)c->J * c->KH * c->Kr, blocks = c->Opad / 4;
+    uint64_t *nib = malloc(sizeof(uint64_t) * words * c->Opad * 2);
+    if (!nib) return 0;
+    for (ssize k = 0; k < words; k++)
+        for (ssize b = 0; b < blocks; b++)
+            for (int i = 0; i < 4; i++) {
+                const uint64_t w = c->w[k * c->Opad + 4 * b + i];
+                nib[(k * blocks + b) * 8 + i] = w & 0x0F0F0F0F0F0F0F0FULL;
+                nib[(k * blocks + b) * 8 + 4 + i] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
+            }
+    c->w_nib = nib;
+    return 1;
+}
+
+/* c->w_nib for the conv run_conv chose: the lanes convs' tables, the gathered one's, or the tile
+ * conv's split weight words. */
+static int prepare_avx2(conv_t *c, int lanes, int gather) {
+    return lanes ? split_lane_nibbles(c) : gather ? split_gather_tables(c) : split_weight_nibbles(c);
+}
+
 /* ---- The tile conv. ---- */
 
 /* R positions (window starts pos[0 .. R)) x output channels o0 .. o0 + 7: the int64 sums of the

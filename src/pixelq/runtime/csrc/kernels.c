@@ -102,7 +102,7 @@ typedef struct {
     /* For the lanes convs (conv_lanes.h, 16 or 32 channels): the weight bits of output channel o at
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
-    uint64_t *w_nib;  /* the AVX2 convs' weights by nibble (split_weight_nibbles, split_lane_nibbles) */
+    uint64_t *w_nib;  /* the AVX2 convs' weights by nibble, made per call (prepare_avx2, conv_avx2.h) */
     /* The dot-product conv (dot_body.h): codes as bytes (P = 1 "plane" of Cb = C rounded up to 4 bytes
      * per pixel), int8 weights (KH, KW, Cb / 4, Opad / 8, 8, 4); lowest = 0 and wstride = 1. */
     int dot;
@@ -281,8 +281,6 @@ static void table_conv_portable(const conv_t *c, const void *table, ssize n, ssi
     }
 }
 
-static const uint8_t NIBBLE_BITS[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};  /* popcount of 0 .. 15 */
-
 /* The portable conv over the packed planes of image n, positions [m0, m1): one output position at a
  * time, the arithmetic of every build. */
 static void conv_portable(const conv_t *c, ssize n, ssize m0, ssize m1) {
@@ -348,74 +346,6 @@ static void pack_row_bytes(const conv_t *c, ssize n, ssize y, int32_t *sums) {
     }
 }
 
-/* c->w_nib from c->w: for each window word (j, ky, r) and block of 4 output channels, the 4 words'
- * low nibbles then their high nibbles ((J, KH, Kr, Opad / 4, 2, 4) words). 0 when out of memory. */
-static int split_weight_nibbles(conv_t *c) {
-    const ssize words = (ssize)c->J * c->KH * c->Kr, blocks = c->Opad / 4;
-    uint64_t *nib = malloc(sizeof(uint64_t) * words * c->Opad * 2);
-    if (!nib) return 0;
-    for (ssize k = 0; k < words; k++)
-        for (ssize b = 0; b < blocks; b++)
-            for (int i = 0; i < 4; i++) {
-                const uint64_t w = c->w[k * c->Opad + 4 * b + i];
-                nib[(k * blocks + b) * 8 + i] = w & 0x0F0F0F0F0F0F0F0FULL;
-                nib[(k * blocks + b) * 8 + 4 + i] = (w >> 4) & 0x0F0F0F0F0F0F0F0FULL;
-            }
-    c->w_nib = nib;
-    return 1;
-}
-
-/* c->w_nib from c->lane_w for the AVX2 lanes convs (conv_avx2.h): for each (j, tap, output
- * channel) and vector of byte groups (CH 16: [byte 0 | byte 1]; CH 32: [0 | 2], then [1 | 3]), two
- * 32-byte shuffle tables: in each 128-bit lane, entry v = popcount(v & the low nibble of that weight
- * byte), then the same for its high nibble. (J, 9, CH, CH / 16, 2, 32) bytes; 0 when out of memory. */
-static int split_lane_nibbles(conv_t *c) {
-    const int CH = (int)c->O, V = CH / 16;
-    static const int lane_byte[2][2][2] = {{{0, 1}, {0, 1}}, {{0, 2}, {1, 3}}};  /* [CH 32][v][lane] */
-    uint8_t *tables = malloc((size_t)c->J * 9 * CH * V * 2 * 32);
-    if (!tables) return 0;
-    uint8_t *at = tables;
-    for (int j = 0; j < c->J; j++)
-        for (int t = 0; t < 9; t++)
-            for (int o = 0; o < CH; o++)
-                for (int v = 0; v < V; v++)
-                    for (int half = 0; half < 2; half++)  /* low nibble, high nibble */
-                        for (int lane = 0; lane < 2; lane++, at += 16) {
-                            const uint32_t byte = c->lane_w[j][t][o] >> (8 * lane_byte[CH == 32][v][lane]) & 0xFF;
-                            const uint32_t nib = half ? byte >> 4 : byte & 0xF;
-                            for (int value = 0; value < 16; value++) at[value] = NIBBLE_BITS[value & nib];
-                        }
-    c->w_nib = (uint64_t *)tables;
-    return 1;
-}
-
-/* The shuffle tables of the AVX2 gathered lanes conv (conv_avx2.h): for each (j, tap, slice of 32
- * input channels, output channel), the lanes convs' CH 32 vectors [byte 0 | byte 2], [byte 1 | byte 3]
- * of the slice's weight bits, each as low- and high-nibble tables ((J, taps, C / 32, O, 2, 2, 32)
- * bytes). 0 when out of memory. */
-static int split_gather_tables(conv_t *c) {
-    static const int lane_byte[2][2] = {{0, 2}, {1, 3}};  /* [v][lane] */
-    const int taps = c->KH * c->KW, slices = (int)(c->C / 32);
-    uint8_t *tables = malloc((size_t)c->J * taps * slices * c->O * 128);
-    if (!tables) return 0;
-    uint8_t *at = tables;
-    for (int j = 0; j < c->J; j++)
-        for (int t = 0; t < taps; t++)
-            for (int h = 0; h < slices; h++)
-                for (ssize o = 0; o < c->O; o++)
-                    for (int v = 0; v < 2; v++)
-                        for (int half = 0; half < 2; half++)
-                            for (int lane = 0; lane < 2; lane++, at += 16) {
-                                /* byte kx * Cb + 4 h + b of row ky's weight bits (tap kx's channels follow kx * Cb bytes) */
-                                const ssize k = (ssize)(t % c->KW) * c->Cb + 4 * h + lane_byte[v][lane];
-                                const uint64_t word = c->w[(((ssize)j * c->KH + t / c->KW) * c->Kr + k / 8) * c->Opad + o];
-                                const uint32_t byte = (uint32_t)(word >> (8 * (k % 8))) & 0xFF;
-                                const uint32_t nib = half ? byte >> 4 : byte & 0xF;
-                                for (int value = 0; value < 16; value++) at[value] = NIBBLE_BITS[value & nib];
-                            }
-    c->w_nib = (uint64_t *)tables;
-    return 1;
-}
 
 #ifdef PIXELQ_X86
 #pragma GCC push_options
@@ -454,7 +384,8 @@ struct isa {
     positions_fn gather;    /* the conv of gathered positions in lanes (gather_fits), where built */
     positions_fn dot;       /* the dot-product conv */
     positions_fn dot_vnni;  /* the same with AVX-512 VNNI, where the CPU has it (else dot runs) */
-    int nibble_weights;     /* the convs read c->w_nib */
+    /* Makes c->w_nib for the conv run_conv chose (lanes, gather or tile); 0 when out of memory. */
+    int (*prepare)(conv_t *c, int lanes, int gather);
 };
 
 static const isa_t ISAS[] = {  /* worst to best */
@@ -463,7 +394,7 @@ static const isa_t ISAS[] = {  /* worst to best */
 #ifdef PIXELQ_X86
     {.name = "avx2", .needs = {"avx2", "popcnt"}, .conv = conv_avx2, .chunk = AVX2_POSITIONS, .pack = pack_row_avx2,
      .table = table_conv_avx2, .rows16 = conv_rows16_avx2, .rows32 = conv_rows32_avx2, .rows32_narrow = 1,
-     .gather = conv_gather_avx2, .dot = dot_avx2, .nibble_weights = 1},
+     .gather = conv_gather_avx2, .dot = dot_avx2, .prepare = prepare_avx2},
     {.name = "avx512vpopcntdq", .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt"},
      .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
      .dot = dot_avx2, .dot_vnni = dot_vnni},
@@ -664,8 +595,7 @@ static int run_conv(conv_t *c) {
     if (lanes) prepare_lane_weights(c);
     const int gather = !lanes && gather_fits(c);
     c->w_nib = NULL;
-    if (!c->dot && c->isa->nibble_weights &&
-        !(lanes ? split_lane_nibbles(c) : gather ? split_gather_tables(c) : split_weight_nibbles(c))) {
+    if (!c->dot && c->isa->prepare && !c->isa->prepare(c, lanes != NULL, gather)) {
         scratch_give(scratch);
         return 0;
     }
