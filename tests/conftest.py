@@ -85,13 +85,13 @@ def write_cifar(root, kind, protocol=pickle.DEFAULT_PROTOCOL, bytes_names=False)
     return batches_
 
 
-def trained_like(model, seed=0):
+def trained_like(model, seed=0, size=16):
     """Give batch norm real running statistics, as training would, then switch to eval."""
     g = torch.Generator().manual_seed(seed)
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=g))
+            model(torch.randint(0, 256, (16, 3, size, size), dtype=torch.uint8, generator=g))
     return model.eval()
 
 

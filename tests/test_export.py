@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from pixelq import create_model
 from pixelq.errors import ExportError
-from pixelq.exporting import lower_resnet
+from pixelq.exporting import lower
 from pixelq.exporting.integers import fold_batchnorm_into_thresholds, freeze_input_table, weight_code_grid, weight_integers
 from pixelq.integer import pack_bits, unpack_bits
 from pixelq.nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
@@ -114,7 +114,7 @@ def torch_logits(model, x):
 def test_integer_graph_matches_fake_quant_model_layer_by_layer(name, kwargs):
     torch.manual_seed(1)
     model = trained_like(create_model(name, **kwargs))
-    graph = lower_resnet(model)
+    graph = lower(model)
     x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
     runtime = Runtime(graph, backend="reference")
     for layer, counts in layer_agreement(model, runtime, x.numpy()).items():
@@ -133,7 +133,7 @@ def test_layer_agreement_notices_a_wrong_threshold():
     """The check itself can fail: shift one channel's thresholds and the codes it makes differ."""
     torch.manual_seed(2)
     model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2))
-    graph = lower_resnet(model)
+    graph = lower(model)
     graph.tensors["stages.0.0.act1.thresholds"][3] -= 50
     x = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8).numpy()
     report = layer_agreement(model, Runtime(graph, backend="reference"), x)
@@ -150,7 +150,7 @@ def test_layer_agreement_notices_a_wrong_threshold():
 ])
 def test_unsupported_models_raise_export_error(kwargs, message):
     with pytest.raises(ExportError, match=message):
-        lower_resnet(create_model("resnet20", **kwargs).eval())
+        lower(create_model("resnet20", **kwargs).eval())
 
 
 def test_a_signed_residual_branch_adds_to_unsigned_shortcut_codes():
@@ -168,7 +168,7 @@ def test_a_signed_residual_branch_adds_to_unsigned_shortcut_codes():
             signed.initialized.fill_(True)
             block.res_act = signed  # codes -4..3 on the same step as the unsigned 0..3 shortcut
     model = trained_like(model)
-    graph = lower_resnet(model)
+    graph = lower(model)
     assert graph.node("stages.0.0.res_act")["qmin"] == -4
     x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
     for backend in ("reference", "c") if fast_available() else ("reference",):
@@ -178,10 +178,97 @@ def test_a_signed_residual_branch_adds_to_unsigned_shortcut_codes():
     bad = create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized")
     bad.stages[0][0].res_act = LSQ(3, signed=True)  # its own step (1.0): not the output's grid
     with pytest.raises(ExportError, match="one step"):
-        lower_resnet(trained_like(bad))
+        lower(trained_like(bad))
 
 
 def fast_available():
     from pixelq.runtime.fast import kernels_available
 
     return kernels_available()
+
+
+# ---- Models beyond ResNet: traced, lowered op by op, run by the runtime with PyTorch's labels ----
+
+def _deploys(model, image_shape, n=8, tmp_path=None):
+    """Export `model` for images of `image_shape`, run the runtime (C kernels where built) on random
+    images: labels as PyTorch's (bar integer-logit ties) and every layer's codes as its codes up to
+    the first layer where any differ, all of those at float ties (a code that differs at a tie
+    then changes what the layers after it see, so they are not compared)."""
+    import pixelq
+    from pixelq.runtime import load
+
+    path = tmp_path / "model.pxq"
+    graph = pixelq.export(model, path, image_shape=image_shape)
+    runtime = load(path)
+    x = np.random.default_rng(0).integers(0, 256, (n, *image_shape), dtype=np.uint8)
+    assert label_agreement(model, runtime, x)["differ_unexplained"] == 0
+    report = layer_agreement(model, runtime, x[:2])
+    first = next((report[n["name"]] for n in graph.nodes if report.get(n["name"], {}).get("differ")), None)
+    assert first is None or first["differ"] == first["ties"], first
+    return graph
+
+
+def test_cnv_exports_and_runs_with_pytorchs_labels(tmp_path):
+    torch.manual_seed(3)
+    model = trained_like(create_model("cnv", first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1,
+                                      abits=2), size=32)
+    graph = _deploys(model, (32, 32, 3), tmp_path=tmp_path)
+    ops = [n["op"] for n in graph.nodes]
+    assert ops.count("max_pool") == 2 and ops.count("conv") == 8 and ops[-2:] == ["sum_pool", "linear"]
+    assert graph.node("classifier.0")["kernel"] == 1  # the hidden linear layers run as 1x1 convs
+    with pytest.raises(ExportError, match="needs the image size"):
+        lower(model)
+
+
+def test_resnet18_exports_at_64_pixels(tmp_path):
+    torch.manual_seed(4)
+    model = trained_like(create_model("resnet18", first_layer="pixel-embedding", wbits=1, abits=2,
+                                      last_layer="quantized"), size=64)
+    graph = _deploys(model, (64, 64, 3), n=4, tmp_path=tmp_path)
+    assert graph.node("stages.1.0.shortcut_conv")["kernel"] == 1
+
+
+class _ByHand(torch.nn.Module):
+    """A small CNN written by hand: max pooling, a biased conv, dropout, global pooling, two linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()
+        self.gap, self.drop = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2)
+        self.fc1, self.relu3, self.fc2 = nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(self.drop(torch.flatten(self.gap(x), 1)))))
+
+
+@pytest.mark.parametrize("last_layer", ["quantized", "float"])
+def test_a_model_written_by_hand_deploys_through_quantize_model(tmp_path, last_layer):
+    from pixelq import quantize_model
+
+    torch.manual_seed(5)
+    twin = trained_like(quantize_model(_ByHand(), first_layer="pixel-embedding", first_layer_kwargs={"d": 4},
+                                       wbits=1, abits=2, last_layer=last_layer), size=16)
+    graph = _deploys(twin, (16, 16, 3), n=16, tmp_path=tmp_path)
+    assert [n["op"] for n in graph.nodes][:4] == ["lut", "conv", "threshold", "max_pool"]
+    assert graph.node("body.fc1")["kernel"] == 8  # pooling + hidden linear: one conv over the 8x8 map
+    assert graph.meta["integer_only"] == (last_layer == "quantized")
+
+
+def test_unsupported_ops_name_the_op_and_the_module():
+    from pixelq import quantize_model
+
+    gated = _ByHand()
+    gated.relu2 = torch.nn.Sigmoid()  # quantize_model leaves it float
+    with pytest.raises(ExportError, match=r"Sigmoid in body.relu2 has no integer form"):
+        lower(quantize_model(gated, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
+    with pytest.raises(ExportError, match=r"does not run on uint8 images of shape \(1, 1, 3\)"):
+        lower(quantize_model(_ByHand(), wbits=1, abits=2).eval(), image_shape=(1, 1, 3))
+    grouped = _ByHand()
+    grouped.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1, groups=4)
+    with pytest.raises(ExportError, match=r"QuantConv2d in body.conv2 has no integer form: grouped"):
+        lower(quantize_model(grouped, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))

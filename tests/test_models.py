@@ -12,20 +12,31 @@ from pixelq.quant import MidTreadHalf
 SMALL = {"resnet20": {}, "resnet18": {}}
 
 
+MIN_SIZE = {"cnv": 32}  # unpadded convs
+
+
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("channels, size, classes", [(3, 16, 10), (1, 12, 4), (4, 9, 7)])
 def test_shapes_any_channels_and_size(name, channels, size, classes):
     model = create_model(name, in_channels=channels, num_classes=classes, first_layer="pixel-embedding", wbits=1,
                          abits=2, last_layer="quantized")
+    size += MIN_SIZE.get(name, 0)
     x = torch.randint(0, 256, (2, size, size, channels), dtype=torch.uint8)
     assert model(x).shape == (2, classes)
+
+
+def test_cnv_refuses_images_smaller_than_its_convs_take():
+    model = create_model("cnv", first_layer="pixel-embedding", wbits=1, abits=2)
+    with pytest.raises(InputError, match="at least 32x32 pixels"):
+        model(torch.zeros((1, 31, 40, 3), dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("first_layer", ENCODERS.names())
 def test_every_parameter_gets_a_gradient(name, first_layer):
     model = create_model(name, first_layer=first_layer, wbits=1, abits=2, last_layer="quantized")
-    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    size = max(16, MIN_SIZE.get(name, 0))
+    x = torch.randint(0, 256, (4, 3, size, size), dtype=torch.uint8)
     torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing

@@ -8,12 +8,12 @@ from torch import nn
 
 from ..errors import ExportError
 from ..integer import IntegerModel, save_model
-from .graph import lower_resnet
+from .graph import lower
 
 
 def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
            image_shape: "tuple | None" = None) -> IntegerModel:
-    """Lower an eval-mode pixelq model to integers and write it to `path` (.pxq).
+    """Lower an eval-mode quantized model (`exporting.graph.lower`) to integers and write it to `path` (.pxq).
 
     `classes` (the names the logits index) and `image_shape` ((H, W, C) it was trained on) are
     stored in the file, so the runtime can refuse data the model was not made for.
@@ -24,7 +24,7 @@ def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
         raise ExportError(f"the model holds non-finite values (NaN or infinity) in {', '.join(bad[:5])}"
                           f"{' and more' if len(bad) > 5 else ''}; its training diverged, so its labels would be "
                           "meaningless. Export a checkpoint from before it diverged")
-    integer_model = lower_resnet(model.eval())
+    integer_model = lower(model.eval(), image_shape)
     if classes is not None:
         integer_model.meta["classes"] = list(classes)
     if image_shape is not None:
@@ -33,4 +33,4 @@ def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
     return integer_model
 
 
-__all__ = ["export", "lower_resnet"]
+__all__ = ["export", "lower"]

@@ -1,15 +1,36 @@
-"""Lower a trained quantized ResNet to an integer graph (`pixelq.integer.graph` lists its ops): a
-LUT or integer first layer, integer convs with batch norm + activation folded into thresholds,
-integer residual adds, sum pooling and the last layer. Each node is named after the PyTorch module
-it replaces, so every layer's integer codes can be compared with the fake-quant model's."""
+"""Lower a trained quantized network to an integer graph (`pixelq.integer.graph` lists its ops).
+
+The model is traced with torch.fx (pixelq's layers, quantizers, encoders, batch norm and pooling
+as leaves), then its nodes are read in order, each value tracked as what it is at deployment:
+  image     uint8 pixels
+  codes     integer activation codes on a grid (step, qmin, qmax), NHWC
+  acc       a conv's integer accumulator A, whose real value is a * A + b per channel (the conv's
+            scales, then any batch norm folded in)
+  sum       per-channel sums of codes over the whole map (global average pooling, times the count)
+and lowered as it goes: encoder -> lut; conv -> conv (acc); batch norm on an acc -> folded into a, b;
+activation quantizer on an acc -> threshold (codes); codes + codes, then an activation quantizer ->
+add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
+max_pool; global average pooling -> sum_pool; flatten, then a hidden linear layer -> a conv whose
+kernel covers the map; the last linear layer -> linear (integer) or linear_float.
+Each node is named after the PyTorch module it replaces, so every layer's codes can be compared with
+the fake-quant model's (`exporting.verify`). Anything else raises ExportError naming the op and module.
+"""
 from __future__ import annotations
 
+import math
+import operator
+from dataclasses import dataclass
+
 import numpy as np
-from torch import nn
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn import functional as F
 
 from ..errors import ExportError
 from ..integer import IntegerModel
-from ..models.resnet import ResNet
+from ..models.resnet import keep_grad_layout, same_layout
+from ..nn import QuantConv2d, QuantLinear, images_to_nchw
 from ..quant import Quantizer
 from .integers import (
     activation_grid,
@@ -21,108 +42,347 @@ from .integers import (
     weight_integers,
 )
 
+PASSTHROUGH = (images_to_nchw, keep_grad_layout, same_layout)  # layout and input checks: the same values
+POOLS = (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten)
 
-class _Builder:
+
+class _Tracer(fx.Tracer):
     def __init__(self):
-        self.nodes, self.tensors = [], {}
+        super().__init__(autowrap_functions=PASSTHROUGH)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return (isinstance(m, (QuantConv2d, QuantLinear, Quantizer, nn.BatchNorm1d, nn.BatchNorm2d, *POOLS))
+                or hasattr(m, "quantized") or super().is_leaf_module(m, qualname))
+
+
+@dataclass
+class _Codes:
+    name: str
+    grid: tuple  # (step, qmin, qmax)
+    channels: int
+    flat: bool = False  # flattened (N, C * H * W) in PyTorch's order; a map of `channels` channels here
+
+
+@dataclass
+class _Acc:
+    name: str  # the conv node
+    a: np.ndarray
+    b: np.ndarray
+    channels: int
+    source: str  # the module whose output is a * A + b (the conv, or the batch norm after it)
+    flat: bool = False  # a linear layer's: (N, channels) in PyTorch, a 1 x 1 map here
+
+
+@dataclass
+class _Sum:
+    """Global average pooling of `codes`, lowered where it is read: a sum_pool before the last layer,
+    or, before a hidden linear layer, a conv whose kernel covers the map (`side`, known when the
+    export is given the image shape)."""
+    codes: _Codes
+    side: "int | None"
+
+
+@dataclass
+class _Add:
+    inputs: list
+    grids: list
+    channels: int
+    where: str
+
+
+class _Lowering:
+    def __init__(self, model: nn.Module, image_shape: "tuple | None" = None):
+        self.model, self.image_shape = model, image_shape
+        self.modules = dict(model.named_modules())
+        self.nodes, self.tensors, self.values = [], {}, {}
+        self.meta = {"bn_of": {}}
+        self.in_channels = self.logit_scale = self.output = self.num_classes = None
 
     def add(self, op: str, name: str, inputs: list, tensors: "dict | None" = None, **attrs) -> str:
+        if any(n["name"] == name for n in self.nodes):
+            raise ExportError(f"two integer layers would both be named {name!r}")
         for key, array in (tensors or {}).items():
             self.tensors[f"{name}.{key}"] = array
         self.nodes.append({"op": op, "name": name, "inputs": inputs, "tensors": sorted(tensors or {}), **attrs})
         return name
 
+    # ---- the walk ----
 
-def _activation_quantizer(module: nn.Module, name: str) -> Quantizer:
-    if not isinstance(module, Quantizer):
-        raise ExportError(f"{name} is a float activation ({type(module).__name__}); integer export needs "
-                          "quantized activations everywhere (abits 1..8)")
-    return module
-
-
-def _conv_threshold(b: _Builder, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: nn.Module, conv_name: str,
-                    act_name: str, inp: str, in_grid: tuple) -> tuple:
-    """conv -> batch norm -> activation quantizer, as an integer conv and a threshold node."""
-    quantizer = getattr(conv, "weight_quantizer", None)
-    if quantizer is None:
-        raise ExportError(f"{conv_name} has float weights; integer export needs quantized weights in every conv "
-                          "(a float first layer cannot be exported)")
-    if conv.groups != 1 or conv.dilation != (1, 1):
-        raise ExportError(f"{conv_name}: grouped or dilated convs are not supported by the integer runtime")
-    codes, wscale = weight_integers(quantizer, conv.weight)
-    lowest, stride, bits = weight_code_grid(quantizer)
-    check_accumulator_range(conv_name, codes[0].size, max(abs(in_grid[1]), abs(in_grid[2])), lowest,
-                            lowest + stride * (2**bits - 1))
-    in_step = in_grid[0]
-    bn_scale, bn_shift = batchnorm_affine(bn)
-    bias = conv.bias.detach().double().numpy() if conv.bias is not None else 0.0
-    a = bn_scale * wscale * in_step
-    shift = bn_shift + bn_scale * bias
-    step, qmin, qmax = activation_grid(_activation_quantizer(act, act_name))
-    direction, thresholds = fold_batchnorm_into_thresholds(a, shift, step, qmin, qmax)
-    b.add("conv", conv_name, [inp], {"weight": np.ascontiguousarray(codes.transpose(0, 2, 3, 1))},
-          stride=conv.stride[0], padding=conv.padding[0], kernel=conv.kernel_size[0],
-          in_channels=conv.in_channels, out_channels=conv.out_channels,
-          weight_lowest=lowest, weight_stride=stride, weight_bits=bits, input_range=list(in_grid[1:]))
-    b.add("threshold", act_name, [conv_name], {"direction": direction, "thresholds": thresholds},
-          qmin=qmin, qmax=qmax, step=step)
-    return act_name, (step, qmin, qmax)
-
-
-def _add_grid(branch: tuple, shortcut: tuple, out: tuple, where: str) -> tuple:
-    """The residual add's output grid. Codes add as integers when both addends and the output share
-    one step; the addends' ranges may differ (a signed residual branch, as a float ResNet's is, adds
-    to unsigned shortcut codes), and the sum is clipped to the output's range."""
-    if any(abs(g[0] - out[0]) > 1e-6 * abs(out[0]) for g in (branch, shortcut)):  # float32 steps (LSQ) agree to this
-        raise ExportError(f"{where}: the residual add needs both addends and the output on one activation grid "
-                          f"(one step), got (step, qmin, qmax) {branch}, {shortcut} -> {out}")
-    if out[1] != 0:
-        raise ExportError(f"{where}: the residual add's output must be unsigned codes (qmin 0), got {out}")
-    return out
-
-
-def lower_resnet(model: ResNet) -> IntegerModel:
-    """The integer graph of an eval-mode pixelq ResNet (quantized first layer, weights and activations)."""
-    if not isinstance(model, ResNet):
-        raise ExportError(f"integer export supports pixelq ResNets, got {type(model).__name__}")
-    cfg = model.config
-    b = _Builder()
-    lut, step, qmin, qmax = freeze_input_table(model.stem.encoder, cfg.in_channels)
-    b.add("lut", "stem.encoder", ["image"], {"lut": lut}, step=step, qmin=qmin, qmax=qmax,
-          in_channels=cfg.in_channels, d=lut.shape[2])
-    h, grid = _conv_threshold(b, model.stem.conv, model.stem.bn, model.stem.act, "stem.conv", "stem.act",
-                              "stem.encoder", (step, qmin, qmax))
-    for si, stage in enumerate(model.stages):
-        for bi, block in enumerate(stage):
-            p = f"stages.{si}.{bi}"
-            h1, g1 = _conv_threshold(b, block.conv1, block.bn1, block.act1, f"{p}.conv1", f"{p}.act1", h, grid)
-            r, gr = _conv_threshold(b, block.conv2, block.bn2, block.res_act, f"{p}.conv2", f"{p}.res_act", h1, g1)
-            if block.shortcut_kind == "identity":
-                s, gs = h, grid
-            elif block.shortcut_kind == "zero-pad":
-                s = b.add("subsample_pad", f"{p}.shortcut", [h], stride=block.stride, extra_channels=block.extra_channels)
-                gs = grid
+    def run(self) -> IntegerModel:
+        graph = _Tracer().trace(self.model)
+        if self.image_shape is not None:  # every value's shape, for pooling before a hidden linear layer
+            example = torch.zeros((1, *self.image_shape), dtype=torch.uint8)
+            try:
+                ShapeProp(fx.GraphModule(self.model, graph)).propagate(example)
+            except Exception as e:  # the model's own error, on the image shape it was given
+                raise ExportError(f"the model does not run on uint8 images of shape {self.image_shape} (H, W, C): "
+                                  f"{e.__cause__ or e}") from e
+        for node in graph.nodes:
+            if node.op == "placeholder":
+                self.values[node] = "image"
+            elif node.op == "output":
+                self.finish(node)
             else:
-                s, gs = _conv_threshold(b, block.shortcut_conv, block.shortcut_bn, block.shortcut_act,
-                                        f"{p}.shortcut_conv", f"{p}.shortcut_act", h, grid)
-            out_grid = activation_grid(_activation_quantizer(block.act_out, f"{p}.act_out"))
-            grid = _add_grid(gr, gs, out_grid, p)
-            h = b.add("add_clip", f"{p}.act_out", [r, s], qmin=grid[1], qmax=grid[2], step=grid[0])
-    pooled = b.add("sum_pool", "pool", [h], step=grid[0])
-    fc = model.fc
-    if fc.weight_quantizer is None:
-        b.add("linear_float", "fc", [pooled], {"weight": fc.weight.detach().float().numpy(),
-                                                "bias": fc.bias.detach().float().numpy()}, step=grid[0])
-        logit_scale = None
-    else:
-        if fc.bias is not None:
-            raise ExportError("fc: a quantized last layer must have no bias (logits = integer accumulator * scale)")
-        codes, wscale = weight_integers(fc.weight_quantizer, fc.weight)
-        lowest, stride, bits = weight_code_grid(fc.weight_quantizer)
-        b.add("linear", "fc", [pooled], {"weight": codes}, weight_lowest=lowest, weight_stride=stride,
-              weight_bits=bits, in_channels=fc.in_features, out_channels=fc.out_features)
-        logit_scale = (wscale * grid[0]).tolist()  # per class; divided by the pooled count at run time
-    meta = {"in_channels": cfg.in_channels, "num_classes": cfg.num_classes, "output": "fc",
-            "logit_scale": logit_scale, "integer_only": logit_scale is not None}
-    return IntegerModel(b.nodes, b.tensors, meta)
+                self.values[node] = self.lower(node)
+        meta = {"in_channels": self.in_channels, "num_classes": self.num_classes, "output": self.output,
+                "logit_scale": self.logit_scale, "integer_only": self.logit_scale is not None, **self.meta}
+        return IntegerModel(self.nodes, self.tensors, meta)
 
+    def where(self, node: fx.Node) -> str:
+        """The module a node belongs to, for names and messages."""
+        if node.op == "call_module":
+            return node.target
+        stack = node.meta.get("nn_module_stack") or {}
+        return next(reversed(stack.values()))[0] if stack else ""
+
+    def unsupported(self, node: fx.Node, why: str = "") -> ExportError:
+        what = node.target if node.op != "call_function" else getattr(node.target, "__name__", str(node.target))
+        kind = type(self.modules[node.target]).__name__ if node.op == "call_module" else f"{node.op} {what}"
+        place = self.where(node) or "the model's forward"
+        return ExportError(f"{kind} in {place} has no integer form{': ' + why if why else ''}; the integer export "
+                           "supports quantized convs and linear layers, batch norm, activation quantizers, residual adds, "
+                           "max pooling, global average pooling, flatten and stride-2 zero-pad shortcuts")
+
+    def lower(self, node: fx.Node):
+        args = [self.values[a] if isinstance(a, fx.Node) else a for a in node.args]
+        if node.op == "call_function" and node.target in PASSTHROUGH:
+            return args[0]
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            if isinstance(module, QuantConv2d):
+                return self.conv(node, module, args[0])
+            if isinstance(module, QuantLinear):
+                return self.linear(node, module, args[0])
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                return self.batchnorm(node, module, args[0])
+            if isinstance(module, Quantizer) or isinstance(module, (nn.ReLU, nn.Identity, nn.Dropout)):
+                return self.activation(node, module, args[0])
+            if hasattr(module, "quantized"):  # an input encoder
+                return self.encoder(node, module, args[0])
+            if isinstance(module, nn.MaxPool2d):
+                return self.max_pool(node, module, args[0])
+            if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
+                return self.avg_pool(node, module, args[0])
+            if isinstance(module, nn.Flatten):
+                return self.flatten(node, args[0], module.start_dim)
+        if node.op == "call_function" and node.target in (operator.add, torch.add):
+            return self.residual_add(node, *args[:2])
+        if node.op == "call_function" and node.target is operator.getitem:
+            return self.subsample(node, *args)
+        if node.op == "call_function" and node.target is F.pad:
+            return self.zero_channels(node, args[0], node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+        if node.op == "call_method" and node.target == "mean":
+            return self.mean(node, args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
+        if (node.op == "call_method" and node.target in ("flatten", "view", "reshape")) or \
+                (node.op == "call_function" and node.target is torch.flatten):
+            return self.flatten(node, args[0], 1)
+        raise self.unsupported(node)
+
+    # ---- layers ----
+
+    def encoder(self, node, encoder, x):
+        if x != "image":
+            raise self.unsupported(node, "an input encoder must read the image")
+        lut, step, qmin, qmax = freeze_input_table(encoder, encoder.in_channels)
+        self.in_channels = encoder.in_channels
+        name = self.add("lut", node.target, ["image"], {"lut": lut}, step=step, qmin=qmin, qmax=qmax,
+                        in_channels=encoder.in_channels, d=lut.shape[2])
+        return _Codes(name, (step, qmin, qmax), encoder.in_channels * lut.shape[2])
+
+    def _integer_conv(self, node, name: str, weight: torch.Tensor, quantizer, x: _Codes, kernel: int, stride: int,
+                      padding: int, bias, flat: bool = False, repeat: int = 1) -> _Acc:
+        """A conv node over codes x; weight (O, I, k, k) float, quantizer its weight quantizer. With
+        `repeat`, 1 x 1 weights cover a repeat x repeat map (a linear layer after global average
+        pooling: the sum over the map, then the weights), the accumulator then divided by the count."""
+        if quantizer is None:
+            raise ExportError(f"{name} has float weights; integer export needs quantized weights in every conv and "
+                              "hidden linear layer (a float first layer cannot be exported)")
+        codes, wscale = weight_integers(quantizer, weight)
+        if repeat > 1:
+            codes, kernel, wscale = np.tile(codes, (1, 1, repeat, repeat)), repeat, wscale / repeat**2
+        lowest, wstride, bits = weight_code_grid(quantizer)
+        step, qmin, qmax = x.grid
+        check_accumulator_range(name, codes[0].size, max(abs(qmin), abs(qmax)), lowest, lowest + wstride * (2**bits - 1))
+        self.add("conv", name, [x.name], {"weight": np.ascontiguousarray(codes.transpose(0, 2, 3, 1))},
+                 stride=stride, padding=padding, kernel=kernel, in_channels=codes.shape[1],
+                 out_channels=codes.shape[0], weight_lowest=lowest, weight_stride=wstride, weight_bits=bits,
+                 input_range=[qmin, qmax])
+        b = bias.detach().double().numpy() if bias is not None else np.zeros(codes.shape[0])
+        return _Acc(name, wscale * step, b, codes.shape[0], name, flat)
+
+    def conv(self, node, conv: QuantConv2d, x):
+        if not isinstance(x, _Codes) or x.flat:
+            raise self.unsupported(node, "a conv must read integer codes (the image through an input encoder, or "
+                                         "an activation quantizer's output)")
+        if conv.input_quantizer is not None:
+            raise self.unsupported(node, "an input quantizer inside the conv; quantize its input with an activation")
+        square = len(set(conv.kernel_size)) == len(set(conv.stride)) == len(set(conv.padding)) == 1
+        if conv.groups != 1 or conv.dilation != (1, 1) or not square or conv.padding_mode != "zeros":
+            raise self.unsupported(node, "grouped, dilated, non-square or non-zero-padded convs are not supported by "
+                                         "the integer runtime")
+        return self._integer_conv(node, node.target, conv.weight, conv.weight_quantizer, x, conv.kernel_size[0],
+                                  conv.stride[0], conv.padding[0], conv.bias)
+
+    def linear(self, node, linear: QuantLinear, x):
+        if linear.input_quantizer is not None:
+            raise self.unsupported(node, "an input quantizer inside the layer; quantize its input with an activation")
+        users = list(node.users)
+        last = len(users) == 1 and users[0].op == "output"
+        if isinstance(x, _Sum) and not last:  # global average pooling, then a hidden layer
+            if x.side is None:
+                raise ExportError(f"{node.target}: a hidden linear layer after global average pooling needs the image "
+                                  "size; export with image_shape=(H, W, C) (`pixelq export` takes it from the checkpoint)")
+            weight = linear.weight.reshape(linear.out_features, linear.in_features, 1, 1)
+            return self._integer_conv(node, node.target, weight, linear.weight_quantizer, x.codes, 1, 1, 0, linear.bias,
+                                      flat=True, repeat=x.side)
+        if isinstance(x, _Codes) and x.flat and not last:  # a hidden layer: a conv whose kernel covers the map
+            side = math.isqrt(linear.in_features // x.channels)
+            if side * side * x.channels != linear.in_features:
+                raise self.unsupported(node, f"its {linear.in_features} inputs are not a square map of "
+                                             f"{x.channels} channels")
+            weight = linear.weight.reshape(linear.out_features, x.channels, side, side)
+            return self._integer_conv(node, node.target, weight, linear.weight_quantizer, x, side, 1, 0, linear.bias,
+                                      flat=True)
+        if not last:
+            raise self.unsupported(node, "a linear layer inside the network must follow flatten")
+        if isinstance(x, _Codes) and x.flat:  # the last layer on a flattened 1x1 map: one position's codes
+            if linear.in_features != x.channels:
+                raise self.unsupported(node, "the last linear layer must read one position's channels (pool first)")
+            x = _Sum(x, 1)
+        if not isinstance(x, _Sum):
+            raise self.unsupported(node, "the last linear layer must read pooled codes")
+        pooled = "pool" if not any(n["name"] == "pool" for n in self.nodes) else f"{node.target}.pool"
+        step = x.codes.grid[0]
+        self.add("sum_pool", pooled, [x.codes.name], step=step)
+        self.num_classes = linear.out_features
+        if linear.weight_quantizer is None:
+            self.add("linear_float", node.target, [pooled], {"weight": linear.weight.detach().float().numpy(),
+                                                             "bias": linear.bias.detach().float().numpy()
+                                                             if linear.bias is not None else
+                                                             np.zeros(linear.out_features, np.float32)}, step=step)
+            return node.target
+        if linear.bias is not None:
+            raise ExportError(f"{node.target}: a quantized last layer must have no bias (logits = integer accumulator "
+                              "* scale)")
+        codes, wscale = weight_integers(linear.weight_quantizer, linear.weight)
+        lowest, stride, bits = weight_code_grid(linear.weight_quantizer)
+        self.add("linear", node.target, [pooled], {"weight": codes}, weight_lowest=lowest, weight_stride=stride,
+                 weight_bits=bits, in_channels=linear.in_features, out_channels=linear.out_features)
+        self.logit_scale = (wscale * step).tolist()  # per class; divided by the pooled count at run time
+        return node.target
+
+    def batchnorm(self, node, bn, x):
+        if not isinstance(x, _Acc):
+            raise self.unsupported(node, "batch norm folds only into the conv or linear layer before it")
+        scale, shift = batchnorm_affine(bn)
+        return _Acc(x.name, scale * x.a, scale * x.b + shift, x.channels, node.target, x.flat)
+
+    def activation(self, node, module, x):
+        if isinstance(module, (nn.Identity, nn.Dropout)):  # dropout is the identity in eval mode
+            return x
+        if isinstance(module, nn.ReLU):
+            if isinstance(x, _Codes) and x.grid[1] >= 0:
+                return x  # codes are already >= 0
+            raise ExportError(f"{node.target} is a float activation (ReLU); integer export needs quantized "
+                              "activations everywhere (abits 1..8)")
+        step, qmin, qmax = grid = activation_grid(module)
+        if isinstance(x, _Acc):
+            direction, thresholds = fold_batchnorm_into_thresholds(x.a, x.b, step, qmin, qmax)
+            name = self.add("threshold", node.target, [x.name], {"direction": direction, "thresholds": thresholds},
+                            qmin=qmin, qmax=qmax, step=step)
+            self.meta["bn_of"][name] = x.source
+            return _Codes(name, grid, x.channels, x.flat)
+        if isinstance(x, _Add):
+            if any(abs(g[0] - step) > 1e-6 * abs(step) for g in x.grids):  # float32 steps (LSQ) agree to this
+                raise ExportError(f"{x.where}: the residual add needs both addends and the output on one activation "
+                                  f"grid (one step), got (step, qmin, qmax) {x.grids[0]}, {x.grids[1]} -> {grid}")
+            if qmin != 0:
+                raise ExportError(f"{x.where}: the residual add's output must be unsigned codes (qmin 0), got {grid}")
+            return _Codes(self.add("add_clip", node.target, x.inputs, qmin=qmin, qmax=qmax, step=step), grid, x.channels)
+        raise self.unsupported(node, "an activation quantizer must follow a conv (and batch norm) or a residual add")
+
+    def residual_add(self, node, a, b):
+        if not (isinstance(a, _Codes) and isinstance(b, _Codes)) or a.flat or b.flat or a.channels != b.channels:
+            raise self.unsupported(node, "a residual add must add two maps of activation codes")
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module" or not isinstance(self.modules[users[0].target], Quantizer):
+            raise self.unsupported(node, "a residual add must be followed by an activation quantizer")
+        return _Add([a.name, b.name], [a.grid, b.grid], a.channels, self.where(node) or node.name)
+
+    def subsample(self, node, x, index):
+        """x[:, :, ::s, ::s] on codes: pending, for the zero-channel pad that makes the shortcut."""
+        if not isinstance(x, _Codes) or not (isinstance(index, tuple) and len(index) == 4):
+            raise self.unsupported(node)
+        full = slice(None)
+        s = index[2].step or 1
+        if index[:2] != (full, full) or index[2] != index[3] or index[2].start or index[2].stop:
+            raise self.unsupported(node, "only stride-s subsampling x[:, :, ::s, ::s] is supported")
+        return ("subsample", x, s, node)
+
+    def zero_channels(self, node, x, pad):
+        """F.pad(x, (0, 0, 0, 0, 0, extra)): zero channels appended, after a subsampling or not."""
+        if isinstance(x, tuple) and x[0] == "subsample":
+            _, codes, stride, _ = x
+        elif isinstance(x, _Codes):
+            codes, stride = x, 1
+        else:
+            raise self.unsupported(node)
+        pad = tuple(pad)
+        if len(pad) != 6 or pad[:5] != (0, 0, 0, 0, 0) or codes.grid[1] > 0 or codes.flat:
+            raise self.unsupported(node, "only zero channels appended (F.pad(x, (0, 0, 0, 0, 0, n))) are supported")
+        name = f"{self.where(node)}.shortcut" if self.where(node) else node.name
+        self.add("subsample_pad", name, [codes.name], stride=stride, extra_channels=pad[5])
+        return _Codes(name, codes.grid, codes.channels + pad[5])
+
+    def max_pool(self, node, pool: nn.MaxPool2d, x):
+        k, s, p = (pool.kernel_size, pool.stride, pool.padding)
+        k, s = (k, k) if isinstance(k, int) else k, (s, s) if isinstance(s, int) else s
+        if not isinstance(x, _Codes) or x.flat or len(set(k)) != 1 or len(set(s)) != 1 or p not in (0, (0, 0)) \
+                or pool.dilation not in (1, (1, 1)) or pool.ceil_mode:
+            raise self.unsupported(node, "max pooling of codes, square, no padding, dilation or ceil mode")
+        return _Codes(self.add("max_pool", node.target, [x.name], kernel=k[0], stride=s[0]), x.grid, x.channels)
+
+    def avg_pool(self, node, pool, x):
+        global_pool = isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))
+        if not global_pool or not isinstance(x, _Codes) or x.flat:
+            raise self.unsupported(node, "only global average pooling of codes (AdaptiveAvgPool2d(1))")
+        return self._sum(node, x)
+
+    def mean(self, node, x, dims):
+        if not isinstance(x, _Codes) or x.flat or sorted(d % 4 for d in (dims or ())) != [2, 3]:
+            raise self.unsupported(node, "only the mean over the map, x.mean((2, 3)), of codes")
+        return self._sum(node, x)
+
+    def _sum(self, node, x: _Codes) -> _Sum:
+        meta = node.args[0].meta.get("tensor_meta")  # (N, C, H, W), when the image shape was given
+        side = None
+        if meta is not None:
+            h, w = meta.shape[2:]
+            if h != w:
+                raise self.unsupported(node, f"pooling a {h}x{w} map before a linear layer; the maps must be square")
+            side = h
+        return _Sum(x, side)
+
+    def flatten(self, node, x, start_dim):
+        if start_dim != 1 and node.op != "call_method":
+            raise self.unsupported(node, "flatten from dimension 1")
+        if isinstance(x, _Sum):
+            return x  # (N, C, 1, 1) sums -> (N, C)
+        if isinstance(x, _Codes):
+            return _Codes(x.name, x.grid, x.channels, flat=True)
+        raise self.unsupported(node)
+
+    def finish(self, node):
+        out = node.args[0]
+        value = self.values.get(out)
+        if not isinstance(value, str) or value != self.nodes[-1]["name"] or self.nodes[-1]["op"] not in (
+                "linear", "linear_float"):
+            raise ExportError("the model's output must be its last linear layer (logits)")
+        self.output = value
+
+
+def lower(model: nn.Module, image_shape: "tuple | None" = None) -> IntegerModel:
+    """The integer graph of an eval-mode quantized pixelq network (quantized first layer, weights and
+    activations): a pixelq ResNet or CNV, or a model made with `quantize_model`. `image_shape`
+    (H, W, C) is needed only where global average pooling feeds a hidden linear layer."""
+    return _Lowering(model, tuple(image_shape) if image_shape is not None else None).run()

@@ -14,12 +14,20 @@ from torch import nn
 TIE_TOLERANCE = 1e-4  # in units of the activation step
 
 
-def _bn_name(act_name: str) -> str:
-    """The batch norm feeding an activation quantizer, by the ResNet's naming."""
+def _bn_name(meta: dict, act_name: str) -> str:
+    """The module whose output feeds an activation quantizer's thresholds (its batch norm, or the
+    conv itself): recorded by the export; files from before it follow the ResNet's naming."""
+    if act_name in meta.get("bn_of", {}):
+        return meta["bn_of"][act_name]
     for act, bn in (("act1", "bn1"), ("res_act", "bn2"), ("shortcut_act", "shortcut_bn"), ("stem.act", "stem.bn")):
         if act_name.endswith(act):
             return act_name[: -len(act)] + bn
     raise KeyError(act_name)
+
+
+def _nhwc(t: torch.Tensor) -> np.ndarray:
+    """A layer's output as the runtime holds it: NHWC, a linear layer's (N, C) as a 1 x 1 map."""
+    return (t if t.dim() == 4 else t[:, :, None, None]).permute(0, 2, 3, 1).double().numpy()
 
 
 @torch.no_grad()
@@ -27,11 +35,12 @@ def layer_agreement(model: nn.Module, runtime, images: np.ndarray) -> dict:
     """Per layer: codes compared, codes that differ, and how many of those are float ties."""
     nodes = [n for n in runtime.model.nodes if n["op"] in ("threshold", "add_clip")]
     modules = dict(model.named_modules())
-    wanted = {n["name"] for n in nodes} | {_bn_name(n["name"]) for n in nodes if n["op"] == "threshold"}
+    meta = runtime.model.meta
+    wanted = {n["name"] for n in nodes} | {_bn_name(meta, n["name"]) for n in nodes if n["op"] == "threshold"}
     outputs, handles = {}, []
     for name in wanted:
         handles.append(modules[name].register_forward_hook(
-            lambda m, i, o, name=name: outputs.__setitem__(name, o.permute(0, 2, 3, 1).double().numpy())))
+            lambda m, i, o, name=name: outputs.__setitem__(name, _nhwc(o))))
     try:
         model.eval()(torch.as_tensor(images))
     finally:
@@ -44,7 +53,7 @@ def layer_agreement(model: nn.Module, runtime, images: np.ndarray) -> dict:
         differ = torch_codes != values[node["name"]]
         ties = 0
         if differ.any() and node["op"] == "threshold":
-            pre = outputs[_bn_name(node["name"])][differ] / node["step"]
+            pre = outputs[_bn_name(meta, node["name"])][differ] / node["step"]
             ties = int((np.abs(pre - np.floor(pre) - 0.5) < TIE_TOLERANCE).sum())
         report[node["name"]] = {"codes": int(differ.size), "differ": int(differ.sum()), "ties": ties}
     return report

@@ -10,6 +10,7 @@ Ops and the tensors they hold (activations are NHWC):
   threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see fold_batchnorm_into_thresholds)
   add_clip      -                                     codes + codes, clipped to [qmin, qmax]
   subsample_pad -                                     stride-s subsampling, zero channels appended
+  max_pool      -                                     codes -> the largest code of each k x k window (stride s)
   sum_pool      -                                     codes -> per-channel sums (N, C)
   linear        weight (O, I) int codes               sums -> int32 logits (quantized last layer)
   linear_float  weight (O, I), bias (O,) float32      sums * step / count -> float logits (float last layer)
@@ -30,6 +31,7 @@ NODE_SCHEMA = {
     "threshold": ({"qmin", "qmax", "step"}, {"direction", "thresholds"}),
     "add_clip": ({"qmin", "qmax", "step"}, set()),
     "subsample_pad": ({"stride", "extra_channels"}, set()),
+    "max_pool": ({"kernel", "stride"}, set()),
     "sum_pool": ({"step"}, set()),
     "linear": ({"in_channels", "out_channels", "weight_bits", "weight_lowest", "weight_stride"}, {"weight"}),
     "linear_float": ({"step"}, {"weight", "bias"}),
@@ -82,13 +84,15 @@ def graph_table(model: IntegerModel, image_shape: tuple) -> list[dict]:
             macs = h * w * c * node["in_channels"] * k * k
         elif op == "subsample_pad":
             h, w, c = -(-h // node["stride"]), -(-w // node["stride"]), c + node["extra_channels"]
+        elif op == "max_pool":
+            h, w = (h - node["kernel"]) // node["stride"] + 1, (w - node["kernel"]) // node["stride"] + 1
         shape[node["name"]] = (c,) if op == "sum_pool" else (h, w, c)
         if op in ("linear", "linear_float"):
             out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
             shape[node["name"]], macs = (out_c,), out_c * in_c
         if "qmin" in node:
             bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
-        elif op in ("subsample_pad", "sum_pool"):
+        elif op in ("subsample_pad", "sum_pool", "max_pool"):
             bits[node["name"]] = bits[inp]  # the same codes, moved or summed
         rows.append({"layer": node["name"], "op": op, "inputs": node["inputs"], "shape": list(shape[node["name"]]),
                      "bits": bits.get(node["name"]), "input_bits": bits.get(inp), "macs": macs})

@@ -1,10 +1,14 @@
-"""Model registry and the CIFAR ResNets."""
+"""Model registry: the CIFAR ResNets and CNV."""
+from .cnv import CNV, CNVConfig, cnv
 from .convert import QuantizedModel, quantize_model
 from .registry import MODELS, create_model, list_models, register_model
 from .resnet import ResNet, ResNetConfig, apply_overrides, model_kwargs, resnet18, resnet20
 from .summary import cost_totals, first_layer_cost, layer_bits, layer_costs, model_size_bytes
 
 __all__ = [
+    "CNV",
+    "CNVConfig",
+    "cnv",
     "QuantizedModel",
     "quantize_model",
     "cost_totals",

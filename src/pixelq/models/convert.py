@@ -55,8 +55,9 @@ def quantize_model(model: nn.Module, first_layer: str = "pixel-embedding", wbits
 
     The first `nn.Conv2d` in module order must be what the images enter; it keeps its weights when
     its input has as many channels as before (float, int8, naive encoders), else (pixel embedding,
-    thermometer: d codes per colour) starts fresh. The last `nn.Linear` is quantized when
-    `last_layer == "quantized"`, else kept float. `overrides` sets single layers' precision by
+    thermometer: d codes per colour) starts fresh. The last `nn.Linear` is quantized (and loses its
+    bias, as pixelq's own models' last layers have none) when `last_layer == "quantized"`, else kept
+    float. `overrides` sets single layers' precision by
     module-name pattern (e.g. `{"body.features.0.conv": "dorefa:4"}`), as for pixelq's models.
     """
     if last_layer not in ("float", "quantized"):
@@ -81,9 +82,11 @@ def quantize_model(model: nn.Module, first_layer: str = "pixel-embedding", wbits
         elif isinstance(module, nn.Conv2d):
             replaced[name] = _quant_conv(module, module.in_channels, wq, copy_weights=True)
         elif isinstance(module, nn.Linear):
-            quantize = name != linears[-1] or last_layer == "quantized"
-            spec = (default_weight_quantizer(wbits, per_channel=name != linears[-1]) if quantize else None)
-            q = QuantLinear(module.in_features, module.out_features, module.bias is not None, weight_quantizer=spec)
+            last = name == linears[-1]
+            spec = default_weight_quantizer(wbits, per_channel=not last) if not last or last_layer == "quantized" else None
+            # a quantized last layer has no bias: its logits are an integer accumulator times one scale
+            bias = module.bias is not None and not (last and spec is not None)
+            q = QuantLinear(module.in_features, module.out_features, bias, weight_quantizer=spec)
             q.load_state_dict(module.state_dict(), strict=False)
             replaced[name] = q
         elif isinstance(module, (nn.ReLU, nn.ReLU6)) and abits != FLOAT_BITS:

@@ -135,6 +135,13 @@ def _channels_last(grad: Tensor) -> Tensor:
     return grad.contiguous(memory_format=torch.channels_last)
 
 
+def same_layout(h: Tensor, x: Tensor) -> Tensor:
+    """h, channels-last when x is: one layout through the net (see keep_grad_layout)."""
+    if x.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous(memory_format=torch.channels_last):
+        return h.contiguous(memory_format=torch.channels_last)
+    return h
+
+
 class Stem(nn.Module):
     """First layer: input encoder, then the first conv (float weights only for the float encoder)."""
 
@@ -147,10 +154,7 @@ class Stem(nn.Module):
         self.act = _activation(default_act_quantizer(cfg.abits), after_add=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.encoder(x)
-        if x.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous(memory_format=torch.channels_last):
-            h = h.contiguous(memory_format=torch.channels_last)  # one layout through the net (see keep_grad_layout)
-        return self.act(self.bn(self.conv(h)))
+        return self.act(self.bn(self.conv(same_layout(self.encoder(x), x))))
 
 
 class ResNet(nn.Module):
@@ -247,8 +251,6 @@ def resnet18(**kwargs) -> ResNet:
     return _resnet({"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2), "shortcut": "conv"}, kwargs)
 
 
-def model_kwargs(model: ResNet) -> dict:
-    """The JSON-ready kwargs that rebuild `model` with `create_model`."""
-    cfg = asdict(model.config)
-    cfg["widths"], cfg["blocks"] = list(cfg["widths"]), list(cfg["blocks"])
-    return cfg
+def model_kwargs(model: nn.Module) -> dict:
+    """The JSON-ready kwargs that rebuild a registered model (its `config` dataclass) with `create_model`."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}

@@ -1,7 +1,7 @@
 """First-layer input encoders: uint8 images (N, C, H, W) in, what the first conv sees out.
 
 Pixel embedding is the product's core; the others are the baselines it is compared against
-(SPEC §3). Every encoder has `out_channels` and `bits` (precision of what it emits; 32 = float).
+(SPEC §3). Every encoder has `in_channels`, `out_channels` and `bits` (precision of what it emits; 32 = float).
 """
 from __future__ import annotations
 
@@ -22,9 +22,18 @@ def _check_uint8(x: Tensor) -> Tensor:
     return x
 
 
-def images_to_nchw(x: Tensor, channels: int) -> Tensor:
+def images_to_nchw(x: Tensor, channels: int, min_size: int = 1) -> Tensor:
     """Check a batch of uint8 images; NHWC (last dim = channels) becomes an NCHW view. When both
-    dim 1 and the last dim equal the channel count (e.g. 3x3 RGB images), NCHW is assumed."""
+    dim 1 and the last dim equal the channel count (e.g. 3x3 RGB images), NCHW is assumed. Images
+    smaller than `min_size` on a side are refused."""
+    x = _to_nchw(x, channels)
+    if min(x.shape[2:]) < min_size:
+        raise InputError(f"this model takes images of at least {min_size}x{min_size} pixels, got "
+                         f"{tuple(x.shape[2:])}; use --image-size {min_size} or more")
+    return x
+
+
+def _to_nchw(x: Tensor, channels: int) -> Tensor:
     if not isinstance(x, Tensor) or x.dtype != torch.uint8:
         got = x.dtype if isinstance(x, Tensor) else type(x).__name__
         raise InputError(f"models take uint8 image tensors, got {got}; pass raw pixel bytes, not normalised floats")
@@ -44,7 +53,7 @@ class FloatInput(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.out_channels, self.bits, self.quantized = in_channels, 32, False
+        self.in_channels, self.out_channels, self.bits, self.quantized = in_channels, in_channels, 32, False
 
     def forward(self, x: Tensor) -> Tensor:
         return (_check_uint8(x).float() / 255.0 - 0.5) / 0.25
@@ -56,7 +65,7 @@ class Int8Input(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.out_channels, self.bits, self.quantized = in_channels, 8, True
+        self.in_channels, self.out_channels, self.bits, self.quantized = in_channels, in_channels, 8, True
 
     def forward(self, x: Tensor) -> Tensor:
         return (_check_uint8(x).float() - 128.0) / 128.0
@@ -73,7 +82,7 @@ class NaiveInput(nn.Module):
         super().__init__()
         if not 1 <= bits <= 8:
             raise ConfigError(f"naive input: bits must be in [1, 8], got {bits}")
-        self.out_channels, self.bits, self.quantized = in_channels, bits, True
+        self.in_channels, self.out_channels, self.bits, self.quantized = in_channels, in_channels, bits, True
 
     def forward(self, x: Tensor) -> Tensor:
         n = 2**self.bits - 1
@@ -94,7 +103,7 @@ class ThermometerInput(nn.Module):
         super().__init__()
         if d < 1:
             raise ConfigError(f"thermometer: d must be >= 1, got {d}")
-        self.d, self.out_channels, self.bits, self.quantized = d, in_channels * d, 1, True
+        self.in_channels, self.d, self.out_channels, self.bits, self.quantized = in_channels, d, in_channels * d, 1, True
         thresholds = torch.round(256.0 * torch.arange(1, d + 1) / (d + 1)).to(torch.int32)
         self.register_buffer("thresholds", thresholds, persistent=False)
 
@@ -115,7 +124,7 @@ class BitPlaneInput(nn.Module):
 
     def __init__(self, in_channels: int):
         super().__init__()
-        self.out_channels, self.bits, self.quantized = in_channels * 8, 1, True
+        self.in_channels, self.out_channels, self.bits, self.quantized = in_channels, in_channels * 8, 1, True
         self.register_buffer("shifts", torch.arange(8, dtype=torch.int32), persistent=False)
         self.plane_weight = nn.Parameter(2.0 ** torch.arange(8.0) / 255.0)
 

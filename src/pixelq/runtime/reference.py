@@ -49,6 +49,11 @@ def _subsample_pad(node, x, t, values):
     return np.pad(x[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
 
 
+def _max_pool(node, x, t, values):
+    k, s = node["kernel"], node["stride"]
+    return np.lib.stride_tricks.sliding_window_view(x[0], (k, k), axis=(1, 2))[:, ::s, ::s].max((-2, -1))
+
+
 # op -> f(node, inputs, node's tensors, all values so far) -> output
 REFERENCE_OPS = {
     "lut": lambda node, x, t, v: lut_reference(x[0], t["lut"]),
@@ -56,6 +61,7 @@ REFERENCE_OPS = {
     "threshold": lambda node, x, t, v: threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"]),
     "add_clip": lambda node, x, t, v: np.clip(x[0].astype(np.int64) + x[1], node["qmin"], node["qmax"]),
     "subsample_pad": _subsample_pad,
+    "max_pool": _max_pool,
     "sum_pool": _sum_pool,
     "linear": lambda node, x, t, v: x[0] @ np.asarray(t["weight"], np.int64).T,
     "linear_float": _linear_float,
