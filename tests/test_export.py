@@ -272,3 +272,26 @@ def test_unsupported_ops_name_the_op_and_the_module():
     grouped.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1, groups=4)
     with pytest.raises(ExportError, match=r"QuantConv2d in body.conv2 has no integer form: grouped"):
         lower(quantize_model(grouped, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16),
+    ("resnet18", dict(first_layer="pixel-embedding", first_layer_kwargs={"shared": False}, wbits=1, abits=2), 16),
+    ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
+])
+def test_onnx_export_computes_what_the_integer_runtime_does(name, kwargs, size):
+    """The integer graph in standard ONNX ops, run by ONNX Runtime: the runtime's logits (to float32
+    rounding) and labels, for per-colour and shared tables, float and integer last layers."""
+    ort = pytest.importorskip("onnxruntime")
+    from pixelq.exporting.onnx import to_onnx
+
+    torch.manual_seed(6)
+    model = trained_like(create_model(name, **kwargs), size=size)
+    graph = lower(model, image_shape=(size, size, 3))
+    session = ort.InferenceSession(to_onnx(graph).SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).integers(0, 256, (6, size, size, 3), dtype=np.uint8)
+    logits = session.run(None, {"image": x})[0]
+    runtime = Runtime(graph, backend="reference")
+    np.testing.assert_allclose(logits, runtime.float_logits(x), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(logits.argmax(1), runtime.predict(x))

@@ -231,6 +231,8 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert label_agreement(model, runtime, tiny_splits.test.images)["differ_unexplained"] == 0
     expected = 100.0 * (runtime.predict(tiny_splits.test.images) == tiny_splits.test.labels).mean()
     assert ran["n"] == 24 and ran["top1"] == pytest.approx(expected)
+    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
+    assert json.loads(capsys.readouterr().out)["format"] == "onnx" and (tmp_path / "m.onnx").stat().st_size > 1000
     assert main(["inspect", str(tmp_path / "m.pxq"), "--json", str(tmp_path / "inspect.json")]) == 0
     assert "stem.encoder" in capsys.readouterr().out
     table = {r["layer"]: r for r in json.loads((tmp_path / "inspect.json").read_text())["table"]}

@@ -185,11 +185,19 @@ def _run_export(args) -> None:
     from .training.checkpoint import model_from_checkpoint
 
     ckpt = read_checkpoint(args.checkpoint)
-    integer_model = export(model_from_checkpoint(ckpt, args.checkpoint).eval(), args.output,
-                           classes=ckpt["classes"] or None, image_shape=ckpt["data"].get("image_shape"))
+    model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    if args.format == "onnx":
+        from .exporting.graph import lower
+        from .exporting.onnx import save_onnx
+
+        integer_model = lower(model, ckpt["data"].get("image_shape"))
+        save_onnx(integer_model, args.output)
+    else:
+        integer_model = export(model, args.output, classes=ckpt["classes"] or None,
+                               image_shape=ckpt["data"].get("image_shape"))
     size = Path(args.output).stat().st_size
-    print(json.dumps({"path": args.output, "bytes": size, "payload_bytes": payload_bytes(integer_model),
-                      "integer_only": integer_model.meta["integer_only"]}))
+    print(json.dumps({"path": args.output, "format": args.format, "bytes": size,
+                      "payload_bytes": payload_bytes(integer_model), "integer_only": integer_model.meta["integer_only"]}))
 
 
 def _add_isa(p) -> None:
@@ -359,9 +367,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered model names")
     p = sub.add_parser("recipes", help="list the shipped training recipes, or print one's settings")
     p.add_argument("name", nargs="?", help="a recipe to print")
-    p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file")
+    p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file (or ONNX)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", choices=("pxq", "onnx"), default="pxq",
+                   help="pxq: pixelq's runtime; onnx: the same integer graph in standard ONNX ops (exact)")
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file")
     _add_data(p)
