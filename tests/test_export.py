@@ -295,3 +295,35 @@ def test_onnx_export_computes_what_the_integer_runtime_does(name, kwargs, size):
     runtime = Runtime(graph, backend="reference")
     np.testing.assert_allclose(logits, runtime.float_logits(x), rtol=1e-5, atol=1e-6)
     assert np.array_equal(logits.argmax(1), runtime.predict(x))
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 32),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 32),
+    ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
+])
+def test_qonnx_export_runs_in_qonnx_with_pytorchs_labels(name, kwargs, size):
+    """The QONNX form (BipolarQuant / Quant weights, MultiThreshold activations, the lookup as a
+    Gather), executed by the qonnx package on real test images: the runtime's logits, and PyTorch's
+    labels bar integer-logit ties."""
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    import pixelq
+    from pixelq.exporting.onnx import to_onnx
+
+    torch.manual_seed(7)
+    model = trained_like(create_model(name, **kwargs), size=size)
+    graph = lower(model, image_shape=(size, size, 3))
+    x = pixelq.load_dataset().test.images[:6]  # real CIFAR-10 images
+    wrapper = ModelWrapper(to_onnx(graph, qonnx=True))
+    ops = {n.op_type for n in wrapper.graph.node}
+    assert {"MultiThreshold", "Gather"} <= ops and ops & {"BipolarQuant", "Quant"}
+    wrapper.set_tensor_shape("image", list(x.shape))
+    logits = execute_onnx(wrapper.transform(InferShapes()), {"image": x})["logits"]
+    runtime = Runtime(graph, backend="reference")
+    np.testing.assert_allclose(logits, runtime.float_logits(x), rtol=1e-5, atol=1e-6)
+    assert label_agreement(model, runtime, x)["differ_unexplained"] == 0
+    assert np.array_equal(logits.argmax(1), runtime.predict(x))

@@ -186,12 +186,12 @@ def _run_export(args) -> None:
 
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
-    if args.format == "onnx":
+    if args.format in ("onnx", "qonnx"):
         from .exporting.graph import lower
         from .exporting.onnx import save_onnx
 
         integer_model = lower(model, ckpt["data"].get("image_shape"))
-        save_onnx(integer_model, args.output)
+        save_onnx(integer_model, args.output, qonnx=args.format == "qonnx")
     else:
         integer_model = export(model, args.output, classes=ckpt["classes"] or None,
                                image_shape=ckpt["data"].get("image_shape"))
@@ -370,8 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file (or ONNX)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--format", choices=("pxq", "onnx"), default="pxq",
-                   help="pxq: pixelq's runtime; onnx: the same integer graph in standard ONNX ops (exact)")
+    p.add_argument("--format", choices=("pxq", "onnx", "qonnx"), default="pxq",
+                   help="pxq: pixelq's runtime; onnx: the same integer graph in standard ONNX ops (exact); qonnx: "
+                        "the form FINN reads (Quant / BipolarQuant / MultiThreshold)")
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file")
     _add_data(p)

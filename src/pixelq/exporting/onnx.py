@@ -13,6 +13,11 @@ model computes what the integer runtime does, labels included:
   linear         MatMul, times the per-class scale / count -> float logits
   linear_float   the pooled mean times the weights, plus the bias
 The input is the uint8 image batch (N, H, W, C), named "image"; the output float logits, "logits".
+
+With `qonnx=True` it is the form FINN reads (QONNX): weight codes pass through BipolarQuant (binary)
+or Quant (scale 1, the codes' bit width: the codes unchanged) nodes, and each threshold node is a
+MultiThreshold (its thresholds, out_bias qmin), from the qonnx.custom_op.general domain; execute it
+with the qonnx package.
 """
 from __future__ import annotations
 
@@ -26,8 +31,17 @@ from ..integer import IntegerModel
 OPSET = 17
 
 
-def to_onnx(model: IntegerModel):
-    """The ONNX ModelProto of an integer graph (needs the `onnx` package: pip install pixelq[bench])."""
+QONNX_DOMAIN = "qonnx.custom_op.general"
+
+
+def _signed_bits(lo: int, hi: int) -> int:
+    """The bit width of a signed integer type holding lo .. hi."""
+    return max(int(max(-lo, hi + 1) - 1).bit_length() + 1, 2)
+
+
+def to_onnx(model: IntegerModel, qonnx: bool = False):
+    """The ONNX (or QONNX) ModelProto of an integer graph (needs the `onnx` package: pip install
+    pixelq[bench]; running QONNX needs the qonnx package)."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -42,6 +56,19 @@ def to_onnx(model: IntegerModel):
     def op(kind: str, inputs: list, output: str, **attrs) -> str:
         nodes.append(helper.make_node(kind, inputs, [output], **attrs))
         return output
+
+    def weights(name: str, node: dict, codes: np.ndarray) -> str:
+        """The weight codes as a constant, or in QONNX as a (Bipolar)Quant node's output."""
+        w = const(f"{name}/weight_codes" if qonnx else f"{name}/weight", codes.astype(np.float32))
+        if not qonnx:
+            return w
+        one = const(f"{name}/weight_scale", np.float32(1.0))
+        if node["weight_bits"] == 1 and node["weight_lowest"] == -1 and node["weight_stride"] == 2:
+            return op("BipolarQuant", [w, one], f"{name}/weight", domain=QONNX_DOMAIN)
+        lo, hi = int(codes.min(initial=0)), int(codes.max(initial=0))
+        return op("Quant", [w, one, const(f"{name}/weight_zero", np.float32(0.0)),
+                            const(f"{name}/weight_bits", np.float32(_signed_bits(lo, hi)))], f"{name}/weight",
+                  domain=QONNX_DOMAIN, signed=1, narrow=0, rounding_mode="ROUND")
 
     out = {"image": "image"}
     count = None  # the pooled positions, for the logits' scale
@@ -59,15 +86,22 @@ def to_onnx(model: IntegerModel):
             nhwc = op("Reshape", [codes, const(f"{name}/shape", np.array([0, 0, 0, -1], np.int64))], f"{name}/nhwc")
             out[name] = op("Transpose", [nhwc], name, perm=[0, 3, 1, 2])
         elif kind == "conv":
-            weight = np.ascontiguousarray(np.asarray(t["weight"], np.float32).transpose(0, 3, 1, 2))
+            weight = np.ascontiguousarray(np.asarray(t["weight"]).transpose(0, 3, 1, 2))
             k, s, p = node["kernel"], node["stride"], node["padding"]
-            out[name] = op("Conv", [src[0], const(f"{name}/weight", weight)], name, kernel_shape=[k, k],
+            out[name] = op("Conv", [src[0], weights(name, node, weight)], name, kernel_shape=[k, k],
                            strides=[s, s], pads=[p, p, p, p])
         elif kind == "threshold":
             channels, levels = t["thresholds"].shape
             signed = op("Mul", [src[0], const(f"{name}/direction",
                                                np.asarray(t["direction"], np.float32).reshape(1, -1, 1, 1))],
                         f"{name}/signed")
+            if qonnx:  # codes = qmin + #{l: signed >= thresholds[:, l]}
+                bits = max(int(node["qmax"] - min(node["qmin"], 0)).bit_length(), 1)
+                out[name] = op("MultiThreshold", [signed, const(f"{name}/thresholds",
+                                                                np.asarray(t["thresholds"], np.float32))],
+                               name, domain=QONNX_DOMAIN, out_dtype=f"{'INT' if node['qmin'] < 0 else 'UINT'}{bits}",
+                               out_scale=1.0, out_bias=float(node["qmin"]), data_layout="NCHW")
+                continue
             signed = op("Unsqueeze", [signed, const(f"{name}/axis", np.array([4], np.int64))], f"{name}/levels_axis")
             passed = op("GreaterOrEqual", [signed, const(f"{name}/thresholds", np.asarray(t["thresholds"], np.float32)
                                                          .reshape(1, channels, 1, 1, levels))], f"{name}/passed")
@@ -98,8 +132,8 @@ def to_onnx(model: IntegerModel):
                       f"{name}/area", keepdims=0)
             count = op("Cast", [area], f"{name}/count", to=TensorProto.FLOAT)
         elif kind == "linear":
-            integer = op("MatMul", [src[0], const(f"{name}/weight", np.asarray(t["weight"], np.float32).T)],
-                         f"{name}/integer")
+            integer = op("MatMul", [src[0], op("Transpose", [weights(name, node, np.asarray(t["weight"]))],
+                                               f"{name}/weight_t", perm=[1, 0])], f"{name}/integer")
             scaled = op("Mul", [integer, const(f"{name}/scale", np.asarray(model.meta["logit_scale"], np.float32))],
                         f"{name}/scaled")
             out[name] = op("Div", [scaled, count], name)
@@ -115,14 +149,16 @@ def to_onnx(model: IntegerModel):
     graph = helper.make_graph(
         nodes, "pixelq", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", model.meta["in_channels"]])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", model.meta["num_classes"]])], inits)
-    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="pixelq")
-    onnx.checker.check_model(onnx_model)
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if qonnx else [])
+    onnx_model = helper.make_model(graph, opset_imports=opsets, producer_name="pixelq")
+    if not qonnx:  # the checker does not know QONNX's custom ops
+        onnx.checker.check_model(onnx_model)
     return onnx_model
 
 
-def save_onnx(model: IntegerModel, path: "str | Path") -> None:
-    """Write `to_onnx(model)` to `path`."""
+def save_onnx(model: IntegerModel, path: "str | Path", qonnx: bool = False) -> None:
+    """Write `to_onnx(model, qonnx)` to `path`."""
     from ..files import atomic_write
 
-    data = to_onnx(model).SerializeToString()
+    data = to_onnx(model, qonnx).SerializeToString()
     atomic_write(path, lambda tmp: tmp.write_bytes(data), ExportError, "ONNX model")
