@@ -173,9 +173,14 @@ class _Lowering:
             return self.zero_channels(node, args[0], node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
         if node.op == "call_method" and node.target == "mean":
             return self.mean(node, args[0], node.args[1] if len(node.args) > 1 else node.kwargs.get("dim"))
-        if (node.op == "call_method" and node.target in ("flatten", "view", "reshape")) or \
-                (node.op == "call_function" and node.target is torch.flatten):
+        if node.op == "call_method" and node.target in ("view", "reshape"):
+            if len(node.args) != 3 or node.args[2] != -1:  # x.view(n, -1), x.reshape(x.size(0), -1)
+                raise self.unsupported(node, "only x.view(batch, -1) / x.reshape(batch, -1), a flatten")
             return self.flatten(node, args[0], 1)
+        if node.op == "call_method" and node.target == "flatten" or \
+                node.op == "call_function" and node.target is torch.flatten:
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return self.flatten(node, args[0], start)
         raise self.unsupported(node)
 
     # ---- layers ----
@@ -364,8 +369,8 @@ class _Lowering:
         return _Sum(x, side)
 
     def flatten(self, node, x, start_dim):
-        if start_dim != 1 and node.op != "call_method":
-            raise self.unsupported(node, "flatten from dimension 1")
+        if start_dim != 1:
+            raise self.unsupported(node, "flatten from dimension 1 (keeping the batch)")
         if isinstance(x, _Sum):
             return x  # (N, C, 1, 1) sums -> (N, C)
         if isinstance(x, _Codes):

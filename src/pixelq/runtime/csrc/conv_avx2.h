@@ -2,17 +2,18 @@
  * included after it reuse its byte transpose, table loads and lane-code store (AVX2 instructions,
  * which GCC inlines into AVX-512 code).
  *
- * AVX2 has no vector popcount. popcount(x & w) is counted per byte by table: VPSHUFB looks the low
- * and the high nibble of each byte up in the 16 nibble counts. The input's nibbles are split once
- * per load (shared by every output channel), the weights' once per call (split_weight_nibbles,
- * in kernels.c), so a 256-bit AND-popcount-accumulate is 2 ANDs, 2 shuffles and 2 byte adds; the
- * lanes convs look the input's nibbles up in tables made for each weight byte instead, with no AND.
- * Byte counts are widened (VPSADBW, or VPMADDUBSW + VPMADDWD) before they can reach 255.
- *
- * Two convs, as on AVX-512: the tile conv (any geometry: R positions x 8 output channels of int64
- * sums, the weight words' output channels in the lanes) and, for 16- and 32-channel 3x3 stride-1
- * convs, the lanes conv (one output row's positions in the lanes, 16 or 8 per vector, every
- * popcount bit counting). The first conv over a lookup runs as table sums (table_body.h). */
+ * AVX2 has no vector popcount. popcount(x & w) is counted per byte by VPSHUFB lookups of 4-bit
+ * nibbles. The weights are prepared once per call (prepare_avx2) for the conv run_conv chose:
+ *   - lanes convs (16 or 32 channels, 3x3, stride 1): an output row's positions in the lanes, each
+ *     tap's plane words regrouped so a 128-bit lane holds one byte of every position, looked up in
+ *     tables made per weight byte (split_lane_nibbles): no AND, 2 shuffles + 2 adds per 256 bits;
+ *   - the gathered lanes conv (input channels in slices of 32): the same for 32 consecutive output
+ *     positions anywhere, their plane words gathered per tap (split_gather_tables);
+ *   - the tile conv (the rest): R positions x 8 output channels of int64 sums, x AND the weight
+ *     words' nibbles (split_weight_nibbles), byte counts widened by VPSADBW.
+ * Byte counts are widened (VPSADBW, or VPMADDUBSW + VPMADDWD) before they can reach 255. Layers
+ * with more bits run as dot products (dot_body.h); the first conv over a lookup as table sums
+ * (table_body.h). */
 
 #define AVX2_POSITIONS 32  /* positions per work item of the tile conv: a multiple of AVX2_TILE */
 #define AVX2_TILE 4        /* positions per tile, each x 8 output channels (3 measured slower) */
