@@ -11,7 +11,7 @@ setup(
             "pixelq.runtime._kernels",
             sources=["src/pixelq/runtime/csrc/kernels.c"],
             depends=[f"src/pixelq/runtime/csrc/{name}.h"
-                     for name in ("conv_avx2", "conv_avx512", "conv_lanes", "dot_body", "dot_vnni", "table_body")],
+                     for name in ("conv_avx2", "conv_avx512", "conv_lanes", "dot_vnni", "table_body")],
             extra_compile_args=["-O3", "-std=c11", *openmp],
             extra_link_args=openmp,
             optional=True,

@@ -2,7 +2,7 @@
  * epilogue it shares) under a `#pragma GCC target` that adds avx512vnni. The AVX-512 builds run it
  * where the CPU has VNNI (dot_conv_of).
  *
- * As dot_body.h, with 16 output channels per 512-bit vector (two of the weights' 8-channel blocks,
+ * As dot_avx2 (conv_avx2.h), with 16 output channels per 512-bit vector (two of the weights' 8-channel blocks,
  * side by side in memory): VPDPBUSD adds 64 code x weight products per instruction; an odd last
  * block of 8 channels runs on 256-bit vectors. */
 #define VNNI_TILE 16  /* the most positions per tile (16 with one vector of channels, 8 with two); DOT_POSITIONS is a multiple */

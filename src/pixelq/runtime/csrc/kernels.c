@@ -46,7 +46,7 @@
 
 typedef Py_ssize_t ssize;
 
-#define DOT_POSITIONS 32  /* output positions per work item of the dot-product conv (dot_body.h) */
+#define DOT_POSITIONS 32  /* output positions per work item of the dot-product convs */
 #define NARROW_LEVELS 15    /* the int16 epilogue: activation codes of up to 4 bits, */
 #define NARROW_CHANNELS 64  /* up to 64 output channels */
 
@@ -103,11 +103,12 @@ typedef struct {
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
     uint64_t *w_nib;  /* the AVX2 convs' weights by nibble, made per call (prepare_avx2, conv_avx2.h) */
-    /* The dot-product conv (dot_body.h): codes as bytes (P = 1 "plane" of Cb = C rounded up to 4 bytes
+    /* The dot-product convs (dot_portable, dot_avx2, dot_vnni): codes as bytes (P = 1 "plane" of Cb = C rounded up to 4 bytes
      * per pixel), int8 weights (KH, KW, Cb / 4, Opad / 8, 8, 4); lowest = 0 and wstride = 1. */
     int dot;
     const int8_t *wdot;
-    int64_t dot_bound;  /* the largest |accumulator| this call's codes and weights can reach */
+    int64_t dot_bound;     /* the largest |accumulator| this call's codes and weights can reach */
+    int64_t dot_pair_max;  /* the largest |code x w + code x w'| (a VPMADDUBSW pair) */
     const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
@@ -767,6 +768,7 @@ static PyObject *py_dot_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
         const int8_t *wv = w.buf;
         for (ssize i = 0; i < w.len; i++) wmax = abs(wv[i]) > wmax ? abs(wv[i]) : wmax;
         c.dot_bound = (int64_t)c.KH * c.KW * c.C * top * wmax;
+        c.dot_pair_max = 2 * (int64_t)top * wmax;
     }
     Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
     return finish_call(&c, residual_ok && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir, &thr);
