@@ -115,7 +115,8 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
 # at least DOT_WIDE_CHANNELS input channels: the dot product costs the same at any bits. Read off
 # `python experiments/kernel_crossover.py` (results/bench/kernel_crossover.json) per build.
 DOT_MIN_PAIRS = {"portable": 5, "avx2": 5, "avx512vpopcntdq": 5, "avx512bitalg": 5}
-DOT_WIDE_CHANNELS = {"portable": None, "avx2": 64, "avx512vpopcntdq": 32, "avx512bitalg": 32}
+DOT_WIDE_CHANNELS = {"portable": None, "avx2": 64, "avx512vpopcntdq": 1, "avx512bitalg": 32}  # the AVX-512
+# build without BITALG has no 16-channel lanes conv, so its W2A2 16-channel layers are cheaper as dot products too
 
 
 def dot_conv_fits(node: dict, weight: np.ndarray, isa: str) -> bool:
