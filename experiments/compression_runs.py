@@ -32,7 +32,8 @@ RUNS = {
 }
 
 
-def pixelq(*args) -> str:
+def cli(*args) -> str:
+    """`pixelq ARGS...` in a subprocess; its stdout."""
     return subprocess.run([sys.executable, "-m", "pixelq.cli", *map(str, args)], check=True, capture_output=True,
                           text=True).stdout
 
@@ -44,8 +45,8 @@ def deploy(run: Path, data: "str | None") -> dict:
     from pixelq.integer import load_model
     from pixelq.runtime import load
 
-    pixelq_out = json.loads(pixelq("export", run / "checkpoint.pt", "-o", run / "model.pxq"))
-    pixelq("bitops", run / "model.pxq", "--json", run / "bitops.json")
+    exported = json.loads(cli("export", run / "checkpoint.pt", "-o", run / "model.pxq"))
+    cli("bitops", run / "model.pxq", "--json", run / "bitops.json")
     bitops = json.loads((run / "bitops.json").read_text())
     model = pixelq.load_checkpoint(run / "checkpoint.pt")
     test = pixelq.load_dataset(data).test
@@ -53,7 +54,7 @@ def deploy(run: Path, data: "str | None") -> dict:
     agreement = label_agreement(model, runtime, test.images)
     graph = load_model(run / "model.pxq")
     convs = [graph.tensors[f"{n['name']}.weight"] for n in graph.nodes if n["op"] == "conv"]
-    record = {"pxq_bytes": pixelq_out["bytes"], "runtime_top1": float(100 * (runtime.predict(test.images) ==
+    record = {"pxq_bytes": exported["bytes"], "runtime_top1": float(100 * (runtime.predict(test.images) ==
                                                                            test.labels).mean()),
               "labels": agreement, "bops": bitops["totals"]["bops"], "macs": bitops["totals"]["macs"],
               "weight_bits": bitops["totals"]["param_bits"],
@@ -95,7 +96,7 @@ def main() -> None:
                 (run / "overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
                 extra = ["--overrides", run / "overrides.json"]
             data = ["--data", args.data] if args.data else []
-            pixelq("train", *data, "--model", "resnet20", *BASE, *flags, *extra, "--epochs", args.epochs, "--out", run,
+            cli("train", *data, "--model", "resnet20", *BASE, *flags, *extra, "--epochs", args.epochs, "--out", run,
                    "--resume", "--quiet")
             deploy(run, args.data)
         metrics = json.loads((run / "metrics.json").read_text())
