@@ -124,3 +124,39 @@ def test_cli_quantize_calibrates_on_streamed_folders(tmp_path, tiny_splits, caps
     with pytest.warns(UserWarning, match="streaming them from disk"):
         assert main([*args, "--out", str(tmp_path / "streamed")]) == 0
     assert json.loads(capsys.readouterr().out) == in_memory
+
+
+def test_quantize_takes_per_layer_bits_from_an_overrides_file(tmp_path, tiny_splits, capsys):
+    """Mixed precision after training: the overrides file training takes sets single convs' grids,
+    GPFQ quantizes each to its own bits, and the result exports and runs with PyTorch's labels."""
+    import json
+
+    from pixelq import train
+    from pixelq.cli import main
+    from pixelq.exporting.verify import label_agreement
+    from pixelq.integer import load_model
+    from pixelq.runtime import load
+    from pixelq.training import load_checkpoint
+
+    from conftest import run_config, write_image_dataset
+
+    data = write_image_dataset(tmp_path, tiny_splits)
+    train(run_config(tmp_path, "float", epochs=1, data=str(data)))
+    (tmp_path / "mixed.json").write_text(json.dumps({"stages.0.*.conv*": "grid:4:tensor", "stages.2.*.conv*": "grid:2:tensor"}))
+    out = tmp_path / "mixed"
+    assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", "gpfq", "--bits", "3",
+                 "--calib", "24", "--data", str(data), "--out", str(out), "--overrides", str(tmp_path / "mixed.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["overrides"]["stages.2.*.conv*"] == "grid:2:tensor"
+    model = load_checkpoint(out / "checkpoint.pt")
+    bits = {n: m.weight_quantizer.bits for n, m in model.named_modules() if getattr(m, "weight_quantizer", None)}
+    assert bits["stages.0.1.conv1"] == 4 and bits["stages.1.0.conv2"] == 3 and bits["stages.2.0.conv1"] == 2
+    for name in ("stages.0.1.conv1", "stages.2.0.conv1"):  # each conv holds at most 2^bits distinct weights
+        assert len(torch.unique(model.get_submodule(name).quantized_weight())) <= 2 ** bits[name]
+    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
+    graph = load_model(tmp_path / "m.pxq")
+    assert graph.node("stages.2.0.conv1")["weight_bits"] == 2 and graph.node("stages.0.0.conv1")["weight_bits"] == 4
+    assert label_agreement(model, load(tmp_path / "m.pxq"), tiny_splits.test.images)["differ_unexplained"] == 0
+    (tmp_path / "bad.json").write_text(json.dumps({"stages.0.*": "binary"}))
+    assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", "gpfq", "--data", str(data),
+                 "--out", str(tmp_path / "bad"), "--overrides", str(tmp_path / "bad.json")]) == 2
+    assert "sets weight grids" in capsys.readouterr().err

@@ -95,6 +95,24 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
         assert np.array_equal(value, reference[name]), name
 
 
+def test_shifted_first_conv_keeps_thresholds_at_the_int32_limits(int8_first_graphs):
+    """The shifted-planes first conv moves its thresholds by the shift's share: one at the int32 limit
+    (never, or always, passed: a layer whose step dwarfs its accumulators) must stay there rather
+    than wrap around (it did, and such channels then passed every level)."""
+    import copy
+
+    if not fast.kernels_available():
+        pytest.skip("C kernels not built")
+    graph = copy.deepcopy(int8_first_graphs["int8-32-channels"])
+    thresholds = graph.tensors["stem.act.thresholds"]
+    thresholds[::2] = np.iinfo(np.int32).max
+    thresholds[1::4] = np.iinfo(np.int32).min
+    executor = fast.FastExecutor(graph, threads=2)
+    assert "stem.conv" in executor.shifted
+    x = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    assert np.array_equal(executor.run(x)["stem.act"], run_reference(graph, x)["stem.act"])
+
+
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
 def test_labels_equal_pytorch_on_every_instruction_set(model_file, isa):
     """The whole W1A2 network's labels against the PyTorch model, run with each build this CPU has

@@ -249,10 +249,11 @@ def _run_quantize(args) -> None:
     data.train.require(ckpt["classes"], ckpt["data"].get("image_shape"), args.checkpoint)
     calib = data.train.subset(max(args.calib, len(data.classes)), seed=args.seed)
     images = next(iter(batches(*batch_source(calib), batch_size=len(calib))))[0]  # in memory or streamed
-    twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"])
+    overrides = _read_mapping(args.overrides) if args.overrides else {}
+    twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"], overrides=overrides)
     out = Path(args.out)
     config = {"ptq": {"method": args.method, "bits": 8 if args.method == "int8" else args.bits,
-                      "calibration_images": len(calib), "from": str(args.checkpoint)},
+                      "calibration_images": len(calib), "from": str(args.checkpoint), "overrides": overrides},
               "image_size": ckpt["config"].get("image_size")}
     save_checkpoint(out / "checkpoint.pt", model_name=ckpt["model"], model_kwargs=model_kwargs(twin), model=twin,
                     config=config, classes=ckpt["classes"], data=ckpt["data"])
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the data the network was trained on; default: embedded subset")
     p.add_argument("--seed", type=int, default=0, help="which calibration images (a stratified draw)")
     p.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
+    p.add_argument("--overrides", help="JSON/YAML file: {layer-name pattern: 'grid:k[:tensor]'} (mixed precision)")
     p = sub.add_parser("bitops", help="per-layer MACs, bits and bit-operations (BOPs) of a checkpoint or .pxq file")
     p.add_argument("model", help="checkpoint.pt or model.pxq")
     p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")

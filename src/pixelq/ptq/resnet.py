@@ -9,6 +9,8 @@ calibration images maps to its top code), a float last layer, and its convs' wei
   gpfq  the same alphabet, weights chosen by GPFQ layer by layer against the float network's inputs.
 For rtn and gpfq, C is tuned per layer on the calibration images (the one giving the smallest error of
 the layer's output). The first conv stays at 8 bits per channel, as its input is 8-bit anyway.
+Mixed precision: `overrides` ({layer-name pattern: "grid:k[:tensor]"}, the format training takes)
+sets single convs' weight grids; rtn and gpfq then quantize each conv to its own bits.
 Residual branches keep their sign (signed 8-bit codes on the output's step), as a float ResNet adds them.
 """
 from __future__ import annotations
@@ -27,14 +29,18 @@ RADIUS_FACTORS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
 FLOAT_SCALE, FLOAT_SHIFT = 63.75, 127.5  # FloatInput: (p - 127.5) / 63.75; Int8Input: (p - 128) / 128
 
 
-def _twin(model: ResNet, name: str, method: str, bits: int) -> ResNet:
+def _twin(model: ResNet, name: str, method: str, bits: int, overrides: dict) -> ResNet:
     cfg = model.config
     if cfg.first_layer != "float" or cfg.wbits != 32 or cfg.abits != 32:
         raise ConfigError("post-training quantization starts from a float network (first layer, weights and "
                           "activations float); this checkpoint is already quantized")
     weights = "grid:8:zero" if method == "int8" else f"grid:{bits}:tensor"
+    for pattern, spec in overrides.items():
+        if not isinstance(spec, str) or not spec.startswith("grid:"):
+            raise ConfigError(f"override {pattern!r}: post-training quantization sets weight grids "
+                              f"('grid:k[:tensor]'), got {spec!r}")
     overrides = {"*conv*": weights, "stem.conv": "grid:8:zero", "stem.act": "lsq:8", "*.act1": "lsq:8",
-                 "*.act_out": "lsq:8", "*.res_act": "lsq:8:signed"}
+                 "*.act_out": "lsq:8", "*.res_act": "lsq:8:signed", **overrides}
     return create_model(name, in_channels=cfg.in_channels, num_classes=cfg.num_classes, first_layer="int8", wbits=8,
                         abits=8, last_layer="float", widths=cfg.widths, blocks=cfg.blocks, shortcut=cfg.shortcut,
                         overrides=overrides)
@@ -96,14 +102,14 @@ def _conv_inputs(model: nn.Module, names: list, images: Tensor, rows: int) -> di
 
 @torch.no_grad()
 def quantize_resnet(model: ResNet, images: Tensor, method: str = "int8", bits: int = 8, rows: int = 4096,
-                    name: str = "resnet20") -> ResNet:
+                    name: str = "resnet20", overrides: "dict | None" = None) -> ResNet:
     """The twin of float `model` (the registered model `name`; module doc), calibrated on uint8
-    `images` (N, H, W, C)."""
+    `images` (N, H, W, C); `overrides` gives single convs other weight grids."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
     if method != "int8" and not 1 <= bits <= 8:
         raise ConfigError(f"bits must lie in [1, 8], got {bits}")
-    twin = _twin(model, name, method, bits)
+    twin = _twin(model, name, method, bits, overrides or {})
     _copy_float_weights(twin, model)
     _calibrate_activations(twin, model, images)
     if method != "int8":
@@ -113,9 +119,9 @@ def quantize_resnet(model: ResNet, images: Tensor, method: str = "int8", bits: i
         for name in convs:  # in execution order: each layer sees the layers before it quantized
             layer, w = layers[name], float_layers[name].weight.double().flatten(1)
             x, xq = float_inputs[name], _conv_inputs(twin, [name], images, rows)[name]
-            best = None
+            best, layer_bits = None, layer.weight_quantizer.bits  # `bits`, or the layer's own override
             for c in RADIUS_FACTORS:
-                levels = alphabet(w, bits, c)
+                levels = alphabet(w, layer_bits, c)
                 q = gpfq_quantize(w, x, xq, levels) if method == "gpfq" else rtn_quantize(w, levels)
                 error = float((x @ w.T - xq @ q.T).norm())
                 if best is None or error < best[0]:

@@ -212,8 +212,10 @@ class FastExecutor:
                           and dot_conv_fits(by_name[name], model.tensors[f"{name}.weight"], self.isa)}
         for conv, node in self.fused.items():
             direction, thresholds = (model.tensors[f"{node['name']}.{k}"] for k in ("direction", "thresholds"))
-            if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share
-                thresholds = thresholds + (direction * self.shifted[conv][1])[:, None]
+            if conv in self.shifted:  # dir * (acc + share) >= thr + dir * share, in int64: a threshold at the
+                # int32 limits (never or always passed) must stay there, not wrap around
+                shifted = np.asarray(thresholds, np.int64) + (direction.astype(np.int64) * self.shifted[conv][1])[:, None]
+                thresholds = np.clip(shifted, np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
             self.thresholds[node["name"]] = pad_thresholds(direction, thresholds)
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
         self._tensors = node_tensors(model)
