@@ -252,7 +252,8 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "onnx" and (tmp_path / "m.onnx").stat().st_size > 1000
     assert main(["inspect", str(tmp_path / "m.pxq"), "--json", str(tmp_path / "inspect.json")]) == 0
-    assert "stem.encoder" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stem.encoder" in printed and "8x8x3 -> 8x8x12" in printed and "8x8x32 -> 4x4x32" not in printed
     table = {r["layer"]: r for r in json.loads((tmp_path / "inspect.json").read_text())["table"]}
     assert table["stem.encoder"]["shape"] == [8, 8, 12] and table["stem.encoder"]["bits"] == 2
     assert table["stem.conv"]["shape"] == [8, 8, 16] and table["stem.conv"]["macs"] == 8 * 8 * 16 * 12 * 9

@@ -300,14 +300,15 @@ def _image_shape(size, stored, channels: int, path: str) -> tuple:
 
 
 def _run_inspect(args) -> None:
-    """The integer graph as a table: layer, op, inputs, output shape, code bits, MACs."""
+    """The integer graph as a table: layer, op, input -> output shape, code bits, MACs, kernel."""
     from .integer import graph_table, load_model
 
     from .runtime.fast import FastExecutor, kernels_available
 
     model = load_model(args.model)
     size = (args.image_size, args.image_size) if args.image_size else None
-    rows = graph_table(model, _image_shape(size, model.meta.get("image_shape"), model.meta["in_channels"], args.model))
+    image_shape = _image_shape(size, model.meta.get("image_shape"), model.meta["in_channels"], args.model)
+    rows = graph_table(model, image_shape)
     isa, kernels = "numpy reference", {}
     if kernels_available():  # which kernel each conv runs on, under the chosen instruction set
         executor = FastExecutor(model, isa=args.isa)
@@ -318,10 +319,11 @@ def _run_inspect(args) -> None:
         r["kernel"] = kernels.get(r["layer"])
     if args.json:
         _write_json(args.json, {"meta": model.meta, "nodes": model.nodes, "table": rows, "isa": isa})
-    print(f"{'layer':<24} {'op':<13} {'inputs':<34} {'output shape':<14} {'bits':>4} {'MACs':>12}  kernel ({isa})")
+    shapes = {"image": "x".join(map(str, image_shape))}
+    print(f"{'layer':<24} {'op':<13} {'input -> output shape':<24} {'bits':>4} {'MACs':>12}  kernel ({isa})")
     for r in rows:
-        shape = "x".join(map(str, r["shape"]))
-        print(f"{r['layer']:<24} {r['op']:<13} {', '.join(r['inputs']):<34} {shape:<14} "
+        shapes[r["layer"]] = "x".join(map(str, r["shape"]))
+        print(f"{r['layer']:<24} {r['op']:<13} {shapes[r['inputs'][0]] + ' -> ' + shapes[r['layer']]:<24} "
               f"{r['bits'] if r['bits'] is not None else '-':>4} {r['macs']:>12,}  {r['kernel'] or ''}")
     print(json.dumps({k: v for k, v in model.meta.items() if k != "logit_scale"}))
 
