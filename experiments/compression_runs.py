@@ -11,11 +11,9 @@ markers. Resumable: a run whose deployment.json exists is not trained again.
 """
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from readme_section import fill
+from readme_section import fill, run_pixelq
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "compression"
@@ -32,12 +30,6 @@ RUNS = {
 }
 
 
-def cli(*args) -> str:
-    """`pixelq ARGS...` in a subprocess; its stdout."""
-    return subprocess.run([sys.executable, "-m", "pixelq.cli", *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout
-
-
 def deploy(run: Path, data: "str | None") -> dict:
     """Export, runtime top-1 and label agreement with PyTorch, BOPs, zero weights."""
     import pixelq
@@ -45,8 +37,8 @@ def deploy(run: Path, data: "str | None") -> dict:
     from pixelq.integer import load_model
     from pixelq.runtime import load
 
-    exported = json.loads(cli("export", run / "checkpoint.pt", "-o", run / "model.pxq"))
-    cli("bitops", run / "model.pxq", "--json", run / "bitops.json")
+    exported = json.loads(run_pixelq("export", run / "checkpoint.pt", "-o", run / "model.pxq"))
+    run_pixelq("bitops", run / "model.pxq", "--json", run / "bitops.json")
     bitops = json.loads((run / "bitops.json").read_text())
     model = pixelq.load_checkpoint(run / "checkpoint.pt")
     test = pixelq.load_dataset(data).test
@@ -96,7 +88,7 @@ def main() -> None:
                 (run / "overrides.json").write_text(json.dumps(overrides, indent=2) + "\n")
                 extra = ["--overrides", run / "overrides.json"]
             data = ["--data", args.data] if args.data else []
-            cli("train", *data, "--model", "resnet20", *BASE, *flags, *extra, "--epochs", args.epochs, "--out", run,
+            run_pixelq("train", *data, "--model", "resnet20", *BASE, *flags, *extra, "--epochs", args.epochs, "--out", run,
                    "--resume", "--quiet")
             deploy(run, args.data)
         metrics = json.loads((run / "metrics.json").read_text())

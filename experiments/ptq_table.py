@@ -9,21 +9,14 @@ Resumable: a method whose metrics.json exists is not quantized again.
 """
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from readme_section import fill, load
+from readme_section import fill, load, run_pixelq
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "ptq"
 START, END = "<!-- ptq:start -->", "<!-- ptq:end -->"
 METHODS = [("int8", 8), ("rtn", 4), ("gpfq", 4), ("rtn", 3), ("gpfq", 3), ("rtn", 2), ("gpfq", 2)]
-
-
-def pixelq(*args) -> str:
-    return subprocess.run([sys.executable, "-m", "pixelq.cli", *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout
 
 
 def main() -> None:
@@ -32,14 +25,14 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--calib", type=int, default=512)
     args = parser.parse_args()
-    float_eval = json.loads(pixelq("eval", "--checkpoint", args.checkpoint, "--data", args.data))
+    float_eval = json.loads(run_pixelq("eval", "--checkpoint", args.checkpoint, "--data", args.data))
     rows = [{"method": "float", "bits": 32, "top1": float_eval["top1"], "pxq_bytes": None}]
     for method, bits in METHODS:
         run = OUT / f"{method}-{bits}"
         if not (run / "metrics.json").is_file():
-            pixelq("quantize", args.checkpoint, "--method", method, "--bits", bits, "--calib", args.calib,
+            run_pixelq("quantize", args.checkpoint, "--method", method, "--bits", bits, "--calib", args.calib,
                    "--data", args.data, "--out", run)
-        pixelq("export", run / "checkpoint.pt", "-o", run / "model.pxq")
+        run_pixelq("export", run / "checkpoint.pt", "-o", run / "model.pxq")
         metrics = load(run / "metrics.json")
         rows.append({"method": method, "bits": bits, "top1": metrics["top1"],
                      "pxq_bytes": (run / "model.pxq").stat().st_size})

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
 from .registry import register_model
-from .resnet import FLOAT_BITS, LAST_LAYERS, _activation, apply_overrides, default_act_quantizer, default_weight_quantizer
+from .resnet import (FLOAT_BITS, _activation, apply_overrides, check_common_settings, config_from_kwargs,
+                     default_act_quantizer, default_weight_quantizer)
 
 POOL_AFTER = (1, 3)  # max-pool after the second and the fourth conv
 
@@ -41,12 +42,7 @@ class CNVConfig:
         if len(self.widths) != 6 or not self.hidden:
             raise ConfigError(f"CNV has six convs and at least one hidden linear layer, got widths {self.widths}, "
                               f"hidden {self.hidden}")
-        if self.last_layer not in LAST_LAYERS:
-            raise ConfigError(f"last_layer must be one of {LAST_LAYERS}, got {self.last_layer!r}")
-        if self.in_channels < 1 or self.num_classes < 2:
-            raise ConfigError(f"need in_channels >= 1 and num_classes >= 2, got {self.in_channels}, {self.num_classes}")
-        default_weight_quantizer(self.wbits)
-        default_act_quantizer(self.abits)
+        check_common_settings(self)
 
 
 class CNV(nn.Module):
@@ -92,7 +88,4 @@ class CNV(nn.Module):
 def cnv(**kwargs) -> CNV:
     """FINN's / Brevitas's CNV for 32x32 images (or larger): six unpadded 3x3 convs (64-64-pool-128-128-pool-256-256),
     two hidden linear layers of 512, batch norm everywhere but the last layer."""
-    unknown = set(kwargs) - set(CNVConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown model arguments {sorted(unknown)}; allowed: {sorted(CNVConfig.__dataclass_fields__)}")
-    return CNV(CNVConfig(**kwargs))
+    return CNV(config_from_kwargs(CNVConfig, {}, kwargs))

@@ -78,12 +78,26 @@ class ResNetConfig:
             raise ConfigError(f"widths {self.widths} and blocks {self.blocks} must be non-empty and of equal length")
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if self.last_layer not in LAST_LAYERS:
-            raise ConfigError(f"last_layer must be one of {LAST_LAYERS}, got {self.last_layer!r}")
-        if self.in_channels < 1 or self.num_classes < 2:
-            raise ConfigError(f"need in_channels >= 1 and num_classes >= 2, got {self.in_channels}, {self.num_classes}")
-        default_weight_quantizer(self.wbits)
-        default_act_quantizer(self.abits)
+        check_common_settings(self)
+
+
+def check_common_settings(cfg) -> None:
+    """The checks every registered model's config shares: last layer, channels, classes and bits."""
+    if cfg.last_layer not in LAST_LAYERS:
+        raise ConfigError(f"last_layer must be one of {LAST_LAYERS}, got {cfg.last_layer!r}")
+    if cfg.in_channels < 1 or cfg.num_classes < 2:
+        raise ConfigError(f"need in_channels >= 1 and num_classes >= 2, got {cfg.in_channels}, {cfg.num_classes}")
+    default_weight_quantizer(cfg.wbits)
+    default_act_quantizer(cfg.abits)
+
+
+def config_from_kwargs(config_cls, defaults: dict, kwargs: dict):
+    """A model's config dataclass from a registered model's defaults and the caller's kwargs;
+    ConfigError naming any kwarg the config has no field for."""
+    unknown = set(kwargs) - set(config_cls.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown model arguments {sorted(unknown)}; allowed: {sorted(config_cls.__dataclass_fields__)}")
+    return config_cls(**{**defaults, **kwargs})
 
 
 class BasicBlock(nn.Module):
@@ -233,10 +247,7 @@ def apply_overrides(model: nn.Module, overrides: dict) -> None:
 
 
 def _resnet(defaults: dict, kwargs: dict) -> ResNet:
-    unknown = set(kwargs) - set(ResNetConfig.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown model arguments {sorted(unknown)}; allowed: {sorted(ResNetConfig.__dataclass_fields__)}")
-    return ResNet(ResNetConfig(**{**defaults, **kwargs}))
+    return ResNet(config_from_kwargs(ResNetConfig, defaults, kwargs))
 
 
 @register_model("resnet20")

@@ -34,7 +34,7 @@ class Runtime:
         self.classes = model.meta.get("classes")
         self.image_shape = tuple(model.meta["image_shape"]) if model.meta.get("image_shape") else None
         self.integer_only = model.meta["integer_only"]
-        use_c = backend == "c" or (backend == "auto" and kernels_available()) or (isa is not None and backend == "auto")
+        use_c = backend == "c" or (backend == "auto" and (kernels_available() or isa is not None))
         self.backend = "c" if use_c else "reference"
 
         def reference(images):
