@@ -104,3 +104,21 @@ def write_imagenet_style(root, sizes=((40, 30), (25, 50), (33, 33)), suffix=".JP
                 y, x = np.mgrid[0:h, 0:w]
                 a = np.stack([x * 255 // w, y * 255 // h, np.full_like(x, 60 + 120 * c)], -1).astype(np.uint8)
                 Image.fromarray(a).save(root / split / cls / f"n{i:03d}{suffix}", quality=95)
+
+
+class ByHand(torch.nn.Module):
+    """A small CNN written by hand: max pooling, a biased conv, dropout, global pooling, two linear layers."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.bn2, self.relu2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()
+        self.gap, self.drop = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2)
+        self.fc1, self.relu3, self.fc2 = nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(self.drop(torch.flatten(self.gap(x), 1)))))

@@ -8,15 +8,16 @@ from hypothesis import strategies as st
 from pixelq import create_model
 from pixelq.errors import ExportError
 from pixelq.exporting import lower
-from pixelq.exporting.integers import fold_batchnorm_into_thresholds, freeze_input_table, weight_code_grid, weight_integers
+from pixelq.exporting.integers import freeze_input_table, weight_code_grid, weight_integers
 from pixelq.integer import pack_bits, unpack_bits
+from pixelq.integer.transforms import fold_batchnorm_into_thresholds
 from pixelq.nn import Int8Input, NaiveInput, PixelEmbedding, ThermometerInput
 from pixelq.quant import make_quantizer
 from pixelq.runtime import Runtime
 from pixelq.runtime.reference import run_reference
 from pixelq.exporting.verify import label_agreement, layer_agreement
 
-from conftest import trained_like
+from conftest import ByHand, trained_like
 
 WEIGHT_SPECS = ["binary", "binary:channel", "ternary", "ternary:channel", "pruned_ternary:0.6", "pruned_ternary:0.3:channel",
                 "dorefa:1", "dorefa:2", "dorefa:4", "grid:2", "grid:4:tensor", "grid:8:zero",
@@ -228,30 +229,12 @@ def test_resnet18_exports_at_64_pixels(tmp_path):
     assert graph.node("stages.1.0.shortcut_conv")["kernel"] == 1
 
 
-class _ByHand(torch.nn.Module):
-    """A small CNN written by hand: max pooling, a biased conv, dropout, global pooling, two linear layers."""
-
-    def __init__(self):
-        super().__init__()
-        nn = torch.nn
-        self.conv1, self.bn1, self.relu1 = nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2, self.bn2, self.relu2 = nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()
-        self.gap, self.drop = nn.AdaptiveAvgPool2d(1), nn.Dropout(0.2)
-        self.fc1, self.relu3, self.fc2 = nn.Linear(32, 24), nn.ReLU(), nn.Linear(24, 5)
-
-    def forward(self, x):
-        x = self.pool(self.relu1(self.bn1(self.conv1(x))))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.fc2(self.relu3(self.fc1(self.drop(torch.flatten(self.gap(x), 1)))))
-
-
 @pytest.mark.parametrize("last_layer", ["quantized", "float"])
 def test_a_model_written_by_hand_deploys_through_quantize_model(tmp_path, last_layer):
     from pixelq import quantize_model
 
     torch.manual_seed(5)
-    twin = trained_like(quantize_model(_ByHand(), first_layer="pixel-embedding", first_layer_kwargs={"d": 4},
+    twin = trained_like(quantize_model(ByHand(), first_layer="pixel-embedding", first_layer_kwargs={"d": 4},
                                        wbits=1, abits=2, last_layer=last_layer), size=16)
     graph = _deploys(twin, (16, 16, 3), n=16, tmp_path=tmp_path)
     assert [n["op"] for n in graph.nodes][:4] == ["lut", "conv", "threshold", "max_pool"]
@@ -262,13 +245,13 @@ def test_a_model_written_by_hand_deploys_through_quantize_model(tmp_path, last_l
 def test_unsupported_ops_name_the_op_and_the_module():
     from pixelq import quantize_model
 
-    gated = _ByHand()
+    gated = ByHand()
     gated.relu2 = torch.nn.Sigmoid()  # quantize_model leaves it float
     with pytest.raises(ExportError, match=r"Sigmoid in body.relu2 has no integer form"):
         lower(quantize_model(gated, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
     with pytest.raises(ExportError, match=r"does not run on uint8 images of shape \(1, 1, 3\)"):
-        lower(quantize_model(_ByHand(), wbits=1, abits=2).eval(), image_shape=(1, 1, 3))
-    grouped = _ByHand()
+        lower(quantize_model(ByHand(), wbits=1, abits=2).eval(), image_shape=(1, 1, 3))
+    grouped = ByHand()
     grouped.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1, groups=4)
     with pytest.raises(ExportError, match=r"QuantConv2d in body.conv2 has no integer form: grouped"):
         lower(quantize_model(grouped, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))

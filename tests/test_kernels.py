@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pixelq.errors import ExportError
 from pixelq.exporting.integers import check_accumulator_range
-from pixelq.runtime import fast
+from pixelq.runtime import fast, fusion
 from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
 
 pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
@@ -376,7 +376,7 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, levels, h,
     wt = random_weights(rng, (o, k, k, colours * d), WEIGHT_GRIDS["binary"])
     acc = conv2d_reference(lut_reference(image, lut), wt, stride, padding)
     ho, wo = acc.shape[1:3]
-    table = fast.lut_conv_table(wt, lut)
+    table = fusion.lut_conv_table(wt, lut)
     assert table.dtype == (np.int16 if int8 and (wt < 0).any() else np.int8)
     direction = rng.choice([-1, 1], o).astype(np.int8)
     thresholds = spread_thresholds(rng, acc, levels)  # 15 levels: 4-bit codes, still the int16 epilogue
@@ -389,19 +389,19 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, levels, h,
 
 def test_lut_conv_table_declines_what_the_kernel_cannot_hold():
     lut = np.full((1, 256, 10), 3)
-    assert fast.lut_conv_table(np.ones((17, 3, 3, 30), np.int32), lut) is None  # > 16 channels
-    assert fast.lut_conv_table(np.full((16, 3, 3, 30), 50, np.int32), lut) is None  # 27 x 1500 > int16 sums
-    assert fast.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut).dtype == np.int16  # 150 > int8
-    assert fast.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (256, 27, 16)
-    assert fast.lut_conv_table(-np.ones((16, 3, 3, 24), np.int32), np.full((1, 256, 8), 16)).dtype == np.int8  # -128
+    assert fusion.lut_conv_table(np.ones((17, 3, 3, 30), np.int32), lut) is None  # > 16 channels
+    assert fusion.lut_conv_table(np.full((16, 3, 3, 30), 50, np.int32), lut) is None  # 27 x 1500 > int16 sums
+    assert fusion.lut_conv_table(np.full((16, 3, 3, 30), 5, np.int32), lut).dtype == np.int16  # 150 > int8
+    assert fusion.lut_conv_table(np.ones((16, 3, 3, 30), np.int32), lut).shape == (256, 27, 16)
+    assert fusion.lut_conv_table(-np.ones((16, 3, 3, 24), np.int32), np.full((1, 256, 8), 16)).dtype == np.int8  # -128
 
 
 def test_signed_zero_is_each_colours_pixel_value_of_code_zero():
     int8 = np.arange(-128, 128).reshape(1, 256, 1)  # an int8 first layer's lookup
-    assert fast._signed_zero(int8, 3).tolist() == [128, 128, 128]
+    assert fusion.signed_zero(int8, 3).tolist() == [128, 128, 128]
     per_colour = np.stack([np.roll(int8[0], k, 0) for k in (0, 1, 2)])
-    assert fast._signed_zero(per_colour, 3).tolist() == [128, 129, 130]
-    assert fast._signed_zero(np.arange(1, 257).reshape(1, 256, 1), 3) is None
+    assert fusion.signed_zero(per_colour, 3).tolist() == [128, 129, 130]
+    assert fusion.signed_zero(np.arange(1, 257).reshape(1, 256, 1), 3) is None
 
 
 def test_dot_product_rule_follows_the_measured_crossover():

@@ -76,11 +76,14 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     if isa not in fast._kernels.isas():
         pytest.skip(f"this CPU has no {isa}")
     executor = fast.FastExecutor(graph, threads=2, isa=isa)
-    assert "stem.conv" in executor.lut_convs and "stem.conv" in executor.fused
+    stem = next(node for node in executor.plan.nodes if node.get("conv_name") == "stem.conv")
+    assert stem["name"] == "stem.act" and {"lut", "thresholds"} <= set(stem["tensors"])  # lookup + conv + threshold
+    shifted = [node["name"] for node in executor.plan.nodes if node.get("input_shift")]
     if path == "shifted planes":
-        assert "stem.conv" in executor.shifted and "stem.conv" not in executor.table_convs
+        assert shifted == ["stem.act"] and executor.conv_kernels()["stem.conv"] == "bit-planes via lookup"
     else:
-        assert executor.table_convs["stem.conv"].dtype.name == path.split()[0] and not executor.shifted
+        assert executor.convs["stem.act"].args[0].dtype.name == path.split()[0] and not shifted
+        assert executor.conv_kernels()["stem.conv"] == "table sums"
     x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     values = executor.run(x)
     every_layer = fast.FastExecutor(graph, threads=2, fuse=False, isa=isa).run(x)  # as layer_outputs() runs
@@ -108,7 +111,7 @@ def test_shifted_first_conv_keeps_thresholds_at_the_int32_limits(int8_first_grap
     thresholds[::2] = np.iinfo(np.int32).max
     thresholds[1::4] = np.iinfo(np.int32).min
     executor = fast.FastExecutor(graph, threads=2)
-    assert "stem.conv" in executor.shifted
+    assert executor.conv_kernels()["stem.conv"] == "bit-planes via lookup" and executor.plan.node("stem.act")["input_shift"]
     x = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     assert np.array_equal(executor.run(x)["stem.act"], run_reference(graph, x)["stem.act"])
 

@@ -103,9 +103,9 @@ def conv_layer_times(abits: int, threads: int, repeats: int, isa: str, batch: in
 
 
 def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
-    """Seconds per graph node for one batch, best of `repeats`, on the executor the runtime uses: a
-    conv's time includes the thresholds (and the residual add, and for the first conv the lookup)
-    fused into it, whose own nodes then take next to nothing."""
+    """Seconds per node of the executor's plan for one batch, best of `repeats`, as the runtime runs
+    it: a fused conv (`fusion.plan`) is timed under its conv's name and includes the thresholds (and
+    the residual add, and for the first conv the lookup) fused into it."""
     executor = FastExecutor(runtime.model, runtime.threads, isa=runtime.isa)
     times: dict = {}
 
@@ -113,7 +113,8 @@ def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
         def wrapper(node, x, t, values):
             t0 = time.perf_counter()
             y = fn(node, x, t, values)
-            times[node["name"]] = min(times.get(node["name"], float("inf")), time.perf_counter() - t0)
+            name = node.get("conv_name", node["name"])  # a fused conv under its conv's name
+            times[name] = min(times.get(name, float("inf")), time.perf_counter() - t0)
             return y
         return wrapper
 

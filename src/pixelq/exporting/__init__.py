@@ -8,7 +8,7 @@ from torch import nn
 
 from ..errors import ExportError
 from ..integer import IntegerModel, save_model
-from .graph import lower
+from .graph import lower, lower_plain
 
 
 def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
@@ -33,4 +33,4 @@ def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
     return integer_model
 
 
-__all__ = ["export", "lower"]
+__all__ = ["export", "lower", "lower_plain"]

@@ -7,11 +7,13 @@ as leaves), then its nodes are read in order, each value tracked as what it is a
   acc       a conv's integer accumulator A, whose real value is a * A + b per channel (the conv's
             scales, then any batch norm folded in)
   sum       per-channel sums of codes over the whole map (global average pooling, times the count)
-and lowered as it goes: encoder -> lut; conv -> conv (acc); batch norm on an acc -> folded into a, b;
-activation quantizer on an acc -> threshold (codes); codes + codes, then an activation quantizer ->
-add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
+and lowered as it goes to a plain quantized graph: encoder -> lut; conv -> conv (the integer
+accumulator) + affine (its real value: the conv's scales); batch norm -> affine; activation quantizer
+on a real value -> quantize (codes); codes + codes, then an activation quantizer -> add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
 max_pool; global average pooling -> sum_pool; flatten, then a hidden linear layer -> a conv whose
 kernel covers the map; the last linear layer -> linear (integer) or linear_float.
+`lower` then applies `pixelq.integer.transforms.EXPORT_TRANSFORMS` (batch norm folded into the conv's
+affine, affine + quantize folded into integer thresholds): the integer-only graph a .pxq file holds.
 Each node is named after the PyTorch module it replaces, so every layer's codes can be compared with
 the fake-quant model's (`exporting.verify`). Anything else raises ExportError naming the op and module.
 """
@@ -29,6 +31,7 @@ from torch.nn import functional as F
 
 from ..errors import ExportError
 from ..integer import IntegerModel
+from ..integer.transforms import EXPORT_TRANSFORMS, apply
 from ..models.resnet import keep_grad_layout, same_layout
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw
 from ..quant import Quantizer
@@ -36,7 +39,6 @@ from .integers import (
     activation_grid,
     batchnorm_affine,
     check_accumulator_range,
-    fold_batchnorm_into_thresholds,
     freeze_input_table,
     weight_code_grid,
     weight_integers,
@@ -64,12 +66,10 @@ class _Codes:
 
 
 @dataclass
-class _Acc:
-    name: str  # the conv node
-    a: np.ndarray
-    b: np.ndarray
+class _Real:
+    name: str  # the affine node: a conv's accumulator as the real value PyTorch computes
     channels: int
-    source: str  # the module whose output is a * A + b (the conv, or the batch norm after it)
+    source: str  # the module whose output this is (the conv, or the batch norm after it)
     flat: bool = False  # a linear layer's: (N, channels) in PyTorch, a 1 x 1 map here
 
 
@@ -195,8 +195,8 @@ class _Lowering:
         return _Codes(name, (step, qmin, qmax), encoder.in_channels * lut.shape[2])
 
     def _integer_conv(self, node, name: str, weight: torch.Tensor, quantizer, x: _Codes, kernel: int, stride: int,
-                      padding: int, bias, flat: bool = False, repeat: int = 1) -> _Acc:
-        """A conv node over codes x; weight (O, I, k, k) float, quantizer its weight quantizer. With
+                      padding: int, bias, flat: bool = False, repeat: int = 1) -> _Real:
+        """A conv node over codes x, and the affine node of its real output; weight (O, I, k, k) float, quantizer its weight quantizer. With
         `repeat`, 1 x 1 weights cover a repeat x repeat map (a linear layer after global average
         pooling: the sum over the map, then the weights), the accumulator then divided by the count."""
         if quantizer is None:
@@ -213,7 +213,8 @@ class _Lowering:
                  out_channels=codes.shape[0], weight_lowest=lowest, weight_stride=wstride, weight_bits=bits,
                  input_range=[qmin, qmax])
         b = bias.detach().double().numpy() if bias is not None else np.zeros(codes.shape[0])
-        return _Acc(name, wscale * step, b, codes.shape[0], name, flat)
+        real = self.add("affine", f"{name}.scale", [name], {"scale": wscale * step, "bias": b})
+        return _Real(real, codes.shape[0], name, flat)
 
     def conv(self, node, conv: QuantConv2d, x):
         if not isinstance(x, _Codes) or x.flat:
@@ -277,10 +278,11 @@ class _Lowering:
         return node.target
 
     def batchnorm(self, node, bn, x):
-        if not isinstance(x, _Acc):
+        if not isinstance(x, _Real):
             raise self.unsupported(node, "batch norm folds only into the conv or linear layer before it")
         scale, shift = batchnorm_affine(bn)
-        return _Acc(x.name, scale * x.a, scale * x.b + shift, x.channels, node.target, x.flat)
+        self.add("affine", node.target, [x.name], {"scale": scale, "bias": shift})
+        return _Real(node.target, x.channels, node.target, x.flat)
 
     def activation(self, node, module, x):
         if isinstance(module, (nn.Identity, nn.Dropout)):  # dropout is the identity in eval mode
@@ -291,10 +293,8 @@ class _Lowering:
             raise ExportError(f"{node.target} is a float activation (ReLU); integer export needs quantized "
                               "activations everywhere (abits 1..8)")
         step, qmin, qmax = grid = activation_grid(module)
-        if isinstance(x, _Acc):
-            direction, thresholds = fold_batchnorm_into_thresholds(x.a, x.b, step, qmin, qmax)
-            name = self.add("threshold", node.target, [x.name], {"direction": direction, "thresholds": thresholds},
-                            qmin=qmin, qmax=qmax, step=step)
+        if isinstance(x, _Real):
+            name = self.add("quantize", node.target, [x.name], qmin=qmin, qmax=qmax, step=step)
             self.meta["bn_of"][name] = x.source
             return _Codes(name, grid, x.channels, x.flat)
         if isinstance(x, _Add):
@@ -386,8 +386,20 @@ class _Lowering:
         self.output = value
 
 
+def lower_plain(model: nn.Module, image_shape: "tuple | None" = None) -> IntegerModel:
+    """The plain quantized graph of an eval-mode quantized network, before any transform: integer
+    convs, their real outputs (affine), batch norms (affine) and activation quantizers (quantize)."""
+    return _Lowering(model, tuple(image_shape) if image_shape is not None else None).run()
+
+
 def lower(model: nn.Module, image_shape: "tuple | None" = None) -> IntegerModel:
     """The integer graph of an eval-mode quantized pixelq network (quantized first layer, weights and
     activations): a pixelq ResNet or CNV, or a model made with `quantize_model`. `image_shape`
-    (H, W, C) is needed only where global average pooling feeds a hidden linear layer."""
-    return _Lowering(model, tuple(image_shape) if image_shape is not None else None).run()
+    (H, W, C) is needed only where global average pooling feeds a hidden linear layer. It is
+    `lower_plain` through EXPORT_TRANSFORMS."""
+    graph = apply(lower_plain(model, image_shape), EXPORT_TRANSFORMS)
+    left = [n["name"] for n in graph.nodes if n["op"] in ("affine", "quantize")]
+    if left:  # a real value no activation quantizer reads, or a quantizer on something else
+        raise ExportError(f"{', '.join(left)}: no integer form (a conv or batch norm whose output is not quantized "
+                          "by an activation quantizer)")
+    return graph

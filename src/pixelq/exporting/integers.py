@@ -2,7 +2,8 @@
 
 A weight quantizer's output is `codes * scale` with integer codes; an activation quantizer's output
 is `code * step` with integer codes in [qmin, qmax]. Batch norm + activation quantizer after an
-integer accumulator become per-channel integer thresholds on that accumulator.
+integer accumulator become per-channel integer thresholds on that accumulator
+(`pixelq.integer.transforms.fold_thresholds`).
 """
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ExportError
-
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+from ..integer.transforms import INT32_MAX
 
 
 def _per_channel(scale: Tensor, out_channels: int) -> np.ndarray:
@@ -55,29 +55,6 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple:
     beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(inv)
     scale = gamma * inv
     return scale.numpy(), (beta - bn.running_mean.double() * scale).numpy()
-
-
-def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qmin: int, qmax: int) -> tuple:
-    """Thresholds for code = clip(round((a * A + b) / step), qmin, qmax) on an integer accumulator A.
-
-    Returns (direction (C,) int8 of +1/-1, thresholds (C, qmax - qmin) int32) such that
-        code = qmin + #{k : direction * A >= thresholds[:, k]}.
-    Code >= k  <=>  a A + b >= (k - 1/2) step: for a > 0, A >= ceil(((k - 1/2) step - b) / a);
-    a negative a flips the comparison (direction -1); a = 0 gives a constant code.
-    Exact except where a A + b lands on a rounding boundary (a float tie).
-    """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    levels = (np.arange(qmin + 1, qmax + 1) - 0.5) * step  # real value at which code reaches qmin+1 .. qmax
-    with np.errstate(divide="ignore", invalid="ignore"):
-        bound = (levels[None, :] - b[:, None]) / a[:, None]
-    direction = np.where(a < 0, -1, 1).astype(np.int8)
-    up = np.ceil(bound)
-    down = -np.floor(bound)  # A <= floor(bound)  <=>  -A >= -floor(bound)
-    thresholds = np.where(a[:, None] > 0, up, down)
-    constant = a == 0
-    passed = b[:, None] >= levels[None, :]
-    thresholds[constant] = np.where(passed[constant], INT32_MIN, INT32_MAX)
-    return direction, np.clip(thresholds, INT32_MIN, INT32_MAX).astype(np.int32)
 
 
 @torch.no_grad()

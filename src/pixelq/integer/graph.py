@@ -7,13 +7,16 @@ integer codes can be compared with the fake-quant model's (`code = output / step
 Ops and the tensors they hold (activations are NHWC):
   lut           lut (tables, 256, d) int16            uint8 image -> codes, channel t*d + j
   conv          weight (O, kh, kw, I) int codes       codes -> int accumulator; attrs stride, padding
-  threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see fold_batchnorm_into_thresholds)
+  threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see transforms.fold_thresholds)
   add_clip      -                                     codes + codes, clipped to [qmin, qmax]
   subsample_pad -                                     stride-s subsampling, zero channels appended
   max_pool      -                                     codes -> the largest code of each k x k window (stride s)
   sum_pool      -                                     codes -> per-channel sums (N, C)
   linear        weight (O, I) int codes               sums -> int32 logits (quantized last layer)
   linear_float  weight (O, I), bias (O,) float32      sums * step / count -> float logits (float last layer)
+Export's plain graph has two more, which its transforms fold into thresholds (transforms.py):
+  affine        scale (O,), bias (O,) float64         accumulator -> real values scale * A + bias
+  quantize      -                                     real values -> codes clip(round(x / step), qmin, qmax)
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ NODE_SCHEMA = {
     "sum_pool": ({"step"}, set()),
     "linear": ({"in_channels", "out_channels", "weight_bits", "weight_lowest", "weight_stride"}, {"weight"}),
     "linear_float": ({"step"}, {"weight", "bias"}),
+    "affine": (set(), {"scale", "bias"}),
+    "quantize": ({"qmin", "qmax", "step"}, set()),
 }
 
 

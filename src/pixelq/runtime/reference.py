@@ -34,6 +34,34 @@ def threshold_reference(acc: np.ndarray, direction: np.ndarray, thresholds: np.n
     return qmin + (signed[..., None] >= thresholds.astype(np.int64)).sum(-1)
 
 
+def conv_chain(node, x, t, values):
+    """A conv and what the runtime fused into it (`pixelq.runtime.fusion`), one step after the other:
+    the lookup of the pixels ("lut"), the conv over codes shifted by `input_shift` (padded with the
+    shift, then `offset` taken off), the thresholds, the residual add of input 1 (subsampled by
+    `residual_stride`, zero channels appended, clipped to [0, residual_qmax])."""
+    codes = lut_reference(x[0], t["lut"]) if "lut" in t else x[0]
+    shift, p = node.get("input_shift", 0), node["padding"]
+    if shift:
+        codes = np.pad(np.asarray(codes, np.int64) + shift, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=shift)
+        p = 0
+    out = conv2d_reference(codes, t["weight"], node["stride"], p)
+    if "offset" in t:
+        out = out - t["offset"]
+    if "thresholds" in t:
+        out = threshold_reference(out, t["direction"], t["thresholds"], node["qmin"])
+    if node.get("residual_stride"):
+        s = node["residual_stride"]
+        shortcut = x[1][:, ::s, ::s]
+        shortcut = np.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, out.shape[-1] - shortcut.shape[-1])))
+        out = np.clip(out + shortcut, 0, node["residual_qmax"])
+    return out
+
+
+def _quantize(node, x, t, values):
+    """Round half up, as the thresholds (transforms.fold_batchnorm_into_thresholds) count."""
+    return np.clip(np.floor(x[0] / node["step"] + 0.5), node["qmin"], node["qmax"]).astype(np.int64)
+
+
 def _sum_pool(node, x, t, values):
     values["pool.count"] = x[0].shape[1] * x[0].shape[2]
     return x[0].sum((1, 2), dtype=np.int64)
@@ -57,7 +85,10 @@ def _max_pool(node, x, t, values):
 # op -> f(node, inputs, node's tensors, all values so far) -> output
 REFERENCE_OPS = {
     "lut": lambda node, x, t, v: lut_reference(x[0], t["lut"]),
-    "conv": lambda node, x, t, v: conv2d_reference(x[0], t["weight"], node["stride"], node["padding"]),
+    "conv": conv_chain,
+    "fused_conv": conv_chain,
+    "affine": lambda node, x, t, v: x[0] * t["scale"] + t["bias"],
+    "quantize": _quantize,
     "threshold": lambda node, x, t, v: threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"]),
     "add_clip": lambda node, x, t, v: np.clip(x[0].astype(np.int64) + x[1], node["qmin"], node["qmax"]),
     "subsample_pad": _subsample_pad,

@@ -1,0 +1,132 @@
+"""Graph-to-graph transforms: each takes an IntegerModel and returns a new one that computes the same
+outputs (checked by running the reference executor before and after it, tests/test_transforms.py).
+
+Export lowers a PyTorch model to a plain quantized graph (integer convs, their real-valued
+`affine` outputs, `quantize` nodes) and applies EXPORT_TRANSFORMS, which leave the integer-only
+graph a .pxq file holds:
+  fold_batchnorm   affine -> affine (a conv's scales, then batch norm): one affine
+  fold_thresholds  affine -> quantize on an integer accumulator: one threshold node
+The fast runtime applies its own (pixelq.runtime.fusion) at load. Only numpy.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from .graph import IntegerModel
+
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qmin: int, qmax: int) -> tuple:
+    """Thresholds for code = clip(round((a * A + b) / step), qmin, qmax) on an integer accumulator A.
+
+    Returns (direction (C,) int8 of +1/-1, thresholds (C, qmax - qmin) int32) such that
+        code = qmin + #{k : direction * A >= thresholds[:, k]}.
+    Code >= k  <=>  a A + b >= (k - 1/2) step: for a > 0, A >= ceil(((k - 1/2) step - b) / a);
+    a negative a flips the comparison (direction -1); a = 0 gives a constant code.
+    Exact except where a A + b lands on a rounding boundary (a float tie).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    levels = (np.arange(qmin + 1, qmax + 1) - 0.5) * step  # real value at which code reaches qmin+1 .. qmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = (levels[None, :] - b[:, None]) / a[:, None]
+    direction = np.where(a < 0, -1, 1).astype(np.int8)
+    up = np.ceil(bound)
+    down = -np.floor(bound)  # A <= floor(bound)  <=>  -A >= -floor(bound)
+    thresholds = np.where(a[:, None] > 0, up, down)
+    constant = a == 0
+    passed = b[:, None] >= levels[None, :]
+    thresholds[constant] = np.where(passed[constant], INT32_MIN, INT32_MAX)
+    return direction, np.clip(thresholds, INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+class Rewrite:
+    """A copy of a graph being rewritten: nodes by name, who reads what, and helpers that keep the
+    tensors (keyed "node.tensor") with their nodes. `result()` gives the new IntegerModel, nodes in
+    their original order, dropped ones left out."""
+
+    def __init__(self, model: IntegerModel):
+        self.nodes = [dict(node, inputs=list(node["inputs"]), tensors=list(node["tensors"])) for node in model.nodes]
+        self.tensors, self.meta = dict(model.tensors), dict(model.meta)
+        self.by_name = {node["name"]: node for node in self.nodes}
+        self.readers = Counter(name for node in self.nodes for name in node["inputs"])
+        self.dropped: set = set()
+
+    def source(self, node: dict, i: int = 0) -> "dict | None":
+        """The node whose output is node's i-th input (None for the image)."""
+        return self.by_name.get(node["inputs"][i])
+
+    def only_reader(self, node: "dict | None") -> bool:
+        return node is not None and self.readers[node["name"]] == 1 and node["name"] != self.meta.get("output")
+
+    def tensor(self, node: dict, key: str) -> np.ndarray:
+        return self.tensors[f"{node['name']}.{key}"]
+
+    def set_tensor(self, node: dict, key: str, array: np.ndarray) -> None:
+        self.tensors[f"{node['name']}.{key}"] = array
+        if key not in node["tensors"]:
+            node["tensors"] = sorted(node["tensors"] + [key])
+
+    def drop(self, node: dict) -> None:
+        """Remove `node` (its readers must have been rewired) and its tensors."""
+        self.dropped.add(node["name"])
+        for key in node["tensors"]:
+            del self.tensors[f"{node['name']}.{key}"]
+
+    def absorb(self, later: dict, earlier: dict, **changes) -> dict:
+        """`earlier`, which only `later` reads, merged into `later`'s place: the merged node keeps
+        `later`'s name (its readers need no change), takes `earlier`'s tensors and `changes`."""
+        for key in earlier["tensors"]:
+            self.set_tensor(later, key, self.tensor(earlier, key))
+        self.drop(earlier)
+        later.update(changes)
+        return later
+
+    def result(self) -> IntegerModel:
+        return IntegerModel([n for n in self.nodes if n["name"] not in self.dropped], self.tensors, self.meta)
+
+
+def fold_batchnorm(model: IntegerModel) -> IntegerModel:
+    """affine -> affine, the first read only by the second (a conv's scales, then its batch norm):
+    one affine, y = s2 (s1 x + b1) + b2, named after the second."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        first = g.source(node) if node["op"] == "affine" else None
+        if first is None or first["op"] != "affine" or not g.only_reader(first):
+            continue
+        s1, b1, s2, b2 = g.tensor(first, "scale"), g.tensor(first, "bias"), g.tensor(node, "scale"), g.tensor(node, "bias")
+        g.drop(first)
+        node["inputs"] = first["inputs"]
+        g.set_tensor(node, "scale", s2 * s1)
+        g.set_tensor(node, "bias", s2 * b1 + b2)
+    return g.result()
+
+
+def fold_thresholds(model: IntegerModel) -> IntegerModel:
+    """quantize of an affine of an integer accumulator (the affine read by nothing else) -> one
+    threshold node on the accumulator, named after the quantize node
+    (`fold_batchnorm_into_thresholds`)."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        affine = g.source(node) if node["op"] == "quantize" else None
+        if affine is None or affine["op"] != "affine" or not g.only_reader(affine):
+            continue
+        direction, thresholds = fold_batchnorm_into_thresholds(g.tensor(affine, "scale"), g.tensor(affine, "bias"),
+                                                               node["step"], node["qmin"], node["qmax"])
+        g.drop(affine)
+        node.update(op="threshold", inputs=affine["inputs"])
+        g.set_tensor(node, "direction", direction)
+        g.set_tensor(node, "thresholds", thresholds)
+    return g.result()
+
+
+EXPORT_TRANSFORMS = (fold_batchnorm, fold_thresholds)
+
+
+def apply(model: IntegerModel, transforms) -> IntegerModel:
+    """`model` through each transform in turn."""
+    for transform in transforms:
+        model = transform(model)
+    return model

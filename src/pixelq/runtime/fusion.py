@@ -1,0 +1,158 @@
+"""The fast runtime's plan as graph-to-graph transforms: what its kernels run as one call.
+
+`plan(model)` applies, in order:
+  fuse_lookup          lut -> conv (the conv alone reads the lookup): the conv packs its bit-planes
+                       straight from the pixels (a `fused_conv` with the lut tensor)
+  fuse_threshold       conv -> threshold: the conv kernel writes codes, never the accumulators
+  fuse_residual_add    conv + threshold -> add_clip (with a shortcut's subsample_pad): the kernel
+                       adds the shortcut's codes too
+  shift_signed_inputs  a conv over signed codes spanning at most a byte (an int8 first layer's
+                       pixel - 128) runs on codes + shift, padded with the shift; the shift's share
+                       of each sum (one constant per channel) comes off the thresholds or the
+                       accumulators (`offset`)
+A fused node (op `fused_conv`) keeps the conv's attributes, adds those of what it absorbed and is
+named after the last node it absorbed, so every reader and every compared output keep their names;
+`conv_name` names its conv. The reference executor runs it step by step (`reference.conv_chain`),
+so each transform is checked by running the reference before and after it. Only numpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..integer import IntegerModel
+from ..integer.transforms import INT32_MAX, INT32_MIN, Rewrite, apply
+
+CONV_OPS = ("conv", "fused_conv")
+LOOKUP_CHANNELS = 64  # the lookup conv packs one pixel's codes of a plane into one 64-bit word
+
+
+def input_shift(conv: dict) -> int:
+    """What a conv's input codes are shifted by to start at 0."""
+    return max(0, -conv["input_range"][0])
+
+
+def byte_input(conv: dict) -> bool:
+    """Whether the conv's input codes, shifted to start at 0, fit a byte (the kernels' codes)."""
+    return conv["input_range"][1] + input_shift(conv) <= 255
+
+
+def signed_zero(lut: np.ndarray, colours: int) -> "np.ndarray | None":
+    """(colours,) uint8: for each image colour, a pixel value its lookup table maps to codes all 0
+    (the zero padding of the codes, as a pixel); None where a table has none."""
+    zero = (np.asarray(lut) == 0).all(-1)  # (T, 256)
+    if not zero.any(1).all():
+        return None
+    return np.broadcast_to(zero.argmax(1).astype(np.uint8), (colours,)).copy()
+
+
+def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
+    """The first conv over a lookup as tables: weight codes (O, kh, kw, C * d), lookup codes (T, 256, d)
+    -> (256, kh * kw * C, 16), entry (value, tap, colour) = the 16 (padded) output channels' sums of
+    weight x code over that colour's d codes (value-major: see kernels.c); int8 where the entries
+    fit, else int16 (an int8 first layer's (pixel - 128) x -1 reaches +128). None when O > 16 or
+    a window's sums do not fit the kernel's int16 accumulators."""
+    o, kh, kw, cd = weight.shape
+    t, _, d = lut.shape
+    c = cd // d
+    if o > 16 or c * d != cd or t not in (1, c):
+        return None
+    codes = np.broadcast_to(np.asarray(lut, np.int64), (c, 256, d))
+    table = np.einsum("oyxcj,cvj->yxcvo", np.asarray(weight, np.int64).reshape(o, kh, kw, c, d), codes)
+    if np.abs(table).max(initial=0) * kh * kw * c > 32000:  # int16 sums, with room for the int16 threshold clamp
+        return None
+    narrow = table.min(initial=0) >= -128 and table.max(initial=0) <= 127
+    out = np.zeros((256, kh * kw * c, 16), np.int8 if narrow else np.int16)
+    out[..., :o] = table.reshape(kh * kw * c, 256, o).transpose(1, 0, 2)
+    return out
+
+
+def runs_as_table(node: dict, tensors: dict) -> bool:
+    """Whether a fused lookup conv runs as table sums (`lut_conv_table`): with its thresholds, no
+    residual add, its signed codes unshifted (the tables hold them as they are)."""
+    name = node["name"]
+    return (node["op"] == "fused_conv" and f"{name}.lut" in tensors and f"{name}.thresholds" in tensors
+            and not node.get("residual_stride") and not node.get("input_shift")
+            and lut_conv_table(tensors[f"{name}.weight"], tensors[f"{name}.lut"]) is not None)
+
+
+def fuse_lookup(model: IntegerModel) -> IntegerModel:
+    """lut -> conv, the lookup read by that conv only, its codes a byte (shifted) on at most
+    LOOKUP_CHANNELS channels, and signed codes only where some pixel looks up codes all 0 (the
+    padding): one fused_conv reading the image."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        lut = g.source(node) if node["op"] == "conv" else None
+        if lut is None or lut["op"] != "lut" or not g.only_reader(lut) or not byte_input(node) \
+                or node["in_channels"] > LOOKUP_CHANNELS:
+            continue
+        if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut["in_channels"]) is None:
+            continue
+        g.absorb(node, lut, op="fused_conv", inputs=lut["inputs"], conv_name=node["name"])
+    return g.result()
+
+
+def fuse_threshold(model: IntegerModel) -> IntegerModel:
+    """conv -> threshold (unsigned codes of a byte), the accumulators read by nothing else: one
+    fused_conv writing the codes, named after the threshold."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        conv = g.source(node) if node["op"] == "threshold" else None
+        if conv is None or conv["op"] not in CONV_OPS or "qmin" in conv or not g.only_reader(conv) \
+                or not byte_input(conv) or node["qmin"] < 0 or node["qmax"] > 255:
+            continue
+        attrs = {k: v for k, v in conv.items() if k not in ("name", "tensors", "op")}
+        g.absorb(node, conv, **{"conv_name": conv["name"], **attrs}, op="fused_conv")
+    return g.result()
+
+
+def fuse_residual_add(model: IntegerModel) -> IntegerModel:
+    """conv + threshold (unsigned input) -> add_clip with qmin 0 and qmax a byte, the branch read by
+    the add only: one fused_conv reading the conv's input and the shortcut, named after the add.
+    A shortcut made by a subsample_pad only the add reads is taken from before it (the kernel
+    subsamples and appends the zero channels itself)."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        branch = g.source(node) if node["op"] == "add_clip" else None
+        if branch is None or branch["op"] != "fused_conv" or "qmin" not in branch or "residual_stride" in branch \
+                or not g.only_reader(branch) or branch["input_range"][0] < 0 or node["qmin"] != 0 or node["qmax"] > 255:
+            continue
+        shortcut, source, stride = g.source(node, 1), node["inputs"][1], 1
+        if shortcut is not None and shortcut["op"] == "subsample_pad" and g.only_reader(shortcut):
+            source, stride = shortcut["inputs"][0], shortcut["stride"]
+            g.drop(shortcut)
+        # qmin, qmax and step become the thresholds' (the codes before the add)
+        g.absorb(node, branch, **{k: v for k, v in branch.items() if k not in ("name", "tensors", "inputs")},
+                 inputs=[branch["inputs"][0], source], residual_stride=stride, residual_qmax=node["qmax"])
+    return g.result()
+
+
+def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
+    """A conv over signed codes spanning at most a byte (not one that runs as table sums) runs on
+    the codes + shift, padded with the shift: every window then sums shift x all its weights too,
+    a constant per channel taken off the accumulators (`offset`) or folded into the thresholds
+    (in int64, a threshold at the int32 limits kept there rather than wrapped around)."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        if node["op"] not in CONV_OPS or not input_shift(node) or not byte_input(node) \
+                or runs_as_table(node, g.tensors):
+            continue
+        shift, (lo, hi) = input_shift(node), node["input_range"]
+        weight = g.tensor(node, "weight")
+        share = shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)
+        if "thresholds" in node["tensors"]:  # dir * (acc + share) >= thr + dir * share
+            direction = g.tensor(node, "direction").astype(np.int64)
+            moved = np.asarray(g.tensor(node, "thresholds"), np.int64) + (direction * share)[:, None]
+            g.set_tensor(node, "thresholds", np.clip(moved, INT32_MIN, INT32_MAX).astype(np.int32))
+        else:
+            g.set_tensor(node, "offset", share.astype(np.int32))
+        node.update(input_shift=shift, input_range=[0, hi + shift])
+    return g.result()
+
+
+FUSIONS = (fuse_lookup, fuse_threshold, fuse_residual_add)
+
+
+def plan(model: IntegerModel, fuse: bool = True) -> IntegerModel:
+    """The graph the fast executor runs: fused (FUSIONS) unless `fuse` is False (every node's output
+    kept, as `Runtime.layer_outputs` shows them), signed inputs shifted either way."""
+    return apply(model, (*FUSIONS, shift_signed_inputs) if fuse else (shift_signed_inputs,))
