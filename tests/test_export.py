@@ -260,6 +260,45 @@ def test_unsupported_ops_name_the_op_and_the_module():
 @pytest.mark.parametrize("name, kwargs, size", [
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16),
     ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16),
+    ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
+])
+def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, tmp_path):
+    """QDQ ONNX: ONNX Runtime fuses every conv after the first into QLinearConv (and the residual
+    adds into QLinearAdd); every layer's codes are the reference executor's on the plain graph
+    (compared until the first that differs, which must be rare: the bias is rounded to 1/254 of an
+    accumulator unit), and the labels PyTorch's."""
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+    from pixelq.exporting import lower_plain
+    from pixelq.exporting.qdq import to_qdq
+
+    torch.manual_seed(6)
+    model = trained_like(create_model(name, **kwargs), size=size)
+    plain = lower_plain(model, image_shape=(size, size, 3))
+    proto = to_qdq(plain)
+    layers = [n["name"] for n in plain.nodes if n["op"] in ("quantize", "add_clip")]
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in layers)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    convs = sum(n["op"] == "conv" for n in plain.nodes)
+    assert fused.count("QLinearConv") >= convs - 1 and fused.count("Conv") <= 1
+    assert fused.count("QLinearAdd") == sum(n["op"] == "add_clip" for n in plain.nodes)
+    x = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
+    logits, *codes = session.run(None, {"image": x})
+    reference = run_reference(plain, x)
+    differ = [float((c != reference[n].transpose(0, 3, 1, 2)).mean()) for n, c in zip(layers, codes)]
+    first = next((i for i, d in enumerate(differ) if d > 0), len(differ))  # later layers see what it changed
+    assert first > len(layers) // 2 and (first == len(differ) or differ[first] <= 1e-3), dict(zip(layers, differ))
+    with torch.no_grad():
+        expected = model(torch.as_tensor(x)).argmax(1).numpy()
+    assert (logits.argmax(1) == expected).mean() >= 0.95
+
+
+@pytest.mark.parametrize("name, kwargs, size", [
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16),
     ("resnet18", dict(first_layer="pixel-embedding", first_layer_kwargs={"shared": False}, wbits=1, abits=2), 16),
     ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
 ])

@@ -252,8 +252,11 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
     assert label_agreement(model, runtime, tiny_splits.test.images)["differ_unexplained"] == 0
     expected = 100.0 * (runtime.predict(tiny_splits.test.images) == tiny_splits.test.labels).mean()
     assert ran["n"] == 24 and ran["top1"] == pytest.approx(expected)
-    assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
-    assert json.loads(capsys.readouterr().out)["format"] == "onnx" and (tmp_path / "m.onnx").stat().st_size > 1000
+    for form, quantize_nodes in (("onnx", True), ("onnx-integer", False)):  # QDQ, and the integer graph in float ops
+        assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / f"{form}.onnx"), "--format", form]) == 0
+        assert json.loads(capsys.readouterr().out)["format"] == form
+        ops = {node.op_type for node in pytest.importorskip("onnx").load(str(tmp_path / f"{form}.onnx")).graph.node}
+        assert ("QuantizeLinear" in ops) == quantize_nodes and "Conv" in ops
     assert main(["inspect", str(tmp_path / "m.pxq"), "--json", str(tmp_path / "inspect.json")]) == 0
     printed = capsys.readouterr().out
     assert "stem.encoder" in printed and "8x8x3 -> 8x8x12" in printed and "8x8x32 -> 4x4x32" not in printed

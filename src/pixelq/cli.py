@@ -186,12 +186,13 @@ def _run_export(args) -> None:
 
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
-    if args.format in ("onnx", "qonnx"):
-        from .exporting.graph import lower
+    if args.format in ("onnx", "onnx-integer", "qonnx"):
+        from .exporting.graph import lower, lower_plain
         from .exporting.onnx import save_onnx
 
-        integer_model = lower(model, ckpt["data"].get("image_shape"))
-        save_onnx(integer_model, args.output, qonnx=args.format == "qonnx")
+        image_shape = ckpt["data"].get("image_shape")
+        integer_model = lower(model, image_shape)
+        save_onnx(lower_plain(model, image_shape) if args.format == "onnx" else integer_model, args.output, args.format)
     else:
         integer_model = export(model, args.output, classes=ckpt["classes"] or None,
                                image_shape=ckpt["data"].get("image_shape"))
@@ -373,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file (or ONNX)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--format", choices=("pxq", "onnx", "qonnx"), default="pxq",
-                   help="pxq: pixelq's runtime; onnx: the same integer graph in standard ONNX ops (exact); qonnx: "
-                        "the form FINN reads (Quant / BipolarQuant / MultiThreshold)")
+    p.add_argument("--format", choices=("pxq", "onnx", "onnx-integer", "qonnx"), default="pxq",
+                   help="pxq: pixelq's runtime; onnx: QDQ, the form ONNX Runtime runs on its int8 kernels; "
+                        "onnx-integer: the runtime's integer graph in standard float ops (exact); qonnx: the form "
+                        "FINN reads (Quant / BipolarQuant / MultiThreshold)")
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file")
     _add_data(p)

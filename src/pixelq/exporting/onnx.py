@@ -1,4 +1,5 @@
-"""The integer graph as an ONNX model (`pixelq export --format onnx`), for ONNX Runtime and other tools.
+"""The integer graph as an ONNX model (`pixelq export --format onnx-integer`), for checking and other tools
+(the QDQ form ONNX Runtime accelerates, `--format onnx`, is qdq.py).
 
 A graph-to-graph transform of `pixelq.integer.IntegerModel`, op for op, in standard ONNX (opset 17):
 codes are integers held in float32 tensors (NCHW), exact while accumulators stay below 2^24, so the
@@ -156,9 +157,14 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
     return onnx_model
 
 
-def save_onnx(model: IntegerModel, path: "str | Path", qonnx: bool = False) -> None:
-    """Write `to_onnx(model, qonnx)` to `path`."""
+def save_onnx(model: IntegerModel, path: "str | Path", form: str = "onnx-integer") -> None:
+    """Write `model` to `path` as ONNX: "onnx" (QDQ, `qdq.to_qdq`: `model` is then the plain graph of
+    `lower_plain`), "onnx-integer" (`to_onnx`) or "qonnx" (`to_onnx(model, qonnx=True)`)."""
     from ..files import atomic_write
+    from .qdq import to_qdq
 
-    data = to_onnx(model, qonnx).SerializeToString()
+    if form not in ("onnx", "onnx-integer", "qonnx"):
+        raise ExportError(f"unknown ONNX form {form!r}; pick onnx, onnx-integer or qonnx")
+    proto = to_qdq(model) if form == "onnx" else to_onnx(model, qonnx=form == "qonnx")
+    data = proto.SerializeToString()
     atomic_write(path, lambda tmp: tmp.write_bytes(data), ExportError, "ONNX model")
