@@ -1,0 +1,89 @@
+"""One checkpoint through every deployed form, top-1 on a data set's test split: the PyTorch model,
+the pixelq runtime (.pxq), QDQ ONNX on ONNX Runtime (`--format onnx`) and QONNX executed by the
+qonnx package (`--format qonnx`); each form's labels compared with PyTorch's, and how many of those
+that differ do so where the form's logits tie at the top (integer logits: PyTorch's float ones
+then break the tie by rounding).
+
+    python experiments/interchange_eval.py CKPT --data DATA --json results/interchange/NAME.json [--qonnx-limit N]
+
+QONNX is executed node by node in Python (slow): `--qonnx-limit` runs it on the first N test images
+only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pixelq
+from pixelq.exporting import lower, lower_plain
+from pixelq.exporting.onnx import to_onnx
+from pixelq.exporting.qdq import to_qdq
+from pixelq.runtime import Runtime
+from pixelq.training.checkpoint import model_from_checkpoint
+
+
+def batched(fn, images: np.ndarray, batch: int = 500) -> np.ndarray:
+    return np.concatenate([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--qonnx-limit", type=int)
+    args = parser.parse_args()
+    import onnxruntime as ort
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    ckpt = pixelq.training.read_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(ckpt, args.checkpoint).eval()
+    test = pixelq.load_dataset(args.data).test
+    images, labels = test.images, test.labels
+    image_shape = images.shape[1:]
+    seconds, predictions, tied = {}, {}, {}
+
+    def run(form, fn, x):
+        t0 = time.perf_counter()
+        logits = batched(fn, x)
+        seconds[form] = time.perf_counter() - t0
+        predictions[form] = logits.argmax(1)
+        tied[form] = (logits == logits.max(1, keepdims=True)).sum(1) > 1  # a top shared by two classes
+
+    with torch.no_grad():
+        run("pytorch", lambda x: model(torch.as_tensor(x)).numpy(), images)
+    run("pixelq_runtime", Runtime(lower(model, image_shape)).logits, images)
+    qdq = ort.InferenceSession(to_qdq(lower_plain(model, image_shape)).SerializeToString(),
+                               providers=["CPUExecutionProvider"])
+    run("onnx_qdq", lambda x: qdq.run(None, {"image": x})[0], images)
+    wrapper = ModelWrapper(to_onnx(lower(model, image_shape), qonnx=True))
+    n_qonnx = min(args.qonnx_limit or len(images), len(images))
+
+    def qonnx_logits(x):
+        wrapper.set_tensor_shape("image", list(x.shape))
+        return execute_onnx(wrapper.transform(InferShapes()), {"image": x})["logits"]
+
+    run("qonnx", qonnx_logits, images[:n_qonnx])
+    forms = {}
+    for form, predicted in predictions.items():
+        n = len(predicted)
+        forms[form] = {"n": n, "top1": 100.0 * float((predicted == labels[:n]).mean()),
+                       "pytorch_top1_same_images": 100.0 * float((predictions["pytorch"][:n] == labels[:n]).mean()),
+                       "labels_as_pytorch": int((predicted == predictions["pytorch"][:n]).sum()),
+                       "differ_at_logit_ties": int(((predicted != predictions["pytorch"][:n]) & tied[form]).sum()),
+                       "seconds": seconds[form]}
+    result = {"checkpoint": str(args.checkpoint), "epoch": ckpt.get("epoch"), "data": args.data,
+              "model": ckpt.get("model"), "forms": forms,
+              "note": "seconds are wall time of each whole pass (batches of 500), not a benchmark"}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(json.dumps(forms, indent=2))
+
+
+if __name__ == "__main__":
+    main()
