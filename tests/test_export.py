@@ -242,6 +242,46 @@ def test_a_model_written_by_hand_deploys_through_quantize_model(tmp_path, last_l
     assert graph.meta["integer_only"] == (last_layer == "quantized")
 
 
+class _Separable(torch.nn.Module):
+    """Depthwise-separable and grouped convs: a depthwise 3x3 (stride 2), a pointwise 1x1, a 3x3 in 4 groups."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+
+        def block(i, o, k, s=1, groups=1):
+            return [nn.Conv2d(i, o, k, s, k // 2, groups=groups, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+        self.features = nn.Sequential(*block(3, 16, 3), *block(16, 16, 3, 2, groups=16), *block(16, 32, 1),
+                                      *block(32, 32, 3, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 5))
+
+    def forward(self, x):
+        return self.features(x)
+
+
+def test_depthwise_and_grouped_convs_deploy(tmp_path):
+    """Grouped convs export (weights (O, k, k, I / groups)), run on the runtime (the numpy reference
+    for them) with PyTorch's labels and codes, and in both ONNX forms with the runtime's labels."""
+    ort = pytest.importorskip("onnxruntime")
+    from pixelq import quantize_model
+    from pixelq.exporting import lower_plain
+    from pixelq.exporting.onnx import to_onnx
+    from pixelq.exporting.qdq import to_qdq
+
+    torch.manual_seed(8)
+    twin = trained_like(quantize_model(_Separable(), first_layer="pixel-embedding", wbits=1, abits=2,
+                                       last_layer="quantized"), size=16)
+    graph = _deploys(twin, (16, 16, 3), n=16, tmp_path=tmp_path)
+    groups = {n["name"]: n.get("groups", 1) for n in graph.nodes if n["op"] == "conv"}
+    assert sorted(groups.values()) == [1, 1, 4, 16]
+    assert graph.node("body.features.3").get("groups") == 16 and graph.tensors["body.features.3.weight"].shape == (16, 3, 3, 1)
+    x = np.random.default_rng(2).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
+    labels = Runtime(graph, backend="reference").predict(x)
+    for proto in (to_onnx(graph), to_qdq(lower_plain(twin, (16, 16, 3)))):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert (session.run(None, {"image": x})[0].argmax(1) == labels).mean() >= 0.9
+
+
 def test_unsupported_ops_name_the_op_and_the_module():
     from pixelq import quantize_model
 
@@ -251,10 +291,10 @@ def test_unsupported_ops_name_the_op_and_the_module():
         lower(quantize_model(gated, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
     with pytest.raises(ExportError, match=r"does not run on uint8 images of shape \(1, 1, 3\)"):
         lower(quantize_model(ByHand(), wbits=1, abits=2).eval(), image_shape=(1, 1, 3))
-    grouped = ByHand()
-    grouped.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1, groups=4)
-    with pytest.raises(ExportError, match=r"QuantConv2d in body.conv2 has no integer form: grouped"):
-        lower(quantize_model(grouped, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
+    dilated = ByHand()
+    dilated.conv2 = torch.nn.Conv2d(16, 32, 3, padding=2, dilation=2)
+    with pytest.raises(ExportError, match=r"QuantConv2d in body.conv2 has no integer form: dilated"):
+        lower(quantize_model(dilated, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
 
 
 @pytest.mark.parametrize("name, kwargs, size", [

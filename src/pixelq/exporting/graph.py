@@ -195,7 +195,7 @@ class _Lowering:
         return _Codes(name, (step, qmin, qmax), encoder.in_channels * lut.shape[2])
 
     def _integer_conv(self, node, name: str, weight: torch.Tensor, quantizer, x: _Codes, kernel: int, stride: int,
-                      padding: int, bias, flat: bool = False, repeat: int = 1) -> _Real:
+                      padding: int, bias, flat: bool = False, repeat: int = 1, groups: int = 1) -> _Real:
         """A conv node over codes x, and the affine node of its real output; weight (O, I, k, k) float, quantizer its weight quantizer. With
         `repeat`, 1 x 1 weights cover a repeat x repeat map (a linear layer after global average
         pooling: the sum over the map, then the weights), the accumulator then divided by the count."""
@@ -209,9 +209,9 @@ class _Lowering:
         step, qmin, qmax = x.grid
         check_accumulator_range(name, codes[0].size, max(abs(qmin), abs(qmax)), lowest, lowest + wstride * (2**bits - 1))
         self.add("conv", name, [x.name], {"weight": np.ascontiguousarray(codes.transpose(0, 2, 3, 1))},
-                 stride=stride, padding=padding, kernel=kernel, in_channels=codes.shape[1],
+                 stride=stride, padding=padding, kernel=kernel, in_channels=codes.shape[1] * groups,
                  out_channels=codes.shape[0], weight_lowest=lowest, weight_stride=wstride, weight_bits=bits,
-                 input_range=[qmin, qmax])
+                 input_range=[qmin, qmax], **({"groups": groups} if groups > 1 else {}))
         b = bias.detach().double().numpy() if bias is not None else np.zeros(codes.shape[0])
         real = self.add("affine", f"{name}.scale", [name], {"scale": wscale * step, "bias": b})
         return _Real(real, codes.shape[0], name, flat)
@@ -223,11 +223,11 @@ class _Lowering:
         if conv.input_quantizer is not None:
             raise self.unsupported(node, "an input quantizer inside the conv; quantize its input with an activation")
         square = len(set(conv.kernel_size)) == len(set(conv.stride)) == len(set(conv.padding)) == 1
-        if conv.groups != 1 or conv.dilation != (1, 1) or not square or conv.padding_mode != "zeros":
-            raise self.unsupported(node, "grouped, dilated, non-square or non-zero-padded convs are not supported by "
-                                         "the integer runtime")
+        if conv.dilation != (1, 1) or not square or conv.padding_mode != "zeros":
+            raise self.unsupported(node, "dilated, non-square or non-zero-padded convs are not supported by the "
+                                         "integer runtime")
         return self._integer_conv(node, node.target, conv.weight, conv.weight_quantizer, x, conv.kernel_size[0],
-                                  conv.stride[0], conv.padding[0], conv.bias)
+                                  conv.stride[0], conv.padding[0], conv.bias, groups=conv.groups)
 
     def linear(self, node, linear: QuantLinear, x):
         if linear.input_quantizer is not None:

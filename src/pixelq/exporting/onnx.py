@@ -90,7 +90,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
             weight = np.ascontiguousarray(np.asarray(t["weight"]).transpose(0, 3, 1, 2))
             k, s, p = node["kernel"], node["stride"], node["padding"]
             out[name] = op("Conv", [src[0], weights(name, node, weight)], name, kernel_shape=[k, k],
-                           strides=[s, s], pads=[p, p, p, p])
+                           strides=[s, s], pads=[p, p, p, p], group=node.get("groups", 1))
         elif kind == "threshold":
             channels, levels = t["thresholds"].shape
             signed = op("Mul", [src[0], const(f"{name}/direction",

@@ -133,7 +133,7 @@ def to_qdq(plain: IntegerModel):
                                            const(f"{name}/b_zero", np.zeros(len(a), np.int32))], f"{name}/b", axis=0)
             k, s, p = conv["kernel"], conv["stride"], conv["padding"]
             real = op("Conv", [dequantize(conv["inputs"][0]), w, bias], f"{name}/conv", kernel_shape=[k, k],
-                      strides=[s, s], pads=[p, p, p, p])
+                      strides=[s, s], pads=[p, p, p, p], group=conv.get("groups", 1))
             codes[name] = (real, None, None)  # a real value, for the quantize that reads it
         elif kind == "quantize":
             quantize(name, codes[node["inputs"][0]][0], node["step"], node["qmin"], node["qmax"])

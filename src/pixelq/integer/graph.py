@@ -6,7 +6,8 @@ The graph is a list of nodes in execution order; each names its inputs (earlier 
 integer codes can be compared with the fake-quant model's (`code = output / step`).
 Ops and the tensors they hold (activations are NHWC):
   lut           lut (tables, 256, d) int16            uint8 image -> codes, channel t*d + j
-  conv          weight (O, kh, kw, I) int codes       codes -> int accumulator; attrs stride, padding
+  conv          weight (O, kh, kw, I / g) int codes   codes -> int accumulator; attrs stride, padding,
+                                                      groups g (optional, default 1: a dense conv)
   threshold     direction (O,), thresholds (O, L)     accumulator -> codes (see transforms.fold_thresholds)
   add_clip      -                                     codes + codes, clipped to [qmin, qmax]
   subsample_pad -                                     stride-s subsampling, zero channels appended
@@ -86,7 +87,7 @@ def graph_table(model: IntegerModel, image_shape: tuple) -> list[dict]:
         elif op == "conv":
             k, s, p = node["kernel"], node["stride"], node["padding"]
             h, w, c = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, node["out_channels"]
-            macs = h * w * c * node["in_channels"] * k * k
+            macs = h * w * c * node["in_channels"] * k * k // node.get("groups", 1)
         elif op == "subsample_pad":
             h, w, c = -(-h // node["stride"]), -(-w // node["stride"]), c + node["extra_channels"]
         elif op == "max_pool":

@@ -165,8 +165,8 @@ class FastExecutor:
 
     def _prepare(self, node: dict) -> _Conv:
         t = {k: self.plan.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
-        if not fusion.byte_input(node):
-            return _Conv("reference")  # codes wider than a byte
+        if not fusion.has_kernel(node):
+            return _Conv("reference")  # codes wider than a byte, or groups
         weight, shift = t["weight"], node.get("input_shift", 0)
         thresholds = pad_thresholds(t["direction"], t["thresholds"]) if "thresholds" in t else ()
         k, o = node["kernel"], node["out_channels"]
@@ -188,7 +188,7 @@ class FastExecutor:
     def conv_kernels(self) -> dict:
         """{conv name: the kernel it runs on}, as `pixelq inspect --isa` shows it."""
         names = {"table": "table sums", "lookup": "bit-planes via lookup",
-                 "reference": "numpy reference (codes wider than a byte)"}
+                 "reference": "numpy reference (grouped, or codes wider than a byte)"}
         kernels = {}
         for node in self.plan.nodes:
             conv = self.convs.get(node["name"])

@@ -36,6 +36,12 @@ def byte_input(conv: dict) -> bool:
     return conv["input_range"][1] + input_shift(conv) <= 255
 
 
+def has_kernel(conv: dict) -> bool:
+    """Whether a C kernel runs the conv: byte codes (shifted), no groups (grouped and depthwise convs
+    run on the numpy reference, unfused)."""
+    return byte_input(conv) and conv.get("groups", 1) == 1
+
+
 def signed_zero(lut: np.ndarray, colours: int) -> "np.ndarray | None":
     """(colours,) uint8: for each image colour, a pixel value its lookup table maps to codes all 0
     (the zero padding of the codes, as a pixel); None where a table has none."""
@@ -82,7 +88,7 @@ def fuse_lookup(model: IntegerModel) -> IntegerModel:
     g = Rewrite(model)
     for node in g.nodes:
         lut = g.source(node) if node["op"] == "conv" else None
-        if lut is None or lut["op"] != "lut" or not g.only_reader(lut) or not byte_input(node) \
+        if lut is None or lut["op"] != "lut" or not g.only_reader(lut) or not has_kernel(node) \
                 or node["in_channels"] > LOOKUP_CHANNELS:
             continue
         if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut["in_channels"]) is None:
@@ -98,7 +104,7 @@ def fuse_threshold(model: IntegerModel) -> IntegerModel:
     for node in g.nodes:
         conv = g.source(node) if node["op"] == "threshold" else None
         if conv is None or conv["op"] not in CONV_OPS or "qmin" in conv or not g.only_reader(conv) \
-                or not byte_input(conv) or node["qmin"] < 0 or node["qmax"] > 255:
+                or not has_kernel(conv) or node["qmin"] < 0 or node["qmax"] > 255:
             continue
         attrs = {k: v for k, v in conv.items() if k not in ("name", "tensors", "op")}
         g.absorb(node, conv, **{"conv_name": conv["name"], **attrs}, op="fused_conv")
@@ -133,7 +139,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     (in int64, a threshold at the int32 limits kept there rather than wrapped around)."""
     g = Rewrite(model)
     for node in g.nodes:
-        if node["op"] not in CONV_OPS or not input_shift(node) or not byte_input(node) \
+        if node["op"] not in CONV_OPS or not input_shift(node) or not has_kernel(node) \
                 or runs_as_table(node, g.tensors):
             continue
         shift, (lo, hi) = input_shift(node), node["input_range"]

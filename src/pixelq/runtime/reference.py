@@ -15,10 +15,17 @@ def lut_reference(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return out.reshape(n, h, w, c * lut.shape[2]).astype(np.int64)
 
 
-def conv2d_reference(x: np.ndarray, weight: np.ndarray, stride: int, padding: int) -> np.ndarray:
-    """Integer conv, NHWC codes x OHWI codes -> int64 (N, Ho, Wo, O), zero padding, via im2col."""
+def conv2d_reference(x: np.ndarray, weight: np.ndarray, stride: int, padding: int, groups: int = 1) -> np.ndarray:
+    """Integer conv, NHWC codes x OHWI codes -> int64 (N, Ho, Wo, O), zero padding, via im2col.
+    With `groups`, weight is (O, kh, kw, I / groups): group g's O / groups outputs read its inputs."""
     n, h, w, c = x.shape
     o, kh, kw, ci = weight.shape
+    if groups > 1:
+        if ci * groups != c or o % groups:
+            raise InputError(f"grouped conv expects {ci * groups} input channels in {groups} groups, got {c}")
+        per = o // groups
+        return np.concatenate([conv2d_reference(x[..., g * ci:(g + 1) * ci], weight[g * per:(g + 1) * per], stride,
+                                                padding) for g in range(groups)], axis=-1)
     if ci != c:
         raise InputError(f"conv expects {ci} input channels, got {c}")
     xp = np.pad(np.asarray(x, np.int64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
@@ -44,7 +51,7 @@ def conv_chain(node, x, t, values):
     if shift:
         codes = np.pad(np.asarray(codes, np.int64) + shift, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=shift)
         p = 0
-    out = conv2d_reference(codes, t["weight"], node["stride"], p)
+    out = conv2d_reference(codes, t["weight"], node["stride"], p, node.get("groups", 1))
     if "offset" in t:
         out = out - t["offset"]
     if "thresholds" in t:
