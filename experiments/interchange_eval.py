@@ -5,6 +5,7 @@ that differ do so where the form's logits tie at the top (integer logits: PyTorc
 then break the tie by rounding).
 
     python experiments/interchange_eval.py CKPT --data DATA --json results/interchange/NAME.json [--qonnx-limit N]
+    python experiments/interchange_eval.py --render results/interchange/NAME.json   # README's table only
 
 QONNX is executed node by node in Python (slow): `--qonnx-limit` runs it on the first N test images
 only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from readme_section import fill
 
 import pixelq
 from pixelq.exporting import lower, lower_plain
@@ -29,13 +32,41 @@ def batched(fn, images: np.ndarray, batch: int = 500) -> np.ndarray:
     return np.concatenate([fn(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- interchange:start -->", "<!-- interchange:end -->"
+FORMS = [("pytorch", "PyTorch (fake-quant)", "–"), ("pixelq_runtime", "pixelq runtime", "`.pxq`"),
+         ("onnx_qdq", "ONNX Runtime", "`--format onnx` (QDQ)"), ("qonnx", "qonnx (FINN's executor)", "`--format qonnx`")]
+
+
+def render(path: Path) -> None:
+    """README's interchange table from the JSON at `path`."""
+    result = json.loads(path.read_text())
+    forms = result["forms"]
+    lines = [START, "", f"`{result['checkpoint']}` (ResNet-20 W1A2, pixel embedding, quantized last layer; "
+             f"epoch {result['epoch']} of its recipe run) in each deployed form, on the {forms['pytorch']['n']} test "
+             f"images of {Path(result['data']).name} (`python experiments/interchange_eval.py`, "
+             f"`{path.resolve().relative_to(ROOT)}`):", "",
+             "| runs on | file | top-1 % | vs PyTorch | labels as PyTorch's | of the rest, at integer-logit ties |",
+             "|---|---|---:|---:|---:|---:|"]
+    for key, runner, form in FORMS:
+        f = forms[key]
+        lines.append(f"| {runner} | {form} | {f['top1']:.2f} | {f['top1'] - f['pytorch_top1_same_images']:+.2f} | "
+                     f"{f['labels_as_pytorch']} / {f['n']} | {f['differ_at_logit_ties']} |")
+    fill(START, END, "\n".join(lines + ["", END]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("checkpoint", type=Path, nargs="?")
+    parser.add_argument("--data")
+    parser.add_argument("--json", type=Path)
     parser.add_argument("--qonnx-limit", type=int)
+    parser.add_argument("--render", type=Path, help="only render README's table from this JSON")
     args = parser.parse_args()
+    if args.render:
+        return render(args.render)
+    if not (args.checkpoint and args.data and args.json):
+        parser.error("CKPT, --data and --json are needed (or --render JSON)")
     import onnxruntime as ort
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
@@ -83,6 +114,7 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(forms, indent=2))
+    render(args.json)
 
 
 if __name__ == "__main__":

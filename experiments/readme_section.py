@@ -15,8 +15,8 @@ def load(path: Path):
 
 
 def fill(start: str, end: str, section: str, readme: Path = README) -> None:
-    """Replace README's text from the `start` marker through the `end` marker with `section`,
-    which begins with `start` and ends with `end`."""
+    """Replace README's (or another page's, `readme`) text from the `start` marker through the `end`
+    marker with `section`, which begins with `start` and ends with `end`."""
     text = readme.read_text()
     if start not in text:
         raise SystemExit(f"{readme.name} has no {start} ... {end} section to fill")

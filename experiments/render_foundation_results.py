@@ -1,6 +1,6 @@
 """Render README's results section from committed JSON (never from numbers typed by hand).
 
-    python experiments/render_foundation_results.py     # rewrites README.md between the markers
+    python experiments/render_foundation_results.py     # rewrites README.md and docs/runtime.md between the markers
 
 Reads results/cifar10-jpeg/<run>/metrics.json (written by experiments/foundation_cifar10.sh) and
 results/bench/train_step.json, results/bench/data.json, results/bench/runtime.json (written by
@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "cifar10-jpeg"
 BENCH = ROOT / "results" / "bench"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SPEED_START, SPEED_END = "<!-- runtime-speed:start -->", "<!-- runtime-speed:end -->"  # in docs/runtime.md
 ORDER = ["resnet20-float", "resnet20-w1a2-float-first", "resnet20-w1a2-pe-qlast"]
 
 
@@ -93,12 +94,8 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
-        out += [raw_times_line(runtime_bench), ""]
-        out += isa_lines(runtime_bench, load(BENCH / "runtime-isa-avx2.json"), load(BENCH / "runtime-avx2.json"))
-        out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
-                "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "
-                "ONNX Runtime int8 is the steadier one.", ""]
-        out += profile_lines(runtime_bench)
+        out += ["The raw times, the speed per instruction set (AVX2 too) against its targets, and where the time "
+                "goes layer by layer: [docs/runtime.md](docs/runtime.md#measured-speed).", ""]
     if data_bench:
         out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
                 f"{data_bench['images']} images in {data_bench['cached_load_s']:.2f} s; shuffle + pad-4 crop + flip "
@@ -181,12 +178,28 @@ def profile_lines(bench: dict, kernels: str = "") -> list:
     return lines + [""]
 
 
+def render_runtime_details(runtime_bench: dict) -> str:
+    """docs/runtime.md's measured section: raw times, the per-ISA table, the per-node profiles."""
+    out = [SPEED_START, "", raw_times_line(runtime_bench), ""]
+    out += isa_lines(runtime_bench, load(BENCH / "runtime-isa-avx2.json"), load(BENCH / "runtime-avx2.json"))
+    out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
+            "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "
+            "ONNX Runtime int8 is the steadier one.", ""]
+    out += profile_lines(runtime_bench) + [SPEED_END]
+    return "\n".join(out)
+
+
 def main() -> None:
     rows = run_rows()
     (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     section = render(rows, load(BENCH / "train_step.json"), load(BENCH / "data.json"))
     fill(START, END, section)
     print(section)
+    runtime_bench = load(BENCH / "runtime.json")
+    if runtime_bench:
+        details = render_runtime_details(runtime_bench)
+        fill(SPEED_START, SPEED_END, details, readme=ROOT / "docs" / "runtime.md")
+        print(details)
 
 
 if __name__ == "__main__":
