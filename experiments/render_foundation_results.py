@@ -78,9 +78,13 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
             f"{deployed['codes_differ']} of {deployed['codes_compared']:,} differ from PyTorch's.", ""]
     if train_bench:
         first = next(iter(train_bench["step_s"]))
+        compiled = train_bench.get("compile_s") or {}
+        command = f"pixelq bench-train{' --compile' if compiled else ''} --json results/bench/train_step.json"
+        aside = (f"; a compiled variant's compile time, {', '.join(f'{v:.0f} s' for v in compiled.values())}, is not "
+                 "in its step time" if compiled else "")
         out += [f"Train step time, {train_bench['model']}, batch {train_bench['batch_size']}, "
                 f"{train_bench['threads']} threads, best of {train_bench['rounds']} interleaved rounds "
-                "(`pixelq bench-train --json results/bench/train_step.json`):", "",
+                f"(`{command}`{aside}):", "",
                 f"| variant | ms / step | images/s | step time vs {first} |", "|---|---:|---:|---:|"]
         for k, v in train_bench["step_s"].items():
             out.append(f"| {k} | {1000 * v:.0f} | {train_bench['images_per_s'][k]:.0f} | "

@@ -15,6 +15,14 @@ def test_train_step_throughput_times_every_variant():
     assert set(result["ratios"]) == {f"{n}_step_vs_float" for n in names - {"float"}}
 
 
+@pytest.mark.slow
+def test_train_step_throughput_times_a_compiled_variant_apart_from_its_compile():
+    result = train_step_throughput(variants={"float": {"model": {}}}, batch_size=4, steps=1, warmup=2, rounds=1,
+                                   image_size=8, threads=1, compiled=True)
+    assert set(result["step_s"]) == {"float", "w1a2-pe-qlast+compile"}
+    assert result["compile_s"]["w1a2-pe-qlast+compile"] > result["step_s"]["w1a2-pe-qlast+compile"]
+
+
 def test_bench_data_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "data.json"
     assert main(["bench-data", "--json", str(out)]) == 0

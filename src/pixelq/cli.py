@@ -140,7 +140,7 @@ def _run_bench_train(args) -> None:
     from .bench import train_step_throughput
 
     result = train_step_throughput(model=args.model, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
-                                   threads=args.threads)
+                                   threads=args.threads, compiled=args.compile)
     first = next(iter(result["step_s"]))
     print(f"{'variant':<20} {'ms/step':>8} {'images/s':>9} {'vs ' + first:>9}")
     for name, seconds in result["step_s"].items():
@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int)
+    p.add_argument("--compile", action="store_true",
+                   help="also time the fully quantized variant under torch.compile (its compile time is reported apart)")
     p.add_argument("--json", help="write the results here")
     p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32 and ONNX Runtime int8, timed in one run")
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")

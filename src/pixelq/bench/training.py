@@ -82,16 +82,21 @@ def decode_throughput(folders: str, images: int = 5000, batch_size: int = 128, w
 
 def train_step_throughput(model: str = "resnet20", variants: "dict | None" = None, batch_size: int = 128,
                           steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
-                          image_size: int = 32) -> dict:
+                          image_size: int = 32, compiled: bool = False) -> dict:
     """Train step time (the training loop's step: forward, loss, backward, optimizer step) of each
-    variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ.
+    variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ, or run its
+    forward under torch.compile ("compile": True; `compiled` adds the fully quantized one so). The
+    float baseline is always the plain eager model. A compiled variant's first steps (its compile
+    time) are reported in `compile_s`, not in its step time.
 
     Variants are timed in interleaved rounds and each keeps its best round, so a noisy machine
     hurts all of them alike; `ratios` holds each variant's step time over the first variant's.
     """
     if threads:
         torch.set_num_threads(threads)
-    variants = variants or TRAIN_VARIANTS
+    variants = dict(variants or TRAIN_VARIANTS)
+    if compiled:
+        variants["w1a2-pe-qlast+compile"] = {"model": _PE_QLAST, "compile": True}
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (batch_size, image_size, image_size, 3), dtype=torch.uint8, generator=gen)
     y = torch.randint(0, 10, (batch_size,), generator=gen)
@@ -101,15 +106,20 @@ def train_step_throughput(model: str = "resnet20", variants: "dict | None" = Non
         net = create_model(model, **variant["model"]).train()
         cfg = TrainConfig(saq_rho=variant.get("saq_rho", 0.0))
         teacher = create_model(model).eval() if variant.get("teacher") else None
-        setups[name] = (net, make_optimizer(net, cfg), cfg, teacher)
+        forward = torch.compile(net) if variant.get("compile") else net
+        setups[name] = (forward, net, make_optimizer(net, cfg), cfg, teacher)
 
-    def step(net, opt, cfg, teacher):  # the training loop's own step
-        training_step(net, net, opt, x, y, cfg, teacher)
+    def step(forward, net, opt, cfg, teacher):  # the training loop's own step
+        training_step(forward, net, opt, x, y, cfg, teacher)
 
     best = {name: float("inf") for name in variants}
-    for setup in setups.values():
+    compile_s = {}
+    for name, setup in setups.items():
+        t0 = time.perf_counter()
         for _ in range(warmup):
             step(*setup)
+        if variants[name].get("compile"):
+            compile_s[name] = time.perf_counter() - t0
     for _ in range(rounds):
         for name, setup in setups.items():
             t0 = time.perf_counter()
@@ -121,5 +131,5 @@ def train_step_throughput(model: str = "resnet20", variants: "dict | None" = Non
         "model": model, "batch_size": batch_size, "threads": torch.get_num_threads(), "steps": steps,
         "rounds": rounds, "step_s": best, "images_per_s": {k: batch_size / v for k, v in best.items()},
         "ratios": {f"{k}_step_vs_{first}": v / best[first] for k, v in best.items() if k != first},
-        "variants": variants,
+        "variants": variants, "compile_s": compile_s,
     }
