@@ -98,6 +98,9 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
+        out += ["`ort_int8`: the float ResNet-20 quantized by ONNX Runtime's static int8 quantizer (QDQ, per-channel "
+                "weights); `ort_qdq_same_model`: the very W1A2 network pixelq runs, exported with `pixelq export "
+                "--format onnx` and run by ONNX Runtime on its int8 kernels.", ""]
         out += ["The raw times, the speed per instruction set (AVX2 too) against its targets, and where the time "
                 "goes layer by layer: [docs/runtime.md](docs/runtime.md#measured-speed).", ""]
     if data_bench:

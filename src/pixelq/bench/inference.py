@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import ExportError
-from ..exporting import export
+from ..exporting import export, lower_plain
+from ..exporting.qdq import to_qdq
 from ..integer import IntegerModel
 from ..models import create_model
 from ..runtime import load
@@ -56,7 +57,6 @@ def calibrated(model: nn.Module, images: np.ndarray) -> nn.Module:
 def ort_int8_session(float_model: nn.Module, calibration: np.ndarray, threads: int, workdir: Path):
     """ONNX Runtime session of the float model after static QDQ int8 quantization
     (per-channel int8 weights, uint8 activations calibrated on `calibration`)."""
-    import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     fp32_path, int8_path = workdir / "float.onnx", workdir / "int8.onnx"
@@ -75,9 +75,16 @@ def ort_int8_session(float_model: nn.Module, calibration: np.ndarray, threads: i
 
     quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return ort_session(str(int8_path), threads)
+
+
+def ort_session(model, threads: int):
+    """An ONNX Runtime CPU session of `model` (a path or serialized bytes) on `threads` threads."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def conv_layer_times(abits: int, threads: int, repeats: int, isa: str, batch: int = 64, size: int = 32,
@@ -173,9 +180,12 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        qdq = None  # the same W1A2 network as QDQ ONNX, when it is built here (a .pxq has no QDQ form)
         if model_path is None:
             model_path = tmp / "resnet20-w1a2-pe.pxq"
-            export(calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration), model_path)
+            w1a2 = calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration)
+            export(w1a2, model_path)
+            qdq = to_qdq(lower_plain(w1a2, (image_size, image_size, 3))).SerializeToString()
         float_model = calibrated(create_model("resnet20"), calibration)
         w4a4_path = tmp / "resnet20-w4a4-pe.pxq"
         export(calibrated(create_model("resnet20", **W4A4_MODEL), calibration), w4a4_path)
@@ -188,6 +198,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             runtime = load(model_path, threads=threads, isa=isa)
             w4a4 = load(w4a4_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
+            same_model = ort_session(qdq, threads) if qdq is not None else None
             result["conv_kernels"] = {name: FastExecutor(rt.model, isa=isa).conv_kernels()
                                       for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
             times = {}
@@ -197,7 +208,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                     times.update(best_times({f"b{batch}_torch_fp32_s": lambda: float_model(torch.as_tensor(x)),
                                              f"b{batch}_ort_int8_s": lambda: session.run(None, {"image": x}),
                                              f"b{batch}_pixelq_s": lambda: runtime.logits(x),
-                                             f"b{batch}_pixelq_w4a4_s": lambda: w4a4.logits(x)}, repeats))
+                                             f"b{batch}_pixelq_w4a4_s": lambda: w4a4.logits(x),
+                                             **({f"b{batch}_ort_qdq_same_model_s": lambda: same_model.run(None, {"image": x})}
+                                                if same_model is not None else {})}, repeats))
             for abits in (1, 2):
                 layer = conv_layer_times(abits, threads, repeats, isa)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
@@ -211,6 +224,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             ratios[f"resnet20_b{big}_vs_torch_fp32{suffix}"] = times[f"b{big}_torch_fp32_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b1_vs_torch_fp32{suffix}"] = times["b1_torch_fp32_s"] / times["b1_pixelq_s"]
+            if same_model is not None:  # the same W1A2 network, `pixelq export --format onnx`, on ONNX Runtime
+                ratios[f"resnet20_b{big}_vs_ort_qdq_same_model{suffix}"] = (times[f"b{big}_ort_qdq_same_model_s"]
+                                                                           / times[f"b{big}_pixelq_s"])
             ratios[f"resnet20_w4a4_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_w4a4_s"]
             ratios[f"resnet20_w4a4_b{big}_vs_torch_fp32{suffix}"] = (times[f"b{big}_torch_fp32_s"]
                                                                     / times[f"b{big}_pixelq_w4a4_s"])
