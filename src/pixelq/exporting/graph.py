@@ -4,12 +4,13 @@ The model is traced with torch.fx (pixelq's layers, quantizers, encoders, batch 
 as leaves), then its nodes are read in order, each value tracked as what it is at deployment:
   image     uint8 pixels
   codes     integer activation codes on a grid (step, qmin, qmax), NHWC
-  acc       a conv's integer accumulator A, whose real value is a * A + b per channel (the conv's
-            scales, then any batch norm folded in)
+  real      a conv's integer accumulator A as the real value a * A + b per channel that PyTorch
+            computes (an `affine` node: the conv's scales, a batch norm after it another)
   sum       per-channel sums of codes over the whole map (global average pooling, times the count)
 and lowered as it goes to a plain quantized graph: encoder -> lut; conv -> conv (the integer
-accumulator) + affine (its real value: the conv's scales); batch norm -> affine; activation quantizer
-on a real value -> quantize (codes); codes + codes, then an activation quantizer -> add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
+accumulator) + affine (its real value: the conv's scales); batch norm -> affine; activation
+quantizer on a real value -> quantize (codes); codes + codes, then an activation quantizer ->
+add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
 max_pool; global average pooling -> sum_pool; flatten, then a hidden linear layer -> a conv whose
 kernel covers the map; the last linear layer -> linear (integer) or linear_float.
 `lower` then applies `pixelq.integer.transforms.EXPORT_TRANSFORMS` (batch norm folded into the conv's
@@ -196,9 +197,10 @@ class _Lowering:
 
     def _integer_conv(self, node, name: str, weight: torch.Tensor, quantizer, x: _Codes, kernel: int, stride: int,
                       padding: int, bias, flat: bool = False, repeat: int = 1, groups: int = 1) -> _Real:
-        """A conv node over codes x, and the affine node of its real output; weight (O, I, k, k) float, quantizer its weight quantizer. With
-        `repeat`, 1 x 1 weights cover a repeat x repeat map (a linear layer after global average
-        pooling: the sum over the map, then the weights), the accumulator then divided by the count."""
+        """A conv node over codes x, and the affine node of its real output; weight (O, I / groups, k, k)
+        float, quantizer its weight quantizer. With `repeat`, 1 x 1 weights cover a repeat x repeat map
+        (a linear layer after global average pooling: the sum over the map, then the weights), the
+        accumulator then divided by the count."""
         if quantizer is None:
             raise ExportError(f"{name} has float weights; integer export needs quantized weights in every conv and "
                               "hidden linear layer (a float first layer cannot be exported)")
