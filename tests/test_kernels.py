@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pixelq.errors import ExportError
+from pixelq.errors import ExportError, InputError
 from pixelq.exporting.integers import check_accumulator_range
 from pixelq.runtime import fast, fusion
 from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
@@ -61,11 +61,27 @@ def spread_thresholds(rng, acc, levels):
     return np.sort(thresholds, axis=1).astype(np.int32)
 
 
-def torch_oracle(x, w, stride, padding):
+def torch_oracle(x, w, stride, padding, groups=1):
     xt = torch.as_tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
     wt = torch.as_tensor(w, dtype=torch.float64).permute(0, 3, 1, 2)
-    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding)
+    y = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, groups=groups)
     return y.permute(0, 2, 3, 1).numpy().astype(np.int64)
+
+
+@given(
+    groups=st.sampled_from([2, 3, 4]), per_in=st.integers(1, 5), per_out=st.integers(1, 3), h=st.integers(3, 8),
+    k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2), seed=st.integers(0, 2**16),
+)
+@settings(max_examples=40, deadline=None)
+def test_grouped_reference_conv_equals_float_oracle(groups, per_in, per_out, h, k, stride, padding, seed):
+    """Grouped convs (per_in = 1: depthwise, with a channel multiplier per_out), weights (O, k, k, I / groups)."""
+    assume(h + 2 * padding >= k)
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-4, 4, (2, h, h, groups * per_in))
+    wt = rng.integers(-3, 4, (groups * per_out, k, k, per_in))
+    assert np.array_equal(conv2d_reference(x, wt, stride, padding, groups), torch_oracle(x, wt, stride, padding, groups))
+    with pytest.raises(InputError, match=f"in {groups} groups"):
+        conv2d_reference(x[..., 1:], wt, stride, padding, groups)
 
 
 @given(

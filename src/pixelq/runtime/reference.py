@@ -20,17 +20,16 @@ def conv2d_reference(x: np.ndarray, weight: np.ndarray, stride: int, padding: in
     With `groups`, weight is (O, kh, kw, I / groups): group g's O / groups outputs read its inputs."""
     n, h, w, c = x.shape
     o, kh, kw, ci = weight.shape
-    if groups > 1:
-        if ci * groups != c or o % groups:
-            raise InputError(f"grouped conv expects {ci * groups} input channels in {groups} groups, got {c}")
-        per = o // groups
-        return np.concatenate([conv2d_reference(x[..., g * ci:(g + 1) * ci], weight[g * per:(g + 1) * per], stride,
-                                                padding) for g in range(groups)], axis=-1)
-    if ci != c:
-        raise InputError(f"conv expects {ci} input channels, got {c}")
+    if ci * groups != c or o % groups:
+        raise InputError(f"conv expects {ci * groups} input channels{f' in {groups} groups' if groups > 1 else ''}, "
+                         f"got {c}")
     xp = np.pad(np.asarray(x, np.int64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::stride, ::stride]
     ho, wo = windows.shape[1:3]
+    if groups > 1:  # each group's outputs over its own input channels, all groups in one product
+        w = np.asarray(weight, np.int64).reshape(groups, o // groups, kh, kw, ci)
+        out = np.einsum("nhwgcyx,goyxc->nhwgo", windows.reshape(n, ho, wo, groups, ci, kh, kw), w, optimize=True)
+        return out.reshape(n, ho, wo, o)
     cols = windows.transpose(0, 1, 2, 4, 5, 3).reshape(n * ho * wo, kh * kw * c)
     return (cols @ np.asarray(weight, np.int64).reshape(o, -1).T).reshape(n, ho, wo, o)
 
