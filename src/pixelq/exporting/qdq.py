@@ -1,8 +1,8 @@
 """The plain quantized graph as QDQ ONNX (`pixelq export --format onnx`): the form ONNX Runtime runs
 with its int8 kernels (QLinearConv, QLinearAdd, ...), and other QDQ-reading tools read.
 
-Activation codes travel as uint8 (int8 when signed) tensors with the step as their scale and zero
-point 0; every conv reads DequantizeLinear(codes) and DequantizeLinear(weight codes, per output
+Activation codes travel as uint8 tensors with the step as their scale and zero point 0 (signed codes
+shifted: zero point -qmin, e.g. 128 for an int8 first layer's pixel - 128); every conv reads DequantizeLinear(codes) and DequantizeLinear(weight codes, per output
 channel) and its output goes straight to QuantizeLinear, the pattern ONNX Runtime fuses:
   lut                    Gather of the code table (uint8 / int8), NHWC -> NCHW
   conv + affine          Conv of the dequantized codes and weights, its batch norm folded in: the weight
@@ -27,6 +27,14 @@ from ..errors import ExportError
 from ..integer import IntegerModel
 from ..integer.transforms import INT32_MAX, INT32_MIN, apply, fold_batchnorm
 from .onnx import OPSET
+
+
+def _zero_point(name: str, qmin: int, qmax: int) -> int:
+    """The uint8 zero point of codes in [qmin, qmax]: 0, or -qmin for signed ones."""
+    zero = max(0, -qmin)
+    if qmax + zero > 255:
+        raise ExportError(f"{name}: codes {qmin}..{qmax} span more than a byte; the QDQ form holds uint8 codes")
+    return zero
 
 
 def _bias_codes(a: np.ndarray, b: np.ndarray, grid: np.ndarray, step: float, qmin: int, qmax: int) -> np.ndarray:
@@ -68,7 +76,7 @@ def to_qdq(plain: IntegerModel):
         nodes.append(helper.make_node(kind, inputs, [output], **attrs))
         return output
 
-    codes = {}  # node name -> (integer tensor, step, signed)
+    codes = {}  # node name -> (uint8 tensor, step, zero point)
 
     dequantized = {}
 
@@ -76,18 +84,18 @@ def to_qdq(plain: IntegerModel):
         """The real values of node `name`'s codes (one DequantizeLinear however many read them)."""
         if name in dequantized:
             return dequantized[name]
-        tensor, step, signed = codes[name]
-        zero = const(f"{name}/zero", np.array(0, np.int8 if signed else np.uint8))
+        tensor, step, zero_point = codes[name]
+        zero = const(f"{name}/zero", np.array(zero_point, np.uint8))
         dequantized[name] = op("DequantizeLinear", [tensor, const(f"{name}/step", np.float32(step)), zero],
                                f"{name}/real")
         return dequantized[name]
 
     def quantize(name: str, real: str, step: float, qmin: int, qmax: int) -> None:
-        dtype = np.int8 if qmin < 0 else np.uint8
-        q = op("QuantizeLinear", [real, const(f"{name}/q_step", np.float32(step)), const(f"{name}/q_zero",
-                                                                                        np.array(0, dtype))], f"{name}/q")
-        lo, hi = const(f"{name}/qmin", np.array(qmin, dtype)), const(f"{name}/qmax", np.array(qmax, dtype))
-        codes[name] = (op("Clip", [q, lo, hi], name), step, qmin < 0)
+        zero = _zero_point(name, qmin, qmax)
+        q = op("QuantizeLinear", [real, const(f"{name}/q_step", np.float32(step)),
+                                  const(f"{name}/q_zero", np.array(zero, np.uint8))], f"{name}/q")
+        lo, hi = (const(f"{name}/{k}", np.array(v + zero, np.uint8)) for k, v in (("qmin", qmin), ("qmax", qmax)))
+        codes[name] = (op("Clip", [q, lo, hi], name), step, zero)
 
     mean = None  # the pooled real codes
     for node in graph.nodes:
@@ -95,15 +103,15 @@ def to_qdq(plain: IntegerModel):
         t = {k: graph.tensors[f"{name}.{k}"] for k in node["tensors"]}
         if kind == "lut":
             lut = np.asarray(t["lut"])  # (T, 256, d)
-            signed = node["qmin"] < 0
-            table = lut.reshape(-1, lut.shape[2]).astype(np.int8 if signed else np.uint8)
+            zero = _zero_point(name, node["qmin"], node["qmax"])
+            table = (lut.reshape(-1, lut.shape[2]).astype(np.int64) + zero).astype(np.uint8)
             index = op("Cast", ["image"], f"{name}/index", to=TensorProto.INT64)
             if lut.shape[0] > 1:  # one table per colour: colour c's values index rows 256 c ..
                 offsets = const(f"{name}/offsets", 256 * np.arange(node["in_channels"], dtype=np.int64))
                 index = op("Add", [index, offsets], f"{name}/rows")
             looked = op("Gather", [const(f"{name}/table", table), index], f"{name}/codes", axis=0)
             nhwc = op("Reshape", [looked, const(f"{name}/shape", np.array([0, 0, 0, -1], np.int64))], f"{name}/nhwc")
-            codes[name] = (op("Transpose", [nhwc], name, perm=[0, 3, 1, 2]), node["step"], signed)
+            codes[name] = (op("Transpose", [nhwc], name, perm=[0, 3, 1, 2]), node["step"], zero)
         elif kind == "conv":
             continue  # written with the affine that reads it
         elif kind == "affine":
@@ -141,18 +149,18 @@ def to_qdq(plain: IntegerModel):
             added = op("Add", [dequantize(i) for i in node["inputs"]], f"{name}/sum")
             quantize(name, added, node["step"], node["qmin"], node["qmax"])
         elif kind == "subsample_pad":
-            tensor, step, signed = codes[node["inputs"][0]]
+            tensor, step, zero = codes[node["inputs"][0]]
             s, extra, big = node["stride"], node["extra_channels"], np.iinfo(np.int64).max
             sub = op("Slice", [tensor, const(f"{name}/starts", np.array([0, 0], np.int64)),
                                const(f"{name}/ends", np.array([big, big], np.int64)),
                                const(f"{name}/axes", np.array([2, 3], np.int64)),
                                const(f"{name}/steps", np.array([s, s], np.int64))], f"{name}/sub")
             pads = const(f"{name}/pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
-            codes[name] = (op("Pad", [sub, pads], name), step, signed)
+            codes[name] = (op("Pad", [sub, pads, const(f"{name}/code_zero", np.array(zero, np.uint8))], name), step, zero)
         elif kind == "max_pool":
-            tensor, step, signed = codes[node["inputs"][0]]
+            tensor, step, zero = codes[node["inputs"][0]]
             k, s = node["kernel"], node["stride"]
-            codes[name] = (op("MaxPool", [tensor], name, kernel_shape=[k, k], strides=[s, s]), step, signed)
+            codes[name] = (op("MaxPool", [tensor], name, kernel_shape=[k, k], strides=[s, s]), step, zero)
         elif kind == "sum_pool":
             mean = op("ReduceMean", [dequantize(node["inputs"][0])], name, axes=[2, 3],
                       keepdims=0)  # the mean of the real codes: sums x step / count (axes an attribute until opset 18)
