@@ -40,23 +40,68 @@ def _signed_bits(lo: int, hi: int) -> int:
     return max(int(max(-lo, hi + 1) - 1).bit_length() + 1, 2)
 
 
+class OnnxGraph:
+    """An ONNX graph being written, node by node, and the pieces every pixelq form shares: the lookup,
+    the shortcut's subsampling, the model around the nodes (input "image", output "logits")."""
+
+    def __init__(self):
+        try:
+            import onnx
+        except ImportError as e:
+            raise ExportError("ONNX export needs the onnx package: pip install 'pixelq[bench]'") from e
+        self.onnx, self.nodes, self.inits = onnx, [], []
+
+    def const(self, name: str, array) -> str:
+        self.inits.append(self.onnx.numpy_helper.from_array(np.asarray(array), name))
+        return name
+
+    def op(self, kind: str, inputs: list, output: str, **attrs) -> str:
+        self.nodes.append(self.onnx.helper.make_node(kind, inputs, [output], **attrs))
+        return output
+
+    def lookup(self, name: str, table: np.ndarray, colours: int) -> str:
+        """The image's pixels looked up in `table` (T, 256, d), one table per colour or one shared,
+        as an NCHW tensor of `table`'s type named `name`: colour c's codes are channels c*d ..."""
+        index = self.op("Cast", ["image"], f"{name}/index", to=self.onnx.TensorProto.INT64)
+        if table.shape[0] > 1:  # one table per colour: colour c's values index rows 256 c ..
+            index = self.op("Add", [index, self.const(f"{name}/offsets", 256 * np.arange(colours, dtype=np.int64))],
+                            f"{name}/rows")
+        rows = self.const(f"{name}/table", table.reshape(-1, table.shape[2]))
+        codes = self.op("Gather", [rows, index], f"{name}/codes", axis=0)
+        nhwc = self.op("Reshape", [codes, self.const(f"{name}/shape", np.array([0, 0, 0, -1], np.int64))],
+                       f"{name}/nhwc")
+        return self.op("Transpose", [nhwc], name, perm=[0, 3, 1, 2])
+
+    def subsample_pad(self, name: str, x: str, stride: int, extra: int, fill: "str | None" = None) -> str:
+        """x[:, :, ::stride, ::stride] with `extra` channels appended, holding `fill` (a constant; default 0)."""
+        big = np.iinfo(np.int64).max
+        sub = self.op("Slice", [x, self.const(f"{name}/starts", np.array([0, 0], np.int64)),
+                                self.const(f"{name}/ends", np.array([big, big], np.int64)),
+                                self.const(f"{name}/axes", np.array([2, 3], np.int64)),
+                                self.const(f"{name}/steps", np.array([stride, stride], np.int64))], f"{name}/sub")
+        pads = self.const(f"{name}/pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
+        return self.op("Pad", [sub, pads] + ([fill] if fill is not None else []), name)
+
+    def model(self, meta: dict, logits: str, title: str, qonnx: bool = False):
+        """The ModelProto: uint8 "image" (N, H, W, C) in, float "logits" out (`logits` the tensor that
+        holds them); checked by ONNX's checker unless it holds QONNX's custom ops."""
+        helper, types = self.onnx.helper, self.onnx.TensorProto
+        self.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+        graph = helper.make_graph(
+            self.nodes, title, [helper.make_tensor_value_info("image", types.UINT8, ["N", "H", "W", meta["in_channels"]])],
+            [helper.make_tensor_value_info("logits", types.FLOAT, ["N", meta["num_classes"]])], self.inits)
+        opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if qonnx else [])
+        proto = helper.make_model(graph, opset_imports=opsets, producer_name="pixelq")
+        if not qonnx:  # the checker does not know QONNX's custom ops
+            self.onnx.checker.check_model(proto)
+        return proto
+
+
 def to_onnx(model: IntegerModel, qonnx: bool = False):
     """The ONNX (or QONNX) ModelProto of an integer graph (needs the `onnx` package: pip install
     pixelq[bench]; running QONNX needs the qonnx package)."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError as e:
-        raise ExportError("ONNX export needs the onnx package: pip install 'pixelq[bench]'") from e
-    nodes, inits = [], []
-
-    def const(name: str, array) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def op(kind: str, inputs: list, output: str, **attrs) -> str:
-        nodes.append(helper.make_node(kind, inputs, [output], **attrs))
-        return output
+    g = OnnxGraph()
+    const, op, TensorProto = g.const, g.op, g.onnx.TensorProto
 
     def weights(name: str, node: dict, codes: np.ndarray) -> str:
         """The weight codes as a constant, or in QONNX as a (Bipolar)Quant node's output."""
@@ -77,15 +122,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
         name, kind, src = node["name"], node["op"], [out[i] for i in node["inputs"]]
         t = {k: model.tensors[f"{name}.{k}"] for k in node["tensors"]}
         if kind == "lut":
-            lut = np.asarray(t["lut"], np.float32)  # (T, 256, d)
-            colours, d = node["in_channels"], lut.shape[2]
-            index = op("Cast", [src[0]], f"{name}/index", to=TensorProto.INT64)
-            if lut.shape[0] > 1:  # one table per colour: colour c's values index rows 256 c ..
-                index = op("Add", [index, const(f"{name}/offsets", 256 * np.arange(colours, dtype=np.int64))],
-                           f"{name}/rows")
-            codes = op("Gather", [const(f"{name}/table", lut.reshape(-1, d)), index], f"{name}/codes", axis=0)
-            nhwc = op("Reshape", [codes, const(f"{name}/shape", np.array([0, 0, 0, -1], np.int64))], f"{name}/nhwc")
-            out[name] = op("Transpose", [nhwc], name, perm=[0, 3, 1, 2])
+            out[name] = g.lookup(name, np.asarray(t["lut"], np.float32), node["in_channels"])
         elif kind == "conv":
             weight = np.ascontiguousarray(np.asarray(t["weight"]).transpose(0, 3, 1, 2))
             k, s, p = node["kernel"], node["stride"], node["padding"]
@@ -115,13 +152,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
             out[name] = op("Clip", [added, const(f"{name}/min", np.float32(node["qmin"])),
                                     const(f"{name}/max", np.float32(node["qmax"]))], name)
         elif kind == "subsample_pad":
-            s, extra = node["stride"], node["extra_channels"]
-            big = np.iinfo(np.int64).max
-            sub = op("Slice", [src[0], const(f"{name}/starts", np.array([0, 0], np.int64)),
-                               const(f"{name}/ends", np.array([big, big], np.int64)),
-                               const(f"{name}/axes", np.array([2, 3], np.int64)),
-                               const(f"{name}/steps", np.array([s, s], np.int64))], f"{name}/sub")
-            out[name] = op("Pad", [sub, const(f"{name}/pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))], name)
+            out[name] = g.subsample_pad(name, src[0], node["stride"], node["extra_channels"])
         elif kind == "max_pool":
             k, s = node["kernel"], node["stride"]
             out[name] = op("MaxPool", src, name, kernel_shape=[k, k], strides=[s, s])
@@ -146,15 +177,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
                            name)
         else:
             raise ExportError(f"{name}: op {kind!r} has no ONNX form yet")
-    nodes.append(helper.make_node("Identity", [out[model.meta["output"]]], ["logits"]))
-    graph = helper.make_graph(
-        nodes, "pixelq", [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", model.meta["in_channels"]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", model.meta["num_classes"]])], inits)
-    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if qonnx else [])
-    onnx_model = helper.make_model(graph, opset_imports=opsets, producer_name="pixelq")
-    if not qonnx:  # the checker does not know QONNX's custom ops
-        onnx.checker.check_model(onnx_model)
-    return onnx_model
+    return g.model(model.meta, out[model.meta["output"]], "pixelq", qonnx)
 
 
 def save_onnx(model: IntegerModel, path: "str | Path", form: str = "onnx-integer") -> None:

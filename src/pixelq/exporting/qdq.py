@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ExportError
 from ..integer import IntegerModel
 from ..integer.transforms import INT32_MAX, INT32_MIN, apply, fold_batchnorm
-from .onnx import OPSET
+from .onnx import OnnxGraph
 
 
 def _zero_point(name: str, qmin: int, qmax: int) -> int:
@@ -58,26 +58,12 @@ def _bias_codes(a: np.ndarray, b: np.ndarray, grid: np.ndarray, step: float, qmi
 
 def to_qdq(plain: IntegerModel):
     """The QDQ ONNX ModelProto of a plain graph (`lower_plain`; batch norms are folded here)."""
-    try:
-        import onnx
-        from onnx import TensorProto, helper, numpy_helper
-    except ImportError as e:
-        raise ExportError("ONNX export needs the onnx package: pip install 'pixelq[bench]'") from e
+    g = OnnxGraph()
+    const, op = g.const, g.op
     graph = apply(plain, (fold_batchnorm,))
     by_name = {node["name"]: node for node in graph.nodes}
     readers = {node["inputs"][0]: node for node in graph.nodes if node["op"] == "quantize"}
-    nodes, inits = [], []
-
-    def const(name: str, array) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(array), name))
-        return name
-
-    def op(kind: str, inputs: list, output: str, **attrs) -> str:
-        nodes.append(helper.make_node(kind, inputs, [output], **attrs))
-        return output
-
     codes = {}  # node name -> (uint8 tensor, step, zero point)
-
     dequantized = {}
 
     def dequantize(name: str) -> str:
@@ -102,16 +88,9 @@ def to_qdq(plain: IntegerModel):
         name, kind = node["name"], node["op"]
         t = {k: graph.tensors[f"{name}.{k}"] for k in node["tensors"]}
         if kind == "lut":
-            lut = np.asarray(t["lut"])  # (T, 256, d)
             zero = _zero_point(name, node["qmin"], node["qmax"])
-            table = (lut.reshape(-1, lut.shape[2]).astype(np.int64) + zero).astype(np.uint8)
-            index = op("Cast", ["image"], f"{name}/index", to=TensorProto.INT64)
-            if lut.shape[0] > 1:  # one table per colour: colour c's values index rows 256 c ..
-                offsets = const(f"{name}/offsets", 256 * np.arange(node["in_channels"], dtype=np.int64))
-                index = op("Add", [index, offsets], f"{name}/rows")
-            looked = op("Gather", [const(f"{name}/table", table), index], f"{name}/codes", axis=0)
-            nhwc = op("Reshape", [looked, const(f"{name}/shape", np.array([0, 0, 0, -1], np.int64))], f"{name}/nhwc")
-            codes[name] = (op("Transpose", [nhwc], name, perm=[0, 3, 1, 2]), node["step"], zero)
+            table = (np.asarray(t["lut"], np.int64) + zero).astype(np.uint8)  # (T, 256, d)
+            codes[name] = (g.lookup(name, table, node["in_channels"]), node["step"], zero)
         elif kind == "conv":
             continue  # written with the affine that reads it
         elif kind == "affine":
@@ -150,13 +129,8 @@ def to_qdq(plain: IntegerModel):
             quantize(name, added, node["step"], node["qmin"], node["qmax"])
         elif kind == "subsample_pad":
             tensor, step, zero = codes[node["inputs"][0]]
-            s, extra, big = node["stride"], node["extra_channels"], np.iinfo(np.int64).max
-            sub = op("Slice", [tensor, const(f"{name}/starts", np.array([0, 0], np.int64)),
-                               const(f"{name}/ends", np.array([big, big], np.int64)),
-                               const(f"{name}/axes", np.array([2, 3], np.int64)),
-                               const(f"{name}/steps", np.array([s, s], np.int64))], f"{name}/sub")
-            pads = const(f"{name}/pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
-            codes[name] = (op("Pad", [sub, pads, const(f"{name}/code_zero", np.array(zero, np.uint8))], name), step, zero)
+            fill = const(f"{name}/code_zero", np.array(zero, np.uint8))  # the appended channels' code 0
+            codes[name] = (g.subsample_pad(name, tensor, node["stride"], node["extra_channels"], fill), step, zero)
         elif kind == "max_pool":
             tensor, step, zero = codes[node["inputs"][0]]
             k, s = node["kernel"], node["stride"]
@@ -177,11 +151,4 @@ def to_qdq(plain: IntegerModel):
                            None, None)
         else:
             raise ExportError(f"{name}: op {kind!r} has no QDQ form")
-    nodes.append(helper.make_node("Identity", [codes[graph.meta["output"]][0]], ["logits"]))
-    onnx_graph = helper.make_graph(
-        nodes, "pixelq-qdq",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", graph.meta["in_channels"]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", graph.meta["num_classes"]])], inits)
-    model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="pixelq")
-    onnx.checker.check_model(model)
-    return model
+    return g.model(graph.meta, codes[graph.meta["output"]][0], "pixelq-qdq")
