@@ -170,20 +170,24 @@ class FastExecutor:
         weight, shift = t["weight"], node.get("input_shift", 0)
         thresholds = pad_thresholds(t["direction"], t["thresholds"]) if "thresholds" in t else ()
         k, o = node["kernel"], node["out_channels"]
-        packed = (pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"], node["weight_bits"]), k, k,
-                  node["weight_bits"], o, padded_channels(o), node["weight_lowest"], node["weight_stride"])
+
+        def packed() -> tuple:  # the bit-plane kernels' weight arguments
+            return (pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"], node["weight_bits"]), k, k,
+                    node["weight_bits"], o, padded_channels(o), node["weight_lowest"], node["weight_stride"])
+
         pad = np.full(node["in_channels"], shift, np.uint8) if shift else None
         if "lut" in t:
-            if fusion.runs_as_table(node, self.plan.tensors):
-                table = fusion.lut_conv_table(weight, t["lut"])
+            table = fusion.conv_table(node, self.plan.tensors)
+            if table is not None:
                 return _Conv("table", (table, k, k, o, padded_channels(o)), None, thresholds)
             bits, sums = lut_plane_bits(t["lut"] + shift, _planes(node))
             colours = node["in_channels"] // t["lut"].shape[2]
             pad = fusion.signed_zero(t["lut"], colours) if shift else None  # pixels whose codes are 0
-            return _Conv("lookup", (bits, sums, bits.shape[0], t["lut"].shape[2], bits.shape[2], *packed), pad, thresholds)
+            return _Conv("lookup", (bits, sums, bits.shape[0], t["lut"].shape[2], bits.shape[2], *packed()), pad,
+                         thresholds)
         if dot_conv_fits(node, weight, self.isa):
             return _Conv("dot", (pack_dot_weight(weight), k, k, o, padded_channels(o)), pad, thresholds)
-        return _Conv("planes", (_planes(node), *packed), pad, thresholds)
+        return _Conv("planes", (_planes(node), *packed()), pad, thresholds)
 
     def conv_kernels(self) -> dict:
         """{conv name: the kernel it runs on}, as `pixelq inspect --isa` shows it."""

@@ -72,13 +72,16 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     return out
 
 
-def runs_as_table(node: dict, tensors: dict) -> bool:
-    """Whether a fused lookup conv runs as table sums (`lut_conv_table`): with its thresholds, no
-    residual add, its signed codes unshifted (the tables hold them as they are)."""
+def conv_table(node: dict, tensors: dict) -> "np.ndarray | None":
+    """The tables (`lut_conv_table`) a fused lookup conv runs as table sums with: one with its
+    thresholds, no residual add, its signed codes unshifted (the tables hold them as they are), whose
+    sums the tables hold; else None."""
     name = node["name"]
-    return (node["op"] == "fused_conv" and f"{name}.lut" in tensors and f"{name}.thresholds" in tensors
-            and not node.get("residual_stride") and not node.get("input_shift")
-            and lut_conv_table(tensors[f"{name}.weight"], tensors[f"{name}.lut"]) is not None)
+    if node["op"] != "fused_conv" or f"{name}.lut" not in tensors or f"{name}.thresholds" not in tensors \
+            or node.get("residual_stride") or node.get("input_shift"):
+        return None
+    return lut_conv_table(tensors[f"{name}.weight"], tensors[f"{name}.lut"])
+
 
 
 def fuse_lookup(model: IntegerModel) -> IntegerModel:
@@ -140,7 +143,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     g = Rewrite(model)
     for node in g.nodes:
         if node["op"] not in CONV_OPS or not input_shift(node) or not has_kernel(node) \
-                or runs_as_table(node, g.tensors):
+                or conv_table(node, g.tensors) is not None:
             continue
         shift, (lo, hi) = input_shift(node), node["input_range"]
         weight = g.tensor(node, "weight")
