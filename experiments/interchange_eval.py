@@ -88,11 +88,12 @@ def main() -> None:
 
     with torch.no_grad():
         run("pytorch", lambda x: model(torch.as_tensor(x)).numpy(), images)
-    run("pixelq_runtime", Runtime(lower(model, image_shape)).logits, images)
+    graph = lower(model, image_shape)  # the .pxq graph, which QONNX writes too
+    run("pixelq_runtime", Runtime(graph).logits, images)
     qdq = ort.InferenceSession(to_qdq(lower_plain(model, image_shape)).SerializeToString(),
                                providers=["CPUExecutionProvider"])
     run("onnx_qdq", lambda x: qdq.run(None, {"image": x})[0], images)
-    wrapper = ModelWrapper(to_onnx(lower(model, image_shape), qonnx=True))
+    wrapper = ModelWrapper(to_onnx(graph, qonnx=True))
     n_qonnx = min(args.qonnx_limit or len(images), len(images))
 
     def qonnx_logits(x):
