@@ -187,12 +187,12 @@ def _run_export(args) -> None:
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     if args.format in ("onnx", "onnx-integer", "qonnx"):
-        from .exporting.graph import lower, lower_plain
+        from .exporting.graph import fold, lower_plain
         from .exporting.onnx import save_onnx
 
-        image_shape = ckpt["data"].get("image_shape")
-        integer_model = lower(model, image_shape)
-        save_onnx(lower_plain(model, image_shape) if args.format == "onnx" else integer_model, args.output, args.format)
+        plain = lower_plain(model, ckpt["data"].get("image_shape"))
+        integer_model = fold(plain)
+        save_onnx(plain if args.format == "onnx" else integer_model, args.output, args.format)
     else:
         integer_model = export(model, args.output, classes=ckpt["classes"] or None,
                                image_shape=ckpt["data"].get("image_shape"))

@@ -398,8 +398,14 @@ def lower(model: nn.Module, image_shape: "tuple | None" = None) -> IntegerModel:
     """The integer graph of an eval-mode quantized pixelq network (quantized first layer, weights and
     activations): a pixelq ResNet or CNV, or a model made with `quantize_model`. `image_shape`
     (H, W, C) is needed only where global average pooling feeds a hidden linear layer. It is
-    `lower_plain` through EXPORT_TRANSFORMS."""
-    graph = apply(lower_plain(model, image_shape), EXPORT_TRANSFORMS)
+    `lower_plain`, then `fold`."""
+    return fold(lower_plain(model, image_shape))
+
+
+def fold(plain: IntegerModel) -> IntegerModel:
+    """A plain graph (`lower_plain`) through EXPORT_TRANSFORMS: the integer graph; ExportError where
+    a real value is left that no threshold holds."""
+    graph = apply(plain, EXPORT_TRANSFORMS)
     left = [n["name"] for n in graph.nodes if n["op"] in ("affine", "quantize")]
     if left:  # a real value no activation quantizer reads, or a quantizer on something else
         raise ExportError(f"{', '.join(left)}: no integer form (a conv or batch norm whose output is not quantized "
