@@ -389,3 +389,22 @@ def test_qonnx_export_runs_in_qonnx_with_pytorchs_labels(name, kwargs, size):
     np.testing.assert_allclose(logits, runtime.float_logits(x), rtol=1e-5, atol=1e-6)
     assert label_agreement(model, runtime, x)["differ_unexplained"] == 0
     assert np.array_equal(logits.argmax(1), runtime.predict(x))
+
+
+def test_onnx_writers_refuse_what_they_cannot_write(tmp_path):
+    """An unknown ONNX form, and codes wider than the byte QDQ holds them in, are ExportErrors."""
+    pytest.importorskip("onnx")
+    from pixelq.exporting import lower_plain
+    from pixelq.exporting.onnx import save_onnx
+    from pixelq.exporting.qdq import to_qdq
+
+    torch.manual_seed(9)
+    model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2), size=16)
+    plain = lower_plain(model, image_shape=(16, 16, 3))
+    with pytest.raises(ExportError, match="unknown ONNX form 'onnx-qdq'"):
+        save_onnx(plain, tmp_path / "m.onnx", "onnx-qdq")
+    assert not (tmp_path / "m.onnx").exists()
+    wide = next(n for n in plain.nodes if n["op"] == "quantize")
+    wide["qmin"], wide["qmax"] = -200, 100
+    with pytest.raises(ExportError, match=f"{wide['name']}: codes -200..100 span more than a byte"):
+        to_qdq(plain)
