@@ -1,5 +1,5 @@
-"""Builds the optional C kernels of the integer runtime; without a C compiler pixelq still installs
-and the runtime falls back to its numpy reference executor."""
+"""Builds the optional C kernels: the integer runtime's and the training's. Without a C compiler pixelq
+still installs; the runtime falls back to its numpy reference executor and training to PyTorch ops."""
 import sys
 
 from setuptools import Extension, setup
@@ -15,6 +15,13 @@ setup(
             extra_compile_args=["-O3", "-std=c11", *openmp],
             extra_link_args=openmp,
             optional=True,
-        )
+        ),
+        Extension(
+            "pixelq._train_kernels",
+            sources=["src/pixelq/csrc/train_kernels.c"],
+            extra_compile_args=["-O3", "-std=c11", *openmp],
+            extra_link_args=openmp,
+            optional=True,
+        ),
     ]
 )

@@ -13,6 +13,11 @@ from ..errors import ConfigError, InputError
 from ..quant import make_quantizer
 from ..registry import Registry
 
+try:  # the C kernel of the first conv over a pixel embedding; without it training takes PyTorch's conv
+    from .. import _train_kernels
+except ImportError:  # pragma: no cover - built with pixelq
+    _train_kernels = None
+
 ENCODERS: Registry[nn.Module] = Registry("first layer")
 
 
@@ -152,6 +157,34 @@ class _RowLookup(torch.autograd.Function):
         return torch.stack(columns, 1).to(grad.dtype), None
 
 
+class _TableConv(torch.autograd.Function):
+    """The first conv over a pixel embedding as sums of table rows (csrc/train_kernels.c):
+    table (256, taps, O) float32, image (N, H, W, C) uint8 -> (N, O, HO, WO) channels-last."""
+
+    @staticmethod
+    def forward(ctx, table, image, geometry):
+        n, h, w, c = image.shape
+        o, ho, wo, kh, kw, sy, sx, py, px = geometry
+        out = torch.empty((n, ho, wo, o), dtype=torch.float32)
+        threads = torch.get_num_threads()
+        _train_kernels.embedding_conv(image.numpy(), table.detach().numpy(), out.numpy(), n, h, w, c, *geometry,
+                                      threads)
+        ctx.save_for_backward(image)
+        ctx.geometry = geometry
+        return out.permute(0, 3, 1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (image,) = ctx.saved_tensors
+        n, h, w, c = image.shape
+        o, ho, wo, kh, kw = ctx.geometry[:5]
+        grad_table = torch.empty((256, kh * kw * c, o), dtype=torch.float32)
+        grad = grad.permute(0, 2, 3, 1).contiguous().float()
+        _train_kernels.embedding_conv_backward(image.numpy(), grad.numpy(), grad_table.numpy(), n, h, w, c,
+                                               *ctx.geometry, torch.get_num_threads())
+        return grad_table, None, None
+
+
 _EMBEDDING_INITS = ("thermometer", "uniform", "linear")
 
 
@@ -223,6 +256,51 @@ class PixelEmbedding(nn.Module):
         vectors = _RowLookup.apply(table.reshape(-1, self.d), idx)  # (N, H, W, C, d)
         # Channel c * d + j is code j of colour c; returned channels-last, as the convs run.
         return vectors.flatten(3).permute(0, 3, 1, 2)
+
+    def runs_as_table(self, conv: nn.Module, x: Tensor) -> bool:
+        """Whether `conv_table` can compute conv(self(x)): a plain float32 CPU conv (zero padding,
+        no dilation or groups, no input quantizer of its own) and the training kernel built."""
+        padding = getattr(conv, "padding", "same")
+        return (_train_kernels is not None and isinstance(conv, nn.Conv2d) and conv.groups == 1
+                and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(padding, str)
+                and getattr(conv, "input_quantizer", None) is None and conv.weight.dtype == torch.float32
+                and conv.weight.device.type == "cpu" and x.device.type == "cpu"
+                and conv.in_channels == self.out_channels)
+
+    def conv_table(self, conv: nn.Module) -> Tensor:
+        """T[v, tap, o] = sum_j W[o, c * d + j, ky, kx] * E_c[v, j], tap = (ky * KW + kx) * C + c: what
+        conv(self(x)) adds for pixel value v of colour c at kernel tap (ky, kx), from the quantized
+        weight (`conv.quantized_weight()` where it has one) and table; autograd carries its gradient
+        back to both."""
+        weight = conv.quantized_weight() if hasattr(conv, "quantized_weight") else conv.weight
+        o, _, kh, kw = weight.shape
+        weight = weight.view(o, self.in_channels, self.d, kh, kw)
+        table = self.quantized_table()
+        if self.shared:
+            t = torch.einsum("ocjyx,vj->vyxco", weight, table[0])
+        else:
+            t = torch.einsum("ocjyx,cvj->vyxco", weight, table)
+        return t.reshape(256, kh * kw * self.in_channels, o).contiguous()
+
+    def conv_forward(self, x: Tensor, conv: nn.Module) -> Tensor:
+        """conv(self(x)) without the embedded image: each output position sums the table rows of the
+        pixel values its window covers (`conv_table`). Same values as the two layers one after the
+        other (to float rounding) and the same gradients, at a fraction of a d-times-wider conv's
+        cost; the caller checks `runs_as_table` first."""
+        x = _check_uint8(x)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise InputError(f"pixel embedding expects (N, {self.in_channels}, H, W) uint8, got {tuple(x.shape)}")
+        n, c, h, w = x.shape
+        kh, kw = conv.kernel_size
+        (sy, sx), (py, px) = conv.stride, conv.padding
+        ho, wo = (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1
+        if ho < 1 or wo < 1:
+            raise InputError(f"images of {h}x{w} pixels are smaller than the first conv's {kh}x{kw} kernel")
+        image = x.permute(0, 2, 3, 1).contiguous()
+        out = _TableConv.apply(self.conv_table(conv), image, (conv.out_channels, ho, wo, kh, kw, sy, sx, py, px))
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()
+        return out if conv.bias is None else out + conv.bias.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, d={self.d}, bits={self.bits}, shared={self.shared}, init={self.init!r}"

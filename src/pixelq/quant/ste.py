@@ -9,6 +9,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+try:  # one-pass forward and backward of the activation quantizer; without it, PyTorch ops
+    from .. import _train_kernels
+except ImportError:  # pragma: no cover - built with pixelq
+    _train_kernels = None
+
 
 class _RoundSTE(torch.autograd.Function):
     @staticmethod
@@ -101,21 +106,47 @@ def pruned_ternary(w: Tensor, sparsity: float, per_channel: bool = False) -> Ten
     return _PrunedTernary.apply(w, sparsity, per_channel)
 
 
+def _memory_order(t: Tensor) -> "Tensor | None":
+    """A view of a dense tensor with its dims in memory order (contiguous), or None."""
+    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    view = t.permute(order)
+    return view if view.is_contiguous() else None
+
+
+def _flat(t: Tensor):
+    """The numpy view of a dense CPU tensor's elements in memory order."""
+    return _memory_order(t.detach()).reshape(-1).numpy()
+
+
 class _MidTreadHalf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits, max_value):
-        ctx.save_for_backward(x)
         ctx.max_value = max_value
         n = 2**bits - 1
+        if _train_kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" \
+                and _memory_order(x) is not None:
+            # One pass (csrc/train_kernels.c): the same float32 operations as below, and a byte mask
+            # for the backward instead of keeping x.
+            y, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.uint8)
+            _train_kernels.mid_tread(_flat(x), _flat(y), _flat(mask), max_value, n / max_value, max_value / n,
+                                     torch.get_num_threads())
+            ctx.save_for_backward(mask)
+            return y
+        ctx.save_for_backward(x)
         # This runs after every conv, so passes over memory count: one allocation, then in place.
         # hardtanh rather than clamp: on the CPU it is the faster kernel of the two.
         return F.hardtanh(x, 0.0, max_value).mul_(n / max_value).round_().mul_(max_value / n)
 
     @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        (saved,) = ctx.saved_tensors
+        if saved.dtype == torch.uint8:  # the fused forward's mask
+            out = torch.empty_like(saved, dtype=torch.float32)
+            grad = grad if grad.stride() == out.stride() and grad.dtype == out.dtype else out.copy_(grad)
+            _train_kernels.masked(_flat(grad), _flat(saved), _flat(out), torch.get_num_threads())
+            return out, None, None
         # hardtanh's own backward is exactly grad * [0 < x < max], fused in one kernel.
-        return torch.ops.aten.hardtanh_backward(grad, x, 0.0, ctx.max_value), None, None
+        return torch.ops.aten.hardtanh_backward(grad, saved, 0.0, ctx.max_value), None, None
 
 
 def linear_mid_tread_half(x: Tensor, bits: int, max_value: float) -> Tensor:
