@@ -9,7 +9,8 @@ from pixelq.cli import main
 
 def test_train_step_throughput_times_every_variant():
     result = train_step_throughput(batch_size=4, steps=1, warmup=1, rounds=1, image_size=8, threads=1)
-    names = {"float", "w1a2-float-first", "w1a2-pe-qlast", "w1a2-pe-qlast+kd", "w1a2-pe-qlast+saq"}
+    names = {"float", "w1a2-float-first", "w1a2-pe-qlast", "w1a2-pe-qlast-pytorch-ops", "w1a2-pe-qlast+kd",
+             "w1a2-pe-qlast+saq"}
     assert set(result["step_s"]) == names
     assert all(v > 0 for v in result["step_s"].values())
     assert set(result["ratios"]) == {f"{n}_step_vs_float" for n in names - {"float"}}

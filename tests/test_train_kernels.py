@@ -1,27 +1,28 @@
 """The training kernels (csrc/train_kernels.c) against the PyTorch ops they replace: the first conv
 over a pixel embedding as table sums (values and every gradient), and the one-pass activation
 quantizer (the same bits, forward and backward)."""
+import contextlib
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pixelq.nn.encoders as encoders
 import pixelq.quant.ste as ste
+from pixelq import train_kernels
 from pixelq.errors import InputError
 from pixelq.models import create_model
 from pixelq.nn import PixelEmbedding, QuantConv2d
 
-pytestmark = pytest.mark.skipif(ste._train_kernels is None, reason="training kernels not built (no C compiler)")
+pytestmark = pytest.mark.skipif(not train_kernels.built(), reason="training kernels not built (no C compiler)")
+KERNELS = train_kernels.get()
 
 
 @pytest.fixture
-def without_kernels(monkeypatch):
-    """Inside, training takes the PyTorch ops (as on an install without a C compiler)."""
-    def off():
-        monkeypatch.setattr(encoders, "_train_kernels", None)
-        monkeypatch.setattr(ste, "_train_kernels", None)
-    return off
+def without_kernels():
+    """Calling it switches training to PyTorch's ops for the rest of the test (pixelq.train_kernels.pytorch_ops)."""
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(train_kernels.pytorch_ops())
 
 
 def two_layers(x, pe, conv):
@@ -81,11 +82,11 @@ def test_embedding_conv_refuses_what_it_cannot_run():
     with pytest.raises(InputError, match="smaller than"):
         pe.conv_forward(torch.zeros((1, 3, 2, 2), dtype=torch.uint8), conv)
     image, table, out = (torch.zeros(n, dtype=dt).numpy() for n, dt in
-                         ((48, torch.uint8), (256 * 9 * 3 * 4, torch.float32), (16 * 4, torch.float32)))
+                         ((48, torch.uint8), (256 * 27 * 16, torch.float32), (16 * 16, torch.float32)))
     with pytest.raises(ValueError, match="geometry"):  # HO does not follow from H, kernel, stride, padding
-        encoders._train_kernels.embedding_conv(image, table, out, 1, 4, 4, 3, 4, 5, 4, 3, 3, 1, 1, 1, 1, 1)
+        KERNELS.embedding_conv(image, table, out, 1, 4, 4, 3, 4, 5, 4, 3, 3, 1, 1, 1, 1, 1)
     with pytest.raises(ValueError, match="table: buffer has"):
-        encoders._train_kernels.embedding_conv(image, table[:-1], out, 1, 4, 4, 3, 4, 4, 4, 3, 3, 1, 1, 1, 1, 1)
+        KERNELS.embedding_conv(image, table[:-1], out, 1, 4, 4, 3, 4, 4, 4, 3, 3, 1, 1, 1, 1, 1)
 
 
 def test_resnet_trains_its_stem_through_the_table_and_matches_the_two_layers(without_kernels):
@@ -149,3 +150,47 @@ def test_fused_mid_tread_saves_a_byte_mask_not_the_input():
     assert ste._memory_order(strided) is None
     assert torch.equal(ste.linear_mid_tread_half(strided, 2, 2.0),
                        torch.nn.functional.hardtanh(strided, 0.0, 2.0).mul(3 / 2.0).round().mul(2.0 / 3))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed"])
+@pytest.mark.parametrize("bits,max_value", [(1, 1.0), (2, 2.0), (3, 1.7)])
+def test_fused_residual_end_is_bit_identical(layout, bits, max_value, without_kernels):
+    """Q(Q(y) + x), x on Q's grid (a shortcut's codes), against the two quantizers around the add."""
+    torch.manual_seed(bits)
+    step = max_value / (2**bits - 1)
+    y = torch.randn(3, 8, 5, 6) * max_value
+    x = torch.randint(0, 2**bits, (3, 8, 5, 6)).float() * step
+    y.view(-1)[:4] = torch.tensor([step / 2, max_value - step / 2, 0.0, max_value])
+    if layout != "contiguous":
+        y = y.contiguous(memory_format=torch.channels_last)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(y.shape)
+
+    def run():
+        a, b = y.clone().requires_grad_(), x.clone().requires_grad_()
+        out = ste.mid_tread_add(a, b, bits, max_value)
+        out.backward(grad)
+        return out.detach(), a.grad, b.grad
+
+    fused = run()
+    assert train_kernels.get() is not None
+    without_kernels()
+    unfused = run()
+    for got, want in zip(fused, unfused):
+        assert torch.equal(got, want)
+
+
+def test_residual_add_is_fused_only_for_one_unhooked_mid_tread_grid():
+    from pixelq.quant import make_quantizer, quantized_residual_add
+
+    y, x = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 4, 3, 3)).float() * (2 / 3)
+    a, b = make_quantizer("mid_tread:2", role="activation"), make_quantizer("mid_tread:2", role="activation")
+    fused = quantized_residual_add(a, b, y.requires_grad_(), x)
+    assert type(fused.grad_fn).__name__ == "_MidTreadAddBackward"
+    other = make_quantizer("mid_tread:2:1.5", role="activation")
+    assert type(quantized_residual_add(a, other, y, x).grad_fn).__name__ == "_MidTreadHalfBackward"
+    seen = []
+    b.register_forward_hook(lambda *_: seen.append(1))
+    hooked = quantized_residual_add(a, b, y, x)
+    assert seen == [1] and torch.equal(hooked, fused)

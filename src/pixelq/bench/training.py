@@ -1,16 +1,19 @@
 """Training-side benchmarks: data loading + augmentation speed, and train step time per model."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
+from .. import train_kernels
 from ..data import batches, load_dataset
 from ..models import create_model
 from ..training.config import TrainConfig
 from ..training.loop import make_optimizer, training_step
 
 # The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized;
+# the fully quantized one again without pixelq's training kernels (PyTorch's ops: what they save);
 # then the fully quantized one with the recipe issue's extra objectives (a float teacher, SAQ).
 _PE_QLAST = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1, "abits": 2,
              "last_layer": "quantized"}
@@ -18,6 +21,7 @@ TRAIN_VARIANTS = {
     "float": {"model": {}},
     "w1a2-float-first": {"model": {"wbits": 1, "abits": 2}},
     "w1a2-pe-qlast": {"model": _PE_QLAST},
+    "w1a2-pe-qlast-pytorch-ops": {"model": _PE_QLAST, "kernels": False},
     "w1a2-pe-qlast+kd": {"model": _PE_QLAST, "teacher": True},
     "w1a2-pe-qlast+saq": {"model": _PE_QLAST, "saq_rho": 0.4},
 }
@@ -84,8 +88,9 @@ def train_step_throughput(model: str = "resnet20", variants: "dict | None" = Non
                           steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
                           image_size: int = 32, compiled: bool = False) -> dict:
     """Train step time (the training loop's step: forward, loss, backward, optimizer step) of each
-    variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ, or run its
-    forward under torch.compile ("compile": True; `compiled` adds the fully quantized one so). The
+    variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ, run PyTorch's
+    ops instead of pixelq's training kernels ("kernels": False), or run its forward under
+    torch.compile ("compile": True; `compiled` adds the fully quantized one so). The
     float baseline is always the plain eager model. A compiled variant's first steps (its compile
     time) are reported in `compile_s`, not in its step time.
 
@@ -107,10 +112,11 @@ def train_step_throughput(model: str = "resnet20", variants: "dict | None" = Non
         cfg = TrainConfig(saq_rho=variant.get("saq_rho", 0.0))
         teacher = create_model(model).eval() if variant.get("teacher") else None
         forward = torch.compile(net) if variant.get("compile") else net
-        setups[name] = (forward, net, make_optimizer(net, cfg), cfg, teacher)
+        setups[name] = (forward, net, make_optimizer(net, cfg), cfg, teacher, variant.get("kernels", True))
 
-    def step(forward, net, opt, cfg, teacher):  # the training loop's own step
-        training_step(forward, net, opt, x, y, cfg, teacher)
+    def step(forward, net, opt, cfg, teacher, kernels):  # the training loop's own step
+        with contextlib.nullcontext() if kernels else train_kernels.pytorch_ops():
+            training_step(forward, net, opt, x, y, cfg, teacher)
 
     best = {name: float("inf") for name in variants}
     compile_s = {}

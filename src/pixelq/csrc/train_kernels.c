@@ -5,8 +5,8 @@
  * pixel value. The conv is linear, so its output is a sum over taps of per-(pixel value, tap)
  * vectors of output channels:
  *
- *   out[n, oy, ox, o] = sum over the taps (ky, kx, ch) inside the image of T[image[n, y, x, ch], tap, o]
- *   T[v, tap, o]      = sum_j W[o, ch * d + j, ky, kx] E_ch[v, j],   tap = (ky * KW + kx) * C + ch
+ *   out[n, oy, ox, o] = sum over the taps (ky, kx, ch) inside the image of T[tap, image[n, y, x, ch], o]
+ *   T[tap, v, o]      = sum_j W[o, ch * d + j, ky, kx] E_ch[v, j],   tap = (ky * KW + kx) * C + ch
  *
  * (zero padding pads the embedded image with zeros, so a tap outside the image adds nothing).
  * PyTorch builds T from the quantized weights and table (a small einsum, which also carries the
@@ -15,15 +15,16 @@
  * and input gradients, and the per-row sums of the embedding's gradient with 27 vector adds per
  * output position for a 3x3 kernel over RGB, forward and backward alike.
  *
- * Layouts: image (N, H, W, C) uint8; T and dL/dT (256, KH * KW * C, O) float32; out and its
- * gradient (N, HO, WO, O) float32. The backward sums into one private table per thread and then
+ * Layouts: image (N, H, W, C) uint8; T and dL/dT (KH * KW * C, 256, OP) float32; out and its gradient
+ * (N, HO, WO, OP) float32; OP = O rounded up to a multiple of 16, the columns past O zero. The backward sums into one private table per thread and then
  * adds those up in thread order: the result depends on the thread count, not on scheduling.
  *
  * The activation quantizer y = round(clip(x, 0, m) * n / m) * m / n (n = 2^bits - 1, ties to even)
  * runs after every conv of a quantized network. PyTorch takes four passes over the tensor for it
  * and keeps x for the backward; here one pass writes y and a byte mask [0 < x < m], and the
  * backward is one pass of grad * mask. The arithmetic is PyTorch's, operation for operation in
- * float32, so the values are the same to the bit.
+ * float32, so the values are the same to the bit. A residual block ends in two of them around an
+ * add, out = Q(Q(y) + x) on one grid: that too is one pass each way (two mask bits per byte).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -50,51 +51,56 @@ typedef struct {
 
 static inline ssize taps(const geom_t *g) { return (ssize)g->KH * g->KW * g->C; }
 
-/* One output row (n, oy): each position's O sums, tap by tap. */
-CLONES static void forward_row(const geom_t *g, const uint8_t *image, const float *table, float *out, ssize n,
-                               ssize oy) {
-    const ssize T = taps(g), O = g->O;
-    for (ssize ox = 0; ox < g->WO; ox++) {
-        float *o = out + ((n * g->HO + oy) * g->WO + ox) * O;
-        for (ssize k = 0; k < O; k++) o[k] = 0.0f;
-        for (int ky = 0; ky < g->KH; ky++) {
-            const ssize y = oy * g->SY - g->PY + ky;
-            if (y < 0 || y >= g->H) continue;
-            for (int kx = 0; kx < g->KW; kx++) {
-                const ssize x = ox * g->SX - g->PX + kx;
-                if (x < 0 || x >= g->W) continue;
-                const uint8_t *px = image + ((n * g->H + y) * g->W + x) * g->C;
-                const ssize tap = (ky * g->KW + kx) * g->C;
-                for (ssize ch = 0; ch < g->C; ch++) {
-                    const float *t = table + ((ssize)px[ch] * T + tap + ch) * O;
-                    for (ssize k = 0; k < O; k++) o[k] += t[k];
-                }
-            }
-        }
+/* Rows of T, out and their gradients hold OP = O rounded up to a multiple of LANES floats (zeros
+ * past O), so every row update is whole vectors. */
+#define LANES 16
+static inline ssize padded(ssize O) { return (O + LANES - 1) / LANES * LANES; }
+
+/* An output row (n, oy) tap by tap: for each tap, every position of the row updates its row of the
+ * tap's (256, OP) slice of T. The slice (16 KiB at 16 channels) and the row of positions (2 KiB at
+ * 32 x 16) stay in L1, where a random row per position would come from L2; the backward adds
+ * grad into the slice instead of adding the slice into out. A position's taps are summed in
+ * order (ky, kx, ch) both ways. */
+#define FOR_EACH_TAP_OF_ROW(g, image, n, oy, BODY)                                                        \
+    for (int ky = 0; ky < (g)->KH; ky++) {                                                                 \
+        const ssize y = (oy) * (g)->SY - (g)->PY + ky;                                                     \
+        if (y < 0 || y >= (g)->H) continue;                                                                \
+        for (int kx = 0; kx < (g)->KW; kx++)                                                               \
+            for (ssize ch = 0; ch < (g)->C; ch++) {                                                        \
+                const ssize tap = (ky * (g)->KW + kx) * (g)->C + ch;                                       \
+                const uint8_t *line = (image) + ((n) * (g)->H + y) * (g)->W * (g)->C + ch;                  \
+                for (ssize ox = 0; ox < (g)->WO; ox++) {                                                   \
+                    const ssize x = ox * (g)->SX - (g)->PX + kx;                                           \
+                    if (x < 0 || x >= (g)->W) continue;                                                    \
+                    const ssize v = line[x * (g)->C];                                                      \
+                    BODY                                                                                   \
+                }                                                                                          \
+            }                                                                                              \
     }
+
+CLONES static void forward_row(const geom_t *g, const uint8_t *image, const float *restrict table,
+                               float *restrict out, ssize n, ssize oy) {
+    const ssize OP = padded(g->O);
+    float *restrict row = out + (n * g->HO + oy) * g->WO * OP;
+    memset(row, 0, (size_t)(g->WO * OP) * sizeof(float));
+    FOR_EACH_TAP_OF_ROW(g, image, n, oy, {
+        const float *restrict t = table + (tap * 256 + v) * OP;
+        float *restrict o = row + ox * OP;
+        for (ssize k0 = 0; k0 < OP; k0 += LANES)
+            for (int k = 0; k < LANES; k++) o[k0 + k] += t[k0 + k];
+    })
 }
 
-/* One output row's gradient scattered into a (private) dL/dT. */
-CLONES static void backward_row(const geom_t *g, const uint8_t *image, const float *grad, float *acc, ssize n,
-                                ssize oy) {
-    const ssize T = taps(g), O = g->O;
-    for (ssize ox = 0; ox < g->WO; ox++) {
-        const float *d = grad + ((n * g->HO + oy) * g->WO + ox) * O;
-        for (int ky = 0; ky < g->KH; ky++) {
-            const ssize y = oy * g->SY - g->PY + ky;
-            if (y < 0 || y >= g->H) continue;
-            for (int kx = 0; kx < g->KW; kx++) {
-                const ssize x = ox * g->SX - g->PX + kx;
-                if (x < 0 || x >= g->W) continue;
-                const uint8_t *px = image + ((n * g->H + y) * g->W + x) * g->C;
-                const ssize tap = (ky * g->KW + kx) * g->C;
-                for (ssize ch = 0; ch < g->C; ch++) {
-                    float *t = acc + ((ssize)px[ch] * T + tap + ch) * O;
-                    for (ssize k = 0; k < O; k++) t[k] += d[k];
-                }
-            }
-        }
-    }
+CLONES static void backward_row(const geom_t *g, const uint8_t *image, const float *restrict grad,
+                                float *restrict acc, ssize n, ssize oy) {
+    const ssize OP = padded(g->O);
+    const float *restrict row = grad + (n * g->HO + oy) * g->WO * OP;
+    FOR_EACH_TAP_OF_ROW(g, image, n, oy, {
+        float *restrict t = acc + (tap * 256 + v) * OP;
+        const float *restrict d = row + ox * OP;
+        for (ssize k0 = 0; k0 < OP; k0 += LANES)
+            for (int k = 0; k < LANES; k++) t[k0 + k] += d[k0 + k];
+    })
 }
 
 /* The rows of the quantizer's work: blocks of this many elements per loop iteration. */
@@ -107,6 +113,26 @@ CLONES static void mid_tread_block(const float *x, float *y, uint8_t *mask, ssiz
         const float c = v < 0.0f ? 0.0f : (v > max ? max : v);
         y[i] = rintf(c * up) * down;
         mask[i] = (v > 0.0f) & (v < max);
+    }
+}
+
+/* A residual block's end, out = Q(Q(y) + x) on one grid: bit 0 of the mask is y's [0 < y < m],
+ * bit 1 the sum's [0 < s < m]. */
+CLONES static void mid_tread_add_block(const float *y, const float *x, float *out, uint8_t *mask, ssize count,
+                                       float max, float up, float down) {
+    for (ssize i = 0; i < count; i++) {
+        const float v = y[i];
+        const float s = rintf((v < 0.0f ? 0.0f : (v > max ? max : v)) * up) * down + x[i];
+        out[i] = rintf((s < 0.0f ? 0.0f : (s > max ? max : s)) * up) * down;
+        mask[i] = ((v > 0.0f) & (v < max)) | (((s > 0.0f) & (s < max)) << 1);
+    }
+}
+
+CLONES static void masked_add_block(const float *grad, const uint8_t *mask, float *grad_y, float *grad_x,
+                                    ssize count) {
+    for (ssize i = 0; i < count; i++) {
+        grad_x[i] = mask[i] & 2 ? grad[i] : 0.0f;
+        grad_y[i] = mask[i] == 3 ? grad[i] : 0.0f;
     }
 }
 
@@ -143,7 +169,7 @@ static PyObject *py_embedding_conv(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *ret = NULL;
     if (geometry_ok(&g, threads) && want(&image, g.N * g.H * g.W * g.C, "image") &&
-        want(&table, 256 * taps(&g) * g.O * 4, "table") && want(&out, g.N * g.HO * g.WO * g.O * 4, "out")) {
+        want(&table, 256 * taps(&g) * padded(g.O) * 4, "table") && want(&out, g.N * g.HO * g.WO * padded(g.O) * 4, "out")) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (ssize r = 0; r < g.N * g.HO; r++) forward_row(&g, image.buf, table.buf, out.buf, r / g.HO, r % g.HO);
@@ -164,10 +190,10 @@ static PyObject *py_embedding_conv_backward(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*" GEOMETRY_FORMAT "i", &image, &grad, &out, GEOMETRY_ARGS(g), &threads))
         return NULL;
     PyObject *ret = NULL;
-    const ssize size = 256 * taps(&g) * g.O;
+    const ssize size = 256 * taps(&g) * padded(g.O);
     float *priv = NULL;
     if (geometry_ok(&g, threads) && want(&image, g.N * g.H * g.W * g.C, "image") &&
-        want(&grad, g.N * g.HO * g.WO * g.O * 4, "grad") && want(&out, size * 4, "out")) {
+        want(&grad, g.N * g.HO * g.WO * padded(g.O) * 4, "grad") && want(&out, size * 4, "out")) {
         if (g.N * g.HO < threads) threads = (int)(g.N * g.HO);
         priv = calloc((size_t)threads * size, sizeof(float));
         if (priv == NULL) PyErr_NoMemory();
@@ -256,15 +282,77 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
     return ret;
 }
 
+static PyObject *py_mid_tread_add(PyObject *self, PyObject *args) {
+    Py_buffer y, x, out, mask;
+    float max, up, down;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*fffi", &y, &x, &out, &mask, &max, &up, &down, &threads)) return NULL;
+    PyObject *ret = NULL;
+    const ssize count = mask.len;
+    if (threads < 1) {
+        PyErr_Format(PyExc_ValueError, "mid_tread_add: threads must be >= 1, got %d", threads);
+    } else if (want(&y, count * 4, "y") && want(&x, count * 4, "x") && want(&out, count * 4, "out")) {
+        const float *ys = y.buf, *xs = x.buf;
+        float *os = out.buf;
+        uint8_t *ms = mask.buf;
+        Py_BEGIN_ALLOW_THREADS
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (ssize b = 0; b < count; b += BLOCK)
+            mid_tread_add_block(ys + b, xs + b, os + b, ms + b, count - b < BLOCK ? count - b : BLOCK, max, up, down);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&y);
+    PyBuffer_Release(&x);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&mask);
+    return ret;
+}
+
+static PyObject *py_masked_add(PyObject *self, PyObject *args) {
+    Py_buffer grad, mask, grad_y, grad_x;
+    int threads;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*i", &grad, &mask, &grad_y, &grad_x, &threads)) return NULL;
+    PyObject *ret = NULL;
+    const ssize count = mask.len;
+    if (threads < 1) {
+        PyErr_Format(PyExc_ValueError, "masked_add: threads must be >= 1, got %d", threads);
+    } else if (want(&grad, count * 4, "grad") && want(&grad_y, count * 4, "grad_y") &&
+               want(&grad_x, count * 4, "grad_x")) {
+        const float *gs = grad.buf;
+        const uint8_t *ms = mask.buf;
+        float *gy = grad_y.buf, *gx = grad_x.buf;
+        Py_BEGIN_ALLOW_THREADS
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (ssize b = 0; b < count; b += BLOCK)
+            masked_add_block(gs + b, ms + b, gy + b, gx + b, count - b < BLOCK ? count - b : BLOCK);
+        Py_END_ALLOW_THREADS
+        ret = Py_None;
+        Py_INCREF(ret);
+    }
+    PyBuffer_Release(&grad);
+    PyBuffer_Release(&mask);
+    PyBuffer_Release(&grad_y);
+    PyBuffer_Release(&grad_x);
+    return ret;
+}
+
 static PyMethodDef methods[] = {
     {"embedding_conv", py_embedding_conv, METH_VARARGS,
      "embedding_conv(image, table, out, N, H, W, C, O, HO, WO, KH, KW, SY, SX, PY, PX, threads): "
-     "out[n, oy, ox] = sum over the taps inside the image of table[pixel value, tap]"},
+     "out[n, oy, ox] = sum over the taps inside the image of table[tap, pixel value]"},
     {"embedding_conv_backward", py_embedding_conv_backward, METH_VARARGS,
-     "embedding_conv_backward(image, grad, out, <geometry>, threads): out = dL/dtable given dL/dout"},
+     "embedding_conv_backward(image, grad, out, <geometry>, threads): out = dL/dtable given dL/dout "
+     "(table columns padded to a multiple of 16)"},
     {"mid_tread", py_mid_tread, METH_VARARGS,
      "mid_tread(x, y, mask, max, up, down, threads): y = rint(clip(x, 0, max) * up) * down, mask = [0 < x < max]"},
     {"masked", py_masked, METH_VARARGS, "masked(grad, mask, out, threads): out = grad where mask else 0"},
+    {"mid_tread_add", py_mid_tread_add, METH_VARARGS,
+     "mid_tread_add(y, x, out, mask, max, up, down, threads): out = Q(Q(y) + x), Q the mid-tread quantizer; "
+     "mask bit 0 = [0 < y < max], bit 1 = [0 < Q(y) + x < max]"},
+    {"masked_add", py_masked_add, METH_VARARGS,
+     "masked_add(grad, mask, grad_y, grad_x, threads): the gradients of mid_tread_add's y and x"},
     {NULL, NULL, 0, NULL},
 };
 

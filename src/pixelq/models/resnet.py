@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
-from ..quant import Quantizer, make_quantizer
+from ..quant import Quantizer, make_quantizer, quantized_residual_add
 from .registry import register_model
 
 FLOAT_BITS = 32
@@ -130,8 +130,7 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
-        y = self.res_act(self.bn2(self.conv2(h)))
-        return self.act_out(y + self.shortcut(x))
+        return quantized_residual_add(self.res_act, self.act_out, self.bn2(self.conv2(h)), self.shortcut(x))
 
 
 def keep_grad_layout(x: Tensor) -> Tensor:

@@ -12,11 +12,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError, InputError
 from ..quant import make_quantizer
 from ..registry import Registry
-
-try:  # the C kernel of the first conv over a pixel embedding; without it training takes PyTorch's conv
-    from .. import _train_kernels
-except ImportError:  # pragma: no cover - built with pixelq
-    _train_kernels = None
+from .. import train_kernels
 
 ENCODERS: Registry[nn.Module] = Registry("first layer")
 
@@ -159,30 +155,33 @@ class _RowLookup(torch.autograd.Function):
 
 class _TableConv(torch.autograd.Function):
     """The first conv over a pixel embedding as sums of table rows (csrc/train_kernels.c):
-    table (256, taps, O) float32, image (N, H, W, C) uint8 -> (N, O, HO, WO) channels-last."""
+    table (taps, 256, O) float32, image (N, H, W, C) uint8 -> (N, O, HO, WO) channels-last.
+    The kernel's rows are whole 16-float vectors: O is padded to a multiple of 16 around it."""
 
     @staticmethod
     def forward(ctx, table, image, geometry):
         n, h, w, c = image.shape
-        o, ho, wo, kh, kw, sy, sx, py, px = geometry
-        out = torch.empty((n, ho, wo, o), dtype=torch.float32)
-        threads = torch.get_num_threads()
-        _train_kernels.embedding_conv(image.numpy(), table.detach().numpy(), out.numpy(), n, h, w, c, *geometry,
-                                      threads)
+        o, ho, wo = geometry[:3]
+        pad = -o % 16
+        out = torch.empty((n, ho, wo, o + pad), dtype=torch.float32)
+        ctx.kernels = train_kernels.get()
+        ctx.kernels.embedding_conv(image.numpy(), F.pad(table.detach(), (0, pad)).contiguous().numpy(),
+                                      out.numpy(), n, h, w, c, *geometry, torch.get_num_threads())
         ctx.save_for_backward(image)
         ctx.geometry = geometry
-        return out.permute(0, 3, 1, 2)
+        return (out[..., :o].contiguous() if pad else out).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
         (image,) = ctx.saved_tensors
         n, h, w, c = image.shape
-        o, ho, wo, kh, kw = ctx.geometry[:5]
-        grad_table = torch.empty((256, kh * kw * c, o), dtype=torch.float32)
-        grad = grad.permute(0, 2, 3, 1).contiguous().float()
-        _train_kernels.embedding_conv_backward(image.numpy(), grad.numpy(), grad_table.numpy(), n, h, w, c,
+        o, kh, kw = ctx.geometry[0], ctx.geometry[3], ctx.geometry[4]
+        pad = -o % 16
+        grad = F.pad(grad.permute(0, 2, 3, 1).float(), (0, pad)).contiguous()
+        grad_table = torch.empty((kh * kw * c, 256, o + pad), dtype=torch.float32)
+        ctx.kernels.embedding_conv_backward(image.numpy(), grad.numpy(), grad_table.numpy(), n, h, w, c,
                                                *ctx.geometry, torch.get_num_threads())
-        return grad_table, None, None
+        return grad_table[..., :o], None, None
 
 
 _EMBEDDING_INITS = ("thermometer", "uniform", "linear")
@@ -259,16 +258,17 @@ class PixelEmbedding(nn.Module):
 
     def runs_as_table(self, conv: nn.Module, x: Tensor) -> bool:
         """Whether `conv_table` can compute conv(self(x)): a plain float32 CPU conv (zero padding,
-        no dilation or groups, no input quantizer of its own) and the training kernel built."""
+        no dilation or groups, no input quantizer of its own) and the training kernels on
+        (`pixelq.train_kernels`: built, not switched off, not under torch.compile)."""
         padding = getattr(conv, "padding", "same")
-        return (_train_kernels is not None and isinstance(conv, nn.Conv2d) and conv.groups == 1
+        return (train_kernels.get() is not None and isinstance(conv, nn.Conv2d) and conv.groups == 1
                 and conv.dilation == (1, 1) and conv.padding_mode == "zeros" and not isinstance(padding, str)
                 and getattr(conv, "input_quantizer", None) is None and conv.weight.dtype == torch.float32
                 and conv.weight.device.type == "cpu" and x.device.type == "cpu"
                 and conv.in_channels == self.out_channels)
 
     def conv_table(self, conv: nn.Module) -> Tensor:
-        """T[v, tap, o] = sum_j W[o, c * d + j, ky, kx] * E_c[v, j], tap = (ky * KW + kx) * C + c: what
+        """T[tap, v, o] = sum_j W[o, c * d + j, ky, kx] * E_c[v, j], tap = (ky * KW + kx) * C + c: what
         conv(self(x)) adds for pixel value v of colour c at kernel tap (ky, kx), from the quantized
         weight (`conv.quantized_weight()` where it has one) and table; autograd carries its gradient
         back to both."""
@@ -277,10 +277,10 @@ class PixelEmbedding(nn.Module):
         weight = weight.view(o, self.in_channels, self.d, kh, kw)
         table = self.quantized_table()
         if self.shared:
-            t = torch.einsum("ocjyx,vj->vyxco", weight, table[0])
+            t = torch.einsum("ocjyx,vj->yxcvo", weight, table[0])
         else:
-            t = torch.einsum("ocjyx,cvj->vyxco", weight, table)
-        return t.reshape(256, kh * kw * self.in_channels, o).contiguous()
+            t = torch.einsum("ocjyx,cvj->yxcvo", weight, table)
+        return t.reshape(kh * kw * self.in_channels, 256, o)
 
     def conv_forward(self, x: Tensor, conv: nn.Module) -> Tensor:
         """conv(self(x)) without the embedded image: each output position sums the table rows of the

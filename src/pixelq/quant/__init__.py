@@ -11,6 +11,7 @@ from .quantizers import (
     Quantizer,
     TernaryWeight,
     make_quantizer,
+    quantized_residual_add,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "Quantizer",
     "TernaryWeight",
     "make_quantizer",
+    "quantized_residual_add",
 ]

@@ -9,10 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-try:  # one-pass forward and backward of the activation quantizer; without it, PyTorch ops
-    from .. import _train_kernels
-except ImportError:  # pragma: no cover - built with pixelq
-    _train_kernels = None
+from .. import train_kernels
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -118,17 +115,23 @@ def _flat(t: Tensor):
     return _memory_order(t.detach()).reshape(-1).numpy()
 
 
+def _fusable(x: Tensor) -> bool:
+    """Whether the training kernels (`pixelq.train_kernels`) are on and can take x: a dense float32 CPU tensor."""
+    return (train_kernels.get() is not None and x.dtype == torch.float32 and x.device.type == "cpu"
+            and _memory_order(x) is not None)
+
+
 class _MidTreadHalf(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, bits, max_value):
         ctx.max_value = max_value
         n = 2**bits - 1
-        if _train_kernels is not None and x.dtype == torch.float32 and x.device.type == "cpu" \
-                and _memory_order(x) is not None:
+        if _fusable(x):
             # One pass (csrc/train_kernels.c): the same float32 operations as below, and a byte mask
             # for the backward instead of keeping x.
             y, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.uint8)
-            _train_kernels.mid_tread(_flat(x), _flat(y), _flat(mask), max_value, n / max_value, max_value / n,
+            ctx.kernels = train_kernels.get()
+            ctx.kernels.mid_tread(_flat(x), _flat(y), _flat(mask), max_value, n / max_value, max_value / n,
                                      torch.get_num_threads())
             ctx.save_for_backward(mask)
             return y
@@ -143,7 +146,7 @@ class _MidTreadHalf(torch.autograd.Function):
         if saved.dtype == torch.uint8:  # the fused forward's mask
             out = torch.empty_like(saved, dtype=torch.float32)
             grad = grad if grad.stride() == out.stride() and grad.dtype == out.dtype else out.copy_(grad)
-            _train_kernels.masked(_flat(grad), _flat(saved), _flat(out), torch.get_num_threads())
+            ctx.kernels.masked(_flat(grad), _flat(saved), _flat(out), torch.get_num_threads())
             return out, None, None
         # hardtanh's own backward is exactly grad * [0 < x < max], fused in one kernel.
         return torch.ops.aten.hardtanh_backward(grad, saved, 0.0, ctx.max_value), None, None
@@ -153,6 +156,38 @@ def linear_mid_tread_half(x: Tensor, bits: int, max_value: float) -> Tensor:
     """Blueoil's activation: y = round(clip(x, 0, m) * n / m) * m / n with n = 2^bits - 1;
     dy/dx = 1 for 0 < x < m, else 0."""
     return _MidTreadHalf.apply(x, bits, max_value)
+
+
+class _MidTreadAdd(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, x, bits, max_value):
+        n = 2**bits - 1
+        out, mask = torch.empty_like(y), torch.empty_like(y, dtype=torch.uint8)
+        ctx.kernels = train_kernels.get()
+        ctx.kernels.mid_tread_add(_flat(y), _flat(x), _flat(out), _flat(mask), max_value, n / max_value,
+                                     max_value / n, torch.get_num_threads())
+        ctx.save_for_backward(mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        grad_y, grad_x = (torch.empty_like(mask, dtype=torch.float32) for _ in range(2))
+        if grad.stride() != grad_y.stride() or grad.dtype != grad_y.dtype:
+            grad = torch.empty_like(grad_y).copy_(grad)
+        ctx.kernels.masked_add(_flat(grad), _flat(mask), _flat(grad_y), _flat(grad_x), torch.get_num_threads())
+        return grad_y, grad_x, None, None
+
+
+def mid_tread_add(y: Tensor, x: Tensor, bits: int, max_value: float) -> Tensor:
+    """Q(Q(y) + x), Q = linear_mid_tread_half(., bits, max_value): a quantized residual block's end
+    (x on Q's grid already). With the training kernels one pass each way, bit-identical to the
+    two quantizers around the add; the gradient is each one's straight-through mask in turn."""
+    if _fusable(y) and x.shape == y.shape and x.dtype == y.dtype and x.device == y.device:
+        if x.stride() != y.stride():
+            x = torch.empty_like(y).copy_(x)
+        return _MidTreadAdd.apply(y, x, bits, max_value)
+    return linear_mid_tread_half(linear_mid_tread_half(y, bits, max_value) + x, bits, max_value)
 
 
 class _PACT(torch.autograd.Function):
