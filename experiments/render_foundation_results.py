@@ -90,6 +90,10 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
             out.append(f"| {k} | {1000 * v:.0f} | {train_bench['images_per_s'][k]:.0f} | "
                        f"{v / train_bench['step_s'][first]:.2f}x |")
         out.append("")
+        if any(not v.get("kernels", True) for v in train_bench["variants"].values()):
+            out += ["`-pytorch-ops`: the same network trained with PyTorch's ops instead of pixelq's training kernels "
+                    "(the first conv over the pixel embedding as table sums, the activation quantizers in one pass; "
+                    "[docs/training.md](docs/training.md#training-kernels)).", ""]
     runtime_bench = load(BENCH / "runtime.json")
     if runtime_bench:
         r = runtime_bench["ratios"]

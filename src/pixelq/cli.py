@@ -142,9 +142,10 @@ def _run_bench_train(args) -> None:
     result = train_step_throughput(model=args.model, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds,
                                    threads=args.threads, compiled=args.compile)
     first = next(iter(result["step_s"]))
-    print(f"{'variant':<20} {'ms/step':>8} {'images/s':>9} {'vs ' + first:>9}")
+    width = max(len("variant"), *map(len, result["step_s"]))
+    print(f"{'variant':<{width}} {'ms/step':>8} {'images/s':>9} {'vs ' + first:>9}")
     for name, seconds in result["step_s"].items():
-        print(f"{name:<20} {1000 * seconds:8.1f} {result['images_per_s'][name]:9.0f} "
+        print(f"{name:<{width}} {1000 * seconds:8.1f} {result['images_per_s'][name]:9.0f} "
               f"{seconds / result['step_s'][first]:8.2f}x")
     _write_json(args.json, result)
 
