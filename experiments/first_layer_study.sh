@@ -6,8 +6,9 @@
 set -euo pipefail
 DATA=${1:?usage: $0 DATA [THREADS]}
 THREADS=${2:-2}
-PIXELQ=${PIXELQ:-.venv/bin/pixelq}
+PYTHON=${PYTHON:-.venv/bin/python}
 OUT=results/first-layer-study
 
-$PIXELQ study first-layer --data "$DATA" --out $OUT --seeds 0 1 2 --epochs 20 \
+$PYTHON experiments/first_layer_study.py --data "$DATA" --out $OUT --seeds 0 1 2 --epochs 20 \
   --ablation-epochs 10 --ablation-train-subset 10000 --threads "$THREADS" --quiet
+$PYTHON experiments/first_layer_report.py $OUT

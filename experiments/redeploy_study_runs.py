@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from pixelq.data import load_dataset
-from pixelq.study.first_layer import retime_runtime, write_runtime
+from first_layer_study import retime_runtime, write_runtime
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +8,8 @@ from PIL import Image
 
 from pixelq import TrainConfig
 from pixelq.data import DataSplits, ImageSet
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"  # scripts tests import by putting it on sys.path
 
 
 @pytest.fixture(autouse=True)

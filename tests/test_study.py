@@ -1,16 +1,21 @@
 """The first-layer study: its plan, a resumable run on tiny data, and the report rendered from JSON."""
 import json
 import statistics
+import sys
 
 import pytest
 
 import pixelq
 from pixelq import ConfigError
-from pixelq.cli import main
 from pixelq.models import first_layer_cost
-from pixelq.study.first_layer import ABLATION_NOISE_VARIANTS
-from pixelq.study import StudySchedule, ablation_variants, headline_variants, plan, run_study, write_report
-from conftest import write_image_dataset
+from conftest import EXPERIMENTS, write_image_dataset
+
+sys.path.insert(0, str(EXPERIMENTS))  # the study and its report are experiments, not the library
+import first_layer_report  # noqa: E402
+import first_layer_study  # noqa: E402
+from first_layer_report import write_report  # noqa: E402
+from first_layer_study import (ABLATION_NOISE_VARIANTS, StudySchedule, ablation_variants,  # noqa: E402
+                               headline_variants, plan, run_study)
 
 
 def test_headline_variants_are_the_named_rows():
@@ -96,7 +101,7 @@ def test_retime_re_measures_the_committed_model_file_without_a_checkpoint(study,
 
     from pixelq import ExportError
     from pixelq.data import load_dataset
-    from pixelq.study.first_layer import retime_runtime
+    from first_layer_study import retime_runtime
 
     out, data = study[0], study[1]
     run = tmp_path / "w1a2-pe-s0"
@@ -131,7 +136,7 @@ def test_study_refuses_a_finished_run_with_other_settings(study):
 def test_report_renders_summary_plots_and_markdown(study, tmp_path):
     out = study[0]
     docs = tmp_path / "docs" / "results.md"
-    assert main(["report", str(out), "--docs", str(docs)]) == 0
+    assert first_layer_report.main([str(out), "--docs", str(docs)]) == 0
     rows = {r["variant"]: r for r in json.loads((out / "summary.json").read_text())}
     assert set(rows) == set(study[3])
     pe, ref = rows["w1a2-pe"], rows["w1a2-float-first"]
@@ -149,7 +154,7 @@ def test_report_renders_summary_plots_and_markdown(study, tmp_path):
         assert (docs.parent / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "at seeds 0, 1; ablation rows" in text  # every headline row has every seed
     # the gap by epoch: each epoch's test top-1 against the float first layer's, mean over seeds
-    from pixelq.study.report import gap_by_epoch
+    from first_layer_report import gap_by_epoch
 
     def top1(run):
         return [json.loads(line)["test_top1"] for line in (out / run / "metrics.jsonl").read_text().splitlines()]
@@ -177,12 +182,12 @@ def test_report_names_headline_rows_short_of_the_seed_list(study, tmp_path):
 
 
 def test_report_without_a_study_is_a_clear_error(tmp_path, capsys):
-    assert main(["report", str(tmp_path)]) == 2
+    assert first_layer_report.main([str(tmp_path)]) == 2
     assert "no study.json" in capsys.readouterr().err
 
 
 def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
-    from pixelq.study.report import _targets
+    from first_layer_report import _targets
 
     def row(variant, first_layer, top1, bitops, gap=None):
         return {"variant": variant, "first_layer": first_layer, "tier": "headline", "top1_mean": top1, "seeds": [0, 1],
@@ -230,7 +235,7 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
 
 
 def test_gaps_pair_seeds_while_a_row_has_fewer_seeds_than_its_reference():
-    from pixelq.study.report import _gap, _last_layer_cost, _over
+    from first_layer_report import _gap, _last_layer_cost, _over
 
     ref = {"seeds": [0, 1], "top1": [80.0, 82.0], "top1_mean": 81.0}
     assert _gap({"seeds": [0], "top1": [79.0], "top1_mean": 79.0}, ref) == pytest.approx(-1.0)  # not 79 - 81
@@ -253,7 +258,7 @@ def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys
 
     write_imagenet_style(tmp_path / "imagenet")
     out = tmp_path / "runs"
-    assert main(["study", "first-layer", "--data", str(tmp_path / "imagenet"), "--image-size", "16", "--out", str(out),
+    assert first_layer_study.main(["--data", str(tmp_path / "imagenet"), "--image-size", "16", "--out", str(out),
                  "--seeds", "0", "--epochs", "1", "--batch-size", "4", "--only", "w1a2-pe", "--threads", "1",
                  "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["trained"] == ["w1a2-pe-s0"]
@@ -268,7 +273,7 @@ def test_study_and_report_on_an_imagenet_style_tree_at_one_size(tmp_path, capsys
 
 def test_report_reads_each_ablation_factor_from_matched_pairs():
     """A synthetic grid whose top-1 is a known sum of effects: the report recovers each effect."""
-    from pixelq.study.report import _embedding_grid, _last_layer_cost
+    from first_layer_report import _embedding_grid, _last_layer_cost
 
     def row(variant, first_layer, kwargs, top1, last="float", tier="ablation", std=None):
         return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": kwargs, "wbits": 1,
@@ -320,7 +325,7 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
 
 
 def test_report_checks_whether_the_short_schedule_ranks_first_layers_like_the_full_one():
-    from pixelq.study.report import _schedule_check
+    from first_layer_report import _schedule_check
 
     def row(variant, tier, first_layer, top1, gap, last="float"):
         return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": {}, "wbits": 1,

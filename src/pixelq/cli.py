@@ -330,24 +330,6 @@ def _run_inspect(args) -> None:
     print(json.dumps({k: v for k, v in model.meta.items() if k != "logit_scale"}))
 
 
-def _run_study(args) -> None:
-    from .study import StudySchedule, run_study
-
-    schedule = StudySchedule(seeds=tuple(args.seeds), epochs=args.epochs, ablation_epochs=args.ablation_epochs,
-                             ablation_train_subset=args.ablation_train_subset or None, batch_size=args.batch_size)
-    tiers = (args.tier,) if args.tier != "all" else ("headline", "ablation")
-    trained = run_study(args.out, data=args.data, image_size=args.image_size, schedule=schedule, tiers=tiers, threads=args.threads,
-                        device=args.device, progress=not args.quiet, only=args.only)
-    print(json.dumps({"trained": trained, "out": args.out}))
-
-
-def _run_report(args) -> None:
-    from .study import write_report
-
-    rows = write_report(args.study_dir, args.docs)["rows"]
-    print(json.dumps({"docs": args.docs, "rows": len(rows)}))
-
-
 def _run_models(args) -> None:
     from .models import list_models
 
@@ -405,23 +387,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="shapes for S x S images (default: the size the model trained on)")
     p.add_argument("--json", help="write the manifest's nodes, metadata and the table here")
     _add_isa(p)
-    p = sub.add_parser("study", help="the first-layer study: every first-layer method, one schedule, several seeds")
-    p.add_argument("study", choices=("first-layer",))
-    _add_data(p)
-    p.add_argument("--out", default="results/first-layer-study")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="headline runs train once per seed")
-    p.add_argument("--epochs", type=int, default=20, help="epochs of each headline run")
-    p.add_argument("--ablation-epochs", type=int, default=10)
-    p.add_argument("--ablation-train-subset", type=int, default=10000, help="0: the whole train split")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--tier", default="all", choices=("all", "headline", "ablation"))
-    p.add_argument("--only", nargs="+", help="only these variants (names as in the report)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("report", help="render a study's summary.json, plots and markdown report from its JSON")
-    p.add_argument("study_dir", help="the --out folder of `pixelq study first-layer`")
-    p.add_argument("--docs", default="docs/results.md", help="markdown file to write (plots go beside it)")
     p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -448,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes, "bitops": _run_bitops, "quantize": _run_quantize,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
-            "inspect": _run_inspect, "study": _run_study, "report": _run_report}
+            "inspect": _run_inspect}
 
 
 def main(argv: "list[str] | None" = None) -> int:

@@ -11,19 +11,24 @@ Two tiers share one plan:
 Each run is an ordinary `train()` into OUT/<variant>-s<seed>/ with resume on, so a killed study
 loses at most the epoch in flight; a run whose metrics.json exists is skipped. A finished
 pixel-embedding run also writes embedding.json, its quantized table, which the report plots.
+
+    python experiments/first_layer_study.py --data DATA [--out results/first-layer-study] [--seeds 0 1 2] ...
+    python experiments/first_layer_report.py results/first-layer-study      # then its report
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, ExportError
-from ..training import TrainConfig, load_checkpoint, train
-from ..training.config import config_changes
+from pixelq.errors import ConfigError, ExportError
+from pixelq.training import TrainConfig, load_checkpoint, train
+from pixelq.training.config import config_changes
 
 W1A2 = {"wbits": 1, "abits": 2}
 
@@ -174,8 +179,8 @@ def write_runtime(run_dir: Path, test, threads: "int | None") -> None:
     """Export a finished run to run_dir/model.pxq and write runtime.json: the integer runtime's top-1
     on the test split, its images/s, and how often its labels equal the fake-quant model's. Runs
     whose first layer has no integer form (float, bit-plane) are skipped."""
-    from ..exporting import export
-    from ..exporting.verify import label_agreement
+    from pixelq.exporting import export
+    from pixelq.exporting.verify import label_agreement
 
     model = load_checkpoint(run_dir / "checkpoint.pt")
     try:
@@ -206,7 +211,7 @@ def retime_runtime(run_dir: Path, test, threads: "int | None") -> dict:
 
 def _time_runtime(path: Path, test, threads: "int | None") -> tuple:
     """(runtime, record): the .pxq's top-1 on `test` and images/s, as runtime.json holds them."""
-    from ..runtime import load
+    from pixelq.runtime import load
 
     rt = load(path, threads=threads)
     t0 = time.perf_counter()
@@ -233,7 +238,7 @@ def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySche
     """Train every (variant, seed) of the plan that has no metrics.json yet; returns the run names
     trained in this call. `only` restricts the plan to the named variants; `image_size` is
     `load_dataset`'s (e.g. 32 or 64 for ImageNet-style folders of mixed sizes)."""
-    from ..data import load_dataset
+    from pixelq.data import load_dataset
 
     schedule = schedule or StudySchedule()
     schedule.validate()
@@ -268,3 +273,37 @@ def run_study(out: "str | Path", data: "str | None" = None, schedule: "StudySche
         print(f"== {run_dir.name}: top-1 {metrics['top1']:.2f}%", flush=True)
         trained.append(run_dir.name)
     return trained
+
+
+def main(argv: "list | None" = None) -> int:
+    p = argparse.ArgumentParser(description="the first-layer study: every first-layer method, one schedule, "
+                                            "several seeds (resumable: run it again)")
+    p.add_argument("--data", help="a data set pixelq reads (default: the embedded subset)")
+    p.add_argument("--image-size", type=int, help="images resized to S x S (image folders of mixed sizes)")
+    p.add_argument("--out", default="results/first-layer-study")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="headline runs train once per seed")
+    p.add_argument("--epochs", type=int, default=20, help="epochs of each headline run")
+    p.add_argument("--ablation-epochs", type=int, default=10)
+    p.add_argument("--ablation-train-subset", type=int, default=10000, help="0: the whole train split")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--tier", default="all", choices=("all", "headline", "ablation"))
+    p.add_argument("--only", nargs="+", help="only these variants (names as in the report)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    schedule = StudySchedule(seeds=tuple(args.seeds), epochs=args.epochs, ablation_epochs=args.ablation_epochs,
+                             ablation_train_subset=args.ablation_train_subset or None, batch_size=args.batch_size)
+    tiers = (args.tier,) if args.tier != "all" else ("headline", "ablation")
+    try:
+        trained = run_study(args.out, data=args.data, image_size=args.image_size, schedule=schedule, tiers=tiers,
+                            threads=args.threads, device=args.device, progress=not args.quiet, only=args.only)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"trained": trained, "out": args.out}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,6 @@
-"""`pixelq report DIR`: the first-layer study's summary.json, plots and docs/results.md, from its JSON.
+"""The first-layer study's summary.json, plots and docs/results.md, from its JSON.
+
+    python experiments/first_layer_report.py STUDY_DIR [--docs docs/results.md]
 
 Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
 metrics.jsonl, embedding.json and runtime.json where the study wrote them); nothing else. Rows are
@@ -9,12 +11,14 @@ of the size it trained on, 32 x 32 unless the study ran with an image size).
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import statistics
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..models import create_model, first_layer_cost
+from pixelq.errors import ConfigError
+from pixelq.models import create_model, first_layer_cost
 
 REFERENCES = {"headline": "w1a2-float-first", "ablation": "short-w1a2-float-first"}
 
@@ -28,7 +32,7 @@ def summarize(study_dir: "str | Path") -> dict:
     study_dir = Path(study_dir)
     study = _load(study_dir / "study.json")
     if study is None:
-        raise ConfigError(f"{study_dir}: no study.json; run `pixelq study first-layer --out {study_dir}` first")
+        raise ConfigError(f"{study_dir}: no study.json; run `python experiments/first_layer_study.py --out {study_dir}` first")
     rows = []
     for v in study["variants"]:
         runs = [p for p in (study_dir / f"{v['name']}-s{seed}" / "metrics.json" for seed in study["schedule"]["seeds"])
@@ -403,8 +407,8 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
     noise = [r["variant"] for r in rows if r["tier"] == "ablation" and len(r["seeds"]) > 1]
     noise_seeds = sorted({seed for r in rows if r["variant"] in noise for seed in r["seeds"]})
     lines = [f"# First-layer study: ResNet-20 W1A2 on {data}", "",
-             f"Rendered by `pixelq report {study_dir}` from `{study_dir}/*/metrics.json` (trained by "
-             f"`pixelq study first-layer`); `{study_dir}/summary.json` holds these rows.", "",
+             f"Rendered by `python experiments/first_layer_report.py {study_dir}` from `{study_dir}/*/metrics.json` "
+             f"(trained by `python experiments/first_layer_study.py`); `{study_dir}/summary.json` holds these rows.", "",
              f"Schedule: headline rows {s['epochs']} epochs on the whole train split at seeds "
              f"{', '.join(map(str, headline_seeds))}" + (f" ({'; '.join(short)})" if short else "")
              + f"; ablation rows {s['ablation_epochs']} epochs on a stratified "
@@ -459,3 +463,21 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
             lines += [f"![learned embedding of {name}]({png})", ""]
     docs.write_text("\n".join(lines))
     return summary
+
+
+def main(argv: "list | None" = None) -> int:
+    p = argparse.ArgumentParser(description="render a first-layer study's summary.json, plots and markdown report")
+    p.add_argument("study_dir", help="the --out folder of experiments/first_layer_study.py")
+    p.add_argument("--docs", default="docs/results.md", help="markdown file to write (plots go beside it)")
+    args = p.parse_args(argv)
+    try:
+        rows = write_report(args.study_dir, args.docs)["rows"]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"docs": args.docs, "rows": len(rows)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
