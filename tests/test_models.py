@@ -247,3 +247,26 @@ def test_quantize_model_overrides_and_errors():
         quantize_model(HandWritten(), in_channels=1)
     with pytest.raises(ConfigError, match="needs a network"):
         quantize_model(torch.nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("name,kwargs", [("resnet20", {}), ("cnv", {}), ("resnet20", {"wbits": 1, "abits": 2})])
+def test_frozen_for_inference_folds_float_batch_norm_and_keeps_the_logits(name, kwargs):
+    from pixelq.models.tracing import frozen_for_inference
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7, **kwargs).train()
+    with torch.no_grad():  # running statistics away from their initial 0 / 1
+        for _ in range(3):
+            model(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8))
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = frozen_for_inference(model)
+    x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-5)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    quantized = sum(m.weight_quantizer is not None for m in convs)
+    assert norms == quantized  # every float conv's batch norm folded; a quantized conv's kept
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the original untouched

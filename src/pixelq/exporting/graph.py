@@ -33,8 +33,8 @@ from torch.nn import functional as F
 from ..errors import ExportError
 from ..integer import IntegerModel
 from ..integer.transforms import EXPORT_TRANSFORMS, apply
-from ..models.resnet import keep_grad_layout, same_layout
-from ..nn import QuantConv2d, QuantLinear, images_to_nchw
+from ..models.tracing import PASSTHROUGH, POOLS, ModelTracer
+from ..nn import QuantConv2d, QuantLinear
 from ..quant import Quantizer
 from .integers import (
     activation_grid,
@@ -45,17 +45,6 @@ from .integers import (
     weight_integers,
 )
 
-PASSTHROUGH = (images_to_nchw, keep_grad_layout, same_layout)  # layout and input checks: the same values
-POOLS = (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.Flatten)
-
-
-class _Tracer(fx.Tracer):
-    def __init__(self):
-        super().__init__(autowrap_functions=PASSTHROUGH)
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (QuantConv2d, QuantLinear, Quantizer, nn.BatchNorm1d, nn.BatchNorm2d, *POOLS))
-                or hasattr(m, "quantized") or super().is_leaf_module(m, qualname))
 
 
 @dataclass
@@ -110,7 +99,7 @@ class _Lowering:
     # ---- the walk ----
 
     def run(self) -> IntegerModel:
-        graph = _Tracer().trace(self.model)
+        graph = ModelTracer().trace(self.model)
         if self.image_shape is not None:  # every value's shape, for pooling before a hidden linear layer
             example = torch.zeros((1, *self.image_shape), dtype=torch.uint8)
             try:
