@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each variant keeps its best (a noisy machine)")
     p.add_argument("--threads", type=int)
     p.add_argument("--compile", action="store_true",
                    help="also time the fully quantized variant under torch.compile (its compile time is reported apart)")

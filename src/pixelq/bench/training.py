@@ -85,7 +85,7 @@ def decode_throughput(folders: str, images: int = 5000, batch_size: int = 128, w
 
 
 def train_step_throughput(model: str = "resnet20", variants: "dict | None" = None, batch_size: int = 128,
-                          steps: int = 10, warmup: int = 3, rounds: int = 3, threads: "int | None" = None,
+                          steps: int = 10, warmup: int = 3, rounds: int = 5, threads: "int | None" = None,
                           image_size: int = 32, compiled: bool = False) -> dict:
     """Train step time (the training loop's step: forward, loss, backward, optimizer step) of each
     variant on random uint8 batches; a variant may add a float teacher (KD) or SAQ, run PyTorch's

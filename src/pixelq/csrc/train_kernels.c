@@ -103,8 +103,11 @@ CLONES static void backward_row(const geom_t *g, const uint8_t *image, const flo
     })
 }
 
-/* The rows of the quantizer's work: blocks of this many elements per loop iteration. */
+/* The rows of the quantizer's work: blocks of this many elements per loop iteration; below
+ * PARALLEL_MIN elements one thread does it all (waking a second costs more than it saves, and far
+ * more when another process holds the other core). */
 #define BLOCK 4096
+#define PARALLEL_MIN 65536
 
 CLONES static void mid_tread_block(const float *x, float *y, uint8_t *mask, ssize count, float max, float up,
                                    float down) {
@@ -242,7 +245,7 @@ static PyObject *py_mid_tread(PyObject *self, PyObject *args) {
         float *ys = y.buf;
         uint8_t *ms = mask.buf;
         Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for num_threads(threads) schedule(static)
+        #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK)
             mid_tread_block(xs + b, ys + b, ms + b, count - b < BLOCK ? count - b : BLOCK, max, up, down);
         Py_END_ALLOW_THREADS
@@ -270,7 +273,7 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
         const uint8_t *ms = mask.buf;
         float *os = out.buf;
         Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for num_threads(threads) schedule(static)
+        #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK) masked_block(gs + b, ms + b, os + b, count - b < BLOCK ? count - b : BLOCK);
         Py_END_ALLOW_THREADS
         ret = Py_None;
@@ -296,7 +299,7 @@ static PyObject *py_mid_tread_add(PyObject *self, PyObject *args) {
         float *os = out.buf;
         uint8_t *ms = mask.buf;
         Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for num_threads(threads) schedule(static)
+        #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK)
             mid_tread_add_block(ys + b, xs + b, os + b, ms + b, count - b < BLOCK ? count - b : BLOCK, max, up, down);
         Py_END_ALLOW_THREADS
@@ -324,7 +327,7 @@ static PyObject *py_masked_add(PyObject *self, PyObject *args) {
         const uint8_t *ms = mask.buf;
         float *gy = grad_y.buf, *gx = grad_x.buf;
         Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for num_threads(threads) schedule(static)
+        #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK)
             masked_add_block(gs + b, ms + b, gy + b, gx + b, count - b < BLOCK ? count - b : BLOCK);
         Py_END_ALLOW_THREADS

@@ -105,8 +105,11 @@ def pruned_ternary(w: Tensor, sparsity: float, per_channel: bool = False) -> Ten
 
 def _memory_order(t: Tensor) -> "Tensor | None":
     """A view of a dense tensor with its dims in memory order (contiguous), or None."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
-    view = t.permute(order)
+    if t.is_contiguous():
+        return t
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return t.permute(0, 2, 3, 1)
+    view = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))
     return view if view.is_contiguous() else None
 
 
