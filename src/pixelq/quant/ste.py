@@ -36,8 +36,8 @@ def _mean_abs(w: Tensor, per_channel: bool) -> Tensor:
 class _BinaryMeanScaling(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, per_channel):
-        sign = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
-        return sign * _mean_abs(w, per_channel)
+        scale = _mean_abs(w, per_channel)
+        return torch.where(w >= 0, scale, -scale)  # sign(w) * scale, sign(0) = +1, in one pass
 
     @staticmethod
     def backward(ctx, grad):
