@@ -65,42 +65,45 @@ static inline ssize padded(ssize O) { return (O + LANES - 1) / LANES * LANES; }
     for (int ky = 0; ky < (g)->KH; ky++) {                                                                 \
         const ssize y = (oy) * (g)->SY - (g)->PY + ky;                                                     \
         if (y < 0 || y >= (g)->H) continue;                                                                \
-        for (int kx = 0; kx < (g)->KW; kx++)                                                               \
+        for (int kx = 0; kx < (g)->KW; kx++) {                                                             \
+            /* the positions whose tap (ky, kx) lies inside the image: ox in [lo, hi) */                  \
+            const ssize first = (g)->PX - kx, last = (g)->W - 1 + (g)->PX - kx;                            \
+            const ssize lo = first > 0 ? (first + (g)->SX - 1) / (g)->SX : 0;                              \
+            const ssize hi = last < 0 ? 0 : (last / (g)->SX + 1 < (g)->WO ? last / (g)->SX + 1 : (g)->WO);   \
             for (ssize ch = 0; ch < (g)->C; ch++) {                                                        \
                 const ssize tap = (ky * (g)->KW + kx) * (g)->C + ch;                                       \
                 const uint8_t *line = (image) + ((n) * (g)->H + y) * (g)->W * (g)->C + ch;                  \
-                for (ssize ox = 0; ox < (g)->WO; ox++) {                                                   \
-                    const ssize x = ox * (g)->SX - (g)->PX + kx;                                           \
-                    if (x < 0 || x >= (g)->W) continue;                                                    \
-                    const ssize v = line[x * (g)->C];                                                      \
+                for (ssize ox = lo; ox < hi; ox++) {                                                       \
+                    const ssize v = line[(ox * (g)->SX - first) * (g)->C];                                 \
                     BODY                                                                                   \
                 }                                                                                          \
             }                                                                                              \
+        }                                                                                                  \
     }
+
+/* dst[0 .. OP) += src[0 .. OP): one whole vector at 16 channels, the common case, else a loop of them. */
+static inline __attribute__((always_inline)) void add_row(float *restrict dst, const float *restrict src, ssize OP) {
+    if (OP == LANES) {
+        for (int k = 0; k < LANES; k++) dst[k] += src[k];
+        return;
+    }
+    for (ssize k0 = 0; k0 < OP; k0 += LANES)
+        for (int k = 0; k < LANES; k++) dst[k0 + k] += src[k0 + k];
+}
 
 CLONES static void forward_row(const geom_t *g, const uint8_t *image, const float *restrict table,
                                float *restrict out, ssize n, ssize oy) {
     const ssize OP = padded(g->O);
     float *restrict row = out + (n * g->HO + oy) * g->WO * OP;
     memset(row, 0, (size_t)(g->WO * OP) * sizeof(float));
-    FOR_EACH_TAP_OF_ROW(g, image, n, oy, {
-        const float *restrict t = table + (tap * 256 + v) * OP;
-        float *restrict o = row + ox * OP;
-        for (ssize k0 = 0; k0 < OP; k0 += LANES)
-            for (int k = 0; k < LANES; k++) o[k0 + k] += t[k0 + k];
-    })
+    FOR_EACH_TAP_OF_ROW(g, image, n, oy, { add_row(row + ox * OP, table + (tap * 256 + v) * OP, OP); })
 }
 
 CLONES static void backward_row(const geom_t *g, const uint8_t *image, const float *restrict grad,
                                 float *restrict acc, ssize n, ssize oy) {
     const ssize OP = padded(g->O);
     const float *restrict row = grad + (n * g->HO + oy) * g->WO * OP;
-    FOR_EACH_TAP_OF_ROW(g, image, n, oy, {
-        float *restrict t = acc + (tap * 256 + v) * OP;
-        const float *restrict d = row + ox * OP;
-        for (ssize k0 = 0; k0 < OP; k0 += LANES)
-            for (int k = 0; k < LANES; k++) t[k0 + k] += d[k0 + k];
-    })
+    FOR_EACH_TAP_OF_ROW(g, image, n, oy, { add_row(acc + (tap * 256 + v) * OP, row + ox * OP, OP); })
 }
 
 /* The rows of the quantizer's work: blocks of this many elements per loop iteration; below
