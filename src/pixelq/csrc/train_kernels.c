@@ -1,5 +1,5 @@
 /* pixelq training kernels (float32): the first conv over a pixel embedding as table sums, and the
- * mid-tread activation quantizer in one pass each way.
+ * mid-tread activation quantizer in one pass each way. Python side: pixelq.train_kernels.
  *
  * A pixel embedding feeds the first conv C * d channels, d per colour, each a function of one
  * pixel value. The conv is linear, so its output is a sum over taps of per-(pixel value, tap)
@@ -15,9 +15,10 @@
  * and input gradients, and the per-row sums of the embedding's gradient with 27 vector adds per
  * output position for a 3x3 kernel over RGB, forward and backward alike.
  *
- * Layouts: image (N, H, W, C) uint8; T and dL/dT (KH * KW * C, 256, OP) float32; out and its gradient
- * (N, HO, WO, OP) float32; OP = O rounded up to a multiple of 16, the columns past O zero. The backward sums into one private table per thread and then
- * adds those up in thread order: the result depends on the thread count, not on scheduling.
+ * Layouts: image (N, H, W, C) uint8; T and dL/dT (KH * KW * C, 256, OP) float32; out and its
+ * gradient (N, HO, WO, OP) float32; OP = O rounded up to a multiple of 16, the columns past O zero.
+ * The backward sums into one private table per thread and then adds those up in thread order: the
+ * result depends on the thread count, not on scheduling.
  *
  * The activation quantizer y = round(clip(x, 0, m) * n / m) * m / n (n = 2^bits - 1, ties to even)
  * runs after every conv of a quantized network. PyTorch takes four passes over the tensor for it

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
-from ..quant import Quantizer, make_quantizer, quantized_residual_add
+from ..quant import Quantizer, make_quantizer, residual_fusion, ste
 from .registry import register_model
 
 FLOAT_BITS = 32
@@ -130,7 +130,11 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.act1(self.bn1(self.conv1(x)))
-        return quantized_residual_add(self.res_act, self.act_out, self.bn2(self.conv2(h)), self.shortcut(x))
+        z = self.bn2(self.conv2(h))
+        fused = residual_fusion(self.res_act, self.act_out, z)
+        if fused is not None:  # the same values, one pass each way (pixelq.train_kernels)
+            return ste.mid_tread_add(z, self.shortcut(x), *fused)
+        return self.act_out(self.res_act(z) + self.shortcut(x))
 
 
 def keep_grad_layout(x: Tensor) -> Tensor:

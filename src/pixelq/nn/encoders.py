@@ -166,7 +166,7 @@ class _TableConv(torch.autograd.Function):
         out = torch.empty((n, ho, wo, o + pad), dtype=torch.float32)
         ctx.kernels = train_kernels.get()
         ctx.kernels.embedding_conv(image.numpy(), F.pad(table.detach(), (0, pad)).contiguous().numpy(),
-                                      out.numpy(), n, h, w, c, *geometry, torch.get_num_threads())
+                                   out.numpy(), n, h, w, c, *geometry, torch.get_num_threads())
         ctx.save_for_backward(image)
         ctx.geometry = geometry
         return (out[..., :o].contiguous() if pad else out).permute(0, 3, 1, 2)
@@ -180,7 +180,7 @@ class _TableConv(torch.autograd.Function):
         grad = F.pad(grad.permute(0, 2, 3, 1).float(), (0, pad)).contiguous()
         grad_table = torch.empty((kh * kw * c, 256, o + pad), dtype=torch.float32)
         ctx.kernels.embedding_conv_backward(image.numpy(), grad.numpy(), grad_table.numpy(), n, h, w, c,
-                                               *ctx.geometry, torch.get_num_threads())
+                                            *ctx.geometry, torch.get_num_threads())
         return grad_table[..., :o], None, None
 
 
@@ -244,10 +244,14 @@ class PixelEmbedding(nn.Module):
         """The (tables, 256, d) table after quantization, as the first conv sees it."""
         return self.quantizer(self.table)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _checked(self, x: Tensor) -> Tensor:
         x = _check_uint8(x)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise InputError(f"pixel embedding expects (N, {self.in_channels}, H, W) uint8, got {tuple(x.shape)}")
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._checked(x)
         idx = x.permute(0, 2, 3, 1).long()  # (N, H, W, C): a plain view of NHWC images
         table = self.quantized_table()
         if not self.shared:
@@ -287,10 +291,7 @@ class PixelEmbedding(nn.Module):
         pixel values its window covers (`conv_table`). Same values as the two layers one after the
         other (to float rounding) and the same gradients, at a fraction of a d-times-wider conv's
         cost; the caller checks `runs_as_table` first."""
-        x = _check_uint8(x)
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise InputError(f"pixel embedding expects (N, {self.in_channels}, H, W) uint8, got {tuple(x.shape)}")
-        n, c, h, w = x.shape
+        n, c, h, w = self._checked(x).shape
         kh, kw = conv.kernel_size
         (sy, sx), (py, px) = conv.stride, conv.padding
         ho, wo = (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1

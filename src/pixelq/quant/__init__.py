@@ -11,7 +11,7 @@ from .quantizers import (
     Quantizer,
     TernaryWeight,
     make_quantizer,
-    quantized_residual_add,
+    residual_fusion,
 )
 
 __all__ = [
@@ -26,5 +26,5 @@ __all__ = [
     "Quantizer",
     "TernaryWeight",
     "make_quantizer",
-    "quantized_residual_add",
+    "residual_fusion",
 ]

@@ -315,16 +315,15 @@ class MidTreadHalf(Quantizer):
         return f"bits={self.bits}, max_value={self.max_value}"
 
 
-def quantized_residual_add(inner: nn.Module, outer: nn.Module, y: Tensor, x: Tensor) -> Tensor:
-    """outer(inner(y) + x): the end of a residual block whose addends are codes of one grid. Where
-    both are the same mid-tread quantizer and nothing hooks them, one fused step (`ste.mid_tread_add`,
-    bit-identical); otherwise, and under torch.fx tracing (export reads the two modules), the two
-    modules around the add."""
-    if (not isinstance(y, torch.fx.Proxy) and type(inner) is MidTreadHalf and type(outer) is MidTreadHalf and inner.bits == outer.bits
-            and inner.max_value == outer.max_value
+def residual_fusion(inner: nn.Module, outer: nn.Module, y: Tensor) -> "tuple | None":
+    """(bits, max_value) when outer(inner(y) + x), a residual block's end, can run as one fused step
+    (`ste.mid_tread_add`, bit-identical): both the same mid-tread quantizer, nothing hooking them,
+    not under torch.fx tracing (export reads the two modules). None: run the modules."""
+    if (not isinstance(y, torch.fx.Proxy) and type(inner) is MidTreadHalf and type(outer) is MidTreadHalf
+            and inner.bits == outer.bits and inner.max_value == outer.max_value
             and not any(m._forward_hooks or m._forward_pre_hooks for m in (inner, outer))):
-        return ste.mid_tread_add(y, x, inner.bits, inner.max_value)
-    return outer(inner(y) + x)
+        return inner.bits, inner.max_value
+    return None
 
 
 _SPEC_HELP = (

@@ -118,6 +118,11 @@ def _flat(t: Tensor):
     return _memory_order(t.detach()).reshape(-1).numpy()
 
 
+def _laid_out_as(t: Tensor, like: Tensor) -> Tensor:
+    """t with like's strides and dtype (a copy only where they differ), for kernels that read both flat."""
+    return t if t.stride() == like.stride() and t.dtype == like.dtype else torch.empty_like(like).copy_(t)
+
+
 def _fusable(x: Tensor) -> bool:
     """Whether the training kernels (`pixelq.train_kernels`) are on and can take x: a dense float32 CPU tensor."""
     return (train_kernels.get() is not None and x.dtype == torch.float32 and x.device.type == "cpu"
@@ -135,7 +140,7 @@ class _MidTreadHalf(torch.autograd.Function):
             y, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.uint8)
             ctx.kernels = train_kernels.get()
             ctx.kernels.mid_tread(_flat(x), _flat(y), _flat(mask), max_value, n / max_value, max_value / n,
-                                     torch.get_num_threads())
+                                  torch.get_num_threads())
             ctx.save_for_backward(mask)
             return y
         ctx.save_for_backward(x)
@@ -148,8 +153,7 @@ class _MidTreadHalf(torch.autograd.Function):
         (saved,) = ctx.saved_tensors
         if saved.dtype == torch.uint8:  # the fused forward's mask
             out = torch.empty_like(saved, dtype=torch.float32)
-            grad = grad if grad.stride() == out.stride() and grad.dtype == out.dtype else out.copy_(grad)
-            ctx.kernels.masked(_flat(grad), _flat(saved), _flat(out), torch.get_num_threads())
+            ctx.kernels.masked(_flat(_laid_out_as(grad, out)), _flat(saved), _flat(out), torch.get_num_threads())
             return out, None, None
         # hardtanh's own backward is exactly grad * [0 < x < max], fused in one kernel.
         return torch.ops.aten.hardtanh_backward(grad, saved, 0.0, ctx.max_value), None, None
@@ -168,7 +172,7 @@ class _MidTreadAdd(torch.autograd.Function):
         out, mask = torch.empty_like(y), torch.empty_like(y, dtype=torch.uint8)
         ctx.kernels = train_kernels.get()
         ctx.kernels.mid_tread_add(_flat(y), _flat(x), _flat(out), _flat(mask), max_value, n / max_value,
-                                     max_value / n, torch.get_num_threads())
+                                  max_value / n, torch.get_num_threads())
         ctx.save_for_backward(mask)
         return out
 
@@ -176,9 +180,8 @@ class _MidTreadAdd(torch.autograd.Function):
     def backward(ctx, grad):
         (mask,) = ctx.saved_tensors
         grad_y, grad_x = (torch.empty_like(mask, dtype=torch.float32) for _ in range(2))
-        if grad.stride() != grad_y.stride() or grad.dtype != grad_y.dtype:
-            grad = torch.empty_like(grad_y).copy_(grad)
-        ctx.kernels.masked_add(_flat(grad), _flat(mask), _flat(grad_y), _flat(grad_x), torch.get_num_threads())
+        ctx.kernels.masked_add(_flat(_laid_out_as(grad, grad_y)), _flat(mask), _flat(grad_y), _flat(grad_x),
+                               torch.get_num_threads())
         return grad_y, grad_x, None, None
 
 
@@ -187,9 +190,7 @@ def mid_tread_add(y: Tensor, x: Tensor, bits: int, max_value: float) -> Tensor:
     (x on Q's grid already). With the training kernels one pass each way, bit-identical to the
     two quantizers around the add; the gradient is each one's straight-through mask in turn."""
     if _fusable(y) and x.shape == y.shape and x.dtype == y.dtype and x.device == y.device:
-        if x.stride() != y.stride():
-            x = torch.empty_like(y).copy_(x)
-        return _MidTreadAdd.apply(y, x, bits, max_value)
+        return _MidTreadAdd.apply(y, _laid_out_as(x, y), bits, max_value)
     return linear_mid_tread_half(linear_mid_tread_half(y, bits, max_value) + x, bits, max_value)
 
 
