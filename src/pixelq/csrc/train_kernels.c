@@ -168,6 +168,20 @@ static int geometry_ok(const geom_t *g, int threads) {
 #define GEOMETRY_FORMAT "nnnnnnniiiiii"
 #define GEOMETRY_ARGS(g) &g.N, &g.H, &g.W, &g.C, &g.O, &g.HO, &g.WO, &g.KH, &g.KW, &g.SY, &g.SX, &g.PY, &g.PX
 
+/* The buffers both embedding-conv calls take: (image, table, out) forward, (image, grad, out)
+ * backward, each checked against the geometry; on a mismatch, ValueError and 0. */
+static int conv_buffers_ok(const geom_t *g, int threads, Py_buffer *image, Py_buffer *in, const char *in_name,
+                           ssize in_bytes, Py_buffer *out, ssize out_bytes) {
+    return geometry_ok(g, threads) && want(image, g->N * g->H * g->W * g->C, "image") && want(in, in_bytes, in_name) &&
+           want(out, out_bytes, "out");
+}
+
+static void release(Py_buffer *a, Py_buffer *b, Py_buffer *c) {
+    PyBuffer_Release(a);
+    PyBuffer_Release(b);
+    PyBuffer_Release(c);
+}
+
 static PyObject *py_embedding_conv(PyObject *self, PyObject *args) {
     Py_buffer image, table, out;
     geom_t g;
@@ -175,8 +189,8 @@ static PyObject *py_embedding_conv(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*w*" GEOMETRY_FORMAT "i", &image, &table, &out, GEOMETRY_ARGS(g), &threads))
         return NULL;
     PyObject *ret = NULL;
-    if (geometry_ok(&g, threads) && want(&image, g.N * g.H * g.W * g.C, "image") &&
-        want(&table, 256 * taps(&g) * padded(g.O) * 4, "table") && want(&out, g.N * g.HO * g.WO * padded(g.O) * 4, "out")) {
+    if (conv_buffers_ok(&g, threads, &image, &table, "table", 256 * taps(&g) * padded(g.O) * 4, &out,
+                        g.N * g.HO * g.WO * padded(g.O) * 4)) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (ssize r = 0; r < g.N * g.HO; r++) forward_row(&g, image.buf, table.buf, out.buf, r / g.HO, r % g.HO);
@@ -184,9 +198,7 @@ static PyObject *py_embedding_conv(PyObject *self, PyObject *args) {
         ret = Py_None;
         Py_INCREF(ret);
     }
-    PyBuffer_Release(&image);
-    PyBuffer_Release(&table);
-    PyBuffer_Release(&out);
+    release(&image, &table, &out);
     return ret;
 }
 
@@ -199,8 +211,7 @@ static PyObject *py_embedding_conv_backward(PyObject *self, PyObject *args) {
     PyObject *ret = NULL;
     const ssize size = 256 * taps(&g) * padded(g.O);
     float *priv = NULL;
-    if (geometry_ok(&g, threads) && want(&image, g.N * g.H * g.W * g.C, "image") &&
-        want(&grad, g.N * g.HO * g.WO * padded(g.O) * 4, "grad") && want(&out, size * 4, "out")) {
+    if (conv_buffers_ok(&g, threads, &image, &grad, "grad", g.N * g.HO * g.WO * padded(g.O) * 4, &out, size * 4)) {
         if (g.N * g.HO < threads) threads = (int)(g.N * g.HO);
         priv = calloc((size_t)threads * size, sizeof(float));
         if (priv == NULL) PyErr_NoMemory();
@@ -229,9 +240,7 @@ static PyObject *py_embedding_conv_backward(PyObject *self, PyObject *args) {
         ret = Py_None;
         Py_INCREF(ret);
     }
-    PyBuffer_Release(&image);
-    PyBuffer_Release(&grad);
-    PyBuffer_Release(&out);
+    release(&image, &grad, &out);
     return ret;
 }
 
@@ -258,9 +267,7 @@ static PyObject *py_mid_tread(PyObject *self, PyObject *args) {
     } else if (!PyErr_Occurred()) {
         PyErr_SetString(PyExc_ValueError, "mid_tread: x must hold float32 values");
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&y);
-    PyBuffer_Release(&mask);
+    release(&x, &y, &mask);
     return ret;
 }
 
@@ -283,9 +290,7 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
         ret = Py_None;
         Py_INCREF(ret);
     }
-    PyBuffer_Release(&grad);
-    PyBuffer_Release(&mask);
-    PyBuffer_Release(&out);
+    release(&grad, &mask, &out);
     return ret;
 }
 
