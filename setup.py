@@ -5,13 +5,15 @@ import sys
 from setuptools import Extension, setup
 
 openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+shared = ["src/pixelq/csrc"]  # buffers.h, included by both
 setup(
     ext_modules=[
         Extension(
             "pixelq.runtime._kernels",
             sources=["src/pixelq/runtime/csrc/kernels.c"],
-            depends=[f"src/pixelq/runtime/csrc/{name}.h"
-                     for name in ("conv_avx2", "conv_avx512", "conv_lanes", "dot_vnni", "table_body")],
+            include_dirs=shared,
+            depends=["src/pixelq/csrc/buffers.h", *(f"src/pixelq/runtime/csrc/{name}.h"
+                     for name in ("conv_avx2", "conv_avx512", "conv_lanes", "dot_vnni", "table_body"))],
             extra_compile_args=["-O3", "-std=c11", *openmp],
             extra_link_args=openmp,
             optional=True,
@@ -19,6 +21,8 @@ setup(
         Extension(
             "pixelq._train_kernels",
             sources=["src/pixelq/csrc/train_kernels.c"],
+            include_dirs=shared,
+            depends=["src/pixelq/csrc/buffers.h"],
             extra_compile_args=["-O3", "-std=c11", *openmp],
             extra_link_args=openmp,
             optional=True,

@@ -37,7 +37,7 @@
 #include <omp.h>
 #endif
 
-typedef Py_ssize_t ssize;
+#include "buffers.h"
 
 typedef struct {
     ssize N, H, W, C, O, HO, WO;
@@ -145,14 +145,6 @@ CLONES static void masked_add_block(const float *grad, const uint8_t *mask, floa
 
 CLONES static void masked_block(const float *grad, const uint8_t *mask, float *out, ssize count) {
     for (ssize i = 0; i < count; i++) out[i] = mask[i] ? grad[i] : 0.0f;
-}
-
-static int want(Py_buffer *b, ssize bytes, const char *name) {
-    if (b->len != bytes) {
-        PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, expected %zd", name, b->len, bytes);
-        return 0;
-    }
-    return 1;
 }
 
 static int geometry_ok(const geom_t *g, int threads) {

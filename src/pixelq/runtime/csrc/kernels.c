@@ -44,7 +44,7 @@
 #include <immintrin.h>
 #endif
 
-typedef Py_ssize_t ssize;
+#include "buffers.h"
 
 #define DOT_POSITIONS 32  /* output positions per work item of the dot-product convs */
 #define NARROW_LEVELS 15    /* the int16 epilogue: activation codes of up to 4 bits, */
@@ -662,14 +662,6 @@ static void lut_impl(const uint8_t *restrict image, ssize M, ssize C, const uint
 }
 
 /* ---- Python bindings: buffers in, shapes as integers; the Python side checks shapes. ---- */
-
-static int want(Py_buffer *b, ssize bytes, const char *name) {
-    if (b->len != bytes) {
-        PyErr_Format(PyExc_ValueError, "%s: buffer has %zd bytes, expected %zd", name, b->len, bytes);
-        return 0;
-    }
-    return 1;
-}
 
 /* What conv and lut_conv share: check the output and thresholds, run, release the buffers. */
 static PyObject *finish_call(conv_t *c, int geometry_ok, int inputs_ok, Py_buffer *bufs[], int count,
