@@ -3,7 +3,8 @@
     python experiments/render_recipe_results.py     # rewrites README.md between the recipe markers
 
 Reads results/recipe/<run>/metrics.json and eval.json (written by experiments/recipe_cifar10.sh),
-and the published numbers in experiments/field_numbers.json; writes results/recipe/summary.json.
+and the published numbers in experiments/field_numbers.json; writes what it renders (the runs, the
+first-layer comparison of the finished W1A2 runs, the ablation) to results/recipe/summary.json.
 A run still in flight (no metrics.json yet) is shown from its metrics.jsonl, marked as such.
 """
 import json
@@ -19,6 +20,7 @@ START, END = "<!-- recipes:start -->", "<!-- recipes:end -->"
 ORDER = ["resnet20-float", "resnet20-w1a2-pe-qlast", "resnet20-w1a2-float-first", "resnet20-w1a2-pe",
          "resnet20-w1a2-int8-first"]
 TARGETS = {"resnet20-float": 91.0, "resnet20-w1a2-pe-qlast": 87.0}
+FIRST_LAYER_RUNS = ["resnet20-w1a2-float-first", "resnet20-w1a2-int8-first", "resnet20-w1a2-pe", "resnet20-w1a2-pe-qlast"]
 
 
 def run_row(name: str) -> "dict | None":
@@ -106,7 +108,42 @@ def missed_targets(rows: list, ablation: list) -> list:
     return out
 
 
-def render(rows: list, field: dict) -> str:
+def first_layer_rows(rows: list) -> list:
+    """The finished W1A2 runs that differ in their first (and last) layer, with the first layer's
+    cost on the run's own image shape and the gap to the float first layer at the same recipe."""
+    from pixelq.models.summary import first_layer_cost
+    from pixelq.training.checkpoint import model_from_checkpoint, read_checkpoint
+
+    out = []
+    for r in rows:
+        if r["run"] in FIRST_LAYER_RUNS and r["finished"]:
+            ckpt = read_checkpoint(RUNS / r["run"] / "checkpoint.pt")
+            height, width, _ = ckpt["data"]["image_shape"]
+            cost = first_layer_cost(model_from_checkpoint(ckpt), height, width)
+            out.append({"run": r["run"], "first_layer": r["config"]["first_layer"],
+                        "last_layer": r["config"]["last_layer"], "top1": r["top1"], "first_layer_bitops": cost["bitops"],
+                        "first_layer_param_bits": cost["param_bits"]})
+    reference = next((f for f in out if f["first_layer"] == "float"), None)
+    for f in out:
+        f["gap_to_float_first"] = None if reference is None else f["top1"] - reference["top1"]
+    return out
+
+
+def render_first_layer(rows: list) -> list:
+    if len(rows) < 2:
+        return []
+    out = ["The first layer at this accuracy (the finished W1A2 runs above; first-layer bit-ops = MACs x input bits x "
+           "weight bits on one image, float counted as 32 bits):", "",
+           "| run | first layer | last layer | top-1 % | vs float first | first-layer bit-ops (M) |",
+           "|---|---|---|---:|---:|---:|"]
+    for f in rows:
+        gap = "–" if f["gap_to_float_first"] is None else f"{f['gap_to_float_first']:+.2f}"
+        out.append(f"| {f['run']} | {f['first_layer']} | {f['last_layer']} | {f['top1']:.2f} | {gap} | "
+                   f"{f['first_layer_bitops'] / 1e6:.1f} |")
+    return out + [""]
+
+
+def render(rows: list, first_layer: list, ablation: list, field: dict) -> str:
     out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
            "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json`, `eval.json` and `checkpoint.pt` "
            "are in `results/recipe/<run>/`):", "",
@@ -126,8 +163,7 @@ def render(rows: list, field: dict) -> str:
     out += ["", "Hours are the sum of the epochs' wall times (training and test pass), so they include the "
             "pauses and the sharing of the 2 cores with benchmarks, tests and CI while a run was in flight. "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
-    ablation = ablation_rows()
-    out += missed_targets(rows, ablation) + render_ablation(ablation)
+    out += missed_targets(rows, ablation) + render_first_layer(first_layer) + render_ablation(ablation)
     out += [field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
     out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
     out += ["", END]
@@ -136,8 +172,10 @@ def render(rows: list, field: dict) -> str:
 
 def main() -> None:
     rows = [r for r in (run_row(name) for name in ORDER) if r is not None]
-    (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    section = render(rows, json.loads((ROOT / "experiments" / "field_numbers.json").read_text()))
+    first_layer, ablation = first_layer_rows(rows), ablation_rows()
+    summary = {"runs": rows, "first_layer": first_layer, "ablation": ablation}
+    (RUNS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    section = render(rows, first_layer, ablation, json.loads((ROOT / "experiments" / "field_numbers.json").read_text()))
     fill(START, END, section)
     print(section)
 
