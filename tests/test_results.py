@@ -45,7 +45,7 @@ def test_runtime_agrees_on_the_embedded_test_images():
     assert agreement["n"] == 1000 and agreement["differ_unexplained"] == 0
 
 
-@pytest.mark.parametrize("run", FINISHED_RECIPES, ids=[p.name for p in FINISHED_RECIPES])
+@pytest.mark.parametrize("run", FINISHED_RECIPES, ids=lambda p: p.name)
 def test_finished_recipe_checkpoint_is_the_run_its_metrics_describe(run):
     """A finished recipe run's checkpoint holds the network and epoch its metrics.json reports, and
     `pixelq eval` (eval.json) reproduced the training's final top-1 on it."""
@@ -56,6 +56,7 @@ def test_finished_recipe_checkpoint_is_the_run_its_metrics_describe(run):
     for key in ("first_layer", "wbits", "abits", "last_layer"):
         assert getattr(model.config, key) == metrics["config"][key]
     assert evaluated["top1"] == pytest.approx(metrics["top1"], abs=0.011)
+
 
 @pytest.mark.parametrize("run", [p for p in FINISHED_RECIPES if "w1a2" in p.name], ids=lambda p: p.name)
 def test_finished_quantized_recipe_exports_and_runs_as_trained(run, tmp_path):

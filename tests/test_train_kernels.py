@@ -191,3 +191,17 @@ def test_residual_end_is_fused_only_for_one_unhooked_mid_tread_grid():
     assert residual_fusion(a, make_quantizer("pact:2", role="activation"), y) is None
     b.register_forward_hook(lambda *_: None)
     assert residual_fusion(a, b, y) is None
+
+
+def test_hooked_residual_end_runs_its_modules_with_the_fused_values():
+    """A hook on a block's last quantizer (export's layer-by-layer check) sees the module run, and
+    the block's output is the fused one's."""
+    from pixelq.models.resnet import BasicBlock, ResNetConfig
+
+    block = BasicBlock(8, 8, 1, ResNetConfig(wbits=1, abits=2)).train()
+    x = torch.randint(0, 4, (2, 8, 6, 6)).float() * (2 / 3)
+    fused = block(x)
+    assert type(fused.grad_fn).__name__ == "_MidTreadAddBackward"
+    seen = []
+    block.act_out.register_forward_hook(lambda *_: seen.append(1))
+    assert torch.equal(block(x), fused) and seen == [1]
