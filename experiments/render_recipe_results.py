@@ -47,6 +47,8 @@ def run_row(name: str) -> "dict | None":
 def describe(c: dict) -> str:
     bits = "float" if c["wbits"] == 32 else f"W{c['wbits']}A{c['abits']}"
     parts = [bits, f"{c['first_layer']} first", f"{c['last_layer']} last"]
+    if c.get("residual_bits") not in (None, c["abits"]):
+        parts.append(f"{c['residual_bits']}-bit residual stream")
     if c.get("init"):
         parts.append("init from float")
     if c.get("teacher"):

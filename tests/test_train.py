@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pixelq import CheckpointError, ConfigError, TrainConfig, evaluate, load_checkpoint, train
+from pixelq import CheckpointError, ConfigError, TrainConfig, create_model, evaluate, load_checkpoint, train
 from pixelq.cli import main
 from pixelq.training import learning_rate, read_checkpoint
 
@@ -155,6 +155,26 @@ def test_cli_overrides_file(tmp_path, tiny_splits, capsys):
                  "--epochs", "1", "--out", str(out), "--quiet"]) == 0
     model = load_checkpoint(out / "checkpoint.pt")
     assert model.stages[0][0].conv1.weight_quantizer.bits == 4
+
+
+def test_cli_residual_bits_widen_the_residual_stream_only(tmp_path, tiny_splits, capsys):
+    """--residual-bits: the blocks' outputs (and the stem's) carry wider codes, the convs read abits
+    codes through act_in; stored in the config, rebuilt from the checkpoint, refused by CNV."""
+    data = write_image_dataset(tmp_path, tiny_splits)
+    out = tmp_path / "wide"
+    assert main(["train", "--data", str(data), "--wbits", "1", "--abits", "2", "--residual-bits", "4",
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["residual_bits"] == 4
+    model = load_checkpoint(out / "checkpoint.pt")
+    block = model.stages[1][0]
+    assert (model.stem.act.bits, block.act_out.bits, block.res_act.bits) == (4, 4, 4)
+    assert (block.act_in.bits, block.act1.bits) == (2, 2)
+    narrow = create_model("resnet20", wbits=1, abits=2)
+    assert narrow.stages[1][0].act_in is None and narrow.stem.act.bits == 2
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--model", "cnv", "--wbits", "1", "--abits", "2", "--residual-bits",
+                 "4", "--epochs", "1", "--out", str(tmp_path / "cnv"), "--quiet"]) == 2
+    assert "residual_bits" in capsys.readouterr().err
 
 
 def test_cli_reports_user_errors(tmp_path, capsys):

@@ -9,7 +9,8 @@ as leaves), then its nodes are read in order, each value tracked as what it is a
   sum       per-channel sums of codes over the whole map (global average pooling, times the count)
 and lowered as it goes to a plain quantized graph: encoder -> lut; conv -> conv (the integer
 accumulator) + affine (its real value: the conv's scales); batch norm -> affine; activation
-quantizer on a real value -> quantize (codes); codes + codes, then an activation quantizer ->
+quantizer on a real value -> quantize (codes); an activation quantizer on codes -> affine (their real
+values) + quantize; codes + codes, then an activation quantizer ->
 add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
 max_pool; global average pooling -> sum_pool; flatten, then a hidden linear layer -> a conv whose
 kernel covers the map; the last linear layer -> linear (integer) or linear_float.
@@ -288,6 +289,8 @@ class _Lowering:
             name = self.add("quantize", node.target, [x.name], qmin=qmin, qmax=qmax, step=step)
             self.meta["bn_of"][name] = x.source
             return _Codes(name, grid, x.channels, x.flat)
+        if isinstance(x, _Codes) and not x.flat:
+            return self.requantize(node, grid, x)
         if isinstance(x, _Add):
             if any(abs(g[0] - step) > 1e-6 * abs(step) for g in x.grids):  # float32 steps (LSQ) agree to this
                 raise ExportError(f"{x.where}: the residual add needs both addends and the output on one activation "
@@ -296,6 +299,18 @@ class _Lowering:
                 raise ExportError(f"{x.where}: the residual add's output must be unsigned codes (qmin 0), got {grid}")
             return _Codes(self.add("add_clip", node.target, x.inputs, qmin=qmin, qmax=qmax, step=step), grid, x.channels)
         raise self.unsupported(node, "an activation quantizer must follow a conv (and batch norm) or a residual add")
+
+    def requantize(self, node, grid: tuple, x: _Codes) -> _Codes:
+        """An activation quantizer on codes (a residual stream's codes, requantized for the convs that
+        read fewer bits): their real values, an affine of the integer codes, then quantized; folded
+        into one threshold node on the codes like any other."""
+        step, qmin, qmax = grid
+        real = self.add("affine", f"{node.target}.codes", [x.name],
+                        {"scale": np.full(x.channels, x.grid[0]), "bias": np.zeros(x.channels)})
+        name = self.add("quantize", node.target, [real], qmin=qmin, qmax=qmax, step=step)
+        if x.name in self.modules:  # the layer whose output the thresholds read, for exporting.verify
+            self.meta["bn_of"][name] = x.name
+        return _Codes(name, grid, x.channels)
 
     def residual_add(self, node, a, b):
         if not (isinstance(a, _Codes) and isinstance(b, _Codes)) or a.flat or b.flat or a.channels != b.channels:

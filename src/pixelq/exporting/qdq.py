@@ -11,6 +11,8 @@ channel) and its output goes straight to QuantizeLinear, the pattern ONNX Runtim
                          that grid, placed where every integer accumulator gets the code the thresholds
                          give it (`_bias_codes`; where no grid point does, rounded)
   quantize               QuantizeLinear (step), then Clip to [qmin, qmax] on the integers
+  affine of codes        DequantizeLinear (codes requantized to another grid: the quantize that reads it
+                         follows)
   add_clip               DequantizeLinear x 2, Add, QuantizeLinear, Clip
   subsample_pad          Slice with steps, Pad of channels, on the codes
   max_pool               MaxPool on the codes
@@ -95,8 +97,14 @@ def to_qdq(plain: IntegerModel):
             continue  # written with the affine that reads it
         elif kind == "affine":
             conv = by_name.get(node["inputs"][0])
+            if node["inputs"][0] in codes and codes[node["inputs"][0]][1] is not None:  # codes requantized
+                _, step_in, _ = codes[node["inputs"][0]]
+                if not (np.allclose(t["scale"], step_in, rtol=1e-6, atol=0) and not np.any(t["bias"])):
+                    raise ExportError(f"{name}: an affine of codes must be their real values (scale = step, no bias)")
+                codes[name] = (dequantize(node["inputs"][0]), None, None)
+                continue
             if conv is None or conv["op"] != "conv":
-                raise ExportError(f"{name}: an affine node must read a conv in the QDQ form")
+                raise ExportError(f"{name}: an affine node must read a conv or codes in the QDQ form")
             weight = np.asarray(graph.tensors[f"{conv['name']}.weight"], np.int64).transpose(0, 3, 1, 2)  # OIHW
             if weight.min(initial=0) < -127 or weight.max(initial=0) > 127:
                 raise ExportError(f"{conv['name']}: weight codes beyond int8 have no QDQ form")

@@ -3,7 +3,8 @@
 Block (the quantized form; with abits=32 the quantizers become ReLU / identity and it is the
 usual He et al. basic block):
 
-    h   = act1(bn1(conv1(x)))
+    q   = act_in(x)                     # only with residual_bits > abits: x's codes, requantized
+    h   = act1(bn1(conv1(q)))
     y   = res_act(bn2(conv2(h)))        # quantized before the add, on the same grid as x
     out = act_out(y + shortcut(x))      # codes add as integers; act_out clips to the code range
 
@@ -11,6 +12,11 @@ Both addends carry codes of one activation quantizer, so the residual add is an 
 `act_out` is a clip, which keeps the whole block integer at deployment. Shortcuts:
 "zero-pad" (He et al. option A: stride-2 subsampling and zero channels, no parameters, exact on
 codes) or "conv" (a quantized 1x1 conv + BN, then `res_act` so its output is codes too).
+
+`residual_bits` (default: abits) sets the bits of the residual stream: the stem's output, each
+block's `res_act` and `act_out`. Above abits, every conv still reads abits codes (`act_in`
+requantizes the block input, an integer threshold at deployment), while the sum the blocks carry
+forward keeps more levels: the float networks' residual stream, in integers.
 The quantized last layer takes the global average of codes (an integer sum over a known count)
 and has per-tensor-scaled weights and no bias, so logits are an integer accumulator times one scale.
 """
@@ -71,7 +77,13 @@ class ResNetConfig:
     wbits: int = FLOAT_BITS
     abits: int = FLOAT_BITS
     last_layer: str = "float"
+    residual_bits: "int | None" = None
     overrides: dict = field(default_factory=dict)
+
+    @property
+    def stream_bits(self) -> int:
+        """The bits of the residual stream's codes (residual_bits, or abits when it is None)."""
+        return self.abits if self.residual_bits is None else self.residual_bits
 
     def validate(self) -> None:
         if len(self.widths) != len(self.blocks) or not self.widths:
@@ -79,6 +91,11 @@ class ResNetConfig:
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         check_common_settings(self)
+        if self.residual_bits is not None:
+            default_act_quantizer(self.residual_bits)
+            if self.residual_bits < self.abits or (self.abits == FLOAT_BITS) != (self.residual_bits == FLOAT_BITS):
+                raise ConfigError(f"residual_bits must be at least abits ({self.abits}) and float only when abits is, "
+                                  f"got {self.residual_bits}")
 
 
 def check_common_settings(cfg) -> None:
@@ -104,13 +121,16 @@ class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, cfg: ResNetConfig):
         super().__init__()
         wq, aq = default_weight_quantizer(cfg.wbits), default_act_quantizer(cfg.abits)
+        rq = default_act_quantizer(cfg.stream_bits)
+        # the block input's codes for the convs, when the residual stream has more bits than they read
+        self.act_in = _activation(aq, after_add=False) if rq != aq else None
         self.conv1 = QuantConv2d(in_planes, planes, 3, stride, 1, bias=False, weight_quantizer=wq)
         self.bn1 = nn.BatchNorm2d(planes)
         self.act1 = _activation(aq, after_add=True)
         self.conv2 = QuantConv2d(planes, planes, 3, 1, 1, bias=False, weight_quantizer=wq)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.res_act = _activation(aq, after_add=False)
-        self.act_out = _activation(aq, after_add=True)
+        self.res_act = _activation(rq, after_add=False)
+        self.act_out = _activation(rq, after_add=True)
         self.shortcut_kind = "identity"
         if stride != 1 or in_planes != planes:
             self.shortcut_kind = cfg.shortcut
@@ -118,23 +138,26 @@ class BasicBlock(nn.Module):
             if cfg.shortcut == "conv":
                 self.shortcut_conv = QuantConv2d(in_planes, planes, 1, stride, bias=False, weight_quantizer=wq)
                 self.shortcut_bn = nn.BatchNorm2d(planes)
-                self.shortcut_act = _activation(aq, after_add=False)
+                self.shortcut_act = _activation(rq, after_add=False)
 
-    def shortcut(self, x: Tensor) -> Tensor:
+    def shortcut(self, x: Tensor, q: Tensor) -> Tensor:
+        """The residual: x itself, x subsampled with zero channels appended, or a conv of q (the
+        convs' codes of x)."""
         if self.shortcut_kind == "identity":
             return x
         if self.shortcut_kind == "conv":
-            return self.shortcut_act(self.shortcut_bn(self.shortcut_conv(x)))
+            return self.shortcut_act(self.shortcut_bn(self.shortcut_conv(q)))
         x = keep_grad_layout(x)[:, :, :: self.stride, :: self.stride]
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.act1(self.bn1(self.conv1(x)))
+        q = x if self.act_in is None else self.act_in(x)
+        h = self.act1(self.bn1(self.conv1(q)))
         z = self.bn2(self.conv2(h))
         fused = residual_fusion(self.res_act, self.act_out, z)
         if fused is not None:  # the same values, one pass each way (pixelq.train_kernels)
-            return ste.mid_tread_add(z, self.shortcut(x), *fused)
-        return self.act_out(self.res_act(z) + self.shortcut(x))
+            return ste.mid_tread_add(z, self.shortcut(x, q), *fused)
+        return self.act_out(self.res_act(z) + self.shortcut(x, q))
 
 
 def keep_grad_layout(x: Tensor) -> Tensor:
@@ -168,7 +191,7 @@ class Stem(nn.Module):
         wq = default_weight_quantizer(cfg.wbits) if self.encoder.quantized else None
         self.conv = QuantConv2d(self.encoder.out_channels, cfg.widths[0], 3, 1, 1, bias=False, weight_quantizer=wq)
         self.bn = nn.BatchNorm2d(cfg.widths[0])
-        self.act = _activation(default_act_quantizer(cfg.abits), after_add=True)
+        self.act = _activation(default_act_quantizer(cfg.stream_bits), after_add=True)
 
     def forward(self, x: Tensor) -> Tensor:
         # Training runs a pixel embedding and its conv as one table-sum kernel (PixelEmbedding.conv_forward);
@@ -251,7 +274,7 @@ def apply_overrides(model: nn.Module, overrides: dict) -> None:
                 module.weight_quantizer = make_quantizer(spec, role="weight")
             else:
                 parent_name, _, attr = name.rpartition(".")
-                after_add = attr != "res_act" and not attr.startswith("shortcut")
+                after_add = attr not in ("res_act", "act_in") and not attr.startswith("shortcut")
                 setattr(modules[parent_name] if parent_name else model, attr, _activation(spec, after_add))
 
 

@@ -35,6 +35,8 @@ class TrainConfig:
     wbits: int = setting(32, "weight bits: 1..8, or 32 for float")
     abits: int = setting(32, "activation bits: 1..8, or 32 for float")
     last_layer: str = setting("float", "float or quantized", choices=("float", "quantized"))
+    residual_bits: "int | None" = setting(None, "bits of a ResNet's residual stream (block outputs and adds); the convs "
+                                                "still read abits codes. Default: abits", type=int)
     overrides: dict = setting(dict, "{layer-name pattern: quantizer spec} (CLI: --overrides FILE)", cli=False)
     # on what
     data: "str | None" = setting(None, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded "
@@ -116,9 +118,12 @@ class TrainConfig:
             raise ConfigError(f"kd_temperature must be a positive finite number, got {self.kd_temperature!r}")
 
     def model_arguments(self) -> dict:
+        """The model's keyword arguments; residual_bits only when set (models without a residual
+        stream do not take it)."""
         return {
             "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
             "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
+            **({"residual_bits": self.residual_bits} if self.residual_bits is not None else {}),
         }
 
 
