@@ -319,26 +319,28 @@ def test_conv_rejects_inconsistent_geometry():
 
 
 @given(h=st.integers(2, 8), c=st.sampled_from([16, 30, 32]), o=st.sampled_from([8, 16, 24, 32, 40]),
-       stride=st.integers(1, 2), seed=st.integers(0, 2**16))
+       stride=st.integers(1, 2), qmax=st.sampled_from([3, 15, 255]), seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, seed):
+def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, qmax, seed):
     """conv -> thresholds -> + shortcut codes (subsampled by `stride`, channels past the shortcut's
-    own count add 0) -> clip, in one call, against the reference ops one after another."""
+    own count add 0) -> clip, in one call, against the reference ops one after another; the codes
+    2-bit, or a wider residual stream's (`residual_bits` 4 or 8: qmax levels of thresholds)."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 4, (2, h, h, c)).astype(np.uint8)
-    shortcut = rng.integers(0, 4, (2, h, h, min(c, o))).astype(np.uint8)
+    shortcut = rng.integers(0, qmax + 1, (2, h, h, min(c, o))).astype(np.uint8)
     wt = random_weights(rng, (o, 3, 3, c), WEIGHT_GRIDS["binary"])
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = np.sort(rng.integers(-30, 30, (o, 3)), axis=1).astype(np.int32)
+    thresholds = np.sort(rng.integers(-30, 30, (o, qmax)), axis=1).astype(np.int32)
     codes = threshold_reference(conv2d_reference(x, wt, stride, 1), direction, thresholds, 0)
     ho = codes.shape[1]
     sub = np.zeros((2, ho, ho, o), np.int64)
     sub[..., :shortcut.shape[3]] = shortcut[:, ::stride, ::stride]
-    expected = np.minimum(codes + sub, 3)
+    expected = np.minimum(codes + sub, qmax)
     d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, ho, o), np.uint8)
     fast._kernels.conv(x, 2, h, h, c, 2, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, fast.padded_channels(o),
-                       -1, 2, stride, 1, ho, ho, out, 2, d, t, 3, 0, shortcut, h, h, shortcut.shape[3], stride, 3, isa=isa)
+                       -1, 2, stride, 1, ho, ho, out, 2, d, t, qmax, 0, shortcut, h, h, shortcut.shape[3], stride, qmax,
+                       isa=isa)
     assert np.array_equal(out, expected)
 
 

@@ -17,10 +17,12 @@ from conftest import ByHand, trained_like
 MODELS = {
     "resnet20-pe": dict(name="resnet20", first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"),
     "resnet20-int8": dict(name="resnet20", first_layer="int8", wbits=1, abits=2, widths=(32, 64), blocks=(1, 1)),
+    "resnet20-r4": dict(name="resnet20", first_layer="pixel-embedding", wbits=1, abits=2, residual_bits=4,
+                        widths=(16, 32), blocks=(2, 1)),  # 4-bit residual stream, each block input requantized
     "cnv": dict(name="cnv", first_layer="pixel-embedding", wbits=1, abits=2),
     "by-hand": dict(first_layer="pixel-embedding", wbits=1, abits=2),  # biased conv, hidden linear layer
 }
-SIZE = {"resnet20-pe": 16, "resnet20-int8": 16, "cnv": 32, "by-hand": 16}
+SIZE = {"resnet20-pe": 16, "resnet20-int8": 16, "resnet20-r4": 16, "cnv": 32, "by-hand": 16}
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +63,22 @@ CASES = [
     (fold_thresholds, (fold_batchnorm,), "resnet20-pe", lambda b, a: "affine" not in _ops(a) and "quantize" not in _ops(a)),
     (fold_thresholds, (fold_batchnorm,), "cnv", lambda b, a: _ops(a).count("threshold") == _ops(b).count("quantize")),
     (fold_thresholds, (fold_batchnorm,), "by-hand", lambda b, a: "affine" not in _ops(a)),
+    (fold_thresholds, (fold_batchnorm,), "resnet20-r4",  # the requantizing affine of codes too
+     lambda b, a: "affine" not in _ops(a) and _ops(a).count("threshold") == _ops(b).count("quantize")),
+    (fusion.requantize_as_lookup, EXPORT_TRANSFORMS, "resnet20-r4",
+     lambda b, a: [n["name"] for n in a.nodes if n["op"] == "lut"][1:] == [f"stages.{i}.{j}.act_in" for i, j in
+                                                                          ((0, 0), (0, 1), (1, 0))]),
+    (fusion.requantize_as_lookup, EXPORT_TRANSFORMS, "resnet20-pe", lambda b, a: a.nodes == b.nodes),  # none there
+    (fusion.fuse_lookup, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup), "resnet20-r4",  # the image's lookup only
+     lambda b, a: _ops(a).count("lut") == _ops(b).count("lut") - 1 and a.node("stages.0.0.act_in")["op"] == "lut"),
     (fusion.fuse_lookup, EXPORT_TRANSFORMS, "resnet20-pe", lambda b, a: "lut" not in _ops(a) and "fused_conv" in _ops(a)),
     (fusion.fuse_lookup, EXPORT_TRANSFORMS, "resnet20-int8", lambda b, a: "lut" not in _ops(a)),  # signed: pads with 128
     (fusion.fuse_threshold, EXPORT_TRANSFORMS, "resnet20-pe", lambda b, a: "threshold" not in _ops(a)),
     (fusion.fuse_threshold, EXPORT_TRANSFORMS, "cnv", lambda b, a: "threshold" not in _ops(a) and "max_pool" in _ops(a)),
     (fusion.fuse_residual_add, (*EXPORT_TRANSFORMS, fusion.fuse_threshold), "resnet20-pe",
      lambda b, a: "add_clip" not in _ops(a) and "subsample_pad" not in _ops(a)),
+    (fusion.fuse_residual_add, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup, fusion.fuse_threshold), "resnet20-r4",
+     lambda b, a: "add_clip" not in _ops(a) and a.node("stages.1.0.act_out")["residual_qmax"] == 15),
     (fusion.shift_signed_inputs, (*EXPORT_TRANSFORMS, *fusion.FUSIONS), "resnet20-int8",
      lambda b, a: a.node("stem.act")["input_shift"] == 128 and a.node("stem.act")["input_range"] == [0, 255]),
     (fusion.shift_signed_inputs, EXPORT_TRANSFORMS, "resnet20-int8",  # unfused: the offset comes off the accumulators

@@ -75,6 +75,16 @@ class Rewrite:
         for key in node["tensors"]:
             del self.tensors[f"{node['name']}.{key}"]
 
+    def replace(self, node: dict, op: str, tensors: dict, **attrs) -> dict:
+        """`node` in place as another op computing the same output: same name and inputs, `tensors`
+        instead of its own, `attrs` added."""
+        for key in node["tensors"]:
+            del self.tensors[f"{node['name']}.{key}"]
+        node.update(op=op, tensors=[], **attrs)
+        for key, array in tensors.items():
+            self.set_tensor(node, key, array)
+        return node
+
     def absorb(self, later: dict, earlier: dict, **changes) -> dict:
         """`earlier`, which only `later` reads, merged into `later`'s place: the merged node keeps
         `later`'s name (its readers need no change), takes `earlier`'s tensors and `changes`."""

@@ -1,6 +1,8 @@
 """The fast runtime's plan as graph-to-graph transforms: what its kernels run as one call.
 
 `plan(model)` applies, in order:
+  requantize_as_lookup a threshold on byte codes (a ResNet's block input requantized for its convs)
+                       -> lut: one table lookup per code instead of the comparisons
   fuse_lookup          lut -> conv (the conv alone reads the lookup): the conv packs its bit-planes
                        straight from the pixels (a `fused_conv` with the lut tensor)
   fuse_threshold       conv -> threshold: the conv kernel writes codes, never the accumulators
@@ -84,14 +86,40 @@ def conv_table(node: dict, tensors: dict) -> "np.ndarray | None":
 
 
 
+BYTE_CODE_OPS = ("lut", "threshold", "add_clip")  # ops whose output is codes in [qmin, qmax]
+
+
+def requantize_as_lookup(model: IntegerModel) -> IntegerModel:
+    """threshold on unsigned byte codes (a residual stream's codes requantized for the convs, ResNet
+    `residual_bits`) -> lut: the thresholds read off once for each of the 256 byte values, so the
+    runtime looks codes up instead of comparing them (one table when every channel's is the same)."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        source = g.source(node) if node["op"] == "threshold" else None
+        if source is None or source["op"] not in BYTE_CODE_OPS or not 0 <= source["qmin"] <= source["qmax"] <= 255 \
+                or not 0 <= node["qmin"] <= node["qmax"] <= 255:
+            continue
+        direction, thresholds = g.tensor(node, "direction"), g.tensor(node, "thresholds")
+        values = np.arange(256, dtype=np.int64)
+        signed = direction.astype(np.int64)[:, None, None] * values[None, :, None]  # (C, 256, 1)
+        table = node["qmin"] + (signed >= np.asarray(thresholds, np.int64)[:, None, :]).sum(-1, keepdims=True)
+        if (table == table[:1]).all():
+            table = table[:1]
+        g.replace(node, "lut", {"lut": table.astype(np.int16)}, d=1, in_channels=len(direction))
+    return g.result()
+
+
 def fuse_lookup(model: IntegerModel) -> IntegerModel:
-    """lut -> conv, the lookup read by that conv only, its codes a byte (shifted) on at most
-    LOOKUP_CHANNELS channels, and signed codes only where some pixel looks up codes all 0 (the
-    padding): one fused_conv reading the image."""
+    """lut of the image -> conv, the lookup read by that conv only, its codes a byte (shifted) on at
+    most LOOKUP_CHANNELS channels, and signed codes only where some pixel looks up codes all 0 (the
+    padding): one fused_conv reading the image. A lookup of codes (`requantize_as_lookup`) stays
+    its own node: the lookup kernels are built for a few colours, and over a block's 16-64 channels
+    they measured 1.5-10x the time of the lookup then the plain conv."""
     g = Rewrite(model)
     for node in g.nodes:
         lut = g.source(node) if node["op"] == "conv" else None
-        if lut is None or lut["op"] != "lut" or not g.only_reader(lut) or not has_kernel(node) \
+        if lut is None or lut["op"] != "lut" or lut["inputs"] != ["image"] or not g.only_reader(lut) \
+                or not has_kernel(node) \
                 or node["in_channels"] > LOOKUP_CHANNELS:
             continue
         if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut["in_channels"]) is None:
@@ -162,6 +190,8 @@ FUSIONS = (fuse_lookup, fuse_threshold, fuse_residual_add)
 
 
 def plan(model: IntegerModel, fuse: bool = True) -> IntegerModel:
-    """The graph the fast executor runs: fused (FUSIONS) unless `fuse` is False (every node's output
-    kept, as `Runtime.layer_outputs` shows them), signed inputs shifted either way."""
-    return apply(model, (*FUSIONS, shift_signed_inputs) if fuse else (shift_signed_inputs,))
+    """The graph the fast executor runs: requantizing thresholds as lookups, then fused (FUSIONS)
+    unless `fuse` is False (every node's output kept, as `Runtime.layer_outputs` shows them), signed
+    inputs shifted either way."""
+    return apply(model, (requantize_as_lookup, *FUSIONS, shift_signed_inputs) if fuse
+                 else (requantize_as_lookup, shift_signed_inputs))

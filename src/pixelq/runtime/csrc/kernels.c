@@ -655,6 +655,13 @@ static void threshold_impl(const int32_t *restrict acc, ssize M, ssize O, const 
 /* Pixel embedding as a lookup: colour ch of each pixel -> d codes from its table (shared: T = 1). */
 static void lut_impl(const uint8_t *restrict image, ssize M, ssize C, const uint8_t *restrict tables, int T, int d,
                      uint8_t *restrict out, int threads) {
+    if (d == 1) {  /* codes requantized (one code per channel): a plain byte lookup, no call per code */
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (ssize m = 0; m < M; m++)
+            for (ssize ch = 0; ch < C; ch++)
+                out[m * C + ch] = tables[(T == 1 ? 0 : ch) * 256 + image[m * C + ch]];
+        return;
+    }
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (ssize m = 0; m < M; m++)
         for (ssize ch = 0; ch < C; ch++)
