@@ -2,7 +2,8 @@
 # What each ingredient of the W1A2 recipe is worth: the cifar-w1a2 recipe (init from float, KD from
 # float, cosine) at a shorter budget, and the same with one ingredient switched off or changed, two
 # seeds each. SAQ doubles the work per step, so it is compared at equal epochs and, against the
-# base run at twice the epochs, at equal compute. Resumable: run it again after an interruption.
+# base run at twice the epochs, at equal compute. residual-4bit is not switched off but added: a
+# 4-bit residual stream (--residual-bits 4), the convs still reading 2-bit codes. Resumable: run it again after an interruption.
 #   bash experiments/recipe_ablation.sh DATA [EPOCHS] [TRAIN_SUBSET]
 set -euo pipefail
 DATA=${1:?usage: $0 DATA [EPOCHS] [TRAIN_SUBSET]}
@@ -20,9 +21,10 @@ declare -A VARIANTS=(
   [saq]="--init $FLOAT --teacher $FLOAT --saq 0.4"
   [base-2x-epochs]="--init $FLOAT --teacher $FLOAT --epochs $((2 * EPOCHS))"
   [step-schedule]="--init $FLOAT --teacher $FLOAT --schedule step"
+  [residual-4bit]="--init $FLOAT --teacher $FLOAT --residual-bits 4"
 )
 for seed in 0 1; do
-  for name in base no-init no-kd saq base-2x-epochs step-schedule; do
+  for name in base no-init no-kd saq base-2x-epochs step-schedule residual-4bit; do
     # shellcheck disable=SC2086  # the settings are words
     $PIXELQ train --data "$DATA" "${BASE[@]}" ${VARIANTS[$name]} --seed "$seed" --out "$OUT/$name-s$seed" --resume --quiet
   done
