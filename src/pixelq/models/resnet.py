@@ -12,13 +12,14 @@ Both addends carry codes of one activation quantizer, so the residual add is an 
 `act_out` is a clip, which keeps the whole block integer at deployment. Shortcuts:
 "zero-pad" (He et al. option A: stride-2 subsampling and zero channels, no parameters, exact on
 codes) or "conv" (a quantized 1x1 conv + BN, then `res_act` so its output is codes too).
-
-`residual_bits` (default: abits) sets the bits of the residual stream: the stem's output, each
-block's `res_act` and `act_out`. Above abits, every conv still reads abits codes (`act_in`
-requantizes the block input, an integer threshold at deployment), while the sum the blocks carry
-forward keeps more levels: the float networks' residual stream, in integers.
 The quantized last layer takes the global average of codes (an integer sum over a known count)
 and has per-tensor-scaled weights and no bias, so logits are an integer accumulator times one scale.
+
+`residual_bits` (default: abits) sets the bits of the residual stream: the stem's output, each
+block's `res_act` and `act_out` (and a conv shortcut's `shortcut_act`). Above abits, every conv
+still reads abits codes (`act_in` requantizes the block input, an integer threshold at
+deployment), while the sum the blocks carry forward keeps more levels, as a float network's
+residual stream does.
 """
 from __future__ import annotations
 
