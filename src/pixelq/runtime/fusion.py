@@ -23,6 +23,7 @@ import numpy as np
 
 from ..integer import IntegerModel
 from ..integer.transforms import INT32_MAX, INT32_MIN, Rewrite, apply
+from .reference import threshold_reference
 
 CONV_OPS = ("conv", "fused_conv")
 LOOKUP_CHANNELS = 64  # the lookup conv packs one pixel's codes of a plane into one 64-bit word
@@ -100,9 +101,8 @@ def requantize_as_lookup(model: IntegerModel) -> IntegerModel:
                 or not 0 <= node["qmin"] <= node["qmax"] <= 255:
             continue
         direction, thresholds = g.tensor(node, "direction"), g.tensor(node, "thresholds")
-        values = np.arange(256, dtype=np.int64)
-        signed = direction.astype(np.int64)[:, None, None] * values[None, :, None]  # (C, 256, 1)
-        table = node["qmin"] + (signed >= np.asarray(thresholds, np.int64)[:, None, :]).sum(-1, keepdims=True)
+        every_value = np.repeat(np.arange(256)[:, None], len(direction), 1)  # (256, C)
+        table = threshold_reference(every_value, direction, thresholds, node["qmin"]).T[:, :, None]  # (C, 256, 1)
         if (table == table[:1]).all():
             table = table[:1]
         g.replace(node, "lut", {"lut": table.astype(np.int16)}, d=1, in_channels=len(direction))
@@ -114,7 +114,8 @@ def fuse_lookup(model: IntegerModel) -> IntegerModel:
     most LOOKUP_CHANNELS channels, and signed codes only where some pixel looks up codes all 0 (the
     padding): one fused_conv reading the image. A lookup of codes (`requantize_as_lookup`) stays
     its own node: the lookup kernels are built for a few colours, and over a ResNet-20 block's
-    16-64 channels they measured 1.7-7x the time of the lookup then the plain conv."""
+    16-64 channels they ran slower than the lookup then the plain conv (`pixelq bench --model` of a
+    residual_bits=4 export shows it when this condition is dropped)."""
     g = Rewrite(model)
     for node in g.nodes:
         lut = g.source(node) if node["op"] == "conv" else None
