@@ -213,6 +213,10 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
 def test_residual_bits_below_abits_or_on_a_model_without_residuals_is_refused():
     with pytest.raises(ConfigError, match="residual_bits must be at least abits"):
         create_model("resnet20", wbits=1, abits=4, residual_bits=2)
+    with pytest.raises(ConfigError, match=r"residual_bits must be 1..8 or 32 \(float\), got 9"):
+        create_model("resnet20", wbits=1, abits=2, residual_bits=9)
+    with pytest.raises(ConfigError, match="float only when abits is"):
+        create_model("resnet20", wbits=1, abits=2, residual_bits=32)
     with pytest.raises(ConfigError, match="residual_bits"):
         create_model("cnv", wbits=1, abits=2, residual_bits=4)
 

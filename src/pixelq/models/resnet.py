@@ -93,7 +93,8 @@ class ResNetConfig:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         check_common_settings(self)
         if self.residual_bits is not None:
-            default_act_quantizer(self.residual_bits)
+            if isinstance(self.residual_bits, bool) or self.residual_bits not in (*range(1, 9), FLOAT_BITS):
+                raise ConfigError(f"residual_bits must be 1..8 or 32 (float), got {self.residual_bits!r}")
             if self.residual_bits < self.abits or (self.abits == FLOAT_BITS) != (self.residual_bits == FLOAT_BITS):
                 raise ConfigError(f"residual_bits must be at least abits ({self.abits}) and float only when abits is, "
                                   f"got {self.residual_bits}")
