@@ -199,6 +199,20 @@ def test_lut_kernel_equals_reference(tables, d, n, seed):
     assert np.array_equal(out, lut_reference(image, lut))
 
 
+@given(tables=st.sampled_from([1, "per channel"]), count=st.integers(1, 300), c=st.sampled_from([1, 3, 16]),
+       top=st.sampled_from([3, 15, 16, 255]), seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_requantizing_lut_kernel_equals_reference(tables, count, c, top, seed):
+    """One code per channel (a residual stream requantized, fusion.requantize_as_lookup): codes below
+    16 take the byte-shuffle path 32 at a time, a block with a larger code (top 16, 255) the plain one."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, top + 1, (count, 1, 1, c)).astype(np.uint8)
+    lut = rng.integers(0, 256, (1 if tables == 1 else c, 256, 1)).astype(np.uint8)
+    out = np.empty_like(codes)
+    fast._kernels.lut(codes, count, c, lut, lut.shape[0], 1, out, 2)
+    assert np.array_equal(out, lut_reference(codes, lut))
+
+
 @given(h=st.integers(1, 8), c=st.sampled_from([3, 16, 30, 64, 70]), o=st.integers(1, 40), stride=st.integers(1, 2),
        abits=st.integers(1, 3), seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -365,6 +365,25 @@ static void pack_row_bytes(const conv_t *c, ssize n, ssize y, int32_t *sums) {
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx512bitalg,popcnt")
 #include "conv_lanes.h"
 #pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2")
+/* Bytes through one 256-entry table, 32 at a time: a block of codes below 16 (a requantized 4-bit
+ * residual stream's) by one byte shuffle of the table's first 16 entries, any other block byte by byte. */
+static void lut_bytes_avx2(const uint8_t *restrict in, ssize count, const uint8_t *restrict table,
+                           uint8_t *restrict out) {
+    const __m256i low = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)table));
+    const __m256i high = _mm256_set1_epi8((char)0xF0);
+    ssize i = 0;
+    for (; i + 32 <= count; i += 32) {
+        __m256i x = _mm256_loadu_si256((const __m256i *)(in + i));
+        if (_mm256_testz_si256(x, high))
+            _mm256_storeu_si256((__m256i *)(out + i), _mm256_shuffle_epi8(low, x));
+        else
+            for (int j = 0; j < 32; j++) out[i + j] = table[in[i + j]];
+    }
+    for (; i < count; i++) out[i] = table[in[i]];
+}
+#pragma GCC pop_options
 #endif
 
 typedef void (*positions_fn)(const conv_t *c, ssize n, ssize m0, ssize m1);
@@ -656,6 +675,16 @@ static void threshold_impl(const int32_t *restrict acc, ssize M, ssize O, const 
 static void lut_impl(const uint8_t *restrict image, ssize M, ssize C, const uint8_t *restrict tables, int T, int d,
                      uint8_t *restrict out, int threads) {
     if (d == 1) {  /* codes requantized (one code per channel): a plain byte lookup, no call per code */
+#ifdef PIXELQ_X86
+        if (T == 1 && cpu_has("avx2")) {
+            const ssize block = 1 << 16, count = M * C;
+            #pragma omp parallel for num_threads(threads) schedule(static)
+            for (ssize b = 0; b < (count + block - 1) / block; b++)
+                lut_bytes_avx2(image + b * block, count - b * block < block ? count - b * block : block, tables,
+                               out + b * block);
+            return;
+        }
+#endif
         #pragma omp parallel for num_threads(threads) schedule(static)
         for (ssize m = 0; m < M; m++)
             for (ssize ch = 0; ch < C; ch++)
