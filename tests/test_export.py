@@ -208,6 +208,10 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
         for layer, counts in report.items():
             assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
         assert label_agreement(model, runtime, x.numpy())["differ_unexplained"] == 0
+    if fast_available():  # what `pixelq inspect` shows: the plan's byte lookup, not the file's threshold
+        from pixelq.runtime.fast import FastExecutor
+
+        assert FastExecutor(graph).kernels()["stages.0.0.act_in"] == "byte lookup"
 
 
 def test_residual_bits_below_abits_or_on_a_model_without_residuals_is_refused():

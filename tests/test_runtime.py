@@ -80,10 +80,10 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     assert stem["name"] == "stem.act" and {"lut", "thresholds"} <= set(stem["tensors"])  # lookup + conv + threshold
     shifted = [node["name"] for node in executor.plan.nodes if node.get("input_shift")]
     if path == "shifted planes":
-        assert shifted == ["stem.act"] and executor.conv_kernels()["stem.conv"] == "bit-planes via lookup"
+        assert shifted == ["stem.act"] and executor.kernels()["stem.conv"] == "bit-planes via lookup"
     else:
         assert executor.convs["stem.act"].args[0].dtype.name == path.split()[0] and not shifted
-        assert executor.conv_kernels()["stem.conv"] == "table sums"
+        assert executor.kernels()["stem.conv"] == "table sums"
     x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     values = executor.run(x)
     every_layer = fast.FastExecutor(graph, threads=2, fuse=False, isa=isa).run(x)  # as layer_outputs() runs
@@ -111,7 +111,7 @@ def test_shifted_first_conv_keeps_thresholds_at_the_int32_limits(int8_first_grap
     thresholds[::2] = np.iinfo(np.int32).max
     thresholds[1::4] = np.iinfo(np.int32).min
     executor = fast.FastExecutor(graph, threads=2)
-    assert executor.conv_kernels()["stem.conv"] == "bit-planes via lookup" and executor.plan.node("stem.act")["input_shift"]
+    assert executor.kernels()["stem.conv"] == "bit-planes via lookup" and executor.plan.node("stem.act")["input_shift"]
     x = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     assert np.array_equal(executor.run(x)["stem.act"], run_reference(graph, x)["stem.act"])
 
@@ -157,7 +157,7 @@ def test_dot_product_convs_equal_the_reference_and_pytorch(wide_bits_graph, isa)
         pytest.skip(f"this CPU has no {isa}")
     model, graph = wide_bits_graph
     executor = fast.FastExecutor(graph, threads=2, isa=isa)
-    kernels = executor.conv_kernels()
+    kernels = executor.kernels()
     dots = [name for name, kernel in kernels.items() if kernel.startswith("dot product")]
     assert kernels["stem.conv"] == "table sums" and len(dots) == len(kernels) - 1
     x = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

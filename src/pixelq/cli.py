@@ -314,7 +314,7 @@ def _run_inspect(args) -> None:
     isa, kernels = "numpy reference", {}
     if kernels_available():  # which kernel each conv runs on, under the chosen instruction set
         executor = FastExecutor(model, isa=args.isa)
-        isa, kernels = executor.isa, executor.conv_kernels()
+        isa, kernels = executor.isa, executor.kernels()
     elif args.isa:
         raise ConfigError("--isa: the C kernels are not built, so the numpy reference runs every layer")
     for r in rows:

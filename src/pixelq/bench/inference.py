@@ -199,7 +199,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             w4a4 = load(w4a4_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
             same_model = ort_session(qdq, threads) if qdq is not None else None
-            result["conv_kernels"] = {name: FastExecutor(rt.model, isa=isa).conv_kernels()
+            result["kernels"] = {name: FastExecutor(rt.model, isa=isa).kernels()
                                       for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
             times = {}
             for batch in batch_sizes:

@@ -189,13 +189,16 @@ class FastExecutor:
             return _Conv("dot", (pack_dot_weight(weight), k, k, o, padded_channels(o)), pad, thresholds)
         return _Conv("planes", (_planes(node), *packed()), pad, thresholds)
 
-    def conv_kernels(self) -> dict:
-        """{conv name: the kernel it runs on}, as `pixelq inspect --isa` shows it."""
+    def kernels(self) -> dict:
+        """{file node name: the kernel it runs on}, as `pixelq inspect --isa` shows it: each conv's,
+        and a threshold's the plan runs as a byte lookup (`fusion.requantize_as_lookup`)."""
         names = {"table": "table sums", "lookup": "bit-planes via lookup",
                  "reference": "numpy reference (grouped, or codes wider than a byte)"}
         kernels = {}
         for node in self.plan.nodes:
             conv = self.convs.get(node["name"])
+            if node["op"] == "lut" and self.model.node(node["name"])["op"] == "threshold":
+                kernels[node["name"]] = "byte lookup" if node["name"] in self.lut_tables else "numpy reference lookup"
             if conv is None:
                 continue
             if conv.kind == "dot":
