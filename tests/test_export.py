@@ -214,6 +214,40 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
         assert FastExecutor(graph).kernels()["stages.0.0.act_in"] == "byte lookup"
 
 
+@pytest.mark.parametrize("residual_bits", [2, 4])
+def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits):
+    """signed_residual: each block's res_act is a threshold of signed codes (-n .. n) that the add
+    clips onto the stream's unsigned ones. The reference and C runtimes keep PyTorch's codes layer
+    by layer, and the fast plan leaves no add of its own: the branch's codes count from 0 and the
+    fused conv takes n off after adding the shortcut (fusion.unsign_residual_branch)."""
+    torch.manual_seed(5)
+    model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2,
+                                      last_layer="quantized", residual_bits=residual_bits, signed_residual=True))
+    graph = lower(model)
+    n = 2**residual_bits - 1
+    branch = graph.node("stages.1.0.res_act")
+    assert (branch["op"], branch["qmin"], branch["qmax"]) == ("threshold", -n, n)
+    assert graph.node("stages.1.0.act_out")["qmin"] == 0
+    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    for backend in ("reference", "c") if fast_available() else ("reference",):
+        runtime = Runtime(graph, backend=backend)
+        report = layer_agreement(model, runtime, x.numpy())
+        assert "stages.1.0.res_act" in report
+        for layer, counts in report.items():
+            assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
+        assert label_agreement(model, runtime, x.numpy())["differ_unexplained"] == 0
+    if fast_available():
+        from pixelq.runtime.fast import FastExecutor
+
+        plan = FastExecutor(graph).plan
+        assert "add_clip" not in [node["op"] for node in plan.nodes]
+        assert plan.node("stages.1.0.act_out")["residual_shift"] == n
+    with pytest.raises(ConfigError, match="signed_residual"):
+        create_model("resnet20", signed_residual=True)  # a float network's branch is signed already
+    with pytest.raises(ConfigError, match="signed_residual"):
+        create_model("cnv", wbits=1, abits=2, signed_residual=True)
+
+
 def test_residual_bits_below_abits_or_on_a_model_without_residuals_is_refused():
     with pytest.raises(ConfigError, match="residual_bits must be at least abits"):
         create_model("resnet20", wbits=1, abits=4, residual_bits=2)
@@ -340,19 +374,23 @@ def test_unsupported_ops_name_the_op_and_the_module():
         lower(quantize_model(dilated, wbits=1, abits=2).eval(), image_shape=(16, 16, 3))
 
 
-@pytest.mark.parametrize("name, kwargs, size, exact", [
-    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16, 0.5),
+@pytest.mark.parametrize("name, kwargs, size, exact, rare", [
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16, 0.5, 1e-3),
     # 15 levels in each res_act: five times the boundaries for the rounded bias to miss
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", residual_bits=4), 16,
-     0.15),
-    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16, 0.5),
-    ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32, 0.5),
+     0.15, 1e-3),
+    # 30 levels in each signed res_act (codes -15 .. 15, shifted by the zero point 15): twice those
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", residual_bits=4,
+                      signed_residual=True), 16, 0.15, 2e-3),
+    ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16, 0.5, 1e-3),
+    ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32, 0.5, 1e-3),
 ])
-def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, exact, tmp_path):
+def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, exact, rare, tmp_path):
     """QDQ ONNX: ONNX Runtime fuses every conv into QLinearConv (and the residual
     adds into QLinearAdd); every layer's codes are the reference executor's on the plain graph
     (compared until the first that differs, which must be rare and past the `exact` fraction of the
-    layers: the bias is rounded to 1/254 of an accumulator unit), and the labels PyTorch's."""
+    layers: the bias is rounded to 1/254 of an accumulator unit; at most a `rare` fraction of that
+    layer's codes differ), and the labels PyTorch's."""
     ort = pytest.importorskip("onnxruntime")
     import onnx
     from pixelq.exporting import lower_plain
@@ -374,9 +412,11 @@ def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, exact
     x = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
     logits, *codes = session.run(None, {"image": x})
     reference = run_reference(plain, x)
-    differ = [float((c != reference[n].transpose(0, 3, 1, 2)).mean()) for n, c in zip(layers, codes)]
+    zero = {n["name"]: max(0, -n["qmin"]) for n in plain.nodes if n["name"] in layers}  # signed codes travel shifted
+    differ = [float((c.astype(np.int64) - zero[n] != reference[n].transpose(0, 3, 1, 2)).mean())
+              for n, c in zip(layers, codes)]
     first = next((i for i, d in enumerate(differ) if d > 0), len(differ))  # later layers see what it changed
-    assert first > exact * len(layers) and (first == len(differ) or differ[first] <= 1e-3), list(zip(layers, differ))[max(first - 1, 0):first + 3]
+    assert first > exact * len(layers) and (first == len(differ) or differ[first] <= rare), list(zip(layers, differ))[max(first - 1, 0):first + 3]
     with torch.no_grad():
         expected = model(torch.as_tensor(x)).argmax(1).numpy()
     assert (logits.argmax(1) == expected).mean() >= 0.95
@@ -386,6 +426,7 @@ def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, exact
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 16),
     ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 16),
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", residual_bits=4), 16),
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", signed_residual=True), 16),
     ("resnet18", dict(first_layer="pixel-embedding", first_layer_kwargs={"shared": False}, wbits=1, abits=2), 16),
     ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
 ])
@@ -410,6 +451,8 @@ def test_onnx_export_computes_what_the_integer_runtime_does(name, kwargs, size):
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized"), 32),
     ("resnet20", dict(first_layer="int8", wbits=2, abits=2, last_layer="float"), 32),
     ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", residual_bits=4), 32),
+    ("resnet20", dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized", residual_bits=4,
+                      signed_residual=True), 32),
     ("cnv", dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1, abits=2), 32),
 ])
 def test_qonnx_export_runs_in_qonnx_with_pytorchs_labels(name, kwargs, size):

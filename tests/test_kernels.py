@@ -61,6 +61,16 @@ def spread_thresholds(rng, acc, levels):
     return np.sort(thresholds, axis=1).astype(np.int32)
 
 
+def with_residual(codes, shortcut, stride, qmax, shift=0):
+    """The fused residual add by hand: the shortcut's codes (read at `stride`) added to the first
+    channels, the rest adding 0, `shift` taken off (a signed branch's codes count from 0,
+    fusion.unsign_residual_branch), clipped to [0, qmax]."""
+    added = np.zeros(codes.shape, np.int64)
+    s = shortcut[:, ::stride, ::stride]
+    added[..., :s.shape[3]] = s
+    return np.clip(codes.astype(np.int64) + added - shift, 0, qmax)
+
+
 def torch_oracle(x, w, stride, padding, groups=1):
     xt = torch.as_tensor(x, dtype=torch.float64).permute(0, 3, 1, 2)
     wt = torch.as_tensor(w, dtype=torch.float64).permute(0, 3, 1, 2)
@@ -133,13 +143,14 @@ def test_accumulator_range_check():
 @given(
     n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.sampled_from([1, 3, 4, 5, 16, 30, 64, 67]),
     o=st.integers(1, 40), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2), padding=st.integers(0, 2),
-    abits=st.sampled_from([1, 2, 4, 8]), wbits=st.sampled_from([2, 4, 8]), fused=st.booleans(), shortcut=st.booleans(),
-    threads=st.integers(1, 3), seed=st.integers(0, 2**16),
+    abits=st.sampled_from([1, 2, 4, 8]), wbits=st.sampled_from([2, 4, 8]), fused=st.booleans(),
+    shortcut=st.sampled_from([None, "unsigned", "signed"]), threads=st.integers(1, 3), seed=st.integers(0, 2**16),
 )
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits, wbits, fused, shortcut, threads, seed):
     """The dot-product conv (codes x int8 weights, no bit-planes) equals the reference: accumulators,
-    or codes by thresholds plus a shortcut. AVX2's VPMADDUBSW saturates int16 pairs, so beyond
+    or codes by thresholds plus a shortcut (onto a signed branch's codes counted from 0: 6 levels,
+    3 taken off after the add). AVX2's VPMADDUBSW saturates int16 pairs, so beyond
     2 x code x |weight| <= 32767 (8-bit codes with 8-bit weights) only VNNI and portable builds run."""
     assume(h + 2 * padding >= k and w + 2 * padding >= k)
     if abits == 8 and wbits == 8 and fast._kernels.dot_isa(isa) == "avx2":
@@ -158,16 +169,16 @@ def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits
         assert np.array_equal(out, acc)
         return
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = spread_thresholds(rng, acc, 3)
+    shift = 3 if shortcut == "signed" else 0
+    thresholds = spread_thresholds(rng, acc, 3 + shift)
     expected = threshold_reference(acc, direction, thresholds, 0)
     d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((n, ho, wo, o), np.uint8)
     if shortcut:
         res_c = (o + 1) // 2
         codes = rng.integers(0, 4, (n, ho, wo, res_c)).astype(np.uint8)
-        expected[..., :res_c] = np.minimum(expected[..., :res_c] + codes, 3)
-        expected = np.minimum(expected, 3)
-        fast._kernels.dot_conv(*args, out, threads, d, t, 3, 0, codes, ho, wo, res_c, 1, 3, isa=isa)
+        expected = with_residual(expected, codes, 1, 3, shift)
+        fast._kernels.dot_conv(*args, out, threads, d, t, 3 + shift, 0, codes, ho, wo, res_c, 1, 3, shift, isa=isa)
     else:
         fast._kernels.dot_conv(*args, out, threads, d, t, 3, 0, isa=isa)
     assert np.array_equal(out, expected)
@@ -230,15 +241,17 @@ def test_fused_conv_threshold_equals_reference(isa, h, c, o, stride, abits, seed
 
 @given(n=st.integers(1, 5), h=st.integers(1, 8), c=st.sampled_from([8, 16, 24, 64]), o=st.sampled_from([16, 24, 32, 64]),
        grid=st.sampled_from(sorted(WEIGHT_GRIDS)), abits=st.integers(1, 4), k=st.sampled_from([1, 3]),
-       stride=st.integers(1, 2), shortcut=st.sampled_from([0, 8, 16, 32, 64]), threads=st.integers(1, 3),
-       seed=st.integers(0, 2**16))
+       stride=st.integers(1, 2), shortcut=st.sampled_from([0, 8, 16, 32, 64]), signed=st.booleans(),
+       threads=st.integers(1, 3), seed=st.integers(0, 2**16))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride, shortcut, threads, seed):
+def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride, shortcut, signed, threads, seed):
     """With 16, 32 or 64 output channels the AVX-512 epilogue works in int16 lanes where the
     accumulators fit (two 16-channel positions, or 32 channels of one, per vector; thresholds
     clamped to int16): thresholds far outside that range, odd position counts, batches that do and do
     not split evenly over the threads, shortcuts of fewer channels than the output (the rest add 0).
-    24 channels, 8-channel shortcuts and accumulators beyond int16 take the int32 path."""
+    24 channels, 8-channel shortcuts and accumulators beyond int16 take the int32 path. A signed
+    branch (`signed`, with a shortcut) has twice the levels, counted from 0, and the shift comes off
+    after the add: 1- and 2-bit codes stay in int16 lanes, wider ones go to int32."""
     rng = np.random.default_rng(seed)
     lowest, wstride, bits = WEIGHT_GRIDS[grid]
     x = rng.integers(0, 2**abits, (n, h, h, c)).astype(np.uint8)
@@ -248,17 +261,19 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     ho = acc.shape[1]
     direction = rng.choice([-1, 1], o).astype(np.int8)
     levels = 2**abits - 1
-    thresholds = spread_thresholds(rng, acc, levels)
+    res_c = min(shortcut, o)
+    shift = levels if signed and res_c else 0
+    thresholds = spread_thresholds(rng, acc, levels + shift)
     expected = threshold_reference(acc, direction, thresholds, 0)
     args = (x, n, h, h, c, abits, fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, o, fast.padded_channels(o),
             lowest, wstride, stride, pad, ho, ho)
     d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((n, ho, ho, o), np.uint8)
-    res_c = min(shortcut, o)
     if res_c:
         codes = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, res_c)).astype(np.uint8)
-        expected[..., :res_c] = np.minimum(expected[..., :res_c] + codes[:, ::stride, ::stride], levels)
-        fast._kernels.conv(*args, out, threads, d, t, levels, 0, codes, ho * stride, ho * stride, res_c, stride, levels, isa=isa)
+        expected = with_residual(expected, codes, stride, levels, shift)
+        fast._kernels.conv(*args, out, threads, d, t, levels + shift, 0, codes, ho * stride, ho * stride, res_c, stride,
+                           levels, shift, isa=isa)
     else:
         fast._kernels.conv(*args, out, threads, d, t, levels, 0, isa=isa)
     assert np.array_equal(out, expected)
@@ -266,12 +281,13 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
 
 @pytest.mark.parametrize("channels", [16, 32])
 @pytest.mark.parametrize("width", [15, 16, 17, 31, 32, 33, 64, 70])
-@pytest.mark.parametrize("residual", [None, "same", "downsampled"])
+@pytest.mark.parametrize("residual", [None, "same", "downsampled", "signed"])
 def test_row_convs_equal_reference(isa, channels, width, residual):
     """16 -> 16 and 32 -> 32 channels, 3x3, stride 1 (the AVX-512 BITALG build runs these with a
     row's positions in the lanes, 32 or 16 per vector): rows of whole vectors and a remainder, 2-bit
     codes, binary and 3-bit weights; shortcuts of the same shape, or (ResNet's downsampling block)
-    half the channels at twice the size, read at stride 2, the other channels adding 0."""
+    half the channels at twice the size, read at stride 2, the other channels adding 0; or a signed
+    branch's codes (-3 .. 3, counted from 0) onto a shortcut of the same shape, 3 taken off after."""
     rng = np.random.default_rng(width)
     c = channels
     for grid in ("binary", "dorefa3"):
@@ -281,17 +297,18 @@ def test_row_convs_equal_reference(isa, channels, width, residual):
         acc = conv2d_reference(x, wt, 1, 1)
         direction = rng.choice([-1, 1], c).astype(np.int8)
         span = int(np.abs(acc).max()) + 2
-        thresholds = np.sort(rng.integers(-span, span + 1, (c, 3)), axis=1).astype(np.int32)
+        shift = 3 if residual == "signed" else 0
+        thresholds = np.sort(rng.integers(-span, span + 1, (c, 3 + shift)), axis=1).astype(np.int32)
         expected = threshold_reference(acc, direction, thresholds, 0)
         d, t = fast.pad_thresholds(direction, thresholds)
         args = (x, 3, 5, width, c, 2, fast.pack_conv_weight(wt, lowest, wstride, bits), 3, 3, bits, c, c, lowest,
                 wstride, 1, 1, 5, width)
         out = np.empty((3, 5, width, c), np.uint8)
         if residual:
-            s = 1 if residual == "same" else 2
+            s = 2 if residual == "downsampled" else 1
             shortcut = rng.integers(0, 4, (3, 5 * s, width * s, c // s)).astype(np.uint8)
-            expected[..., :c // s] = np.minimum(expected[..., :c // s] + shortcut[:, ::s, ::s], 3)
-            fast._kernels.conv(*args, out, 2, d, t, 3, 0, shortcut, 5 * s, width * s, c // s, s, 3, isa=isa)
+            expected = with_residual(expected, shortcut, s, 3, shift)
+            fast._kernels.conv(*args, out, 2, d, t, 3 + shift, 0, shortcut, 5 * s, width * s, c // s, s, 3, shift, isa=isa)
         else:
             fast._kernels.conv(*args, out, 2, d, t, 3, 0, isa=isa)
         assert np.array_equal(out, expected), grid
@@ -333,28 +350,29 @@ def test_conv_rejects_inconsistent_geometry():
 
 
 @given(h=st.integers(2, 8), c=st.sampled_from([16, 30, 32]), o=st.sampled_from([8, 16, 24, 32, 40]),
-       stride=st.integers(1, 2), qmax=st.sampled_from([3, 15, 255]), seed=st.integers(0, 2**16))
+       stride=st.integers(1, 2), qmax=st.sampled_from([3, 15, 255]), signed=st.booleans(), seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, qmax, seed):
+def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, qmax, signed, seed):
     """conv -> thresholds -> + shortcut codes (subsampled by `stride`, channels past the shortcut's
     own count add 0) -> clip, in one call, against the reference ops one after another; the codes
-    2-bit, or a wider residual stream's (`residual_bits` 4 or 8: qmax levels of thresholds)."""
+    2-bit, or a wider residual stream's (`residual_bits` 4 or 8: qmax levels of thresholds); with
+    `signed`, a signed branch's (2 qmax levels counted from 0, qmax taken off after the add)."""
+    assume(not signed or 2 * qmax <= 255)
     rng = np.random.default_rng(seed)
+    shift = qmax if signed else 0
     x = rng.integers(0, 4, (2, h, h, c)).astype(np.uint8)
     shortcut = rng.integers(0, qmax + 1, (2, h, h, min(c, o))).astype(np.uint8)
     wt = random_weights(rng, (o, 3, 3, c), WEIGHT_GRIDS["binary"])
     direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = np.sort(rng.integers(-30, 30, (o, qmax)), axis=1).astype(np.int32)
+    thresholds = np.sort(rng.integers(-30, 30, (o, qmax + shift)), axis=1).astype(np.int32)
     codes = threshold_reference(conv2d_reference(x, wt, stride, 1), direction, thresholds, 0)
     ho = codes.shape[1]
-    sub = np.zeros((2, ho, ho, o), np.int64)
-    sub[..., :shortcut.shape[3]] = shortcut[:, ::stride, ::stride]
-    expected = np.minimum(codes + sub, qmax)
+    expected = with_residual(codes, shortcut, stride, qmax, shift)
     d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, ho, o), np.uint8)
     fast._kernels.conv(x, 2, h, h, c, 2, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, fast.padded_channels(o),
-                       -1, 2, stride, 1, ho, ho, out, 2, d, t, qmax, 0, shortcut, h, h, shortcut.shape[3], stride, qmax,
-                       isa=isa)
+                       -1, 2, stride, 1, ho, ho, out, 2, d, t, qmax + shift, 0, shortcut, h, h, shortcut.shape[3], stride,
+                       qmax, shift, isa=isa)
     assert np.array_equal(out, expected)
 
 

@@ -85,6 +85,19 @@ def test_mid_tread_half(bits, max_value):
     assert torch.equal(dx, g * ((x > 0) & (x < max_value)))
 
 
+@pytest.mark.parametrize("bits", BITS)
+def test_signed_mid_tread_has_the_same_steps_on_both_sides(bits):
+    x = torch.linspace(-3, 3, 601)
+    q = MidTreadHalf(bits, 2.0, signed=True)
+    y, dx, g, _ = grad_of(q, x)
+    n = 2**bits - 1
+    assert torch.allclose(y, torch.round(x.clamp(-2.0, 2.0) * n / 2.0) * 2.0 / n)
+    assert q.activation_grid() == (2.0 / n, -n, n) and MidTreadHalf(bits, 2.0).activation_grid() == (2.0 / n, 0, n)
+    codes = (y * n / 2.0).round()
+    assert codes.min() == -n and codes.max() == n
+    assert torch.equal(dx, g * ((x > -2.0) & (x < 2.0)))
+
+
 def test_mid_tread_2bit_levels_are_blueoils():
     y = MidTreadHalf(2, 2.0)(torch.linspace(-1, 3, 1000))
     assert torch.allclose(torch.unique(y), torch.tensor([0.0, 2 / 3, 4 / 3, 2.0]))
@@ -154,6 +167,7 @@ def test_mid_tread_codes_are_integers_in_range(values, bits):
         ("pact:3", PACT, {"bits": 3}),
         ("mid_tread:2", MidTreadHalf, {"bits": 2, "max_value": 2.0}),
         ("mid_tread:3:1.5", MidTreadHalf, {"bits": 3, "max_value": 1.5}),
+        ("mid_tread:4:signed", MidTreadHalf, {"bits": 4, "max_value": 2.0, "signed": True}),
     ],
 )
 def test_make_quantizer_from_spec(spec, cls, attrs):

@@ -159,18 +159,21 @@ def test_cli_overrides_file(tmp_path, tiny_splits, capsys):
 
 def test_cli_residual_bits_widen_the_residual_stream_only(tmp_path, tiny_splits, capsys):
     """--residual-bits: the blocks' outputs (and the stem's) carry wider codes, the convs read abits
-    codes through act_in; stored in the config, rebuilt from the checkpoint, refused by CNV."""
+    codes through act_in; --signed-residual: each branch's codes are signed. Stored in the config,
+    rebuilt from the checkpoint, refused by CNV."""
     data = write_image_dataset(tmp_path, tiny_splits)
     out = tmp_path / "wide"
     assert main(["train", "--data", str(data), "--wbits", "1", "--abits", "2", "--residual-bits", "4",
-                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["config"]["residual_bits"] == 4
+                 "--signed-residual", "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "metrics.json").read_text())["config"]
+    assert config["residual_bits"] == 4 and config["signed_residual"] is True
     model = load_checkpoint(out / "checkpoint.pt")
     block = model.stages[1][0]
     assert (model.stem.act.bits, block.act_out.bits, block.res_act.bits) == (4, 4, 4)
     assert (block.act_in.bits, block.act1.bits) == (2, 2)
+    assert block.res_act.signed and not block.act_out.signed and not model.stem.act.signed
     narrow = create_model("resnet20", wbits=1, abits=2)
-    assert narrow.stages[1][0].act_in is None and narrow.stem.act.bits == 2
+    assert narrow.stages[1][0].act_in is None and narrow.stem.act.bits == 2 and not narrow.stages[1][0].res_act.signed
     capsys.readouterr()
     assert main(["train", "--data", str(data), "--model", "cnv", "--wbits", "1", "--abits", "2", "--residual-bits",
                  "4", "--epochs", "1", "--out", str(tmp_path / "cnv"), "--quiet"]) == 2

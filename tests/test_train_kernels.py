@@ -115,13 +115,15 @@ def test_resnet_trains_its_stem_through_the_table_and_matches_the_two_layers(wit
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "matrix", "permuted"])
-@pytest.mark.parametrize("bits,max_value", [(1, 1.0), (2, 2.0), (3, 1.7), (8, 6.0)])
-def test_fused_mid_tread_is_bit_identical(layout, bits, max_value, without_kernels):
+@pytest.mark.parametrize("bits,max_value,signed", [(1, 1.0, False), (2, 2.0, False), (3, 1.7, False), (8, 6.0, False),
+                                                   (2, 2.0, True), (4, 1.7, True)])
+def test_fused_mid_tread_is_bit_identical(layout, bits, max_value, signed, without_kernels):
     torch.manual_seed(bits)
     shape = (2, 6, 5, 7) if layout != "matrix" else (33, 17)
     x = torch.randn(shape) * max_value + max_value / 3
     step = max_value / (2**bits - 1)
     x.view(-1)[:6] = torch.tensor([0.0, max_value, step / 2, 3 * step / 2, -0.0, max_value * 1.5])  # edges, ties
+    x.view(-1)[6:9] = torch.tensor([-max_value, -step / 2, -max_value * 1.5])
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
     elif layout == "permuted":
@@ -130,7 +132,7 @@ def test_fused_mid_tread_is_bit_identical(layout, bits, max_value, without_kerne
 
     def run():
         a = x.clone(memory_format=torch.preserve_format).requires_grad_()
-        y = ste.linear_mid_tread_half(a, bits, max_value)
+        y = ste.linear_mid_tread_half(a, bits, max_value, signed)
         y.backward(grad)
         return y.detach(), a.grad
 
@@ -153,14 +155,15 @@ def test_fused_mid_tread_saves_a_byte_mask_not_the_input():
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed"])
-@pytest.mark.parametrize("bits,max_value", [(1, 1.0), (2, 2.0), (3, 1.7)])
-def test_fused_residual_end_is_bit_identical(layout, bits, max_value, without_kernels):
-    """Q(Q(y) + x), x on Q's grid (a shortcut's codes), against the two quantizers around the add."""
+@pytest.mark.parametrize("bits,max_value,signed", [(1, 1.0, False), (2, 2.0, False), (3, 1.7, False), (4, 2.0, True)])
+def test_fused_residual_end_is_bit_identical(layout, bits, max_value, signed, without_kernels):
+    """Q(Q'(y) + x), x on Q's grid (a shortcut's codes), Q' the same or its signed form, against the
+    two quantizers around the add."""
     torch.manual_seed(bits)
     step = max_value / (2**bits - 1)
     y = torch.randn(3, 8, 5, 6) * max_value
     x = torch.randint(0, 2**bits, (3, 8, 5, 6)).float() * step
-    y.view(-1)[:4] = torch.tensor([step / 2, max_value - step / 2, 0.0, max_value])
+    y.view(-1)[:6] = torch.tensor([step / 2, max_value - step / 2, 0.0, max_value, -step / 2, -max_value])
     if layout != "contiguous":
         y = y.contiguous(memory_format=torch.channels_last)
     if layout == "channels_last":
@@ -169,7 +172,7 @@ def test_fused_residual_end_is_bit_identical(layout, bits, max_value, without_ke
 
     def run():
         a, b = y.clone().requires_grad_(), x.clone().requires_grad_()
-        out = ste.mid_tread_add(a, b, bits, max_value)
+        out = ste.mid_tread_add(a, b, bits, max_value, signed)
         out.backward(grad)
         return out.detach(), a.grad, b.grad
 
@@ -186,7 +189,9 @@ def test_residual_end_is_fused_only_for_one_unhooked_mid_tread_grid():
 
     y = torch.randn(2, 4, 3, 3)
     a, b = make_quantizer("mid_tread:2", role="activation"), make_quantizer("mid_tread:2", role="activation")
-    assert residual_fusion(a, b, y) == (2, 2.0)
+    assert residual_fusion(a, b, y) == (2, 2.0, False)
+    signed = make_quantizer("mid_tread:2:signed", role="activation")
+    assert residual_fusion(signed, b, y) == (2, 2.0, True) and residual_fusion(a, signed, y) is None
     assert residual_fusion(a, make_quantizer("mid_tread:2:1.5", role="activation"), y) is None
     assert residual_fusion(a, make_quantizer("pact:2", role="activation"), y) is None
     b.register_forward_hook(lambda *_: None)

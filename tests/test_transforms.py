@@ -19,10 +19,12 @@ MODELS = {
     "resnet20-int8": dict(name="resnet20", first_layer="int8", wbits=1, abits=2, widths=(32, 64), blocks=(1, 1)),
     "resnet20-r4": dict(name="resnet20", first_layer="pixel-embedding", wbits=1, abits=2, residual_bits=4,
                         widths=(16, 32), blocks=(2, 1)),  # 4-bit residual stream, each block input requantized
+    "resnet20-r4s": dict(name="resnet20", first_layer="pixel-embedding", wbits=1, abits=2, residual_bits=4,
+                         signed_residual=True, widths=(16, 32), blocks=(2, 1)),  # and each branch's codes signed
     "cnv": dict(name="cnv", first_layer="pixel-embedding", wbits=1, abits=2),
     "by-hand": dict(first_layer="pixel-embedding", wbits=1, abits=2),  # biased conv, hidden linear layer
 }
-SIZE = {"resnet20-pe": 16, "resnet20-int8": 16, "resnet20-r4": 16, "cnv": 32, "by-hand": 16}
+SIZE = {"resnet20-pe": 16, "resnet20-int8": 16, "resnet20-r4": 16, "resnet20-r4s": 16, "cnv": 32, "by-hand": 16}
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +71,11 @@ CASES = [
      lambda b, a: [n["name"] for n in a.nodes if n["op"] == "lut"][1:] == [f"stages.{i}.{j}.act_in" for i, j in
                                                                           ((0, 0), (0, 1), (1, 0))]),
     (fusion.requantize_as_lookup, EXPORT_TRANSFORMS, "resnet20-pe", lambda b, a: a.nodes == b.nodes),  # none there
+    (fusion.unsign_residual_branch, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup), "resnet20-r4s",
+     lambda b, a: [(n["qmin"], n["qmax"]) for n in b.nodes if n["name"].endswith("res_act")] == [(-15, 15)] * 3
+     and [(n["qmin"], n["qmax"]) for n in a.nodes if n["name"].endswith("res_act.unsigned")] == [(0, 30)] * 3
+     and [n.get("shift") for n in a.nodes if n["op"] == "add_clip"] == [15] * 3),
+    (fusion.unsign_residual_branch, EXPORT_TRANSFORMS, "resnet20-r4", lambda b, a: a.nodes == b.nodes),  # unsigned
     (fusion.fuse_lookup, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup), "resnet20-r4",  # the image's lookup only
      lambda b, a: _ops(a).count("lut") == _ops(b).count("lut") - 1 and a.node("stages.0.0.act_in")["op"] == "lut"),
     (fusion.fuse_lookup, EXPORT_TRANSFORMS, "resnet20-pe", lambda b, a: "lut" not in _ops(a) and "fused_conv" in _ops(a)),
@@ -79,6 +86,9 @@ CASES = [
      lambda b, a: "add_clip" not in _ops(a) and "subsample_pad" not in _ops(a)),
     (fusion.fuse_residual_add, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup, fusion.fuse_threshold), "resnet20-r4",
      lambda b, a: "add_clip" not in _ops(a) and a.node("stages.1.0.act_out")["residual_qmax"] == 15),
+    (fusion.fuse_residual_add, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup, fusion.unsign_residual_branch,
+                                fusion.fuse_threshold), "resnet20-r4s",
+     lambda b, a: "add_clip" not in _ops(a) and a.node("stages.1.0.act_out")["residual_shift"] == 15),
     (fusion.shift_signed_inputs, (*EXPORT_TRANSFORMS, *fusion.FUSIONS), "resnet20-int8",
      lambda b, a: a.node("stem.act")["input_shift"] == 128 and a.node("stem.act")["input_range"] == [0, 255]),
     (fusion.shift_signed_inputs, EXPORT_TRANSFORMS, "resnet20-int8",  # unfused: the offset comes off the accumulators

@@ -113,25 +113,26 @@ CLONES static void backward_row(const geom_t *g, const uint8_t *image, const flo
 #define BLOCK 4096
 #define PARALLEL_MIN 65536
 
-CLONES static void mid_tread_block(const float *x, float *y, uint8_t *mask, ssize count, float max, float up,
-                                   float down) {
+CLONES static void mid_tread_block(const float *x, float *y, uint8_t *mask, ssize count, float low, float max,
+                                   float up, float down) {
     for (ssize i = 0; i < count; i++) {
         const float v = x[i];
-        const float c = v < 0.0f ? 0.0f : (v > max ? max : v);
+        const float c = v < low ? low : (v > max ? max : v);
         y[i] = rintf(c * up) * down;
-        mask[i] = (v > 0.0f) & (v < max);
+        mask[i] = (v > low) & (v < max);
     }
 }
 
-/* A residual block's end, out = Q(Q(y) + x) on one grid: bit 0 of the mask is y's [0 < y < m],
- * bit 1 the sum's [0 < s < m]. */
+/* A residual block's end, out = Q(Q'(y) + x) on one grid, Q' clipping to [low, m] (low = 0, or -m
+ * for a signed branch) and Q to [0, m]: bit 0 of the mask is y's [low < y < m], bit 1 the sum's
+ * [0 < s < m]. */
 CLONES static void mid_tread_add_block(const float *y, const float *x, float *out, uint8_t *mask, ssize count,
-                                       float max, float up, float down) {
+                                       float low, float max, float up, float down) {
     for (ssize i = 0; i < count; i++) {
         const float v = y[i];
-        const float s = rintf((v < 0.0f ? 0.0f : (v > max ? max : v)) * up) * down + x[i];
+        const float s = rintf((v < low ? low : (v > max ? max : v)) * up) * down + x[i];
         out[i] = rintf((s < 0.0f ? 0.0f : (s > max ? max : s)) * up) * down;
-        mask[i] = ((v > 0.0f) & (v < max)) | (((s > 0.0f) & (s < max)) << 1);
+        mask[i] = ((v > low) & (v < max)) | (((s > 0.0f) & (s < max)) << 1);
     }
 }
 
@@ -238,9 +239,9 @@ static PyObject *py_embedding_conv_backward(PyObject *self, PyObject *args) {
 
 static PyObject *py_mid_tread(PyObject *self, PyObject *args) {
     Py_buffer x, y, mask;
-    float max, up, down;
+    float low, max, up, down;
     int threads;
-    if (!PyArg_ParseTuple(args, "y*w*w*fffi", &x, &y, &mask, &max, &up, &down, &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*w*w*ffffi", &x, &y, &mask, &low, &max, &up, &down, &threads)) return NULL;
     PyObject *ret = NULL;
     const ssize count = x.len / 4;
     if (threads < 1) {
@@ -252,7 +253,7 @@ static PyObject *py_mid_tread(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK)
-            mid_tread_block(xs + b, ys + b, ms + b, count - b < BLOCK ? count - b : BLOCK, max, up, down);
+            mid_tread_block(xs + b, ys + b, ms + b, count - b < BLOCK ? count - b : BLOCK, low, max, up, down);
         Py_END_ALLOW_THREADS
         ret = Py_None;
         Py_INCREF(ret);
@@ -288,9 +289,9 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
 
 static PyObject *py_mid_tread_add(PyObject *self, PyObject *args) {
     Py_buffer y, x, out, mask;
-    float max, up, down;
+    float low, max, up, down;
     int threads;
-    if (!PyArg_ParseTuple(args, "y*y*w*w*fffi", &y, &x, &out, &mask, &max, &up, &down, &threads)) return NULL;
+    if (!PyArg_ParseTuple(args, "y*y*w*w*ffffi", &y, &x, &out, &mask, &low, &max, &up, &down, &threads)) return NULL;
     PyObject *ret = NULL;
     const ssize count = mask.len;
     if (threads < 1) {
@@ -302,7 +303,7 @@ static PyObject *py_mid_tread_add(PyObject *self, PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         #pragma omp parallel for num_threads(threads) schedule(static) if(count >= PARALLEL_MIN)
         for (ssize b = 0; b < count; b += BLOCK)
-            mid_tread_add_block(ys + b, xs + b, os + b, ms + b, count - b < BLOCK ? count - b : BLOCK, max, up, down);
+            mid_tread_add_block(ys + b, xs + b, os + b, ms + b, count - b < BLOCK ? count - b : BLOCK, low, max, up, down);
         Py_END_ALLOW_THREADS
         ret = Py_None;
         Py_INCREF(ret);
@@ -350,11 +351,12 @@ static PyMethodDef methods[] = {
      "embedding_conv_backward(image, grad, out, <geometry>, threads): out = dL/dtable given dL/dout "
      "(table columns padded to a multiple of 16)"},
     {"mid_tread", py_mid_tread, METH_VARARGS,
-     "mid_tread(x, y, mask, max, up, down, threads): y = rint(clip(x, 0, max) * up) * down, mask = [0 < x < max]"},
+     "mid_tread(x, y, mask, low, max, up, down, threads): y = rint(clip(x, low, max) * up) * down, "
+     "mask = [low < x < max]"},
     {"masked", py_masked, METH_VARARGS, "masked(grad, mask, out, threads): out = grad where mask else 0"},
     {"mid_tread_add", py_mid_tread_add, METH_VARARGS,
-     "mid_tread_add(y, x, out, mask, max, up, down, threads): out = Q(Q(y) + x), Q the mid-tread quantizer; "
-     "mask bit 0 = [0 < y < max], bit 1 = [0 < Q(y) + x < max]"},
+     "mid_tread_add(y, x, out, mask, low, max, up, down, threads): out = Q(Q'(y) + x), Q the mid-tread "
+     "quantizer on [0, max], Q' on [low, max]; mask bit 0 = [low < y < max], bit 1 = [0 < Q'(y) + x < max]"},
     {"masked_add", py_masked_add, METH_VARARGS,
      "masked_add(grad, mask, grad_y, grad_x, threads): the gradients of mid_tread_add's y and x"},
     {NULL, NULL, 0, NULL},

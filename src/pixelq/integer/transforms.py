@@ -75,6 +75,19 @@ class Rewrite:
         for key in node["tensors"]:
             del self.tensors[f"{node['name']}.{key}"]
 
+    def rename(self, node: dict, name: str) -> dict:
+        """`node` under a new name (its output is no longer what the old name meant): its tensors
+        and its readers' inputs follow."""
+        old = node["name"]
+        for key in node["tensors"]:
+            self.tensors[f"{name}.{key}"] = self.tensors.pop(f"{old}.{key}")
+        for reader in self.nodes:
+            reader["inputs"] = [name if i == old else i for i in reader["inputs"]]
+        self.readers[name] = self.readers.pop(old)
+        del self.by_name[old]
+        node["name"], self.by_name[name] = name, node
+        return node
+
     def replace(self, node: dict, op: str, tensors: dict, **attrs) -> dict:
         """`node` in place as another op computing the same output: same name and inputs, `tensors`
         instead of its own, `attrs` added."""

@@ -20,6 +20,12 @@ block's `res_act` and `act_out` (and a conv shortcut's `shortcut_act`). Above ab
 still reads abits codes (`act_in` requantizes the block input, an integer threshold at
 deployment), while the sum the blocks carry forward keeps more levels, as a float network's
 residual stream does.
+
+`signed_residual` quantizes each block's branch (`res_act`) on the signed form of the stream's
+grid (codes -n .. n, n = 2^residual_bits - 1), so a block can lower the stream as well as raise
+it, as a float block's bn2 output can; with the default unsigned branch the stream only grows
+through a stage and saturates at its top code. The add is still an integer add clipped to the
+stream's codes. A conv shortcut's codes stay unsigned.
 """
 from __future__ import annotations
 
@@ -79,6 +85,7 @@ class ResNetConfig:
     abits: int = FLOAT_BITS
     last_layer: str = "float"
     residual_bits: "int | None" = None
+    signed_residual: bool = False
     overrides: dict = field(default_factory=dict)
 
     @property
@@ -98,6 +105,9 @@ class ResNetConfig:
             if self.residual_bits < self.abits or (self.abits == FLOAT_BITS) != (self.residual_bits == FLOAT_BITS):
                 raise ConfigError(f"residual_bits must be at least abits ({self.abits}) and float only when abits is, "
                                   f"got {self.residual_bits}")
+        if self.signed_residual and self.abits == FLOAT_BITS:
+            raise ConfigError("signed_residual quantizes the residual branch on a signed grid; a float network's "
+                              "branch is signed already (needs abits 1..8)")
 
 
 def check_common_settings(cfg) -> None:
@@ -126,12 +136,14 @@ class BasicBlock(nn.Module):
         rq = default_act_quantizer(cfg.stream_bits)
         # the block input's codes for the convs, when the residual stream has more bits than they read
         self.act_in = _activation(aq, after_add=False) if rq != aq else None
+        # the branch's codes before the add: signed ones can lower the stream, as a float block's can
+        branch = f"{rq}:signed" if cfg.signed_residual else rq
         self.conv1 = QuantConv2d(in_planes, planes, 3, stride, 1, bias=False, weight_quantizer=wq)
         self.bn1 = nn.BatchNorm2d(planes)
         self.act1 = _activation(aq, after_add=True)
         self.conv2 = QuantConv2d(planes, planes, 3, 1, 1, bias=False, weight_quantizer=wq)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.res_act = _activation(rq, after_add=False)
+        self.res_act = _activation(branch, after_add=False)
         self.act_out = _activation(rq, after_add=True)
         self.shortcut_kind = "identity"
         if stride != 1 or in_planes != planes:

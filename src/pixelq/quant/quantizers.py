@@ -291,45 +291,49 @@ class PACT(Quantizer):
 
 @QUANTIZERS.register("mid_tread")
 class MidTreadHalf(Quantizer):
-    """Blueoil's `linear_mid_tread_half`: clip to [0, max], 2^k - 1 equal steps."""
+    """Blueoil's `linear_mid_tread_half`: clip to [0, max], 2^k - 1 equal steps. `signed`: clip to
+    [-max, max] on the same steps (codes -(2^k - 1) .. 2^k - 1), for a residual branch that may
+    lower the sum it is added to (ResNet `signed_residual`)."""
 
     roles = ("activation",)
 
-    def __init__(self, bits: int = 2, max_value: float = 2.0):
+    def __init__(self, bits: int = 2, max_value: float = 2.0, signed: bool = False):
         super().__init__()
         if not max_value > 0:
             raise ConfigError(f"mid_tread: max_value must be positive, got {max_value!r}")
-        self.bits, self.signed, self.max_value = _check_bits("mid_tread", bits), False, float(max_value)
+        self.bits, self.signed, self.max_value = _check_bits("mid_tread", bits), bool(signed), float(max_value)
 
     @property
     def step(self) -> float:
         return self.max_value / (2**self.bits - 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return ste.linear_mid_tread_half(x, self.bits, self.max_value)
+        return ste.linear_mid_tread_half(x, self.bits, self.max_value, self.signed)
 
     def activation_grid(self) -> tuple:
-        return self.step, 0, 2**self.bits - 1
+        n = 2**self.bits - 1
+        return self.step, -n if self.signed else 0, n
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, max_value={self.max_value}"
+        return f"bits={self.bits}, max_value={self.max_value}" + (", signed=True" if self.signed else "")
 
 
 def residual_fusion(inner: nn.Module, outer: nn.Module, y: Tensor) -> "tuple | None":
-    """(bits, max_value) when outer(inner(y) + x), a residual block's end, can run as one fused step
-    (`ste.mid_tread_add`, bit-identical): both the same mid-tread quantizer, nothing hooking them,
-    not under torch.fx tracing (export reads the two modules). None: run the modules."""
+    """(bits, max_value, inner's signed) when outer(inner(y) + x), a residual block's end, can run as
+    one fused step (`ste.mid_tread_add`, bit-identical): both mid-tread quantizers of the same bits
+    and range, the outer one unsigned, nothing hooking them, not under torch.fx tracing (export
+    reads the two modules). None: run the modules."""
     if (not isinstance(y, torch.fx.Proxy) and type(inner) is MidTreadHalf and type(outer) is MidTreadHalf
-            and inner.bits == outer.bits and inner.max_value == outer.max_value
+            and inner.bits == outer.bits and inner.max_value == outer.max_value and not outer.signed
             and not any(m._forward_hooks or m._forward_pre_hooks for m in (inner, outer))):
-        return inner.bits, inner.max_value
+        return inner.bits, inner.max_value, inner.signed
     return None
 
 
 _SPEC_HELP = (
     "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'pruned_ternary:0.6[:channel]', "
     "'dorefa:4', 'grid:4', 'grid:8:zero', "
-    "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5'"
+    "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5', 'mid_tread:4:signed'"
 )
 
 

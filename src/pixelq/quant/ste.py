@@ -131,22 +131,22 @@ def _fusable(x: Tensor) -> bool:
 
 class _MidTreadHalf(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, bits, max_value):
-        ctx.max_value = max_value
+    def forward(ctx, x, bits, max_value, low):
+        ctx.low, ctx.max_value = low, max_value
         n = 2**bits - 1
         if _fusable(x):
             # One pass (csrc/train_kernels.c): the same float32 operations as below, and a byte mask
             # for the backward instead of keeping x.
             y, mask = torch.empty_like(x), torch.empty_like(x, dtype=torch.uint8)
             ctx.kernels = train_kernels.get()
-            ctx.kernels.mid_tread(_flat(x), _flat(y), _flat(mask), max_value, n / max_value, max_value / n,
+            ctx.kernels.mid_tread(_flat(x), _flat(y), _flat(mask), low, max_value, n / max_value, max_value / n,
                                   torch.get_num_threads())
             ctx.save_for_backward(mask)
             return y
         ctx.save_for_backward(x)
         # This runs after every conv, so passes over memory count: one allocation, then in place.
         # hardtanh rather than clamp: on the CPU it is the faster kernel of the two.
-        return F.hardtanh(x, 0.0, max_value).mul_(n / max_value).round_().mul_(max_value / n)
+        return F.hardtanh(x, low, max_value).mul_(n / max_value).round_().mul_(max_value / n)
 
     @staticmethod
     def backward(ctx, grad):
@@ -154,24 +154,24 @@ class _MidTreadHalf(torch.autograd.Function):
         if saved.dtype == torch.uint8:  # the fused forward's mask
             out = torch.empty_like(saved, dtype=torch.float32)
             ctx.kernels.masked(_flat(_laid_out_as(grad, out)), _flat(saved), _flat(out), torch.get_num_threads())
-            return out, None, None
-        # hardtanh's own backward is exactly grad * [0 < x < max], fused in one kernel.
-        return torch.ops.aten.hardtanh_backward(grad, saved, 0.0, ctx.max_value), None, None
+            return out, None, None, None
+        # hardtanh's own backward is exactly grad * [low < x < max], fused in one kernel.
+        return torch.ops.aten.hardtanh_backward(grad, saved, ctx.low, ctx.max_value), None, None, None
 
 
-def linear_mid_tread_half(x: Tensor, bits: int, max_value: float) -> Tensor:
+def linear_mid_tread_half(x: Tensor, bits: int, max_value: float, signed: bool = False) -> Tensor:
     """Blueoil's activation: y = round(clip(x, 0, m) * n / m) * m / n with n = 2^bits - 1;
-    dy/dx = 1 for 0 < x < m, else 0."""
-    return _MidTreadHalf.apply(x, bits, max_value)
+    dy/dx = 1 for 0 < x < m, else 0. `signed`: clipped to [-m, m] instead (codes -n .. n)."""
+    return _MidTreadHalf.apply(x, bits, max_value, -max_value if signed else 0.0)
 
 
 class _MidTreadAdd(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, x, bits, max_value):
+    def forward(ctx, y, x, bits, max_value, low):
         n = 2**bits - 1
         out, mask = torch.empty_like(y), torch.empty_like(y, dtype=torch.uint8)
         ctx.kernels = train_kernels.get()
-        ctx.kernels.mid_tread_add(_flat(y), _flat(x), _flat(out), _flat(mask), max_value, n / max_value,
+        ctx.kernels.mid_tread_add(_flat(y), _flat(x), _flat(out), _flat(mask), low, max_value, n / max_value,
                                   max_value / n, torch.get_num_threads())
         ctx.save_for_backward(mask)
         return out
@@ -182,16 +182,17 @@ class _MidTreadAdd(torch.autograd.Function):
         grad_y, grad_x = (torch.empty_like(mask, dtype=torch.float32) for _ in range(2))
         ctx.kernels.masked_add(_flat(_laid_out_as(grad, grad_y)), _flat(mask), _flat(grad_y), _flat(grad_x),
                                torch.get_num_threads())
-        return grad_y, grad_x, None, None
+        return grad_y, grad_x, None, None, None
 
 
-def mid_tread_add(y: Tensor, x: Tensor, bits: int, max_value: float) -> Tensor:
-    """Q(Q(y) + x), Q = linear_mid_tread_half(., bits, max_value): a quantized residual block's end
-    (x on Q's grid already). With the training kernels one pass each way, bit-identical to the
-    two quantizers around the add; the gradient is each one's straight-through mask in turn."""
+def mid_tread_add(y: Tensor, x: Tensor, bits: int, max_value: float, signed: bool = False) -> Tensor:
+    """Q(Q'(y) + x), Q = linear_mid_tread_half(., bits, max_value) and Q' the same or, `signed`, its
+    signed form: a quantized residual block's end (x on Q's grid already). With the training
+    kernels one pass each way, bit-identical to the two quantizers around the add; the gradient is
+    each one's straight-through mask in turn."""
     if _fusable(y) and x.shape == y.shape and x.dtype == y.dtype and x.device == y.device:
-        return _MidTreadAdd.apply(y, _laid_out_as(x, y), bits, max_value)
-    return linear_mid_tread_half(linear_mid_tread_half(y, bits, max_value) + x, bits, max_value)
+        return _MidTreadAdd.apply(y, _laid_out_as(x, y), bits, max_value, -max_value if signed else 0.0)
+    return linear_mid_tread_half(linear_mid_tread_half(y, bits, max_value, signed) + x, bits, max_value)
 
 
 class _PACT(torch.autograd.Function):

@@ -255,7 +255,7 @@ class FastExecutor:
         elif node.get("residual_stride"):
             shortcut = np.ascontiguousarray(x[1], np.uint8)
             call(*args, *fused, shortcut, *shortcut.shape[1:], node["residual_stride"], node["residual_qmax"],
-                 isa=self.isa)
+                 node.get("residual_shift", 0), isa=self.isa)
         else:
             call(*args, *fused, isa=self.isa)
         return codes
@@ -300,7 +300,7 @@ class FastExecutor:
 
     def _add_clip(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
         a, b = x
-        if not (a.dtype == b.dtype == np.uint8 and node["qmin"] == 0 and node["qmax"] <= 127):
+        if not (a.dtype == b.dtype == np.uint8 and node["qmin"] == 0 and node["qmax"] <= 127) or node.get("shift"):
             return REFERENCE_OPS["add_clip"](node, x, t, values)
         out = np.add(a, b, out=self._empty(node["name"], np.broadcast_shapes(a.shape, b.shape), np.uint8))
         return np.minimum(out, node["qmax"], out=out)  # codes <= 127 each: the uint8 sum cannot wrap

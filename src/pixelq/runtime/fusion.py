@@ -3,11 +3,13 @@
 `plan(model)` applies, in order:
   requantize_as_lookup a threshold on byte codes (a ResNet's block input requantized for its convs)
                        -> lut: one table lookup per code instead of the comparisons
+  unsign_residual_branch a threshold of signed codes read only by a residual add (a ResNet's
+                       `signed_residual` branch) -> the codes + n, a byte, the add taking n off
   fuse_lookup          lut -> conv (the conv alone reads the lookup): the conv packs its bit-planes
                        straight from the pixels (a `fused_conv` with the lut tensor)
   fuse_threshold       conv -> threshold: the conv kernel writes codes, never the accumulators
   fuse_residual_add    conv + threshold -> add_clip (with a shortcut's subsample_pad): the kernel
-                       adds the shortcut's codes too
+                       adds the shortcut's codes too (and takes the add's shift off)
   shift_signed_inputs  a conv over signed codes spanning at most a byte (an int8 first layer's
                        pixel - 128) runs on codes + shift, padded with the shift; the shift's share
                        of each sum (one constant per channel) comes off the thresholds or the
@@ -109,6 +111,26 @@ def requantize_as_lookup(model: IntegerModel) -> IntegerModel:
     return g.result()
 
 
+def unsign_residual_branch(model: IntegerModel) -> IntegerModel:
+    """threshold with signed codes -n' .. n (a ResNet `signed_residual` branch) read only by an
+    add_clip onto unsigned codes -> the same thresholds counting from 0 (codes + n', a byte; the node
+    renamed `<name>.unsigned`, its output being other codes), and the add taking n' off the sum
+    before its clip (`shift`): the kernels keep to unsigned bytes."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        if node["op"] != "add_clip" or node["qmin"] != 0 or node.get("shift"):
+            continue
+        for i in (0, 1):
+            branch = g.source(node, i)
+            if branch is None or branch["op"] != "threshold" or branch["qmin"] >= 0 or not g.only_reader(branch) \
+                    or branch["qmax"] - branch["qmin"] > 255:
+                continue
+            shift = -branch["qmin"]
+            g.rename(branch, f"{branch['name']}.unsigned").update(qmin=0, qmax=branch["qmax"] + shift)
+            node["shift"] = node.get("shift", 0) + shift
+    return g.result()
+
+
 def fuse_lookup(model: IntegerModel) -> IntegerModel:
     """lut of the image -> conv, the lookup read by that conv only, its codes a byte (shifted) on at
     most LOOKUP_CHANNELS channels, and signed codes only where some pixel looks up codes all 0 (the
@@ -144,9 +166,9 @@ def fuse_threshold(model: IntegerModel) -> IntegerModel:
 
 def fuse_residual_add(model: IntegerModel) -> IntegerModel:
     """conv + threshold (unsigned input) -> add_clip with qmin 0 and qmax a byte, the branch read by
-    the add only: one fused_conv reading the conv's input and the shortcut, named after the add.
-    A shortcut made by a subsample_pad only the add reads is taken from before it (the kernel
-    subsamples and appends the zero channels itself)."""
+    the add only: one fused_conv reading the conv's input and the shortcut, named after the add
+    (its `shift` the fused node's `residual_shift`). A shortcut made by a subsample_pad only the
+    add reads is taken from before it (the kernel subsamples and appends the zero channels itself)."""
     g = Rewrite(model)
     for node in g.nodes:
         branch = g.source(node) if node["op"] == "add_clip" else None
@@ -159,7 +181,8 @@ def fuse_residual_add(model: IntegerModel) -> IntegerModel:
             g.drop(shortcut)
         # qmin, qmax and step become the thresholds' (the codes before the add)
         g.absorb(node, branch, **{k: v for k, v in branch.items() if k not in ("name", "tensors", "inputs")},
-                 inputs=[branch["inputs"][0], source], residual_stride=stride, residual_qmax=node["qmax"])
+                 inputs=[branch["inputs"][0], source], residual_stride=stride, residual_qmax=node["qmax"],
+                 residual_shift=node.get("shift", 0))
     return g.result()
 
 
@@ -186,7 +209,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     return g.result()
 
 
-FUSIONS = (fuse_lookup, fuse_threshold, fuse_residual_add)
+FUSIONS = (unsign_residual_branch, fuse_lookup, fuse_threshold, fuse_residual_add)
 
 
 def plan(model: IntegerModel, fuse: bool = True) -> IntegerModel:

@@ -44,7 +44,8 @@ def conv_chain(node, x, t, values):
     """A conv and what the runtime fused into it (`pixelq.runtime.fusion`), one step after the other:
     the lookup of the pixels ("lut"), the conv over codes shifted by `input_shift` (padded with the
     shift, then `offset` taken off), the thresholds, the residual add of input 1 (subsampled by
-    `residual_stride`, zero channels appended, clipped to [0, residual_qmax])."""
+    `residual_stride`, zero channels appended, `residual_shift` taken off, clipped to
+    [0, residual_qmax])."""
     codes = lut_reference(x[0], t["lut"]) if "lut" in t else x[0]
     shift, p = node.get("input_shift", 0), node["padding"]
     if shift:
@@ -59,7 +60,7 @@ def conv_chain(node, x, t, values):
         s = node["residual_stride"]
         shortcut = x[1][:, ::s, ::s]
         shortcut = np.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, out.shape[-1] - shortcut.shape[-1])))
-        out = np.clip(out + shortcut, 0, node["residual_qmax"])
+        out = np.clip(out + shortcut - node.get("residual_shift", 0), 0, node["residual_qmax"])
     return out
 
 
@@ -96,7 +97,8 @@ REFERENCE_OPS = {
     "affine": lambda node, x, t, v: x[0] * t["scale"] + t["bias"],
     "quantize": _quantize,
     "threshold": lambda node, x, t, v: threshold_reference(x[0], t["direction"], t["thresholds"], node["qmin"]),
-    "add_clip": lambda node, x, t, v: np.clip(x[0].astype(np.int64) + x[1], node["qmin"], node["qmax"]),
+    "add_clip": lambda node, x, t, v: np.clip(x[0].astype(np.int64) + x[1] - node.get("shift", 0), node["qmin"],
+                                              node["qmax"]),
     "subsample_pad": _subsample_pad,
     "max_pool": _max_pool,
     "sum_pool": _sum_pool,

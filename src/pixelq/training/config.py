@@ -37,6 +37,8 @@ class TrainConfig:
     last_layer: str = setting("float", "float or quantized", choices=("float", "quantized"))
     residual_bits: "int | None" = setting(None, "bits of a ResNet's residual stream (block outputs and adds); the convs "
                                                 "still read abits codes. Default: abits", type=int)
+    signed_residual: bool = setting(False, "quantize a ResNet block's branch on a signed grid before the residual "
+                                           "add, so a block can lower the stream as well as raise it")
     overrides: dict = setting(dict, "{layer-name pattern: quantizer spec} (CLI: --overrides FILE)", cli=False)
     # on what
     data: "str | None" = setting(None, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded "
@@ -118,12 +120,13 @@ class TrainConfig:
             raise ConfigError(f"kd_temperature must be a positive finite number, got {self.kd_temperature!r}")
 
     def model_arguments(self) -> dict:
-        """The model's keyword arguments; residual_bits only when set (models without a residual
-        stream do not take it)."""
+        """The model's keyword arguments; residual_bits and signed_residual only when set (models
+        without a residual stream do not take them)."""
         return {
             "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
             "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
             **({"residual_bits": self.residual_bits} if self.residual_bits is not None else {}),
+            **({"signed_residual": True} if self.signed_residual else {}),
         }
 
 

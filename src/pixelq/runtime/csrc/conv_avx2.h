@@ -223,8 +223,9 @@ static inline void finish8_avx2(const conv_t *c, ssize m, ssize o, __m256i tot, 
     if (c->res) {  /* channels from res_C on add 0 */
         uint8_t shortcut[8] = {0};
         if (o < c->res_C) memcpy(shortcut, c->res + r + o, c->res_C - o < left ? c->res_C - o : left);
-        code = _mm256_min_epi32(_mm256_add_epi32(code, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)shortcut))),
-                                _mm256_set1_epi32(c->res_qmax));
+        code = _mm256_min_epi32(_mm256_sub_epi32(_mm256_add_epi32(code, _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)shortcut))),
+                                                 _mm256_set1_epi32(c->res_shift)),
+                                _mm256_set1_epi32(c->res_qmax));  /* below 0: the unsigned pack below takes it to 0 */
     }
     __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(code), _mm256_extracti128_si256(code, 1));
     uint64_t codes = (uint64_t)_mm_cvtsi128_si64(_mm_packus_epi16(words, words));
@@ -328,7 +329,7 @@ static inline void transpose16x32(__m256i r[16]) {
 
 /* Store the codes of positions ox0 .. ox0 + count - 1 of output row oy from the transposed vectors
  * r (CH 16: positions q and 16 + q in r[q]'s 128-bit lanes; CH 32: position q's 32 codes in r[q]),
- * after the residual add (saturating, then the clip) when there is one. */
+ * after the residual add (saturating, the shift taken off saturating at 0, then the clip) when there is one. */
 static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssize oy, ssize ox0, int count, const int CH) {
     transpose16x32(r);
     const ssize m_row = (n * c->HO + oy) * c->WO;
@@ -343,7 +344,8 @@ static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssi
                 const uint8_t *sc = res + res_step * q;
                 __m256i s = c->res_C == 32 ? _mm256_loadu_si256((const __m256i *)sc)
                                            : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)sc));
-                v = _mm256_min_epu8(_mm256_adds_epu8(v, s), _mm256_set1_epi8((char)c->res_qmax));
+                v = _mm256_min_epu8(_mm256_subs_epu8(_mm256_adds_epu8(v, s), _mm256_set1_epi8((char)c->res_shift)),
+                                    _mm256_set1_epi8((char)c->res_qmax));
             }
             _mm256_storeu_si256((__m256i *)(out + 32 * q), v);
             continue;
@@ -353,7 +355,8 @@ static inline void store_lane_codes(const conv_t *c, __m256i r[16], ssize n, ssi
             if (k >= count) continue;
             __m128i v = half ? _mm256_extracti128_si256(r[q], 1) : _mm256_castsi256_si128(r[q]);
             if (res)
-                v = _mm_min_epu8(_mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(res + res_step * k))),
+                v = _mm_min_epu8(_mm_subs_epu8(_mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(res + res_step * k))),
+                                               _mm_set1_epi8((char)c->res_shift)),
                                  _mm_set1_epi8((char)c->res_qmax));
             _mm_storeu_si128((__m128i *)(out + 16 * k), v);
         }
@@ -613,7 +616,7 @@ static void conv_gather_avx2(const conv_t *c, ssize n, ssize m0, ssize m1) {
             __m128i v = q < 16 ? _mm256_castsi256_si128(r[q]) : _mm256_extracti128_si256(r[q - 16], 1);
             if (c->res && o16 < c->res_C)  /* res_C is a multiple of 16 (narrow_fits) */
                 v = _mm_adds_epu8(v, _mm_loadu_si128((const __m128i *)(c->res + roff[q] + o16)));
-            if (c->res) v = _mm_min_epu8(v, _mm_set1_epi8((char)c->res_qmax));
+            if (c->res) v = _mm_min_epu8(_mm_subs_epu8(v, _mm_set1_epi8((char)c->res_shift)), _mm_set1_epi8((char)c->res_qmax));
             _mm_storeu_si128((__m128i *)(c->out + (m + q) * c->O + o16), v);
         }
     }

@@ -81,6 +81,18 @@ TILE512(12, 2)
 TILE512(8, 3)
 TILE512(6, 4)
 
+/* The shortcut's codes of the lanes from channel o (o < res_C) at offset r, channels from res_C on 0. */
+static inline __m128i residual_bytes16(const conv_t *c, __mmask16 lanes, ssize r, ssize o) {
+    __mmask16 have = lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
+    return have == 0xFFFF ? _mm_loadu_si128((const __m128i *)(c->res + r + o)) : _mm_maskz_loadu_epi8(have, c->res + r + o);
+}
+
+/* clip(code + shortcut - res_shift, 0, res_qmax) in 16 int32 lanes. */
+static inline __m512i add_residual16(const conv_t *c, __m512i code, __m128i shortcut) {
+    __m512i sum = _mm512_sub_epi32(_mm512_add_epi32(code, _mm512_cvtepu8_epi32(shortcut)), _mm512_set1_epi32(c->res_shift));
+    return _mm512_max_epi32(_mm512_min_epi32(sum, _mm512_set1_epi32(c->res_qmax)), _mm512_setzero_si512());
+}
+
 /* The first `count` (8 or 16) of the 16 channels from o of global position m, their popcount
  * sums as int32 lanes of `tot` (the export keeps accumulators in int32): int32 accumulators, or
  * codes by thresholds plus the residual at offset r. Loads and stores are masked to the channels
@@ -105,12 +117,8 @@ static inline void finish16(const conv_t *c, ssize m, ssize o, int count, __m512
         __m512i t = full ? _mm512_loadu_si512(thr) : _mm512_maskz_loadu_epi32(lanes, thr);
         code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(s, t), code, one);
     }
-    if (c->res && o < c->res_C) {  /* channels from res_C on add zero */
-        __mmask16 have = lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
-        __m128i bytes = have == 0xFFFF ? _mm_loadu_si128((const __m128i *)(c->res + r + o))
-                                       : _mm_maskz_loadu_epi8(have, c->res + r + o);
-        code = _mm512_min_epi32(_mm512_add_epi32(code, _mm512_cvtepu8_epi32(bytes)), _mm512_set1_epi32(c->res_qmax));
-    }
+    if (c->res)
+        code = add_residual16(c, code, o < c->res_C ? residual_bytes16(c, lanes, r, o) : _mm_setzero_si128());
     if (full) _mm_storeu_si128((__m128i *)(c->out + m * c->O + o), _mm512_cvtepi32_epi8(code));
     else _mm512_mask_cvtepi32_storeu_epi8(c->out + m * c->O + o, lanes, code);
 }
@@ -151,7 +159,8 @@ static inline __m512i narrow_codes(const conv_t *c, __m512i a, ssize o0) {
 }
 
 static inline __m512i clip_res_qmax(const conv_t *c, __m512i code, __m256i res) {
-    return _mm512_min_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_qmax));
+    __m512i sum = _mm512_sub_epi16(_mm512_add_epi16(code, _mm512_cvtepu8_epi16(res)), _mm512_set1_epi16((short)c->res_shift));
+    return _mm512_max_epi16(_mm512_min_epi16(sum, _mm512_set1_epi16((short)c->res_qmax)), _mm512_setzero_si512());
 }
 
 /* finish16 for positions m and m + 1 of a 16-channel conv at once, from their accumulators as 32
@@ -167,10 +176,11 @@ static inline void finish_pair16(const conv_t *c, ssize m, __m512i a, const ssiz
 /* finish16 for channels o0 .. o0 + 31 of position m, from their accumulators as 32 int16 lanes. */
 static inline void finish_block32(const conv_t *c, ssize m, ssize o0, __m512i a, ssize r) {
     __m512i code = narrow_codes(c, a, o0);
-    if (c->res && o0 < c->res_C) {  /* res_C is a multiple of 16 (narrow_fits); channels from it on add 0 */
+    if (c->res) {  /* res_C is a multiple of 16 (narrow_fits); channels from it on add 0 */
         const uint8_t *res = c->res + r + o0;
-        code = clip_res_qmax(c, code, c->res_C - o0 >= 32 ? _mm256_loadu_si256((const __m256i *)res)
-                                                          : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)res)));
+        code = clip_res_qmax(c, code, o0 >= c->res_C ? _mm256_setzero_si256()
+                                      : c->res_C - o0 >= 32 ? _mm256_loadu_si256((const __m256i *)res)
+                                                            : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)res)));
     }
     _mm256_storeu_si256((__m256i *)(c->out + m * c->O + o0), _mm512_cvtepi16_epi8(code));
 }

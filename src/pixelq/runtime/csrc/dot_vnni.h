@@ -64,12 +64,8 @@ static inline __attribute__((always_inline)) void finish16_tile(const conv_t *c,
         for (int i = 0; i < R; i++) code[i] = _mm512_mask_add_epi32(code[i], _mm512_cmpge_epi32_mask(s[i], t), code[i], one);
     }
     for (int i = 0; i < npos; i++) {
-        if (c->res && o < c->res_C) {  /* channels from res_C on add zero */
-            __mmask16 have = lanes & (__mmask16)(c->res_C - o >= 16 ? 0xFFFF : (1u << (c->res_C - o)) - 1);
-            __m128i bytes = have == 0xFFFF ? _mm_loadu_si128((const __m128i *)(c->res + roff[i] + o))
-                                           : _mm_maskz_loadu_epi8(have, c->res + roff[i] + o);
-            code[i] = _mm512_min_epi32(_mm512_add_epi32(code[i], _mm512_cvtepu8_epi32(bytes)), _mm512_set1_epi32(c->res_qmax));
-        }
+        if (c->res)
+            code[i] = add_residual16(c, code[i], o < c->res_C ? residual_bytes16(c, lanes, roff[i], o) : _mm_setzero_si128());
         if (full) _mm_storeu_si128((__m128i *)(c->out + (m + i) * c->O + o), _mm512_cvtepi32_epi8(code[i]));
         else _mm512_mask_cvtepi32_storeu_epi8(c->out + (m + i) * c->O + o, lanes, code[i]);
     }

@@ -86,12 +86,13 @@ typedef struct {
     const int8_t *dir;     /* (Opad,) +1 / -1 */
     const int32_t *thr;    /* (L, Opad) */
     int L, qmin, threads;
-    /* Optional residual add after the thresholds: code = min(code + res, res_qmax), res read from
-     * uint8 codes (N, res_H, res_W, res_C) at (oy * res_stride, ox * res_stride); channels from
-     * res_C on add 0 (the zero-padded shortcut of a downsampling block). */
+    /* Optional residual add after the thresholds: code = clip(code + res - res_shift, 0, res_qmax),
+     * res read from uint8 codes (N, res_H, res_W, res_C) at (oy * res_stride, ox * res_stride);
+     * channels from res_C on add 0 (the zero-padded shortcut of a downsampling block). res_shift:
+     * the thresholds' codes are a signed branch's plus res_shift (fusion.unsign_residual_branch). */
     const uint8_t *res;
     ssize res_H, res_W, res_C;
-    int res_stride, res_qmax;
+    int res_stride, res_qmax, res_shift;
     /* Set where a fused conv's accumulators fit int16 (narrow_fits): the AVX-512 epilogue then
      * finishes 32 int16 lanes per vector, two positions of 16 channels or 32 channels of one, with
      * these thresholds (clamped to int16, exact since no accumulator reaches the clamp) and the
@@ -208,8 +209,8 @@ static void finish_portable(const conv_t *c, ssize m, const int64_t *tot, int64_
         int code = c->qmin;
         for (int l = 0; l < c->L; l++) code += s >= c->thr[(ssize)l * c->Opad + o];
         if (c->res) {
-            code += o < c->res_C ? c->res[r + o] : 0;
-            code = code < c->res_qmax ? code : c->res_qmax;
+            code += (o < c->res_C ? c->res[r + o] : 0) - c->res_shift;
+            code = code < 0 ? 0 : code < c->res_qmax ? code : c->res_qmax;
         }
         c->out[m * c->O + o] = (uint8_t)code;
     }
@@ -747,7 +748,8 @@ static int geometry_ok(const conv_t *c) {
 
 /* A residual input (when given) fits the output: shortcut channels at most O, its positions there. */
 static int check_residual(const conv_t *c, Py_buffer *res, Py_buffer *thr) {
-    int ok = !res->buf || (thr->buf && c->res_C <= c->O && c->res_stride >= 1 && (c->HO - 1) * c->res_stride < c->res_H &&
+    int ok = !res->buf || (thr->buf && c->res_C <= c->O && c->res_stride >= 1 && c->res_shift >= 0 &&
+                           c->res_shift <= 255 && (c->HO - 1) * c->res_stride < c->res_H &&
                            (c->WO - 1) * c->res_stride < c->res_W &&
                            want(res, c->N * c->res_H * c->res_W * c->res_C, "residual"));
     if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
@@ -758,10 +760,10 @@ static PyObject *py_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
     if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
+    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnniii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
                           &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO,
                           &out, &c.threads, &dir, &thr, &c.L, &c.qmin, &res, &c.res_H, &c.res_W, &c.res_C,
-                          &c.res_stride, &c.res_qmax))
+                          &c.res_stride, &c.res_qmax, &c.res_shift))
         return NULL;
     c.Cb = (int)((c.C + 7) / 8);
     c.Kr = (c.KW * c.Cb + 7) / 8;
@@ -778,9 +780,9 @@ static PyObject *py_dot_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
     Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
     conv_t c = {0};
     if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*iiy*nnnii", &codes, &c.N, &c.H, &c.W, &c.C, &w, &c.KH, &c.KW,
+    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*iiy*nnniii", &codes, &c.N, &c.H, &c.W, &c.C, &w, &c.KH, &c.KW,
                           &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin,
-                          &res, &c.res_H, &c.res_W, &c.res_C, &c.res_stride, &c.res_qmax))
+                          &res, &c.res_H, &c.res_W, &c.res_C, &c.res_stride, &c.res_qmax, &c.res_shift))
         return NULL;
     c.dot = 1, c.P = 1, c.J = 1, c.lowest = 0, c.wstride = 1;
     c.Cb = (int)((c.C + 3) / 4 * 4);  /* bytes per pixel: whole groups of 4 channels */
