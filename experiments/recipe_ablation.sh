@@ -3,7 +3,8 @@
 # float, cosine) at a shorter budget, and the same with one ingredient switched off or changed, two
 # seeds each. SAQ doubles the work per step, so it is compared at equal epochs and, against the
 # base run at twice the epochs, at equal compute. residual-4bit is not switched off but added: a
-# 4-bit residual stream (--residual-bits 4), the convs still reading 2-bit codes. Resumable: run it again after an interruption.
+# 4-bit residual stream (--residual-bits 4), the convs still reading 2-bit codes; residual-4bit-signed
+# adds a signed residual branch to it (--signed-residual). Resumable: run it again after an interruption.
 #   bash experiments/recipe_ablation.sh DATA [EPOCHS] [TRAIN_SUBSET]
 set -euo pipefail
 DATA=${1:?usage: $0 DATA [EPOCHS] [TRAIN_SUBSET]}
@@ -22,9 +23,10 @@ declare -A VARIANTS=(
   [base-2x-epochs]="--init $FLOAT --teacher $FLOAT --epochs $((2 * EPOCHS))"
   [step-schedule]="--init $FLOAT --teacher $FLOAT --schedule step"
   [residual-4bit]="--init $FLOAT --teacher $FLOAT --residual-bits 4"
+  [residual-4bit-signed]="--init $FLOAT --teacher $FLOAT --residual-bits 4 --signed-residual"
 )
 for seed in 0 1; do
-  for name in base no-init no-kd saq base-2x-epochs step-schedule residual-4bit; do
+  for name in base no-init no-kd saq base-2x-epochs step-schedule residual-4bit residual-4bit-signed; do
     # shellcheck disable=SC2086  # the settings are words
     $PIXELQ train --data "$DATA" "${BASE[@]}" ${VARIANTS[$name]} --seed "$seed" --out "$OUT/$name-s$seed" --resume --quiet
   done

@@ -2,7 +2,7 @@
 # The recipe issue's ResNet-20 runs on full CIFAR-10-JPEG: the float network on the cifar-float
 # recipe, then four W1A2 networks on the cifar-w1a2 recipe, each started from the float network
 # (--init) and distilled from it (--teacher), and the fully quantized one again with a 4-bit residual
-# stream (-r4). Every run resumes where it stopped: run it again.
+# stream and a signed residual branch (-r4s). Every run resumes where it stopped: run it again.
 #   bash experiments/recipe_cifar10.sh PATH/TO/cifar10-jpeg.tar.gz [RUN ...]   # default: all, in order
 set -euo pipefail
 DATA=${1:?usage: $0 DATA [RUN ...]}
@@ -18,10 +18,10 @@ declare -A RUNS=(
   [resnet20-w1a2-float-first]="${W1A2[*]} --first-layer float --last-layer float"
   [resnet20-w1a2-pe]="${W1A2[*]} --last-layer float"
   [resnet20-w1a2-int8-first]="${W1A2[*]} --first-layer int8 --last-layer float"
-  [resnet20-w1a2-pe-qlast-r4]="${W1A2[*]} --residual-bits 4"
+  [resnet20-w1a2-pe-qlast-r4s]="${W1A2[*]} --residual-bits 4 --signed-residual"
 )
 ORDER=(resnet20-float resnet20-w1a2-pe-qlast resnet20-w1a2-float-first resnet20-w1a2-pe resnet20-w1a2-int8-first
-       resnet20-w1a2-pe-qlast-r4)
+       resnet20-w1a2-pe-qlast-r4s)
 
 for name in "${@:-${ORDER[@]}}"; do
   # shellcheck disable=SC2086  # the settings are words
