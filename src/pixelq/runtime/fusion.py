@@ -112,10 +112,11 @@ def requantize_as_lookup(model: IntegerModel) -> IntegerModel:
 
 
 def unsign_residual_branch(model: IntegerModel) -> IntegerModel:
-    """threshold with signed codes -n' .. n (a ResNet `signed_residual` branch) read only by an
-    add_clip onto unsigned codes -> the same thresholds counting from 0 (codes + n', a byte; the node
-    renamed `<name>.unsigned`, its output being other codes), and the add taking n' off the sum
-    before its clip (`shift`): the kernels keep to unsigned bytes."""
+    """threshold with signed codes qmin < 0 .. qmax (a ResNet `signed_residual` branch) read only by
+    an add_clip onto unsigned codes -> the same thresholds counting from 0 (codes - qmin, a byte; the
+    node renamed `<name>.unsigned`, its output being other codes), and the add taking -qmin off the
+    sum before its clip (`shift`): the kernels keep to unsigned bytes. Only where the add's qmax plus
+    the shift fits a byte, so a byte sum saturating at 255 still clips to the same code."""
     g = Rewrite(model)
     for node in g.nodes:
         if node["op"] != "add_clip" or node["qmin"] != 0 or node.get("shift"):
@@ -123,7 +124,7 @@ def unsign_residual_branch(model: IntegerModel) -> IntegerModel:
         for i in (0, 1):
             branch = g.source(node, i)
             if branch is None or branch["op"] != "threshold" or branch["qmin"] >= 0 or not g.only_reader(branch) \
-                    or branch["qmax"] - branch["qmin"] > 255:
+                    or branch["qmax"] - branch["qmin"] > 255 or node["qmax"] + node.get("shift", 0) - branch["qmin"] > 255:
                 continue
             shift = -branch["qmin"]
             g.rename(branch, f"{branch['name']}.unsigned").update(qmin=0, qmax=branch["qmax"] + shift)
