@@ -250,8 +250,8 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     clamped to int16): thresholds far outside that range, odd position counts, batches that do and do
     not split evenly over the threads, shortcuts of fewer channels than the output (the rest add 0).
     24 channels, 8-channel shortcuts and accumulators beyond int16 take the int32 path. A signed
-    branch (`signed`, with a shortcut) has twice the levels, counted from 0, and the shift comes off
-    after the add: 1- and 2-bit codes stay in int16 lanes, wider ones go to int32."""
+    branch (`signed`, with a shortcut) has twice the levels, counted from 0 (30 for 4-bit codes, the
+    most the int16 lanes take), and the shift comes off after the add."""
     rng = np.random.default_rng(seed)
     lowest, wstride, bits = WEIGHT_GRIDS[grid]
     x = rng.integers(0, 2**abits, (n, h, h, c)).astype(np.uint8)

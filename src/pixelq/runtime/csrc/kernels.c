@@ -47,7 +47,7 @@
 #include "buffers.h"
 
 #define DOT_POSITIONS 32  /* output positions per work item of the dot-product convs */
-#define NARROW_LEVELS 15    /* the int16 epilogue: activation codes of up to 4 bits, */
+#define NARROW_LEVELS 30    /* the int16 epilogue: activation codes of up to 4 bits, signed ones too, */
 #define NARROW_CHANNELS 64  /* up to 64 output channels */
 
 static inline uint64_t load_u64(const uint8_t *p) {
