@@ -66,7 +66,7 @@ def ablation_rows() -> list:
     """One row per ablation variant: top-1 of each finished seed, their mean, and the gap to base."""
     rows = []
     for name in ABLATION_ORDER:
-        runs = [load(p) for p in sorted(ABLATION.glob(f"{name}-s*/metrics.json"))]
+        runs = [load(p) for p in sorted(ABLATION.glob(f"{name}-s[0-9]*/metrics.json"))]
         if runs:
             top1 = [m["top1"] for m in runs]
             rows.append({"variant": name, "seeds": [m["config"]["seed"] for m in runs], "top1": top1,
