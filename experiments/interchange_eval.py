@@ -7,6 +7,9 @@ then break the tie by rounding).
     python experiments/interchange_eval.py CKPT --data DATA --json results/interchange/NAME.json [--qonnx-limit N]
     python experiments/interchange_eval.py --render results/interchange/NAME.json   # README's table only
 
+README's table is rendered from a JSON inside the repository (a committed result) only; a JSON
+written elsewhere (a trial) leaves README alone.
+
 QONNX is executed node by node in Python (slow): `--qonnx-limit` runs it on the first N test images
 only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
 """
@@ -19,13 +22,14 @@ import numpy as np
 import torch
 
 from readme_section import fill
+from render_recipe_results import describe
 
 import pixelq
 from pixelq.exporting import lower, lower_plain
 from pixelq.exporting.onnx import to_onnx
 from pixelq.exporting.qdq import to_qdq
 from pixelq.runtime import Runtime
-from pixelq.training.checkpoint import model_from_checkpoint
+from pixelq.training.checkpoint import model_from_checkpoint, read_checkpoint
 
 
 def batched(fn, images: np.ndarray, batch: int = 500) -> np.ndarray:
@@ -42,7 +46,8 @@ def render(path: Path) -> None:
     """README's interchange table from the JSON at `path`."""
     result = json.loads(path.read_text())
     forms = result["forms"]
-    lines = [START, "", f"`{result['checkpoint']}` (ResNet-20 W1A2, pixel embedding, quantized last layer; "
+    config = read_checkpoint(ROOT / result["checkpoint"])["config"]
+    lines = [START, "", f"`{result['checkpoint']}` ({result['model']}: {describe(config)}; "
              f"epoch {result['epoch']} of its recipe run) in each deployed form, on the {forms['pytorch']['n']} test "
              f"images of {Path(result['data']).name} (`python experiments/interchange_eval.py`, "
              f"`{path.resolve().relative_to(ROOT)}`):", "",
@@ -72,7 +77,7 @@ def main() -> None:
     from qonnx.core.onnx_exec import execute_onnx
     from qonnx.transformation.infer_shapes import InferShapes
 
-    ckpt = pixelq.training.read_checkpoint(args.checkpoint)
+    ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     test = pixelq.load_dataset(args.data).test
     images, labels = test.images, test.labels
@@ -115,7 +120,10 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(json.dumps(forms, indent=2))
-    render(args.json)
+    if args.json.resolve().is_relative_to(ROOT):
+        render(args.json)
+    else:
+        print(f"README not rendered: {args.json} lies outside the repository")
 
 
 if __name__ == "__main__":
