@@ -200,14 +200,7 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
     assert graph.node(requantize["inputs"][0])["qmax"] == wide  # the stem's codes
     assert graph.node("stages.1.1.act_out")["op"] == "add_clip" and graph.node("stages.1.1.act_out")["qmax"] == wide
     assert graph.node("stages.1.1.act1")["qmax"] == narrow
-    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
-    for backend in ("reference", "c") if fast_available() else ("reference",):
-        runtime = Runtime(graph, backend=backend)
-        report = layer_agreement(model, runtime, x.numpy())
-        assert "stages.0.0.act_in" in report
-        for layer, counts in report.items():
-            assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
-        assert label_agreement(model, runtime, x.numpy())["differ_unexplained"] == 0
+    assert_runtimes_keep_pytorchs_codes(model, graph, "stages.0.0.act_in")
     if fast_available():  # what `pixelq inspect` shows: the plan's byte lookup, not the file's threshold
         from pixelq.runtime.fast import FastExecutor
 
@@ -228,14 +221,7 @@ def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits
     branch = graph.node("stages.1.0.res_act")
     assert (branch["op"], branch["qmin"], branch["qmax"]) == ("threshold", -n, n)
     assert graph.node("stages.1.0.act_out")["qmin"] == 0
-    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
-    for backend in ("reference", "c") if fast_available() else ("reference",):
-        runtime = Runtime(graph, backend=backend)
-        report = layer_agreement(model, runtime, x.numpy())
-        assert "stages.1.0.res_act" in report
-        for layer, counts in report.items():
-            assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
-        assert label_agreement(model, runtime, x.numpy())["differ_unexplained"] == 0
+    assert_runtimes_keep_pytorchs_codes(model, graph, "stages.1.0.res_act")
     if fast_available():
         from pixelq.runtime.fast import FastExecutor
 
@@ -263,6 +249,19 @@ def fast_available():
     from pixelq.runtime.fast import kernels_available
 
     return kernels_available()
+
+
+def assert_runtimes_keep_pytorchs_codes(model, graph, compared: str) -> None:
+    """On random 16x16 images, the reference and (where built) C runtimes keep PyTorch's codes at
+    every layer, `compared` among them, bar float ties, and its labels bar integer-logit ties."""
+    x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8).numpy()
+    for backend in ("reference", "c") if fast_available() else ("reference",):
+        runtime = Runtime(graph, backend=backend)
+        report = layer_agreement(model, runtime, x)
+        assert compared in report
+        for layer, counts in report.items():
+            assert counts["differ"] == counts["ties"], f"{backend} {layer}: {counts}"
+        assert label_agreement(model, runtime, x)["differ_unexplained"] == 0
 
 
 # ---- Models beyond ResNet: traced, lowered op by op, run by the runtime with PyTorch's labels ----
