@@ -7,11 +7,11 @@ from torch.nn import functional as F
 from ..quant import make_quantizer
 
 
-class QuantConv2d(nn.Conv2d):
-    """`nn.Conv2d` whose input and weight pass through quantizers (None means float).
+class _QuantizedOperands:
+    """What a quantized conv and linear layer share: a weight and an input quantizer (None means float).
 
-    `weight_quantizer` and `input_quantizer` take a quantizer module or a spec string such as
-    "binary" or "mid_tread:2" (see `pixelq.quant.make_quantizer`).
+    Mixed in before the torch layer, so `__init__` builds the torch layer first and then adds the two
+    quantizers as submodules; the layer's `forward` calls `quantized_operands(x)`.
     """
 
     def __init__(self, *args, weight_quantizer=None, input_quantizer=None, **kwargs):
@@ -22,24 +22,26 @@ class QuantConv2d(nn.Conv2d):
     def quantized_weight(self) -> Tensor:
         return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def quantized_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The input and the weight as the layer multiplies them."""
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        return self._conv_forward(x, self.quantized_weight(), self.bias)
+        return x, self.quantized_weight()
 
 
-class QuantLinear(nn.Linear):
+class QuantConv2d(_QuantizedOperands, nn.Conv2d):
+    """`nn.Conv2d` whose input and weight pass through quantizers (None means float).
+
+    `weight_quantizer` and `input_quantizer` take a quantizer module or a spec string such as
+    "binary" or "mid_tread:2" (see `pixelq.quant.make_quantizer`).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(*self.quantized_operands(x), self.bias)
+
+
+class QuantLinear(_QuantizedOperands, nn.Linear):
     """`nn.Linear` whose input and weight pass through quantizers (None means float)."""
 
-    def __init__(self, *args, weight_quantizer=None, input_quantizer=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.weight_quantizer = make_quantizer(weight_quantizer, role="weight")
-        self.input_quantizer = make_quantizer(input_quantizer, role="activation")
-
-    def quantized_weight(self) -> Tensor:
-        return self.weight if self.weight_quantizer is None else self.weight_quantizer(self.weight)
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.input_quantizer is not None:
-            x = self.input_quantizer(x)
-        return F.linear(x, self.quantized_weight(), self.bias)
+        return F.linear(*self.quantized_operands(x), self.bias)
