@@ -14,6 +14,7 @@ from readme_section import fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "recipe"
+BENCH = ROOT / "results" / "bench"  # runtime-<run>.json from experiments/bench_recipe_runs.sh
 ABLATION = ROOT / "results" / "recipe-ablation"
 ABLATION_ORDER = ["base", "no-init", "no-kd", "saq", "base-2x-epochs", "step-schedule", "residual-4bit",
                   "residual-4bit-signed"]
@@ -155,7 +156,34 @@ def render_first_layer(rows: list) -> list:
     return out + [""]
 
 
-def render(rows: list, first_layer: list, ablation: list, field: dict) -> str:
+def deployment_rows() -> list:
+    """The recipe runs timed on the integer runtime (`pixelq bench --model`), one thread, batch 64 and 1,
+    each against PyTorch fp32 and ONNX Runtime int8 timed in the same run."""
+    out = []
+    for name in ORDER:
+        bench = load(BENCH / f"runtime-{name}.json")
+        if bench:
+            times, ratios = bench["times"]["threads_1"], bench["ratios"]
+            out.append({"run": name, "isa": bench["runtime_isa"], "b64_ms": times["b64_pixelq_s"] * 1e3,
+                        "b1_ms": times["b1_pixelq_s"] * 1e3, "b64_vs_torch_fp32": ratios["resnet20_b64_vs_torch_fp32"],
+                        "b64_vs_ort_int8": ratios["resnet20_b64_vs_ort_int8"]})
+    return out
+
+
+def render_deployment(rows: list) -> list:
+    if not rows:
+        return []
+    out = ["The trained networks on pixelq's integer runtime (`bash experiments/bench_recipe_runs.sh`: `pixelq export`, "
+           "then `pixelq bench --model`, no training running; 1 thread; speed-up = baseline time / pixelq time, the "
+           "baselines a float ResNet-20 on PyTorch and its int8 QDQ form on ONNX Runtime, timed in the same run):", "",
+           "| run | kernels | batch 1 (ms) | batch 64 (ms) | vs PyTorch fp32, batch 64 | vs ORT int8, batch 64 |",
+           "|---|---|---:|---:|---:|---:|"]
+    out += [f"| {d['run']} | {d['isa']} | {d['b1_ms']:.2f} | {d['b64_ms']:.1f} | {d['b64_vs_torch_fp32']:.2f}x | "
+            f"{d['b64_vs_ort_int8']:.2f}x |" for d in rows]
+    return out + [""]
+
+
+def render(rows: list, first_layer: list, ablation: list, field: dict, deployment: "list | None" = None) -> str:
     out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
            "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json`, `eval.json` and `checkpoint.pt` "
            "are in `results/recipe/<run>/`):", "",
@@ -173,9 +201,12 @@ def render(rows: list, first_layer: list, ablation: list, field: dict) -> str:
         out.append(f"| {r['run']} | {network} | {c.get('recipe') or '–'} | {epochs} | {r['top1']:.2f} | {evaluated} | "
                    f"{target} | {r['train_top1']:.2f} | {r['cpu_hours']:.1f} |")
     out += ["", "Hours are the sum of the epochs' wall times (training and test pass), so they include the "
-            "pauses and the sharing of the 2 cores with benchmarks, tests and CI while a run was in flight. "
+            "pauses and the sharing of the 2 cores with benchmarks, tests and CI while a run was in flight, and, "
+            "for the last runs, with a second run trained beside it on one thread each (`OMP_NUM_THREADS=1`: "
+            "two runs side by side train more images an hour in all than one after the other on both threads). "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
-    out += missed_targets(rows, ablation) + render_first_layer(first_layer) + render_ablation(ablation)
+    out += missed_targets(rows, ablation) + render_deployment(deployment or []) + render_first_layer(first_layer)
+    out += render_ablation(ablation)
     out += [field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
     out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
     out += ["", END]
@@ -184,10 +215,11 @@ def render(rows: list, first_layer: list, ablation: list, field: dict) -> str:
 
 def main() -> None:
     rows = [r for r in (run_row(name) for name in ORDER) if r is not None]
-    first_layer, ablation = first_layer_rows(rows), ablation_rows()
-    summary = {"runs": rows, "first_layer": first_layer, "ablation": ablation}
+    first_layer, ablation, deployment = first_layer_rows(rows), ablation_rows(), deployment_rows()
+    summary = {"runs": rows, "first_layer": first_layer, "ablation": ablation, "deployment": deployment}
     (RUNS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    section = render(rows, first_layer, ablation, json.loads((ROOT / "experiments" / "field_numbers.json").read_text()))
+    field = json.loads((ROOT / "experiments" / "field_numbers.json").read_text())
+    section = render(rows, first_layer, ablation, field, deployment)
     fill(START, END, section)
     print(section)
 
