@@ -23,6 +23,9 @@ ORDER = ["resnet20-float", "resnet20-w1a2-pe-qlast", "resnet20-w1a2-float-first"
          "resnet20-w1a2-int8-first", "resnet20-w1a2-pe-qlast-r4s"]
 PAYS = 1.0  # points over base at the ablation's budget that count as paying (its two seeds differ by up to ~1.3)
 TARGETS = {"resnet20-float": 91.0, "resnet20-w1a2-pe-qlast": 87.0, "resnet20-w1a2-pe-qlast-r4s": 87.0}
+# the ablation variants a full run's own settings already include
+CARRIED_BY = {"residual-4bit": lambda c: c.get("residual_bits") == 4 and not c.get("signed_residual"),
+              "residual-4bit-signed": lambda c: c.get("residual_bits") == 4 and c.get("signed_residual")}
 FIRST_LAYER_RUNS = ["resnet20-w1a2-float-first", "resnet20-w1a2-int8-first", "resnet20-w1a2-pe", "resnet20-w1a2-pe-qlast"]
 
 
@@ -113,10 +116,12 @@ def missed_targets(rows: list, ablation: list) -> list:
                      "is stored as JPEG at about quality 75, which makes it harder by an amount we cannot measure "
                      "here without the original images.")
         else:
+            carried = [v for v in paid if v in CARRIED_BY and CARRIED_BY[v](r["config"])]
             line += (", started from the float network and distilled from it. Tried at the short budget of the "
                      f"ablation below (points against the recipe as shipped): {worth}. More than {PAYS:.0f} point "
-                     f"(beyond the seeds' spread) paid: {', '.join(paid) or 'none'}; the field's quantized numbers "
-                     "below come from schedules three to five times as long.")
+                     f"(beyond the seeds' spread) paid: {', '.join(paid) or 'none'}"
+                     + (f"; this run already carries {', '.join(carried)}" if carried else "")
+                     + "; the field's quantized numbers below come from schedules three to five times as long.")
         out += [line, ""]
     return out
 
