@@ -180,7 +180,9 @@ def render_deployment(rows: list) -> list:
         return []
     out = ["The trained networks on pixelq's integer runtime (`bash experiments/bench_recipe_runs.sh`: `pixelq export`, "
            "then `pixelq bench --model`, no training running; 1 thread; speed-up = baseline time / pixelq time, the "
-           "baselines a float ResNet-20 on PyTorch and its int8 QDQ form on ONNX Runtime, timed in the same run):", "",
+           "baselines a float ResNet-20 on PyTorch and its int8 QDQ form on ONNX Runtime, timed in the same run; a run "
+           "in flight is timed at the checkpoint it had reached: the kernels, and so the time, follow the network's "
+           "shape and bits, not its weights' values):", "",
            "| run | kernels | batch 1 (ms) | batch 64 (ms) | vs PyTorch fp32, batch 64 | vs ORT int8, batch 64 |",
            "|---|---|---:|---:|---:|---:|"]
     out += [f"| {d['run']} | {d['isa']} | {d['b1_ms']:.2f} | {d['b64_ms']:.1f} | {d['b64_vs_torch_fp32']:.2f}x | "
