@@ -191,7 +191,7 @@ def render_deployment(rows: list) -> list:
     return out + [""]
 
 
-def render(rows: list, first_layer: list, ablation: list, field: dict, deployment: "list | None" = None) -> str:
+def render(rows: list, first_layer: list, ablation: list, field: dict, deployment: list) -> str:
     out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
            "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json`, `eval.json` and `checkpoint.pt` "
            "are in `results/recipe/<run>/`):", "",
@@ -213,7 +213,7 @@ def render(rows: list, first_layer: list, ablation: list, field: dict, deploymen
             "for the last runs, with a second run trained beside it on one thread each (`OMP_NUM_THREADS=1`: "
             "two runs side by side train more images an hour in all than one after the other on both threads). "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
-    out += missed_targets(rows, ablation) + render_deployment(deployment or []) + render_first_layer(first_layer)
+    out += missed_targets(rows, ablation) + render_deployment(deployment) + render_first_layer(first_layer)
     out += render_ablation(ablation)
     out += [field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
     out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
