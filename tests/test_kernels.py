@@ -314,6 +314,36 @@ def test_row_convs_equal_reference(isa, channels, width, residual):
         assert np.array_equal(out, expected), grid
 
 
+@given(channels=st.sampled_from([16, 32]), width=st.sampled_from([7, 32, 33]), levels=st.sampled_from([7, 8, 15, 16, 30, 31]),
+       order=st.sampled_from(["sorted", "ties", "unsorted"]), grid=st.sampled_from(["binary", "dorefa3"]),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_row_convs_with_many_levels_equal_reference(isa, channels, width, levels, order, grid, seed):
+    """The row convs' epilogue with many levels (a 4-bit signed branch has 30): sorted thresholds are
+    searched by halving, so every code is checked against the reference where thresholds fall on the
+    accumulators themselves, repeat (`ties`), sit beyond every accumulator or int16 (`sorted`: from
+    spread_thresholds), or are out of order (`unsorted`: no export makes them; the count per level
+    still holds). 31 levels on 16 channels leave the int16 epilogue, 31 on 32 stay in the search."""
+    rng = np.random.default_rng(seed)
+    c = channels
+    lowest, wstride, bits = WEIGHT_GRIDS[grid]
+    x = rng.integers(0, 4, (2, 4, width, c)).astype(np.uint8)
+    wt = random_weights(rng, (c, 3, 3, c), WEIGHT_GRIDS[grid])
+    acc = conv2d_reference(x, wt, 1, 1)
+    direction = rng.choice([-1, 1], c).astype(np.int8)
+    if order == "ties":  # each channel's thresholds drawn from its own accumulators, some twice
+        signed = acc.reshape(-1, c) * direction
+        thresholds = np.sort(signed[rng.integers(0, len(signed), (c, levels)), np.arange(c)[:, None]], axis=1)
+    else:
+        thresholds = spread_thresholds(rng, acc, levels)
+        if order == "unsorted":
+            thresholds = rng.permuted(thresholds, axis=1)
+    thresholds = thresholds.astype(np.int32)
+    expected = threshold_reference(acc, direction, thresholds, 1)
+    codes = fast_conv(x, wt, WEIGHT_GRIDS[grid], 1, 1, thresholds=(direction, thresholds, 1), isa=isa)
+    assert np.array_equal(codes, expected)
+
+
 @given(n=st.integers(1, 4), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 130),
        threads=st.integers(1, 3), seed=st.integers(0, 2**16))
 @settings(max_examples=40, deadline=None)

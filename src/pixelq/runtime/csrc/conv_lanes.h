@@ -12,6 +12,29 @@
  * channel's CH weight bits for the tap. Thresholds then compare a channel's positions at once, and
  * a byte transpose turns the channel vectors into positions of CH codes. */
 
+/* How many of a channel's sorted thresholds each lane of `s` reaches, by halving (c->search_steps,
+ * prepare_lane_search): a count n of the table's entries <= s, grown by 2^k where entry n + 2^k - 1
+ * is, for k from steps - 1 down to 0, then clipped to L. One permute, compare and add per halving
+ * against one compare and add per level: 5 against 30 for a 4-bit signed branch. */
+static inline __m512i search_count16(__m512i s, __m512i table, int steps, int L) {
+    __m512i n = _mm512_setzero_si512();
+    for (int k = steps - 1; k >= 0; k--) {
+        __m512i t = _mm512_permutexvar_epi16(_mm512_add_epi16(n, _mm512_set1_epi16((short)((1 << k) - 1))), table);
+        n = _mm512_mask_add_epi16(n, _mm512_cmpge_epi16_mask(s, t), n, _mm512_set1_epi16((short)(1 << k)));
+    }
+    return _mm512_min_epi16(n, _mm512_set1_epi16((short)L));
+}
+
+/* search_count16 in int32 lanes, the 32-entry table as two vectors (entries 0-15, 16-31). */
+static inline __m512i search_count32(__m512i s, __m512i lo, __m512i hi, int steps, int L) {
+    __m512i n = _mm512_setzero_si512();
+    for (int k = steps - 1; k >= 0; k--) {
+        __m512i t = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(n, _mm512_set1_epi32((1 << k) - 1)), hi);
+        n = _mm512_mask_add_epi32(n, _mm512_cmpge_epi32_mask(s, t), n, _mm512_set1_epi32(1 << k));
+    }
+    return _mm512_min_epi32(n, _mm512_set1_epi32(L));
+}
+
 /* Output row oy of image n; CH (16 or 32) is a compile-time constant in each caller. */
 static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ssize n, ssize oy, const int CH) {
     const int LP = 512 / CH;  /* positions per vector */
@@ -69,17 +92,24 @@ static inline __attribute__((always_inline)) void rows_lanes(const conv_t *c, ss
                     __m512i a = _mm512_add_epi16(_mm512_mullo_epi16(acc[o], _mm512_set1_epi16((short)c->wstride)), low);
                     if (c->neg64 >> ch & 1) a = _mm512_sub_epi16(_mm512_setzero_si512(), a);
                     code = _mm512_set1_epi16((short)c->qmin);
-                    for (int l = 0; l < c->L; l++)
-                        code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(a, _mm512_set1_epi16(c->thr16[l][ch])),
-                                                     code, one);
+                    if (c->search_steps)
+                        code = _mm512_add_epi16(code, search_count16(a, _mm512_loadu_si512(c->search16[ch]), c->search_steps, c->L));
+                    else
+                        for (int l = 0; l < c->L; l++)
+                            code = _mm512_mask_add_epi16(code, _mm512_cmpge_epi16_mask(a, _mm512_set1_epi16(c->thr16[l][ch])),
+                                                         code, one);
                     r[o] = _mm512_cvtepi16_epi8(code);
                 } else {
                     __m512i a = _mm512_add_epi32(_mm512_mullo_epi32(acc[o], _mm512_set1_epi32(c->wstride)), low);
                     if (c->dir[ch] < 0) a = _mm512_sub_epi32(_mm512_setzero_si512(), a);
                     code = _mm512_set1_epi32(c->qmin);
-                    for (int l = 0; l < c->L; l++)
-                        code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(c->thr[(ssize)l * c->Opad + ch])),
-                                                     code, one);
+                    if (c->search_steps)
+                        code = _mm512_add_epi32(code, search_count32(a, _mm512_loadu_si512(c->search32[ch]),
+                                                                     _mm512_loadu_si512(c->search32[ch] + 16), c->search_steps, c->L));
+                    else
+                        for (int l = 0; l < c->L; l++)
+                            code = _mm512_mask_add_epi32(code, _mm512_cmpge_epi32_mask(a, _mm512_set1_epi32(c->thr[(ssize)l * c->Opad + ch])),
+                                                         code, one);
                     codes[ch] = _mm512_cvtepi32_epi8(code);
                 }
             }

@@ -49,6 +49,7 @@
 #define DOT_POSITIONS 32  /* output positions per work item of the dot-product convs */
 #define NARROW_LEVELS 30    /* the int16 epilogue: activation codes of up to 4 bits, signed ones too, */
 #define NARROW_CHANNELS 64  /* up to 64 output channels */
+#define SEARCH_LEVELS 8     /* the lanes convs search sorted thresholds from this many levels on */
 
 static inline uint64_t load_u64(const uint8_t *p) {
     uint64_t v;
@@ -103,6 +104,12 @@ typedef struct {
     /* For the lanes convs (conv_lanes.h, 16 or 32 channels): the weight bits of output channel o at
      * tap (ky, kx) of plane j as a 32-bit lane (16 bits twice for 16 channels); set by run_conv. */
     uint32_t lane_w[8][9][32];
+    /* The lanes convs' epilogue by halving (prepare_lane_search): where every channel's thresholds
+     * are sorted and there are SEARCH_LEVELS or more, channel o's as a table of 32 entries, the
+     * largest value past level L, searched in search_steps compares (0: compare every level). */
+    int search_steps;
+    int16_t search16[16][32];  /* 16 channels, int16 lanes: the clamped thresholds (thr16) */
+    int32_t search32[32][32];  /* 32 channels, int32 lanes */
     uint64_t *w_nib;  /* the AVX2 convs' weights by nibble, made per call (prepare_avx2, conv_avx2.h) */
     /* The dot-product convs (dot_portable, dot_avx2, dot_vnni): codes as bytes (P = 1 "plane" of Cb = C rounded up to 4 bytes
      * per pixel), int8 weights (KH, KW, Cb / 4, Opad / 8, 8, 4); lowest = 0 and wstride = 1. */
@@ -570,6 +577,26 @@ static void prepare_lane_weights(conv_t *c) {
                 }
 }
 
+/* c->search_steps and the lanes convs' search tables: channel o's L thresholds (clamped to int16 for
+ * 16 channels, which have the int16 epilogue), then the largest value up to entry 31. A search of k
+ * halvings counts the entries <= s among the first 2^k - 1, so k is the least with 2^k - 1 >= L;
+ * clipped to L, the count is exact even for an s at the pad value. Unsorted thresholds (no export
+ * makes them, a hand-made file may) keep the compare per level, whose count needs no order. */
+static void prepare_lane_search(conv_t *c) {
+    const int CH = (int)c->O;
+    c->search_steps = 0;
+    if (c->L < SEARCH_LEVELS || c->L > 31) return;
+    for (int o = 0; o < CH; o++)
+        for (int l = 1; l < c->L; l++)
+            if (c->thr[(ssize)l * c->Opad + o] < c->thr[(ssize)(l - 1) * c->Opad + o]) return;
+    for (int o = 0; o < CH; o++)
+        for (int l = 0; l < 32; l++) {
+            if (CH == 16) c->search16[o][l] = l < c->L ? c->thr16[l][o] : INT16_MAX;
+            else c->search32[o][l] = l < c->L ? c->thr[(ssize)l * c->Opad + o] : INT32_MAX;
+        }
+    while ((1 << c->search_steps) - 1 < c->L) c->search_steps++;
+}
+
 /* Whether the build's gathered lanes conv (conv_avx2.h) takes this conv: fused with the int16
  * epilogue, input channels in whole slices of 32, at most 15 taps (byte counts of a slice stay
  * under 256), its regrouped words and tables within their buffers (GATHER_SLICES_MAX, 256 KB). */
@@ -613,7 +640,7 @@ static int run_conv(conv_t *c) {
     c->hsums = sums ? (int32_t *)(c->x + x_bytes) : NULL;
     c->window = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes) : NULL;
     int32_t *rows = sums ? (int32_t *)(c->x + x_bytes + hsums_bytes + window_bytes) : NULL;
-    if (lanes) prepare_lane_weights(c);
+    if (lanes) prepare_lane_weights(c), prepare_lane_search(c);
     const int gather = !lanes && gather_fits(c);
     c->w_nib = NULL;
     if (!c->dot && c->isa->prepare && !c->isa->prepare(c, lanes != NULL, gather)) {
