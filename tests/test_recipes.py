@@ -2,6 +2,7 @@
 groups, label smoothing, initialisation from a trained network, distillation and SAQ."""
 import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -43,6 +44,31 @@ def test_flags_override_the_recipe_which_overrides_the_defaults(tmp_path):
     own = tmp_path / "mine.yaml"
     own.write_text("description: mine\nepochs: 3\nschedule: onecycle\n")
     assert resolve_config(str(own)).epochs == 3 and resolve_config(str(own)).schedule == "onecycle"
+
+
+def test_a_recipe_builds_on_its_base(tmp_path):
+    """`base:` takes another recipe's settings first: the shipped cifar-w1a2-r4s is cifar-w1a2 with the
+    residual flags the README's -r4s run was trained with; a file's base may be a path beside it."""
+    r4s = asdict(resolve_config("cifar-w1a2-r4s"))
+    flags = asdict(resolve_config("cifar-w1a2", residual_bits=4, signed_residual=True))
+    assert r4s.pop("recipe") == "cifar-w1a2-r4s" and flags.pop("recipe") == "cifar-w1a2" and r4s == flags
+    (tmp_path / "parent.yaml").write_text("base: cifar-float\nepochs: 7\n")
+    (tmp_path / "child.yaml").write_text("base: parent.yaml\nlr: 0.02\n")
+    cfg = resolve_config(str(tmp_path / "child.yaml"))
+    assert (cfg.epochs, cfg.lr, cfg.optimizer) == (7, 0.02, read_recipe("cifar-float")["optimizer"])
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "bases go round in a circle"),
+    ({"a.yaml": "base: a.yaml\n"}, "bases go round in a circle"),
+    ({"a.yaml": "base: nope\n"}, "unknown recipe 'nope'"),
+    ({"a.yaml": "base: [cifar-float]\n"}, "base must name a recipe"),
+])
+def test_bad_recipe_bases(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(str(tmp_path / "a.yaml"))
 
 
 @pytest.mark.parametrize("text, message", [

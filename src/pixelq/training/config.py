@@ -164,17 +164,19 @@ def list_recipes() -> dict:
     return out
 
 
-def read_recipe(name_or_path: str) -> dict:
-    """A recipe's settings: a shipped recipe by name, or a YAML file by path. ConfigError for an unknown
-    name, an unreadable file or a key that is not a TrainConfig field."""
+def read_recipe(name_or_path: str, _within: tuple = ()) -> dict:
+    """A recipe's settings: a shipped recipe by name, or a YAML file by path. A recipe may name another
+    as its `base` (a shipped name, or a path, relative to the recipe's own folder): the base's
+    settings, then its own. ConfigError for an unknown name, an unreadable file, a key that is not a
+    TrainConfig field, or a chain of bases that comes back on itself."""
     import yaml
 
     shipped = _recipe_dir() / f"{name_or_path}.yaml"
     path = Path(name_or_path)
     if shipped.is_file():
-        text, where = shipped.read_text(), f"recipe {name_or_path!r}"
+        text, where, folder = shipped.read_text(), f"recipe {name_or_path!r}", None
     elif path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-        text, where = path.read_text(), str(path)
+        text, where, folder = path.read_text(), str(path), path.parent
     else:
         raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(list_recipes())} "
                           "(or give the path of a .yaml file)")
@@ -184,11 +186,20 @@ def read_recipe(name_or_path: str) -> dict:
         raise ConfigError(f"{where}: not valid YAML ({e})") from e
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: must hold a mapping of setting -> value")
-    unknown = sorted(set(values) - set(default_config()) - {"description"})
+    unknown = sorted(set(values) - set(default_config()) - {"description", "base"})
     if unknown:
         raise ConfigError(f"{where}: unknown settings {unknown}; known: {', '.join(default_config())}")
     values.pop("description", None)
-    return values
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: base must name a recipe, got {base!r}")
+    if folder is not None and not (_recipe_dir() / f"{base}.yaml").is_file() and (folder / base).is_file():
+        base = str(folder / base)
+    if where in _within:
+        raise ConfigError(f"recipe bases go round in a circle: {' -> '.join((*_within, where))}")
+    return {**read_recipe(base, (*_within, where)), **values}
 
 
 def resolve_config(recipe: "str | None" = None, **overrides) -> TrainConfig:
