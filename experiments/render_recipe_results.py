@@ -180,7 +180,7 @@ def render_deployment(rows: list) -> list:
     if not rows:
         return []
     out = ["The trained networks on pixelq's integer runtime (`bash experiments/bench_recipe_runs.sh`: `pixelq export`, "
-           "then `pixelq bench --model`, no training running; 1 thread; speed-up = baseline time / pixelq time, the "
+           "then `pixelq bench --model`, trainings in flight paused meanwhile; 1 thread; speed-up = baseline time / pixelq time, the "
            "baselines a float ResNet-20 on PyTorch and its int8 QDQ form on ONNX Runtime, timed in the same run; a run "
            "in flight is timed at the checkpoint it had reached: the kernels, and so the time, follow the network's "
            "shape and bits, not its weights' values):", "",
