@@ -13,9 +13,10 @@
  * a byte transpose turns the channel vectors into positions of CH codes. */
 
 /* How many of a channel's sorted thresholds each lane of `s` reaches, by halving (c->search_steps,
- * prepare_lane_search): a count n of the table's entries <= s, grown by 2^k where entry n + 2^k - 1
- * is, for k from steps - 1 down to 0, then clipped to L. One permute, compare and add per halving
- * against one compare and add per level: 5 against 30 for a 4-bit signed branch. */
+ * prepare_lane_search): n, the count of the table's entries <= s, grows by 2^k wherever entry
+ * n + 2^k - 1 is <= s, for k from steps - 1 down to 0, and is then clipped to L. One permute,
+ * compare and add per halving against one compare and add per level: 5 against 30 for a 4-bit
+ * signed branch. */
 static inline __m512i search_count16(__m512i s, __m512i table, int steps, int L) {
     __m512i n = _mm512_setzero_si512();
     for (int k = steps - 1; k >= 0; k--) {
