@@ -211,7 +211,8 @@ def render(rows: list, first_layer: list, ablation: list, field: dict, deploymen
     out += ["", "Hours are the sum of the epochs' wall times (training and test pass), so they include the "
             "pauses and the sharing of the 2 cores with benchmarks, tests and CI while a run was in flight, and, "
             "for the last runs, with a second run trained beside it on one thread each (`OMP_NUM_THREADS=1`: "
-            "two runs side by side train more images an hour in all than one after the other on both threads). "
+            "two runs side by side trained about as many images an hour in all as one run alone on both threads: "
+            "compare the epoch_s of their metrics.jsonl). "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
     out += missed_targets(rows, ablation) + render_deployment(deployment) + render_first_layer(first_layer)
     out += render_ablation(ablation)
