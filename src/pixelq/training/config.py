@@ -197,9 +197,10 @@ def read_recipe(name_or_path: str, _within: tuple = ()) -> dict:
         raise ConfigError(f"{where}: base must name a recipe, got {base!r}")
     if folder is not None and not (_recipe_dir() / f"{base}.yaml").is_file() and (folder / base).is_file():
         base = str(folder / base)
-    if where in _within:
-        raise ConfigError(f"recipe bases go round in a circle: {' -> '.join((*_within, where))}")
-    return {**read_recipe(base, (*_within, where)), **values}
+    me = where if folder is None else str(path.resolve())  # one spelling per file for the circle check
+    if me in _within:
+        raise ConfigError(f"recipe bases go round in a circle: {' -> '.join((*_within, me))}")
+    return {**read_recipe(base, (*_within, me)), **values}
 
 
 def resolve_config(recipe: "str | None" = None, **overrides) -> TrainConfig:
