@@ -3,9 +3,9 @@
     python experiments/render_recipe_results.py     # rewrites README.md between the recipe markers
 
 Reads results/recipe/<run>/metrics.json and eval.json (written by experiments/recipe_cifar10.sh),
-results/bench/runtime-<run>.json (written by experiments/bench_recipe_runs.sh), and the published numbers in
-experiments/field_numbers.json; writes what it renders (the runs, the
-first-layer comparison of the finished W1A2 runs, the ablation) to results/recipe/summary.json.
+results/bench/runtime-<run>.json (written by experiments/bench_recipe_runs.sh), and the published
+numbers in experiments/field_numbers.json; writes what it renders (the runs, the first-layer
+comparison of the finished W1A2 runs, the ablation) to results/recipe/summary.json.
 A run still in flight (no metrics.json yet) is shown from its metrics.jsonl, marked as such.
 """
 import json
