@@ -149,7 +149,24 @@ def first_layer_rows(rows: list) -> list:
     return out
 
 
-def render_first_layer(rows: list) -> list:
+def first_layer_verdict(rows: list, ablation: list) -> list:
+    """Pixel embedding against int8 input into a binary conv, the row to beat, both with a float last layer."""
+    by_first = {f["first_layer"]: f for f in rows if f["last_layer"] == "float"}
+    pe, int8 = by_first.get("pixel-embedding"), by_first.get("int8")
+    if pe is None or int8 is None:
+        return []
+    spread = max((max(r["top1"]) - min(r["top1"]) for r in ablation if len(r["top1"]) > 1), default=None)
+    lead = pe["top1"] - int8["top1"]
+    verdict = "ahead of" if lead > 0 else "behind"
+    within = ("" if spread is None else
+              f"; the difference is {'within' if abs(lead) <= spread else 'beyond'} the largest spread between two seeds in "
+              f"the ablation below, {spread:.2f} points")
+    return [f"With a float last layer, pixel embedding ends {abs(lead):.2f} points {verdict} int8 input into a binary "
+            f"first conv ({pe['top1']:.2f} % against {int8['top1']:.2f} %, one seed each{within}), at "
+            f"{pe['first_layer_bitops'] / int8['first_layer_bitops']:.1f}x its first-layer bit-ops.", ""]
+
+
+def render_first_layer(rows: list, ablation: list) -> list:
     if len(rows) < 2:
         return []
     out = ["The first layer at this accuracy (the finished W1A2 runs above; first-layer bit-ops = MACs x input bits x "
@@ -160,7 +177,7 @@ def render_first_layer(rows: list) -> list:
         gap = "–" if f["gap_to_float_first"] is None else f"{f['gap_to_float_first']:+.2f}"
         out.append(f"| {f['run']} | {f['first_layer']} | {f['last_layer']} | {f['top1']:.2f} | {gap} | "
                    f"{f['first_layer_bitops'] / 1e6:.1f} |")
-    return out + [""]
+    return out + [""] + first_layer_verdict(rows, ablation)
 
 
 def deployment_rows() -> list:
@@ -213,9 +230,10 @@ def render(rows: list, first_layer: list, ablation: list, field: dict, deploymen
             "pauses and the sharing of the 2 cores with benchmarks, tests and CI while a run was in flight, and, "
             "for the last runs, with a second run trained beside it on one thread each (`OMP_NUM_THREADS=1`: "
             "two runs side by side trained about as many images an hour in all as one run alone on both threads: "
-            "compare the epoch_s of their metrics.jsonl). "
+            "compare the epoch_s of their metrics.jsonl), and runs that spanned sessions ran on more than one "
+            "machine of this kind. "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
-    out += missed_targets(rows, ablation) + render_deployment(deployment) + render_first_layer(first_layer)
+    out += missed_targets(rows, ablation) + render_deployment(deployment) + render_first_layer(first_layer, ablation)
     out += render_ablation(ablation)
     out += [field["note"], "", "| network | top-1 % | schedule | source |", "|---|---:|---|---|"]
     out += [f"| {f['network']} | {f['top1']:.2f} | {f['schedule']} | {f['source']} |" for f in field["rows"]]
