@@ -157,7 +157,7 @@ def first_layer_verdict(rows: list, ablation: list) -> list:
         return []
     spread = max((max(r["top1"]) - min(r["top1"]) for r in ablation if len(r["top1"]) > 1), default=None)
     lead = pe["top1"] - int8["top1"]
-    verdict = "ahead of" if lead > 0 else "behind"
+    verdict = "ahead of" if lead > 0 else "behind" if lead < 0 else "level with"
     within = ("" if spread is None else
               f"; the difference is {'within' if abs(lead) <= spread else 'beyond'} the largest spread between two seeds in "
               f"the ablation below, {spread:.2f} points")
