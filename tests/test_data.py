@@ -119,7 +119,8 @@ def test_image_size_keeps_the_centre_of_the_shorter_side(tmp_path):
 
 def test_jpeg_draft_decode_matches_a_full_decode(tmp_path):
     """Decoding a large JPEG at a reduced DCT scale (never below S) before the resize changes little."""
-    from pixelq.data.readers import _decode, _fit
+    from pixelq.data.readers import _decode
+    from pixelq.images import fit
 
     blocks = np.random.default_rng(2).integers(0, 256, (25, 40, 3), dtype=np.uint8)
     f = tmp_path / "big.jpg"
@@ -127,7 +128,7 @@ def test_jpeg_draft_decode_matches_a_full_decode(tmp_path):
     fast = _decode(f.read_bytes(), f.name, 32)
     with Image.open(f) as img:
         img.load()
-        full = np.asarray(_fit(img, 32))
+        full = np.asarray(fit(img, 32))
     assert fast.shape == full.shape == (32, 32, 3)
     assert np.abs(fast.astype(int) - full.astype(int)).mean() <= 6  # 3.5 here; a swapped or shifted image: ~80
 
@@ -344,7 +345,8 @@ def test_fast_jpeg_decoding_gives_pillows_pixels(w, h, size, mode, seed):
     """JPEGs go through libjpeg-turbo (simplejpeg) for speed; the pixels must be Pillow's, draft scale included."""
     import io
 
-    from pixelq.data.readers import _decode, _fit
+    from pixelq.data.readers import _decode
+    from pixelq.images import fit
 
     a = np.random.default_rng(seed).integers(0, 256, (h // 3 + 1, w // 3 + 1, 3), dtype=np.uint8)
     img = Image.fromarray(a).resize((w, h)).convert(mode)
@@ -354,7 +356,7 @@ def test_fast_jpeg_decoding_gives_pillows_pixels(w, h, size, mode, seed):
         if size is not None:
             ref.draft(None, (size, size))
         ref.load()
-        expected = np.asarray(_fit(ref, size) if size is not None else ref)
+        expected = np.asarray(fit(ref, size) if size is not None else ref)
     assert np.array_equal(_decode(buf.getvalue(), "x.jpg", size), expected)
 
 

@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from pixelq import ConfigError, InputError, create_model, list_models
-from pixelq.models import layer_bits, model_size_bytes
+from pixelq.models import FLOAT_ONLY, layer_bits, model_size_bytes
 from pixelq.nn import ENCODERS, QuantConv2d
 from pixelq.quant import MidTreadHalf
 
 SMALL = {"resnet20": {}, "resnet18": {}}
 
 
-MIN_SIZE = {"cnv": 32}  # unpadded convs
+MIN_SIZE = {"cnv": 32, "airbench94": 16}  # unpadded convs; three max-pools
+QUANTIZABLE = [name for name in list_models() if name not in FLOAT_ONLY]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", QUANTIZABLE)
 @pytest.mark.parametrize("channels, size, classes", [(3, 16, 10), (1, 12, 4), (4, 9, 7)])
 def test_shapes_any_channels_and_size(name, channels, size, classes):
     model = create_model(name, in_channels=channels, num_classes=classes, first_layer="pixel-embedding", wbits=1,
@@ -25,13 +26,37 @@ def test_shapes_any_channels_and_size(name, channels, size, classes):
     assert model(x).shape == (2, classes)
 
 
+@pytest.mark.parametrize("name", FLOAT_ONLY)
+def test_float_only_models_train_on_any_shape_and_refuse_quantization(name):
+    model = create_model(name, in_channels=1, num_classes=4)
+    x = torch.randint(0, 256, (4, 20, 20, 1), dtype=torch.uint8)
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2, 3])).backward()
+    assert model(x).shape == (4, 4)
+    assert all(p.grad is not None and torch.any(p.grad != 0) for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="float reference network"):
+        create_model(name, wbits=1, abits=2)
+
+
+def test_airbench_whitening_decorrelates_the_patches():
+    model = create_model("airbench94")
+    images = torch.randint(0, 256, (64, 12, 12, 3), dtype=torch.uint8)
+    images = (images.float() * 0.3 + images.float().roll(1, dims=2) * 0.7).to(torch.uint8)  # correlated neighbours
+    model.init_whitening(images)
+    with torch.no_grad():
+        x = (images.permute(0, 3, 1, 2).float() - model.mean) / model.std
+        out = torch.nn.functional.conv2d(x, model.whiten.weight[:12])  # the first (positive) half
+    flat = out.permute(0, 2, 3, 1).reshape(-1, 12).double()
+    covariance = flat.T @ flat / len(flat)
+    torch.testing.assert_close(covariance, torch.eye(12, dtype=torch.float64), atol=0.05, rtol=0)
+
+
 def test_cnv_refuses_images_smaller_than_its_convs_take():
     model = create_model("cnv", first_layer="pixel-embedding", wbits=1, abits=2)
     with pytest.raises(InputError, match="at least 32x32 pixels"):
         model(torch.zeros((1, 31, 40, 3), dtype=torch.uint8))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", QUANTIZABLE)
 @pytest.mark.parametrize("first_layer", ENCODERS.names())
 def test_every_parameter_gets_a_gradient(name, first_layer):
     model = create_model(name, first_layer=first_layer, wbits=1, abits=2, last_layer="quantized")

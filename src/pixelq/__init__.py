@@ -33,7 +33,14 @@ _LAZY = {
 }
 
 
+# subpackages, imported on first use too: `import pixelq; pixelq.runtime.load(...)`
+_SUBPACKAGES = ("bench", "data", "exporting", "images", "integer", "models", "nn", "ptq", "quant", "runtime", "training",
+                "zoo")
+
+
 def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return import_module(f".{name}", __name__)
     if name not in _LAZY:
         raise AttributeError(f"module 'pixelq' has no attribute {name!r}")
     value = getattr(import_module(_LAZY[name], __name__), name)
@@ -64,4 +71,4 @@ __all__ = [
 
 
 def __dir__() -> list:
-    return sorted(__all__)
+    return sorted((*__all__, *_SUBPACKAGES))

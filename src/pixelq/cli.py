@@ -233,6 +233,42 @@ def _run_run(args) -> None:
                       "isa": runtime.isa}))
 
 
+def _run_predict(args) -> int:
+    """Classify image files; 1 when a file could not be read (the others are still classified)."""
+    from .images import image_files
+    from .runtime import load
+
+    _check_threads(args.threads)
+    runtime = load(args.model, threads=args.threads, isa=args.isa)
+    results = runtime.classify(image_files(args.images), top=args.top)
+    failed = [r for r in results if "error" in r]
+    for r in failed:
+        print(f"pixelq: error: {r['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "top" in r:
+                print(f"{r['file']}: " + ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"]))
+    return 1 if failed else 0
+
+
+def _run_zoo(args) -> None:
+    from .zoo import list_zoo
+
+    models = list_zoo()
+    if args.json:
+        print(json.dumps(models, indent=2))
+        return
+    print(f"{'name':<28} {'top-1 %':>7} {'KB':>6} {'MBOPs':>7} {'vs PyTorch':>10} {'vs ORT int8':>11}  data")
+    for name, m in models.items():
+        speed = m["speed"] or {}
+        ratio = {k: f"{speed[k]:.1f}x" if k in speed else "-" for k in ("vs_pytorch_fp32_b64", "vs_onnxruntime_int8_b64")}
+        print(f"{name:<28} {m['top1']:>7.2f} {m['size_bytes'] / 1000:>6.1f} {m['bops'] / 1e6:>7.1f} "
+              f"{ratio['vs_pytorch_fp32_b64']:>10} {ratio['vs_onnxruntime_int8_b64']:>11}  {m['dataset']}")
+    print("load one with pixelq.runtime.load('zoo:NAME'), `pixelq run zoo:NAME` or `pixelq predict zoo:NAME IMAGE`")
+
+
 def _run_quantize(args) -> None:
     """Post-training quantization of a float checkpoint into a pixelq checkpoint (`pixelq.ptq`)."""
     from .data import batch_source, batches, open_data
@@ -270,7 +306,7 @@ def _run_bitops(args) -> None:
     from .models import cost_totals
 
     size = (args.image_size, args.image_size) if args.image_size else None
-    if str(args.model).endswith(".pxq"):
+    if str(args.model).endswith(".pxq") or str(args.model).startswith("zoo:"):
         from .integer import graph_costs, load_model
 
         integer_model = load_model(args.model)
@@ -362,13 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
                         "onnx-integer: the runtime's integer graph in standard float ops (exact); qonnx: the form "
                         "FINN reads (Quant / BipolarQuant / MultiThreshold)")
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
-    p.add_argument("model", help=".pxq model file")
+    p.add_argument("model", help=".pxq model file or zoo:NAME (`pixelq zoo`)")
     _add_data(p)
     p.add_argument("--limit", type=int, help="only a stratified sample of N test images (the same share of each class)")
     p.add_argument("--threads", type=int)
     p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
     _add_isa(p)
+    p = sub.add_parser("predict", help="classify image files (JPEG, PNG, any size or mode) with a .pxq model or zoo:NAME")
+    p.add_argument("model", help=".pxq model file or zoo:NAME (`pixelq zoo`)")
+    p.add_argument("images", nargs="+", help="image files, folders (their images, subfolders included) or glob patterns")
+    p.add_argument("--top", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--threads", type=int)
+    _add_isa(p)
+    p = sub.add_parser("zoo", help="list the trained models shipped with pixelq (load them as zoo:NAME)")
+    p.add_argument("--json", action="store_true", help="print the registry as JSON")
     p = sub.add_parser("quantize", help="post-training quantization of a float checkpoint (int8, rtn, gpfq)")
     p.add_argument("checkpoint", help="a float network's checkpoint.pt")
     p.add_argument("--method", default="int8", choices=("int8", "rtn", "gpfq"))
@@ -413,17 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models": _run_models, "recipes": _run_recipes, "bitops": _run_bitops, "quantize": _run_quantize,
             "bench": _run_bench, "bench-train": _run_bench_train, "bench-data": _run_bench_data, "export": _run_export, "run": _run_run,
-            "inspect": _run_inspect}
+            "inspect": _run_inspect, "predict": _run_predict, "zoo": _run_zoo}
 
 
 def main(argv: "list[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        COMMANDS[args.command](args)
+        return COMMANDS[args.command](args) or 0
     except PixelqError as e:
         print(f"pixelq: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

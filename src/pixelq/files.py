@@ -9,6 +9,12 @@ from typing import Callable
 from .errors import PixelqError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error: type = PixelqError,
                  what: str = "file") -> None:
     """Call `write(tmp)` on a temp file beside `path`, then rename it onto `path`.
@@ -25,6 +31,7 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would: some writers (safetensors) create files 0600
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

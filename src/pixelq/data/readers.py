@@ -1,7 +1,7 @@
 """Readers for the layouts pixelq knows, each returning uint8 NHWC DataSplits.
 
-- image folders `ROOT/{train,test}/<class>/*.{jpg,jpeg,png,bmp}` (ImageNet-style `val/` is read as
-  the test split), also inside a .tar / .tar.gz (under one top folder or none);
+- image folders `ROOT/{train,test}/<class>/<image>` (suffixes: `pixelq.images.IMAGE_SUFFIXES`; an
+  ImageNet-style `val/` is read as the test split), also inside a .tar / .tar.gz (under one top folder or none);
 - CIFAR-10 and CIFAR-100 in the official python format (`cifar-10-batches-py/`,
   `cifar-100-python/`, fine labels), given that folder or the one holding it;
 - MNIST-style IDX files (`train-images-idx3-ubyte[.gz]` and friends).
@@ -24,24 +24,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DataError
+from ..images import IMAGE_SUFFIXES, fit
 from .dataset import DataSplits, ImageSet
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SPLITS = ("train", "test")
 # folder names read as each split, first found wins: ImageNet-style trees call the test split `val`
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
-
-
-def _fit(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side scaled to `size` (antialiased bilinear), then the centre size x size crop."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((rw, rh), Image.BILINEAR)
-    left, top = (rw - size) // 2, (rh - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 def _decode_jpeg(data: bytes, image_size: "int | None") -> "np.ndarray | None":
@@ -61,7 +49,7 @@ def _decode_jpeg(data: bytes, image_size: "int | None") -> "np.ndarray | None":
         scale = {"min_height": -(-h // s), "min_width": -(-w // s)}
     a = simplejpeg.decode_jpeg(data, colorspace="GRAY" if colourspace == "Gray" else "RGB", **scale)
     if image_size is not None:
-        a = np.asarray(_fit(Image.fromarray(a[..., 0] if a.shape[2] == 1 else a), image_size))
+        a = np.asarray(fit(Image.fromarray(a[..., 0] if a.shape[2] == 1 else a), image_size))
     return a[..., 0] if a.ndim == 3 and a.shape[2] == 1 else a
 
 
@@ -78,18 +66,18 @@ def _decode(data: bytes, name: str, image_size: "int | None" = None) -> np.ndarr
             if img.mode not in ("L", "RGB"):
                 img = img.convert("RGB")
             if image_size is not None:
-                img = _fit(img, image_size)
+                img = fit(img, image_size)
             return np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{name}: cannot decode image ({e}); remove or replace the file") from e
 
 
 def resize_images(images: np.ndarray, image_size: "int | None") -> np.ndarray:
-    """(N, H, W, C) uint8 through `_fit` image by image; unchanged when already image_size square."""
+    """(N, H, W, C) uint8 through `fit` image by image; unchanged when already image_size square."""
     if image_size is None or images.shape[1:3] == (image_size, image_size):
         return images
     gray = images.shape[3] == 1
-    out = [np.asarray(_fit(Image.fromarray(a[..., 0] if gray else a), image_size)) for a in images]
+    out = [np.asarray(fit(Image.fromarray(a[..., 0] if gray else a), image_size)) for a in images]
     out = np.stack(out)
     return out[..., None] if gray else out
 

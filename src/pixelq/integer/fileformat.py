@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import ModelFileError
 from ..files import atomic_write
+from ..zoo import resolve
 from .graph import IntegerModel, check_node
 from .packing import code_bits, pack_bits, unpack_bits
 
@@ -78,10 +79,11 @@ def save_model(model: IntegerModel, path) -> int:
 
 
 def read_manifest(path) -> tuple:
-    """(manifest dict, blobs dict) after checking format, version and checksum."""
+    """(manifest dict, blobs dict) after checking format, version and checksum. `path` may name a
+    shipped model as "zoo:NAME"."""
     from safetensors import safe_open
 
-    path = Path(path)
+    path = resolve(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:

@@ -1,4 +1,5 @@
-"""Model registry: the CIFAR ResNets and CNV."""
+"""Model registry: the CIFAR ResNets, CNV, and airbench94's float network."""
+from .airbench import FLOAT_ONLY, Airbench, AirbenchConfig, airbench94
 from .cnv import CNV, CNVConfig, cnv
 from .convert import QuantizedModel, quantize_model
 from .registry import MODELS, create_model, list_models, register_model
@@ -6,6 +7,10 @@ from .resnet import ResNet, ResNetConfig, apply_overrides, model_kwargs, resnet1
 from .summary import cost_totals, first_layer_cost, layer_bits, layer_costs, model_size_bytes
 
 __all__ = [
+    "FLOAT_ONLY",
+    "Airbench",
+    "AirbenchConfig",
+    "airbench94",
     "CNV",
     "CNVConfig",
     "cnv",

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ConfigError, InputError, ModelFileError, PixelqError
+from ..errors import ConfigError, DataError, InputError, ModelFileError, PixelqError
+from ..images import read_image
 from ..integer import IntegerModel, load_model
 from .fast import FastExecutor, kernels_available
 from .reference import run_reference
@@ -89,9 +90,39 @@ class Runtime:
         """(N,) int64 class indices; equal logits go to the lower class index, as in `evaluate`."""
         return self.logits(images).argmax(1).astype(np.int64)
 
+    def classify(self, files, top: int = 5) -> list:
+        """Classify image files (any format, size and mode Pillow reads; `pixelq.images.read_image`
+        prepares each as the model's training images were). One dict per file, in order:
+        {"file", "top": [{"class", "score"}, ...]} with the `top` most probable classes (softmax of
+        `float_logits`; equal scores rank the lower class index first, as `predict`), or
+        {"file", "error"} for a file that could not be read; the others are still classified."""
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ConfigError(f"top must be a positive integer, got {top!r}")
+        if not self.image_shape:
+            raise ModelFileError("this model file does not record the image size it was trained on, so image files "
+                                 "cannot be prepared for it; export it again with `pixelq export`")
+        names = self.classes or [str(k) for k in range(self.model.meta["num_classes"])]
+        results, images, read = [], [], []
+        for f in files:
+            results.append({"file": str(f)})
+            try:
+                images.append(read_image(f, self.image_shape))
+                read.append(results[-1])
+            except DataError as e:
+                results[-1]["error"] = str(e)
+        if images:
+            logits = self.float_logits(np.stack(images)).astype(np.float64)
+            scores = np.exp(logits - logits.max(1, keepdims=True))
+            scores /= scores.sum(1, keepdims=True)
+            for result, row in zip(read, scores):
+                best = np.argsort(-row, kind="stable")[:top]
+                result["top"] = [{"class": names[k], "score": float(row[k])} for k in best]
+        return results
+
 
 def load(path, threads: "int | None" = None, backend: str = "auto", isa: "str | None" = None) -> Runtime:
-    """Read a .pxq model file and return a Runtime for it (see Runtime for the options)."""
+    """Read a .pxq model file, or a shipped model as "zoo:NAME" (`pixelq zoo` lists them), and return
+    a Runtime for it (see Runtime for the options)."""
     model = load_model(path)
     try:
         return Runtime(model, threads=threads, backend=backend, isa=isa)

@@ -1,0 +1,106 @@
+"""Build the model zoo shipped in the package (src/pixelq/zoo/): export each headline run's
+checkpoint to .pxq and write registry.json with what was measured on it.
+
+    python experiments/build_zoo.py              # after the runs below are finished and benchmarked
+
+For each model the registry records, all read from files the repository's commands wrote:
+- top-1 on the full test split: the integer runtime's, from results/interchange/<run>.json
+  (experiments/interchange_eval.py), with PyTorch's from the run's eval.json (`pixelq eval`);
+- top-1 on the embedded test images (the 1,000 the package carries), measured here on the runtime,
+  which the zoo test checks again after every install;
+- BOPs and MACs (`pixelq bitops`), the file size, and the speed ratios of `pixelq bench --model`
+  (results/bench/runtime-<run>.json);
+- the run's weights-only checkpoint in results/ (for `pixelq train --init`) and its recipe.
+The checkpoints are made weights-only here (the optimizer state is dropped): the runs are finished.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+import pixelq
+from pixelq.files import write_json
+from pixelq.integer import graph_costs, load_model
+from pixelq.models import cost_totals
+from pixelq.runtime import load
+from pixelq.training import read_checkpoint, save_checkpoint
+from pixelq.training.checkpoint import model_from_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+ZOO = ROOT / "src" / "pixelq" / "zoo"
+# zoo name -> (run folder, one line for the table)
+HEADLINE = {
+    "resnet20-w1a2-pe-qlast": ("results/recipe/resnet20-w1a2-pe-qlast",
+                         "ResNet-20, pixel embedding (d=10, 2 bits), binary weights, 2-bit activations, quantized "
+                         "last layer: fully integer"),
+    "resnet20-w1a2-pe-qlast-r4s": ("results/recipe/resnet20-w1a2-pe-qlast-r4s",
+                                   "as resnet20-w1a2-pe-qlast with a 4-bit residual stream and signed residual branches"),
+}
+SPEED_KEYS = {"vs_pytorch_fp32_b64": "resnet20_b64_vs_torch_fp32", "vs_onnxruntime_int8_b64": "resnet20_b64_vs_ort_int8",
+              "vs_pytorch_fp32_b1": "resnet20_b1_vs_torch_fp32"}
+
+
+def weights_only(path: Path) -> None:
+    """Rewrite a finished run's checkpoint without its optimizer state (what --init and eval need)."""
+    ckpt = read_checkpoint(path)
+    if ckpt["optimizer"] is None:
+        return
+    save_checkpoint(path, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], model=model_from_checkpoint(ckpt),
+                    epoch=ckpt["epoch"], config=ckpt["config"], history=ckpt["history"], classes=ckpt["classes"],
+                    data=ckpt["data"], init=ckpt["init"])
+
+
+def build_entry(name: str, run: Path, description: str, embedded) -> dict:
+    checkpoint = run / "checkpoint.pt"
+    weights_only(checkpoint)
+    ckpt = read_checkpoint(checkpoint)
+    pxq = ZOO / f"{name}.pxq"
+    pixelq.export(model_from_checkpoint(ckpt).eval(), pxq, classes=ckpt["classes"], image_shape=ckpt["data"]["image_shape"])
+    runtime = load(pxq)
+    predicted = runtime.predict(embedded.images)
+    metrics = json.loads((run / "metrics.json").read_text())
+    interchange = json.loads((ROOT / "results" / "interchange" / f"{run.name}.json").read_text())["forms"]
+    bench_file = ROOT / "results" / "bench" / f"runtime-{run.name}.json"
+    bench = json.loads(bench_file.read_text()) if bench_file.is_file() else None
+    totals = cost_totals(graph_costs(load_model(pxq), tuple(ckpt["data"]["image_shape"])))
+    return {
+        "file": pxq.name,
+        "sha256": hashlib.sha256(pxq.read_bytes()).hexdigest(),
+        "description": description,
+        "dataset": f"CIFAR-10-JPEG ({metrics['train_size']} train images, {interchange['pixelq_runtime']['n']} test)",
+        "image_shape": ckpt["data"]["image_shape"],
+        "classes": ckpt["classes"],
+        "recipe": metrics["config"]["recipe"],
+        "epochs": metrics["epochs"],
+        "top1": round(interchange["pixelq_runtime"]["top1"], 2),
+        "top1_pytorch": round(json.loads((run / "eval.json").read_text())["top1"], 2),
+        "embedded_top1": round(100.0 * float(np.mean(predicted == embedded.labels)), 2),
+        "embedded_n": len(embedded.labels),
+        "embedded_tolerance": 0.0,  # integer-only: the same labels on every instruction set
+        "macs": totals["macs"],
+        "bops": totals["bops"],
+        "size_bytes": pxq.stat().st_size,
+        "speed": ({k: round(bench["ratios"][v], 2) for k, v in SPEED_KEYS.items()} | {"cpu": bench["runtime_isa"],
+                  "source": str(bench_file.relative_to(ROOT))} if bench else None),
+        "vs_openvino_int8": None,  # not measured yet: pixelq bench has no OpenVINO row
+        "checkpoint": str(checkpoint.relative_to(ROOT)),
+        "sources": [str((run / "metrics.json").relative_to(ROOT)),
+                    f"results/interchange/{run.name}.json"],
+    }
+
+
+def main() -> None:
+    embedded = pixelq.load_dataset().test
+    models = {name: build_entry(name, ROOT / run, text, embedded) for name, (run, text) in HEADLINE.items()}
+    write_json(ZOO / "registry.json", {"models": models,
+                                       "command": "python experiments/build_zoo.py"})
+    for name, entry in models.items():
+        print(f"{name}: top-1 {entry['top1']} % (embedded {entry['embedded_top1']} % of {entry['embedded_n']}), "
+              f"{entry['size_bytes']} bytes")
+
+
+if __name__ == "__main__":
+    main()
