@@ -7,7 +7,7 @@ its model is exported as traced, fake-quant arithmetic in float.)
     pip install 'pixelq[compare]'   # brevitas, in an optional extra
     python experiments/brevitas_cnv.py --data DATA [--epochs 2] [--train-subset 10000] \
         [--json results/brevitas/cnv_w1a2.json]
-    python experiments/brevitas_cnv.py --render results/brevitas/cnv_w1a2.json   # README's table from the JSON
+    python experiments/brevitas_cnv.py --render results/brevitas/cnv_w1a2.json   # docs/results.md's table from the JSON
 
 One loop trains both (Adam, cosine schedule, pixelq's uint8 crop + flip augmentation, the same
 batches): Brevitas's CNV takes the images as floats in [0, 1] (its first layer maps them to
@@ -30,7 +30,7 @@ import pixelq
 from pixelq.bench.inference import best_times, cpu_description
 from pixelq.data import batches, load_dataset
 from pixelq.training import evaluate
-from readme_section import fill, load
+from readme_section import RESULTS_PAGE, fill, load
 
 START, END = "<!-- brevitas:start -->", "<!-- brevitas:end -->"
 
@@ -85,7 +85,7 @@ def train(model, data, args) -> float:
 
 
 def render(result: dict) -> str:
-    """README's side-by-side table."""
+    """docs/results.md's side-by-side table."""
     b, p = result["runs"]["brevitas"], result["runs"]["pixelq"]
     inf = result["inference_b64_1thread"]
     return "\n".join([
@@ -109,7 +109,7 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--render", type=Path, help="only fill README's table from this JSON")
+    parser.add_argument("--render", type=Path, help="only fill docs/results.md's table from this JSON")
     parser.add_argument("--data", help="data set (default: pixelq's embedded CIFAR-10 subset)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=100)
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.render:
-        fill(START, END, render(load(args.render)))
+        fill(RESULTS_PAGE, START, END, render(load(args.render)))
         return
     torch.set_num_threads(2)
     data = load_dataset(args.data)
@@ -174,7 +174,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-        fill(START, END, render(result))
+        fill(RESULTS_PAGE, START, END, render(result))
 
 
 if __name__ == "__main__":

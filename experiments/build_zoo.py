@@ -2,6 +2,7 @@
 checkpoint to .pxq and write registry.json with what was measured on it.
 
     python experiments/build_zoo.py              # after the runs below are finished and benchmarked
+    python experiments/build_zoo.py --render     # only README's zoo table, from registry.json
 
 For each model the registry records, all read from files the repository's commands wrote:
 - top-1 on the full test split: the integer runtime's, from results/interchange/<run>.json
@@ -15,8 +16,10 @@ The checkpoints are made weights-only here (the optimizer state is dropped): the
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,11 @@ from pixelq.runtime import load
 from pixelq.training import read_checkpoint, save_checkpoint
 from pixelq.training.checkpoint import model_from_checkpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_section import README, fill, load as load_json  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 ZOO = ROOT / "src" / "pixelq" / "zoo"
 # zoo name -> (run folder, one line for the table)
 HEADLINE = {
@@ -92,11 +99,44 @@ def build_entry(name: str, run: Path, description: str, embedded) -> dict:
     }
 
 
+def render(models: dict) -> str:
+    """README's zoo table, and where the numbers stand against the field once the JPEG copy is calibrated."""
+    lines = [START, "", "Trained on CIFAR-10-JPEG (50,000 train images; top-1 on its 10,000 test images, on the integer "
+             "runtime); speed = PyTorch's or ONNX Runtime's time for a float ResNet-20 (int8 for ONNX Runtime) / "
+             "pixelq's, batch 64, 1 thread, one run (`pixelq bench --model`; `python experiments/build_zoo.py` "
+             "writes the registry and this table).", "",
+             "| `zoo:NAME` | network | top-1 % | .pxq | BOPs | vs PyTorch fp32 | vs ONNX Runtime int8 | vs OpenVINO int8 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, m in models.items():
+        speed = m["speed"] or {}
+        ratio = {k: f"{speed[k]:.1f}x" if k in speed else "–" for k in ("vs_pytorch_fp32_b64", "vs_onnxruntime_int8_b64")}
+        lines.append(f"| `{name}` | {m['description']} | {m['top1']:.2f} | {m['size_bytes'] / 1000:.0f} KB | "
+                     f"{m['bops'] / 1e6:.0f} M | {ratio['vs_pytorch_fp32_b64']} | {ratio['vs_onnxruntime_int8_b64']} | "
+                     "not yet measured |")
+    calibration = load_json(ROOT / "results" / "calibration" / "summary.json")
+    field = json.loads((ROOT / "experiments" / "field_numbers.json").read_text())["rows"]
+    lines += ["", "The field reports, on the original (lossless) CIFAR-10: " +
+              "; ".join(f"{r['network']} {r['top1']:.2f} % ({r['source']})" for r in field) + "."]
+    if calibration and calibration["ours"]:
+        lines[-1] += (f" Our JPEG copy costs {calibration['penalty']:.2f} points on airbench94 ({calibration['published']:.2f} % "
+                      f"published, {calibration['mean']:.2f} % here over {len(calibration['ours'])} seed(s); "
+                      "[docs/results.md](docs/results.md#calibration-what-the-jpeg-copy-costs)).")
+    else:
+        lines[-1] += " How much our JPEG copy costs against those is being measured (airbench94 calibration)."
+    return "\n".join(lines + ["", END])
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--render", action="store_true", help="only re-render README's zoo table from registry.json")
+    if parser.parse_args().render:
+        fill(README, START, END, render(json.loads((ZOO / "registry.json").read_text())["models"]))
+        return
     embedded = pixelq.load_dataset().test
     models = {name: build_entry(name, ROOT / run, text, embedded) for name, (run, text) in HEADLINE.items()}
     write_json(ZOO / "registry.json", {"models": models,
                                        "command": "python experiments/build_zoo.py"})
+    fill(README, START, END, render(models))
     for name, entry in models.items():
         print(f"{name}: top-1 {entry['top1']} % (embedded {entry['embedded_top1']} % of {entry['embedded_n']}), "
               f"{entry['size_bytes']} bytes")

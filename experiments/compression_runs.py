@@ -6,14 +6,14 @@ runtime and costed with `pixelq bitops`.
     python experiments/compression_runs.py [--data DATA] [--epochs 15]   # default: the embedded subset
 
 Writes results/compression/<run>/ (metrics.json, checkpoint.pt, model.pxq, bitops.json,
-deployment.json) and results/compression/summary.json, and fills README's table between its
+deployment.json) and results/compression/summary.json, and fills docs/results.md's table between its
 markers. Resumable: a run whose deployment.json exists is not trained again.
 """
 import argparse
 import json
 from pathlib import Path
 
-from readme_section import fill, run_pixelq
+from readme_section import RESULTS_PAGE, fill, run_pixelq
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "compression"
@@ -97,7 +97,7 @@ def main() -> None:
                      **json.loads((run / "deployment.json").read_text())})
         print(f"{name}: {rows[-1]['top1']:.2f} %, runtime {rows[-1]['runtime_top1']:.2f} %, BOPs {rows[-1]['bops']:,}")
     (OUT / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    fill(START, END, render(rows))
+    fill(RESULTS_PAGE, START, END, render(rows))
 
 
 if __name__ == "__main__":

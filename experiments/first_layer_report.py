@@ -1,6 +1,6 @@
-"""The first-layer study's summary.json, plots and docs/results.md, from its JSON.
+"""The first-layer study's summary.json, plots and docs/first-layer-study.md, from its JSON.
 
-    python experiments/first_layer_report.py STUDY_DIR [--docs docs/results.md]
+    python experiments/first_layer_report.py STUDY_DIR [--docs docs/first-layer-study.md]
 
 Reads DIR/study.json (schedule and variants) and DIR/<variant>-s<seed>/metrics.json (plus
 metrics.jsonl, embedding.json and runtime.json where the study wrote them); nothing else. Rows are
@@ -383,7 +383,7 @@ def _schedule_check(rows: list) -> list:
     return lines + ["", line, ""]
 
 
-def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md") -> dict:
+def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/first-layer-study.md") -> dict:
     """summary.json in DIR; `docs` (markdown) and its PNG plots beside it. Returns the summary."""
     study_dir, docs = Path(study_dir), Path(docs)
     summary = summarize(study_dir)
@@ -468,7 +468,7 @@ def write_report(study_dir: "str | Path", docs: "str | Path" = "docs/results.md"
 def main(argv: "list | None" = None) -> int:
     p = argparse.ArgumentParser(description="render a first-layer study's summary.json, plots and markdown report")
     p.add_argument("study_dir", help="the --out folder of experiments/first_layer_study.py")
-    p.add_argument("--docs", default="docs/results.md", help="markdown file to write (plots go beside it)")
+    p.add_argument("--docs", default="docs/first-layer-study.md", help="markdown file to write (plots go beside it)")
     args = p.parse_args(argv)
     try:
         rows = write_report(args.study_dir, args.docs)["rows"]

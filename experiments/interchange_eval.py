@@ -5,10 +5,10 @@ that differ do so where the form's logits tie at the top (integer logits: PyTorc
 then break the tie by rounding).
 
     python experiments/interchange_eval.py CKPT --data DATA --json results/interchange/NAME.json [--qonnx-limit N]
-    python experiments/interchange_eval.py --render results/interchange/NAME.json   # README's table only
+    python experiments/interchange_eval.py --render results/interchange/NAME.json   # docs/results.md's table only
 
-README's table is rendered from a JSON inside the repository (a committed result) only; a JSON
-written elsewhere (a trial) leaves README alone.
+docs/results.md's table is rendered from a JSON inside the repository (a committed result) only; a JSON
+written elsewhere (a trial) leaves the page alone.
 
 QONNX is executed node by node in Python (slow): `--qonnx-limit` runs it on the first N test images
 only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from readme_section import fill
+from readme_section import RESULTS_PAGE, fill
 from render_recipe_results import describe
 
 import pixelq
@@ -43,7 +43,7 @@ FORMS = [("pytorch", "PyTorch (fake-quant)", "–"), ("pixelq_runtime", "pixelq 
 
 
 def render(path: Path) -> None:
-    """README's interchange table from the JSON at `path`."""
+    """docs/results.md's interchange table from the JSON at `path`."""
     result = json.loads(path.read_text())
     forms = result["forms"]
     config = read_checkpoint(ROOT / result["checkpoint"])["config"]
@@ -57,7 +57,7 @@ def render(path: Path) -> None:
         f = forms[key]
         lines.append(f"| {runner} | {form} | {f['top1']:.2f} | {f['top1'] - f['pytorch_top1_same_images']:+.2f} | "
                      f"{f['labels_as_pytorch']} / {f['n']} | {f['differ_at_logit_ties']} |")
-    fill(START, END, "\n".join(lines + ["", END]))
+    fill(RESULTS_PAGE, START, END, "\n".join(lines + ["", END]))
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--data")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--qonnx-limit", type=int)
-    parser.add_argument("--render", type=Path, help="only render README's table from this JSON")
+    parser.add_argument("--render", type=Path, help="only render docs/results.md's table from this JSON")
     args = parser.parse_args()
     if args.render:
         return render(args.render)
@@ -123,7 +123,7 @@ def main() -> None:
     if args.json.resolve().is_relative_to(ROOT):
         render(args.json)
     else:
-        print(f"README not rendered: {args.json} lies outside the repository")
+        print(f"docs/results.md not rendered: {args.json} lies outside the repository")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ top-1 on the test split and the exported .pxq size, from one float checkpoint.
     python experiments/ptq_table.py results/recipe/resnet20-float/checkpoint.pt --data DATA
 
 Each method is `pixelq quantize` (into results/ptq/<method>-<bits>/), then `pixelq export`; the
-rows go to results/ptq/summary.json and README's PTQ section (between its markers) is rendered from it.
+rows go to results/ptq/summary.json and docs/results.md's PTQ section (between its markers) is rendered from it.
 Resumable: a method whose metrics.json exists is not quantized again.
 """
 import argparse
 import json
 from pathlib import Path
 
-from readme_section import fill, load, run_pixelq
+from readme_section import RESULTS_PAGE, fill, load, run_pixelq
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "results" / "ptq"
@@ -45,7 +45,7 @@ def main() -> None:
     for r in rows:
         size = "–" if r["pxq_bytes"] is None else f"{r['pxq_bytes'] / 1024:.1f} KiB"
         lines.append(f"| {r['method']} | {r['bits']} | {r['top1']:.2f} | {r['top1'] - ref:+.2f} | {size} |")
-    fill(START, END, "\n".join(lines + ["", END]))
+    fill(RESULTS_PAGE, START, END, "\n".join(lines + ["", END]))
     print("\n".join(lines))
 
 

@@ -1,12 +1,15 @@
-"""What the experiment scripts share: filling one marked section of README.md with text rendered
-from JSON, and running the pixelq CLI."""
+"""What the experiment scripts share: filling one marked section of a docs page (or README.md) with
+text rendered from JSON, and running the pixelq CLI."""
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+RESULTS_PAGE = ROOT / "docs" / "results.md"  # the generated tables of trained networks
+BENCHMARKS_PAGE = ROOT / "docs" / "benchmarks.md"  # the generated speed tables
 
 
 def load(path: Path):
@@ -14,13 +17,13 @@ def load(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def fill(start: str, end: str, section: str, readme: Path = README) -> None:
-    """Replace README's (or another page's, `readme`) text from the `start` marker through the `end`
-    marker with `section`, which begins with `start` and ends with `end`."""
-    text = readme.read_text()
+def fill(page: Path, start: str, end: str, section: str) -> None:
+    """Replace `page`'s text from the `start` marker through the `end` marker with `section`, which
+    begins with `start` and ends with `end`."""
+    text = page.read_text()
     if start not in text:
-        raise SystemExit(f"{readme.name} has no {start} ... {end} section to fill")
-    readme.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S))
+        raise SystemExit(f"{page.name} has no {start} ... {end} section to fill")
+    page.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: section, text, flags=re.S))
 
 
 def run_pixelq(*args) -> str:

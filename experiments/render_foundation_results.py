@@ -1,6 +1,6 @@
-"""Render README's results section from committed JSON (never from numbers typed by hand).
+"""Render docs/benchmarks.md's results section from committed JSON (never from numbers typed by hand).
 
-    python experiments/render_foundation_results.py     # rewrites README.md and docs/runtime.md between the markers
+    python experiments/render_foundation_results.py     # rewrites docs/benchmarks.md and docs/runtime.md between the markers
 
 Reads results/cifar10-jpeg/<run>/metrics.json (written by experiments/foundation_cifar10.sh) and
 results/bench/train_step.json, results/bench/data.json, results/bench/runtime.json (written by
@@ -9,7 +9,7 @@ results/bench/train_step.json, results/bench/data.json, results/bench/runtime.js
 import json
 from pathlib import Path
 
-from readme_section import fill, load
+from readme_section import BENCHMARKS_PAGE, fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "cifar10-jpeg"
@@ -93,7 +93,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
         if any(not v.get("kernels", True) for v in train_bench["variants"].values()):
             out += ["`-pytorch-ops`: the same network trained with PyTorch's ops instead of pixelq's training kernels "
                     "(the first conv over the pixel embedding as table sums, the activation quantizers in one pass; "
-                    "[docs/training.md](docs/training.md#training-kernels)).", ""]
+                    "[training.md](training.md#training-kernels)).", ""]
     runtime_bench = load(BENCH / "runtime.json")
     if runtime_bench:
         r = runtime_bench["ratios"]
@@ -106,7 +106,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
                 "weights); `ort_qdq_same_model`: the very W1A2 network pixelq runs, exported with `pixelq export "
                 "--format onnx` and run by ONNX Runtime on its int8 kernels.", ""]
         out += ["The raw times, the speed per instruction set (AVX2 too) against its targets, and where the time "
-                "goes layer by layer: [docs/runtime.md](docs/runtime.md#measured-speed).", ""]
+                "goes layer by layer: [runtime.md](runtime.md#measured-speed).", ""]
     if data_bench:
         out += [f"Data path (`pixelq bench-data --data DATA --json results/bench/data.json`): cached load of "
                 f"{data_bench['images']} images in {data_bench['cached_load_s']:.2f} s; shuffle + pad-4 crop + flip "
@@ -204,12 +204,12 @@ def main() -> None:
     rows = run_rows()
     (RUNS / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     section = render(rows, load(BENCH / "train_step.json"), load(BENCH / "data.json"))
-    fill(START, END, section)
+    fill(BENCHMARKS_PAGE, START, END, section)
     print(section)
     runtime_bench = load(BENCH / "runtime.json")
     if runtime_bench:
         details = render_runtime_details(runtime_bench)
-        fill(SPEED_START, SPEED_END, details, readme=ROOT / "docs" / "runtime.md")
+        fill(ROOT / "docs" / "runtime.md", SPEED_START, SPEED_END, details)
         print(details)
 
 

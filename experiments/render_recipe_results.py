@@ -1,6 +1,6 @@
-"""Render README's "Training recipes" table from committed JSON (never from numbers typed by hand).
+"""Render docs/results.md's "Training recipes" table from committed JSON (never from numbers typed by hand).
 
-    python experiments/render_recipe_results.py     # rewrites README.md between the recipe markers
+    python experiments/render_recipe_results.py     # rewrites docs/results.md between the recipe markers
 
 Reads results/recipe/<run>/metrics.json and eval.json (written by experiments/recipe_cifar10.sh),
 results/bench/runtime-<run>.json (written by experiments/bench_recipe_runs.sh), and the published
@@ -11,7 +11,7 @@ A run still in flight (no metrics.json yet) is shown from its metrics.jsonl, mar
 import json
 from pathlib import Path
 
-from readme_section import fill, load
+from readme_section import RESULTS_PAGE, fill, load
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "results" / "recipe"
@@ -248,7 +248,7 @@ def main() -> None:
     (RUNS / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     field = json.loads((ROOT / "experiments" / "field_numbers.json").read_text())
     section = render(rows, first_layer, ablation, field, deployment)
-    fill(START, END, section)
+    fill(RESULTS_PAGE, START, END, section)
     print(section)
 
 
