@@ -207,12 +207,13 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
         assert FastExecutor(graph).kernels()["stages.0.0.act_in"] == "byte lookup"
 
 
-@pytest.mark.parametrize("residual_bits", [2, 4])
-def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits):
+@pytest.mark.parametrize("residual_bits, fused", [(2, True), (4, True), (7, True), (8, False)])
+def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits, fused):
     """signed_residual: each block's res_act is a threshold of signed codes (-n .. n) that the add
     clips onto the stream's unsigned ones. The reference and C runtimes keep PyTorch's codes layer
-    by layer, and the fast plan leaves no add of its own: the branch's codes count from 0 and the
-    fused conv takes n off after adding the shortcut (fusion.unsign_residual_branch)."""
+    by layer, and where the stream plus the branch's shift fit a byte (up to 7 bits) the fast plan
+    leaves no add of its own: the branch's codes count from 0 and the fused conv takes n off after
+    adding the shortcut (fusion.unsign_residual_branch); an 8-bit stream runs the add on its own."""
     torch.manual_seed(5)
     model = trained_like(create_model("resnet20", first_layer="pixel-embedding", wbits=1, abits=2,
                                       last_layer="quantized", residual_bits=residual_bits, signed_residual=True))
@@ -226,8 +227,9 @@ def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits
         from pixelq.runtime.fast import FastExecutor
 
         plan = FastExecutor(graph).plan
-        assert "add_clip" not in [node["op"] for node in plan.nodes]
-        assert plan.node("stages.1.0.act_out")["residual_shift"] == n
+        assert ("add_clip" not in [node["op"] for node in plan.nodes]) == fused
+        if fused:
+            assert plan.node("stages.1.0.act_out")["residual_shift"] == n
     with pytest.raises(ConfigError, match="signed_residual"):
         create_model("resnet20", signed_residual=True)  # a float network's branch is signed already
     with pytest.raises(ConfigError, match="signed_residual"):

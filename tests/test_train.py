@@ -48,11 +48,11 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("variant", ["float", "quantized"])
+@pytest.mark.parametrize("variant", ["float", "quantized", "quantized-ema"])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_splits, variant, monkeypatch):
     import pixelq.training.loop as loop
 
-    kw = QUANT if variant == "quantized" else {}
+    kw = {"float": {}, "quantized": QUANT, "quantized-ema": {**QUANT, "ema_decay": 0.8}}[variant]
     full = train(run_config(tmp_path, "full", epochs=3, **kw), data=tiny_splits)
 
     real_save = loop.save_checkpoint
@@ -69,11 +69,42 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_spl
 
     resumed = train(run_config(tmp_path, "killed", epochs=3, **kw), resume=True, data=tiny_splits)
     assert resumed["top1"] == full["top1"]
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["state_dict"]
-    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["state_dict"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True) for run in ("full", "killed"))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    if "ema_decay" in kw:  # the weights the optimizer steps, and how many steps the average has seen
+        assert a["averaged"]["steps"] == b["averaged"]["steps"] == 9  # 3 epochs of 3 batches
+        assert all(torch.equal(a["averaged"]["trained"][k], b["averaged"]["trained"][k]) for k in a["state_dict"])
     history = [json.loads(line)["epoch"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert history == [1, 2, 3]
+
+
+def test_weight_average_is_what_the_checkpoint_evaluates(tmp_path, tiny_splits):
+    """With --ema the checkpoint's model is the running average of every step's weights (and batch-norm
+    statistics): decay d after step t gives avg_t = d * avg_(t-1) + (1 - d) * w_t, avg_1 = w_1."""
+    import pixelq.training.loop as loop
+
+    steps = []
+    real_step = loop.training_step
+
+    def recorded(net, model, *args, **kwargs):
+        out = real_step(net, model, *args, **kwargs)
+        steps.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return out
+
+    loop.training_step = recorded
+    try:
+        metrics = train(run_config(tmp_path, epochs=1, ema_decay=0.5, **QUANT), data=tiny_splits)
+    finally:
+        loop.training_step = real_step
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    key = next(k for k, v in saved["state_dict"].items() if k.endswith("conv1.weight"))
+    average = steps[0][key]
+    for w in steps[1:]:
+        average = 0.5 * average + 0.5 * w[key]
+    torch.testing.assert_close(saved["state_dict"][key], average)
+    assert not torch.equal(saved["state_dict"][key], saved["averaged"]["trained"][key])
+    assert evaluate(load_checkpoint(tmp_path / "run" / "checkpoint.pt"), tiny_splits.test.images,
+                    tiny_splits.test.labels)["top1"] == metrics["top1"]
 
 
 def test_resume_refuses_a_different_run_config(tmp_path, tiny_splits):

@@ -21,13 +21,15 @@ REQUIRED = ("model", "state_dict", "optimizer", "epoch", "model_kwargs", "config
 def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs: dict, model: nn.Module,
                     optimizer: "torch.optim.Optimizer | None" = None, epoch: int = 0, config: "dict | None" = None,
                     history: "list | None" = None, classes: "list | None" = None,
-                    data: "dict | None" = None, init: "dict | None" = None) -> None:
+                    data: "dict | None" = None, init: "dict | None" = None, averaged: "dict | None" = None) -> None:
     """Write atomically (temp file + rename), so a run killed mid-write keeps the previous one, and a
     failed write (a full disk) leaves no temp file and raises CheckpointError.
 
     `classes` are the class names the logits index; `data` describes the data trained on
     (`DataSplits.identity()`: image shape and a content fingerprint), so eval and resume can check it;
-    `init` says what the run started from (`--init`), if anything.
+    `init` says what the run started from (`--init`), if anything. With a weight average (`--ema`),
+    `model` is the average (what eval, export and --init read) and `averaged` holds what resuming
+    needs besides: {"trained": the weights the optimizer steps, "steps": updates averaged}.
     """
     payload = {
         "format": FORMAT,
@@ -43,6 +45,7 @@ def save_checkpoint(path: "str | os.PathLike", *, model_name: str, model_kwargs:
         "data": json.dumps(data or {}),
         "init": json.dumps(init),
         "torch_version": str(torch.__version__),
+        **({"averaged": averaged} if averaged is not None else {}),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp), CheckpointError, "checkpoint")
 

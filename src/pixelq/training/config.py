@@ -77,6 +77,9 @@ class TrainConfig:
                                     type=str)
     kd_weight: float = setting(0.5, "with --teacher: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || model)")
     kd_temperature: float = setting(4.0, "with --teacher: softmax temperature T of both logits")
+    ema_decay: float = setting(0.0, "keep an exponential moving average of the weights and batch-norm statistics, "
+                                    "updated after every step with this decay (e.g. 0.999); evaluation, the checkpoint's "
+                                    "model and export use the average (0: off)", flag="--ema")
     saq_rho: float = setting(0.0, "sharpness-aware quantization radius rho (0: off); costs a second forward/backward",
                              flag="--saq")
     # where and on what
@@ -100,11 +103,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
-        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "saq_rho"):
+        for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "saq_rho", "ema_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name, high in (("momentum", 1), ("label_smoothing", 1)):
+        for name, high in (("momentum", 1), ("label_smoothing", 1), ("ema_decay", 1)):
             if getattr(self, name) >= high:
                 raise ConfigError(f"{name} must lie in [0, {high}), got {getattr(self, name)!r}")
         if self.crop not in ("pad", "resized"):

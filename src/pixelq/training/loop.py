@@ -12,6 +12,7 @@ import torch
 from torch import distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -237,16 +238,24 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         calibrate(model, batches(*batch_source(train_set), cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen,
                                  workers=cfg.workers), cfg.calibration_batches, device)
     optimizer = make_optimizer(model, cfg)
+    # the weight average starts where training starts (after --init) and follows every step
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
     start_epoch, history = 0, []
     if resuming:
         saved = read_checkpoint(ckpt_path)
         _check_resumable(saved, cfg, identity, data.classes, ckpt_path)
         try:
-            model.load_state_dict(saved["state_dict"])
-        except RuntimeError as e:
+            if ema is not None:
+                model.load_state_dict(saved["averaged"]["trained"])
+                ema.module.load_state_dict(saved["state_dict"])
+                ema.n_averaged.fill_(saved["averaged"]["steps"])
+            else:
+                model.load_state_dict(saved["state_dict"])
+        except (RuntimeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{ckpt_path}: the saved weights do not fit this model ({e})") from e
         optimizer.load_state_dict(saved["optimizer"])
         start_epoch, history, started_from = saved["epoch"], saved["history"], saved["init"]
+    evaluated = ema.module if ema is not None else model  # what is tested, saved for eval/export, and reported
     net = DistributedDataParallel(synchronize_batchnorm(model)) if world > 1 else model
 
     # With several processes an incomplete last batch is dropped, so no process gets an empty share.
@@ -278,6 +287,8 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
                     f"{ckpt_path} keeps the last finished epoch ({epoch}); lower --lr or add --warmup-epochs")
+            if ema is not None:
+                ema.update_parameters(model)
             train_time += time.perf_counter() - t0
             totals += torch.tensor([len(y), (logits.argmax(1) == y).sum().item(), loss.item() * len(y)],
                                    dtype=torch.float64)
@@ -288,16 +299,17 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         if world > 1:
             dist.all_reduce(totals)
         seen, correct, loss_sum = totals.tolist()
-        test = evaluate(model, *batch_source(test_set), device=device, workers=cfg.workers) if rank == 0 else None
+        test = evaluate(evaluated, *batch_source(test_set), device=device, workers=cfg.workers) if rank == 0 else None
         record = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / seen, "train_top1": 100 * correct / seen,
                   "train_images_per_s": seen / train_time, "epoch_s": time.perf_counter() - epoch_start}
         if rank == 0:
             record.update(test_top1=test["top1"], test_top5=test["top5"], test_loss=test["loss"])
         history.append(record)
         if rank == 0:
-            save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=model,
+            averaged = None if ema is None else {"trained": model.state_dict(), "steps": int(ema.n_averaged)}
+            save_checkpoint(ckpt_path, model_name=cfg.model, model_kwargs=model_kwargs(model), model=evaluated,
                             optimizer=optimizer, epoch=epoch + 1, config=asdict(cfg), history=history,
-                            classes=data.classes, data=identity, init=started_from)
+                            classes=data.classes, data=identity, init=started_from, averaged=averaged)
             write_jsonl(out / "metrics.jsonl", history)
             if cfg.progress:
                 tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.3f}  "
@@ -309,11 +321,11 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     metrics = {}
     if rank == 0:
         if test is None:  # resumed a finished run: nothing trained in this call
-            test = evaluate(model, *batch_source(test_set), device=device, workers=cfg.workers)
+            test = evaluate(evaluated, *batch_source(test_set), device=device, workers=cfg.workers)
         metrics = {
             "top1": test["top1"], "top5": test["top5"], "n": test["n"], "epochs": cfg.epochs,
             "train_images_per_s": sum(r["train_images_per_s"] for r in history) / len(history),
-            "model_size_bytes": model_size_bytes(model), "params": sum(p.numel() for p in model.parameters()),
+            "model_size_bytes": model_size_bytes(evaluated), "params": sum(p.numel() for p in evaluated.parameters()),
             "classes": data.classes, "data": identity, "train_size": len(train_set), "config": asdict(cfg),
             "init": started_from,
             "torch_version": str(torch.__version__), "threads": torch.get_num_threads(), "world_size": world,
