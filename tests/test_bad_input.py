@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pixelq import CheckpointError, ConfigError, DataError, ExportError, InputError, ModelFileError, TrainingError
-from pixelq import evaluate, export, load_checkpoint, load_dataset, train
+from pixelq import create_model, evaluate, export, load_checkpoint, load_dataset, train
 from pixelq.cli import main
 from pixelq.data import DataSplits, ImageSet
 from pixelq.runtime import load
@@ -308,16 +308,28 @@ def test_a_diverged_run_stops_with_an_error_and_keeps_its_last_good_checkpoint(t
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
 
 
-def test_export_refuses_nan_weights(tmp_path, tiny_splits, capsys):
+def test_nan_weights_are_refused_by_eval_export_init_and_teacher(tmp_path, tiny_splits, capsys):
     train(run_config(tmp_path, epochs=1, **QUANT), data=tiny_splits)
     path = tmp_path / "run" / "checkpoint.pt"
     raw = torch.load(path, weights_only=True)
     raw["state_dict"]["stages.0.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(raw, path)
+    refused = f"{path}: holds non-finite values \\(NaN or infinity\\) in stages.0.0.conv1.weight"
+    with pytest.raises(CheckpointError, match=refused):
+        load_checkpoint(path)
+    model = create_model("resnet20", num_classes=3, **QUANT).eval()
+    with torch.no_grad():
+        model.stages[0][0].conv1.weight[0, 0, 0, 0] = float("nan")
     with pytest.raises(ExportError, match="non-finite values.*stages.0.0.conv1.weight"):
-        export(load_checkpoint(path), tmp_path / "m.pxq")
+        export(model, tmp_path / "m.pxq")
+    data = write_image_dataset(tmp_path, tiny_splits)
     assert main(["export", str(path), "-o", str(tmp_path / "m.pxq")]) == 2
+    assert main(["eval", "--checkpoint", str(path), "--data", str(data)]) == 2
+    assert capsys.readouterr().err.count("holds non-finite values") == 2
     assert not (tmp_path / "m.pxq").exists()
+    for option in ("teacher", "init"):
+        with pytest.raises(CheckpointError, match=refused):
+            train(run_config(tmp_path, option, epochs=1, **{option: str(path)}, **QUANT), data=tiny_splits)
 
 
 def test_one_tie_rule_the_lower_class_index_wins():
@@ -388,3 +400,41 @@ def test_concurrent_processes_share_one_cache(tmp_path):
         assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in results]
         assert [out.strip() for out, _ in results] == ["200"] * 4
         assert [p.name for p in cache_dir.iterdir() if p.name.startswith(".")] == []
+
+
+# --- a run folder is owned by one run at a time ------------------------------------------------
+
+def test_a_second_run_into_a_folder_in_use_fails_at_once_naming_the_holder(tmp_path, tiny_splits):
+    from pixelq.training.loop import claim_run_folder
+
+    out = tmp_path / "run"
+    with claim_run_folder(out, resume=False, overwrite=False):
+        with pytest.raises(ConfigError, match=rf"another run is training into this folder \(pixelq train, pid {os.getpid()}"):
+            train(run_config(tmp_path, epochs=1), data=tiny_splits)
+        with pytest.raises(ConfigError, match="another run"):  # --overwrite does not take a folder in use either
+            train(run_config(tmp_path, epochs=1), data=tiny_splits, overwrite=True)
+    assert train(run_config(tmp_path, epochs=1), data=tiny_splits)["n"] == len(tiny_splits.test)
+
+
+def test_the_lock_of_a_killed_run_is_released(tmp_path, tiny_splits):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from pixelq.training.loop import claim_run_folder\n"
+        f"with claim_run_folder(Path({str(tmp_path / 'run')!r}), False, False):\n"
+        "    print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=f"pid {holder.pid}"):
+            train(run_config(tmp_path, epochs=1), data=tiny_splits)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(run_config(tmp_path, epochs=1), data=tiny_splits)["n"] == len(tiny_splits.test)
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
+    out = tmp_path / "new" / "run"
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    out.mkdir(parents=True)  # a folder the user made stays, whatever happens
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 2
+    assert out.is_dir()

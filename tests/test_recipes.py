@@ -225,7 +225,7 @@ def test_init_copies_what_fits_and_calibrates_the_rest(tmp_path, tiny_splits):
     model = create_model("resnet20", in_channels=3, num_classes=3,
                          overrides={"stages.0.0.act1": "lsq:2"}, **W1A2)
     fresh = {k: v.clone() for k, v in model.state_dict().items()}
-    summary = copy_trained_weights(model, "resnet20", source)
+    summary = copy_trained_weights(model, "resnet20", source, tiny_splits.classes)
     state = model.state_dict()
     assert torch.equal(state["stages.1.0.conv1.weight"], trained["stages.1.0.conv1.weight"])
     assert torch.equal(state["stem.bn.weight"], trained["stem.bn.weight"])
@@ -251,14 +251,27 @@ def test_init_chain_float_to_w2a2_to_w1a2(tmp_path, tiny_splits):
     assert saved["init"]["from"] == step2 and saved["init"]["copied"] > 0 and metrics["top1"] >= 0
     a = read_checkpoint(step2)["state_dict"]["stem.encoder.table"]
     start = create_model("resnet20", in_channels=3, num_classes=3, **W1A2)
-    copy_trained_weights(start, "resnet20", step2)
+    copy_trained_weights(start, "resnet20", step2, tiny_splits.classes)
     assert torch.equal(start.state_dict()["stem.encoder.table"], a)  # the embedding carries over within a chain
 
 
 def test_init_from_another_architecture_is_refused(tmp_path, tiny_splits):
     source = _float_checkpoint(tmp_path, tiny_splits, epochs=1)
     with pytest.raises(ConfigError, match="'resnet20' checkpoint cannot start a 'resnet18'"):
-        copy_trained_weights(create_model("resnet18", in_channels=3, num_classes=3), "resnet18", source)
+        copy_trained_weights(create_model("resnet18", in_channels=3, num_classes=3), "resnet18", source,
+                             tiny_splits.classes)
+
+
+@pytest.mark.parametrize("classes", [["c2", "c1", "c0"], ["c0", "c1", "x"]])
+def test_init_from_other_classes_keeps_the_last_layer_fresh_and_says_so(tmp_path, tiny_splits, classes):
+    source = _float_checkpoint(tmp_path, tiny_splits, epochs=1)
+    trained = read_checkpoint(source)["state_dict"]
+    model = create_model("resnet20", in_channels=3, num_classes=3, **W1A2)
+    fresh = model.fc.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"trained on classes \['c0', 'c1', 'c2'\].*last layer \(fc\) is not copied"):
+        summary = copy_trained_weights(model, "resnet20", source, classes)
+    assert torch.equal(model.fc.weight, fresh) and "fc.weight" in summary["kept_fresh"]
+    assert torch.equal(model.state_dict()["stages.1.0.conv1.weight"], trained["stages.1.0.conv1.weight"])
 
 
 # --- SAQ -----------------------------------------------------------------------------------------

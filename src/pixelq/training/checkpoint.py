@@ -80,12 +80,24 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
 
 
 def model_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> nn.Module:
+    """The registered model the checkpoint names, with its weights. CheckpointError if they do not fit
+    it, or if any is NaN or infinite (a diverged run: every answer it gave would be meaningless)."""
     try:
         model = create_model(ckpt["model"], **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["state_dict"])
-    except (ConfigError, RuntimeError, TypeError, ValueError, KeyError) as e:
+    except (ConfigError, RuntimeError, TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: the weights do not fit model {ckpt['model']!r} ({e})") from e
+    check_finite(ckpt["state_dict"], path)
     return model
+
+
+def check_finite(state_dict: dict, path: str) -> None:
+    """CheckpointError naming the tensors of `state_dict` that hold NaN or infinity (a diverged run)."""
+    bad = [name for name, t in state_dict.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(f"{path}: holds non-finite values (NaN or infinity) in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}; the run that wrote it diverged. Use a "
+                              "checkpoint from before it diverged")
 
 
 def load_checkpoint(path: "str | os.PathLike") -> nn.Module:

@@ -9,23 +9,31 @@ is a chain of runs, each `--init` the one before.
 """
 from __future__ import annotations
 
+import warnings
+
 from torch import nn
 
 from ..errors import ConfigError
 from ..quant import Quantizer
-from .checkpoint import read_checkpoint
+from .checkpoint import check_finite, read_checkpoint
 
 
-def copy_trained_weights(model: nn.Module, model_name: str, path: str) -> dict:
-    """Copy what fits from the checkpoint at `path` into `model`; returns what was copied and kept."""
+def copy_trained_weights(model: nn.Module, model_name: str, path: str, classes: list) -> dict:
+    """Copy what fits from the checkpoint at `path` into `model`; returns what was copied and kept.
+    When the checkpoint was trained on other classes than `classes` (other names, or another order),
+    its last layer would score the wrong classes: the model's own last layer is kept, with a warning."""
     ckpt = read_checkpoint(path)
+    check_finite(ckpt["state_dict"], path)
     if ckpt["model"] != model_name:
         raise ConfigError(f"--init {path}: a {ckpt['model']!r} checkpoint cannot start a {model_name!r} model")
-    quantizer_state = {f"{name}.{key}" for name, m in model.named_modules() if isinstance(m, Quantizer)
-                       for key in m.state_dict()}
+    skip = {f"{name}.{key}" for name, m in model.named_modules() if isinstance(m, Quantizer) for key in m.state_dict()}
+    if ckpt["classes"] != list(classes):
+        head = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        skip |= {f"{head}.{key}" for key in model.get_submodule(head).state_dict()}
+        warnings.warn(f"--init {path}: trained on classes {ckpt['classes']}, the data has {list(classes)}; its last "
+                      f"layer ({head}) is not copied and starts fresh", stacklevel=2)
     own, source = model.state_dict(), ckpt["state_dict"]
-    copied = {k: source[k] for k in own
-              if k in source and k not in quantizer_state and source[k].shape == own[k].shape}
+    copied = {k: source[k] for k in own if k in source and k not in skip and source[k].shape == own[k].shape}
     model.load_state_dict(copied, strict=False)
     if not any(k.endswith("weight") for k in copied):
         raise ConfigError(f"--init {path}: no weight of this model fits that checkpoint's shapes")

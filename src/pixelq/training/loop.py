@@ -1,9 +1,13 @@
 """`train(config)`: the training loop, top to bottom. `evaluate(model, images, labels)`."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gc
 import math
 import os
+import shutil
+import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -137,27 +141,58 @@ def _check_resumable(saved: dict, cfg: TrainConfig, data: dict, classes: list, p
 RUN_FILES = ("checkpoint.pt", "metrics.json", "metrics.jsonl")
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """Make `out` ready for a run: refuse to replace an earlier run unless asked to, and fail now,
-    not after an epoch of training, if the folder cannot be written."""
+LOCK_FILE = ".pixelq-lock"  # held by the process training into the folder; the OS releases it when that ends
+
+
+@contextlib.contextmanager
+def claim_run_folder(out: Path, resume: bool, overwrite: bool):
+    """Own `out` for one run: an OS lock on OUT/.pixelq-lock, so that a second run into the same folder
+    fails at once, naming the holder (the OS drops the lock when its process ends, however it ends);
+    an earlier run refused unless `resume` or `overwrite`; and a folder that cannot be written
+    refused now, not after an epoch of training. A folder this call created is removed again if the
+    run fails before writing anything into it."""
     if resume and overwrite:
         raise ConfigError("--resume continues the run in --out, --overwrite replaces it: give one, not both")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder; --out names the folder a run writes into")
-    earlier = [name for name in RUN_FILES if (out / name).exists()]
-    if earlier and not (resume or overwrite):
-        raise ConfigError(f"{out}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
-                          "--overwrite to replace it, or choose another --out")
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".pixelq-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-        if overwrite:
-            for name in earlier:
-                (out / name).unlink()
+        lock = open(out / LOCK_FILE, "a+")
     except OSError as e:
         raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ConfigError(f"{out}: another run is training into this folder ({holder}); wait for it to end or "
+                              "choose another --out") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pixelq train, pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        earlier = [name for name in RUN_FILES if (out / name).exists()]
+        if earlier and not (resume or overwrite):
+            raise ConfigError(f"{out}: holds an earlier run ({', '.join(earlier)}); pass --resume to continue it, "
+                              "--overwrite to replace it, or choose another --out")
+        try:
+            probe = out / ".pixelq-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            if overwrite:
+                for name in earlier:
+                    (out / name).unlink()
+        except OSError as e:
+            raise ConfigError(f"{out}: cannot write the run here ({e.strerror or e}); choose another --out") from e
+        yield
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {LOCK_FILE}:  # nothing of the run's: leave no empty folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.close()
 
 
 def training_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, cfg: TrainConfig,
@@ -213,9 +248,14 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if cfg.batch_size % world:
         raise ConfigError(f"batch size {cfg.batch_size} must be divisible by the {world} processes")
+    with claim_run_folder(Path(cfg.out), resume, overwrite) if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, resume, data, device, rank, world, started_group)
+
+
+def _train(cfg: TrainConfig, resume: bool, data: "DataSplits | None", device, rank: int, world: int,
+           started_group: bool) -> dict:
+    """`train` in the folder it owns."""
     out = Path(cfg.out)
-    if rank == 0:
-        _prepare_out(out, resume, overwrite)
     ckpt_path = out / "checkpoint.pt"
 
     data = data if data is not None else open_data(cfg.data, image_size=cfg.image_size, stream=cfg.stream)
@@ -233,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: "DataSplits | None" = No
     resuming = resume and ckpt_path.is_file()
     started_from = None
     if cfg.init and not resuming:  # a resumed run's checkpoint already holds where init led
-        started_from = copy_trained_weights(model, cfg.model, cfg.init)
+        started_from = copy_trained_weights(model, cfg.model, cfg.init, data.classes)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 - 1)
         calibrate(model, batches(*batch_source(train_set), cfg.batch_size, shuffle=True, augment=cfg.augment, generator=gen,
                                  workers=cfg.workers), cfg.calibration_batches, device)
