@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -144,8 +145,12 @@ def test_export_onto_a_folder_leaves_nothing_behind(tmp_path, tiny_splits):
 @pytest.mark.parametrize("edit, message", [
     (lambda raw: raw.pop("model_kwargs"), "missing model_kwargs"),
     (lambda raw: raw.__setitem__("config", "{not json"), "'config' field is not valid JSON"),
-    (lambda raw: raw.__setitem__("model_kwargs", "[1, 2]"), "must be JSON objects"),
+    (lambda raw: raw.__setitem__("model_kwargs", "[1, 2]"), "model_kwargs must be a dict, got list"),
     (lambda raw: raw.__setitem__("model_kwargs", '{"wbits": "many"}'), "do not fit model"),
+    (lambda raw: raw.__setitem__("data", "[1, 2]"), "data must be a dict, got list"),
+    (lambda raw: raw.__setitem__("data", '{"image_shape": "32"}'), "data.image_shape must be \\[H, W, C\\]"),
+    (lambda raw: raw.__setitem__("classes", '["a", 2]'), "classes must be names"),
+    (lambda raw: raw.__setitem__("epoch", -1), "epoch must be an integer >= 0"),
 ])
 def test_hand_edited_checkpoints(tmp_path, tiny_splits, edit, message, capsys):
     train(run_config(tmp_path, epochs=1), data=tiny_splits)
@@ -156,7 +161,9 @@ def test_hand_edited_checkpoints(tmp_path, tiny_splits, edit, message, capsys):
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint(path)
     assert main(["eval", "--checkpoint", str(path)]) == 2
-    assert message.split("'")[0].split(" do")[0] in capsys.readouterr().err
+    assert main(["export", str(path), "-o", str(tmp_path / "m.pxq")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("pixelq: error:") == 2 and message.split("'")[0].split(" do")[0].split("\\")[0] in err
 
 
 def _resave_with_manifest(src, dst, change):
@@ -222,7 +229,7 @@ def test_a_full_disk_keeps_the_old_checkpoint_and_leaves_no_temp_file(tmp_path, 
             with pytest.raises(CheckpointError, match="previous one is kept.*No space left"):
                 train(run_config(tmp_path, epochs=2), data=tiny_splits, resume=attempt > 0)
             assert read_checkpoint(ckpt)["epoch"] == 1
-            assert sorted(p.name for p in ckpt.parent.iterdir()) == ["checkpoint.pt", "metrics.jsonl"]
+            assert sorted(p.name for p in ckpt.parent.iterdir()) == [".pixelq-lock", "checkpoint.pt", "metrics.jsonl"]
     resumed = train(run_config(tmp_path, epochs=2), data=tiny_splits, resume=True)
     uninterrupted = train(run_config(tmp_path, "again", epochs=2), data=tiny_splits)
     assert resumed["top1"] == uninterrupted["top1"]
@@ -285,7 +292,7 @@ def test_run_limit_takes_every_class_and_refuses_zero(tmp_path, tiny_splits, cap
     expected = 100.0 * float((load(model).predict(sample.images) == sample.labels).mean())
     assert result["n"] == 6 and result["top1"] == pytest.approx(expected)
     assert main(["run", str(model), "--data", str(data), "--limit", "0"]) == 2
-    assert "--limit must be a positive integer" in capsys.readouterr().err
+    assert "argument --limit: must be a positive integer, got 0" in capsys.readouterr().err
 
 
 def test_a_diverged_run_stops_with_an_error_and_keeps_its_last_good_checkpoint(tmp_path, tiny_splits, monkeypatch):
@@ -438,3 +445,135 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path):
     out.mkdir(parents=True)  # a folder the user made stays, whatever happens
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out), "--quiet"]) == 2
     assert out.is_dir()
+
+
+# --- recipes, flags and outputs: each refused with a clear error, or the right result ----------
+
+@pytest.mark.parametrize("recipe, message", [
+    ('augment: "no"', "augment takes a bool, got 'no'"),
+    ("wbits: true", "wbits takes an int, got True"),
+    ('lr: "0.01"', "lr takes a float, got '0.01'"),
+    ("lr: [1, 2]", "lr takes a float, got \\[1, 2\\]"),
+    ("first_layer_kwargs: 5", "first_layer_kwargs takes a dict, got 5"),
+    ("first_layer: pixel-embedding\nfirst_layer_kwargs: {d: '4'}", "option 'd' takes an int, got '4'"),
+    ("first_layer: pixel-embedding\nfirst_layer_kwargs: {dim: 4}", "takes no option 'dim'"),
+    ("schedule: linear", "schedule must be one of cosine, step, onecycle"),
+    ("overrides: {stem.conv: 3}", "overrides maps layer-name patterns to quantizer specs"),
+    ("train_subset: 100.5", "train_subset takes an int or null"),
+])
+def test_recipe_values_of_the_wrong_type_are_refused_before_anything_runs(tmp_path, recipe, message, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(recipe + "\n")
+    assert main(["recipes", str(path)]) == 2
+    assert main(["train", "--recipe", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(re.findall(f"pixelq: error: .*{message}", err)) == 2, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_recipe_numbers_are_read_as_their_fields_types(tmp_path):
+    from pixelq.training import resolve_config
+
+    (tmp_path / "r.yaml").write_text("lr: 1\nweight_decay: 0\n")
+    cfg = resolve_config(str(tmp_path / "r.yaml"))
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0 and isinstance(cfg.weight_decay, float)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["train", "--pe-dim", "4"], "--pe-dim does nothing with first layer 'float'"),
+    (["train", "--first-layer", "int8", "--pe-bits", "3"], "--pe-bits does nothing with first layer 'int8'"),
+    (["train", "--kd-weight", "0.3"], "--kd-weight: distillation settings, used only with --teacher"),
+    (["train", "--epochs", "2", "--warmup-epochs", "3"], "warmup_epochs \\(3.0\\) must not be longer than training"),
+    (["run", "zoo:resnet20-w1a2-pe-qlast", "--stream", "--workers", "-1"], "argument --workers: must be an integer >= 0"),
+    (["bench-data", "--threads", "0"], "argument --threads: must be a positive integer, got 0"),
+    (["bench-data", "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+    (["eval", "--checkpoint", "x.pt", "--image-size", "0"], "argument --image-size: must be a positive integer"),
+    (["bitops", "x.pt", "--image-size", "-4"], "argument --image-size: must be a positive integer, got -4"),
+    (["demo", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+])
+def test_flags_that_would_do_nothing_or_break_are_refused(tmp_path, argv, message, capsys):
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_outputs_that_cannot_be_written_are_clear_errors(tmp_path, tiny_splits, capsys):
+    train(run_config(tmp_path, epochs=1, **QUANT), data=tiny_splits)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (["export", ckpt, "-o", str(blocker / "m.pxq")],
+                 ["export", ckpt, "-o", str(blocker / "m.onnx"), "--format", "onnx"],
+                 ["bitops", ckpt, "--json", str(blocker / "b.json")],
+                 ["inspect", "zoo:resnet20-w1a2-pe-qlast", "--json", str(blocker / "i.json")],
+                 ["quantize", ckpt, "--out", str(blocker)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "pixelq: error:" in err and "Traceback" not in err, err
+        assert f"{blocker} is a file" in err or f"{blocker}: is a file" in err, err
+
+
+def test_export_refuses_to_overwrite_and_checks_class_names(tmp_path, tiny_splits, capsys):
+    train(run_config(tmp_path, epochs=1, **QUANT), data=tiny_splits)
+    ckpt = str(tmp_path / "run" / "checkpoint.pt")
+    out = tmp_path / "m.pxq"
+    assert main(["export", ckpt, "-o", str(out)]) == 0
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # as any file this user writes, not 0600
+    first = out.read_bytes()
+    assert main(["export", ckpt, "-o", str(out)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err and out.read_bytes() == first
+    assert main(["export", ckpt, "-o", str(out), "--overwrite"]) == 0
+    with pytest.raises(ExportError, match="classes must name each of the model's 3 outputs once, got 2"):
+        export(load_checkpoint(ckpt), tmp_path / "n.pxq", classes=["a", "b"])
+    capsys.readouterr()
+    assert main(["export", ckpt, "-o", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
+    assert set(json.loads(capsys.readouterr().out)) == {"path", "format", "bytes"}  # nothing about the .pxq
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_quantize_refuses_a_network_it_cannot_quantize(tmp_path, tiny_splits, capsys):
+    train(run_config(tmp_path, epochs=1, model="cnv", lr=0.01), data=make_splits(size=32))
+    data = write_image_dataset(tmp_path, make_splits(size=32))
+    assert main(["quantize", str(tmp_path / "run" / "checkpoint.pt"), "--data", str(data),
+                 "--out", str(tmp_path / "q")]) == 2
+    assert "takes pixelq's ResNets (resnet20, resnet18); a 'cnv' network is not supported" in capsys.readouterr().err
+
+
+def test_eval_names_the_image_size_to_pass(tmp_path, tiny_splits, capsys):
+    train(run_config(tmp_path, epochs=1), data=tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--data", str(data),
+                 "--image-size", "16"]) == 2
+    assert "--image-size 8 scales square images to it" in capsys.readouterr().err
+
+
+def test_a_corrupt_image_in_a_stream_is_one_clear_line(tmp_path, tiny_splits, capsys):
+    train(run_config(tmp_path, epochs=1), data=tiny_splits)
+    data = write_image_dataset(tmp_path, tiny_splits)
+    broken = sorted((data / "test" / "c1").iterdir())[0]
+    broken.write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "checkpoint.pt"), "--data", str(data), "--stream",
+                 "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"pixelq: error: {broken}: cannot decode image") and "Traceback" not in err, err
+
+
+def test_only_the_first_torchrun_process_prints_the_result(tmp_path, tiny_splits, capsys, monkeypatch):
+    data = write_image_dataset(tmp_path, tiny_splits)
+    argv = ["train", "--data", str(data), "--epochs", "1", "--batch-size", "16", "--quiet"]
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets in the second process (the group itself is not started)
+    monkeypatch.setattr("pixelq.training.train", lambda cfg, **kw: {"top1": 1.0, "top5": 1.0, "n": 1, "epochs": 1,
+                                                                      "train_images_per_s": 1.0})
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("RANK", "0")
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == 1.0

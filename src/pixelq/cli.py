@@ -3,10 +3,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .errors import ConfigError, PixelqError
+
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes: an integer >= 1 (0 would silently mean "the default")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type of seeds and worker counts: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
 
 def _read_mapping(path: str) -> dict:
     """A JSON or YAML file holding one mapping (per-layer overrides)."""
@@ -30,18 +47,23 @@ ENCODER_OPTIONS = {"pixel-embedding": ("d", "bits", "shared", "init"), "thermome
 
 
 def _first_layer_kwargs(args, first_layer: str, recipe_kwargs: dict) -> dict:
-    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's, else the defaults."""
+    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's, else the defaults.
+    ConfigError for a flag the first layer has no use for (it would change nothing)."""
     options = {key: default for key, default in PE_FLAGS.values()}
     options.update(recipe_kwargs)
+    taken = ENCODER_OPTIONS.get(first_layer, ())
     for flag, (key, _) in PE_FLAGS.items():
         if hasattr(args, flag):
+            if key not in taken:
+                raise ConfigError(f"--{flag.replace('_', '-')} does nothing with first layer {first_layer!r}; it sets "
+                                  f"{', '.join(e for e, keys in ENCODER_OPTIONS.items() if key in keys)} options")
             options[key] = not getattr(args, flag) if key == "shared" else getattr(args, flag)
-    return {k: options[k] for k in ENCODER_OPTIONS.get(first_layer, ())}
+    return {k: options[k] for k in taken}
 
 
 def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:
     p.add_argument("--data", help=help_text)
-    p.add_argument("--image-size", type=int, help="scale each image's shorter side to S and keep the centre S x S "
+    p.add_argument("--image-size", type=positive_int, help="scale each image's shorter side to S and keep the centre S x S "
                                                   "(folders of mixed sizes, e.g. ImageNet-style); default: as stored "
                                                   "(eval: the size the checkpoint trained at)")
 
@@ -86,23 +108,25 @@ def _run_train(args) -> None:
     chosen = resolve_config(recipe, **given)  # which first layer the recipe and flags chose, and its options
     kwargs = _first_layer_kwargs(args, chosen.first_layer, chosen.first_layer_kwargs)
     cfg = resolve_config(recipe, **given, first_layer_kwargs=kwargs)
+    unused = [f"--{k.replace('_', '-')}" for k in ("kd_weight", "kd_temperature") if k in given]
+    if unused and cfg.teacher is None:
+        raise ConfigError(f"{' and '.join(unused)}: distillation settings, used only with --teacher; without a teacher "
+                          "they change nothing")
     metrics = train(cfg, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False))
-    print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process has the metrics; one prints them
+        print(json.dumps({k: metrics[k] for k in ("top1", "top5", "n", "epochs", "train_images_per_s")}))
 
 
 def _run_recipes(args) -> None:
-    from .training import list_recipes, read_recipe
+    from .training import list_recipes, read_recipe, resolve_config
 
     if args.name:
-        print(json.dumps(read_recipe(args.name), indent=2))
+        settings = read_recipe(args.name)
+        resolve_config(args.name)  # a file is checked as a run would check it: names, types, values
+        print(json.dumps(settings, indent=2))
         return
     for name, description in list_recipes().items():
         print(f"{name:<24} {description}")
-
-
-def _check_threads(threads: "int | None") -> None:
-    if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be a positive integer, got {threads}")
 
 
 def _run_eval(args) -> None:
@@ -110,7 +134,6 @@ def _run_eval(args) -> None:
     from .training import evaluate, read_checkpoint
     from .training.checkpoint import model_from_checkpoint
 
-    _check_threads(args.threads)
     if args.threads:
         import torch
 
@@ -131,9 +154,11 @@ def _run_demo(args) -> None:
 
 
 def _write_json(path: "str | None", result: dict) -> None:
+    """`result` as JSON at `path` (when given), atomically; ConfigError if it cannot be written there."""
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        from .files import write_json
+
+        write_json(path, result, ConfigError)
 
 
 def _run_bench_train(args) -> None:
@@ -185,6 +210,9 @@ def _run_export(args) -> None:
     from .training import read_checkpoint
     from .training.checkpoint import model_from_checkpoint
 
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise ConfigError(f"{output}: exists; pass --overwrite to replace it, or choose another -o")
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
     if args.format in ("onnx", "onnx-integer", "qonnx"):
@@ -192,13 +220,11 @@ def _run_export(args) -> None:
         from .exporting.onnx import save_onnx
 
         plain = lower_plain(model, ckpt["data"].get("image_shape"))
-        integer_model = fold(plain)
-        save_onnx(plain if args.format == "onnx" else integer_model, args.output, args.format)
-    else:
-        integer_model = export(model, args.output, classes=ckpt["classes"] or None,
-                               image_shape=ckpt["data"].get("image_shape"))
-    size = Path(args.output).stat().st_size
-    print(json.dumps({"path": args.output, "format": args.format, "bytes": size,
+        save_onnx(plain if args.format == "onnx" else fold(plain), output, args.format)
+        print(json.dumps({"path": str(output), "format": args.format, "bytes": output.stat().st_size}))
+        return
+    integer_model = export(model, output, classes=ckpt["classes"] or None, image_shape=ckpt["data"].get("image_shape"))
+    print(json.dumps({"path": str(output), "format": args.format, "bytes": output.stat().st_size,
                       "payload_bytes": payload_bytes(integer_model), "integer_only": integer_model.meta["integer_only"]}))
 
 
@@ -215,8 +241,6 @@ def _run_run(args) -> None:
     from .data import batch_source, batches, open_data
     from .runtime import load
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be a positive integer, got {args.limit}")
     runtime = load(args.model, threads=args.threads, isa=args.isa)
     test = open_data(args.data, image_size=args.image_size, stream=args.stream).test
     if runtime.classes is not None:  # files exported before class names were stored cannot be checked
@@ -238,7 +262,6 @@ def _run_predict(args) -> int:
     from .images import image_files
     from .runtime import load
 
-    _check_threads(args.threads)
     runtime = load(args.model, threads=args.threads, isa=args.isa)
     results = runtime.classify(image_files(args.images), top=args.top)
     failed = [r for r in results if "error" in r]
@@ -277,8 +300,8 @@ def _run_quantize(args) -> None:
     from .training import evaluate, read_checkpoint, save_checkpoint
     from .training.checkpoint import model_from_checkpoint
 
-    if args.calib < 1:
-        raise ConfigError(f"--calib must be a positive number of images, got {args.calib}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"{args.out}: is a file; --out names the folder for checkpoint.pt and metrics.json")
     if (Path(args.out) / "checkpoint.pt").exists():
         raise ConfigError(f"{args.out}: holds a checkpoint already; choose another --out")
     ckpt = read_checkpoint(args.checkpoint)
@@ -288,7 +311,8 @@ def _run_quantize(args) -> None:
     calib = data.train.subset(max(args.calib, len(data.classes)), seed=args.seed)
     images = next(iter(batches(*batch_source(calib), batch_size=len(calib))))[0]  # in memory or streamed
     overrides = _read_mapping(args.overrides) if args.overrides else {}
-    twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"], overrides=overrides)
+    twin = quantize_resnet(model, images, args.method, args.bits, name=ckpt["model"], overrides=overrides,
+                           progress=True)
     out = Path(args.out)
     config = {"ptq": {"method": args.method, "bits": 8 if args.method == "int8" else args.bits,
                       "calibration_images": len(calib), "from": str(args.checkpoint), "overrides": overrides},
@@ -379,13 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test split; prints JSON")
     p.add_argument("--checkpoint", required=True)
     _add_data(p)
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
+    p.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes when streaming")
     p = sub.add_parser("demo", help="float vs fully quantized ResNet on the embedded subset, with a report")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--data", help="data set path; default: embedded subset")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's schedule)")
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs per model (default: the demo's schedule)")
     p.add_argument("--quiet", action="store_true")
     sub.add_parser("models", help="list the registered model names")
     p = sub.add_parser("recipes", help="list the shipped training recipes, or print one's settings")
@@ -393,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="lower a checkpoint to an integer-only, bit-packed .pxq model file (or ONNX)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file (refused otherwise)")
     p.add_argument("--format", choices=("pxq", "onnx", "onnx-integer", "qonnx"), default="pxq",
                    help="pxq: pixelq's runtime; onnx: QDQ, the form ONNX Runtime runs on its int8 kernels; "
                         "onnx-integer: the runtime's integer graph in standard float ops (exact); qonnx: the form "
@@ -400,17 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="classify a data set's test split with the integer runtime; prints JSON")
     p.add_argument("model", help=".pxq model file or zoo:NAME (`pixelq zoo`)")
     _add_data(p)
-    p.add_argument("--limit", type=int, help="only a stratified sample of N test images (the same share of each class)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--limit", type=positive_int, help="only a stratified sample of N test images (the same share of each class)")
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--stream", action="store_true", help="read image folders lazily (data larger than memory)")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes when streaming")
+    p.add_argument("--workers", type=nonnegative_int, default=2, help="decoding processes when streaming")
     _add_isa(p)
     p = sub.add_parser("predict", help="classify image files (JPEG, PNG, any size or mode) with a .pxq model or zoo:NAME")
     p.add_argument("model", help=".pxq model file or zoo:NAME (`pixelq zoo`)")
     p.add_argument("images", nargs="+", help="image files, folders (their images, subfolders included) or glob patterns")
-    p.add_argument("--top", type=int, default=3, help="how many classes to print per image (default 3)")
+    p.add_argument("--top", type=positive_int, default=3, help="how many classes to print per image (default 3)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=positive_int)
     _add_isa(p)
     p = sub.add_parser("zoo", help="list the trained models shipped with pixelq (load them as zoo:NAME)")
     p.add_argument("--json", action="store_true", help="print the registry as JSON")
@@ -418,40 +443,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a float network's checkpoint.pt")
     p.add_argument("--method", default="int8", choices=("int8", "rtn", "gpfq"))
     p.add_argument("--bits", type=int, default=4, help="weight bits for rtn and gpfq (int8 is 8)")
-    p.add_argument("--calib", type=int, default=512, help="training images that calibrate (and drive GPFQ)")
+    p.add_argument("--calib", type=positive_int, default=512, help="training images that calibrate (and drive GPFQ)")
     p.add_argument("--data", help="the data the network was trained on; default: embedded subset")
-    p.add_argument("--seed", type=int, default=0, help="which calibration images (a stratified draw)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="which calibration images (a stratified draw)")
     p.add_argument("--out", required=True, help="folder for checkpoint.pt and metrics.json")
     p.add_argument("--overrides", help="JSON/YAML file: {layer-name pattern: 'grid:k[:tensor]'} (mixed precision)")
     p = sub.add_parser("bitops", help="per-layer MACs, bits and bit-operations (BOPs) of a checkpoint or .pxq file")
     p.add_argument("model", help="checkpoint.pt or model.pxq")
-    p.add_argument("--image-size", type=int, help="count on S x S images (default: the size the model trained on)")
+    p.add_argument("--image-size", type=positive_int, help="count on S x S images (default: the size the model trained on)")
     p.add_argument("--json", help="write the rows and totals here")
     p = sub.add_parser("inspect", help="print a .pxq model file's layers (op, shapes, bits, MACs) and metadata")
     p.add_argument("model")
-    p.add_argument("--image-size", type=int, help="shapes for S x S images (default: the size the model trained on)")
+    p.add_argument("--image-size", type=positive_int, help="shapes for S x S images (default: the size the model trained on)")
     p.add_argument("--json", help="write the manifest's nodes, metadata and the table here")
     _add_isa(p)
     p = sub.add_parser("bench-train", help="train step time of float vs quantized variants, timed in one run")
     p.add_argument("--model", default="resnet20")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each variant keeps its best (a noisy machine)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--steps", type=positive_int, default=10)
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved rounds; each variant keeps its best (a noisy machine)")
+    p.add_argument("--threads", type=positive_int)
     p.add_argument("--compile", action="store_true",
                    help="also time the fully quantized variant under torch.compile (its compile time is reported apart)")
     p.add_argument("--json", help="write the results here")
     p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32 and ONNX Runtime int8, timed in one run")
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--json", help="write the results here")
     _add_isa(p)
     p = sub.add_parser("bench-data", help="cached load, uint8 augmentation and decode/streaming throughput")
     p.add_argument("--data", help="data set path; default: embedded subset")
     p.add_argument("--folders", help="image folders to time decoding and streaming on (e.g. extracted CIFAR-10-JPEG)")
-    p.add_argument("--decode-images", type=int, default=5000, help="how many of the folders' train images to decode")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decode-images", type=positive_int, default=5000, help="how many of the folders' train images to decode")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--json", help="write the results here")
     return parser
 
@@ -462,7 +487,10 @@ COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models":
 
 
 def main(argv: "list[str] | None" = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error (or the help): its status is ours
+        return e.code
     try:
         return COMMANDS[args.command](args) or 0
     except PixelqError as e:

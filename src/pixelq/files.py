@@ -1,6 +1,7 @@
 """Writing files so that a failure never leaves a half-written file or a stray temp file behind."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,9 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error
     path = Path(path)
     if path.is_dir():
         raise error(f"{path}: is a folder; give a file name for the {what}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise error(f"{path}: cannot write the {what}: {blocking} is a file, not a folder")
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,11 +38,13 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error
         os.chmod(tmp, 0o666 & ~_umask())  # as open() would: some writers (safetensors) create files 0600
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # under a file, even the temp name cannot be looked at
+            tmp.unlink(missing_ok=True)
         kept = " (the previous one is kept)" if path.exists() else ""
         raise error(f"{path}: cannot write the {what}{kept}: {e.strerror or e}") from e
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -70,8 +70,10 @@ def check_trained_on(images, classes: list, image_shape: "tuple | None", model: 
                         "its predictions would be scored against the wrong labels. Use data with the same "
                         "class folders (names and order)")
     if image_shape and tuple(image_shape) != images.image_shape:
+        h, w, _ = image_shape
+        scale = f"--image-size {h} scales square images to it" if h == w else "scale the images to it"
         raise DataError(f"{model} was trained on images of shape {tuple(image_shape)} (H, W, C), the data has "
-                        f"{images.image_shape}; pass --image-size to scale them, or use the matching data")
+                        f"{images.image_shape}; {scale}, or use the matching data")
 
 
 @dataclass

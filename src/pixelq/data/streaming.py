@@ -74,14 +74,23 @@ class StreamedImages(torch.utils.data.Dataset):
         return a
 
     def __getitem__(self, i: int) -> tuple:
-        return self.decode(i), int(self.labels[i])
+        """(image, label), or (None, the error's message) for a file that cannot be read: `loader` raises
+        it in the reading process, so the user sees the message, not a worker's traceback."""
+        try:
+            return self.decode(i), int(self.labels[i])
+        except DataError as e:
+            return None, str(e)
 
     def loader(self, index_batches: list, workers: int):
-        """(uint8 NHWC tensor, int64 labels) for each list of indices, decoded by `workers` processes."""
+        """(uint8 NHWC tensor, int64 labels) for each list of indices, decoded by `workers` processes;
+        DataError naming the first file of a batch that cannot be read."""
         self._shape = self.image_shape  # known before the workers copy this object
         index_batches = [[int(i) for i in idx] for idx in index_batches]
-        return torch.utils.data.DataLoader(self, batch_sampler=index_batches, num_workers=workers,
-                                           collate_fn=_collate, persistent_workers=False)
+        for images, labels in torch.utils.data.DataLoader(self, batch_sampler=index_batches, num_workers=workers,
+                                                          collate_fn=_collate, persistent_workers=False):
+            if images is None:
+                raise DataError(labels)
+            yield images, labels
 
     def subset(self, n: int, seed: int = 0) -> "StreamedImages":
         """A stratified subset of about n images, the same one `ImageSet.subset` draws."""
@@ -126,6 +135,9 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator, 
 
 
 def _collate(items: list) -> tuple:
+    failed = next((message for image, message in items if image is None), None)
+    if failed is not None:
+        return None, failed
     return torch.from_numpy(np.stack([a for a, _ in items])), torch.tensor([y for _, y in items], dtype=torch.int64)
 
 

@@ -26,6 +26,9 @@ def export(model: nn.Module, path: "str | Path", classes: "list | None" = None,
                           "meaningless. Export a checkpoint from before it diverged")
     integer_model = lower(model.eval(), image_shape)
     if classes is not None:
+        if len(classes) != integer_model.meta["num_classes"] or not all(isinstance(c, str) for c in classes):
+            raise ExportError(f"classes must name each of the model's {integer_model.meta['num_classes']} outputs "
+                              f"once, got {len(classes)} names: {list(classes)[:12]}")
         integer_model.meta["classes"] = list(classes)
     if image_shape is not None:
         integer_model.meta["image_shape"] = [int(v) for v in image_shape]

@@ -5,6 +5,8 @@ Pixel embedding is the product's core; the others are the baselines it is compar
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -308,5 +310,22 @@ class PixelEmbedding(nn.Module):
 
 
 def make_encoder(name: str, in_channels: int, **kwargs) -> nn.Module:
-    """Build the first-layer encoder `name` for images with `in_channels` colours."""
+    """Build the first-layer encoder `name` for images with `in_channels` colours (`check_encoder_options`)."""
+    check_encoder_options(name, kwargs)
     return ENCODERS.get(name)(in_channels, **kwargs)
+
+
+def check_encoder_options(name: str, kwargs: dict) -> None:
+    """ConfigError for an unknown first layer, an option it does not take, or a value of another type
+    than the option's default."""
+    factory = ENCODERS.get(name)
+    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items() if k != "in_channels"}
+    for key, value in kwargs.items():
+        if key not in defaults:
+            raise ConfigError(f"first layer {name!r} takes no option {key!r}; its options: "
+                              f"{', '.join(defaults) or 'none'}")
+        kind = type(defaults[key])
+        fits = isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) or (
+            kind is float and isinstance(value, int) and not isinstance(value, bool))
+        if not fits:
+            raise ConfigError(f"first layer {name!r}: option {key!r} takes {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")

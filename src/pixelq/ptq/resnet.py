@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from ..errors import ConfigError
 from ..models import create_model
@@ -30,6 +31,10 @@ FLOAT_SCALE, FLOAT_SHIFT = 63.75, 127.5  # FloatInput: (p - 127.5) / 63.75; Int8
 
 
 def _twin(model: ResNet, name: str, method: str, bits: int, overrides: dict) -> ResNet:
+    if not isinstance(model, ResNet):
+        raise ConfigError(f"post-training quantization takes pixelq's ResNets (resnet20, resnet18); a {name!r} "
+                          "network is not supported yet: train it quantized instead (`pixelq train --wbits ... "
+                          "--init CHECKPOINT`)")
     cfg = model.config
     if cfg.first_layer != "float" or cfg.wbits != 32 or cfg.abits != 32:
         raise ConfigError("post-training quantization starts from a float network (first layer, weights and "
@@ -102,9 +107,10 @@ def _conv_inputs(model: nn.Module, names: list, images: Tensor, rows: int) -> di
 
 @torch.no_grad()
 def quantize_resnet(model: ResNet, images: Tensor, method: str = "int8", bits: int = 8, rows: int = 4096,
-                    name: str = "resnet20", overrides: "dict | None" = None) -> ResNet:
+                    name: str = "resnet20", overrides: "dict | None" = None, progress: bool = False) -> ResNet:
     """The twin of float `model` (the registered model `name`; module doc), calibrated on uint8
-    `images` (N, H, W, C); `overrides` gives single convs other weight grids."""
+    `images` (N, H, W, C); `overrides` gives single convs other weight grids; `progress` shows a bar
+    over the layers rtn and gpfq quantize (GPFQ takes minutes)."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {method!r}")
     if method != "int8" and not 1 <= bits <= 8:
@@ -116,7 +122,8 @@ def quantize_resnet(model: ResNet, images: Tensor, method: str = "int8", bits: i
         convs = [n for n, m in twin.named_modules() if isinstance(m, nn.Conv2d) and n != "stem.conv"]
         float_inputs = _conv_inputs(model, convs, images, rows)  # the float network does not change
         float_layers, layers = dict(model.named_modules()), dict(twin.named_modules())
-        for name in convs:  # in execution order: each layer sees the layers before it quantized
+        for name in tqdm(convs, desc=f"{method} {bits}-bit", unit="layer", disable=not progress, leave=False):
+            # in execution order: each layer sees the layers before it quantized
             layer, w = layers[name], float_layers[name].weight.double().flatten(1)
             x, xq = float_inputs[name], _conv_inputs(twin, [name], images, rows)[name]
             best, layer_bits = None, layer.weight_quantizer.bits  # `bits`, or the layer's own override

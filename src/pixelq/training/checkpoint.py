@@ -74,9 +74,28 @@ def read_checkpoint(path: "str | os.PathLike") -> dict:
             raw[key] = json.loads(raw[key])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: the checkpoint's {key!r} field is not valid JSON ({e})") from e
-    if not isinstance(raw["model_kwargs"], dict) or not isinstance(raw["config"], dict):
-        raise CheckpointError(f"{path}: the checkpoint's model_kwargs and config must be JSON objects")
+    problems = _field_problems(raw)
+    if problems:
+        raise CheckpointError(f"{path}: not a valid pixelq checkpoint ({'; '.join(problems)})")
     return raw
+
+
+def _field_problems(raw: dict) -> list:
+    """What is wrong with a decoded checkpoint's fields, field by field (a file edited by hand)."""
+    problems = []
+    for key, kind in (("model", str), ("model_kwargs", dict), ("config", dict), ("history", list), ("classes", list),
+                      ("data", dict), ("state_dict", dict)):
+        if not isinstance(raw[key], kind):
+            problems.append(f"{key} must be a {kind.__name__}, got {type(raw[key]).__name__}")
+    if isinstance(raw["epoch"], bool) or not isinstance(raw["epoch"], int) or raw["epoch"] < 0:
+        problems.append(f"epoch must be an integer >= 0, got {raw['epoch']!r}")
+    if isinstance(raw["classes"], list) and not all(isinstance(c, str) for c in raw["classes"]):
+        problems.append("classes must be names (text)")
+    shape = raw["data"].get("image_shape") if isinstance(raw["data"], dict) else None
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        problems.append(f"data.image_shape must be [H, W, C] of positive integers, got {shape!r}")
+    return problems
 
 
 def model_from_checkpoint(ckpt: dict, path: str = "checkpoint") -> nn.Module:

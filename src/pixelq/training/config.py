@@ -90,6 +90,10 @@ class TrainConfig:
     progress: bool = setting(True, "progress bar and one line per epoch (CLI: --quiet turns both off)", cli=False)
 
     def validate(self) -> None:
+        from ..nn.encoders import check_encoder_options
+
+        check_types(self)
+        check_encoder_options(self.first_layer, self.first_layer_kwargs)
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -101,6 +105,8 @@ class TrainConfig:
             optional = name in ("threads", "train_subset", "test_subset")
             if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "saq_rho", "ema_decay"):
@@ -115,6 +121,8 @@ class TrainConfig:
         if self.crop == "resized" and not (self.stream and self.image_size):
             raise ConfigError("crop=resized draws a new crop of each full image every epoch: it needs --stream and "
                               "--image-size S (in memory only the S x S centre is kept)")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) must not be longer than training ({self.epochs} epochs)")
         if self.schedule == "onecycle" and self.warmup_epochs:
             raise ConfigError("the onecycle schedule brings its own warm-up; drop warmup_epochs")
         if self.kd_weight > 1:
@@ -131,6 +139,33 @@ class TrainConfig:
             **({"residual_bits": self.residual_bits} if self.residual_bits is not None else {}),
             **({"signed_residual": True} if self.signed_residual else {}),
         }
+
+
+_KINDS = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "dict": (dict,)}
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """ConfigError naming every field whose value is not of its declared type (a recipe's `augment: "no"`,
+    `lr: "0.01"`, `wbits: true`), the choices of fields that have them, and the overrides' form."""
+    wrong = []
+    for f in fields(cfg):
+        value, declared = getattr(cfg, f.name), f.type.replace(" ", "").strip("'\"")
+        optional = declared.endswith("|None")
+        kinds = _KINDS[declared.removesuffix("|None")]
+        fits = (optional and value is None) or (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)))
+        if not fits:
+            wrong.append(f"{f.name} takes {'an' if declared[0] in 'i' else 'a'} {declared.replace('|None', ' or null')}, "
+                         f"got {value!r}")
+        elif "choices" in f.metadata and value not in f.metadata["choices"]:
+            wrong.append(f"{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+    if isinstance(cfg.overrides, dict) and not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in cfg.overrides.items()):
+        wrong.append(f"overrides maps layer-name patterns to quantizer specs (text to text), got {cfg.overrides!r}")
+    if wrong:
+        raise ConfigError("; ".join(wrong))
+    for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "kd_temperature",
+                 "saq_rho", "ema_decay"):
+        setattr(cfg, name, float(getattr(cfg, name)))  # an int in a recipe is that float
 
 
 # Fields that may differ between a run and its resumption without changing the result.
