@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from unittest import mock
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 import numpy as np
 import pytest
 import torch
@@ -185,6 +188,15 @@ def _resave_with_manifest(src, dst, change):
     save_file(blobs, str(dst), metadata=metadata)
 
 
+def _reshape(manifest, name, change, shrink=False):
+    """Give tensor `name` another shape: the same element count, or (shrink) fewer, its bytes cut to fit."""
+    entry = manifest["tensors"][name]
+    old = entry["shape"]
+    entry["shape"] = change(old)
+    if shrink:
+        entry["length"] = -(-int(np.prod(entry["shape"])) * entry["bits"] // 8)
+
+
 def _first_packed(manifest):
     return next(t for t in manifest["tensors"].values() if t["packed"])
 
@@ -193,10 +205,17 @@ def _first_packed(manifest):
     (lambda m: _first_packed(m).pop("bits"), "KeyError"),
     (lambda m: _first_packed(m).__setitem__("offset", 10**6), "lies past the end"),
     (lambda m: _first_packed(m).__setitem__("length", _first_packed(m)["length"] - 1), "do not hold"),
-    (lambda m: m["nodes"][1].__setitem__("inputs", ["nowhere"]), "name no layer"),
+    (lambda m: m["nodes"][1].__setitem__("inputs", ["nowhere"]), "input 'nowhere' is no earlier node"),
+    (lambda m: m["nodes"][1].__setitem__("inputs", [m["nodes"][5]["name"]]), "is no earlier node"),
     (lambda m: m["nodes"][1].pop("stride"), "missing stride"),
     (lambda m: m["nodes"][1].__setitem__("op", "exec"), "unknown op 'exec'"),
-    (lambda m: m["nodes"][1].__setitem__("kernel", "3"), "kernel must be numbers"),
+    (lambda m: m["nodes"][1].__setitem__("kernel", "3"), "kernel must be an integer >= 1, got '3'"),
+    (lambda m: m["nodes"][1].__setitem__("stride", 0), "stride must be an integer >= 1, got 0"),
+    (lambda m: m["nodes"][1].__setitem__("padding", 10**7), "padding must be an integer in \\[0, 32768\\]"),
+    (lambda m: m["nodes"][1].__setitem__("padding", 3), "padding 3 must be smaller than the kernel"),
+    (lambda m: _reshape(m, "stem.conv.weight", lambda s: [s[0], s[1] * s[2], 1, s[3]]), "weight has shape"),
+    (lambda m: _reshape(m, "stem.conv.weight", lambda s: [s[0] // 2, *s[1:]], shrink=True), "weight has shape"),
+    (lambda m: m["meta"].__setitem__("output", "stem.conv"), "must name the node of the 3 logits"),
 ])
 def test_an_edited_model_file_with_a_recomputed_checksum(tmp_path, tiny_splits, change, message):
     train(run_config(tmp_path, epochs=1, **QUANT), data=tiny_splits)
@@ -577,3 +596,57 @@ def test_only_the_first_torchrun_process_prints_the_result(tmp_path, tiny_splits
     monkeypatch.setenv("RANK", "0")
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == 1.0
+
+
+HOSTILE = [0, -1, 1, 2, 3, 7, 255, 10**9, 2**31, -2**31, 1.5, float("inf"), "x", None, True, [], [1, 2], {}]
+
+
+def _zoo_manifest():
+    import base64
+    import zlib
+
+    from safetensors import safe_open
+
+    from pixelq.zoo import zoo_path
+
+    with safe_open(str(zoo_path("resnet20-w1a2-pe-qlast-r4s")), framework="np") as f:
+        return json.loads(zlib.decompress(base64.b64decode(f.metadata()["manifest"])))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_manifests_give_an_error_or_a_consistent_model_never_a_crash(tmp_path, data):
+    """Random edits of a shipped model's manifest, checksum recomputed: the file is refused with
+    ModelFileError, or it loads as a graph whose every rule holds and runs to logits of the right shape."""
+    from pixelq.integer import check_graph, load_model
+    from pixelq.zoo import zoo_path
+
+    manifest = _zoo_manifest()
+    where = data.draw(st.sampled_from(["node", "node", "node", "tensor", "meta"]))
+    if where == "node":
+        node = data.draw(st.sampled_from(manifest["nodes"]))
+        key = data.draw(st.sampled_from(sorted(node)))
+        names = [n["name"] for n in manifest["nodes"]]
+        value = data.draw(st.sampled_from(HOSTILE + [[data.draw(st.sampled_from(names + ["image"]))]]))
+    elif where == "tensor":
+        node = data.draw(st.sampled_from(sorted(manifest["tensors"])))
+        node = manifest["tensors"][node]
+        key = data.draw(st.sampled_from(["shape", "offset", "length", "bits", "lowest", "stride", "blob"]))
+        shape = node["shape"]
+        value = data.draw(st.sampled_from(HOSTILE + [shape[::-1], [int(np.prod(shape))], shape[:-1], [*shape, 1]]))
+    else:
+        node = manifest["meta"]
+        key = data.draw(st.sampled_from(sorted(node)))
+        value = data.draw(st.sampled_from(HOSTILE + [[32, 32], [32, 32, 1], [4096, 4096, 3]]))
+    node[key] = value
+    bad = tmp_path / "fuzzed.pxq"
+    _resave_with_manifest(zoo_path("resnet20-w1a2-pe-qlast-r4s"), bad, lambda m: m.clear() or m.update(manifest))
+    try:
+        runtime = load(bad)
+    except ModelFileError:
+        return
+    model = load_model(bad)
+    check_graph(model.nodes, model.tensors, model.meta)  # loaded: every rule holds
+    shape = tuple(model.meta.get("image_shape") or (32, 32, 3))
+    logits = runtime.logits(np.zeros((2, *shape), np.uint8))
+    assert logits.shape == (2, model.meta["num_classes"])

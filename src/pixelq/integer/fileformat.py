@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import ModelFileError
 from ..files import atomic_write
 from ..zoo import resolve
-from .graph import IntegerModel, check_node
+from .graph import IntegerModel
+from .ops import check_graph
 from .packing import code_bits, pack_bits, unpack_bits
 
 FORMAT = "pixelq-model"
@@ -132,18 +133,12 @@ def load_model(path) -> IntegerModel:
     the manifest does not describe the stored tensors (even when its checksum was recomputed)."""
     manifest, blobs = read_manifest(path)
     try:
-        tensors = {name: _tensor(blobs, name, t) for name, t in manifest["tensors"].items()}
-        nodes, meta = manifest["nodes"], manifest["meta"]
-        for node in nodes:
-            check_node(node)
-        missing = [f"{n['name']}.{k}" for n in nodes for k in n["tensors"] if f"{n['name']}.{k}" not in tensors]
-        if missing:
-            raise ValueError(f"nodes use tensors the file does not hold: {', '.join(missing[:5])}")
-        known = {"image"} | {n["name"] for n in nodes}
-        unknown = [i for n in nodes for i in n["inputs"] if i not in known]
-        if unknown or meta["output"] not in known:
-            raise ValueError(f"inputs or output name no layer: {unknown or meta['output']}")
-    except (KeyError, TypeError, ValueError, IndexError) as e:
+        nodes, meta, layout = manifest["nodes"], manifest["meta"], manifest["tensors"]
+        if not isinstance(layout, dict):
+            raise ValueError("the manifest's tensors must be an object")
+        tensors = {name: _tensor(blobs, name, t) for name, t in layout.items()}
+        check_graph(nodes, tensors, meta)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise ModelFileError(f"{path}: the manifest does not describe a valid model ({type(e).__name__}: {e}); "
                              "export it again with `pixelq export`") from e
     return IntegerModel(nodes, tensors, meta)

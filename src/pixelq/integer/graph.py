@@ -25,37 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ops import OPS, infer_shapes
 from .packing import code_bits
-
-# What each op's node carries besides op, name, inputs: its attributes and its tensors.
-NODE_SCHEMA = {
-    "lut": ({"d", "in_channels", "qmin", "qmax", "step"}, {"lut"}),
-    "conv": ({"in_channels", "out_channels", "input_range", "kernel", "stride", "padding", "weight_bits",
-              "weight_lowest", "weight_stride"}, {"weight"}),
-    "threshold": ({"qmin", "qmax", "step"}, {"direction", "thresholds"}),
-    "add_clip": ({"qmin", "qmax", "step"}, set()),
-    "subsample_pad": ({"stride", "extra_channels"}, set()),
-    "max_pool": ({"kernel", "stride"}, set()),
-    "sum_pool": ({"step"}, set()),
-    "linear": ({"in_channels", "out_channels", "weight_bits", "weight_lowest", "weight_stride"}, {"weight"}),
-    "linear_float": ({"step"}, {"weight", "bias"}),
-    "affine": (set(), {"scale", "bias"}),
-    "quantize": ({"qmin", "qmax", "step"}, set()),
-}
-
-
-def check_node(node: dict) -> None:
-    """ValueError unless `node` is a known op with exactly the attributes and tensors NODE_SCHEMA names."""
-    if node.get("op") not in NODE_SCHEMA:
-        raise ValueError(f"node {node.get('name')!r}: unknown op {node.get('op')!r}")
-    attrs, tensors = NODE_SCHEMA[node["op"]]
-    missing = sorted(attrs - set(node)) + sorted(tensors - set(node["tensors"]))
-    if missing or not isinstance(node["name"], str) or not isinstance(node["inputs"], list):
-        raise ValueError(f"node {node['name']!r} ({node['op']}): missing {', '.join(missing) or 'name or inputs'}")
-    bad = [k for k in attrs if not isinstance(node[k], (int, float, list)) or isinstance(node[k], bool)]
-    if bad:
-        raise ValueError(f"node {node['name']!r} ({node['op']}): {', '.join(sorted(bad))} must be numbers")
-
 
 @dataclass
 class IntegerModel:
@@ -74,34 +45,20 @@ class IntegerModel:
 
 def graph_table(model: IntegerModel, image_shape: tuple) -> list[dict]:
     """One row per node on one (H, W, C) image: name, op, inputs, output shape, the bits of its
-    output codes (None for accumulators and logits) and its MACs (convs and linear layers)."""
-    shape = {"image": tuple(image_shape)}
+    output codes (None for accumulators and logits) and its MACs (convs and linear layers); shapes
+    and MACs from each node's op class (`ops`), which checks the graph on the way."""
+    shapes = infer_shapes(model.nodes, model.tensors, tuple(image_shape))
     bits = {"image": 8}
     rows = []
     for node in model.nodes:
-        op, inp = node["op"], node["inputs"][0]
-        h, w, c = shape[inp] if len(shape[inp]) == 3 else (1, 1, shape[inp][0])
-        macs = 0
-        if op == "lut":
-            c = node["in_channels"] * node["d"]
-        elif op == "conv":
-            k, s, p = node["kernel"], node["stride"], node["padding"]
-            h, w, c = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, node["out_channels"]
-            macs = h * w * c * node["in_channels"] * k * k // node.get("groups", 1)
-        elif op == "subsample_pad":
-            h, w, c = -(-h // node["stride"]), -(-w // node["stride"]), c + node["extra_channels"]
-        elif op == "max_pool":
-            h, w = (h - node["kernel"]) // node["stride"] + 1, (w - node["kernel"]) // node["stride"] + 1
-        shape[node["name"]] = (c,) if op == "sum_pool" else (h, w, c)
-        if op in ("linear", "linear_float"):
-            out_c, in_c = model.tensors[f"{node['name']}.weight"].shape
-            shape[node["name"]], macs = (out_c,), out_c * in_c
+        op, inp = OPS[node["op"]], node["inputs"][0]
         if "qmin" in node:
             bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
-        elif op in ("subsample_pad", "sum_pool", "max_pool"):
+        elif node["op"] in ("subsample_pad", "sum_pool", "max_pool"):
             bits[node["name"]] = bits[inp]  # the same codes, moved or summed
-        rows.append({"layer": node["name"], "op": op, "inputs": node["inputs"], "shape": list(shape[node["name"]]),
-                     "bits": bits.get(node["name"]), "input_bits": bits.get(inp), "macs": macs})
+        rows.append({"layer": node["name"], "op": node["op"], "inputs": node["inputs"],
+                     "shape": list(shapes[node["name"]]), "bits": bits.get(node["name"]), "input_bits": bits.get(inp),
+                     "macs": op.macs(node, shapes[inp], shapes[node["name"]], model.tensors)})
     return rows
 
 

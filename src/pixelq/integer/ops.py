@@ -1,0 +1,357 @@
+"""The integer ops, one class each: what a node of it carries (attributes, tensors, inputs), the
+rules it must keep, the shape of its output and its MACs. `check_graph` applies them to a whole
+model, so a model file whose manifest was edited - even with its checksum recomputed - is refused
+before anything is allocated or run, and `infer_shapes` gives `pixelq inspect` and `bitops` the
+same shapes the checks computed.
+
+Shapes are per image: (H, W, C) for maps, (C,) for pooled sums and logits. Nodes are dicts
+(`op`, `name`, `inputs`, `tensors` and the op's attributes); their tensors live in the model's
+`tensors` dict as "<node name>.<tensor>".
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MAX_SIDE = 1 << 15  # pixels on an image side
+MAX_ELEMENTS = 1 << 28  # values of one node's output for one image: far above any CNN here, far below a crash
+MAX_BITS = 32
+
+
+def _fail(node: dict, message: str):
+    raise ValueError(f"node {node.get('name')!r} ({node.get('op')}): {message}")
+
+
+# attribute rules: each a test of the value and the words for what it must be
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+RULES = {
+    "int": (_is_int, "an integer"),
+    "count": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "size": (lambda v: _is_int(v) and 0 <= v <= MAX_SIDE, f"an integer in [0, {MAX_SIDE}]"),
+    "bits": (lambda v: _is_int(v) and 1 <= v <= MAX_BITS, f"an integer in [1, {MAX_BITS}]"),
+    "positive": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                 "a finite number > 0"),
+    "range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)) and v[0] <= v[1],
+              "[lowest, highest] integers"),
+}
+
+
+class Op:
+    """One integer op. Subclasses set the class attributes and `output_shape` (and `macs`)."""
+
+    name = ""
+    attrs: dict = {}  # attribute -> rule name (RULES); every one required
+    optional: dict = {}  # attribute -> rule name; may be absent
+    tensors: tuple = ()  # the tensors a node of this op holds, by short name
+    inputs = 1
+    spatial_input = True  # reads an (H, W, C) map (else a (C,) vector)
+
+    def check_node(self, node: dict) -> None:
+        """ValueError unless the node has exactly this op's tensors, its inputs' count and its
+        attributes, each keeping its rule."""
+        if not isinstance(node.get("name"), str) or not node["name"] or node["name"] == "image":
+            _fail(node, "a node needs a name (other than 'image')")
+        if not isinstance(node.get("inputs"), list) or len(node["inputs"]) != self.inputs \
+                or not all(isinstance(i, str) for i in node["inputs"]):
+            _fail(node, f"takes {self.inputs} input name(s), got {node.get('inputs')!r}")
+        if not isinstance(node.get("tensors"), list) or sorted(node["tensors"]) != sorted(self.tensors):
+            _fail(node, f"holds tensors {list(self.tensors)}, got {node.get('tensors')!r}")
+        missing = sorted(set(self.attrs) - set(node))
+        if missing:
+            _fail(node, f"missing {', '.join(missing)}")
+        for key, rule in {**self.attrs, **{k: r for k, r in self.optional.items() if k in node}}.items():
+            test, words = RULES[rule]
+            if not test(node[key]):
+                _fail(node, f"{key} must be {words}, got {node[key]!r}")
+        if "qmin" in self.attrs and node["qmin"] > node["qmax"]:
+            _fail(node, f"qmin {node['qmin']} > qmax {node['qmax']}")
+
+    def output_shape(self, node: dict, shapes: list, tensors: dict) -> tuple:
+        """The output's per-image shape from the inputs' shapes and the node's tensors' shapes;
+        ValueError where they disagree."""
+        raise NotImplementedError
+
+    def macs(self, node: dict, in_shape: tuple, out_shape: tuple, tensors: dict) -> int:
+        return 0
+
+
+OPS: dict = {}
+
+
+def register(cls):
+    """Class decorator: one instance of each op, by its name."""
+    if cls.name in OPS:
+        raise ValueError(f"op {cls.name!r} is registered twice")
+    OPS[cls.name] = cls()
+    return cls
+
+
+def _shape_of(node: dict, tensors: dict, key: str) -> tuple:
+    return tuple(np.shape(tensors[f"{node['name']}.{key}"]))
+
+
+def _expect(node: dict, what: str, got: tuple, want: tuple) -> None:
+    if tuple(got) != tuple(want):
+        _fail(node, f"{what} has shape {tuple(got)}, the graph needs {tuple(want)}")
+
+
+@register
+class Lookup(Op):
+    """uint8 image -> codes: each pixel value of channel t indexes table t (or the one shared table)."""
+
+    name = "lut"
+    attrs = {"d": "count", "in_channels": "count", "qmin": "int", "qmax": "int", "step": "positive"}
+    tensors = ("lut",)
+
+    def output_shape(self, node, shapes, tensors):
+        h, w, c = shapes[0]
+        if node["inputs"] != ["image"] or c != node["in_channels"]:
+            _fail(node, f"looks up the {node['in_channels']} channels of the image, got input {node['inputs']} "
+                        f"with {c} channels")
+        tables = _shape_of(node, tensors, "lut")
+        if len(tables) != 3 or tables[0] not in (1, c) or tables[1:] != (256, node["d"]):
+            _fail(node, f"lut has shape {tables}, the graph needs (1 or {c}, 256, {node['d']})")
+        return h, w, c * node["d"]
+
+
+def _window(node: dict, side: "int | None", kernel: int, stride: int, padding: int = 0) -> "int | None":
+    """Output length of a window sliding over `side` (None: not known here)."""
+    if side is None:
+        return None
+    if side + 2 * padding < kernel:
+        _fail(node, f"a {kernel}-wide window does not fit {side} pixels (padding {padding})")
+    return (side + 2 * padding - kernel) // stride + 1
+
+
+@register
+class Conv(Op):
+    """codes -> int accumulators: a k x k integer conv, zero padding, optional groups."""
+
+    name = "conv"
+    attrs = {"in_channels": "count", "out_channels": "count", "input_range": "range", "kernel": "count",
+             "stride": "count", "padding": "size", "weight_bits": "bits", "weight_lowest": "int",
+             "weight_stride": "count"}
+    optional = {"groups": "count"}
+    tensors = ("weight",)
+
+    def output_shape(self, node, shapes, tensors):
+        h, w, c = shapes[0]
+        k, g = node["kernel"], node.get("groups", 1)
+        if c != node["in_channels"] or c % g or node["out_channels"] % g:
+            _fail(node, f"reads {node['in_channels']} channels in {g} group(s), got {c}")
+        if node["padding"] >= k:
+            _fail(node, f"padding {node['padding']} must be smaller than the kernel ({k})")
+        _expect(node, "weight", _shape_of(node, tensors, "weight"), (node["out_channels"], k, k, c // g))
+        return (_window(node, h, k, node["stride"], node["padding"]), _window(node, w, k, node["stride"], node["padding"]),
+                node["out_channels"])
+
+    def macs(self, node, in_shape, out_shape, tensors):
+        h, w, c = out_shape
+        return h * w * c * node["in_channels"] * node["kernel"] ** 2 // node.get("groups", 1)
+
+
+@register
+class Threshold(Op):
+    """accumulators -> codes: qmin + the number of thresholds a channel's value reaches."""
+
+    name = "threshold"
+    attrs = {"qmin": "int", "qmax": "int", "step": "positive"}
+    tensors = ("direction", "thresholds")
+    spatial_input = None  # maps and vectors alike
+
+    def output_shape(self, node, shapes, tensors):
+        c = shapes[0][-1]
+        _expect(node, "direction", _shape_of(node, tensors, "direction"), (c,))
+        _expect(node, "thresholds", _shape_of(node, tensors, "thresholds"), (c, node["qmax"] - node["qmin"]))
+        return shapes[0]
+
+
+@register
+class AddClip(Op):
+    """codes + codes (less an optional shift), clipped to [qmin, qmax]: a residual add."""
+
+    name = "add_clip"
+    attrs = {"qmin": "int", "qmax": "int", "step": "positive"}
+    optional = {"shift": "int"}
+    inputs = 2
+    spatial_input = None
+
+    def output_shape(self, node, shapes, tensors):
+        if shapes[0] != shapes[1]:
+            _fail(node, f"adds maps of different shapes {shapes[0]} and {shapes[1]}")
+        return shapes[0]
+
+
+@register
+class SubsamplePad(Op):
+    """A ResNet's option-A shortcut: every stride-th pixel, zero channels appended."""
+
+    name = "subsample_pad"
+    attrs = {"stride": "count", "extra_channels": "size"}
+
+    def output_shape(self, node, shapes, tensors):
+        h, w, c = shapes[0]
+        s = node["stride"]
+        return (None if h is None else -(-h // s)), (None if w is None else -(-w // s)), c + node["extra_channels"]
+
+
+@register
+class MaxPool(Op):
+    """codes -> the largest code of each k x k window, stride s."""
+
+    name = "max_pool"
+    attrs = {"kernel": "count", "stride": "count"}
+
+    def output_shape(self, node, shapes, tensors):
+        h, w, c = shapes[0]
+        return _window(node, h, node["kernel"], node["stride"]), _window(node, w, node["kernel"], node["stride"]), c
+
+
+@register
+class SumPool(Op):
+    """codes -> per-channel sums over the map (the global average pool, its count applied later)."""
+
+    name = "sum_pool"
+    attrs = {"step": "positive"}
+
+    def output_shape(self, node, shapes, tensors):
+        return (shapes[0][2],)
+
+
+@register
+class Linear(Op):
+    """pooled sums -> int32 logits: a quantized last layer."""
+
+    name = "linear"
+    attrs = {"in_channels": "count", "out_channels": "count", "weight_bits": "bits", "weight_lowest": "int",
+             "weight_stride": "count"}
+    tensors = ("weight",)
+    spatial_input = False
+
+    def output_shape(self, node, shapes, tensors):
+        if shapes[0] != (node["in_channels"],):
+            _fail(node, f"reads {node['in_channels']} sums, got shape {shapes[0]}")
+        _expect(node, "weight", _shape_of(node, tensors, "weight"), (node["out_channels"], node["in_channels"]))
+        return (node["out_channels"],)
+
+    def macs(self, node, in_shape, out_shape, tensors):
+        return node["in_channels"] * node["out_channels"]
+
+
+@register
+class LinearFloat(Op):
+    """pooled sums * step / count -> float logits: a float last layer."""
+
+    name = "linear_float"
+    attrs = {"step": "positive"}
+    tensors = ("weight", "bias")
+    spatial_input = False
+
+    def output_shape(self, node, shapes, tensors):
+        weight = _shape_of(node, tensors, "weight")
+        if len(weight) != 2 or weight[1] != shapes[0][0]:
+            _fail(node, f"weight has shape {weight}, the graph needs (classes, {shapes[0][0]})")
+        _expect(node, "bias", _shape_of(node, tensors, "bias"), weight[:1])
+        return weight[:1]
+
+    def macs(self, node, in_shape, out_shape, tensors):
+        return in_shape[0] * out_shape[0]
+
+
+@register
+class Affine(Op):
+    """accumulators -> real values scale * A + bias per channel (export's plain graph only)."""
+
+    name = "affine"
+    tensors = ("scale", "bias")
+    spatial_input = None
+
+    def output_shape(self, node, shapes, tensors):
+        c = shapes[0][-1]
+        _expect(node, "scale", _shape_of(node, tensors, "scale"), (c,))
+        _expect(node, "bias", _shape_of(node, tensors, "bias"), (c,))
+        return shapes[0]
+
+
+@register
+class Quantize(Op):
+    """real values -> codes clip(round(x / step), qmin, qmax) (export's plain graph only)."""
+
+    name = "quantize"
+    attrs = {"qmin": "int", "qmax": "int", "step": "positive"}
+    spatial_input = None
+
+    def output_shape(self, node, shapes, tensors):
+        return shapes[0]
+
+
+def op_of(node: dict) -> Op:
+    """The op class instance of `node`; ValueError for an op this pixelq does not know."""
+    op = OPS.get(node.get("op")) if isinstance(node, dict) else None
+    if op is None:
+        raise ValueError(f"node {node.get('name') if isinstance(node, dict) else node!r}: unknown op "
+                         f"{node.get('op') if isinstance(node, dict) else None!r}; known: {', '.join(OPS)}")
+    return op
+
+
+def infer_shapes(nodes: list, tensors: dict, image_shape: tuple) -> dict:
+    """{"image": image_shape, node name: its output's per-image shape} in node order, every node
+    checked (`Op.check_node`, inputs defined before use, shapes consistent along the graph, sizes
+    bounded); ValueError naming the first node that breaks a rule. H and W may be None (unknown)."""
+    shapes = {"image": tuple(image_shape)}
+    for node in nodes:
+        op = op_of(node)
+        op.check_node(node)
+        if node["name"] in shapes:
+            raise ValueError(f"node {node['name']!r} ({node['op']}): a second node of that name")
+        missing = [f"{node['name']}.{k}" for k in op.tensors if f"{node['name']}.{k}" not in tensors]
+        if missing:
+            raise ValueError(f"node {node['name']!r} ({node['op']}): its tensors {missing} are not in the model")
+        inputs = []
+        for name in node["inputs"]:
+            if name not in shapes:
+                raise ValueError(f"node {node['name']!r} ({node['op']}): input {name!r} is no earlier node")
+            inputs.append(shapes[name])
+        if op.spatial_input is not None and any((len(s) == 3) != op.spatial_input for s in inputs):
+            _fail(node, f"reads {'an (H, W, C) map' if op.spatial_input else 'a (C,) vector'}, got {inputs}")
+        out = tuple(op.output_shape(node, inputs, tensors))
+        if math.prod(v or 1 for v in out) > MAX_ELEMENTS or any(v is not None and v < 1 for v in out):
+            _fail(node, f"output shape {out} is empty or larger than {MAX_ELEMENTS} values per image")
+        shapes[node["name"]] = out
+    return shapes
+
+
+def check_graph(nodes: list, tensors: dict, meta: dict) -> dict:
+    """Every rule of a model file's graph: its metadata, each node by its op (`infer_shapes`, on the
+    stored image shape, or on unknown H and W for files that do not record it), and the output
+    giving one logit per class. Returns the shapes; ValueError naming the first broken rule."""
+    if not isinstance(meta, dict) or not isinstance(nodes, list) or not nodes:
+        raise ValueError("the model needs a list of nodes and a metadata object")
+    c, classes = meta.get("in_channels"), meta.get("num_classes")
+    if not (_is_int(c) and 1 <= c <= 4096 and _is_int(classes) and 1 <= classes <= 1 << 20):
+        raise ValueError(f"in_channels and num_classes must be positive integers, got {c!r} and {classes!r}")
+    stored = meta.get("image_shape")
+    if stored is not None and not (isinstance(stored, list) and len(stored) == 3 and all(map(_is_int, stored))
+                                   and 1 <= stored[0] <= MAX_SIDE and 1 <= stored[1] <= MAX_SIDE and stored[2] == c):
+        raise ValueError(f"image_shape must be [H, W, {c}] with sides in [1, {MAX_SIDE}], got {stored!r}")
+    names = meta.get("classes")
+    if names is not None and not (isinstance(names, list) and len(names) == classes
+                                  and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"classes must be {classes} names, got {names!r}")
+    if not isinstance(meta.get("integer_only"), bool):
+        raise ValueError(f"integer_only must be true or false, got {meta.get('integer_only')!r}")
+    scale = meta.get("logit_scale")
+    if meta["integer_only"] and not (isinstance(scale, list) and len(scale) == classes and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in scale)):
+        raise ValueError(f"an integer model needs one finite logit scale per class, got {scale!r}")
+    shapes = infer_shapes(nodes, tensors, tuple(stored) if stored else (None, None, c))
+    if meta.get("output") not in shapes or shapes[meta["output"]] != (classes,):
+        raise ValueError(f"output {meta.get('output')!r} must name the node of the {classes} logits")
+    last = next(n["op"] for n in nodes if n["name"] == meta["output"])
+    if meta["integer_only"] != (last == "linear"):
+        raise ValueError(f"integer_only is {meta['integer_only']} but the output node is a {last!r}")
+    return shapes
