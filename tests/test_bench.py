@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from pixelq.bench import data_throughput, train_step_throughput
+from pixelq.bench import train_step_throughput
 from pixelq.cli import main
 
 
@@ -30,10 +30,6 @@ def test_bench_data_cli_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert result["images"] == 5000 and result["augment_images_per_s"] > 0
     assert "images/s" in capsys.readouterr().out
-
-
-def test_data_throughput_reports_cached_load():
-    assert data_throughput(repeats=1)["cached_load_s"] >= 0
 
 
 @pytest.mark.slow

@@ -4,8 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..nn import PixelEmbedding, QuantConv2d, QuantLinear
-
-FLOAT_BITS = 32
+from .resnet import FLOAT_BITS
 
 
 def layer_bits(model: nn.Module) -> list[dict]:
@@ -33,17 +32,18 @@ def model_size_bytes(model: nn.Module) -> float:
 
 
 def first_layer_cost(model: nn.Module, height: int, width: int) -> dict:
-    """Cost of a ResNet's first layer (encoder + first conv) on one height x width image:
+    """Cost of a model's first layer (its input encoder + the first conv) on one height x width image:
     MACs of the first conv, bit-ops = MACs * input bits * weight bits (32 for float), and the
     parameter bits it stores (conv weights at their bits, a pixel-embedding table at its code bits,
     any other encoder parameter at 32)."""
-    stem = model.stem
-    conv, encoder = stem.conv, stem.encoder
+    modules = list(model.named_modules())
+    encoder_name, encoder = next((n, m) for n, m in modules if hasattr(m, "quantized") and hasattr(m, "out_channels"))
+    conv_name, conv = next((n, m) for n, m in modules if isinstance(m, nn.Conv2d))
     out_h = (height + 2 * conv.padding[0] - conv.kernel_size[0]) // conv.stride[0] + 1
     out_w = (width + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
     macs = out_h * out_w * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     weight_bits = conv.weight_quantizer.bits if conv.weight_quantizer is not None else FLOAT_BITS
-    rows = [r for r in layer_bits(model) if r["name"].startswith("stem.conv.weight") or r["name"].startswith("stem.encoder.")]
+    rows = [r for r in layer_bits(model) if r["name"] == f"{conv_name}.weight" or r["name"].startswith(f"{encoder_name}.")]
     return {"macs": macs, "input_bits": encoder.bits, "weight_bits": weight_bits,
             "bitops": macs * encoder.bits * weight_bits, "param_bits": sum(r["params"] * r["bits"] for r in rows)}
 
