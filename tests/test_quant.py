@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pixelq import ConfigError
-from pixelq.quant import LSQ, PACT, BinaryWeight, DoReFaWeight, MidTreadHalf, TernaryWeight, make_quantizer, ste
+from pixelq.quant import LSQ, PACT, BinaryWeight, DoReFaWeight, MidTreadHalf, PrunedTernaryWeight, TernaryWeight, make_quantizer, ste
 
 BITS = range(1, 9)
 
@@ -168,6 +168,12 @@ def test_mid_tread_codes_are_integers_in_range(values, bits):
         ("mid_tread:2", MidTreadHalf, {"bits": 2, "max_value": 2.0}),
         ("mid_tread:3:1.5", MidTreadHalf, {"bits": 3, "max_value": 1.5}),
         ("mid_tread:4:signed", MidTreadHalf, {"bits": 4, "max_value": 2.0, "signed": True}),
+        ("mid_tread:2:max=4.0", MidTreadHalf, {"bits": 2, "max_value": 4.0}),
+        ("mid_tread:2:max_value=4", MidTreadHalf, {"bits": 2, "max_value": 4.0}),
+        ("pact:2:alpha=3", PACT, {"bits": 2}),
+        ("pruned_ternary:sparsity=0.6:channel", PrunedTernaryWeight, {"sparsity": 0.6, "per_channel": True}),
+        ("pruned_ternary:0.6", PrunedTernaryWeight, {"sparsity": 0.6, "per_channel": False}),
+        ("dorefa:bits=3", DoReFaWeight, {"bits": 3}),
     ],
 )
 def test_make_quantizer_from_spec(spec, cls, attrs):
@@ -193,7 +199,12 @@ def test_make_quantizer_passes_modules_and_none():
     ("dorefa:9", "bits must be an integer in [1, 8]"),
     ("mid_tread:0", "bits must be"),
     ("binary:4", "does not take 'bits'"),
-    ("ternary:1.5", "takes no range"),
+    ("ternary:1.5", "cannot read argument '1.5'"),
+    ("mid_tread:2:4", "'4' could be a bit count or a range; say which, e.g. 'mid_tread:2:max=4'"),
+    ("pact:2:3", "'3' could be a bit count or a range; say which, e.g. 'pact:2:alpha=3'"),
+    ("dorefa:4:4", "gives its bits twice"),
+    ("mid_tread:2:max=big", "max_value takes a number"),
+    ("mid_tread:2:width=3", "does not take 'width'"),
     ("lsq:2:banana", "cannot read argument"),
     ("mid_tread:2:-1.0", "max_value must be positive"),
 ])

@@ -331,13 +331,19 @@ def residual_fusion(inner: nn.Module, outer: nn.Module, y: Tensor) -> "tuple | N
 
 
 _SPEC_HELP = (
-    "a quantizer spec is NAME[:ARG...], e.g. 'binary', 'binary:channel', 'ternary', 'pruned_ternary:0.6[:channel]', "
-    "'dorefa:4', 'grid:4', 'grid:8:zero', "
-    "'lsq:2', 'lsq:4:unsigned', 'pact:2', 'mid_tread:2', 'mid_tread:2:1.5', 'mid_tread:4:signed'"
+    "a quantizer spec is NAME[:BITS][:FLAG...][:KEY=VALUE...], e.g. 'binary', 'binary:channel', 'ternary', "
+    "'pruned_ternary:sparsity=0.6:channel', 'dorefa:4', 'grid:4', 'grid:8:zero', 'lsq:2', 'lsq:4:unsigned', "
+    "'pact:2:alpha=3', 'mid_tread:2', 'mid_tread:2:max=1.5', 'mid_tread:4:signed' (flags: channel, tensor, "
+    "signed, unsigned, zero; a lone decimal number such as 'mid_tread:2:1.5' is the range, as before)"
 )
+_KEY_ALIASES = {"max": "max_value"}  # mid_tread:2:max=4.0
+_RANGE_PARAM = {"mid_tread": "max_value", "pact": "alpha", "pruned_ternary": "sparsity"}
 
 
-def _parse_args(spec: str, args: list[str]) -> dict:
+def _parse_args(spec: str, name: str, args: list[str]) -> dict:
+    """Keyword arguments of quantizer `name` from its spec's arguments: the first whole number is
+    the bit count; flags; KEY=VALUE by name; a lone decimal number the quantizer's range parameter.
+    A second whole number could be bits or a range: ConfigError, naming the forms that say which."""
     kwargs: dict = {}
     for arg in args:
         if arg in ("channel", "tensor"):
@@ -346,17 +352,30 @@ def _parse_args(spec: str, args: list[str]) -> dict:
             kwargs["signed"] = arg == "signed"
         elif arg == "zero":
             kwargs["zero"] = True
+        elif "=" in arg:
+            key, _, text = arg.partition("=")
+            key = _KEY_ALIASES.get(key, key)
+            try:
+                kwargs[key] = int(text) if key in ("bits", "ramp_steps") else float(text)
+            except ValueError:
+                raise ConfigError(f"cannot read {arg!r} of quantizer {spec!r}: {key} takes a number; "
+                                  f"{_SPEC_HELP}") from None
         elif arg.isdigit():
+            if "bits" in kwargs and name in _RANGE_PARAM:
+                key = "max" if name == "mid_tread" else _RANGE_PARAM[name]
+                raise ConfigError(f"quantizer {spec!r}: {arg!r} could be a bit count or a range; say which, e.g. "
+                                  f"'{name}:{kwargs['bits']}:{key}={arg}'; {_SPEC_HELP}")
+            if "bits" in kwargs:
+                raise ConfigError(f"quantizer {spec!r} gives its bits twice; {_SPEC_HELP}")
             kwargs["bits"] = int(arg)
         else:
+            if name not in _RANGE_PARAM:
+                raise ConfigError(f"cannot read argument {arg!r} of quantizer {spec!r}; {_SPEC_HELP}")
             try:
-                kwargs["range"] = float(arg)
+                kwargs[_RANGE_PARAM[name]] = float(arg)
             except ValueError:
                 raise ConfigError(f"cannot read argument {arg!r} of quantizer {spec!r}; {_SPEC_HELP}") from None
     return kwargs
-
-
-_RANGE_PARAM = {"mid_tread": "max_value", "pact": "alpha", "pruned_ternary": "sparsity"}
 
 
 def make_quantizer(spec: "str | nn.Module | None", role: str = "weight") -> "nn.Module | None":
@@ -373,11 +392,7 @@ def make_quantizer(spec: "str | nn.Module | None", role: str = "weight") -> "nn.
         raise ConfigError(f"role must be 'weight' or 'activation', got {role!r}")
     name, *args = spec.split(":")
     factory = QUANTIZERS.get(name)
-    kwargs = _parse_args(spec, args)
-    if "range" in kwargs:
-        if name not in _RANGE_PARAM:
-            raise ConfigError(f"quantizer {name!r} takes no range argument ({spec!r}); {_SPEC_HELP}")
-        kwargs[_RANGE_PARAM[name]] = kwargs.pop("range")
+    kwargs = _parse_args(spec, name, args)
     if name == "lsq":
         kwargs.setdefault("signed", role == "weight")
     if role not in factory.roles:
