@@ -196,11 +196,14 @@ def claim_run_folder(out: Path, resume: bool, overwrite: bool):
 
 
 def training_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, x, y, cfg: TrainConfig,
-                  teacher: "nn.Module | None" = None) -> tuple:
+                  teacher: "nn.Module | None" = None, weight: float = 1.0) -> tuple:
     """One optimizer step: the teacher's logits (no gradients), the loss (`training_loss`), its
     gradient - taken again at SAQ's perturbed weights when cfg.saq_rho - and the step. `net` is
-    `model` or its DistributedDataParallel wrapper. Returns the first pass's (logits, loss); a
-    non-finite loss returns before any gradient or step, for the caller to stop on."""
+    `model` or its DistributedDataParallel wrapper. `weight` scales the gradient: under DDP, this
+    process's share of the global batch times the number of processes, so that DDP's average of the
+    processes' gradients is the global batch's mean when the shares differ (a partial last batch).
+    Returns the first pass's (logits, loss); a non-finite loss returns before any gradient or
+    step, for the caller to stop on."""
     with torch.no_grad():
         teacher_logits = teacher(x) if teacher is not None else None
     objective = dict(label_smoothing=cfg.label_smoothing, teacher_logits=teacher_logits, kd_weight=cfg.kd_weight,
@@ -210,11 +213,11 @@ def training_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optim
     if not torch.isfinite(loss):
         return logits, loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * weight).backward()
     if cfg.saq_rho:  # the gradient again, at the sharpest nearby quantized weights
         with perturbed_weights(model, cfg.saq_rho):
             optimizer.zero_grad(set_to_none=True)
-            training_loss(net(x), y, **objective).backward()
+            (training_loss(net(x), y, **objective) * weight).backward()
     optimizer.step()
     return logits, loss
 
@@ -298,8 +301,10 @@ def _train(cfg: TrainConfig, resume: bool, data: "DataSplits | None", device, ra
     evaluated = ema.module if ema is not None else model  # what is tested, saved for eval/export, and reported
     net = DistributedDataParallel(synchronize_batchnorm(model)) if world > 1 else model
 
-    # With several processes an incomplete last batch is dropped, so no process gets an empty share.
-    drop_last = world > 1
+    # A partial last batch is split between the processes as unevenly as it falls (`weight` below
+    # evens out their gradients); only one too small to give every process an image is dropped.
+    remainder = len(train_set) % cfg.batch_size
+    drop_last = 0 < remainder < world
     steps_per_epoch = len(train_set) // cfg.batch_size if drop_last else math.ceil(len(train_set) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     test = None
@@ -322,7 +327,8 @@ def _train(cfg: TrainConfig, resume: bool, data: "DataSplits | None", device, ra
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits, loss = training_step(net, model, optimizer, x, y, cfg, teacher)
+            global_batch = min(cfg.batch_size, len(train_set) - i * cfg.batch_size)
+            logits, loss = training_step(net, model, optimizer, x, y, cfg, teacher, weight=len(y) * world / global_batch)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}: training diverged. "
