@@ -458,12 +458,12 @@ def test_onnx_export_computes_what_the_integer_runtime_does(name, kwargs, size):
 ])
 def test_qonnx_export_runs_in_qonnx_with_pytorchs_labels(name, kwargs, size):
     """The QONNX form (BipolarQuant / Quant weights, MultiThreshold activations, the lookup as a
-    Gather), executed by the qonnx package on real test images: the runtime's logits, and PyTorch's
-    labels bar integer-logit ties."""
+    Gather), executed by the qonnx package as exported - batch 1, every tensor's shape in the file,
+    the image typed UINT8, as FINN expects - on real test images: the runtime's logits, and
+    PyTorch's labels bar integer-logit ties."""
     pytest.importorskip("qonnx")
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.infer_shapes import InferShapes
 
     import pixelq
     from pixelq.exporting.onnx import to_onnx
@@ -471,12 +471,13 @@ def test_qonnx_export_runs_in_qonnx_with_pytorchs_labels(name, kwargs, size):
     torch.manual_seed(7)
     model = trained_like(create_model(name, **kwargs), size=size)
     graph = lower(model, image_shape=(size, size, 3))
+    graph.meta["image_shape"] = [size, size, 3]  # what `export` records
     x = pixelq.load_dataset().test.images[:6]  # real CIFAR-10 images
     wrapper = ModelWrapper(to_onnx(graph, qonnx=True))
     ops = {n.op_type for n in wrapper.graph.node}
     assert {"MultiThreshold", "Gather"} <= ops and ops & {"BipolarQuant", "Quant"}
-    wrapper.set_tensor_shape("image", list(x.shape))
-    logits = execute_onnx(wrapper.transform(InferShapes()), {"image": x})["logits"]
+    assert wrapper.get_tensor_shape("image") == [1, size, size, 3] and str(wrapper.get_tensor_datatype("image")) == "UINT8"
+    logits = np.concatenate([execute_onnx(wrapper, {"image": x[i:i + 1]})["logits"] for i in range(len(x))])
     runtime = Runtime(graph, backend="reference")
     np.testing.assert_allclose(logits, runtime.float_logits(x), rtol=1e-5, atol=1e-6)
     assert label_agreement(model, runtime, x)["differ_unexplained"] == 0

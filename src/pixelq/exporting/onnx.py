@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ExportError
-from ..integer import IntegerModel
+from ..integer import IntegerModel, infer_shapes
 
 OPSET = 17
 
@@ -82,18 +82,30 @@ class OnnxGraph:
         pads = self.const(f"{name}/pads", np.array([0, 0, 0, 0, 0, extra, 0, 0], np.int64))
         return self.op("Pad", [sub, pads] + ([fill] if fill is not None else []), name)
 
-    def model(self, meta: dict, logits: str, title: str, qonnx: bool = False):
+    def model(self, meta: dict, logits: str, title: str, qonnx: bool = False, shapes: "dict | None" = None):
         """The ModelProto: uint8 "image" (N, H, W, C) in, float "logits" out (`logits` the tensor that
-        holds them); checked by ONNX's checker unless it holds QONNX's custom ops."""
+        holds them), H and W fixed where the model records its image shape; checked by ONNX's checker
+        unless it holds QONNX's custom ops. QONNX (FINN's form) is written for batch 1 with every
+        tensor's shape in it - `shapes` gives the custom ops' outputs, ONNX's shape inference the rest
+        - and the image's data type annotated UINT8, so that it executes as written."""
         helper, types = self.onnx.helper, self.onnx.TensorProto
         self.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+        h, w = (meta.get("image_shape") or ["H", "W"])[:2]
+        batch = 1 if qonnx else "N"
         graph = helper.make_graph(
-            self.nodes, title, [helper.make_tensor_value_info("image", types.UINT8, ["N", "H", "W", meta["in_channels"]])],
-            [helper.make_tensor_value_info("logits", types.FLOAT, ["N", meta["num_classes"]])], self.inits)
+            self.nodes, title, [helper.make_tensor_value_info("image", types.UINT8, [batch, h, w, meta["in_channels"]])],
+            [helper.make_tensor_value_info("logits", types.FLOAT, [batch, meta["num_classes"]])], self.inits,
+            value_info=[helper.make_tensor_value_info(name, types.FLOAT, shape) for name, shape in (shapes or {}).items()])
         opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(QONNX_DOMAIN, 1)] if qonnx else [])
         proto = helper.make_model(graph, opset_imports=opsets, producer_name="pixelq")
         if not qonnx:  # the checker does not know QONNX's custom ops
             self.onnx.checker.check_model(proto)
+            return proto
+        proto = self.onnx.shape_inference.infer_shapes(proto)
+        annotation = self.onnx.TensorAnnotation(tensor_name="image")
+        annotation.quant_parameter_tensor_names.append(self.onnx.StringStringEntryProto(key="finn_datatype",
+                                                                                         value="UINT8"))
+        proto.graph.quantization_annotation.append(annotation)
         return proto
 
 
@@ -109,6 +121,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
         if not qonnx:
             return w
         one = const(f"{name}/weight_scale", np.float32(1.0))
+        declared[f"{name}/weight"] = list(codes.shape)
         if node["weight_bits"] == 1 and node["weight_lowest"] == -1 and node["weight_stride"] == 2:
             return op("BipolarQuant", [w, one], f"{name}/weight", domain=QONNX_DOMAIN)
         lo, hi = int(codes.min(initial=0)), int(codes.max(initial=0))
@@ -118,6 +131,9 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
 
     out = {"image": "image"}
     count = None  # the pooled positions, for the logits' scale
+    declared = {}  # QONNX: the shapes of its custom ops' outputs, which ONNX's shape inference cannot work out
+    image_shape = model.meta.get("image_shape")
+    per_image = infer_shapes(model.nodes, model.tensors, tuple(image_shape)) if qonnx and image_shape else None
     for node in model.nodes:
         name, kind, src = node["name"], node["op"], [out[i] for i in node["inputs"]]
         t = {k: model.tensors[f"{name}.{k}"] for k in node["tensors"]}
@@ -134,6 +150,9 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
                                                np.asarray(t["direction"], np.float32).reshape(1, -1, 1, 1))],
                         f"{name}/signed")
             if qonnx:  # codes = qmin + #{l: signed >= thresholds[:, l]}
+                if per_image is not None:
+                    shape = per_image[name]
+                    declared[name] = [1, shape[2], shape[0], shape[1]] if len(shape) == 3 else [1, *shape]
                 bits = max(int(node["qmax"] - min(node["qmin"], 0)).bit_length(), 1)
                 out[name] = op("MultiThreshold", [signed, const(f"{name}/thresholds",
                                                                 np.asarray(t["thresholds"], np.float32))],
@@ -177,7 +196,7 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
                            name)
         else:
             raise ExportError(f"{name}: op {kind!r} has no ONNX form yet")
-    return g.model(model.meta, out[model.meta["output"]], "pixelq", qonnx)
+    return g.model(model.meta, out[model.meta["output"]], "pixelq", qonnx, declared if per_image is not None else None)
 
 
 def save_onnx(model: IntegerModel, path: "str | Path", form: str = "onnx-integer") -> None:
