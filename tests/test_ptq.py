@@ -160,3 +160,30 @@ def test_quantize_takes_per_layer_bits_from_an_overrides_file(tmp_path, tiny_spl
     assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", "gpfq", "--data", str(data),
                  "--out", str(tmp_path / "bad"), "--overrides", str(tmp_path / "bad.json")]) == 2
     assert "sets weight grids" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("first_difference, explained", [
+    ({"differ": 1, "ties": 1}, True),  # PyTorch's pre-activation on a rounding boundary: float32 rounds it apart
+    ({"differ": 2, "ties": 1}, False),  # one code off the boundary: a real disagreement
+])
+def test_labels_that_differ_after_a_float_tie_are_explained(monkeypatch, first_difference, explained):
+    """An int8 PTQ network has a float last layer, so its labels cannot differ at integer-logit ties;
+    they can where one activation sat on a rounding boundary (seen: 3 of 1,000 images, each traced
+    to one code in one layer, a float tie) - counted as explained only when the first layer whose
+    codes differ differs only there."""
+    from pixelq.exporting import verify
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return torch.tensor([[1.0, 0.0]]).repeat(len(x), 1)
+
+    class Runtime:
+        def logits(self, x):
+            return np.tile(np.float32([0.0, 1.0]), (len(x), 1))
+
+    report = {"stem.act": {"codes": 9, "differ": 0, "ties": 0}, "stages.0.0.act1": {"codes": 9, **first_difference},
+              "stages.0.0.act_out": {"codes": 9, "differ": 5, "ties": 0}}
+    monkeypatch.setattr(verify, "layer_agreement", lambda model, runtime, images: report)
+    result = verify.label_agreement(Model(), Runtime(), np.zeros((3, 4, 4, 3), np.uint8))
+    assert result["same"] == 0 and result["differ_at_logit_ties"] == 0
+    assert (result["differ_at_float_ties"], result["differ_unexplained"]) == ((3, 0) if explained else (0, 3))

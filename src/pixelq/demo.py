@@ -73,6 +73,7 @@ def deployment(quantized, float_model, test, out_dir: Path) -> dict:
     return {"runtime_top1": 100.0 * float((labels == test.labels).mean()), "test_images": len(test.images),
             "agreement_with_fake_quant": 100.0 * agreement["same"] / agreement["n"],
             "labels_differ_at_logit_ties": agreement["differ_at_logit_ties"],
+            "labels_differ_at_float_ties": agreement["differ_at_float_ties"],
             "labels_differ_unexplained": agreement["differ_unexplained"],
             "runtime_images_per_s": runtime_speed, "torch_fp32_images_per_s": torch_speed,
             "speedup_vs_torch_fp32": runtime_speed / torch_speed, "file_bytes": path.stat().st_size,
@@ -97,10 +98,12 @@ def render_report(rows: list, epochs: int, train_size: int, test_size: int, sour
               "steps in interleaved rounds.", "",
               "Integer-only runtime on the exported w1a2-pe-qlast (`.pxq`, "
               f"{d['file_bytes'] / 1024:.1f} KiB, {d['runtime_backend']} kernels, {d['threads']} threads):", "",
-              "| top-1 % | labels equal to fake-quant PyTorch | the rest: at integer-logit ties / unexplained | images/s "
+              "| top-1 % | labels equal to fake-quant PyTorch | the rest: at integer-logit ties / float ties / unexplained "
+              "| images/s "
               "| PyTorch fp32 float model images/s | speed-up |",
               "|---:|---:|---:|---:|---:|---:|",
               f"| {d['runtime_top1']:.2f} | {d['agreement_with_fake_quant']:.2f} % | {d['labels_differ_at_logit_ties']} / "
+              f"{d['labels_differ_at_float_ties']} / "
               f"{d['labels_differ_unexplained']} | {d['runtime_images_per_s']:.0f} | "
               f"{d['torch_fp32_images_per_s']:.0f} | {d['speedup_vs_torch_fp32']:.2f}x |",
               "", "![learned pixel embedding](pixel_embedding.png)", ""]
