@@ -47,8 +47,7 @@ class Runtime:
             self.isa = executor.isa
         else:
             self._execute, self.isa = reference, "numpy reference"
-        # Layer by layer shows the accumulators too, which the fused conv + threshold kernel never writes.
-        self._execute_layers = FastExecutor(model, threads, fuse=False, isa=self.isa).run if use_c else reference
+        self._layers = None  # the unfused executor `layer_outputs` needs, built on its first call
 
     def _check(self, images) -> np.ndarray:
         images = np.asarray(images)
@@ -62,8 +61,13 @@ class Runtime:
         return images
 
     def layer_outputs(self, images) -> dict:
-        """Every node's output (integer codes / accumulators) for one batch, keyed by layer name."""
-        return self._execute_layers(self._check(images))
+        """Every node's output (integer codes / accumulators) for one batch, keyed by layer name. Run
+        unfused (the accumulators too, which the fused conv + threshold kernel never writes), by an
+        executor built on the first call."""
+        if self._layers is None:
+            self._layers = (FastExecutor(self.model, self.threads, fuse=False, isa=self.isa).run
+                            if self.backend == "c" else lambda images: run_reference(self.model, images))
+        return self._layers(self._check(images))
 
     def _run(self, images: np.ndarray) -> tuple:
         """(logits, pooled count) over all images, in batches."""
