@@ -1,9 +1,10 @@
 """Model registry: the CIFAR ResNets, CNV, and airbench94's float network."""
 from .airbench import FLOAT_ONLY, Airbench, AirbenchConfig, airbench94
 from .cnv import CNV, CNVConfig, cnv
+from .common import apply_overrides, model_kwargs
 from .convert import QuantizedModel, quantize_model
 from .registry import MODELS, create_model, list_models, register_model
-from .resnet import ResNet, ResNetConfig, apply_overrides, model_kwargs, resnet18, resnet20
+from .resnet import ResNet, ResNetConfig, resnet18, resnet20
 from .summary import cost_totals, first_layer_cost, layer_bits, layer_costs, model_size_bytes
 
 __all__ = [

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError, InputError
 from ..nn import images_to_nchw
 from .registry import register_model
-from .resnet import FLOAT_BITS, config_from_kwargs
+from .common import FLOAT_BITS, config_from_kwargs
 
 
 FLOAT_ONLY = ("airbench94",)  # registered models that take no quantization settings

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
-from .registry import register_model
-from .resnet import (FLOAT_BITS, _activation, apply_overrides, check_common_settings, config_from_kwargs,
+from .common import (FLOAT_BITS, activation, apply_overrides, check_common_settings, config_from_kwargs,
                      default_act_quantizer, default_weight_quantizer)
+from .registry import register_model
 
 POOL_AFTER = (1, 3)  # max-pool after the second and the fourth conv
 
@@ -58,7 +58,7 @@ class CNV(nn.Module):
         for i, width in enumerate(cfg.widths):
             first_wq = wq if i > 0 or self.encoder.quantized else None  # float weights only after a float encoder
             layers += [QuantConv2d(channels, width, 3, bias=False, weight_quantizer=first_wq), nn.BatchNorm2d(width),
-                       _activation(aq, after_add=True)]
+                       activation(aq, after_add=True)]
             if i in POOL_AFTER:
                 layers.append(nn.MaxPool2d(2))
             channels = width
@@ -67,7 +67,7 @@ class CNV(nn.Module):
         layers = []
         for width in cfg.hidden:
             layers += [QuantLinear(channels, width, bias=False, weight_quantizer=wq), nn.BatchNorm1d(width),
-                       _activation(aq, after_add=True)]
+                       activation(aq, after_add=True)]
             channels = width
         quantized_last = cfg.last_layer == "quantized" and wq is not None
         layers.append(QuantLinear(channels, cfg.num_classes, bias=not quantized_last,

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
 from ..quant import make_quantizer
-from .resnet import FLOAT_BITS, apply_overrides, default_act_quantizer, default_weight_quantizer
+from .common import FLOAT_BITS, apply_overrides, default_act_quantizer, default_weight_quantizer
 
 
 class InputConv(nn.Module):

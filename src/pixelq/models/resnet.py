@@ -29,8 +29,7 @@ stream's codes. A conv shortcut's codes stay unsigned.
 """
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -38,38 +37,12 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
-from ..quant import Quantizer, make_quantizer, residual_fusion, ste
+from ..quant import residual_fusion, ste
+from .common import (FLOAT_BITS, activation, apply_overrides, check_common_settings, config_from_kwargs,
+                     default_act_quantizer, default_weight_quantizer)
 from .registry import register_model
 
-FLOAT_BITS = 32
-LAST_LAYERS = ("float", "quantized")
 SHORTCUTS = ("zero-pad", "conv")
-
-
-def default_weight_quantizer(wbits: int, per_channel: bool = True) -> "str | None":
-    """wbits -> spec: 32 float, 1 binary (mean-|W| scale), 2..8 LSQ."""
-    if wbits == FLOAT_BITS:
-        return None
-    if wbits == 1:
-        return "binary:channel" if per_channel else "binary"
-    if 2 <= wbits <= 8:
-        return f"lsq:{wbits}"
-    raise ConfigError(f"wbits must be 1..8 or 32 (float), got {wbits}")
-
-
-def default_act_quantizer(abits: int) -> "str | None":
-    """abits -> spec: 32 float (ReLU), 1..8 Blueoil's mid-tread half on [0, 2]."""
-    if abits == FLOAT_BITS:
-        return None
-    if 1 <= abits <= 8:
-        return f"mid_tread:{abits}"
-    raise ConfigError(f"abits must be 1..8 or 32 (float), got {abits}")
-
-
-def _activation(spec: "str | None", after_add: bool) -> nn.Module:
-    if spec is None:
-        return nn.ReLU() if after_add else nn.Identity()
-    return make_quantizer(spec, role="activation")
 
 
 @dataclass
@@ -110,41 +83,22 @@ class ResNetConfig:
                               "branch is signed already (needs abits 1..8)")
 
 
-def check_common_settings(cfg) -> None:
-    """The checks every registered model's config shares: last layer, channels, classes and bits."""
-    if cfg.last_layer not in LAST_LAYERS:
-        raise ConfigError(f"last_layer must be one of {LAST_LAYERS}, got {cfg.last_layer!r}")
-    if cfg.in_channels < 1 or cfg.num_classes < 2:
-        raise ConfigError(f"need in_channels >= 1 and num_classes >= 2, got {cfg.in_channels}, {cfg.num_classes}")
-    default_weight_quantizer(cfg.wbits)
-    default_act_quantizer(cfg.abits)
-
-
-def config_from_kwargs(config_cls, defaults: dict, kwargs: dict):
-    """A model's config dataclass from a registered model's defaults and the caller's kwargs;
-    ConfigError naming any kwarg the config has no field for."""
-    unknown = set(kwargs) - set(config_cls.__dataclass_fields__)
-    if unknown:
-        raise ConfigError(f"unknown model arguments {sorted(unknown)}; allowed: {sorted(config_cls.__dataclass_fields__)}")
-    return config_cls(**{**defaults, **kwargs})
-
-
 class BasicBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int, cfg: ResNetConfig):
         super().__init__()
         wq, aq = default_weight_quantizer(cfg.wbits), default_act_quantizer(cfg.abits)
         rq = default_act_quantizer(cfg.stream_bits)
         # the block input's codes for the convs, when the residual stream has more bits than they read
-        self.act_in = _activation(aq, after_add=False) if rq != aq else None
+        self.act_in = activation(aq, after_add=False) if rq != aq else None
         # the branch's codes before the add: signed ones can lower the stream, as a float block's can
         branch = f"{rq}:signed" if cfg.signed_residual else rq
         self.conv1 = QuantConv2d(in_planes, planes, 3, stride, 1, bias=False, weight_quantizer=wq)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.act1 = _activation(aq, after_add=True)
+        self.act1 = activation(aq, after_add=True)
         self.conv2 = QuantConv2d(planes, planes, 3, 1, 1, bias=False, weight_quantizer=wq)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.res_act = _activation(branch, after_add=False)
-        self.act_out = _activation(rq, after_add=True)
+        self.res_act = activation(branch, after_add=False)
+        self.act_out = activation(rq, after_add=True)
         self.shortcut_kind = "identity"
         if stride != 1 or in_planes != planes:
             self.shortcut_kind = cfg.shortcut
@@ -152,7 +106,7 @@ class BasicBlock(nn.Module):
             if cfg.shortcut == "conv":
                 self.shortcut_conv = QuantConv2d(in_planes, planes, 1, stride, bias=False, weight_quantizer=wq)
                 self.shortcut_bn = nn.BatchNorm2d(planes)
-                self.shortcut_act = _activation(rq, after_add=False)
+                self.shortcut_act = activation(rq, after_add=False)
 
     def shortcut(self, x: Tensor, q: Tensor) -> Tensor:
         """The residual: x itself, x subsampled with zero channels appended, or a conv of q (the
@@ -205,7 +159,7 @@ class Stem(nn.Module):
         wq = default_weight_quantizer(cfg.wbits) if self.encoder.quantized else None
         self.conv = QuantConv2d(self.encoder.out_channels, cfg.widths[0], 3, 1, 1, bias=False, weight_quantizer=wq)
         self.bn = nn.BatchNorm2d(cfg.widths[0])
-        self.act = _activation(default_act_quantizer(cfg.stream_bits), after_add=True)
+        self.act = activation(default_act_quantizer(cfg.stream_bits), after_add=True)
 
     def forward(self, x: Tensor) -> Tensor:
         # Training runs a pixel embedding and its conv as one table-sum kernel (PixelEmbedding.conv_forward);
@@ -261,37 +215,6 @@ class ResNet(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-_SLOTS = (nn.ReLU, nn.Identity, Quantizer)
-
-
-def apply_overrides(model: nn.Module, overrides: dict) -> None:
-    """Per-layer precision: {module-name pattern: quantizer spec or None}.
-
-    A conv or linear layer's pattern sets its weight quantizer; an activation slot's (act1,
-    res_act, ...) sets that activation (None = float). Patterns are shell-style
-    (`stages.2.*.conv1`); one that matches nothing is an error.
-    """
-    modules = dict(model.named_modules())
-    # A layer's own quantizers and an input encoder's internals are set through the layer or encoder
-    # (`stages.*.conv*` names the convs, not also their weight_quantizer children).
-    owned = {f"{name}.{child}" if name else child for name, m in modules.items()
-             if isinstance(m, (QuantConv2d, QuantLinear)) or hasattr(m, "quantized") for child in m._modules}
-    for pattern, spec in overrides.items():
-        names = [n for n in modules if n and n not in owned and fnmatch.fnmatchcase(n, pattern)]
-        targets = [n for n in names if isinstance(modules[n], (QuantConv2d, QuantLinear, *_SLOTS))]
-        if not targets:
-            raise ConfigError(f"override {pattern!r} matches no quantizable layer or activation; "
-                              "see `model.named_modules()` for names")
-        for name in targets:
-            module = modules[name]
-            if isinstance(module, (QuantConv2d, QuantLinear)):
-                module.weight_quantizer = make_quantizer(spec, role="weight")
-            else:
-                parent_name, _, attr = name.rpartition(".")
-                after_add = attr not in ("res_act", "act_in") and not attr.startswith("shortcut")
-                setattr(modules[parent_name] if parent_name else model, attr, _activation(spec, after_add))
-
-
 def _resnet(defaults: dict, kwargs: dict) -> ResNet:
     return ResNet(config_from_kwargs(ResNetConfig, defaults, kwargs))
 
@@ -306,8 +229,3 @@ def resnet20(**kwargs) -> ResNet:
 def resnet18(**kwargs) -> ResNet:
     """The wide CIFAR ResNet-18: 4 stages of 2 blocks, 64..512 channels, 1x1 conv shortcuts."""
     return _resnet({"widths": (64, 128, 256, 512), "blocks": (2, 2, 2, 2), "shortcut": "conv"}, kwargs)
-
-
-def model_kwargs(model: nn.Module) -> dict:
-    """The JSON-ready kwargs that rebuild a registered model (its `config` dataclass) with `create_model`."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(model.config).items()}

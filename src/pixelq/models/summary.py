@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..nn import PixelEmbedding, QuantConv2d, QuantLinear
-from .resnet import FLOAT_BITS
+from .common import FLOAT_BITS
 
 
 def layer_bits(model: nn.Module) -> list[dict]:
