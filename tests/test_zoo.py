@@ -30,6 +30,8 @@ def test_shipped_model_matches_its_registry_entry(name):
     assert len(test) == entry["embedded_n"] and test.classes == entry["classes"]
     top1 = 100.0 * float(np.mean(runtime.predict(test.images) == test.labels))
     assert abs(top1 - entry["embedded_top1"]) <= entry["embedded_tolerance"] + 1e-9
+    halves = [(test.images[:400], test.labels[:400]), (test.images[400:], test.labels[400:])]
+    assert runtime.evaluate(halves)["top1"] == pytest.approx(top1) and runtime.evaluate(halves)["n"] == len(test)
     assert entry["checkpoint"].endswith("checkpoint.pt") and entry["top1"] > 0
 
 

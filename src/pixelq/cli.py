@@ -234,10 +234,6 @@ def _add_isa(p) -> None:
 
 
 def _run_run(args) -> None:
-    import time
-
-    import numpy as np
-
     from .data import batch_source, batches, open_data
     from .runtime import load
 
@@ -247,14 +243,8 @@ def _run_run(args) -> None:
         test.require(runtime.classes, runtime.image_shape, args.model)
     if args.limit is not None:
         test = test.subset(args.limit)
-    correct, seconds = 0, 0.0
-    for x, y in batches(*batch_source(test), batch_size=256, workers=args.workers):
-        t0 = time.perf_counter()
-        predicted = runtime.predict(x.numpy())
-        seconds += time.perf_counter() - t0
-        correct += int(np.sum(predicted == y.numpy()))
-    print(json.dumps({"top1": 100.0 * correct / len(test), "n": len(test), "images_per_s": len(test) / seconds,
-                      "isa": runtime.isa}))
+    labelled = ((x.numpy(), y.numpy()) for x, y in batches(*batch_source(test), batch_size=256, workers=args.workers))
+    print(json.dumps({**runtime.evaluate(labelled), "isa": runtime.isa}))
 
 
 def _run_predict(args) -> int:

@@ -1,6 +1,8 @@
 """`load(path)` -> Runtime: predict, logits and every layer's integer output for uint8 NHWC images."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import ConfigError, DataError, InputError, ModelFileError, PixelqError
@@ -93,6 +95,20 @@ class Runtime:
     def predict(self, images) -> np.ndarray:
         """(N,) int64 class indices; equal logits go to the lower class index, as in `evaluate`."""
         return self.logits(images).argmax(1).astype(np.int64)
+
+    def evaluate(self, labelled) -> dict:
+        """top1 (%), n and images_per_s (the runtime's own time) over (uint8 images, labels) batches."""
+        correct = seen = 0
+        seconds = 0.0
+        for images, labels in labelled:
+            start = time.perf_counter()
+            predicted = self.predict(images)
+            seconds += time.perf_counter() - start
+            correct += int(np.sum(predicted == np.asarray(labels)))
+            seen += len(predicted)
+        if not seen:
+            raise InputError("no images to evaluate")
+        return {"top1": 100.0 * correct / seen, "n": seen, "images_per_s": seen / seconds if seconds else None}
 
     def classify(self, files, top: int = 5) -> list:
         """Classify image files (any format, size and mode Pillow reads; `pixelq.images.read_image`

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError
 from . import fusion
 from .reference import REFERENCE_OPS, lut_reference, node_tensors, run_graph, threshold_reference
 
@@ -153,7 +153,7 @@ class FastExecutor:
 
     def __init__(self, model, threads: "int | None" = None, fuse: bool = True, isa: "str | None" = None):
         if _kernels is None:
-            raise ExportError("the C kernels are not built; reinstall pixelq with a C compiler present")
+            raise ConfigError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads = model, threads or os.cpu_count() or 1
         self.isa = choose_isa(isa)
         self.plan = fusion.plan(model, fuse)

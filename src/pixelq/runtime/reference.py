@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import ExportError, InputError
+from ..errors import InputError, ModelFileError
 
 
 def lut_reference(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -120,7 +120,7 @@ def run_graph(model, images: np.ndarray, ops: "dict | None" = None, tensors: "li
     values = {"image": images}
     for node, t in zip(model.nodes, tensors or node_tensors(model)):
         if node["op"] not in table:
-            raise ExportError(f"unknown op {node['op']!r} in the model file; it needs a newer pixelq")
+            raise ModelFileError(f"unknown op {node['op']!r} in the model file; it needs a newer pixelq")
         values[node["name"]] = table[node["op"]](node, [values[i] for i in node["inputs"]], t, values)
     return values
 
