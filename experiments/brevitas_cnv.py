@@ -29,6 +29,7 @@ from torch.nn import functional as F
 import pixelq
 from pixelq.bench.inference import best_times, cpu_description
 from pixelq.data import batches, load_dataset
+from pixelq.models import fully_quantized
 from pixelq.training import evaluate
 from readme_section import RESULTS_PAGE, fill, load
 
@@ -128,8 +129,8 @@ def main() -> None:
     classes, channels = len(data.train.classes), data.train.images.shape[-1]
     models = {
         "brevitas": FloatImages(brevitas_cnv(classes, channels)),
-        "pixelq": pixelq.create_model("cnv", in_channels=channels, num_classes=classes, first_layer="pixel-embedding",
-                                      first_layer_kwargs={"d": 10, "bits": 2}, wbits=1, abits=2),
+        "pixelq": pixelq.create_model("cnv", in_channels=channels, num_classes=classes,
+                                      **fully_quantized()),
     }
     result = {"data": args.data or "embedded subset", "train_images": len(data.train.labels),
               "test_images": len(data.test.labels), "epochs": args.epochs, "batch_size": args.batch_size,

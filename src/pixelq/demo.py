@@ -15,17 +15,17 @@ import numpy as np
 import torch
 
 from . import runtime
-from .errors import ConfigError
 from .data import load_dataset
+from .errors import ConfigError
 from .exporting import export
 from .exporting.verify import label_agreement
+from .models import fully_quantized
 from .training import TrainConfig, load_checkpoint, train
 
 DEMO_EPOCHS = 15
 RUNS = {
     "float": dict(first_layer="float", wbits=32, abits=32, last_layer="float"),
-    "w1a2-pe-qlast": dict(first_layer="pixel-embedding", first_layer_kwargs={"d": 10, "bits": 2},
-                          wbits=1, abits=2, last_layer="quantized"),
+    "w1a2-pe-qlast": fully_quantized(),
 }
 
 

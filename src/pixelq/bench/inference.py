@@ -19,15 +19,13 @@ from ..errors import ExportError
 from ..exporting import export, lower_plain
 from ..exporting.qdq import to_qdq
 from ..integer import IntegerModel
-from ..models import create_model
+from ..models import create_model, fully_quantized
 from ..runtime import load
 from ..runtime.fast import FastExecutor, _kernels, choose_isa, pack_conv_weight, pad_thresholds, padded_channels
 
-DEFAULT_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1,
-                 "abits": 2, "last_layer": "quantized"}
+DEFAULT_MODEL = fully_quantized()
 # The multi-bit network of the comparison: 16 plane pairs per conv, so the runtime runs dot products.
-W4A4_MODEL = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 4}, "wbits": 4, "abits": 4,
-              "last_layer": "quantized"}
+W4A4_MODEL = fully_quantized(first_layer_kwargs={"d": 10, "bits": 4}, wbits=4, abits=4)
 
 
 def best_times(fns: dict, repeats: int) -> dict:

@@ -8,15 +8,14 @@ import torch
 
 from .. import train_kernels
 from ..data import batches, load_dataset
-from ..models import create_model
+from ..models import create_model, fully_quantized
 from ..training.config import TrainConfig
 from ..training.loop import make_optimizer, training_step
 
 # The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized;
 # the fully quantized one again without pixelq's training kernels (PyTorch's ops: what they save);
 # then the fully quantized one with the recipe issue's extra objectives (a float teacher, SAQ).
-_PE_QLAST = {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1, "abits": 2,
-             "last_layer": "quantized"}
+_PE_QLAST = fully_quantized()
 TRAIN_VARIANTS = {
     "float": {"model": {}},
     "w1a2-float-first": {"model": {"wbits": 1, "abits": 2}},

@@ -1,7 +1,7 @@
 """Model registry: the CIFAR ResNets, CNV, and airbench94's float network."""
 from .airbench import FLOAT_ONLY, Airbench, AirbenchConfig, airbench94
 from .cnv import CNV, CNVConfig, cnv
-from .common import apply_overrides, model_kwargs
+from .common import apply_overrides, fully_quantized, model_kwargs
 from .convert import QuantizedModel, quantize_model
 from .registry import MODELS, create_model, list_models, register_model
 from .resnet import ResNet, ResNetConfig, resnet18, resnet20
@@ -25,6 +25,7 @@ __all__ = [
     "apply_overrides",
     "create_model",
     "first_layer_cost",
+    "fully_quantized",
     "layer_bits",
     "list_models",
     "model_kwargs",

@@ -15,6 +15,14 @@ FLOAT_BITS = 32
 LAST_LAYERS = ("float", "quantized")
 
 
+def fully_quantized(**changes) -> dict:
+    """The model settings of pixelq's fully quantized network, Blueoil's choice in the pixel-embedding
+    paper's code: one shared pixel-embedding table, d = 10, 2-bit codes; binary weights, 2-bit
+    activations; a quantized last layer. `changes` replace single settings (a fresh dict each call)."""
+    return {"first_layer": "pixel-embedding", "first_layer_kwargs": {"d": 10, "bits": 2}, "wbits": 1, "abits": 2,
+            "last_layer": "quantized", **changes}
+
+
 def default_weight_quantizer(wbits: int, per_channel: bool = True) -> "str | None":
     """wbits -> spec: 32 float, 1 binary (mean-|W| scale), 2..8 LSQ."""
     if wbits == FLOAT_BITS:
