@@ -14,7 +14,7 @@ from ..training.loop import make_optimizer, training_step
 
 # The networks the foundation compares: float, W1A2 with float first/last, W1A2 fully quantized;
 # the fully quantized one again without pixelq's training kernels (PyTorch's ops: what they save);
-# then the fully quantized one with the recipe issue's extra objectives (a float teacher, SAQ).
+# then the fully quantized one with the recipes' extra objectives (a float teacher, SAQ).
 _PE_QLAST = fully_quantized()
 TRAIN_VARIANTS = {
     "float": {"model": {}},

@@ -1,7 +1,7 @@
 """First-layer input encoders: uint8 images (N, C, H, W) in, what the first conv sees out.
 
 Pixel embedding is the product's core; the others are the baselines it is compared against
-(SPEC §3). Every encoder has `in_channels`, `out_channels` and `bits` (precision of what it emits; 32 = float).
+(the first-layer baselines of docs/first-layer-study.md). Every encoder has `in_channels`, `out_channels` and `bits` (precision of what it emits; 32 = float).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPFQ, greedy path-following quantization (Lybrand & Saab; Zhang, Zhou & Saab; SPEC §6), and
+"""GPFQ, greedy path-following quantization (Lybrand & Saab; Zhang, Zhou & Saab), and
 round-to-nearest, the baseline it must beat. One layer at a time, on the layer's inputs.
 
 For a neuron w ∈ R^N with inputs X ∈ R^{m×N} from the float network and X̃ from the network

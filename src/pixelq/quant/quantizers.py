@@ -104,8 +104,8 @@ class TernaryWeight(Quantizer):
 
 @QUANTIZERS.register("pruned_ternary")
 class PrunedTernaryWeight(Quantizer):
-    """Pruning ternary quantization (seeds/004): ternary {-alpha, 0, +alpha} weights where exactly
-    the fraction `sparsity` of weights (the smallest |w|) is 0. `ramp_steps` > 0 raises the sparsity
+    """Pruning ternary quantization (the paper of that name): ternary {-alpha, 0, +alpha} weights where
+    exactly the fraction `sparsity` of weights (the smallest |w|) is 0. `ramp_steps` > 0 raises the sparsity
     linearly from 0 over that many training forwards (the count is a buffer, so resume continues
     the schedule); 0 prunes to the target at once, as after `--init` from a float network."""
 
@@ -146,7 +146,7 @@ class PrunedTernaryWeight(Quantizer):
 class GridWeight(Quantizer):
     """Weights rounded to a fixed symmetric grid of `levels` values r * (2j / (levels - 1) - 1),
     j = 0 .. levels - 1, with radius r per output channel or per tensor: 2^bits levels (no zero; the
-    alphabet of GPFQ and round-to-nearest, SPEC §6), or 2^bits - 1 with `zero` (symmetric int8 is
+    alphabet of GPFQ and round-to-nearest, docs/training.md), or 2^bits - 1 with `zero` (symmetric int8 is
     bits 8 with zero: codes -127 .. 127 times r / 127). Post-training quantization sets the radius;
     until then the first forward takes max|w|. dy/dw = 1 (fine-tuning after PTQ)."""
 

@@ -1,4 +1,4 @@
-"""Sharpness-aware quantization (SAQ; Liu et al., github zhuang-group/SAQ; SPEC §5).
+"""Sharpness-aware quantization (SAQ; Liu et al., github zhuang-group/SAQ).
 
 One step: the gradient g of the loss with respect to each layer's (quantized) weight, then
 ε = ρ · g / ‖g‖ (‖g‖ over all layers together), then the gradient again with every layer computing
