@@ -501,3 +501,24 @@ def test_onnx_writers_refuse_what_they_cannot_write(tmp_path):
     wide["qmin"], wide["qmax"] = -200, 100
     with pytest.raises(ExportError, match=f"{wide['name']}: codes -200..100 span more than a byte"):
         to_qdq(plain)
+
+
+def test_every_registered_op_has_all_its_parts():
+    """An op is one class in pixelq.integer.ops: each registered op states its attributes (with
+    rules), tensors and how each is stored, checks its nodes, gives its output shape and MACs, and
+    has a reference computation. (Its ONNX forms still live in the writers.)"""
+    import inspect
+
+    from pixelq.integer.ops import OPS, RULES, Op
+    from pixelq.runtime.reference import REFERENCE_OPS
+
+    assert set(OPS) == set(REFERENCE_OPS) - {"fused_conv"}  # fused_conv: the runtime's plan, never in a file
+    for name, op in OPS.items():
+        assert op.name == name and isinstance(op, Op)
+        assert all(rule in RULES for rule in (*op.attrs.values(), *op.optional.values()))
+        assert type(op).output_shape is not Op.output_shape, name
+        for key in op.tensors:
+            enc = op.encoding({"op": name, "weight_lowest": -1, "weight_stride": 2, "weight_bits": 1, "qmin": 0,
+                               "qmax": 3}, key)
+            assert enc["packed"] or np.dtype(enc["dtype"]), (name, key)
+        assert inspect.signature(op.macs).parameters.keys() == {"node", "in_shape", "out_shape", "tensors"}

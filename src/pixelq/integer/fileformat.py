@@ -21,24 +21,11 @@ from ..errors import ModelFileError
 from ..files import atomic_write
 from ..zoo import resolve
 from .graph import IntegerModel
-from .ops import check_graph
-from .packing import code_bits, pack_bits, unpack_bits
+from .ops import check_graph, op_of
+from .packing import pack_bits, unpack_bits
 
 FORMAT = "pixelq-model"
 VERSION = 1
-
-# How each graph tensor is stored: packed integer codes, or raw in a dtype blob.
-_RAW = {"thresholds": "int32", "direction": "int8", "bias": "float32"}
-
-
-def _encoding(node: dict, key: str, array: np.ndarray) -> dict:
-    if key == "weight" and node["op"] in ("conv", "linear"):
-        return {"packed": True, "lowest": node["weight_lowest"], "stride": node["weight_stride"],
-                "bits": node["weight_bits"]}
-    if key == "lut":
-        return {"packed": True, "lowest": node["qmin"], "stride": 1, "bits": code_bits(node["qmin"], node["qmax"])}
-    return {"packed": False, "dtype": _RAW.get(key, str(array.dtype) if key != "weight" else "float32")}
-
 
 def _digest(manifest_bytes: bytes, blobs: dict) -> str:
     h = hashlib.sha256(manifest_bytes)
@@ -58,7 +45,7 @@ def save_model(model: IntegerModel, path) -> int:
         for key in node["tensors"]:
             name = f"{node['name']}.{key}"
             array = np.asarray(model.tensors[name])
-            enc = _encoding(node, key, array)
+            enc = op_of(node).encoding(node, key)
             if enc["packed"]:
                 u = (array.astype(np.int64) - enc["lowest"]) // enc["stride"]
                 data, blob = pack_bits(u, enc["bits"]), "packed"
@@ -150,6 +137,6 @@ def payload_bytes(model: IntegerModel) -> float:
     for node in model.nodes:
         for key in node["tensors"]:
             array = np.asarray(model.tensors[f"{node['name']}.{key}"])
-            enc = _encoding(node, key, array)
+            enc = op_of(node).encoding(node, key)
             total += array.size * enc["bits"] / 8 if enc["packed"] else array.size * np.dtype(enc["dtype"]).itemsize
     return total

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .packing import code_bits
+
 MAX_SIDE = 1 << 15  # pixels on an image side
 MAX_ELEMENTS = 1 << 28  # values of one node's output for one image: far above any CNN here, far below a crash
 MAX_BITS = 32
@@ -47,6 +49,7 @@ class Op:
     attrs: dict = {}  # attribute -> rule name (RULES); every one required
     optional: dict = {}  # attribute -> rule name; may be absent
     tensors: tuple = ()  # the tensors a node of this op holds, by short name
+    stored: dict = {}  # tensor -> the dtype it is stored in raw (packed codes: see `encoding`)
     inputs = 1
     spatial_input = True  # reads an (H, W, C) map (else a (C,) vector)
 
@@ -78,6 +81,15 @@ class Op:
     def macs(self, node: dict, in_shape: tuple, out_shape: tuple, tensors: dict) -> int:
         return 0
 
+    def encoding(self, node: dict, key: str) -> dict:
+        """How the model file stores tensor `key` of `node`: integer codes packed at their bit width
+        (code = lowest + stride * u, u in `bits` bits), or raw in a dtype."""
+        return {"packed": False, "dtype": self.stored[key]}
+
+
+def _packed_weight(node: dict) -> dict:
+    return {"packed": True, "lowest": node["weight_lowest"], "stride": node["weight_stride"], "bits": node["weight_bits"]}
+
 
 OPS: dict = {}
 
@@ -106,6 +118,9 @@ class Lookup(Op):
     name = "lut"
     attrs = {"d": "count", "in_channels": "count", "qmin": "int", "qmax": "int", "step": "positive"}
     tensors = ("lut",)
+
+    def encoding(self, node, key):
+        return {"packed": True, "lowest": node["qmin"], "stride": 1, "bits": code_bits(node["qmin"], node["qmax"])}
 
     def output_shape(self, node, shapes, tensors):
         h, w, c = shapes[0]
@@ -138,6 +153,9 @@ class Conv(Op):
     optional = {"groups": "count"}
     tensors = ("weight",)
 
+    def encoding(self, node, key):
+        return _packed_weight(node)
+
     def output_shape(self, node, shapes, tensors):
         h, w, c = shapes[0]
         k, g = node["kernel"], node.get("groups", 1)
@@ -161,6 +179,7 @@ class Threshold(Op):
     name = "threshold"
     attrs = {"qmin": "int", "qmax": "int", "step": "positive"}
     tensors = ("direction", "thresholds")
+    stored = {"direction": "int8", "thresholds": "int32"}
     spatial_input = None  # maps and vectors alike
 
     def output_shape(self, node, shapes, tensors):
@@ -232,6 +251,9 @@ class Linear(Op):
     tensors = ("weight",)
     spatial_input = False
 
+    def encoding(self, node, key):
+        return _packed_weight(node)
+
     def output_shape(self, node, shapes, tensors):
         if shapes[0] != (node["in_channels"],):
             _fail(node, f"reads {node['in_channels']} sums, got shape {shapes[0]}")
@@ -249,6 +271,7 @@ class LinearFloat(Op):
     name = "linear_float"
     attrs = {"step": "positive"}
     tensors = ("weight", "bias")
+    stored = {"weight": "float32", "bias": "float32"}
     spatial_input = False
 
     def output_shape(self, node, shapes, tensors):
@@ -268,6 +291,7 @@ class Affine(Op):
 
     name = "affine"
     tensors = ("scale", "bias")
+    stored = {"scale": "float64", "bias": "float64"}
     spatial_input = None
 
     def output_shape(self, node, shapes, tensors):
