@@ -82,8 +82,11 @@ def test_cli_quantize_then_eval_export_run(tmp_path, tiny_splits, capsys, method
     out = tmp_path / method
     assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", method, "--bits", str(bits),
                  "--calib", "24", "--data", str(data), "--out", str(out)]) == 0
-    result = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    result = json.loads(printed.out)
     assert result["method"] == method and result["bits"] == bits and result["calibration_images"] == 24
+    if method != "int8":  # rtn and gpfq go layer by layer, with a progress bar
+        assert f"{method} {bits}-bit" in printed.err and "layer" in printed.err
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--data", str(data)]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
     assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
