@@ -278,12 +278,14 @@ def test_cli_export_run_inspect(tmp_path, tiny_splits, capsys):
 
 
 def test_the_runtime_runs_with_torch_blocked(model_file, tmp_path):
-    """A deployment needs numpy, not torch: load and run a .pxq in a process where `import torch` fails."""
+    """A deployment needs numpy, not torch (nor Pillow, which only image files need): load and run a
+    .pxq, and a zoo model by name, in a process where `import torch` and `import PIL` fail."""
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None\n"
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['PIL'] = None\n"
             "import numpy as np, pixelq.runtime, pixelq.integer\n"
+            "pixelq.runtime.load('zoo:resnet20-w1a2-pe-qlast')\n"
             "rt = pixelq.runtime.load(sys.argv[1])\n"
             "images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)\n"
             "print(rt.predict(images).tolist())\n"

@@ -6,7 +6,6 @@ import time
 import numpy as np
 
 from ..errors import ConfigError, DataError, InputError, ModelFileError, PixelqError
-from ..images import read_image
 from ..integer import IntegerModel, load_model
 from .fast import FastExecutor, kernels_available
 from .reference import run_reference
@@ -116,6 +115,8 @@ class Runtime:
         {"file", "top": [{"class", "score"}, ...]} with the `top` most probable classes (softmax of
         `float_logits`; equal scores rank the lower class index first, as `predict`), or
         {"file", "error"} for a file that could not be read; the others are still classified."""
+        from ..images import read_image  # Pillow: needed for image files only, not by a runtime-only install
+
         if isinstance(top, bool) or not isinstance(top, int) or top < 1:
             raise ConfigError(f"top must be a positive integer, got {top!r}")
         if not self.image_shape:
