@@ -47,7 +47,8 @@ HEADLINE = {
                                    "as resnet20-w1a2-pe-qlast with a 4-bit residual stream and signed residual branches"),
 }
 SPEED_KEYS = {"vs_pytorch_fp32_b64": "resnet20_b64_vs_torch_fp32", "vs_onnxruntime_int8_b64": "resnet20_b64_vs_ort_int8",
-              "vs_pytorch_fp32_b1": "resnet20_b1_vs_torch_fp32"}
+              "vs_openvino_int8_b64": "resnet20_b64_vs_ov_int8", "vs_pytorch_fp32_b1": "resnet20_b1_vs_torch_fp32",
+              "vs_onnxruntime_int8_b1": "resnet20_b1_vs_ort_int8", "vs_openvino_int8_b1": "resnet20_b1_vs_ov_int8"}
 
 
 def weights_only(path: Path) -> None:
@@ -90,9 +91,9 @@ def build_entry(name: str, run: Path, description: str, embedded) -> dict:
         "macs": totals["macs"],
         "bops": totals["bops"],
         "size_bytes": pxq.stat().st_size,
-        "speed": ({k: round(bench["ratios"][v], 2) for k, v in SPEED_KEYS.items()} | {"cpu": bench["runtime_isa"],
-                  "source": str(bench_file.relative_to(ROOT))} if bench else None),
-        "vs_openvino_int8": None,  # not measured yet: pixelq bench has no OpenVINO row
+        "speed": ({k: round(bench["ratios"][v], 2) for k, v in SPEED_KEYS.items() if v in bench["ratios"]}
+                  | {"kernels": bench["runtime_isa"], "cpu_flags": bench["cpu"]["flags"],
+                     "source": str(bench_file.relative_to(ROOT))} if bench else None),
         "checkpoint": str(checkpoint.relative_to(ROOT)),
         "sources": [str((run / "metrics.json").relative_to(ROOT)),
                     f"results/interchange/{run.name}.json"],
@@ -101,18 +102,20 @@ def build_entry(name: str, run: Path, description: str, embedded) -> dict:
 
 def render(models: dict) -> str:
     """README's zoo table, and where the numbers stand against the field once the JPEG copy is calibrated."""
+    kernels = sorted({(m["speed"] or {}).get("kernels", "?") for m in models.values()})
     lines = [START, "", "Trained on CIFAR-10-JPEG (50,000 train images; top-1 on its 10,000 test images, on the integer "
-             "runtime); speed = PyTorch's or ONNX Runtime's time for a float ResNet-20 (int8 for ONNX Runtime) / "
-             "pixelq's, batch 64, 1 thread, one run (`pixelq bench --model`; `python experiments/build_zoo.py` "
-             "writes the registry and this table).", "",
+             "runtime); speed = the baseline's time for a float ResNet-20 (PyTorch fp32; ONNX Runtime and OpenVINO "
+             "running its int8 QDQ form) / pixelq's time for the network, batch 64, 1 thread, timed in turns in one run "
+             f"(`pixelq bench --model`, pixelq's {', '.join(kernels)} kernels; `python experiments/build_zoo.py` writes "
+             "the registry and this table).", "",
              "| `zoo:NAME` | network | top-1 % | .pxq | BOPs | vs PyTorch fp32 | vs ONNX Runtime int8 | vs OpenVINO int8 |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
+    keys = ("vs_pytorch_fp32_b64", "vs_onnxruntime_int8_b64", "vs_openvino_int8_b64")
     for name, m in models.items():
         speed = m["speed"] or {}
-        ratio = {k: f"{speed[k]:.1f}x" if k in speed else "–" for k in ("vs_pytorch_fp32_b64", "vs_onnxruntime_int8_b64")}
+        ratio = [f"{speed[k]:.2f}x" if k in speed else "not measured" for k in keys]
         lines.append(f"| `{name}` | {m['description']} | {m['top1']:.2f} | {m['size_bytes'] / 1000:.0f} KB | "
-                     f"{m['bops'] / 1e6:.0f} M | {ratio['vs_pytorch_fp32_b64']} | {ratio['vs_onnxruntime_int8_b64']} | "
-                     "not yet measured |")
+                     f"{m['bops'] / 1e6:.0f} M | {' | '.join(ratio)} |")
     calibration = load_json(ROOT / "results" / "calibration" / "summary.json")
     field = json.loads((ROOT / "experiments" / "field_numbers.json").read_text())["rows"]
     lines += ["", "The field reports, on the original (lossless) CIFAR-10: " +

@@ -180,7 +180,7 @@ def _run_bench(args) -> None:
 
     result = run_benchmark(model_path=args.model, repeats=args.repeats, isa=args.isa)
     print(f"runtime kernels: {result['runtime_isa']}; PyTorch: {result['torch_isa']}; "
-          f"ONNX Runtime: {result['onnxruntime_isa']}")
+          f"ONNX Runtime: {result['onnxruntime_isa']}; OpenVINO: {result['openvino_version'] or 'not installed'}")
     print(f"{'speed-up (baseline time / pixelq time)':<44} {'value':>8}")
     for key, value in result["ratios"].items():
         print(f"{key:<44} {value:8.2f}x")
@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="also time the fully quantized variant under torch.compile (its compile time is reported apart)")
     p.add_argument("--json", help="write the results here")
-    p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32 and ONNX Runtime int8, timed in one run")
+    p = sub.add_parser("bench", help="integer runtime vs PyTorch fp32, ONNX Runtime int8 and OpenVINO, timed in one run")
     p.add_argument("--model", help=".pxq file (default: a W1A2 ResNet-20 with pixel embedding built here)")
     p.add_argument("--repeats", type=positive_int, default=10)
     p.add_argument("--json", help="write the results here")

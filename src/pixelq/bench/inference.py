@@ -1,4 +1,5 @@
-"""`pixelq bench`: the integer runtime against PyTorch fp32 (oneDNN) and ONNX Runtime int8, in one run.
+"""`pixelq bench`: the integer runtime against PyTorch fp32 (oneDNN), ONNX Runtime int8 and, where it is
+installed, OpenVINO fp32 and int8 (the same float and QDQ ONNX files ONNX Runtime runs), in one run.
 
 Every time is the best of `repeats` calls after a warm-up, all in one process with the same thread
 count, the contenders of a comparison taking turns call by call, so the ratios (speed-up = baseline
@@ -74,6 +75,32 @@ def ort_int8_session(float_model: nn.Module, calibration: np.ndarray, threads: i
     quantize_static(str(fp32_path), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
     return ort_session(str(int8_path), threads)
+
+
+def openvino_requests(workdir: Path, threads: int, batch_sizes, image_shape: tuple) -> dict:
+    """{(form, batch): an OpenVINO infer request}, form "fp32" (float.onnx) or "int8" (int8.onnx, the
+    QDQ file `ort_int8_session` wrote), each compiled for its batch of `image_shape` (H, W, C) images
+    on `threads` threads; {} without the openvino package (pip install 'pixelq[bench]')."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core, requests = ov.Core(), {}
+    for form, name in (("fp32", "float.onnx"), ("int8", "int8.onnx")):
+        for batch in batch_sizes:
+            model = core.read_model(str(workdir / name))
+            model.reshape({"image": [batch, *image_shape]})
+            compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+            requests[form, batch] = compiled.create_infer_request()
+    return requests
+
+
+def openvino_version() -> "str | None":
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    return ov.__version__
 
 
 def ort_session(model, threads: int):
@@ -189,7 +216,8 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
         export(calibrated(create_model("resnet20", **W4A4_MODEL), calibration), w4a4_path)
         result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {},
                   "runtime_isa": isa, "torch_isa": torch.backends.cpu.get_cpu_capability(),
-                  "onnxruntime_isa": "its own choice (the best this CPU has; not selectable)", "cpu": cpu_description()}
+                  "onnxruntime_isa": "its own choice (the best this CPU has; not selectable)",
+                  "openvino_version": openvino_version(), "cpu": cpu_description()}
         for threads in thread_counts:
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
@@ -197,6 +225,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             w4a4 = load(w4a4_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
             same_model = ort_session(qdq, threads) if qdq is not None else None
+            openvino = openvino_requests(tmp, threads, batch_sizes, (image_size, image_size, 3))
             result["kernels"] = {name: FastExecutor(rt.model, isa=isa).kernels()
                                       for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
             times = {}
@@ -208,7 +237,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                                              f"b{batch}_pixelq_s": lambda: runtime.logits(x),
                                              f"b{batch}_pixelq_w4a4_s": lambda: w4a4.logits(x),
                                              **({f"b{batch}_ort_qdq_same_model_s": lambda: same_model.run(None, {"image": x})}
-                                                if same_model is not None else {})}, repeats))
+                                                if same_model is not None else {}),
+                                             **{f"b{batch}_ov_{form}_s": (lambda r=r: r.infer({"image": x}))
+                                                for (form, b), r in openvino.items() if b == batch}}, repeats))
             for abits in (1, 2):
                 layer = conv_layer_times(abits, threads, repeats, isa)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
@@ -222,6 +253,11 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             ratios[f"resnet20_b{big}_vs_torch_fp32{suffix}"] = times[f"b{big}_torch_fp32_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b{big}_vs_ort_int8{suffix}"] = times[f"b{big}_ort_int8_s"] / times[f"b{big}_pixelq_s"]
             ratios[f"resnet20_b1_vs_torch_fp32{suffix}"] = times["b1_torch_fp32_s"] / times["b1_pixelq_s"]
+            for form in ("fp32", "int8") if openvino else ():
+                for batch in batch_sizes:
+                    ratios[f"resnet20_b{batch}_vs_ov_{form}{suffix}"] = (times[f"b{batch}_ov_{form}_s"]
+                                                                        / times[f"b{batch}_pixelq_s"])
+            ratios[f"resnet20_b1_vs_ort_int8{suffix}"] = times["b1_ort_int8_s"] / times["b1_pixelq_s"]
             if same_model is not None:  # the same W1A2 network, `pixelq export --format onnx`, on ONNX Runtime
                 ratios[f"resnet20_b{big}_vs_ort_qdq_same_model{suffix}"] = (times[f"b{big}_ort_qdq_same_model_s"]
                                                                            / times[f"b{big}_pixelq_s"])
