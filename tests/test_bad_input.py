@@ -613,7 +613,7 @@ def _zoo_manifest():
         return json.loads(zlib.decompress(base64.b64decode(f.metadata()["manifest"])))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_manifests_give_an_error_or_a_consistent_model_never_a_crash(tmp_path, data):
     """Random edits of a shipped model's manifest, checksum recomputed: the file is refused with

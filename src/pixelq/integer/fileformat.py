@@ -24,6 +24,7 @@ from .graph import IntegerModel
 from .ops import check_graph, op_of
 from .packing import pack_bits, unpack_bits
 
+INT32 = np.iinfo(np.int32)
 FORMAT = "pixelq-model"
 VERSION = 1
 
@@ -107,9 +108,15 @@ def _tensor(blobs: dict, name: str, t: dict) -> np.ndarray:
         raise ValueError(f"{name}: lies past the end of blob {t['blob']!r} ({t['offset']} + {t['length']} > {len(blob)})")
     data = blob[t["offset"]:t["offset"] + t["length"]]
     if t["packed"]:
+        if not all(isinstance(t[k], int) and not isinstance(t[k], bool) and abs(t[k]) <= INT32.max
+                   for k in ("lowest", "stride", "bits")):
+            raise ValueError(f"{name}: lowest, stride and bits must be integers in the int32 range")
         if not 1 <= t["bits"] <= 32 or t["length"] != -(-count * t["bits"] // 8):
             raise ValueError(f"{name}: {t['length']} bytes do not hold {count} codes of {t['bits']} bits")
-        return (t["lowest"] + t["stride"] * unpack_bits(data, t["bits"], count)).reshape(t["shape"]).astype(np.int32)
+        codes = t["lowest"] + t["stride"] * unpack_bits(data, t["bits"], count).astype(np.int64)
+        if count and not (INT32.min <= codes.min() and codes.max() <= INT32.max):
+            raise ValueError(f"{name}: its codes leave the int32 range (lowest {t['lowest']}, stride {t['stride']})")
+        return codes.reshape(t["shape"]).astype(np.int32)
     if data.dtype != np.dtype(t["dtype"]) or t["length"] != count:
         raise ValueError(f"{name}: {t['length']} {data.dtype} values do not fill shape {t['shape']} of {t['dtype']}")
     return data.reshape(t["shape"])
@@ -125,7 +132,7 @@ def load_model(path) -> IntegerModel:
             raise ValueError("the manifest's tensors must be an object")
         tensors = {name: _tensor(blobs, name, t) for name, t in layout.items()}
         check_graph(nodes, tensors, meta)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
         raise ModelFileError(f"{path}: the manifest does not describe a valid model ({type(e).__name__}: {e}); "
                              "export it again with `pixelq export`") from e
     return IntegerModel(nodes, tensors, meta)

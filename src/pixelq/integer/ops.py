@@ -30,15 +30,23 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+MAX_CODE = 1 << 15  # codes, weight codes and their offsets: far beyond any bit width here
+MAX_COUNT = 1 << 16  # channels, kernel sides, strides
+
+
+def _is_code(v) -> bool:
+    return _is_int(v) and -MAX_CODE <= v <= MAX_CODE
+
+
 RULES = {
-    "int": (_is_int, "an integer"),
-    "count": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "int": (_is_code, f"an integer in [-{MAX_CODE}, {MAX_CODE}]"),
+    "count": (lambda v: _is_int(v) and 1 <= v <= MAX_COUNT, f"an integer in [1, {MAX_COUNT}]"),
     "size": (lambda v: _is_int(v) and 0 <= v <= MAX_SIDE, f"an integer in [0, {MAX_SIDE}]"),
     "bits": (lambda v: _is_int(v) and 1 <= v <= MAX_BITS, f"an integer in [1, {MAX_BITS}]"),
     "positive": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                  "a finite number > 0"),
-    "range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_int, v)) and v[0] <= v[1],
-              "[lowest, highest] integers"),
+    "range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_code, v)) and v[0] <= v[1],
+              f"[lowest, highest] integers in [-{MAX_CODE}, {MAX_CODE}]"),
 }
 
 
