@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,8 @@ from pixelq.models import cost_totals
 from pixelq.runtime import load
 from pixelq.training import read_checkpoint, save_checkpoint
 from pixelq.training.checkpoint import model_from_checkpoint
+from readme_section import README, fill, load as load_json
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from readme_section import README, fill, load as load_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- zoo:start -->", "<!-- zoo:end -->"
