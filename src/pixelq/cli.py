@@ -273,12 +273,13 @@ def _run_zoo(args) -> None:
     if args.json:
         print(json.dumps(models, indent=2))
         return
-    print(f"{'name':<28} {'top-1 %':>7} {'KB':>6} {'MBOPs':>7} {'vs PyTorch':>10} {'vs ORT int8':>11}  data")
+    columns = {"vs PyTorch": "vs_pytorch_fp32_b64", "vs ORT int8": "vs_onnxruntime_int8_b64",
+               "vs OpenVINO int8": "vs_openvino_int8_b64"}  # batch 64, 1 thread
+    print(f"{'name':<28} {'top-1 %':>7} {'KB':>6} {'MBOPs':>7} " + " ".join(f"{c:>{len(c)}}" for c in columns) + "  data")
     for name, m in models.items():
         speed = m["speed"] or {}
-        ratio = {k: f"{speed[k]:.1f}x" if k in speed else "-" for k in ("vs_pytorch_fp32_b64", "vs_onnxruntime_int8_b64")}
-        print(f"{name:<28} {m['top1']:>7.2f} {m['size_bytes'] / 1000:>6.1f} {m['bops'] / 1e6:>7.1f} "
-              f"{ratio['vs_pytorch_fp32_b64']:>10} {ratio['vs_onnxruntime_int8_b64']:>11}  {m['dataset']}")
+        ratios = " ".join(f"{f'{speed[k]:.2f}x' if k in speed else '-':>{len(c)}}" for c, k in columns.items())
+        print(f"{name:<28} {m['top1']:>7.2f} {m['size_bytes'] / 1000:>6.1f} {m['bops'] / 1e6:>7.1f} {ratios}  {m['dataset']}")
     print("load one with pixelq.runtime.load('zoo:NAME'), `pixelq run zoo:NAME` or `pixelq predict zoo:NAME IMAGE`")
 
 

@@ -10,10 +10,13 @@ from typing import Callable
 from .errors import PixelqError
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()  # read once: setting it to read it would briefly change it for every thread
 
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error: type = PixelqError,
@@ -35,7 +38,7 @@ def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], error
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would: some writers (safetensors) create files 0600
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as open() would: some writers (safetensors) create files 0600
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):  # under a file, even the temp name cannot be looked at
