@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; see README for a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install install-dev clean
+.PHONY: demo test install install-dev clean lib
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,5 +28,13 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
+# libpixelq without Python: build/libpixelq.so and the header in src/pixelq/runtime/include.
+CC ?= cc
+LIBPIXELQ := src/pixelq/runtime/csrc/kernels.c src/pixelq/runtime/csrc/net.c
+lib: build/libpixelq.so
+build/libpixelq.so: $(LIBPIXELQ) $(wildcard src/pixelq/runtime/csrc/*.h src/pixelq/runtime/include/*.h)
+	mkdir -p build
+	$(CC) -O3 -std=c11 -fopenmp -fPIC -shared -Isrc/pixelq/runtime/include $(LIBPIXELQ) -o $@
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .hypothesis
+	rm -rf $(VENV) runs build .pytest_cache .hypothesis

@@ -15,7 +15,8 @@ import numpy as np
 
 from pixelq.bench.inference import best_times, cpu_description
 from pixelq.runtime import available_isas
-from pixelq.runtime.fast import _kernels, pack_conv_weight, pack_dot_weight, pad_thresholds, padded_channels
+from pixelq.runtime import clib
+from pixelq.runtime.fast import pack_conv_weight, pack_dot_weight, pad_thresholds, padded_channels
 
 BITS = [(1, 1), (1, 2), (2, 2), (2, 3), (1, 4), (2, 4), (3, 3), (4, 4), (2, 8), (8, 8)]  # (weight, activation)
 LAYERS = [(16, 32), (32, 16), (64, 8)]  # (channels, image size): ResNet-20's three stages on CIFAR
@@ -30,12 +31,15 @@ def layer_times(isa: str, channels: int, size: int, wbits: int, abits: int, repe
     direction, thresholds = pad_thresholds(np.ones(c, np.int8), np.sort(rng.integers(-20, 20, (c, 3)), 1).astype(np.int32))
     out = np.empty((n, size, size, c), np.uint8)
     planes, dot = pack_conv_weight(w, lowest, step, wbits), pack_dot_weight(w)
-    fused = (out, 1, direction, thresholds, 3, 0)
-    fns = {"bit_planes_s": lambda: _kernels.conv(x, n, size, size, c, abits, planes, 3, 3, wbits, c, padded_channels(c),
-                                                 lowest, step, 1, 1, size, size, *fused, isa=isa)}
-    if _kernels.dot_isa(isa) != "avx2" or 2 * (2**abits - 1) * 2**(wbits - 1) <= 32767:  # VPMADDUBSW's int16 pairs
-        fns["dot_product_s"] = lambda: _kernels.dot_conv(x, n, size, size, c, dot, 3, 3, c, padded_channels(c), 1, 1,
-                                                         size, size, *fused, isa=isa)
+    common = dict(input=x, batch=n, height=size, width=size, channels=c, kernel_h=3, kernel_w=3, out_channels=c,
+                  out_channels_padded=padded_channels(c), stride=1, pad=1, direction=direction, thresholds=thresholds,
+                  levels=3, qmin=0, out=out, threads=1, isa=isa)
+    bit_planes = clib.Call(clib.ConvParams, kind="planes", input_planes=abits, weights=planes, weight_bits=wbits,
+                           weight_lowest=lowest, weight_stride=step, **common)
+    fns = {"bit_planes_s": lambda: bit_planes()}
+    if clib.dot_isa(isa) != "avx2" or 2 * (2**abits - 1) * 2**(wbits - 1) <= 32767:  # VPMADDUBSW's int16 pairs
+        dot_product = clib.Call(clib.ConvParams, kind="dot", weights=dot, **common)
+        fns["dot_product_s"] = lambda: dot_product()
     return best_times(fns, repeats)
 
 
@@ -49,7 +53,7 @@ def main() -> None:
         for channels, size in LAYERS:
             for wbits, abits in BITS:
                 times = layer_times(isa, channels, size, wbits, abits, args.repeats)
-                rows.append({"isa": isa, "dot_isa": _kernels.dot_isa(isa), "channels": channels, "size": size,
+                rows.append({"isa": isa, "dot_isa": clib.dot_isa(isa), "channels": channels, "size": size,
                              "wbits": wbits, "abits": abits, "plane_pairs": wbits * abits, **times})
                 dot = times.get("dot_product_s")
                 print(f"{isa:<16} {channels:>3}ch {size:>2}px W{wbits}A{abits}: bit-planes {1e3 * times['bit_planes_s']:6.2f} ms"

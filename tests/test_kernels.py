@@ -1,5 +1,7 @@
 """The C kernels against the numpy reference, and the reference against an independent oracle
 (a float64 conv in PyTorch on integer-valued data), for every instruction set this CPU has."""
+import ctypes
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ from hypothesis import strategies as st
 
 from pixelq.errors import ExportError, InputError
 from pixelq.exporting.integers import check_accumulator_range
-from pixelq.runtime import fast, fusion
+from pixelq.runtime import clib, fast, fusion
 from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
 
 pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
@@ -20,7 +22,7 @@ WEIGHT_GRIDS = {"binary": (-1, 2, 1), "ternary": (-1, 1, 2), "dorefa3": (-7, 2, 
 @pytest.fixture(params=ISAS)
 def isa(request):
     """The name of an instruction set this CPU has, passed to each kernel call as isa=NAME."""
-    if request.param not in fast._kernels.isas():
+    if request.param not in clib.isas():
         pytest.skip(f"this CPU has no {request.param}")
     return request.param
 
@@ -30,24 +32,50 @@ def random_weights(rng, shape, grid):
     return (lowest + stride * rng.integers(0, 2**bits, shape)).astype(np.int32)
 
 
+def run_conv(kind, x, out, isa, threads=2, **fields):
+    """clib.conv on input x (N, H, W, C) into `out`, the other fields by name."""
+    n, h, w, c = x.shape
+    clib.conv(kind=kind, input=np.ascontiguousarray(x), batch=n, height=h, width=w, channels=c, out=out,
+              threads=threads, isa=isa, **fields)
+    return out
+
+
+def plane_weights(w, grid):
+    """A planes conv's weight fields for weight codes (O, k, k, I) on `grid`."""
+    lowest, wstride, bits = grid
+    o, k = w.shape[0], w.shape[1]
+    return dict(weights=fast.pack_conv_weight(w, lowest, wstride, bits), kernel_h=k, kernel_w=k, weight_bits=bits,
+                weight_lowest=lowest, weight_stride=wstride, out_channels=o, out_channels_padded=fast.padded_channels(o))
+
+
+def dot_weights(w):
+    o, k = w.shape[0], w.shape[1]
+    return dict(weights=fast.pack_dot_weight(w), kernel_h=k, kernel_w=k, out_channels=o,
+                out_channels_padded=fast.padded_channels(o))
+
+
+def threshold_fields(direction, thresholds, qmin=0):
+    d, t = fast.pad_thresholds(direction, thresholds)
+    return dict(direction=d, thresholds=t, levels=t.shape[0], qmin=qmin)
+
+
+def residual_fields(shortcut, stride, qmax, shift=0):
+    return dict(residual=shortcut, residual_height=shortcut.shape[1], residual_width=shortcut.shape[2],
+                residual_channels=shortcut.shape[3], residual_stride=stride, residual_qmax=qmax, residual_shift=shift)
+
+
 def fast_conv(x, w, grid, stride, padding, threads=2, thresholds=None, isa=None):
     """The C conv on uint8 codes: int32 accumulators, or codes given (direction, thresholds, qmin)."""
-    lowest, wstride, bits = grid
     n, h, wd_, c = x.shape
     o, k = w.shape[0], w.shape[1]
-    planes_in = max(1, int(x.max(initial=0)).bit_length())
     ho, wo = (h + 2 * padding - k) // stride + 1, (wd_ + 2 * padding - k) // stride + 1
-    args = (np.ascontiguousarray(x, np.uint8), n, h, wd_, c, planes_in, fast.pack_conv_weight(w, lowest, wstride, bits),
-            k, k, bits, o, fast.padded_channels(o), lowest, wstride, stride, padding, ho, wo)
+    fields = dict(plane_weights(w, grid), input_planes=max(1, int(x.max(initial=0)).bit_length()), stride=stride,
+                  pad=padding)
     if thresholds is None:
-        out = np.empty((n, ho, wo, o), np.int32)
-        fast._kernels.conv(*args, out, threads, isa=isa)
-        return out
+        return run_conv("planes", x, np.empty((n, ho, wo, o), np.int32), isa, threads, **fields)
     direction, levels, qmin = thresholds
-    d, t = fast.pad_thresholds(direction, levels)
-    out = np.empty((n, ho, wo, o), np.uint8)
-    fast._kernels.conv(*args, out, threads, d, t, t.shape[0], qmin, isa=isa)
-    return out
+    return run_conv("planes", x, np.empty((n, ho, wo, o), np.uint8), isa, threads, **fields,
+                    **threshold_fields(direction, levels, qmin))
 
 
 def spread_thresholds(rng, acc, levels):
@@ -153,7 +181,7 @@ def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits
     3 taken off after the add). AVX2's VPMADDUBSW saturates int16 pairs, so beyond
     2 x code x |weight| <= 32767 (8-bit codes with 8-bit weights) only VNNI and portable builds run."""
     assume(h + 2 * padding >= k and w + 2 * padding >= k)
-    assume(not (abits == 8 and wbits == 8 and fast._kernels.dot_isa(isa) == "avx2"))  # dot_conv_fits refuses these
+    assume(not (abits == 8 and wbits == 8 and clib.dot_isa(isa) == "avx2"))  # dot_conv_fits refuses these
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**abits, (n, h, w, c)).astype(np.uint8)
     x.flat[0] = 2**abits - 1
@@ -161,26 +189,21 @@ def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits
     wt.flat[0] = -2**(wbits - 1)
     acc = conv2d_reference(x, wt, stride, padding)
     ho, wo = acc.shape[1:3]
-    args = (x, n, h, w, c, fast.pack_dot_weight(wt), k, k, o, fast.padded_channels(o), stride, padding, ho, wo)
-    if not fused:
-        out = np.empty((n, ho, wo, o), np.int32)
-        fast._kernels.dot_conv(*args, out, threads, isa=isa)
-        assert np.array_equal(out, acc)
-        return
-    direction = rng.choice([-1, 1], o).astype(np.int8)
-    shift = 3 if shortcut == "signed" else 0
-    thresholds = spread_thresholds(rng, acc, 3 + shift)
-    expected = threshold_reference(acc, direction, thresholds, 0)
-    d, t = fast.pad_thresholds(direction, thresholds)
-    out = np.empty((n, ho, wo, o), np.uint8)
-    if shortcut:
-        res_c = (o + 1) // 2
-        codes = rng.integers(0, 4, (n, ho, wo, res_c)).astype(np.uint8)
-        expected = with_residual(expected, codes, 1, 3, shift)
-        fast._kernels.dot_conv(*args, out, threads, d, t, 3 + shift, 0, codes, ho, wo, res_c, 1, 3, shift, isa=isa)
+    fields = dict(dot_weights(wt), stride=stride, pad=padding)
+    if fused:
+        direction = rng.choice([-1, 1], o).astype(np.int8)
+        shift = 3 if shortcut == "signed" else 0
+        thresholds = spread_thresholds(rng, acc, 3 + shift)
+        expected = threshold_reference(acc, direction, thresholds, 0)
+        fields.update(threshold_fields(direction, thresholds))
+        if shortcut:
+            codes = rng.integers(0, 4, (n, ho, wo, (o + 1) // 2)).astype(np.uint8)
+            expected = with_residual(expected, codes, 1, 3, shift)
+            fields.update(residual_fields(codes, 1, 3, shift))
     else:
-        fast._kernels.dot_conv(*args, out, threads, d, t, 3, 0, isa=isa)
-    assert np.array_equal(out, expected)
+        expected = acc
+    out = np.empty((n, ho, wo, o), np.uint8 if fused else np.int32)
+    assert np.array_equal(run_conv("dot", x, out, isa, threads, **fields), expected)
 
 
 @given(m=st.integers(1, 50), o=st.integers(1, 40), levels=st.integers(1, 7), qmin=st.integers(0, 2),
@@ -193,7 +216,8 @@ def test_threshold_kernel_equals_reference(m, o, levels, qmin, seed):
     direction = rng.choice([-1, 1], o).astype(np.int8)
     thresholds = np.sort(rng.integers(-400, 400, (o, levels)), axis=1).astype(np.int32)
     out = np.empty((m, o), np.uint8)
-    fast._kernels.threshold(acc, m, o, direction, thresholds, levels, qmin, out, 2)
+    clib.threshold(acc=acc, positions=m, channels=o, direction=direction, thresholds=thresholds, levels=levels,
+                   qmin=qmin, out=out, threads=2)
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, qmin))
 
 
@@ -204,7 +228,7 @@ def test_lut_kernel_equals_reference(tables, d, n, seed):
     image = rng.integers(0, 256, (n, 5, 4, 3)).astype(np.uint8)
     lut = rng.integers(0, 4, (tables, 256, d)).astype(np.uint8)
     out = np.empty((n, 5, 4, 3 * d), np.uint8)
-    fast._kernels.lut(image, n * 20, 3, lut, tables, d, out, 2)
+    clib.lookup(image=image, positions=n * 20, channels=3, tables=lut, tables_count=tables, depth=d, out=out, threads=2)
     assert np.array_equal(out, lut_reference(image, lut))
 
 
@@ -218,7 +242,8 @@ def test_requantizing_lut_kernel_equals_reference(tables, count, c, top, seed):
     codes = rng.integers(0, top + 1, (count, 1, 1, c)).astype(np.uint8)
     lut = rng.integers(0, 256, (1 if tables == 1 else c, 256, 1)).astype(np.uint8)
     out = np.empty_like(codes)
-    fast._kernels.lut(codes, count, c, lut, lut.shape[0], 1, out, 2)
+    clib.lookup(image=codes, positions=count, channels=c, tables=lut, tables_count=lut.shape[0], depth=1, out=out,
+                threads=2)
     assert np.array_equal(out, lut_reference(codes, lut))
 
 
@@ -263,17 +288,13 @@ def test_int16_epilogue_equals_reference(isa, n, h, c, o, grid, abits, k, stride
     shift = levels if signed and res_c else 0
     thresholds = spread_thresholds(rng, acc, levels + shift)
     expected = threshold_reference(acc, direction, thresholds, 0)
-    args = (x, n, h, h, c, abits, fast.pack_conv_weight(wt, lowest, wstride, bits), k, k, bits, o, fast.padded_channels(o),
-            lowest, wstride, stride, pad, ho, ho)
-    d, t = fast.pad_thresholds(direction, thresholds)
-    out = np.empty((n, ho, ho, o), np.uint8)
+    fields = dict(plane_weights(wt, WEIGHT_GRIDS[grid]), input_planes=abits, stride=stride, pad=pad,
+                  **threshold_fields(direction, thresholds))
     if res_c:
         codes = rng.integers(0, 2**abits, (n, ho * stride, ho * stride, res_c)).astype(np.uint8)
         expected = with_residual(expected, codes, stride, levels, shift)
-        fast._kernels.conv(*args, out, threads, d, t, levels + shift, 0, codes, ho * stride, ho * stride, res_c, stride,
-                           levels, shift, isa=isa)
-    else:
-        fast._kernels.conv(*args, out, threads, d, t, levels, 0, isa=isa)
+        fields.update(residual_fields(codes, stride, levels, shift))
+    out = run_conv("planes", x, np.empty((n, ho, ho, o), np.uint8), isa, threads, **fields)
     assert np.array_equal(out, expected)
 
 
@@ -298,17 +319,14 @@ def test_row_convs_equal_reference(isa, channels, width, residual):
         shift = 3 if residual == "signed" else 0
         thresholds = np.sort(rng.integers(-span, span + 1, (c, 3 + shift)), axis=1).astype(np.int32)
         expected = threshold_reference(acc, direction, thresholds, 0)
-        d, t = fast.pad_thresholds(direction, thresholds)
-        args = (x, 3, 5, width, c, 2, fast.pack_conv_weight(wt, lowest, wstride, bits), 3, 3, bits, c, c, lowest,
-                wstride, 1, 1, 5, width)
-        out = np.empty((3, 5, width, c), np.uint8)
+        fields = dict(plane_weights(wt, WEIGHT_GRIDS[grid]), input_planes=2, stride=1, pad=1,
+                      **threshold_fields(direction, thresholds))
         if residual:
             s = 2 if residual == "downsampled" else 1
             shortcut = rng.integers(0, 4, (3, 5 * s, width * s, c // s)).astype(np.uint8)
             expected = with_residual(expected, shortcut, s, 3, shift)
-            fast._kernels.conv(*args, out, 2, d, t, 3 + shift, 0, shortcut, 5 * s, width * s, c // s, s, 3, shift, isa=isa)
-        else:
-            fast._kernels.conv(*args, out, 2, d, t, 3, 0, isa=isa)
+            fields.update(residual_fields(shortcut, s, 3, shift))
+        out = run_conv("planes", x, np.empty((3, 5, width, c), np.uint8), isa, **fields)
         assert np.array_equal(out, expected), grid
 
 
@@ -348,33 +366,103 @@ def test_row_convs_with_many_levels_equal_reference(isa, channels, width, levels
 def test_sum_pool_kernel_equals_numpy(n, h, w, c, threads, seed):
     x = np.random.default_rng(seed).integers(0, 256, (n, h, w, c)).astype(np.uint8)
     out = np.empty((n, c), np.int64)
-    fast._kernels.sum_pool(x, n, h * w, c, out, threads)
+    clib.sum_pool(codes=x, batch=n, positions=h * w, channels=c, out=out, threads=threads)
     assert np.array_equal(out, x.sum((1, 2), dtype=np.int64))
 
 
+def small_conv(**change):
+    """A valid 3x3 binary planes conv, 8 -> 8 channels on a 4x4 input, as ConvParams fields, with `change`."""
+    fields = dict(kind="planes", input=np.zeros((1, 4, 4, 8), np.uint8), batch=1, height=4, width=4, channels=8,
+                  input_planes=1, out=np.empty((1, 4, 4, 8), np.int32), threads=1, stride=1, pad=1,
+                  **plane_weights(np.ones((8, 3, 3, 8), np.int32), WEIGHT_GRIDS["binary"]))
+    return {**fields, **change}
+
+
 def test_kernels_name_their_instruction_sets():
-    """isas() lists this CPU's builds, portable first and the default last; a call naming another
-    (or an unknown keyword) is refused before anything runs."""
-    names = fast._kernels.isas()
+    """isas() lists this CPU's builds, portable first and the default last; a call naming another is
+    refused before anything runs."""
+    names = clib.isas()
     assert names[0] == "portable" and set(names) <= set(ISAS)
-    x, w = np.zeros((1, 4, 4, 8), np.uint8), fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)
-    args = (x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 1, 4, 4, np.empty((1, 4, 4, 8), np.int32), 1)
+    clib.conv(**small_conv())
     with pytest.raises(ValueError, match="instruction set avx9 is not available"):
-        fast._kernels.conv(*args, isa="avx9")
-    with pytest.raises(TypeError, match="one keyword argument, isa"):
-        fast._kernels.conv(*args, threads=2)
-    features = fast._kernels.cpu_features()
+        clib.conv(**small_conv(isa="avx9"))
+    with pytest.raises(ValueError, match="not available"):
+        clib.dot_isa("avx9")
+    features = clib.cpu_features()
     assert all(isinstance(v, bool) for v in features.values())
     assert ("avx2" in names) == (features.get("avx2", False) and features.get("popcnt", False))
 
 
-def test_conv_rejects_inconsistent_geometry():
-    x = np.zeros((1, 4, 4, 8), np.uint8)
-    w = fast.pack_conv_weight(np.ones((8, 3, 3, 8), np.int32), -1, 2, 1)
-    with pytest.raises(ValueError, match="geometry"):
-        fast._kernels.conv(x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 0, 4, 4, np.empty((1, 4, 4, 8), np.int32), 1)
+@pytest.mark.parametrize("struct", [clib.ConvParams, clib.ThresholdParams, clib.LookupParams, clib.PoolParams,
+                                    clib.Buffer, clib.Output])
+def test_bindings_match_the_headers_layout(struct):
+    """Every field of the ctypes mirror sits where the C struct has it, and the sizes agree (a field
+    the header gained and the binding lacks changes the size)."""
+    name = clib.STRUCTS[struct].encode()
+    assert clib.lib.pxq_struct_size(name) == ctypes.sizeof(struct)
+    for field, _ in struct._fields_:
+        assert clib.lib.pxq_field_offset(name, field.encode()) == getattr(struct, field).offset, field
+    assert clib.lib.pxq_field_offset(name, b"no_such_field") == -1
+
+
+def test_conv_checks_every_size_and_field():
+    """The library checks each array's size against the geometry and the binding each dtype it fixes
+    and each field's name: a wrong one is an error naming it, before anything runs."""
+    with pytest.raises(ValueError, match="planes conv: out has 1024 bytes, expected 512"):
+        clib.conv(**small_conv(out=np.empty((1, 4, 4, 8), np.int64)))
+    with pytest.raises(ValueError, match="input has 64 bytes, expected 128"):
+        clib.conv(**small_conv(input=np.zeros((1, 4, 4, 4), np.uint8)))
+    with pytest.raises(ValueError, match="weights has"):
+        clib.conv(**small_conv(kernel_h=1, kernel_w=1))
+    with pytest.raises(ValueError, match="input must be uint8"):
+        clib.conv(**small_conv(input=np.zeros((1, 4, 4, 8), np.int8)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        clib.conv(**small_conv(input=np.zeros((1, 4, 8, 8), np.uint8)[:, :, ::2]))
+    with pytest.raises(TypeError, match="no field 'strides'"):
+        clib.conv(**small_conv(strides=1))
     with pytest.raises(ValueError, match="threads must be >= 1"):
-        fast._kernels.conv(x, 1, 4, 4, 8, 1, w, 3, 3, 1, 8, 8, -1, 2, 1, 1, 4, 4, np.empty((1, 4, 4, 8), np.int32), 0)
+        clib.conv(**small_conv(threads=0))
+    with pytest.raises(ValueError, match="thresholds is missing"):
+        clib.conv(**small_conv(direction=np.ones(8, np.int8), levels=1, out=np.empty((1, 4, 4, 8), np.uint8)))
+    with pytest.raises(ValueError, match="residual add needs thresholds"):
+        clib.conv(**small_conv(residual=np.zeros((1, 4, 4, 8), np.uint8), residual_height=4, residual_width=4,
+                               residual_channels=8, residual_stride=1))
+    with pytest.raises(ValueError, match="unknown kind 7"):
+        clib.conv(**small_conv(kind=7))
+    with pytest.raises(ValueError, match="does not fit"):
+        clib.conv(**small_conv(pad=0, height=2, input=np.zeros((1, 2, 4, 8), np.uint8)))
+    with pytest.raises(ValueError, match="overflows"):
+        clib.conv(**small_conv(batch=2**31 - 1, height=2**31 - 1, width=2**31 - 1, channels=2**31 - 1))
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 2), (2, 1), (1, 0), (2, 0), (3, 1), (1, 3)])
+def test_swapped_stride_and_pad_cannot_pass(stride, pad):
+    """The output's size is computed in the library from the input, kernel, stride and pad: the same
+    call with stride and pad swapped writes a different number of positions, so its output buffer
+    (sized for the right geometry) is refused (or, where the pad was 0, the stride of 0); geometry
+    passed in the right fields runs and equals the reference."""
+    rng = np.random.default_rng(stride * 10 + pad)
+    x = rng.integers(0, 4, (2, 9, 9, 8)).astype(np.uint8)
+    w = random_weights(rng, (8, 5, 5, 8), WEIGHT_GRIDS["binary"])
+    expected = conv2d_reference(x, w, stride, pad)
+    fields = dict(plane_weights(w, WEIGHT_GRIDS["binary"]), input_planes=2)
+    out = run_conv("planes", x, np.empty(expected.shape, np.int32), None, stride=stride, pad=pad, **fields)
+    assert np.array_equal(out, expected)
+    with pytest.raises(ValueError, match="out has|stride >= 1"):
+        run_conv("planes", x, np.empty(expected.shape, np.int32), None, stride=pad, pad=stride, **fields)
+
+
+def test_small_kernels_check_their_sizes():
+    acc, direction, thresholds = np.zeros((4, 8), np.int32), np.ones(8, np.int8), np.zeros((8, 3), np.int32)
+    with pytest.raises(ValueError, match="threshold: out has"):
+        clib.threshold(acc=acc, positions=4, channels=8, direction=direction, thresholds=thresholds, levels=3,
+                       qmin=0, out=np.empty((4, 7), np.uint8), threads=1)
+    with pytest.raises(ValueError, match="lookup: needs one table, or one per colour"):
+        clib.lookup(image=np.zeros((4, 3), np.uint8), positions=4, channels=3, tables=np.zeros((2, 256, 1), np.uint8),
+                    tables_count=2, depth=1, out=np.empty((4, 3), np.uint8), threads=1)
+    with pytest.raises(ValueError, match="sum_pool: codes has"):
+        clib.sum_pool(codes=np.zeros((2, 5, 3), np.uint8), batch=2, positions=4, channels=3,
+                      out=np.empty((2, 3), np.int64), threads=1)
 
 
 @given(h=st.integers(2, 8), c=st.sampled_from([16, 30, 32]), o=st.sampled_from([8, 16, 24, 32, 40]),
@@ -396,11 +484,9 @@ def test_conv_with_residual_add_equals_reference(isa, h, c, o, stride, qmax, sig
     codes = threshold_reference(conv2d_reference(x, wt, stride, 1), direction, thresholds, 0)
     ho = codes.shape[1]
     expected = with_residual(codes, shortcut, stride, qmax, shift)
-    d, t = fast.pad_thresholds(direction, thresholds)
     out = np.empty((2, ho, ho, o), np.uint8)
-    fast._kernels.conv(x, 2, h, h, c, 2, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o, fast.padded_channels(o),
-                       -1, 2, stride, 1, ho, ho, out, 2, d, t, qmax + shift, 0, shortcut, h, h, shortcut.shape[3], stride,
-                       qmax, shift, isa=isa)
+    run_conv("planes", x, out, isa, **plane_weights(wt, WEIGHT_GRIDS["binary"]), input_planes=2, stride=stride, pad=1,
+             **threshold_fields(direction, thresholds), **residual_fields(shortcut, stride, qmax, shift))
     assert np.array_equal(out, expected)
 
 
@@ -419,19 +505,16 @@ def test_lut_conv_equals_lookup_then_conv(isa, tables, d, abits, o, h, stride, p
     acc = conv2d_reference(lut_reference(image, lut), wt, stride, padding)
     ho, wo = acc.shape[1:3]
     bits, sums = fast.lut_plane_bits(lut, abits)
-    args = (image, 2, h, h + 1, 3, bits, sums, tables, d, abits, fast.pack_conv_weight(wt, -1, 2, 1), 3, 3, 1, o,
-            fast.padded_channels(o), -1, 2, stride, padding, ho, wo)
-    if not fused:
-        out = np.empty((2, ho, wo, o), np.int32)
-        fast._kernels.lut_conv(*args, out, 2, isa=isa)
-        assert np.array_equal(out, acc)
-        return
-    direction = rng.choice([-1, 1], o).astype(np.int8)
-    thresholds = spread_thresholds(rng, acc, 3)
-    dpad, tpad = fast.pad_thresholds(direction, thresholds)
-    out = np.empty((2, ho, wo, o), np.uint8)
-    fast._kernels.lut_conv(*args, out, 2, dpad, tpad, 3, 0, isa=isa)
-    assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
+    fields = dict(plane_weights(wt, WEIGHT_GRIDS["binary"]), lookup_bits=bits, lookup_sums=sums, lookup_tables=tables,
+                  lookup_depth=d, input_planes=abits, stride=stride, pad=padding)
+    expected = acc
+    if fused:
+        direction = rng.choice([-1, 1], o).astype(np.int8)
+        thresholds = spread_thresholds(rng, acc, 3)
+        expected = threshold_reference(acc, direction, thresholds, 0)
+        fields.update(threshold_fields(direction, thresholds))
+    out = run_conv("lookup", image, np.empty((2, ho, wo, o), np.uint8 if fused else np.int32), isa, **fields)
+    assert np.array_equal(out, expected)
 
 
 @given(tables=st.sampled_from([1, 3]), d=st.integers(1, 12), abits=st.integers(1, 2), o=st.sampled_from([1, 7, 16]),
@@ -458,10 +541,9 @@ def test_table_conv_equals_lookup_then_conv(isa, tables, d, abits, o, levels, h,
     assert table.dtype == (np.int16 if int8 and (wt < 0).any() else np.int8)
     direction = rng.choice([-1, 1], o).astype(np.int8)
     thresholds = spread_thresholds(rng, acc, levels)  # 15 levels: 4-bit codes, still the int16 epilogue
-    dpad, tpad = fast.pad_thresholds(direction, thresholds)
-    out = np.empty((2, ho, wo, o), np.uint8)
-    fast._kernels.table_conv(image, 2, h, h + 1, colours, table, k, k, o, fast.padded_channels(o), stride, padding,
-                             ho, wo, out, 2, dpad, tpad, levels, 0, table.itemsize, isa=isa)
+    out = run_conv("table", image, np.empty((2, ho, wo, o), np.uint8), isa, weights=table, table_entry_bytes=table.itemsize,
+                   kernel_h=k, kernel_w=k, out_channels=o, out_channels_padded=fast.padded_channels(o), stride=stride,
+                   pad=padding, **threshold_fields(direction, thresholds))
     assert np.array_equal(out, threshold_reference(acc, direction, thresholds, 0))
 
 
@@ -497,18 +579,55 @@ def test_dot_product_rule_follows_the_measured_crossover():
         assert fast.dot_conv_fits(node(2, 2, 64), np.array([-2, 1]), isa) == (wide is not None and 64 >= wide)
         assert fast.dot_conv_fits(node(2, 2, 16), np.array([-2, 1]), isa) == (wide is not None and 16 >= wide)
         # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW
-        assert fast.dot_conv_fits(node(8, 8), w8, isa) == (fast._kernels.dot_isa(isa) != "avx2")
+        assert fast.dot_conv_fits(node(8, 8), w8, isa) == (clib.dot_isa(isa) != "avx2")
 
 
 def test_dot_conv_near_the_int32_limit(isa):
     """8-bit codes at 255 times weights at -128 over 9 x 2048 inputs: 60% of int32, exact (VNNI and
     portable; VPMADDUBSW's int16 pairs would saturate, so the runtime never sends it these)."""
-    if fast._kernels.dot_isa(isa) == "avx2":
+    if clib.dot_isa(isa) == "avx2":
         pytest.skip("VPMADDUBSW takes at most 2 x code x |weight| <= 32767")
     c = 2048
     x = np.full((1, 3, 3, c), 255, np.uint8)
     w = np.full((2, 3, 3, c), -128, np.int32)
     w[1] = 127
-    out = np.empty((1, 1, 1, 2), np.int32)
-    fast._kernels.dot_conv(x, 1, 3, 3, c, fast.pack_dot_weight(w), 3, 3, 2, 8, 1, 0, 1, 1, out, 1, isa=isa)
+    out = run_conv("dot", x, np.empty((1, 1, 1, 2), np.int32), isa, 1, **dot_weights(w), stride=1, pad=0)
     assert out[0, 0, 0].tolist() == [-9 * c * 255 * 128, 9 * c * 255 * 127]
+
+
+def test_net_runs_its_steps_in_order_and_checks_them():
+    """A libpixelq net: each step reads earlier values by number (0: the images), is checked when
+    added (inputs that exist and have the types it takes) and when run (shapes), and keeps its own
+    copies of the arrays it was given."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (2, 6, 5, 8)).astype(np.uint8)
+    weight = rng.integers(-3, 4, (5, 16)).astype(np.int32)
+    net = clib.Net()
+    with pytest.raises(ValueError, match="input 0 names value 3"):
+        net.add("sum_pool", [3], threads=1)
+    with pytest.raises(ValueError, match="input 0 has type 0, the op takes 1"):
+        net.add("threshold", [0], threshold=dict(direction=np.ones(8, np.int8), thresholds=np.zeros((8, 1), np.int32),
+                                                 levels=1, threads=1))
+    with pytest.raises(ValueError, match="add_clip needs 0 <= qmin <= qmax <= 255"):
+        net.add("add_clip", [0, 0], qmin=0, qmax=300)
+    pooled = net.add("max_pool", [0], kernel=2, stride=2)
+    shortcut = net.add("subsample_pad", [0], stride=2, extra_channels=8)
+    summed = net.add("add_clip", [pooled, pooled], qmin=1, qmax=5, shift=1)
+    sums = net.add("sum_pool", [shortcut], threads=2)
+    logits = net.add("linear", [sums], weight=weight, rows=5, cols=16)
+    original, weight[:] = weight.copy(), 0  # the net holds its own copy
+    with pytest.raises(ValueError, match="no value 1 from a finished run"):
+        net.value(pooled)
+    net.run(x)
+    pool = np.lib.stride_tricks.sliding_window_view(x, (2, 2), axis=(1, 2))[:, ::2, ::2].max((-2, -1))
+    assert np.array_equal(net.value(pooled), pool)
+    assert np.array_equal(net.value(summed), np.clip(2 * pool.astype(int) - 1, 1, 5))
+    padded = np.pad(x[:, ::2, ::2], ((0, 0), (0, 0), (0, 0), (0, 8)))
+    assert np.array_equal(net.value(shortcut), padded)
+    assert net.pool_count() == 3 * 3
+    assert np.array_equal(net.value(sums), padded.sum((1, 2), dtype=np.int64))
+    assert np.array_equal(net.value(logits), padded.sum((1, 2), dtype=np.int64) @ original.T.astype(np.int64))
+    with pytest.raises(ValueError, match="images must be uint8"):
+        net.run(x.astype(np.int8))
+    with pytest.raises(ValueError, match="a 2x2 pool does not fit"):
+        net.run(np.ascontiguousarray(x[:, :1]))

@@ -73,7 +73,7 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     if not fast.kernels_available():
         pytest.skip("C kernels not built")
     graph = model_file[1] if first_layer == "pixel-embedding" else int8_first_graphs[first_layer]
-    if isa not in fast._kernels.isas():
+    if isa not in fast.available_isas():
         pytest.skip(f"this CPU has no {isa}")
     executor = fast.FastExecutor(graph, threads=2, isa=isa)
     stem = next(node for node in executor.plan.nodes if node.get("conv_name") == "stem.conv")
@@ -82,17 +82,23 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     if path == "shifted planes":
         assert shifted == ["stem.act"] and executor.kernels()["stem.conv"] == "bit-planes via lookup"
     else:
-        assert executor.convs["stem.act"].args[0].dtype.name == path.split()[0] and not shifted
+        assert executor.convs["stem.act"].fields["weights"].dtype.name == path.split()[0] and not shifted
         assert executor.kernels()["stem.conv"] == "table sums"
     x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    in_net = len(executor._values) - 1  # the nodes the libpixelq net runs: all but a float last layer
+    assert [node["op"] for node in executor.plan.nodes[in_net:]] in ([], ["linear_float"])
     values = executor.run(x)
+    one_by_one = executor.run(x, wrap=lambda fn: fn)  # the nodes called one at a time, as the layer profile does
     every_layer = fast.FastExecutor(graph, threads=2, fuse=False, isa=isa).run(x)  # as layer_outputs() runs
     reference = run_reference(graph, x)
     compared = [name for name, v in values.items() if v is not None and name in reference]
     block_outputs = {node["name"] for node in graph.nodes if node["name"].endswith("act_out")}
     assert graph.meta["output"] in compared and len(block_outputs) >= 2 and block_outputs <= set(compared)
+    assert one_by_one.keys() == values.keys()
     for name in compared:
         assert np.array_equal(values[name], reference[name]), name
+        assert np.array_equal(one_by_one[name], reference[name]), name
+    assert values["pool.count"] == reference["pool.count"]
     assert every_layer.keys() == reference.keys()
     for name, value in every_layer.items():
         assert np.array_equal(value, reference[name]), name
@@ -153,7 +159,7 @@ def wide_bits_graph(tmp_path_factory):
 def test_dot_product_convs_equal_the_reference_and_pytorch(wide_bits_graph, isa):
     """Past the crossover (fast.DOT_MIN_PAIRS) every conv but the lookup one runs as dot products:
     every node the executor materialises equals the reference's, and the labels PyTorch's."""
-    if not fast.kernels_available() or isa not in fast._kernels.isas():
+    if not fast.kernels_available() or isa not in fast.available_isas():
         pytest.skip(f"this CPU has no {isa}")
     model, graph = wide_bits_graph
     executor = fast.FastExecutor(graph, threads=2, isa=isa)

@@ -22,7 +22,8 @@ from ..exporting.qdq import to_qdq
 from ..integer import IntegerModel
 from ..models import create_model, fully_quantized
 from ..runtime import load
-from ..runtime.fast import FastExecutor, _kernels, choose_isa, pack_conv_weight, pad_thresholds, padded_channels
+from ..runtime import clib
+from ..runtime.fast import FastExecutor, choose_isa, pack_conv_weight, pad_thresholds, padded_channels
 
 DEFAULT_MODEL = fully_quantized()
 # The multi-bit network of the comparison: 16 plane pairs per conv, so the runtime runs dot products.
@@ -124,9 +125,14 @@ def conv_layer_times(abits: int, threads: int, repeats: int, isa: str, batch: in
     direction, thresholds = pad_thresholds(np.ones(channels, np.int8), thresholds)
     out = np.empty((batch, size, size, channels), np.uint8)
 
+    layer = clib.Call(clib.ConvParams, kind="planes", batch=batch, height=size, width=size, channels=channels,
+                      input_planes=abits, weights=packed, kernel_h=3, kernel_w=3, weight_bits=1, weight_lowest=-1,
+                      weight_stride=2, out_channels=channels, out_channels_padded=padded_channels(channels), stride=1,
+                      pad=1, direction=direction, thresholds=thresholds, levels=thresholds.shape[0], qmin=0,
+                      threads=threads, isa=isa)
+
     def pixelq_layer():
-        _kernels.conv(codes, batch, size, size, channels, abits, packed, 3, 3, 1, channels, padded_channels(channels),
-                      -1, 2, 1, 1, size, size, out, threads, direction, thresholds, thresholds.shape[0], 0, isa=isa)
+        layer(input=codes, out=out)
 
     conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
     x = torch.randn(batch, channels, size, size)
@@ -185,7 +191,7 @@ def cpu_description() -> dict:
         if key.strip() == "flags" and info["flags"] is None:
             info["flags"] = sorted(wanted & set(value.split()))
     if info["flags"] is None:
-        info["flags"] = sorted(name for name, present in _kernels.cpu_features().items() if present)
+        info["flags"] = sorted(name for name, present in clib.cpu_features().items() if present)
     return info
 
 
@@ -196,7 +202,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
     W4A4 one (dot-product convs) is always timed next to it.
     `isa` chooses pixelq's kernels (default: the best this CPU has); PyTorch and ONNX Runtime keep
     their own choice, which the result records next to the CPU's flags."""
-    if _kernels is None:
+    if not clib.available():
         raise ExportError("pixelq bench needs the C kernels; reinstall pixelq with a C compiler present")
     isa = choose_isa(isa)
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-/* What both pixelq C extensions share: the size type and the check of a Python buffer's length. */
+/* The training extension's size type and check of a Python buffer's length. */
 #ifndef PIXELQ_BUFFERS_H
 #define PIXELQ_BUFFERS_H
 #include <Python.h>

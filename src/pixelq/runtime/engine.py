@@ -40,11 +40,12 @@ class Runtime:
         self.backend = "c" if use_c else "reference"
 
         def reference(images):
-            return run_reference(model, images)
+            values = run_reference(model, images)
+            return values[model.meta["output"]], values["pool.count"]
 
         if use_c:
             executor = FastExecutor(model, threads, isa=isa)
-            self._execute = lambda images: executor.run(images, reuse=True)  # _run keeps only the output
+            self._execute = executor.output
             self.isa = executor.isa
         else:
             self._execute, self.isa = reference, "numpy reference"
@@ -72,11 +73,10 @@ class Runtime:
 
     def _run(self, images: np.ndarray) -> tuple:
         """(logits, pooled count) over all images, in batches."""
-        out, parts, count = self.model.meta["output"], [], 1
+        parts, count = [], 1
         for i in range(0, len(images), self.batch_size):
-            values = self._execute(images[i:i + self.batch_size])
-            parts.append(np.array(values[out]))  # a copy: the executor may reuse its arrays
-            count = values["pool.count"]
+            logits, count = self._execute(images[i:i + self.batch_size])
+            parts.append(logits)
         logits = np.concatenate(parts) if parts else np.zeros((0, self.model.meta["num_classes"]))
         return logits.astype(np.int32 if self.integer_only else np.float32), count
 

@@ -17,22 +17,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from . import fusion
-from .reference import REFERENCE_OPS, lut_reference, node_tensors, run_graph, threshold_reference
+from . import clib, fusion
+from .reference import REFERENCE_OPS, lut_reference, node_tensors, threshold_reference
 
-try:
-    from . import _kernels
-except ImportError:  # built without a C compiler: the engine falls back to the reference executor
-    _kernels = None
 
 def kernels_available() -> bool:
-    return _kernels is not None
+    return clib.available()
 
 
 def available_isas() -> list:
     """The instruction sets this CPU runs the kernels with, worst to best (the last is the default);
     empty without the kernels."""
-    return _kernels.isas() if _kernels is not None else []
+    return clib.isas()
 
 
 def choose_isa(isa: "str | None") -> str:
@@ -109,7 +105,7 @@ def dot_conv_fits(node: dict, weight: np.ndarray, isa: str) -> bool:
     if not cheaper or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
         return False
     top = (1 << _planes(node)) - 1
-    return _kernels.dot_isa(isa) != "avx2" or 2 * top * int(np.abs(weight).max(initial=0)) <= 32767
+    return clib.dot_isa(isa) != "avx2" or 2 * top * int(np.abs(weight).max(initial=0)) <= 32767
 
 
 def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
@@ -133,17 +129,18 @@ def _planes(conv: dict) -> int:
 class _Conv:
     """A conv node's kernel and what it was prepared with at load."""
     kind: str  # "table", "lookup", "dot", "planes" or "reference"
-    args: tuple = ()  # the kernel's weight arguments, after the input's
+    call: "clib.Call | None" = None  # the kernel with its weights, geometry and thresholds set
     pad: "np.ndarray | None" = None  # shifted input: the (C,) bytes its border holds
-    thresholds: tuple = ()  # (direction, thresholds) padded to whole vectors (pad_thresholds)
+    fused: bool = False  # thresholds applied inside: uint8 codes out, else int32 accumulators
+    fields: "dict | None" = None  # the kernel's fixed ConvParams fields (`call` holds them too)
 
 
 class FastExecutor:
     """Runs `fusion.plan(model)` (convs fused with their lookup, thresholds and residual add, signed
-    inputs shifted; with `fuse=False` every node kept) with the convs and thresholds in C, weights
-    laid out once here for the kernel each conv runs on. `run(images)` returns every planned node's
-    output like run_reference. Its convs run with the instruction set `isa` (default: the best this
-    CPU has, `available_isas`).
+    inputs shifted; with `fuse=False` every node kept) with the convs and thresholds in libpixelq,
+    weights laid out once here for the kernel each conv runs on. `run(images)` returns every planned
+    node's output like run_reference. Its convs run with the instruction set `isa` (default: the best
+    this CPU has, `available_isas`).
 
     `run(images, reuse=True)` writes the convs' outputs into arrays kept from the previous call of
     the same batch shape (for `Runtime.logits`, which keeps only the final output): fresh arrays
@@ -152,42 +149,112 @@ class FastExecutor:
     """
 
     def __init__(self, model, threads: "int | None" = None, fuse: bool = True, isa: "str | None" = None):
-        if _kernels is None:
+        if not clib.available():
             raise ConfigError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads = model, threads or os.cpu_count() or 1
         self.isa = choose_isa(isa)
         self.plan = fusion.plan(model, fuse)
         self.convs = {node["name"]: self._prepare(node) for node in self.plan.nodes if node["op"] in fusion.CONV_OPS}
-        self.lut_tables = {node["name"]: np.ascontiguousarray(self.plan.tensors[f"{node['name']}.lut"], np.uint8)
-                           for node in self.plan.nodes if node["op"] == "lut" and 0 <= node["qmin"] <= node["qmax"] <= 255}
+        # the lookups and thresholds whose codes are bytes run in C, each prepared here
+        self.lookups, self.thresholds = {}, {}
+        for node in self.plan.nodes:
+            if node["op"] in ("lut", "threshold") and 0 <= node["qmin"] <= node["qmax"] <= 255:
+                prepare = self._prepare_lookup if node["op"] == "lut" else self._prepare_threshold
+                (self.lookups if node["op"] == "lut" else self.thresholds)[node["name"]] = prepare(node)
+        self._calls = {name: clib.Call(clib.LookupParams, **fields) for name, fields in self.lookups.items()}
+        self._calls.update({name: clib.Call(clib.ThresholdParams, **f) for name, f in self.thresholds.items()})
+        self._pool = clib.Call(clib.PoolParams, threads=self.threads)
         self._workspace, self._reuse, self._lock = {}, False, threading.Lock()
         self._tensors = node_tensors(self.plan)
+        self.net, self._values = self._build_net()
 
     def _prepare(self, node: dict) -> _Conv:
         t = {k: self.plan.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
         if not fusion.has_kernel(node):
             return _Conv("reference")  # codes wider than a byte, or groups
         weight, shift = t["weight"], node.get("input_shift", 0)
-        thresholds = pad_thresholds(t["direction"], t["thresholds"]) if "thresholds" in t else ()
         k, o = node["kernel"], node["out_channels"]
+        # what every kernel takes: geometry (the padding is the shifted input's, made in _shifted_input),
+        # thresholds, threads, instruction set
+        fixed = dict(kernel_h=k, kernel_w=k, stride=node["stride"], pad=0 if shift else node["padding"],
+                     out_channels=o, out_channels_padded=padded_channels(o), threads=self.threads, isa=self.isa)
+        if "thresholds" in t:
+            direction, thresholds = pad_thresholds(t["direction"], t["thresholds"])
+            fixed.update(direction=direction, thresholds=thresholds, levels=thresholds.shape[0], qmin=node["qmin"])
+        if node.get("residual_stride"):
+            fixed.update(residual_stride=node["residual_stride"], residual_qmax=node["residual_qmax"],
+                         residual_shift=node.get("residual_shift", 0))
 
-        def packed() -> tuple:  # the bit-plane kernels' weight arguments
-            return (pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"], node["weight_bits"]), k, k,
-                    node["weight_bits"], o, padded_channels(o), node["weight_lowest"], node["weight_stride"])
+        def planes() -> dict:  # the bit-plane kernels' weight fields
+            return dict(weights=pack_conv_weight(weight, node["weight_lowest"], node["weight_stride"], node["weight_bits"]),
+                        weight_bits=node["weight_bits"], weight_lowest=node["weight_lowest"],
+                        weight_stride=node["weight_stride"], input_planes=_planes(node))
+
+        def prepared(kind: str, pad=None, **kernel) -> _Conv:
+            fields = dict(kind=kind, **fixed, **kernel)
+            return _Conv(kind, clib.Call(clib.ConvParams, **fields), pad, "thresholds" in t, fields)
 
         pad = np.full(node["in_channels"], shift, np.uint8) if shift else None
         if "lut" in t:
+            colours = node["in_channels"] // t["lut"].shape[2]
             table = fusion.conv_table(node, self.plan.tensors)
             if table is not None:
-                return _Conv("table", (table, k, k, o, padded_channels(o)), None, thresholds)
+                return prepared("table", weights=table, table_entry_bytes=table.itemsize, channels=colours)
             bits, sums = lut_plane_bits(t["lut"] + shift, _planes(node))
-            colours = node["in_channels"] // t["lut"].shape[2]
             pad = fusion.signed_zero(t["lut"], colours) if shift else None  # pixels whose codes are 0
-            return _Conv("lookup", (bits, sums, bits.shape[0], t["lut"].shape[2], bits.shape[2], *packed()), pad,
-                         thresholds)
+            return prepared("lookup", pad, **planes(), lookup_bits=bits, lookup_sums=sums, lookup_tables=bits.shape[0],
+                            lookup_depth=t["lut"].shape[2], channels=colours)
         if dot_conv_fits(node, weight, self.isa):
-            return _Conv("dot", (pack_dot_weight(weight), k, k, o, padded_channels(o)), pad, thresholds)
-        return _Conv("planes", (_planes(node), *packed()), pad, thresholds)
+            return prepared("dot", pad, weights=pack_dot_weight(weight), channels=node["in_channels"])
+        return prepared("planes", pad, **planes(), channels=node["in_channels"])
+
+    def _net_step(self, node: dict, inputs: list) -> "tuple | None":
+        """(op, fields, output type) of node's step in a libpixelq net, given its inputs' types
+        ("u8", "i32", "i64"); None for a node the net cannot run (the reference runs it)."""
+        op, name = node["op"], node["name"]
+        if op in fusion.CONV_OPS and self.convs[name].kind != "reference" and set(inputs) == {"u8"}:
+            conv, shift = self.convs[name], node.get("input_shift", 0)
+            offset = self.plan.tensors.get(f"{name}.offset") if not conv.fused else None
+            return "conv", dict(conv=conv.fields, input_shift=shift, shift_padding=node["padding"] if shift else 0,
+                                shift_border=conv.pad if shift else None,
+                                offset=None if offset is None else np.ascontiguousarray(offset, np.int32)), \
+                ("u8" if conv.fused else "i32")
+        if op == "lut" and name in self.lookups and inputs == ["u8"]:
+            return "lookup", dict(lookup=self.lookups[name]), "u8"
+        if op == "threshold" and name in self.thresholds and inputs == ["i32"]:
+            return "threshold", dict(threshold=self.thresholds[name]), "u8"
+        if op == "add_clip" and inputs == ["u8", "u8"] and 0 <= node["qmin"] <= node["qmax"] <= 255 \
+                and 0 <= node.get("shift", 0) <= 255:
+            return "add_clip", dict(qmin=node["qmin"], qmax=node["qmax"], shift=node.get("shift", 0)), "u8"
+        if op == "subsample_pad" and inputs == ["u8"]:
+            return "subsample_pad", dict(stride=node["stride"], extra_channels=node["extra_channels"]), "u8"
+        if op == "max_pool" and inputs == ["u8"]:
+            return "max_pool", dict(kernel=node["kernel"], stride=node["stride"]), "u8"
+        if op == "sum_pool" and inputs == ["u8"]:
+            return "sum_pool", dict(threads=self.threads), "i64"
+        weight = self.plan.tensors.get(f"{name}.weight") if op == "linear" else None
+        if weight is not None and inputs == ["i64"] and -2**31 <= weight.min(initial=0) <= weight.max(initial=0) < 2**31:
+            return "linear", dict(weight=np.ascontiguousarray(weight, np.int32), rows=weight.shape[0],
+                                  cols=weight.shape[1]), "i64"
+        return None
+
+    def _build_net(self) -> tuple:
+        """(a libpixelq net of the plan's longest prefix of nodes it runs, {node name: its value
+        number}); the rest (e.g. a float last layer) run one by one on the prefix's values.
+        (None, {}) where the first node has no C step."""
+        types, steps = {"image": "u8"}, []
+        for node in self.plan.nodes:
+            step = self._net_step(node, [types.get(i) for i in node["inputs"]])
+            if step is None:
+                break
+            types[node["name"]] = step[2]
+            steps.append(step)
+        if not steps:
+            return None, {}
+        net, values = clib.Net(), {"image": 0}
+        for node, (op, fields, _) in zip(self.plan.nodes, steps):
+            values[node["name"]] = net.add(op, [values[i] for i in node["inputs"]], **fields)
+        return net, values
 
     def kernels(self) -> dict:
         """{file node name: the kernel it runs on}, as `pixelq inspect --isa` shows it: each conv's,
@@ -198,11 +265,11 @@ class FastExecutor:
         for node in self.plan.nodes:
             conv = self.convs.get(node["name"])
             if node["op"] == "lut" and self.model.node(node["name"])["op"] == "threshold":
-                kernels[node["name"]] = "byte lookup" if node["name"] in self.lut_tables else "numpy reference lookup"
+                kernels[node["name"]] = "byte lookup" if node["name"] in self.lookups else "numpy reference lookup"
             if conv is None:
                 continue
             if conv.kind == "dot":
-                kind = f"dot product ({_kernels.dot_isa(self.isa)})"
+                kind = f"dot product ({clib.dot_isa(self.isa)})"
             elif conv.kind == "planes":
                 kind = f"bit-planes ({_planes(node)}x{node['weight_bits']} popcount passes)"
             else:
@@ -226,39 +293,23 @@ class FastExecutor:
         if conv.kind == "reference":
             return REFERENCE_OPS[node["op"]](node, x, t, values).astype(np.int32)
         image = x[0]
-        n, h, w, c = image.shape
-        k, s, p, o = node["kernel"], node["stride"], node["padding"], node["out_channels"]
-        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         if node.get("input_shift"):
-            image, h, w, p = self._shifted_input(node, conv, image), h + 2 * p, w + 2 * p, 0
+            image = self._shifted_input(node, conv, image)
         image = np.ascontiguousarray(image, np.uint8)
-        geometry = (s, p, ho, wo)
-        if conv.kind == "table":
-            call, args = _kernels.table_conv, (image, n, h, w, c, *conv.args, *geometry)
-        elif conv.kind == "lookup":
-            call, args = _kernels.lut_conv, (image, n, h, w, c, *conv.args, *geometry)
-        elif conv.kind == "dot":
-            call, args = _kernels.dot_conv, (image, n, h, w, c, *conv.args, *geometry)
-        else:
-            call, args = _kernels.conv, (image, n, h, w, c, *conv.args, *geometry)
-        if not conv.thresholds:
-            out = self._empty(node["name"], (n, ho, wo, o), np.int32)
-            call(*args, out, self.threads, isa=self.isa)
-            if "offset" in t:
-                np.subtract(out, t["offset"], out=out)
-            return out
-        codes = self._empty(node["name"], (n, ho, wo, o), np.uint8)
-        direction, thresholds = conv.thresholds
-        fused = (codes, self.threads, direction, thresholds, thresholds.shape[0], node["qmin"])
-        if conv.kind == "table":
-            call(*args, *fused, conv.args[0].itemsize, isa=self.isa)
-        elif node.get("residual_stride"):
+        n, h, w = image.shape[:3]
+        p = 0 if node.get("input_shift") else node["padding"]
+        k, s = node["kernel"], node["stride"]
+        shape = (n, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1, node["out_channels"])
+        out = self._empty(node["name"], shape, np.uint8 if conv.fused else np.int32)
+        residual = {}
+        if node.get("residual_stride"):
             shortcut = np.ascontiguousarray(x[1], np.uint8)
-            call(*args, *fused, shortcut, *shortcut.shape[1:], node["residual_stride"], node["residual_qmax"],
-                 node.get("residual_shift", 0), isa=self.isa)
-        else:
-            call(*args, *fused, isa=self.isa)
-        return codes
+            residual = dict(residual=shortcut, residual_height=shortcut.shape[1], residual_width=shortcut.shape[2],
+                            residual_channels=shortcut.shape[3])
+        conv.call(input=image, batch=n, height=h, width=w, out=out, **residual)
+        if "offset" in t and not conv.fused:
+            np.subtract(out, t["offset"], out=out)
+        return out
 
     def _shifted_input(self, node: dict, conv: _Conv, x: np.ndarray) -> np.ndarray:
         """The input of a conv over shifted codes (fusion.shift_signed_inputs), padded here with the
@@ -276,26 +327,31 @@ class FastExecutor:
             np.add(x, node["input_shift"], out=inside, casting="unsafe")
         return out
 
+    def _prepare_lookup(self, node: dict) -> dict:
+        tables = np.ascontiguousarray(self.plan.tensors[f"{node['name']}.lut"], np.uint8)
+        return dict(tables=tables, tables_count=tables.shape[0], depth=tables.shape[2], threads=self.threads)
+
+    def _prepare_threshold(self, node: dict) -> dict:
+        thresholds = np.ascontiguousarray(self.plan.tensors[f"{node['name']}.thresholds"], np.int32)
+        return dict(direction=np.ascontiguousarray(self.plan.tensors[f"{node['name']}.direction"], np.int8),
+                    thresholds=thresholds, levels=thresholds.shape[1], qmin=node["qmin"], threads=self.threads)
+
     def _threshold(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
         acc = np.ascontiguousarray(x[0], np.int32)
-        direction = np.ascontiguousarray(t["direction"], np.int8)
-        thresholds = np.ascontiguousarray(t["thresholds"], np.int32)
-        if node["qmin"] < 0 or node["qmax"] > 255:
-            return threshold_reference(acc, direction, thresholds, node["qmin"])
+        if node["name"] not in self.thresholds:  # signed or wide codes
+            return threshold_reference(acc, t["direction"], t["thresholds"], node["qmin"])
         o = acc.shape[-1]
         out = self._empty(node["name"], acc.shape, np.uint8)
-        _kernels.threshold(acc, acc.size // o, o, direction, thresholds, thresholds.shape[1], node["qmin"], out,
-                           self.threads)
+        self._calls[node["name"]](acc=acc, positions=acc.size // o, channels=o, out=out)
         return out
 
     def _lut(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
-        if node["name"] not in self.lut_tables:  # signed or wide codes
+        if node["name"] not in self.lookups:  # signed or wide codes
             return lut_reference(x[0], t["lut"])
         image = np.ascontiguousarray(x[0], np.uint8)
         n, h, w, c = image.shape
-        tables = self.lut_tables[node["name"]]
-        out = self._empty(node["name"], (n, h, w, c * tables.shape[2]), np.uint8)
-        _kernels.lut(image, n * h * w, c, tables, tables.shape[0], tables.shape[2], out, self.threads)
+        out = self._empty(node["name"], (n, h, w, c * self.lookups[node["name"]]["depth"]), np.uint8)
+        self._calls[node["name"]](image=image, positions=n * h * w, channels=c, out=out)
         return out
 
     def _add_clip(self, node: dict, x: list, t: dict, values: dict) -> np.ndarray:
@@ -311,7 +367,7 @@ class FastExecutor:
         n, h, w, c = x[0].shape
         values["pool.count"] = h * w
         out = self._empty(node["name"], (n, c), np.int64)
-        _kernels.sum_pool(np.ascontiguousarray(x[0]), n, h * w, c, out, self.threads)
+        self._pool(codes=np.ascontiguousarray(x[0]), batch=n, positions=h * w, channels=c, out=out)
         return out
 
     def ops(self) -> dict:
@@ -320,13 +376,45 @@ class FastExecutor:
                 "add_clip": self._add_clip, "sum_pool": self._sum_pool}
 
     def run(self, images: np.ndarray, reuse: bool = False, wrap=None) -> dict:
-        """Every planned node's output; `wrap(fn)`, when given, wraps each op (the layer profile times them)."""
-        ops = {**REFERENCE_OPS, **self.ops()}
-        if wrap is not None:
-            ops = {op: wrap(fn) for op, fn in ops.items()}
+        """Every planned node's output ("pool.count": the positions the sum pool summed); `wrap(fn)`,
+        when given, wraps each op (the layer profile times them), the nodes then run one by one."""
         with self._lock:
             self._reuse = reuse
             try:
-                return run_graph(self.plan, images, ops, self._tensors)
+                return self._run(images, None, wrap)
             finally:
                 self._reuse = False
+
+    def output(self, images: np.ndarray) -> tuple:
+        """(a copy of the model's output, the positions its sum pool summed) for `images`, as
+        Runtime.logits takes them: only that value is read back from the net."""
+        out = self.model.meta["output"]
+        with self._lock:
+            self._reuse = True
+            try:
+                values = self._run(images, out, None)
+                return np.array(values[out]), values["pool.count"]
+            finally:
+                self._reuse = False
+
+    def _run(self, images: np.ndarray, only: "str | None", wrap) -> dict:
+        """The values of a run: the net's prefix (all of its values, or with `only` just that one and
+        what the nodes after the net read; views of the net's buffers when reusing, else copies),
+        then the remaining nodes one by one. With `wrap`, every node one by one."""
+        ops = {**REFERENCE_OPS, **self.ops()}
+        nodes, tensors, values = self.plan.nodes, self._tensors, {"image": images}
+        if wrap is not None:
+            ops = {op: wrap(fn) for op, fn in ops.items()}
+        elif self.net is not None:
+            self.net.run(np.ascontiguousarray(images))
+            done = len(self._values) - 1  # the net ran the first `done` nodes
+            nodes, tensors = nodes[done:], tensors[done:]
+            wanted = self._values if only is None else {only, *(i for node in nodes for i in node["inputs"])}
+            for name in wanted:
+                if name in self._values and name != "image":
+                    value = self.net.value(self._values[name])
+                    values[name] = value if self._reuse else np.array(value)
+            values["pool.count"] = self.net.pool_count()
+        for node, t in zip(nodes, tensors):
+            values[node["name"]] = ops[node["op"]](node, [values[i] for i in node["inputs"]], t, values)
+        return values

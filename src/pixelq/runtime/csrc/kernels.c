@@ -29,9 +29,9 @@
  * its planes straight from the pixel values (lut_conv): a pixel's plane is an OR of shifted table
  * words.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
@@ -44,7 +44,10 @@
 #include <immintrin.h>
 #endif
 
-#include "buffers.h"
+#include "pixelq_kernels.h"
+#include "internal.h"
+
+typedef ptrdiff_t ssize;
 
 #define DOT_POSITIONS 32  /* output positions per work item of the dot-product convs */
 #define NARROW_LEVELS 30    /* the int16 epilogue: activation codes of up to 4 bits, signed ones too, */
@@ -725,305 +728,303 @@ static void lut_impl(const uint8_t *restrict image, ssize M, ssize C, const uint
             memcpy(out + (m * C + ch) * d, tables + ((T == 1 ? 0 : ch) * 256 + image[m * C + ch]) * d, d);
 }
 
-/* ---- Python bindings: buffers in, shapes as integers; the Python side checks shapes. ---- */
+/* ---- The public entry points (pixelq_kernels.h): a struct in, every size checked, then the run. ---- */
 
-/* What conv and lut_conv share: check the output and thresholds, run, release the buffers. */
-static PyObject *finish_call(conv_t *c, int geometry_ok, int inputs_ok, Py_buffer *bufs[], int count,
-                             Py_buffer *out, Py_buffer *dir, Py_buffer *thr) {
-    int fused = thr->buf != NULL;
-    PyObject *ret = NULL;
-    if (!geometry_ok && !PyErr_Occurred()) {
-        PyErr_SetString(PyExc_ValueError, "conv: inconsistent geometry");
-    } else if (geometry_ok && c->threads < 1) {
-        PyErr_Format(PyExc_ValueError, "conv: threads must be >= 1, got %d", c->threads);
-    } else if (geometry_ok && inputs_ok && want(out, c->N * c->HO * c->WO * c->O * (fused ? 1 : 4), "out") &&
-               (!fused || (want(dir, c->Opad, "direction") && want(thr, c->L * c->Opad * 4, "thresholds")))) {
-        c->dir = dir->buf, c->thr = thr->buf;
-        if (fused) c->out = out->buf; else c->acc = out->buf;
-        int ok;
-        Py_BEGIN_ALLOW_THREADS
-        ok = run_conv(c);
-        Py_END_ALLOW_THREADS
-        if (ok) ret = Py_None, Py_INCREF(ret);
-        else PyErr_NoMemory();
-    }
-    for (int i = 0; i < count; i++)
-        if (bufs[i]->buf) PyBuffer_Release(bufs[i]);
-    return ret;
+static _Thread_local char last_error[256];
+
+const char *pxq_last_error(void) { return last_error; }
+
+int pxq_fail(int code, const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(last_error, sizeof last_error, format, args);
+    va_end(args);
+    return code;
 }
 
-/* The build a call names with its keyword `isa` (the only keyword), or the best this CPU has. */
-static const isa_t *isa_argument(PyObject *kwargs) {
-    if (!kwargs || PyDict_Size(kwargs) == 0) return best_isa();
-    PyObject *value = PyDict_GetItemString(kwargs, "isa");
-    if (!value || PyDict_Size(kwargs) != 1) {
-        PyErr_SetString(PyExc_TypeError, "the kernels take one keyword argument, isa");
-        return NULL;
-    }
-    if (value == Py_None) return best_isa();
-    const char *name = PyUnicode_AsUTF8(value);
-    if (!name) return NULL;
+/* The product of `count` non-negative factors, or -1 where one is negative or it overflows int64. */
+static int64_t product(const int64_t *factors, size_t count) {
+    int64_t total = 1;
+    for (size_t i = 0; i < count; i++)
+        if (factors[i] < 0 || __builtin_mul_overflow(total, factors[i], &total)) return -1;
+    return total;
+}
+#define PRODUCT(...) product((const int64_t[]){__VA_ARGS__}, sizeof((const int64_t[]){__VA_ARGS__}) / sizeof(int64_t))
+
+/* 1 when `b` holds `bytes` bytes (bytes >= 0), else 0 with the error naming it. */
+static int sized(const char *kernel, const char *name, pxq_buffer b, int64_t bytes) {
+    if (bytes >= 0 && b.data && b.bytes == bytes) return 1;
+    if (bytes < 0) pxq_fail(PXQ_ERROR_ARGUMENT, "%s: the %s's size overflows", kernel, name);
+    else if (!b.data) pxq_fail(PXQ_ERROR_ARGUMENT, "%s: %s is missing", kernel, name);
+    else pxq_fail(PXQ_ERROR_ARGUMENT, "%s: %s has %lld bytes, expected %lld", kernel, name, (long long)b.bytes,
+              (long long)bytes);
+    return 0;
+}
+
+static int sized_out(const char *kernel, pxq_output b, int64_t bytes) {
+    return sized(kernel, "out", (pxq_buffer){b.data, b.bytes}, bytes);
+}
+
+/* The build `name` names (NULL: the best this CPU has); NULL with the error set for an unknown one. */
+static const isa_t *isa_named(const char *name) {
+    if (!name) return best_isa();
     const isa_t *isa = find_isa(name);
-    if (!isa) PyErr_Format(PyExc_ValueError, "instruction set %s is not available on this CPU", name);
+    if (!isa) pxq_fail(PXQ_ERROR_ISA, "instruction set %s is not available on this CPU", name);
     return isa;
 }
 
-static int geometry_ok(const conv_t *c) {
-    return c->Opad % 8 == 0 && c->Opad >= c->O && c->HO >= 1 && c->WO >= 1 && c->stride >= 1 &&
-           (c->HO - 1) * c->stride + c->KH <= c->H + 2 * c->pad && (c->WO - 1) * c->stride + c->KW <= c->W + 2 * c->pad;
+int64_t pxq_conv_out_size(int64_t size, int32_t kernel, int32_t stride, int32_t pad) {
+    if (size < 1 || kernel < 1 || stride < 1 || pad < 0 || size + 2 * (int64_t)pad < kernel) return 0;
+    return (size + 2 * (int64_t)pad - kernel) / stride + 1;
 }
 
-/* A residual input (when given) fits the output: shortcut channels at most O, its positions there. */
-static int check_residual(const conv_t *c, Py_buffer *res, Py_buffer *thr) {
-    int ok = !res->buf || (thr->buf && c->res_C <= c->O && c->res_stride >= 1 && c->res_shift >= 0 &&
-                           c->res_shift <= 255 && (c->HO - 1) * c->res_stride < c->res_H &&
-                           (c->WO - 1) * c->res_stride < c->res_W &&
-                           want(res, c->N * c->res_H * c->res_W * c->res_C, "residual"));
-    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "conv: residual input does not fit the output");
-    return ok;
-}
+static const char *const CONV_KINDS[] = {"planes conv", "lookup conv", "table conv", "dot conv"};
 
-static PyObject *py_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
-    Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
-    conv_t c = {0};
-    if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnnniy*iiinniiiinnw*i|y*y*iiy*nnniii", &codes, &c.N, &c.H, &c.W, &c.C, &c.P, &w,
-                          &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest, &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO,
-                          &out, &c.threads, &dir, &thr, &c.L, &c.qmin, &res, &c.res_H, &c.res_W, &c.res_C,
-                          &c.res_stride, &c.res_qmax, &c.res_shift))
-        return NULL;
-    c.Cb = (int)((c.C + 7) / 8);
-    c.Kr = (c.KW * c.Cb + 7) / 8;
-    c.codes = codes.buf, c.w = w.buf, c.res = res.buf;
-    int residual_ok = check_residual(&c, &res, &thr);
-    int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
-                    want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights");
-    Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
-    return finish_call(&c, residual_ok && c.P >= 1 && c.P <= 8 && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir,
-                       &thr);
-}
-
-static PyObject *py_dot_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
-    Py_buffer codes = {0}, w = {0}, out = {0}, dir = {0}, thr = {0}, res = {0};
-    conv_t c = {0};
-    if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnnny*iinniinnw*i|y*y*iiy*nnniii", &codes, &c.N, &c.H, &c.W, &c.C, &w, &c.KH, &c.KW,
-                          &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin,
-                          &res, &c.res_H, &c.res_W, &c.res_C, &c.res_stride, &c.res_qmax, &c.res_shift))
-        return NULL;
-    c.dot = 1, c.P = 1, c.J = 1, c.lowest = 0, c.wstride = 1;
-    c.Cb = (int)((c.C + 3) / 4 * 4);  /* bytes per pixel: whole groups of 4 channels */
-    c.codes = codes.buf, c.wdot = w.buf, c.res = res.buf;
-    int residual_ok = check_residual(&c, &res, &thr);
-    int inputs_ok = residual_ok && want(&codes, c.N * c.H * c.W * c.C, "codes") &&
-                    want(&w, (ssize)c.KH * c.KW * c.Cb * c.Opad, "weights");
-    if (inputs_ok) {  /* a bound on the accumulators, for the int16 epilogue (narrow_fits) */
+/* conv_t from the parameters, each checked; PXQ_OK or the error. */
+static int conv_of(const pxq_conv_params *p, conv_t *c) {
+    if (p->kind < PXQ_CONV_PLANES || p->kind > PXQ_CONV_DOT)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: unknown kind %d", (int)p->kind);
+    const char *k = CONV_KINDS[p->kind];
+    if (!(c->isa = isa_named(p->isa))) return PXQ_ERROR_ISA;
+    const int64_t limit = INT32_MAX;
+    if (p->batch < 1 || p->height < 1 || p->width < 1 || p->channels < 1 || p->out_channels < 1 ||
+        p->batch > limit || p->height > limit || p->width > limit || p->channels > limit || p->out_channels > limit)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: batch, height, width and channels must be in 1 .. 2^31 - 1", k);
+    if (p->kernel_h < 1 || p->kernel_w < 1 || p->stride < 1 || p->pad < 0 || p->pad > limit / 4)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: kernel %dx%d, stride %d, pad %d: need kernel >= 1, stride >= 1 "
+                    "and pad >= 0", k, p->kernel_h, p->kernel_w, p->stride, p->pad);
+    if (p->out_channels_padded < p->out_channels || p->out_channels_padded % 8 || p->out_channels_padded > limit)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: out_channels_padded %lld must be a multiple of 8 >= out_channels %lld",
+                    k, (long long)p->out_channels_padded, (long long)p->out_channels);
+    if (p->threads < 1) return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: threads must be >= 1, got %d", k, p->threads);
+    c->N = p->batch, c->H = p->height, c->W = p->width, c->C = p->channels;
+    c->KH = p->kernel_h, c->KW = p->kernel_w, c->stride = p->stride, c->pad = p->pad;
+    c->O = p->out_channels, c->Opad = p->out_channels_padded, c->threads = p->threads;
+    c->HO = pxq_conv_out_size(p->height, p->kernel_h, p->stride, p->pad);
+    c->WO = pxq_conv_out_size(p->width, p->kernel_w, p->stride, p->pad);
+    if (c->HO < 1 || c->WO < 1)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: a %dx%d kernel does not fit a %lldx%lld input padded by %d", k,
+                    p->kernel_h, p->kernel_w, (long long)p->height, (long long)p->width, p->pad);
+    if (!sized(k, "input", p->input, PRODUCT(p->batch, p->height, p->width, p->channels))) return PXQ_ERROR_ARGUMENT;
+    c->codes = p->input.data;
+    switch (p->kind) {
+    case PXQ_CONV_LOOKUP:
+        if (p->lookup_depth < 1 || p->channels * p->lookup_depth > 64 ||
+            (p->lookup_tables != 1 && p->lookup_tables != p->channels))
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "lookup conv: needs channels * lookup_depth <= 64 and 1 or channels tables");
+        if (p->input_planes < 1 || p->input_planes > 8)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "lookup conv: input_planes must be in 1 .. 8, got %d", p->input_planes);
+        if (!sized(k, "lookup_bits", p->lookup_bits, PRODUCT(p->lookup_tables, 256, p->input_planes, 8)) ||
+            !sized(k, "lookup_sums", p->lookup_sums, PRODUCT(p->lookup_tables, 256, 4)))
+            return PXQ_ERROR_ARGUMENT;
+        c->image_C = (int)p->channels, c->lut_tables = p->lookup_tables, c->lut_d = p->lookup_depth;
+        c->lut_bits = p->lookup_bits.data, c->lut_sums = p->lookup_sums.data;
+        c->C = p->channels * p->lookup_depth;  /* then the planes and weights as for PLANES */
+        /* fall through */
+    case PXQ_CONV_PLANES:
+        if (p->input_planes < 1 || p->input_planes > 8)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: input_planes must be in 1 .. 8, got %d", k, p->input_planes);
+        if (p->weight_bits < 1 || p->weight_bits > 8 || p->weight_stride < 1)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: weight_bits must be in 1 .. 8 and weight_stride >= 1", k);
+        c->P = p->input_planes, c->J = p->weight_bits, c->lowest = p->weight_lowest, c->wstride = p->weight_stride;
+        c->Cb = (int)((c->C + 7) / 8);
+        c->Kr = (int)((c->KW * (int64_t)c->Cb + 7) / 8);
+        if (!sized(k, "weights", p->weights, PRODUCT(c->J, c->KH, c->Kr, c->Opad, 8))) return PXQ_ERROR_ARGUMENT;
+        c->w = p->weights.data;
+        break;
+    case PXQ_CONV_DOT:
+        c->dot = 1, c->P = 1, c->J = 1, c->lowest = 0, c->wstride = 1;
+        c->Cb = (int)((c->C + 3) / 4 * 4);  /* bytes per pixel: whole groups of 4 channels */
+        if (!sized(k, "weights", p->weights, PRODUCT(c->KH, c->KW, c->Cb, c->Opad))) return PXQ_ERROR_ARGUMENT;
+        c->wdot = p->weights.data;
+        break;
+    case PXQ_CONV_TABLE:
+        if (c->O > 16 || (p->table_entry_bytes != 1 && p->table_entry_bytes != 2))
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "table conv: at most 16 output channels, entries of 1 or 2 bytes");
+        if (!p->thresholds.data) return pxq_fail(PXQ_ERROR_ARGUMENT, "table conv: needs thresholds");
+        if (!sized(k, "weights", p->weights, PRODUCT(c->KH, c->KW, c->C, 256 * 16, p->table_entry_bytes)))
+            return PXQ_ERROR_ARGUMENT;
+        c->image_C = (int)c->C, c->wstride = 1, c->lowest = 0, c->table16 = p->table_entry_bytes == 2;
+        break;
+    }
+    const int fused = p->thresholds.data || p->direction.data;  /* then both must be there */
+    if (!sized_out(k, p->out, PRODUCT(c->N, c->HO, c->WO, c->O, fused ? 1 : 4))) return PXQ_ERROR_ARGUMENT;
+    if (fused) {
+        if (p->levels < 0 || p->levels > 255 || p->qmin < -255 || p->qmin > 255)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: levels must be in 0 .. 255 and qmin in -255 .. 255", k);
+        if (!sized(k, "direction", p->direction, c->Opad) ||
+            !sized(k, "thresholds", p->thresholds, PRODUCT(p->levels, c->Opad, 4)))
+            return PXQ_ERROR_ARGUMENT;
+        c->dir = p->direction.data, c->thr = p->thresholds.data, c->L = p->levels, c->qmin = p->qmin;
+        c->out = p->out.data;
+    } else {
+        c->acc = p->out.data;
+    }
+    if (p->residual.data) {
+        if (!fused || p->kind == PXQ_CONV_LOOKUP || p->kind == PXQ_CONV_TABLE)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: a residual add needs thresholds and a planes or dot conv", k);
+        const int64_t rs = p->residual_stride;
+        if (p->residual_channels < 1 || p->residual_channels > c->O || rs < 1 || p->residual_shift < 0 ||
+            p->residual_shift > 255 || p->residual_qmax < 0 || p->residual_qmax > 255 ||
+            (c->HO - 1) * rs >= p->residual_height || (c->WO - 1) * rs >= p->residual_width)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "%s: the residual input does not fit the output", k);
+        if (!sized(k, "residual", p->residual,
+                   PRODUCT(c->N, p->residual_height, p->residual_width, p->residual_channels)))
+            return PXQ_ERROR_ARGUMENT;
+        c->res = p->residual.data, c->res_H = p->residual_height, c->res_W = p->residual_width;
+        c->res_C = p->residual_channels, c->res_stride = p->residual_stride, c->res_qmax = p->residual_qmax;
+        c->res_shift = p->residual_shift;
+    }
+    if (p->kind == PXQ_CONV_DOT) {  /* a bound on the accumulators, for the int16 epilogue (narrow_fits) */
         uint8_t top = 0;
         int wmax = 0;
-        const uint8_t *x = codes.buf;
-        for (ssize i = 0; i < codes.len; i++) top = x[i] > top ? x[i] : top;
-        const int8_t *wv = w.buf;
-        for (ssize i = 0; i < w.len; i++) wmax = abs(wv[i]) > wmax ? abs(wv[i]) : wmax;
-        c.dot_bound = (int64_t)c.KH * c.KW * c.C * top * wmax;
-        c.dot_pair_max = 2 * (int64_t)top * wmax;
+        const uint8_t *x = c->codes;
+        for (int64_t i = 0; i < p->input.bytes; i++) top = x[i] > top ? x[i] : top;
+        const int8_t *wv = c->wdot;
+        for (int64_t i = 0; i < p->weights.bytes; i++) wmax = abs(wv[i]) > wmax ? abs(wv[i]) : wmax;
+        c->dot_bound = (int64_t)c->KH * c->KW * c->C * top * wmax;
+        c->dot_pair_max = 2 * (int64_t)top * wmax;
     }
-    Py_buffer *bufs[] = {&codes, &w, &out, &dir, &thr, &res};
-    return finish_call(&c, residual_ok && geometry_ok(&c), inputs_ok, bufs, 6, &out, &dir, &thr);
+    return PXQ_OK;
 }
 
-static PyObject *py_dot_isa(PyObject *self, PyObject *args) {
-    const char *name;
-    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    const isa_t *isa = find_isa(name);
-    if (!isa) return PyErr_Format(PyExc_ValueError, "instruction set %s is not available on this CPU", name);
-    positions_fn dot = dot_conv_of(isa);
-    return PyUnicode_FromString(dot == dot_portable ? "portable" : isa->dot_vnni && dot == isa->dot_vnni ? "avx512vnni" : "avx2");
-}
-
-static PyObject *py_lut_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
-    Py_buffer image = {0}, bits = {0}, sums = {0}, w = {0}, out = {0}, dir = {0}, thr = {0};
-    conv_t c = {0};
-    if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnniy*y*iiiy*iiinniiiinnw*i|y*y*ii", &image, &c.N, &c.H, &c.W, &c.image_C, &bits,
-                          &sums, &c.lut_tables, &c.lut_d, &c.P, &w, &c.KH, &c.KW, &c.J, &c.O, &c.Opad, &c.lowest,
-                          &c.wstride, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L, &c.qmin))
-        return NULL;
-    c.C = (ssize)c.image_C * c.lut_d;
-    c.Cb = (int)((c.C + 7) / 8);
-    c.Kr = (c.KW * c.Cb + 7) / 8;
-    c.codes = image.buf, c.lut_bits = bits.buf, c.lut_sums = sums.buf, c.w = w.buf;
-    int shape_ok = c.C <= 64 && c.P >= 1 && c.P <= 8 && (c.lut_tables == 1 || c.lut_tables == c.image_C);
-    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "lut_conv: needs image_C * d <= 64 and 1 or image_C tables");
-    int inputs_ok = shape_ok && want(&image, c.N * c.H * c.W * c.image_C, "image") &&
-                    want(&bits, (ssize)c.lut_tables * 256 * c.P * 8, "lut bits") &&
-                    want(&sums, (ssize)c.lut_tables * 256 * 4, "lut sums") &&
-                    want(&w, (ssize)c.J * c.KH * c.Kr * c.Opad * 8, "weights");
-    Py_buffer *bufs[] = {&image, &bits, &sums, &w, &out, &dir, &thr};
-    return finish_call(&c, shape_ok && geometry_ok(&c), inputs_ok, bufs, 7, &out, &dir, &thr);
-}
-
-static PyObject *py_table_conv(PyObject *self, PyObject *args, PyObject *kwargs) {
-    Py_buffer image = {0}, table = {0}, out = {0}, dir = {0}, thr = {0};
-    conv_t c = {0};
-    int entry_bytes;
-    if (!(c.isa = isa_argument(kwargs))) return NULL;
-    if (!PyArg_ParseTuple(args, "y*nnniy*iinniinnw*iy*y*iii", &image, &c.N, &c.H, &c.W, &c.image_C, &table, &c.KH,
-                          &c.KW, &c.O, &c.Opad, &c.stride, &c.pad, &c.HO, &c.WO, &out, &c.threads, &dir, &thr, &c.L,
-                          &c.qmin, &entry_bytes))
-        return NULL;
-    c.C = c.image_C, c.codes = image.buf, c.wstride = 1, c.lowest = 0, c.table16 = entry_bytes == 2;
-    int shape_ok = c.O <= 16 && c.image_C >= 1 && (entry_bytes == 1 || entry_bytes == 2);
-    if (!shape_ok) PyErr_SetString(PyExc_ValueError, "table_conv: at most 16 output channels, entries of 1 or 2 bytes");
-    int inputs_ok = shape_ok && want(&image, c.N * c.H * c.W * c.image_C, "image") &&
-                    want(&table, (ssize)c.KH * c.KW * c.image_C * 256 * 16 * entry_bytes, "table");
-    const void *tab = table.buf;
-    Py_buffer *bufs[] = {&image, &table, &out, &dir, &thr};
-    /* finish_call runs run_conv; this conv runs its own loop, so check the buffers the same way first. */
-    PyObject *ret = NULL;
-    int ok = shape_ok && inputs_ok && geometry_ok(&c) && c.threads >= 1 && want(&out, c.N * c.HO * c.WO * c.O, "out") &&
-             want(&dir, c.Opad, "direction") && want(&thr, c.L * c.Opad * 4, "thresholds");
-    if (!ok && !PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "table_conv: inconsistent geometry or threads < 1");
-    if (ok) {
-        c.out = out.buf, c.dir = dir.buf, c.thr = thr.buf;
-        /* The caller keeps every accumulator inside +-32000 (lut_conv_table), so int16 lanes hold them. */
-        prepare_narrow(&c, c.O == 16 && c.Opad == 16 && c.L <= NARROW_LEVELS);
-        Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for collapse(2) num_threads(c.threads) schedule(static)
-        for (ssize n = 0; n < c.N; n++)
-            for (ssize oy = 0; oy < c.HO; oy++) c.isa->table(&c, tab, n, oy);
-        Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
+int pxq_conv(const pxq_conv_params *params) {
+    conv_t *c = calloc(1, sizeof(conv_t));  /* a few KB of lane tables: not on the caller's stack */
+    if (!c) return pxq_fail(PXQ_ERROR_MEMORY, "conv: out of memory");
+    int status = conv_of(params, c);
+    if (status == PXQ_OK && params->kind == PXQ_CONV_TABLE) {
+        /* The caller keeps every accumulator inside +-32000 (fusion.conv_table), so int16 lanes hold them. */
+        prepare_narrow(c, c->O == 16 && c->Opad == 16 && c->L <= NARROW_LEVELS);
+        const void *table = params->weights.data;
+        #pragma omp parallel for collapse(2) num_threads(c->threads) schedule(static)
+        for (ssize n = 0; n < c->N; n++)
+            for (ssize oy = 0; oy < c->HO; oy++) c->isa->table(c, table, n, oy);
+    } else if (status == PXQ_OK && !run_conv(c)) {
+        status = pxq_fail(PXQ_ERROR_MEMORY, "conv: out of memory for its scratch");
     }
-    for (int i = 0; i < 5; i++)
-        if (bufs[i]->buf) PyBuffer_Release(bufs[i]);
-    return ret;
+    free(c);
+    return status;
 }
 
-static PyObject *py_threshold(PyObject *self, PyObject *args) {
-    Py_buffer acc, dir, thr, out;
-    ssize M, O;
-    int L, qmin, threads;
-    if (!PyArg_ParseTuple(args, "y*nny*y*iiw*i", &acc, &M, &O, &dir, &thr, &L, &qmin, &out, &threads)) return NULL;
-    PyObject *ret = NULL;
-    if (want(&acc, M * O * 4, "acc") && want(&dir, O, "direction") && want(&thr, O * L * 4, "thresholds") &&
-        want(&out, M * O, "out")) {
-        Py_BEGIN_ALLOW_THREADS
-        threshold_impl(acc.buf, M, O, dir.buf, thr.buf, L, qmin, out.buf, threads);
-        Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
-    }
-    PyBuffer_Release(&acc);
-    PyBuffer_Release(&dir);
-    PyBuffer_Release(&thr);
-    PyBuffer_Release(&out);
-    return ret;
+int pxq_threshold(const pxq_threshold_params *p) {
+    if (p->positions < 0 || p->channels < 1 || p->levels < 0 || p->levels > 255 || p->threads < 1)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "threshold: needs positions >= 0, channels >= 1, levels in 0 .. 255, threads >= 1");
+    if (!sized("threshold", "acc", p->acc, PRODUCT(p->positions, p->channels, 4)) ||
+        !sized("threshold", "direction", p->direction, p->channels) ||
+        !sized("threshold", "thresholds", p->thresholds, PRODUCT(p->channels, (int64_t)p->levels, 4)) ||
+        !sized_out("threshold", p->out, PRODUCT(p->positions, p->channels)))
+        return PXQ_ERROR_ARGUMENT;
+    threshold_impl(p->acc.data, p->positions, p->channels, p->direction.data, p->thresholds.data, p->levels, p->qmin,
+                   p->out.data, p->threads);
+    return PXQ_OK;
 }
 
-static PyObject *py_lut(PyObject *self, PyObject *args) {
-    Py_buffer image, tables, out;
-    ssize M, C;
-    int T, d, threads;
-    if (!PyArg_ParseTuple(args, "y*nny*iiw*i", &image, &M, &C, &tables, &T, &d, &out, &threads)) return NULL;
-    PyObject *ret = NULL;
-    if ((T == 1 || T == C) && want(&image, M * C, "image") && want(&tables, (ssize)T * 256 * d, "tables") &&
-        want(&out, M * C * d, "out")) {
-        Py_BEGIN_ALLOW_THREADS
-        lut_impl(image.buf, M, C, tables.buf, T, d, out.buf, threads);
-        Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
-    } else if (!PyErr_Occurred()) {
-        PyErr_SetString(PyExc_ValueError, "lut: need one table, or one per colour");
-    }
-    PyBuffer_Release(&image);
-    PyBuffer_Release(&tables);
-    PyBuffer_Release(&out);
-    return ret;
+int pxq_lookup(const pxq_lookup_params *p) {
+    if (p->positions < 0 || p->channels < 1 || p->depth < 1 || p->threads < 1 ||
+        (p->tables_count != 1 && p->tables_count != p->channels))
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "lookup: needs one table, or one per colour, depth >= 1 and threads >= 1");
+    if (!sized("lookup", "image", p->image, PRODUCT(p->positions, p->channels)) ||
+        !sized("lookup", "tables", p->tables, PRODUCT(p->tables_count, 256, p->depth)) ||
+        !sized_out("lookup", p->out, PRODUCT(p->positions, p->channels, p->depth)))
+        return PXQ_ERROR_ARGUMENT;
+    lut_impl(p->image.data, p->positions, p->channels, p->tables.data, p->tables_count, p->depth, p->out.data,
+             p->threads);
+    return PXQ_OK;
 }
 
-/* Global sum pool: uint8 codes (N, HW, C) -> int64 sums over the HW positions (N, C), an image per
- * work item (numpy's sum of this, single-threaded, took 3 % of the network at 2 threads). */
-static PyObject *py_sum_pool(PyObject *self, PyObject *args) {
-    Py_buffer x, out;
-    ssize N, HW, C;
-    int threads;
-    if (!PyArg_ParseTuple(args, "y*nnnw*i", &x, &N, &HW, &C, &out, &threads)) return NULL;
-    PyObject *ret = NULL;
-    if (threads < 1) {
-        PyErr_Format(PyExc_ValueError, "sum_pool: threads must be >= 1, got %d", threads);
-    } else if (HW > 16000000) {
-        PyErr_SetString(PyExc_ValueError, "sum_pool: at most 16M positions (uint32 sums)");
-    } else if (want(&x, N * HW * C, "codes") && want(&out, N * C * 8, "out")) {
-        const uint8_t *codes = x.buf;
-        int64_t *sums = out.buf;
-        Py_BEGIN_ALLOW_THREADS
-        #pragma omp parallel for num_threads(threads) schedule(static)
-        for (ssize n = 0; n < N; n++) {
-            /* 64 channels at a time in uint32 (exact: HW * 255 < 2^32 below), a loop the compiler vectorises */
-            for (ssize k0 = 0; k0 < C; k0 += 64) {
-                uint32_t acc[64] = {0};
-                const ssize width = C - k0 < 64 ? C - k0 : 64;
-                const uint8_t *v = codes + n * HW * C + k0;
-                for (ssize p = 0; p < HW; p++, v += C)
-                    for (ssize k = 0; k < width; k++) acc[k] += v[k];
-                for (ssize k = 0; k < width; k++) sums[n * C + k0 + k] = acc[k];
-            }
+/* Global sum pool, an image per work item (numpy's sum of this, single-threaded, took 3 % of the
+ * network at 2 threads). */
+int pxq_sum_pool(const pxq_pool_params *p) {
+    if (p->batch < 0 || p->positions < 1 || p->channels < 1 || p->threads < 1)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "sum_pool: needs batch >= 0, positions >= 1, channels >= 1, threads >= 1");
+    if (p->positions > 16000000) return pxq_fail(PXQ_ERROR_ARGUMENT, "sum_pool: at most 16M positions (uint32 sums)");
+    if (!sized("sum_pool", "codes", p->codes, PRODUCT(p->batch, p->positions, p->channels)) ||
+        !sized_out("sum_pool", p->out, PRODUCT(p->batch, p->channels, 8)))
+        return PXQ_ERROR_ARGUMENT;
+    const uint8_t *codes = p->codes.data;
+    int64_t *sums = p->out.data;
+    const ssize N = p->batch, HW = p->positions, C = p->channels;
+    #pragma omp parallel for num_threads(p->threads) schedule(static)
+    for (ssize n = 0; n < N; n++) {
+        /* 64 channels at a time in uint32 (exact: HW * 255 < 2^32 above), a loop the compiler vectorises */
+        for (ssize k0 = 0; k0 < C; k0 += 64) {
+            uint32_t acc[64] = {0};
+            const ssize width = C - k0 < 64 ? C - k0 : 64;
+            const uint8_t *v = codes + n * HW * C + k0;
+            for (ssize q = 0; q < HW; q++, v += C)
+                for (ssize k = 0; k < width; k++) acc[k] += v[k];
+            for (ssize k = 0; k < width; k++) sums[n * C + k0 + k] = acc[k];
         }
-        Py_END_ALLOW_THREADS
-        ret = Py_None;
-        Py_INCREF(ret);
     }
-    PyBuffer_Release(&x);
-    PyBuffer_Release(&out);
-    return ret;
+    return PXQ_OK;
 }
 
-/* The builds this CPU runs, worst to best (the last is the default). */
-static PyObject *py_isas(PyObject *self, PyObject *args) {
-    PyObject *names = PyList_New(0);
-    for (int i = 0; names && i < ISA_COUNT; i++) {
+const char *pxq_isas(void) {
+    static _Thread_local char names[128];
+    names[0] = 0;
+    for (int i = 0; i < ISA_COUNT; i++) {
         if (!isa_available(&ISAS[i])) continue;
-        PyObject *name = PyUnicode_FromString(ISAS[i].name);
-        if (!name || PyList_Append(names, name) < 0) Py_CLEAR(names);
-        Py_XDECREF(name);
+        if (names[0]) strcat(names, ",");
+        strcat(names, ISAS[i].name);
     }
     return names;
 }
 
-static PyObject *py_cpu_features(PyObject *self, PyObject *args) {
-    static const char *const features[] = {"popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq",
-                                           "avx512vpopcntdq", "avx512bitalg", "avx512vnni", "avxvnni"};
-    PyObject *out = PyDict_New();
-    for (size_t i = 0; out && i < sizeof(features) / sizeof(features[0]); i++)
-        if (PyDict_SetItemString(out, features[i], cpu_has(features[i]) ? Py_True : Py_False) < 0) Py_CLEAR(out);
-    return out;
+const char *pxq_dot_isa(const char *name) {
+    const isa_t *isa = name ? find_isa(name) : NULL;
+    if (!isa) return NULL;
+    positions_fn dot = dot_conv_of(isa);
+    return dot == dot_portable ? "portable" : isa->dot_vnni && dot == isa->dot_vnni ? "avx512vnni" : "avx2";
 }
 
-static PyMethodDef methods[] = {
-    {"conv", (PyCFunction)(void (*)(void))py_conv, METH_VARARGS | METH_KEYWORDS,
-     "integer conv of uint8 codes (packed into bit-planes inside) -> int32 accumulators, or uint8 codes "
-     "given thresholds, plus a clipped residual add given its codes"},
-    {"dot_conv", (PyCFunction)(void (*)(void))py_dot_conv, METH_VARARGS | METH_KEYWORDS,
-     "integer conv of uint8 codes times int8 weights (dot products, no bit-planes) -> int32 accumulators, or codes "
-     "given thresholds, plus a clipped residual add given its codes"},
-    {"dot_isa", py_dot_isa, METH_VARARGS, "the instructions the dot-product conv of the named build runs with"},
-    {"lut_conv", (PyCFunction)(void (*)(void))py_lut_conv, METH_VARARGS | METH_KEYWORDS,
-     "first conv over a per-pixel lookup: the image packed into bit-planes through the table, then the conv"},
-    {"table_conv", (PyCFunction)(void (*)(void))py_table_conv, METH_VARARGS | METH_KEYWORDS,
-     "first conv (<= 16 output channels) as sums of per-(tap, colour, pixel value) int8 or int16 tables, then thresholds"},
-    {"lut", py_lut, METH_VARARGS, "uint8 image (M, C) -> codes (M, C * d) through uint8 tables (T, 256, d)"},
-    {"threshold", py_threshold, METH_VARARGS, "int32 accumulators -> uint8 codes by per-channel thresholds"},
-    {"sum_pool", py_sum_pool, METH_VARARGS, "uint8 codes (N, HW, C) -> int64 sums over HW (N, C)"},
-    {"cpu_features", py_cpu_features, METH_NOARGS, "the popcount-related features this CPU has"},
-    {"isas", py_isas, METH_NOARGS,
-     "the instruction sets this CPU runs the kernels with, worst to best: 'portable', 'avx2', 'avx512vpopcntdq' "
-     "(AVX-512 tile conv), 'avx512bitalg' (plus the 16/32-channel lanes convs); conv, lut_conv and table_conv take "
-     "isa=NAME, default the best"},
-    {NULL, NULL, 0, NULL},
+int pxq_cpu_has(const char *feature) { return feature ? cpu_has(feature) : 0; }
+
+/* The layout the bindings check theirs against. */
+#define FIELD(s, f) {#s, #f, (int64_t)offsetof(s, f)}
+static const struct { const char *name, *field; int64_t offset; } FIELDS[] = {
+    FIELD(pxq_buffer, data), FIELD(pxq_buffer, bytes), FIELD(pxq_output, data), FIELD(pxq_output, bytes),
+    FIELD(pxq_conv_params, kind), FIELD(pxq_conv_params, input), FIELD(pxq_conv_params, batch),
+    FIELD(pxq_conv_params, height), FIELD(pxq_conv_params, width), FIELD(pxq_conv_params, channels),
+    FIELD(pxq_conv_params, input_planes), FIELD(pxq_conv_params, weights), FIELD(pxq_conv_params, kernel_h),
+    FIELD(pxq_conv_params, kernel_w), FIELD(pxq_conv_params, weight_bits), FIELD(pxq_conv_params, weight_lowest),
+    FIELD(pxq_conv_params, weight_stride), FIELD(pxq_conv_params, table_entry_bytes),
+    FIELD(pxq_conv_params, out_channels), FIELD(pxq_conv_params, out_channels_padded),
+    FIELD(pxq_conv_params, lookup_bits), FIELD(pxq_conv_params, lookup_sums), FIELD(pxq_conv_params, lookup_tables),
+    FIELD(pxq_conv_params, lookup_depth), FIELD(pxq_conv_params, stride), FIELD(pxq_conv_params, pad),
+    FIELD(pxq_conv_params, direction), FIELD(pxq_conv_params, thresholds), FIELD(pxq_conv_params, levels),
+    FIELD(pxq_conv_params, qmin), FIELD(pxq_conv_params, residual), FIELD(pxq_conv_params, residual_height),
+    FIELD(pxq_conv_params, residual_width), FIELD(pxq_conv_params, residual_channels),
+    FIELD(pxq_conv_params, residual_stride), FIELD(pxq_conv_params, residual_qmax),
+    FIELD(pxq_conv_params, residual_shift), FIELD(pxq_conv_params, out), FIELD(pxq_conv_params, threads),
+    FIELD(pxq_conv_params, isa),
+    FIELD(pxq_threshold_params, acc), FIELD(pxq_threshold_params, positions), FIELD(pxq_threshold_params, channels),
+    FIELD(pxq_threshold_params, direction), FIELD(pxq_threshold_params, thresholds),
+    FIELD(pxq_threshold_params, levels), FIELD(pxq_threshold_params, qmin), FIELD(pxq_threshold_params, out),
+    FIELD(pxq_threshold_params, threads),
+    FIELD(pxq_lookup_params, image), FIELD(pxq_lookup_params, positions), FIELD(pxq_lookup_params, channels),
+    FIELD(pxq_lookup_params, tables), FIELD(pxq_lookup_params, tables_count), FIELD(pxq_lookup_params, depth),
+    FIELD(pxq_lookup_params, out), FIELD(pxq_lookup_params, threads),
+    FIELD(pxq_pool_params, codes), FIELD(pxq_pool_params, batch), FIELD(pxq_pool_params, positions),
+    FIELD(pxq_pool_params, channels), FIELD(pxq_pool_params, out), FIELD(pxq_pool_params, threads),
+    FIELD(pxq_step, op), FIELD(pxq_step, inputs), FIELD(pxq_step, conv), FIELD(pxq_step, input_shift),
+    FIELD(pxq_step, shift_padding), FIELD(pxq_step, shift_border), FIELD(pxq_step, offset), FIELD(pxq_step, threshold),
+    FIELD(pxq_step, lookup), FIELD(pxq_step, qmin), FIELD(pxq_step, qmax), FIELD(pxq_step, shift),
+    FIELD(pxq_step, kernel), FIELD(pxq_step, stride), FIELD(pxq_step, extra_channels), FIELD(pxq_step, weight),
+    FIELD(pxq_step, rows), FIELD(pxq_step, cols), FIELD(pxq_step, threads),
+    FIELD(pxq_value, data), FIELD(pxq_value, type), FIELD(pxq_value, ndim), FIELD(pxq_value, shape),
 };
+#undef FIELD
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "pixelq integer runtime kernels", -1, methods};
+int64_t pxq_field_offset(const char *name, const char *field) {
+    for (size_t i = 0; name && field && i < sizeof FIELDS / sizeof FIELDS[0]; i++)
+        if (strcmp(FIELDS[i].name, name) == 0 && strcmp(FIELDS[i].field, field) == 0) return FIELDS[i].offset;
+    return -1;
+}
 
-PyMODINIT_FUNC PyInit__kernels(void) { return PyModule_Create(&module); }
+int64_t pxq_struct_size(const char *name) {
+#define SIZE(s) if (name && strcmp(name, #s) == 0) return (int64_t)sizeof(s);
+    SIZE(pxq_buffer) SIZE(pxq_output) SIZE(pxq_conv_params) SIZE(pxq_threshold_params) SIZE(pxq_lookup_params)
+    SIZE(pxq_pool_params) SIZE(pxq_step) SIZE(pxq_value)
+#undef SIZE
+    return -1;
+}

@@ -1,0 +1,208 @@
+/* libpixelq's kernels: one parameter struct per kernel family, each call checked before it runs.
+ *
+ * A caller fills a struct (zero it first: every optional part is off at zero), passes it, and reads
+ * the return code: 0, or one of PXQ_ERROR_* with pxq_last_error() saying what was wrong. Every array
+ * travels as a pxq_buffer, its pointer with its size in bytes, and each call checks each size
+ * against the one its geometry needs, so a wrong shape is an error, never a read past an array.
+ * The output geometry (rows and columns) is computed here from the input's, the kernel, stride and
+ * padding: callers never pass it.
+ *
+ * Python binds these with ctypes (pixelq/runtime/clib.py, whose field lists mirror the structs
+ * below in the same order; pxq_field_offset lets its tests check that they do).
+ */
+#ifndef PIXELQ_KERNELS_H
+#define PIXELQ_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PXQ_OK 0
+#define PXQ_ERROR_ARGUMENT 1  /* a size, shape or value the kernel cannot take */
+#define PXQ_ERROR_MEMORY 2    /* scratch memory could not be allocated */
+#define PXQ_ERROR_ISA 3       /* the instruction set asked for is unknown or not on this CPU */
+
+/* An array and its size in bytes (data NULL and bytes 0: absent). */
+typedef struct {
+    const void *data;
+    int64_t bytes;
+} pxq_buffer;
+
+/* An array a kernel writes. */
+typedef struct {
+    void *data;
+    int64_t bytes;
+} pxq_output;
+
+/* The conv kernels, by how they read the input and the weights. */
+enum pxq_conv_kind {
+    PXQ_CONV_PLANES = 0,  /* uint8 codes packed into bit-planes, popcounts against bit-plane weights */
+    PXQ_CONV_LOOKUP = 1,  /* the same, the planes packed straight from uint8 pixels through a lookup */
+    PXQ_CONV_TABLE = 2,   /* uint8 pixels, sums of per-(tap, colour, pixel value) tables; needs thresholds */
+    PXQ_CONV_DOT = 3,     /* uint8 codes times int8 weights, dot products */
+};
+
+/* A conv (integer, zero padding of the codes, NHWC in, NHWC out), with optionally its thresholds
+ * (the next layer's batch norm and activation) and a clipped residual add fused after them. */
+typedef struct {
+    int32_t kind;          /* enum pxq_conv_kind */
+    /* The input: (batch, height, width, channels) uint8 codes, or pixels for LOOKUP and TABLE. */
+    pxq_buffer input;
+    int64_t batch, height, width, channels;
+    int32_t input_planes;  /* PLANES, LOOKUP: the bit-planes of the input codes, 1 .. 8 */
+    /* The weights:
+     *   PLANES, LOOKUP: uint64 words (weight_bits, kernel_h, Kr, out_channels_padded), Kr =
+     *     ceil(kernel_w * ceil(C / 8) / 8), C the conv's input channels; code = weight_lowest +
+     *     weight_stride * (the weight_bits-bit number the planes spell);
+     *   DOT: int8 (kernel_h, kernel_w, ceil(C / 4), out_channels_padded / 8, 8, 4);
+     *   TABLE: int8 or int16 (kernel_h, kernel_w, channels, 256, 16). */
+    pxq_buffer weights;
+    int32_t kernel_h, kernel_w;
+    int32_t weight_bits, weight_lowest, weight_stride;  /* PLANES, LOOKUP */
+    int32_t table_entry_bytes;                          /* TABLE: 1 or 2 */
+    int64_t out_channels, out_channels_padded;          /* padded: a multiple of 8 */
+    /* LOOKUP: each pixel value's codes (C = channels * lookup_depth of them per pixel), by plane
+     * (lookup_tables, 256, input_planes) uint64, bit j of plane p = bit p of code j, and their sums
+     * (lookup_tables, 256) int32; one table for every colour, or one per colour. */
+    pxq_buffer lookup_bits, lookup_sums;
+    int32_t lookup_tables, lookup_depth;
+    int32_t stride, pad;
+    /* Thresholds (absent: int32 accumulators out): direction (out_channels_padded,) int8 of +-1,
+     * thresholds (levels, out_channels_padded) int32; code = qmin + #{l : direction * acc >= t[l]}. */
+    pxq_buffer direction, thresholds;
+    int32_t levels, qmin;
+    /* A residual add after the thresholds (absent: none): uint8 codes (batch, residual_height,
+     * residual_width, residual_channels) read at (oy, ox) * residual_stride, zero past its channels;
+     * code = clip(code + residual - residual_shift, 0, residual_qmax). */
+    pxq_buffer residual;
+    int64_t residual_height, residual_width, residual_channels;
+    int32_t residual_stride, residual_qmax, residual_shift;
+    /* The output (batch, out_height, out_width, out_channels): int32 accumulators, or uint8 codes
+     * with thresholds. */
+    pxq_output out;
+    int32_t threads;       /* >= 1 */
+    const char *isa;       /* the instruction set to run (pxq_isas), NULL for the best this CPU has */
+} pxq_conv_params;
+
+/* Thresholds on their own: int32 accumulators (positions, channels) -> uint8 codes, directions
+ * (channels,) int8 and thresholds (channels, levels) int32. */
+typedef struct {
+    pxq_buffer acc;
+    int64_t positions, channels;
+    pxq_buffer direction, thresholds;
+    int32_t levels, qmin;
+    pxq_output out;
+    int32_t threads;
+} pxq_threshold_params;
+
+/* A per-pixel lookup: uint8 image (positions, channels) -> codes (positions, channels * depth)
+ * through uint8 tables (tables, 256, depth), one for every colour or one per colour. */
+typedef struct {
+    pxq_buffer image;
+    int64_t positions, channels;
+    pxq_buffer tables;
+    int32_t tables_count, depth;
+    pxq_output out;
+    int32_t threads;
+} pxq_lookup_params;
+
+/* A global sum pool: uint8 codes (batch, positions, channels) -> int64 sums (batch, channels). */
+typedef struct {
+    pxq_buffer codes;
+    int64_t batch, positions, channels;
+    pxq_output out;
+    int32_t threads;
+} pxq_pool_params;
+
+/* ---- A network: the kernels in sequence, one call for a whole batch. ----
+ *
+ * A net holds steps; each reads values and writes one: value 0 is the images a run is given, value
+ * k the output of step k - 1. pxq_net_add copies the step and every array it points to, so the
+ * caller's arrays may go once it returns. A run computes each value's shape from the images', keeps
+ * its buffers for the next run (reallocated only when a batch needs more) and leaves every value
+ * readable (pxq_net_value) until the next run. A net runs one batch at a time. */
+enum pxq_step_op {
+    PXQ_STEP_CONV = 0,           /* uint8 codes (and a uint8 residual) -> int32 accumulators or uint8 codes */
+    PXQ_STEP_THRESHOLD = 1,      /* int32 -> uint8 */
+    PXQ_STEP_LOOKUP = 2,         /* uint8 -> uint8, channels * depth */
+    PXQ_STEP_ADD_CLIP = 3,       /* uint8 + uint8 of one shape -> clip(a + b - shift, qmin, qmax), uint8 */
+    PXQ_STEP_SUBSAMPLE_PAD = 4,  /* uint8 -> every stride-th row and column, extra_channels of 0 appended */
+    PXQ_STEP_MAX_POOL = 5,       /* uint8 -> uint8, kernel x kernel windows at stride, no padding */
+    PXQ_STEP_SUM_POOL = 6,       /* uint8 (N, H, W, C) -> int64 (N, C) */
+    PXQ_STEP_LINEAR = 7,         /* int64 (N, cols) -> int64 (N, rows): x times the int32 weight (rows, cols) transposed */
+};
+
+enum pxq_value_type { PXQ_UINT8 = 0, PXQ_INT32 = 1, PXQ_INT64 = 2 };
+
+typedef struct {
+    int32_t op;             /* enum pxq_step_op */
+    int32_t inputs[2];      /* the values it reads (the second: CONV's residual, ADD_CLIP's other; -1 none) */
+    /* CONV: the kernel's fields but those of a run (input, batch, height, width, out, residual and
+     * its sizes, taken from the values). input_shift > 0: the input codes are shifted by it (the
+     * pixels as they are, for a LOOKUP conv) and padded by shift_padding with the bytes
+     * shift_border (channels,) uint8; conv.pad is then 0. offset (out_channels,) int32 comes off
+     * accumulators (a conv without thresholds). */
+    pxq_conv_params conv;
+    int32_t input_shift, shift_padding;
+    pxq_buffer shift_border, offset;
+    pxq_threshold_params threshold;  /* THRESHOLD: direction, thresholds, levels, qmin, threads */
+    pxq_lookup_params lookup;        /* LOOKUP: tables, tables_count, depth, threads */
+    int32_t qmin, qmax, shift;       /* ADD_CLIP */
+    int32_t kernel, stride, extra_channels;  /* MAX_POOL (kernel, stride), SUBSAMPLE_PAD (stride, extra_channels) */
+    pxq_buffer weight;               /* LINEAR: int32 (rows, cols) */
+    int64_t rows, cols;
+    int32_t threads;                 /* SUM_POOL */
+} pxq_step;
+
+typedef struct pxq_net pxq_net;
+
+/* A value as the last run left it: its data, type (enum pxq_value_type) and shape. */
+typedef struct {
+    const void *data;
+    int32_t type, ndim;
+    int64_t shape[4];
+} pxq_value;
+
+pxq_net *pxq_net_new(void);
+/* Adds a step, checked against the values before it; its output's value number, or -1 (the error
+ * in pxq_last_error). */
+int32_t pxq_net_add(pxq_net *net, const pxq_step *step);
+/* Runs every step on uint8 images (batch, height, width, channels). */
+int pxq_net_run(pxq_net *net, pxq_buffer images, int64_t batch, int64_t height, int64_t width, int64_t channels);
+/* Value `index` as the last run left it; PXQ_ERROR_ARGUMENT for one it has not written. */
+int pxq_net_value(const pxq_net *net, int32_t index, pxq_value *value);
+/* The positions the last run's sum pool summed over (its input's height x width), 0 without one. */
+int64_t pxq_net_pool_count(const pxq_net *net);
+void pxq_net_free(pxq_net *net);
+
+int pxq_conv(const pxq_conv_params *params);
+int pxq_threshold(const pxq_threshold_params *params);
+int pxq_lookup(const pxq_lookup_params *params);
+int pxq_sum_pool(const pxq_pool_params *params);
+
+/* The output rows (or columns) of a conv or pool: (size + 2 pad - kernel) / stride + 1, or 0 where
+ * the window does not fit. */
+int64_t pxq_conv_out_size(int64_t size, int32_t kernel, int32_t stride, int32_t pad);
+
+/* The message of this thread's last error ("" when none). */
+const char *pxq_last_error(void);
+/* The instruction sets this CPU runs the kernels with, worst to best, comma-separated. */
+const char *pxq_isas(void);
+/* The instructions the DOT conv of build `isa` runs with ("portable", "avx2" or "avx512vnni"), NULL
+ * for a build this CPU does not run. */
+const char *pxq_dot_isa(const char *isa);
+/* 1 if this CPU has `feature` (a __builtin_cpu_supports name, e.g. "avx512vnni"), else 0. */
+int pxq_cpu_has(const char *feature);
+/* The byte offset of `field` in struct `name` ("pxq_conv_params", ...), -1 for an unknown one;
+ * for bindings to check their copy of the layout. */
+int64_t pxq_field_offset(const char *name, const char *field);
+/* sizeof struct `name`, -1 for an unknown one. */
+int64_t pxq_struct_size(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
