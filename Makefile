@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; see README for a CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test install install-dev clean lib
+.PHONY: demo test install install-dev clean lib tool
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,20 @@ demo: install
 test: install-dev
 	$(PY) -m pytest -q
 
-# libpixelq without Python: build/libpixelq.so and the header in src/pixelq/runtime/include.
+# libpixelq without Python: build/libpixelq.so; its headers are in src/pixelq/runtime/include.
 CC ?= cc
-LIBPIXELQ := src/pixelq/runtime/csrc/kernels.c src/pixelq/runtime/csrc/net.c
+CSRC := src/pixelq/runtime/csrc
+LIBPIXELQ := $(CSRC)/kernels.c $(CSRC)/net.c $(CSRC)/loader.c $(CSRC)/vendor/sha256.c
 lib: build/libpixelq.so
-build/libpixelq.so: $(LIBPIXELQ) $(wildcard src/pixelq/runtime/csrc/*.h src/pixelq/runtime/include/*.h)
+build/libpixelq.so: $(LIBPIXELQ) $(wildcard $(CSRC)/*.h $(CSRC)/vendor/*.h src/pixelq/runtime/include/*.h)
 	mkdir -p build
-	$(CC) -O3 -std=c11 -fopenmp -fPIC -shared -Isrc/pixelq/runtime/include $(LIBPIXELQ) -o $@
+	$(CC) -O3 -std=c11 -fopenmp -fPIC -shared -fvisibility=hidden -Isrc/pixelq/runtime/include $(LIBPIXELQ) -lz -o $@
+
+# pixelq-run, the command-line tool, without Python: build/pixelq-run (the library linked in)
+tool: build/pixelq-run
+build/pixelq-run: src/pixelq/runtime/tools/pixelq_run.c $(LIBPIXELQ) $(wildcard $(CSRC)/*.h $(CSRC)/vendor/*.h src/pixelq/runtime/include/*.h)
+	mkdir -p build
+	$(CC) -O3 -std=c11 -fopenmp -Isrc/pixelq/runtime/include $< $(LIBPIXELQ) -lz -lm -o $@
 
 clean:
 	rm -rf $(VENV) runs build .pytest_cache .hypothesis

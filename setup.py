@@ -24,17 +24,39 @@ class BuildExt(build_ext):
     def get_export_symbols(self, ext):
         return [] if ext.name == LIBRARY else super().get_export_symbols(ext)
 
+    def run(self):
+        super().run()
+        self.build_tool()
+
+    def build_tool(self):
+        """pixelq-run, the command-line tool on libpixelq: an executable with the library's objects
+        linked in, next to the library (the `pixelq-run` script runs it). Skipped, as the library is,
+        without a C compiler."""
+        library = Path(self.get_ext_fullpath(LIBRARY))
+        if not library.exists():
+            return
+        ext = next(e for e in self.extensions if e.name == LIBRARY)
+        try:
+            objects = self.compiler.compile([str(RUNTIME / "tools/pixelq_run.c"), *ext.sources],
+                                            output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                                            extra_postargs=[*ext.extra_compile_args, "-fPIE"])
+            self.compiler.link_executable(objects, "pixelq-run", output_dir=str(library.parent / "bin"),
+                                          libraries=["z", "m"], extra_postargs=openmp)
+        except Exception as e:  # noqa: BLE001 - distutils raises its own error types; the library still works
+            print(f"warning: pixelq-run was not built ({e})")
+
 
 setup(
     cmdclass={"build_ext": BuildExt},
     ext_modules=[
         Extension(
             LIBRARY,
-            sources=[str(RUNTIME / "csrc/kernels.c"), str(RUNTIME / "csrc/net.c")],
+            sources=[str(RUNTIME / "csrc" / name) for name in ("kernels.c", "net.c", "loader.c", "vendor/sha256.c")],
             include_dirs=[str(RUNTIME / "include")],
-            depends=[str(RUNTIME / "include/pixelq_kernels.h"), *map(str, (RUNTIME / "csrc").glob("*.h"))],
-            extra_compile_args=["-O3", "-std=c11", *openmp],
+            depends=[*map(str, (RUNTIME / "include").glob("*.h")), *map(str, (RUNTIME / "csrc").glob("**/*.h"))],
+            extra_compile_args=["-O3", "-std=c11", "-fvisibility=hidden", *openmp],
             extra_link_args=openmp,
+            libraries=["z"],  # zlib: the manifest is zlib-compressed
             optional=True,
         ),
         Extension(

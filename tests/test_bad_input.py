@@ -613,40 +613,100 @@ def _zoo_manifest():
         return json.loads(zlib.decompress(base64.b64decode(f.metadata()["manifest"])))
 
 
+def hostile_edit(manifest: dict, choose) -> str:
+    """One random edit of a model manifest, `choose(options)` picking each choice (hypothesis or a
+    seeded generator): a value of a graph node, a plan node, a tensor's entry or the metadata set to
+    something hostile. Returns where it edited."""
+    where = choose(["node", "node", "plan", "plan", "plan", "tensor", "meta"])
+    if where in ("node", "plan"):
+        nodes = manifest["nodes"] if where == "node" else manifest["plan"]["nodes"]
+        node = choose(nodes)
+        key = choose(sorted(node))
+        value = choose(HOSTILE + [[choose([n["name"] for n in nodes] + ["image"])]])
+    elif where == "tensor":
+        layout = choose([manifest["tensors"], manifest["plan"]["tensors"]])
+        node = layout[choose(sorted(name for name, t in layout.items() if "shape" in t))]
+        key = choose(["shape", "offset", "length", "bits", "lowest", "stride", "blob"])
+        shape = node["shape"]
+        value = choose(HOSTILE + [shape[::-1], [int(np.prod(shape))], shape[:-1], [*shape, 1]])
+    else:
+        node = manifest["meta"]
+        key = choose(sorted(node))
+        value = choose(HOSTILE + [[32, 32], [32, 32, 1], [4096, 4096, 3]])
+    node[key] = value
+    return where
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_manifests_give_an_error_or_a_consistent_model_never_a_crash(tmp_path, data):
     """Random edits of a shipped model's manifest, checksum recomputed: the file is refused with
-    ModelFileError, or it loads as a graph whose every rule holds and runs to logits of the right shape."""
+    ModelFileError, or it loads as a graph whose every rule holds and runs to logits of the right
+    shape. libpixelq's own reader (which runs the plan only) refuses every plan or metadata edit
+    pixelq refuses, and where it loads a file, its logits are the Python runtime's."""
     from pixelq.integer import check_graph, load_model
+    from pixelq.runtime import clib
     from pixelq.zoo import zoo_path
 
     manifest = _zoo_manifest()
-    where = data.draw(st.sampled_from(["node", "node", "node", "tensor", "meta"]))
-    if where == "node":
-        node = data.draw(st.sampled_from(manifest["nodes"]))
-        key = data.draw(st.sampled_from(sorted(node)))
-        names = [n["name"] for n in manifest["nodes"]]
-        value = data.draw(st.sampled_from(HOSTILE + [[data.draw(st.sampled_from(names + ["image"]))]]))
-    elif where == "tensor":
-        node = data.draw(st.sampled_from(sorted(manifest["tensors"])))
-        node = manifest["tensors"][node]
-        key = data.draw(st.sampled_from(["shape", "offset", "length", "bits", "lowest", "stride", "blob"]))
-        shape = node["shape"]
-        value = data.draw(st.sampled_from(HOSTILE + [shape[::-1], [int(np.prod(shape))], shape[:-1], [*shape, 1]]))
-    else:
-        node = manifest["meta"]
-        key = data.draw(st.sampled_from(sorted(node)))
-        value = data.draw(st.sampled_from(HOSTILE + [[32, 32], [32, 32, 1], [4096, 4096, 3]]))
-    node[key] = value
+    where = hostile_edit(manifest, lambda options: data.draw(st.sampled_from(options)))
     bad = tmp_path / "fuzzed.pxq"
     _resave_with_manifest(zoo_path("resnet20-w1a2-pe-qlast-r4s"), bad, lambda m: m.clear() or m.update(manifest))
+    c_model = None
+    if clib.available():
+        try:
+            c_model = clib.Model(bad, threads=1)
+        except clib.Model.LoadError:
+            pass
     try:
         runtime = load(bad)
     except ModelFileError:
+        assert c_model is None or where in ("node", "tensor"), "libpixelq loaded a plan pixelq refuses"
         return
     model = load_model(bad)
     check_graph(model.nodes, model.tensors, model.meta)  # loaded: every rule holds
     shape = tuple(model.meta.get("image_shape") or (32, 32, 3))
-    logits = runtime.logits(np.zeros((2, *shape), np.uint8))
+    images = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
+    logits = runtime.logits(images)
     assert logits.shape == (2, model.meta["num_classes"])
+    if c_model is not None and c_model.image_shape == shape:
+        assert np.array_equal(c_model.logits(images), logits)
+
+
+def test_the_stored_plan_is_the_runtimes_and_is_checked(tmp_path):
+    """A model file carries the plan the runtime executes (made at export by pixelq.runtime.fusion):
+    it reads back as the transforms make it, each tensor the plan passed on unchanged stored once;
+    a plan edited out of shape is refused like the graph itself, and a file of version 1 (no plan)
+    is refused with the way out."""
+    from pixelq.integer import load_model
+    from pixelq.runtime import fusion
+    from pixelq.zoo import zoo_path
+
+    model = load_model(zoo_path("resnet20-w1a2-pe-qlast-r4s"))
+    planned = fusion.plan(model)
+    assert model.plan.nodes == planned.nodes and model.plan.tensors.keys() == planned.tensors.keys()
+    assert all(np.array_equal(model.plan.tensors[k], planned.tensors[k]) for k in planned.tensors)
+    assert {n["op"] for n in model.plan.nodes} >= {"fused_conv", "lut"}  # fused convs, requantizing lookups
+    manifest = _zoo_manifest()
+    shared = [name for name, t in manifest["plan"]["tensors"].items() if "same_as" in t]
+    assert len(shared) >= len(manifest["plan"]["tensors"]) // 2  # weights and thresholds are not stored twice
+
+    def shrink_a_conv(m):
+        conv = next(n for n in m["plan"]["nodes"] if n["op"] == "fused_conv" and n["out_channels"] == 32)
+        conv["out_channels"] = 31
+
+    bad = tmp_path / "bad-plan.pxq"
+    _resave_with_manifest(zoo_path("resnet20-w1a2-pe-qlast-r4s"), bad, shrink_a_conv)
+    with pytest.raises(ModelFileError, match="weight has shape"):
+        load(bad)
+    _resave_with_manifest(zoo_path("resnet20-w1a2-pe-qlast-r4s"), bad,
+                          lambda m: m["plan"]["tensors"].update({"stem.act.weight": {"same_as": "nowhere"}}))
+    with pytest.raises(ModelFileError, match="same_as names no tensor"):
+        load(bad)
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    with safe_open(str(zoo_path("resnet20-w1a2-pe-qlast")), framework="np") as f:
+        metadata, blobs = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(blobs, str(bad), metadata={**metadata, "version": "1"})
+    with pytest.raises(ModelFileError, match="model file version 1, this pixelq reads version 2; export"):
+        load(bad)

@@ -512,13 +512,15 @@ def test_every_registered_op_has_all_its_parts():
     from pixelq.integer.ops import OPS, RULES, Op
     from pixelq.runtime.reference import REFERENCE_OPS
 
-    assert set(OPS) == set(REFERENCE_OPS) - {"fused_conv"}  # fused_conv: the runtime's plan, never in a file
+    assert set(OPS) == set(REFERENCE_OPS)  # fused_conv too: the runtime's plan, stored in the file
     for name, op in OPS.items():
         assert op.name == name and isinstance(op, Op)
         assert all(rule in RULES for rule in (*op.attrs.values(), *op.optional.values()))
         assert type(op).output_shape is not Op.output_shape, name
         for key in op.tensors:
             enc = op.encoding({"op": name, "weight_lowest": -1, "weight_stride": 2, "weight_bits": 1, "qmin": 0,
-                               "qmax": 3}, key)
+                               "qmax": 3, "lut_range": [0, 3]}, key)
             assert enc["packed"] or np.dtype(enc["dtype"]), (name, key)
+            if key in op.stored:  # what the op stores raw is never packed as if it were weights
+                assert enc == {"packed": False, "dtype": op.stored[key]}, (name, key)
         assert inspect.signature(op.macs).parameters.keys() == {"node", "in_shape", "out_shape", "tensors"}

@@ -6,6 +6,11 @@ lies, its shape, and how it is encoded. Integer codes are packed at their bit wi
 code = lowest + stride * u, u stored in `bits` bits. The manifest is zlib-compressed JSON (it is
 most of the overhead of a small model); `pixelq inspect` prints it. The SHA-256 covers the
 manifest and every tensor byte. Nothing is pickled.
+
+Version 2 stores, next to the graph, the plan the runtime executes (`pixelq.runtime.fusion.plan`,
+run here at export): its nodes and the tensors the transforms made (a tensor they passed on as it
+was is stored once, the plan's entry naming it: {"same_as": name}). Both graphs are checked op by
+op at load, so a runtime (the C library included) only executes.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from .packing import pack_bits, unpack_bits
 
 INT32 = np.iinfo(np.int32)
 FORMAT = "pixelq-model"
-VERSION = 1
+VERSION = 2
 
 def _digest(manifest_bytes: bytes, blobs: dict) -> str:
     h = hashlib.sha256(manifest_bytes)
@@ -36,16 +41,18 @@ def _digest(manifest_bytes: bytes, blobs: dict) -> str:
     return h.hexdigest()
 
 
-def save_model(model: IntegerModel, path) -> int:
-    """Write `model` to `path` (.pxq); returns the file size in bytes."""
-    from safetensors.numpy import save_file
-
-    parts: dict = {}
+def _layout(nodes: list, tensors: dict, parts: dict, stored: dict) -> dict:
+    """Each node's tensors encoded (its op's `encoding`) into `parts` (blob -> arrays), their places
+    by name; a tensor already stored (`stored`: id of the array -> its name) is named, not repeated."""
     layout = {}
-    for node in model.nodes:
+    for node in nodes:
         for key in node["tensors"]:
             name = f"{node['name']}.{key}"
-            array = np.asarray(model.tensors[name])
+            array = tensors[name]
+            if id(array) in stored:
+                layout[name] = {"same_as": stored[id(array)]}
+                continue
+            array = np.asarray(array)
             enc = op_of(node).encoding(node, key)
             if enc["packed"]:
                 u = (array.astype(np.int64) - enc["lowest"]) // enc["stride"]
@@ -55,8 +62,23 @@ def save_model(model: IntegerModel, path) -> int:
             offset = sum(len(p) for p in parts.get(blob, []))
             parts.setdefault(blob, []).append(data)
             layout[name] = {**enc, "blob": blob, "offset": offset, "length": len(data), "shape": list(array.shape)}
+    return layout
+
+
+def save_model(model: IntegerModel, path) -> int:
+    """Write `model` and its runtime plan to `path` (.pxq); returns the file size in bytes."""
+    from safetensors.numpy import save_file
+
+    from ..runtime.fusion import plan as runtime_plan  # the transforms are the runtime's; they run here, once
+
+    planned = runtime_plan(model)
+    parts: dict = {}
+    layout = _layout(model.nodes, model.tensors, parts, {})
+    shared = {id(model.tensors[name]): name for name in layout}
+    plan_layout = _layout(planned.nodes, planned.tensors, parts, shared)
     blobs = {k: np.concatenate(v) for k, v in parts.items()}
-    manifest = {"format": FORMAT, "version": VERSION, "nodes": model.nodes, "meta": model.meta, "tensors": layout}
+    manifest = {"format": FORMAT, "version": VERSION, "nodes": model.nodes, "meta": model.meta, "tensors": layout,
+                "plan": {"nodes": planned.nodes, "tensors": plan_layout}}
     manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
     metadata = {
         "format": FORMAT, "version": str(VERSION),
@@ -127,15 +149,24 @@ def load_model(path) -> IntegerModel:
     the manifest does not describe the stored tensors (even when its checksum was recomputed)."""
     manifest, blobs = read_manifest(path)
     try:
-        nodes, meta, layout = manifest["nodes"], manifest["meta"], manifest["tensors"]
-        if not isinstance(layout, dict):
-            raise ValueError("the manifest's tensors must be an object")
+        nodes, meta, layout, plan = manifest["nodes"], manifest["meta"], manifest["tensors"], manifest["plan"]
+        if not isinstance(layout, dict) or not isinstance(plan, dict) or not isinstance(plan["tensors"], dict):
+            raise ValueError("the manifest's tensors and its plan's must be objects")
         tensors = {name: _tensor(blobs, name, t) for name, t in layout.items()}
         check_graph(nodes, tensors, meta)
+        plan_tensors = {}
+        for name, t in plan["tensors"].items():
+            if isinstance(t, dict) and set(t) == {"same_as"}:
+                if t["same_as"] not in tensors:
+                    raise ValueError(f"plan tensor {name}: same_as names no tensor of the graph ({t['same_as']!r})")
+                plan_tensors[name] = tensors[t["same_as"]]
+            else:
+                plan_tensors[name] = _tensor(blobs, name, t)
+        check_graph(plan["nodes"], plan_tensors, meta)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
         raise ModelFileError(f"{path}: the manifest does not describe a valid model ({type(e).__name__}: {e}); "
                              "export it again with `pixelq export`") from e
-    return IntegerModel(nodes, tensors, meta)
+    return IntegerModel(nodes, tensors, meta, plan=IntegerModel(plan["nodes"], plan_tensors, meta))
 
 
 def payload_bytes(model: IntegerModel) -> float:

@@ -35,6 +35,9 @@ class IntegerModel:
     nodes: list
     tensors: dict
     meta: dict = field(default_factory=dict)
+    # The graph the runtime executes (`pixelq.runtime.fusion.plan` of this one), as a model file
+    # stores it so that no runtime plans at load; None for a graph not read from a file.
+    plan: "IntegerModel | None" = None
 
     def node(self, name: str) -> dict:
         for n in self.nodes:

@@ -47,6 +47,7 @@ RULES = {
                  "a finite number > 0"),
     "range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_code, v)) and v[0] <= v[1],
               f"[lowest, highest] integers in [-{MAX_CODE}, {MAX_CODE}]"),
+    "name": (lambda v: isinstance(v, str) and 0 < len(v) <= 256, "a non-empty name"),
 }
 
 
@@ -62,15 +63,10 @@ class Op:
     spatial_input = True  # reads an (H, W, C) map (else a (C,) vector)
 
     def check_node(self, node: dict) -> None:
-        """ValueError unless the node has exactly this op's tensors, its inputs' count and its
-        attributes, each keeping its rule."""
+        """ValueError unless the node has its attributes, each keeping its rule, and exactly the
+        tensors and the count of inputs they call for (`node_tensors`, `node_inputs`)."""
         if not isinstance(node.get("name"), str) or not node["name"] or node["name"] == "image":
             _fail(node, "a node needs a name (other than 'image')")
-        if not isinstance(node.get("inputs"), list) or len(node["inputs"]) != self.inputs \
-                or not all(isinstance(i, str) for i in node["inputs"]):
-            _fail(node, f"takes {self.inputs} input name(s), got {node.get('inputs')!r}")
-        if not isinstance(node.get("tensors"), list) or sorted(node["tensors"]) != sorted(self.tensors):
-            _fail(node, f"holds tensors {list(self.tensors)}, got {node.get('tensors')!r}")
         missing = sorted(set(self.attrs) - set(node))
         if missing:
             _fail(node, f"missing {', '.join(missing)}")
@@ -78,8 +74,25 @@ class Op:
             test, words = RULES[rule]
             if not test(node[key]):
                 _fail(node, f"{key} must be {words}, got {node[key]!r}")
-        if "qmin" in self.attrs and node["qmin"] > node["qmax"]:
+        if "qmin" in node and "qmax" in node and node["qmin"] > node["qmax"]:
             _fail(node, f"qmin {node['qmin']} > qmax {node['qmax']}")
+        inputs = self.node_inputs(node)
+        if not isinstance(node.get("inputs"), list) or len(node["inputs"]) != inputs \
+                or not all(isinstance(i, str) for i in node["inputs"]):
+            _fail(node, f"takes {inputs} input name(s), got {node.get('inputs')!r}")
+        tensors = self.node_tensors(node)
+        if not isinstance(node.get("tensors"), list) or sorted(node["tensors"]) != sorted(tensors):
+            _fail(node, f"holds tensors {list(tensors)}, got {node.get('tensors')!r}")
+
+    def node_tensors(self, node: dict) -> tuple:
+        """The tensors a node of this op holds (its attributes checked already)."""
+        return self.tensors
+
+    def node_inputs(self, node: dict) -> int:
+        return self.inputs
+
+    def check_sources(self, node: dict, sources: list) -> None:
+        """ValueError unless the nodes it reads (None: the image) give it what it takes."""
 
     def output_shape(self, node: dict, shapes: list, tensors: dict) -> tuple:
         """The output's per-image shape from the inputs' shapes and the node's tensors' shapes;
@@ -119,6 +132,15 @@ def _expect(node: dict, what: str, got: tuple, want: tuple) -> None:
         _fail(node, f"{what} has shape {tuple(got)}, the graph needs {tuple(want)}")
 
 
+def _on_grid(node: dict, tensors: dict) -> None:
+    """ValueError unless every weight code is weight_lowest + weight_stride * u, 0 <= u < 2^weight_bits:
+    the grid the kernels lay the weights out by (codes off it would run as other weights)."""
+    u = np.asarray(tensors[f"{node['name']}.weight"], np.int64) - node["weight_lowest"]
+    if u.size and ((u % node["weight_stride"]).any() or u.min() < 0
+                   or u.max() // node["weight_stride"] >= 1 << node["weight_bits"]):
+        _fail(node, "weight codes lie off its grid weight_lowest + weight_stride * u, 0 <= u < 2^weight_bits")
+
+
 @register
 class Lookup(Op):
     """uint8 image -> codes: each pixel value of channel t indexes table t (or the one shared table)."""
@@ -132,13 +154,17 @@ class Lookup(Op):
 
     def output_shape(self, node, shapes, tensors):
         h, w, c = shapes[0]
-        if node["inputs"] != ["image"] or c != node["in_channels"]:
-            _fail(node, f"looks up the {node['in_channels']} channels of the image, got input {node['inputs']} "
-                        f"with {c} channels")
+        if c != node["in_channels"]:
+            _fail(node, f"looks up {node['in_channels']} channels, got {c}")
         tables = _shape_of(node, tensors, "lut")
         if len(tables) != 3 or tables[0] not in (1, c) or tables[1:] != (256, node["d"]):
             _fail(node, f"lut has shape {tables}, the graph needs (1 or {c}, 256, {node['d']})")
         return h, w, c * node["d"]
+
+    def check_sources(self, node, sources):
+        source = sources[0]  # the image's bytes, or codes of a byte (a plan's requantizing lookup)
+        if source is not None and not (0 <= source.get("qmin", -1) <= source.get("qmax", 256) <= 255):
+            _fail(node, f"looks up byte values; its input {source['name']!r} gives codes outside 0..255")
 
 
 def _window(node: dict, side: "int | None", kernel: int, stride: int, padding: int = 0) -> "int | None":
@@ -172,12 +198,77 @@ class Conv(Op):
         if node["padding"] >= k:
             _fail(node, f"padding {node['padding']} must be smaller than the kernel ({k})")
         _expect(node, "weight", _shape_of(node, tensors, "weight"), (node["out_channels"], k, k, c // g))
+        _on_grid(node, tensors)
         return (_window(node, h, k, node["stride"], node["padding"]), _window(node, w, k, node["stride"], node["padding"]),
                 node["out_channels"])
 
     def macs(self, node, in_shape, out_shape, tensors):
         h, w, c = out_shape
         return h * w * c * node["in_channels"] * node["kernel"] ** 2 // node.get("groups", 1)
+
+
+@register
+class FusedConv(Conv):
+    """A conv and what the runtime's plan fused into it (`pixelq.runtime.fusion`; the reference runs
+    it step by step, `reference.conv_chain`): the lookup of the image before it (`lut`, codes in
+    `lut_range`), its thresholds (`direction`, `thresholds`; qmin, qmax, step), a residual add of
+    input 1 after them (residual_stride, residual_qmax, residual_shift), input codes shifted by
+    `input_shift` with the shift's share `offset` taken off accumulators it writes. `conv_name`
+    names the conv it was."""
+
+    name = "fused_conv"
+    attrs = {**Conv.attrs, "conv_name": "name"}
+    optional = {"groups": "count", "lut_range": "range", "qmin": "int", "qmax": "int", "step": "positive",
+                "residual_stride": "count", "residual_qmax": "int", "residual_shift": "int", "input_shift": "int"}
+    tensors = ("weight", "lut", "direction", "thresholds", "offset")  # those a node may hold: node_tensors
+    stored = {"direction": "int8", "thresholds": "int32", "offset": "int32"}
+    THRESHOLDS = ("qmin", "qmax", "step")
+    RESIDUAL = ("residual_stride", "residual_qmax")
+
+    def node_tensors(self, node):
+        parts = {k for k in self.THRESHOLDS if k in node}
+        if parts and parts != set(self.THRESHOLDS):
+            _fail(node, "qmin, qmax and step come together (its thresholds)")
+        if any(k in node for k in self.RESIDUAL) and not (parts and all(k in node for k in self.RESIDUAL)):
+            _fail(node, "a residual add needs residual_stride, residual_qmax and thresholds")
+        if "offset" in node.get("tensors", ()) and (parts or not node.get("input_shift")):
+            _fail(node, "an offset belongs to the accumulators of a shifted input (no thresholds)")
+        return ("weight", *(("lut",) if "lut_range" in node else ()), *(("direction", "thresholds") if parts else ()),
+                *(("offset",) if "offset" in node.get("tensors", ()) else ()))
+
+    def node_inputs(self, node):
+        return 2 if "residual_stride" in node else 1
+
+    def encoding(self, node, key):
+        if key == "weight":
+            return _packed_weight(node)
+        if key == "lut":
+            lo, hi = node["lut_range"]
+            return {"packed": True, "lowest": lo, "stride": 1, "bits": code_bits(lo, hi)}
+        return Op.encoding(self, node, key)  # the rest raw, as `stored` says
+
+    def output_shape(self, node, shapes, tensors):
+        h, w, c = shapes[0]
+        if "lut_range" in node:
+            tables = _shape_of(node, tensors, "lut")
+            if node["inputs"][0] != "image" or len(tables) != 3 or tables[0] not in (1, c) or tables[1] != 256 \
+                    or c * tables[2] != node["in_channels"]:
+                _fail(node, f"looks up the image's {c} channels into {node['in_channels']} codes, got input "
+                            f"{node['inputs'][0]!r} and lut of shape {tables}")
+            c = node["in_channels"]
+        out = super().output_shape(node, [(h, w, c)], tensors)
+        o = node["out_channels"]
+        if "thresholds" in node["tensors"]:
+            _expect(node, "direction", _shape_of(node, tensors, "direction"), (o,))
+            _expect(node, "thresholds", _shape_of(node, tensors, "thresholds"), (o, node["qmax"] - node["qmin"]))
+        if "offset" in node["tensors"]:
+            _expect(node, "offset", _shape_of(node, tensors, "offset"), (o,))
+        if "residual_stride" in node:
+            rh, rw, rc = shapes[1]
+            s = node["residual_stride"]
+            if rc > o or any(n is not None and r is not None and (n - 1) * s >= r for n, r in zip(out[:2], (rh, rw))):
+                _fail(node, f"its shortcut {shapes[1]} read at stride {s} does not fit its output {out}")
+        return out
 
 
 @register
@@ -266,6 +357,7 @@ class Linear(Op):
         if shapes[0] != (node["in_channels"],):
             _fail(node, f"reads {node['in_channels']} sums, got shape {shapes[0]}")
         _expect(node, "weight", _shape_of(node, tensors, "weight"), (node["out_channels"], node["in_channels"]))
+        _on_grid(node, tensors)
         return (node["out_channels"],)
 
     def macs(self, node, in_shape, out_shape, tensors):
@@ -334,13 +426,13 @@ def infer_shapes(nodes: list, tensors: dict, image_shape: tuple) -> dict:
     """{"image": image_shape, node name: its output's per-image shape} in node order, every node
     checked (`Op.check_node`, inputs defined before use, shapes consistent along the graph, sizes
     bounded); ValueError naming the first node that breaks a rule. H and W may be None (unknown)."""
-    shapes = {"image": tuple(image_shape)}
+    shapes, by_name = {"image": tuple(image_shape)}, {}
     for node in nodes:
         op = op_of(node)
         op.check_node(node)
         if node["name"] in shapes:
             raise ValueError(f"node {node['name']!r} ({node['op']}): a second node of that name")
-        missing = [f"{node['name']}.{k}" for k in op.tensors if f"{node['name']}.{k}" not in tensors]
+        missing = [f"{node['name']}.{k}" for k in node["tensors"] if f"{node['name']}.{k}" not in tensors]
         if missing:
             raise ValueError(f"node {node['name']!r} ({node['op']}): its tensors {missing} are not in the model")
         inputs = []
@@ -348,12 +440,14 @@ def infer_shapes(nodes: list, tensors: dict, image_shape: tuple) -> dict:
             if name not in shapes:
                 raise ValueError(f"node {node['name']!r} ({node['op']}): input {name!r} is no earlier node")
             inputs.append(shapes[name])
+        op.check_sources(node, [by_name.get(name) for name in node["inputs"]])
         if op.spatial_input is not None and any((len(s) == 3) != op.spatial_input for s in inputs):
             _fail(node, f"reads {'an (H, W, C) map' if op.spatial_input else 'a (C,) vector'}, got {inputs}")
         out = tuple(op.output_shape(node, inputs, tensors))
         if math.prod(v or 1 for v in out) > MAX_ELEMENTS or any(v is not None and v < 1 for v in out):
             _fail(node, f"output shape {out} is empty or larger than {MAX_ELEMENTS} values per image")
         shapes[node["name"]] = out
+        by_name[node["name"]] = node
     return shapes
 
 

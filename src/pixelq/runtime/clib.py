@@ -78,6 +78,10 @@ class Step(ctypes.Structure):
     ]
 
 
+class Options(ctypes.Structure):
+    _fields_ = [("threads", i32), ("isa", ctypes.c_char_p)]
+
+
 class Value(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("type", i32), ("ndim", i32), ("shape", i64 * 4)]
 
@@ -85,7 +89,7 @@ class Value(ctypes.Structure):
 # struct -> its C name
 STRUCTS = {ConvParams: "pxq_conv_params", ThresholdParams: "pxq_threshold_params", LookupParams: "pxq_lookup_params",
            PoolParams: "pxq_pool_params", Buffer: "pxq_buffer", Output: "pxq_output", Step: "pxq_step",
-           Value: "pxq_value"}
+           Value: "pxq_value", Options: "pxq_options"}
 ENTRY = {ConvParams: "pxq_conv", ThresholdParams: "pxq_threshold", LookupParams: "pxq_lookup", PoolParams: "pxq_sum_pool"}
 CONV_KINDS = {"planes": 0, "lookup": 1, "table": 2, "dot": 3}
 STEP_OPS = {"conv": 0, "threshold": 1, "lookup": 2, "add_clip": 3, "subsample_pad": 4, "max_pool": 5, "sum_pool": 6,
@@ -97,7 +101,7 @@ DTYPES = {name: np.dtype(dtype) for name, dtype in [
     ("input", np.uint8), ("image", np.uint8), ("codes", np.uint8), ("residual", np.uint8), ("tables", np.uint8),
     ("direction", np.int8), ("thresholds", np.int32), ("acc", np.int32), ("lookup_bits", np.uint64),
     ("lookup_sums", np.int32)]}
-OK, ERROR_ARGUMENT, ERROR_MEMORY, ERROR_ISA = 0, 1, 2, 3
+OK, ERROR_ARGUMENT, ERROR_MEMORY, ERROR_ISA, ERROR_FILE, ERROR_UNSUPPORTED = 0, 1, 2, 3, 4, 5
 
 
 def _load():
@@ -109,7 +113,7 @@ def _load():
         fn = getattr(lib, entry)
         fn.argtypes, fn.restype = [ctypes.POINTER(struct)], ctypes.c_int
     for name, args, result in [("pxq_last_error", [], ctypes.c_char_p), ("pxq_isas", [], ctypes.c_char_p),
-                               ("pxq_dot_isa", [ctypes.c_char_p], ctypes.c_char_p),
+                               ("pxq_last_status", [], ctypes.c_int), ("pxq_dot_isa", [ctypes.c_char_p], ctypes.c_char_p),
                                ("pxq_cpu_has", [ctypes.c_char_p], ctypes.c_int),
                                ("pxq_field_offset", [ctypes.c_char_p, ctypes.c_char_p], i64),
                                ("pxq_struct_size", [ctypes.c_char_p], i64),
@@ -118,7 +122,19 @@ def _load():
                                ("pxq_net_add", [ctypes.c_void_p, ctypes.POINTER(Step)], i32),
                                ("pxq_net_run", [ctypes.c_void_p, Buffer, i64, i64, i64, i64], ctypes.c_int),
                                ("pxq_net_value", [ctypes.c_void_p, i32, ctypes.POINTER(Value)], ctypes.c_int),
-                               ("pxq_net_pool_count", [ctypes.c_void_p], i64)]:
+                               ("pxq_net_pool_count", [ctypes.c_void_p], i64),
+                               ("pxq_load", [ctypes.c_char_p, ctypes.POINTER(Options), ctypes.c_char_p, ctypes.c_size_t],
+                                ctypes.c_void_p),
+                               ("pxq_free", [ctypes.c_void_p], None),
+                               ("pxq_input_shape", [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)], ctypes.c_int),
+                               ("pxq_num_classes", [ctypes.c_void_p], ctypes.c_int),
+                               ("pxq_class_name", [ctypes.c_void_p, ctypes.c_int], ctypes.c_char_p),
+                               ("pxq_predict", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p],
+                                ctypes.c_int),
+                               ("pxq_logits", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p],
+                                ctypes.c_int),
+                               ("pxq_float_logits", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p],
+                                ctypes.c_int)]:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, result
     return lib
@@ -314,3 +330,47 @@ class Net:
     def pool_count(self) -> int:
         """The positions the last run's sum pool summed over."""
         return lib.pxq_net_pool_count(self._net)
+
+
+class Model:
+    """A .pxq file loaded by libpixelq itself (pixelq.h: pxq_load and the calls after it): read,
+    checked and planned in C, no Python in the way. `LoadError` (a ValueError) says why a file was
+    refused, with the library's code (`code`: ERROR_FILE, ERROR_UNSUPPORTED, ...)."""
+
+    class LoadError(ValueError):
+        def __init__(self, message: str, code: int):
+            super().__init__(message)
+            self.code = code
+
+    def __init__(self, path, threads: "int | None" = None, isa: "str | None" = None):
+        error = ctypes.create_string_buffer(512)
+        options = Options(threads or 0, isa.encode() if isa else None)
+        self._model = lib.pxq_load(str(path).encode(), ctypes.byref(options), error, len(error))
+        if not self._model:
+            raise self.LoadError(error.value.decode(), lib.pxq_last_status())
+        shape = (ctypes.c_int * 3)()
+        lib.pxq_input_shape(self._model, shape)
+        self.image_shape, self.num_classes = tuple(shape), lib.pxq_num_classes(self._model)
+        self.classes = [lib.pxq_class_name(self._model, k).decode() for k in range(self.num_classes)]
+
+    def __del__(self):
+        if getattr(self, "_model", None) and lib is not None:
+            lib.pxq_free(self._model)
+            self._model = None
+
+    def _call(self, fn, images: np.ndarray, out: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images)
+        if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
+            raise ValueError(f"images must be uint8 (N, {', '.join(map(str, self.image_shape))}), got "
+                             f"{images.dtype} {images.shape}")
+        _check(fn(self._model, images.ctypes.data, len(images), out.ctypes.data))
+        return out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._call(lib.pxq_predict, images, np.empty(len(images), np.int32))
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        return self._call(lib.pxq_logits, images, np.empty((len(images), self.num_classes), np.int32))
+
+    def float_logits(self, images: np.ndarray) -> np.ndarray:
+        return self._call(lib.pxq_float_logits, images, np.empty((len(images), self.num_classes), np.float32))

@@ -153,7 +153,8 @@ class FastExecutor:
             raise ConfigError("the C kernels are not built; reinstall pixelq with a C compiler present")
         self.model, self.threads = model, threads or os.cpu_count() or 1
         self.isa = choose_isa(isa)
-        self.plan = fusion.plan(model, fuse)
+        # the plan a model file stores (made by the same transforms at export), else made here
+        self.plan = model.plan if fuse and model.plan is not None else fusion.plan(model, fuse)
         self.convs = {node["name"]: self._prepare(node) for node in self.plan.nodes if node["op"] in fusion.CONV_OPS}
         # the lookups and thresholds whose codes are bytes run in C, each prepared here
         self.lookups, self.thresholds = {}, {}

@@ -13,7 +13,8 @@
   shift_signed_inputs  a conv over signed codes spanning at most a byte (an int8 first layer's
                        pixel - 128) runs on codes + shift, padded with the shift; the shift's share
                        of each sum (one constant per channel) comes off the thresholds or the
-                       accumulators (`offset`)
+                       accumulators (`offset`); a conv not fused with anything becomes a
+                       `fused_conv` for it
 A fused node (op `fused_conv`) keeps the conv's attributes, adds those of what it absorbed and is
 named after the last node it absorbed, so every reader and every compared output keep their names;
 `conv_name` names its conv. The reference executor runs it step by step (`reference.conv_chain`),
@@ -150,7 +151,8 @@ def fuse_lookup(model: IntegerModel) -> IntegerModel:
             continue
         if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut["in_channels"]) is None:
             continue
-        g.absorb(node, lut, op="fused_conv", inputs=lut["inputs"], conv_name=node["name"])
+        g.absorb(node, lut, op="fused_conv", inputs=lut["inputs"], conv_name=node["name"],
+                 lut_range=[lut["qmin"], lut["qmax"]])
     return g.result()
 
 
@@ -209,7 +211,8 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
             g.set_tensor(node, "thresholds", np.clip(moved, INT32_MIN, INT32_MAX).astype(np.int32))
         else:
             g.set_tensor(node, "offset", share.astype(np.int32))
-        node.update(input_shift=shift, input_range=[0, hi + shift])
+        node.update(op="fused_conv", conv_name=node.get("conv_name", node["name"]), input_shift=shift,
+                    input_range=[0, hi + shift])
     return g.result()
 
 

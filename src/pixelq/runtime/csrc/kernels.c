@@ -734,7 +734,12 @@ static _Thread_local char last_error[256];
 
 const char *pxq_last_error(void) { return last_error; }
 
+static _Thread_local int last_status;
+
+int pxq_last_status(void) { return last_status; }
+
 int pxq_fail(int code, const char *format, ...) {
+    last_status = code;
     va_list args;
     va_start(args, format);
     vsnprintf(last_error, sizeof last_error, format, args);

@@ -20,6 +20,10 @@
 extern "C" {
 #endif
 
+#ifndef PXQ_API
+#define PXQ_API __attribute__((visibility("default")))  /* the library is built with hidden visibility */
+#endif
+
 #define PXQ_OK 0
 #define PXQ_ERROR_ARGUMENT 1  /* a size, shape or value the kernel cannot take */
 #define PXQ_ERROR_MEMORY 2    /* scratch memory could not be allocated */
@@ -58,7 +62,8 @@ typedef struct {
      *     ceil(kernel_w * ceil(C / 8) / 8), C the conv's input channels; code = weight_lowest +
      *     weight_stride * (the weight_bits-bit number the planes spell);
      *   DOT: int8 (kernel_h, kernel_w, ceil(C / 4), out_channels_padded / 8, 8, 4);
-     *   TABLE: int8 or int16 (kernel_h, kernel_w, channels, 256, 16). */
+     *   TABLE: int8 or int16 (256, kernel_h * kernel_w * channels, 16): per pixel value, per tap and
+ *     colour, the 16 (padded) output channels' partial sums. */
     pxq_buffer weights;
     int32_t kernel_h, kernel_w;
     int32_t weight_bits, weight_lowest, weight_stride;  /* PLANES, LOOKUP */
@@ -166,41 +171,42 @@ typedef struct {
     int64_t shape[4];
 } pxq_value;
 
-pxq_net *pxq_net_new(void);
+PXQ_API pxq_net *pxq_net_new(void);
 /* Adds a step, checked against the values before it; its output's value number, or -1 (the error
  * in pxq_last_error). */
-int32_t pxq_net_add(pxq_net *net, const pxq_step *step);
+PXQ_API int32_t pxq_net_add(pxq_net *net, const pxq_step *step);
 /* Runs every step on uint8 images (batch, height, width, channels). */
-int pxq_net_run(pxq_net *net, pxq_buffer images, int64_t batch, int64_t height, int64_t width, int64_t channels);
+PXQ_API int pxq_net_run(pxq_net *net, pxq_buffer images, int64_t batch, int64_t height, int64_t width, int64_t channels);
 /* Value `index` as the last run left it; PXQ_ERROR_ARGUMENT for one it has not written. */
-int pxq_net_value(const pxq_net *net, int32_t index, pxq_value *value);
+PXQ_API int pxq_net_value(const pxq_net *net, int32_t index, pxq_value *value);
 /* The positions the last run's sum pool summed over (its input's height x width), 0 without one. */
-int64_t pxq_net_pool_count(const pxq_net *net);
-void pxq_net_free(pxq_net *net);
+PXQ_API int64_t pxq_net_pool_count(const pxq_net *net);
+PXQ_API void pxq_net_free(pxq_net *net);
 
-int pxq_conv(const pxq_conv_params *params);
-int pxq_threshold(const pxq_threshold_params *params);
-int pxq_lookup(const pxq_lookup_params *params);
-int pxq_sum_pool(const pxq_pool_params *params);
+PXQ_API int pxq_conv(const pxq_conv_params *params);
+PXQ_API int pxq_threshold(const pxq_threshold_params *params);
+PXQ_API int pxq_lookup(const pxq_lookup_params *params);
+PXQ_API int pxq_sum_pool(const pxq_pool_params *params);
 
 /* The output rows (or columns) of a conv or pool: (size + 2 pad - kernel) / stride + 1, or 0 where
  * the window does not fit. */
-int64_t pxq_conv_out_size(int64_t size, int32_t kernel, int32_t stride, int32_t pad);
+PXQ_API int64_t pxq_conv_out_size(int64_t size, int32_t kernel, int32_t stride, int32_t pad);
 
-/* The message of this thread's last error ("" when none). */
-const char *pxq_last_error(void);
+/* The message of this thread's last error ("" when none), and its code (PXQ_ERROR_*). */
+PXQ_API const char *pxq_last_error(void);
+PXQ_API int pxq_last_status(void);
 /* The instruction sets this CPU runs the kernels with, worst to best, comma-separated. */
-const char *pxq_isas(void);
+PXQ_API const char *pxq_isas(void);
 /* The instructions the DOT conv of build `isa` runs with ("portable", "avx2" or "avx512vnni"), NULL
  * for a build this CPU does not run. */
-const char *pxq_dot_isa(const char *isa);
+PXQ_API const char *pxq_dot_isa(const char *isa);
 /* 1 if this CPU has `feature` (a __builtin_cpu_supports name, e.g. "avx512vnni"), else 0. */
-int pxq_cpu_has(const char *feature);
+PXQ_API int pxq_cpu_has(const char *feature);
 /* The byte offset of `field` in struct `name` ("pxq_conv_params", ...), -1 for an unknown one;
  * for bindings to check their copy of the layout. */
-int64_t pxq_field_offset(const char *name, const char *field);
+PXQ_API int64_t pxq_field_offset(const char *name, const char *field);
 /* sizeof struct `name`, -1 for an unknown one. */
-int64_t pxq_struct_size(const char *name);
+PXQ_API int64_t pxq_struct_size(const char *name);
 
 #ifdef __cplusplus
 }
