@@ -31,7 +31,7 @@ test: install-dev
 # libpixelq without Python: build/libpixelq.so; its headers are in src/pixelq/runtime/include.
 CC ?= cc
 CSRC := src/pixelq/runtime/csrc
-LIBPIXELQ := $(CSRC)/kernels.c $(CSRC)/net.c $(CSRC)/loader.c $(CSRC)/vendor/sha256.c
+LIBPIXELQ := $(CSRC)/kernels.c $(CSRC)/net.c $(CSRC)/steps.c $(CSRC)/loader.c $(CSRC)/vendor/sha256.c
 lib: build/libpixelq.so
 build/libpixelq.so: $(LIBPIXELQ) $(wildcard $(CSRC)/*.h $(CSRC)/vendor/*.h src/pixelq/runtime/include/*.h)
 	mkdir -p build

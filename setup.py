@@ -51,7 +51,7 @@ setup(
     ext_modules=[
         Extension(
             LIBRARY,
-            sources=[str(RUNTIME / "csrc" / name) for name in ("kernels.c", "net.c", "loader.c", "vendor/sha256.c")],
+            sources=[str(RUNTIME / "csrc" / name) for name in ("kernels.c", "net.c", "steps.c", "loader.c", "vendor/sha256.c")],
             include_dirs=[str(RUNTIME / "include")],
             depends=[*map(str, (RUNTIME / "include").glob("*.h")), *map(str, (RUNTIME / "csrc").glob("**/*.h"))],
             extra_compile_args=["-O3", "-std=c11", "-fvisibility=hidden", *openmp],

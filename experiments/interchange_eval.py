@@ -1,6 +1,7 @@
 """One checkpoint through every deployed form, top-1 on a data set's test split: the PyTorch model,
-the pixelq runtime (.pxq), QDQ ONNX on ONNX Runtime (`--format onnx`) and QONNX executed by the
-qonnx package (`--format qonnx`); each form's labels compared with PyTorch's, and how many of those
+the pixelq runtime (.pxq), the same file read and run by libpixelq alone (C, `pxq_load`), QDQ ONNX
+on ONNX Runtime (`--format onnx`) and QONNX executed by the qonnx package (`--format qonnx`); each
+form's labels compared with PyTorch's, and how many of those
 that differ do so where the form's logits tie at the top (integer logits: PyTorch's float ones
 then break the tie by rounding).
 
@@ -15,6 +16,7 @@ only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev ex
 """
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import pixelq
 from pixelq.exporting import lower, lower_plain
 from pixelq.exporting.onnx import to_onnx
 from pixelq.exporting.qdq import to_qdq
-from pixelq.runtime import Runtime
+from pixelq.integer import save_model
+from pixelq.runtime import Runtime, clib
 from pixelq.training.checkpoint import model_from_checkpoint, read_checkpoint
 
 
@@ -39,6 +42,7 @@ def batched(fn, images: np.ndarray, batch: int = 500) -> np.ndarray:
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- interchange:start -->", "<!-- interchange:end -->"
 FORMS = [("pytorch", "PyTorch (fake-quant)", "–"), ("pixelq_runtime", "pixelq runtime", "`.pxq`"),
+         ("libpixelq", "libpixelq (C: `pxq_load`, `pixelq-run`)", "`.pxq`"),
          ("onnx_qdq", "ONNX Runtime", "`--format onnx` (QDQ)"), ("qonnx", "qonnx (FINN's executor)", "`--format qonnx`")]
 
 
@@ -53,7 +57,7 @@ def render(path: Path) -> None:
              f"`{path.resolve().relative_to(ROOT)}`):", "",
              "| runs on | file | top-1 % | vs PyTorch | labels as PyTorch's | of the rest, at integer-logit ties |",
              "|---|---|---:|---:|---:|---:|"]
-    for key, runner, form in FORMS:
+    for key, runner, form in (entry for entry in FORMS if entry[0] in forms):  # libpixelq: runs since 2026-12
         f = forms[key]
         lines.append(f"| {runner} | {form} | {f['top1']:.2f} | {f['top1'] - f['pytorch_top1_same_images']:+.2f} | "
                      f"{f['labels_as_pytorch']} / {f['n']} | {f['differ_at_logit_ties']} |")
@@ -95,6 +99,9 @@ def main() -> None:
         run("pytorch", lambda x: model(torch.as_tensor(x)).numpy(), images)
     graph = lower(model, image_shape)  # the .pxq graph, which QONNX writes too
     run("pixelq_runtime", Runtime(graph).logits, images)
+    with tempfile.TemporaryDirectory() as folder:  # the file as libpixelq reads it, no Python between
+        save_model(graph, Path(folder) / "model.pxq")
+        run("libpixelq", clib.Model(Path(folder) / "model.pxq").logits, images)
     qdq = ort.InferenceSession(to_qdq(lower_plain(model, image_shape)).SerializeToString(),
                                providers=["CPUExecutionProvider"])
     run("onnx_qdq", lambda x: qdq.run(None, {"image": x})[0], images)

@@ -4,7 +4,7 @@ thread, for each instruction set this CPU has, at weight x activation bits from 
     python experiments/kernel_crossover.py [--json results/bench/kernel_crossover.json]
 
 Times are the best of `--repeats` calls, the two kernels taking turns (`best_times`). The rule the
-runtime follows (pixelq.runtime.fast.DOT_MIN_PAIRS: dot products from a number of plane pairs,
+runtime follows (DOT_MIN_PAIRS in src/pixelq/runtime/csrc/steps.c: dot products from a number of plane pairs,
 input planes x weight bits, per build) was read off this table; run it again on another CPU to check.
 """
 import argparse

@@ -43,9 +43,11 @@ def test_runtime_benchmark_reports_every_ratio():
     result = run_benchmark(batch_sizes=(1, 2), thread_counts=(1, 2), repeats=1, image_size=8)
     keys = ["conv3x3_w1a1_vs_torch_fp32", "conv3x3_w1a2_vs_torch_fp32", "resnet20_b2_vs_torch_fp32",
             "resnet20_b2_vs_ort_int8", "resnet20_b1_vs_torch_fp32", "first_layer_vs_float",
-            "resnet20_b2_vs_ort_qdq_same_model", "resnet20_b1_vs_ort_int8"]
+            "resnet20_b2_vs_ort_qdq_same_model", "resnet20_b1_vs_ort_int8", "resnet20_b1_libpixelq_vs_ort_int8",
+            "resnet20_b2_libpixelq_vs_ort_int8"]
     if result["openvino_version"] is not None:  # the bench extra installs it
         keys += [f"resnet20_b{b}_vs_ov_{form}" for b in (1, 2) for form in ("fp32", "int8")]
+        keys += [f"resnet20_b{b}_libpixelq_vs_ov_int8" for b in (1, 2)]
     for key in keys:
         assert result["ratios"][key] > 0 and result["ratios"][key + "_2t"] > 0
     assert "stages.2.2.conv2" in result["times"]["threads_1"]["layers_s"]

@@ -181,7 +181,7 @@ def test_dot_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abits
     3 taken off after the add). AVX2's VPMADDUBSW saturates int16 pairs, so beyond
     2 x code x |weight| <= 32767 (8-bit codes with 8-bit weights) only VNNI and portable builds run."""
     assume(h + 2 * padding >= k and w + 2 * padding >= k)
-    assume(not (abits == 8 and wbits == 8 and clib.dot_isa(isa) == "avx2"))  # dot_conv_fits refuses these
+    assume(not (abits == 8 and wbits == 8 and clib.dot_isa(isa) == "avx2"))  # the runtime never sends it these
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2**abits, (n, h, w, c)).astype(np.uint8)
     x.flat[0] = 2**abits - 1
@@ -393,8 +393,7 @@ def test_kernels_name_their_instruction_sets():
     assert ("avx2" in names) == (features.get("avx2", False) and features.get("popcnt", False))
 
 
-@pytest.mark.parametrize("struct", [clib.ConvParams, clib.ThresholdParams, clib.LookupParams, clib.PoolParams,
-                                    clib.Buffer, clib.Output])
+@pytest.mark.parametrize("struct", list(clib.STRUCTS))
 def test_bindings_match_the_headers_layout(struct):
     """Every field of the ctypes mirror sits where the C struct has it, and the sizes agree (a field
     the header gained and the binding lacks changes the size)."""
@@ -565,21 +564,30 @@ def test_signed_zero_is_each_colours_pixel_value_of_code_zero():
 
 
 def test_dot_product_rule_follows_the_measured_crossover():
-    """fast.dot_conv_fits: bit-planes up to 4 plane pairs (W2A2 on wide layers excepted), dot products
-    from 5; never for weights beyond int8, nor where VPMADDUBSW's int16 pairs would saturate."""
-    def node(abits, wbits, channels=16):
-        return {"input_range": [0, 2**abits - 1], "weight_bits": wbits, "in_channels": channels}
+    """The kernel pxq_net_add_node chooses for a conv (csrc/steps.c): bit-planes up to 4 plane pairs
+    (W2A2 on layers as wide as the build's crossover says excepted), dot products from 5; never for
+    weights beyond int8, nor where VPMADDUBSW's int16 pairs would saturate."""
+    def kernel(isa, abits, wbits, weights, channels=16):
+        lowest = int(min(weights))
+        node = {"op": "conv", "name": "c", "inputs": ["image"], "tensors": ["weight"], "in_channels": channels,
+                "out_channels": 8, "kernel": 1, "stride": 1, "padding": 0, "weight_bits": wbits,
+                "weight_lowest": lowest, "weight_stride": 1, "input_range": [0, 2**abits - 1]}
+        weight = np.resize(np.asarray(weights, np.int32), (8, 1, 1, channels))
+        net = clib.Net()
+        spec, keep = fast.net_node(node, {"c.weight": weight}, [0])
+        net.add_node(spec, isa, 1)
+        return fast.KERNELS[net.step_kernel(0)[0]]
 
-    w4, w8 = np.array([-8, 7]), np.array([-128, 127])
+    wide = {"portable": None, "avx2": 64, "avx512vpopcntdq": 1, "avx512bitalg": 32}  # measured per build
     for isa in fast.available_isas():
-        assert not fast.dot_conv_fits(node(2, 1), np.array([-1, 1]), isa)  # W1A2
-        assert fast.dot_conv_fits(node(4, 4), w4, isa)  # W4A4
-        assert not fast.dot_conv_fits(node(4, 4), np.array([-200, 7]), isa)  # not int8
-        wide = fast.DOT_WIDE_CHANNELS[isa]
-        assert fast.dot_conv_fits(node(2, 2, 64), np.array([-2, 1]), isa) == (wide is not None and 64 >= wide)
-        assert fast.dot_conv_fits(node(2, 2, 16), np.array([-2, 1]), isa) == (wide is not None and 16 >= wide)
+        assert kernel(isa, 2, 1, [-1, 0]) == "bit-planes"  # W1A2 (grid -1 + u)
+        assert kernel(isa, 4, 4, [-8, 7]) == "dot product"  # W4A4
+        assert kernel(isa, 4, 8, [-200, 7]) == "bit-planes"  # not int8
+        for channels in (16, 64):
+            expected = wide[isa] is not None and channels >= wide[isa]
+            assert (kernel(isa, 2, 2, [-2, 1], channels) == "dot product") == expected, (isa, channels)
         # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW
-        assert fast.dot_conv_fits(node(8, 8), w8, isa) == (clib.dot_isa(isa) != "avx2")
+        assert (kernel(isa, 8, 8, [-128, 127]) == "dot product") == (clib.dot_isa(isa) != "avx2")
 
 
 def test_dot_conv_near_the_int32_limit(isa):

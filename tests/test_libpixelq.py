@@ -22,7 +22,7 @@ from test_bad_input import _resave_with_manifest, _zoo_manifest, hostile_edit
 pytestmark = pytest.mark.skipif(not clib.available(), reason="libpixelq not built (no C compiler)")
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "src" / "pixelq" / "runtime" / "csrc"
-LIBRARY_SOURCES = [CSRC / name for name in ("kernels.c", "net.c", "loader.c", "vendor/sha256.c")]
+LIBRARY_SOURCES = [CSRC / name for name in ("kernels.c", "net.c", "steps.c", "loader.c", "vendor/sha256.c")]
 ZOO = ["resnet20-w1a2-pe-qlast", "resnet20-w1a2-pe-qlast-r4s"]
 CC = shutil.which("cc") or shutil.which("gcc")
 

@@ -9,7 +9,7 @@ import pixelq
 from pixelq import ConfigError, InputError, ModelFileError, create_model
 from pixelq.cli import main
 from pixelq.integer import load_model, payload_bytes
-from pixelq.runtime import fast, load
+from pixelq.runtime import fast, fusion, load
 from pixelq.runtime.reference import run_reference
 from pixelq.exporting.verify import label_agreement
 from conftest import trained_like
@@ -82,22 +82,23 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     if path == "shifted planes":
         assert shifted == ["stem.act"] and executor.kernels()["stem.conv"] == "bit-planes via lookup"
     else:
-        assert executor.convs["stem.act"].fields["weights"].dtype.name == path.split()[0] and not shifted
-        assert executor.kernels()["stem.conv"] == "table sums"
+        assert executor.kernels()["stem.conv"] == "table sums" and not shifted
+        tables = fusion.lut_conv_table(executor.plan.tensors["stem.act.weight"], executor.plan.tensors["stem.act.lut"])
+        assert tables.dtype.name == path.split()[0]  # the entries the kernel runs on (int16: sums reach +-128)
     x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    in_net = len(executor._values) - 1  # the nodes the libpixelq net runs: all but a float last layer
-    assert [node["op"] for node in executor.plan.nodes[in_net:]] in ([], ["linear_float"])
+    tail = [node["op"] for node in executor._tail]  # the nodes after the libpixelq net: a float last layer at most
+    assert tail in ([], ["linear_float"])
     values = executor.run(x)
-    one_by_one = executor.run(x, wrap=lambda fn: fn)  # the nodes called one at a time, as the layer profile does
+    profile = executor.profile(x, 1)  # the net's steps timed, each node under its (conv's) name
     every_layer = fast.FastExecutor(graph, threads=2, fuse=False, isa=isa).run(x)  # as layer_outputs() runs
     reference = run_reference(graph, x)
     compared = [name for name, v in values.items() if v is not None and name in reference]
     block_outputs = {node["name"] for node in graph.nodes if node["name"].endswith("act_out")}
     assert graph.meta["output"] in compared and len(block_outputs) >= 2 and block_outputs <= set(compared)
-    assert one_by_one.keys() == values.keys()
+    assert set(profile) == {node.get("conv_name", node["name"]) for node in executor.plan.nodes}
+    assert all(seconds > 0 for seconds in profile.values())
     for name in compared:
         assert np.array_equal(values[name], reference[name]), name
-        assert np.array_equal(one_by_one[name], reference[name]), name
     assert values["pool.count"] == reference["pool.count"]
     assert every_layer.keys() == reference.keys()
     for name, value in every_layer.items():
@@ -157,7 +158,7 @@ def wide_bits_graph(tmp_path_factory):
 
 @pytest.mark.parametrize("isa", ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"])
 def test_dot_product_convs_equal_the_reference_and_pytorch(wide_bits_graph, isa):
-    """Past the crossover (fast.DOT_MIN_PAIRS) every conv but the lookup one runs as dot products:
+    """Past the crossover (DOT_MIN_PAIRS in csrc/steps.c) every conv but the lookup one runs as dot products:
     every node the executor materialises equals the reference's, and the labels PyTorch's."""
     if not fast.kernels_available() or isa not in fast.available_isas():
         pytest.skip(f"this CPU has no {isa}")

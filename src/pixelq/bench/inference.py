@@ -142,33 +142,20 @@ def conv_layer_times(abits: int, threads: int, repeats: int, isa: str, batch: in
 
 def layer_profile(runtime, images: np.ndarray, repeats: int) -> dict:
     """Seconds per node of the executor's plan for one batch, best of `repeats`, as the runtime runs
-    it: a fused conv (`fusion.plan`) is timed under its conv's name and includes the thresholds (and
-    the residual add, and for the first conv the lookup) fused into it."""
-    executor = FastExecutor(runtime.model, runtime.threads, isa=runtime.isa)
-    times: dict = {}
-
-    def timed(fn):
-        def wrapper(node, x, t, values):
-            t0 = time.perf_counter()
-            y = fn(node, x, t, values)
-            name = node.get("conv_name", node["name"])  # a fused conv under its conv's name
-            times[name] = min(times.get(name, float("inf")), time.perf_counter() - t0)
-            return y
-        return wrapper
-
-    for _ in range(repeats):
-        executor.run(images, reuse=True, wrap=timed)  # as Runtime.logits runs it
-    return times
+    it (the net times its steps): a fused conv (`fusion.plan`) is timed under its conv's name and
+    includes the thresholds (and the residual add, and for the first conv the lookup) fused into it."""
+    return FastExecutor(runtime.model, runtime.threads, isa=runtime.isa).profile(images, repeats)
 
 
 def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repeats: int) -> dict:
     """Pixel embedding LUT + binary conv (pixelq) against the float first conv (PyTorch fp32, on
     normalised float input), one batch, through the first activation."""
-    stem = IntegerModel(runtime.model.nodes[:3], runtime.model.tensors, runtime.model.meta)  # lut, conv, threshold
+    nodes = runtime.model.nodes[:3]  # lut, conv, threshold
+    stem = IntegerModel(nodes, runtime.model.tensors, {**runtime.model.meta, "output": nodes[-1]["name"]})
     executor = FastExecutor(stem, runtime.threads, isa=runtime.isa)
     x = torch.as_tensor(images)
     with torch.no_grad():
-        return best_times({"pixelq_s": lambda: executor.run(images, reuse=True),
+        return best_times({"pixelq_s": lambda: executor.output(images),
                            "torch_fp32_s": lambda: float_model.stem(float_model.to_nchw(x))}, repeats)
 
 
@@ -215,7 +202,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
         if model_path is None:
             model_path = tmp / "resnet20-w1a2-pe.pxq"
             w1a2 = calibrated(create_model("resnet20", **DEFAULT_MODEL), calibration)
-            export(w1a2, model_path)
+            export(w1a2, model_path, image_shape=(image_size, image_size, 3))
             qdq = to_qdq(lower_plain(w1a2, (image_size, image_size, 3))).SerializeToString()
         float_model = calibrated(create_model("resnet20"), calibration)
         w4a4_path = tmp / "resnet20-w4a4-pe.pxq"
@@ -228,6 +215,10 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
             runtime = load(model_path, threads=threads, isa=isa)
+            c_model = clib.Model(model_path, threads=threads, isa=isa)  # libpixelq alone: pxq_load, pxq_logits
+            if c_model.image_shape != (image_size, image_size, 3):
+                raise ExportError(f"{model_path} records images of shape {c_model.image_shape}, not the benchmark's "
+                                  f"{(image_size, image_size, 3)}; export it with its image shape")
             w4a4 = load(w4a4_path, threads=threads, isa=isa)
             session = ort_int8_session(float_model, calibration, threads, tmp)
             same_model = ort_session(qdq, threads) if qdq is not None else None
@@ -241,6 +232,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                     times.update(best_times({f"b{batch}_torch_fp32_s": lambda: float_model(torch.as_tensor(x)),
                                              f"b{batch}_ort_int8_s": lambda: session.run(None, {"image": x}),
                                              f"b{batch}_pixelq_s": lambda: runtime.logits(x),
+                                             f"b{batch}_libpixelq_s": lambda: c_model.logits(x),
                                              f"b{batch}_pixelq_w4a4_s": lambda: w4a4.logits(x),
                                              **({f"b{batch}_ort_qdq_same_model_s": lambda: same_model.run(None, {"image": x})}
                                                 if same_model is not None else {}),
@@ -264,6 +256,10 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                     ratios[f"resnet20_b{batch}_vs_ov_{form}{suffix}"] = (times[f"b{batch}_ov_{form}_s"]
                                                                         / times[f"b{batch}_pixelq_s"])
             ratios[f"resnet20_b1_vs_ort_int8{suffix}"] = times["b1_ort_int8_s"] / times["b1_pixelq_s"]
+            for batch in batch_sizes:  # the C library on its own, without the Python runtime around it
+                for other in ("ort_int8", *(("ov_int8",) if openvino else ())):
+                    ratios[f"resnet20_b{batch}_libpixelq_vs_{other}{suffix}"] = (times[f"b{batch}_{other}_s"]
+                                                                                / times[f"b{batch}_libpixelq_s"])
             if same_model is not None:  # the same W1A2 network, `pixelq export --format onnx`, on ONNX Runtime
                 ratios[f"resnet20_b{big}_vs_ort_qdq_same_model{suffix}"] = (times[f"b{big}_ort_qdq_same_model_s"]
                                                                            / times[f"b{big}_pixelq_s"])

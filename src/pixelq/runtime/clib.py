@@ -78,6 +78,20 @@ class Step(ctypes.Structure):
     ]
 
 
+class Codes(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("ndim", i32), ("shape", i64 * 4)]
+
+
+class Node(ctypes.Structure):
+    _fields_ = [
+        ("op", i32), ("inputs", i32 * 2), ("in_channels", i64), ("out_channels", i64), ("kernel", i64), ("stride", i64),
+        ("padding", i64), ("groups", i64), ("weight_bits", i64), ("weight_lowest", i64), ("weight_stride", i64),
+        ("input_range", i64 * 2), ("input_shift", i64), ("qmin", i64), ("qmax", i64), ("shift", i64),
+        ("extra_channels", i64), ("residual_stride", i64), ("residual_qmax", i64), ("residual_shift", i64),
+        ("weight", Codes), ("lut", Codes), ("direction", Codes), ("thresholds", Codes), ("offset", Codes),
+    ]
+
+
 class Options(ctypes.Structure):
     _fields_ = [("threads", i32), ("isa", ctypes.c_char_p)]
 
@@ -89,7 +103,7 @@ class Value(ctypes.Structure):
 # struct -> its C name
 STRUCTS = {ConvParams: "pxq_conv_params", ThresholdParams: "pxq_threshold_params", LookupParams: "pxq_lookup_params",
            PoolParams: "pxq_pool_params", Buffer: "pxq_buffer", Output: "pxq_output", Step: "pxq_step",
-           Value: "pxq_value", Options: "pxq_options"}
+           Value: "pxq_value", Options: "pxq_options", Codes: "pxq_codes", Node: "pxq_node"}
 ENTRY = {ConvParams: "pxq_conv", ThresholdParams: "pxq_threshold", LookupParams: "pxq_lookup", PoolParams: "pxq_sum_pool"}
 CONV_KINDS = {"planes": 0, "lookup": 1, "table": 2, "dot": 3}
 STEP_OPS = {"conv": 0, "threshold": 1, "lookup": 2, "add_clip": 3, "subsample_pad": 4, "max_pool": 5, "sum_pool": 6,
@@ -123,6 +137,13 @@ def _load():
                                ("pxq_net_run", [ctypes.c_void_p, Buffer, i64, i64, i64, i64], ctypes.c_int),
                                ("pxq_net_value", [ctypes.c_void_p, i32, ctypes.POINTER(Value)], ctypes.c_int),
                                ("pxq_net_pool_count", [ctypes.c_void_p], i64),
+                               ("pxq_net_add_node", [ctypes.c_void_p, ctypes.POINTER(Node), ctypes.c_char_p, i32], i32),
+                               ("pxq_net_step_kernel", [ctypes.c_void_p, i32, ctypes.POINTER(i32), ctypes.POINTER(i32),
+                                                        ctypes.POINTER(i32)], ctypes.c_int),
+                               ("pxq_net_profile", [ctypes.c_void_p, i32], ctypes.c_int),
+                               ("pxq_net_step_seconds", [ctypes.c_void_p, ctypes.POINTER(ctypes.c_double), i32],
+                                ctypes.c_int),
+                               ("pxq_net_steps", [ctypes.c_void_p], i32),
                                ("pxq_load", [ctypes.c_char_p, ctypes.POINTER(Options), ctypes.c_char_p, ctypes.c_size_t],
                                 ctypes.c_void_p),
                                ("pxq_free", [ctypes.c_void_p], None),
@@ -199,11 +220,16 @@ def _setter(params: ctypes.Structure, name: str, keep: list):
     return lambda value: setattr(params, name, value)
 
 
+class Unsupported(ValueError):
+    """A valid input libpixelq has no kernel for yet (PXQ_ERROR_UNSUPPORTED)."""
+
+
 def _check(status: int) -> None:
     if status == OK:
         return
     message = lib.pxq_last_error().decode()
-    raise MemoryError(message) if status == ERROR_MEMORY else ValueError(message)
+    raise MemoryError(message) if status == ERROR_MEMORY else Unsupported(message) if status == ERROR_UNSUPPORTED \
+        else ValueError(message)
 
 
 class Call:
@@ -305,6 +331,30 @@ class Net:
         if index < 0:
             raise ValueError(lib.pxq_last_error().decode())
         return index
+
+    def add_node(self, node: Node, isa: "str | None", threads: int) -> int:
+        """Adds the step that runs plan node `node` (its kernel chosen, its weights laid out in C);
+        the number of the value it writes. Unsupported for a node no kernel runs yet."""
+        index = lib.pxq_net_add_node(self._net, ctypes.byref(node), isa.encode() if isa else None, threads)
+        if index < 0:
+            _check(lib.pxq_last_status())
+        return index
+
+    def step_kernel(self, step: int) -> tuple:
+        """(conv kind (-1: no conv), input planes, weight bits) of step `step` (0-based)."""
+        kind, planes, bits = i32(), i32(), i32()
+        _check(lib.pxq_net_step_kernel(self._net, step, ctypes.byref(kind), ctypes.byref(planes), ctypes.byref(bits)))
+        return kind.value, planes.value, bits.value
+
+    def profile(self, on: bool) -> None:
+        """Time each step of the runs from now on (`step_seconds`), or stop."""
+        _check(lib.pxq_net_profile(self._net, int(on)))
+
+    def step_seconds(self) -> list:
+        steps = lib.pxq_net_steps(self._net)
+        seconds = (ctypes.c_double * steps)()
+        _check(lib.pxq_net_step_seconds(self._net, seconds, steps))
+        return list(seconds)
 
     def run(self, images: np.ndarray) -> None:
         """Runs every step on uint8 images (N, H, W, C), C-contiguous."""

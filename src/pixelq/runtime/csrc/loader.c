@@ -831,270 +831,41 @@ static int read_node(pxq_model *m, const json_t *j, int tok, int i, int plan_ten
     return infer_shape(m, n, e, name);
 }
 
-/* ---- The net: each conv's kernel chosen and its weights laid out (runtime/fast.py) ---- */
+/* ---- The net ---- */
 
-static int64_t padded(int64_t channels) { return (channels + 7) / 8 * 8; }
-
-static int planes_of(const node_t *n) {  /* bit-planes of the conv's input codes, signed ones shifted to start at 0 */
-    int64_t top = n->range[A_INPUT_RANGE][1] - (n->range[A_INPUT_RANGE][0] < 0 ? n->range[A_INPUT_RANGE][0] : 0);
-    int bits = 0;
-    while (top >> bits) bits++;
-    return bits > 1 ? bits : 1;
-}
-
-/* Weight codes (O, kh, kw, I) -> window-row words (bits, kh, Kr, Opad) (fast.pack_conv_weight). */
-static uint64_t *pack_planes(const node_t *n, int64_t *bytes) {
-    const int64_t o = n->a[A_OUT_CHANNELS], k = n->a[A_KERNEL], ci = n->a[A_IN_CHANNELS], J = n->a[A_WEIGHT_BITS];
-    const int64_t cb = (ci + 7) / 8, kr = (k * cb + 7) / 8, opad = padded(o);
-    *bytes = J * k * kr * opad * 8;
-    uint64_t *words = calloc((size_t)(J * k * kr * opad), 8);
-    if (!words) return NULL;
-    const int32_t *w = n->t[T_WEIGHT].data;
-    for (int64_t oc = 0; oc < o; oc++)
-        for (int64_t y = 0; y < k; y++)
-            for (int64_t x = 0; x < k; x++)
-                for (int64_t i = 0; i < ci; i++) {
-                    const int64_t u = ((int64_t)w[((oc * k + y) * k + x) * ci + i] - n->a[A_WEIGHT_LOWEST]) / n->a[A_WEIGHT_STRIDE];
-                    const int64_t bit = x * cb * 8 + i;  /* tap x's channels start at byte x * Cb */
-                    for (int64_t j = 0; j < J; j++)
-                        if ((u >> j) & 1) words[((j * k + y) * kr + bit / 64) * opad + oc] |= (uint64_t)1 << (bit % 64);
-                }
-    return words;
-}
-
-/* Weight codes -> the dot-product layout (kh, kw, ceil(I / 4), Opad / 8, 8, 4) int8 (fast.pack_dot_weight). */
-static int8_t *pack_dot(const node_t *n, int64_t *bytes) {
-    const int64_t o = n->a[A_OUT_CHANNELS], k = n->a[A_KERNEL], ci = n->a[A_IN_CHANNELS], groups = (ci + 3) / 4,
-                  opad = padded(o);
-    *bytes = k * k * groups * 4 * opad;
-    int8_t *out = calloc((size_t)*bytes, 1);
-    if (!out) return NULL;
-    const int32_t *w = n->t[T_WEIGHT].data;
-    for (int64_t oc = 0; oc < o; oc++)
-        for (int64_t y = 0; y < k; y++)
-            for (int64_t x = 0; x < k; x++)
-                for (int64_t i = 0; i < ci; i++)
-                    out[((((y * k + x) * groups + i / 4) * (opad / 8) + oc / 8) * 8 + oc % 8) * 4 + i % 4] =
-                        (int8_t)w[((oc * k + y) * k + x) * ci + i];
-    return out;
-}
-
-/* The first conv over a lookup as per-(value, tap, colour) tables of its <= 16 channels' sums
- * (fusion.lut_conv_table); NULL where it does not fit (entry bytes then 0). */
-static void *conv_table(const node_t *n, int64_t colours, int *entry_bytes, int64_t *bytes) {
-    const int64_t o = n->a[A_OUT_CHANNELS], k = n->a[A_KERNEL], d = n->t[T_LUT].shape[2], T = n->t[T_LUT].shape[0];
-    *entry_bytes = 0;
-    if (o > 16 || !HOLDS(n, T_THRESHOLDS) || HAS(n, A_RESIDUAL_STRIDE) || (HAS(n, A_INPUT_SHIFT) && n->a[A_INPUT_SHIFT]))
-        return NULL;
-    const int64_t entries = 256 * k * k * colours * 16;
-    int32_t *table = calloc((size_t)entries, 4);
-    if (!table) return NULL;
-    const int32_t *w = n->t[T_WEIGHT].data, *lut = n->t[T_LUT].data;
-    int64_t top = 0, lo = 0, hi = 0;
-    for (int64_t v = 0; v < 256; v++)
-        for (int64_t y = 0; y < k; y++)
-            for (int64_t x = 0; x < k; x++)
-                for (int64_t c = 0; c < colours; c++)
-                    for (int64_t oc = 0; oc < o; oc++) {
-                        int64_t sum = 0;
-                        for (int64_t q = 0; q < d; q++)
-                            sum += (int64_t)w[((oc * k + y) * k + x) * colours * d + c * d + q] *
-                                   lut[((T == 1 ? 0 : c) * 256 + v) * d + q];
-                        table[((v * k + y) * k + x) * colours * 16 + c * 16 + oc] = (int32_t)sum;
-                        top = llabs(sum) > top ? llabs(sum) : top, lo = sum < lo ? sum : lo, hi = sum > hi ? sum : hi;
-                    }
-    if (top * k * k * colours > 32000) {  /* int16 sums, with room for the int16 threshold clamp */
-        free(table);
-        return NULL;
+/* The public form of a checked node (pxq_net_add_node lays its weights out and chooses its kernel). */
+static pxq_node public_node(const node_t *n) {
+    static const int OPS[OP_COUNT] = {
+        [OP_LUT] = PXQ_NODE_LUT, [OP_CONV] = PXQ_NODE_CONV, [OP_FUSED_CONV] = PXQ_NODE_FUSED_CONV,
+        [OP_THRESHOLD] = PXQ_NODE_THRESHOLD, [OP_ADD_CLIP] = PXQ_NODE_ADD_CLIP, [OP_SUBSAMPLE_PAD] = PXQ_NODE_SUBSAMPLE_PAD,
+        [OP_MAX_POOL] = PXQ_NODE_MAX_POOL, [OP_SUM_POOL] = PXQ_NODE_SUM_POOL, [OP_LINEAR] = PXQ_NODE_LINEAR,
+        [OP_LINEAR_FLOAT] = -1};
+    pxq_node p = {.op = OPS[n->op], .inputs = {n->inputs[0], n->n_inputs > 1 ? n->inputs[1] : -1},
+                  .in_channels = n->a[A_IN_CHANNELS], .out_channels = n->a[A_OUT_CHANNELS], .kernel = n->a[A_KERNEL],
+                  .stride = n->a[A_STRIDE], .padding = n->a[A_PADDING], .groups = n->a[A_GROUPS],
+                  .weight_bits = n->a[A_WEIGHT_BITS], .weight_lowest = n->a[A_WEIGHT_LOWEST],
+                  .weight_stride = n->a[A_WEIGHT_STRIDE],
+                  .input_range = {n->range[A_INPUT_RANGE][0], n->range[A_INPUT_RANGE][1]},
+                  .input_shift = n->a[A_INPUT_SHIFT], .qmin = n->a[A_QMIN], .qmax = n->a[A_QMAX], .shift = n->a[A_SHIFT],
+                  .extra_channels = n->a[A_EXTRA_CHANNELS], .residual_stride = n->a[A_RESIDUAL_STRIDE],
+                  .residual_qmax = n->a[A_RESIDUAL_QMAX], .residual_shift = n->a[A_RESIDUAL_SHIFT]};
+    pxq_codes *tensors[] = {&p.weight, &p.lut, &p.direction, &p.thresholds, &p.offset};
+    const int which[] = {T_WEIGHT, T_LUT, T_DIRECTION, T_THRESHOLDS, T_OFFSET};
+    for (int q = 0; q < 5; q++) {
+        const tensor_t *t = &n->t[which[q]];
+        if (!HOLDS(n, which[q]) || t->is_float || t->ndim > 4) continue;
+        tensors[q]->data = t->data, tensors[q]->ndim = t->ndim;
+        memcpy(tensors[q]->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     }
-    *entry_bytes = lo >= -128 && hi <= 127 ? 1 : 2;
-    *bytes = entries * *entry_bytes;
-    void *out = malloc((size_t)*bytes);
-    for (int64_t q = 0; out && q < entries; q++) {
-        if (*entry_bytes == 1) ((int8_t *)out)[q] = (int8_t)table[q];
-        else ((int16_t *)out)[q] = (int16_t)table[q];
-    }
-    free(table);
-    return out;
-}
-
-/* Whether the conv runs on the dot-product kernel under `isa` (fast.dot_conv_fits). */
-static int dot_fits(const node_t *n, const char *isa) {
-    static const struct { const char *isa; int wide; } WIDE[] = {
-        {"portable", 0}, {"avx2", 64}, {"avx512vpopcntdq", 1}, {"avx512bitalg", 32}};
-    int wide = 0;
-    for (size_t q = 0; q < sizeof WIDE / sizeof WIDE[0]; q++)
-        if (!strcmp(WIDE[q].isa, isa)) wide = WIDE[q].wide;
-    const int planes = planes_of(n);
-    const int64_t pairs = planes * n->a[A_WEIGHT_BITS];
-    if (!(pairs >= 5 || (pairs == 4 && wide && n->a[A_IN_CHANNELS] >= wide))) return 0;
-    const int32_t *w = n->t[T_WEIGHT].data;
-    int64_t top = 0;
-    for (int64_t q = 0; q < n->t[T_WEIGHT].count; q++) {
-        if (w[q] < -128 || w[q] > 127) return 0;
-        top = llabs(w[q]) > top ? llabs(w[q]) : top;
-    }
-    const char *dot = pxq_dot_isa(isa);
-    return !dot || strcmp(dot, "avx2") || 2 * ((1 << planes) - 1) * top <= 32767;
-}
-
-/* Keeps `p` (malloc'd) until the load ends: pxq_net_add copies what the steps point to. */
-typedef struct {
-    void *items[64];
-    int count;
-} scratch_list_t;
-
-static void *keep(scratch_list_t *s, void *p) {
-    if (p && s->count < 64) s->items[s->count++] = p;
-    else free(p), p = NULL;
     return p;
 }
 
-static int conv_step(pxq_model *m, node_t *n, const char *isa, int threads, pxq_step *step, scratch_list_t *s,
-                     load_error_t *e, const char *name) {
-    const int64_t shift = HAS(n, A_INPUT_SHIFT) ? n->a[A_INPUT_SHIFT] : 0, o = n->a[A_OUT_CHANNELS];
-    const int64_t lo = n->range[A_INPUT_RANGE][0], hi = n->range[A_INPUT_RANGE][1];
-    if ((HAS(n, A_GROUPS) && n->a[A_GROUPS] != 1) || hi + (lo < 0 ? -lo : 0) > 255)  /* fusion.has_kernel */
-        return bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: grouped convs and codes wider than a byte have no C kernel yet",
-                   name);
-    pxq_conv_params *c = &step->conv;
-    c->kernel_h = c->kernel_w = (int32_t)n->a[A_KERNEL];
-    c->stride = (int32_t)n->a[A_STRIDE], c->pad = shift ? 0 : (int32_t)n->a[A_PADDING];
-    c->out_channels = o, c->out_channels_padded = padded(o), c->threads = threads, c->isa = isa;
-    c->channels = n->a[A_IN_CHANNELS];
-    step->input_shift = (int32_t)shift, step->shift_padding = shift ? (int32_t)n->a[A_PADDING] : 0;
-    if (HOLDS(n, T_THRESHOLDS)) {
-        const int64_t levels = n->a[A_QMAX] - n->a[A_QMIN], opad = padded(o);
-        int8_t *dir = keep(s, malloc((size_t)opad));
-        int32_t *thr = keep(s, calloc((size_t)(levels * opad > 0 ? levels * opad : 1), 4));
-        if (!dir || !thr) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        const int32_t *dsrc = n->t[T_DIRECTION].data, *tsrc = n->t[T_THRESHOLDS].data;
-        for (int64_t q = 0; q < opad; q++) dir[q] = q < o ? (int8_t)dsrc[q] : 1;
-        for (int64_t l = 0; l < levels; l++)
-            for (int64_t q = 0; q < o; q++) thr[l * opad + q] = tsrc[q * levels + l];
-        c->direction = (pxq_buffer){dir, opad}, c->thresholds = (pxq_buffer){thr, levels * opad * 4};
-        c->levels = (int32_t)levels, c->qmin = (int32_t)n->a[A_QMIN];
-    }
-    if (HAS(n, A_RESIDUAL_STRIDE)) {
-        c->residual_stride = (int32_t)n->a[A_RESIDUAL_STRIDE], c->residual_qmax = (int32_t)n->a[A_RESIDUAL_QMAX];
-        c->residual_shift = HAS(n, A_RESIDUAL_SHIFT) ? (int32_t)n->a[A_RESIDUAL_SHIFT] : 0;
-    }
-    if (HOLDS(n, T_OFFSET)) step->offset = (pxq_buffer){n->t[T_OFFSET].data, o * 4};
-    int64_t bytes;
-    if (HOLDS(n, T_LUT)) {
-        const tensor_t *lut = &n->t[T_LUT];
-        const int64_t d = lut->shape[2], T = lut->shape[0], colours = n->a[A_IN_CHANNELS] / d;
-        int entry;
-        void *table = keep(s, conv_table(n, colours, &entry, &bytes));
-        c->channels = colours;
-        if (table) {
-            c->kind = PXQ_CONV_TABLE, c->weights = (pxq_buffer){table, bytes}, c->table_entry_bytes = entry;
-            return PXQ_OK;
-        }
-        const int planes = planes_of(n);
-        uint64_t *bits = keep(s, calloc((size_t)(T * 256 * planes), 8));
-        int32_t *sums = keep(s, calloc((size_t)(T * 256), 4));
-        uint8_t *border = shift ? keep(s, malloc((size_t)colours)) : NULL;
-        if (!bits || !sums || (shift && !border)) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        const int32_t *codes = lut->data;
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t v = 0; v < 256; v++)
-                for (int64_t q = 0; q < d; q++) {
-                    const int64_t code = codes[(t * 256 + v) * d + q] + shift;
-                    sums[t * 256 + v] += (int32_t)code;
-                    for (int p = 0; p < planes; p++)
-                        if ((code >> p) & 1) bits[(t * 256 + v) * planes + p] |= (uint64_t)1 << q;
-                }
-        if (shift) {  /* the padding: for each colour, a pixel value whose codes are all 0 (fusion.signed_zero) */
-            for (int64_t ch = 0; ch < colours; ch++) {
-                const int64_t t = T == 1 ? 0 : ch;
-                int found = -1;
-                for (int v = 0; v < 256 && found < 0; v++) {
-                    int zero = 1;
-                    for (int64_t q = 0; q < d; q++) zero &= codes[(t * 256 + v) * d + q] == 0;
-                    if (zero) found = v;
-                }
-                if (found < 0) return bad(e, PXQ_ERROR_FILE, "node %s: no pixel value looks up codes all 0", name);
-                border[ch] = (uint8_t)found;
-            }
-            step->shift_border = (pxq_buffer){border, colours};
-        }
-        c->kind = PXQ_CONV_LOOKUP, c->lookup_bits = (pxq_buffer){bits, T * 256 * planes * 8};
-        c->lookup_sums = (pxq_buffer){sums, T * 256 * 4}, c->lookup_tables = (int32_t)T, c->lookup_depth = (int32_t)d;
-    } else if (shift) {
-        uint8_t *border = keep(s, malloc((size_t)c->channels));
-        if (!border) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        memset(border, (int)shift, (size_t)c->channels);
-        step->shift_border = (pxq_buffer){border, c->channels};
-    }
-    if (!HOLDS(n, T_LUT) && dot_fits(n, isa)) {
-        int8_t *dot = keep(s, pack_dot(n, &bytes));
-        if (!dot) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        c->kind = PXQ_CONV_DOT, c->weights = (pxq_buffer){dot, bytes};
-        return PXQ_OK;
-    }
-    uint64_t *words = keep(s, pack_planes(n, &bytes));
-    if (!words) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-    if (!HOLDS(n, T_LUT)) c->kind = PXQ_CONV_PLANES;
-    c->weights = (pxq_buffer){words, bytes}, c->input_planes = planes_of(n);
-    c->weight_bits = (int32_t)n->a[A_WEIGHT_BITS], c->weight_lowest = (int32_t)n->a[A_WEIGHT_LOWEST];
-    c->weight_stride = (int32_t)n->a[A_WEIGHT_STRIDE];
-    (void)m;
-    return PXQ_OK;
-}
-
-/* The steps of the other ops. */
-static int other_step(const node_t *n, int threads, pxq_step *step, scratch_list_t *s, load_error_t *e,
-                      const char *name) {
-    switch (n->op) {
-    case OP_LUT: {
-        const tensor_t *lut = &n->t[T_LUT];
-        uint8_t *tables = keep(s, malloc((size_t)(lut->count ? lut->count : 1)));
-        if (!tables) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        for (int64_t q = 0; q < lut->count; q++) {
-            const int32_t v = ((const int32_t *)lut->data)[q];
-            if (v < 0 || v > 255 || n->a[A_QMIN] < 0 || n->a[A_QMAX] > 255)
-                return bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: lookups of codes beyond a byte have no C kernel yet", name);
-            tables[q] = (uint8_t)v;
-        }
-        step->op = PXQ_STEP_LOOKUP;
-        step->lookup = (pxq_lookup_params){.tables = {tables, lut->count}, .tables_count = (int32_t)lut->shape[0],
-                                           .depth = (int32_t)lut->shape[2], .threads = threads};
-        return PXQ_OK;
-    }
-    case OP_THRESHOLD: {
-        const int64_t c = n->t[T_DIRECTION].count, levels = n->a[A_QMAX] - n->a[A_QMIN];
-        if (n->a[A_QMIN] < 0 || n->a[A_QMAX] > 255)
-            return bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: codes beyond a byte have no C kernel yet", name);
-        int8_t *dir = keep(s, malloc((size_t)(c ? c : 1)));
-        if (!dir) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
-        for (int64_t q = 0; q < c; q++) dir[q] = (int8_t)((const int32_t *)n->t[T_DIRECTION].data)[q];
-        step->op = PXQ_STEP_THRESHOLD;
-        step->threshold = (pxq_threshold_params){.direction = {dir, c}, .thresholds = {n->t[T_THRESHOLDS].data, c * levels * 4},
-                                                 .levels = (int32_t)levels, .qmin = (int32_t)n->a[A_QMIN], .threads = threads};
-        return PXQ_OK;
-    }
-    case OP_ADD_CLIP:
-        step->op = PXQ_STEP_ADD_CLIP, step->qmin = (int32_t)n->a[A_QMIN], step->qmax = (int32_t)n->a[A_QMAX];
-        step->shift = HAS(n, A_SHIFT) ? (int32_t)n->a[A_SHIFT] : 0;
-        return PXQ_OK;
-    case OP_SUBSAMPLE_PAD:
-        step->op = PXQ_STEP_SUBSAMPLE_PAD, step->stride = (int32_t)n->a[A_STRIDE];
-        step->extra_channels = (int32_t)n->a[A_EXTRA_CHANNELS];
-        return PXQ_OK;
-    case OP_MAX_POOL:
-        step->op = PXQ_STEP_MAX_POOL, step->kernel = (int32_t)n->a[A_KERNEL], step->stride = (int32_t)n->a[A_STRIDE];
-        return PXQ_OK;
-    case OP_SUM_POOL:
-        step->op = PXQ_STEP_SUM_POOL, step->threads = threads;
-        return PXQ_OK;
-    case OP_LINEAR:
-        step->op = PXQ_STEP_LINEAR, step->rows = n->a[A_OUT_CHANNELS], step->cols = n->a[A_IN_CHANNELS];
-        step->weight = (pxq_buffer){n->t[T_WEIGHT].data, step->rows * step->cols * 4};
-        return PXQ_OK;
-    default:
-        return bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: a %s layer has no C kernel yet", name, OP_NAMES[n->op]);
-    }
+static int default_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_procs();
+#else
+    return 1;
+#endif
 }
 
 static int read_meta(pxq_model *m, const json_t *j, int meta, load_error_t *e) {
@@ -1144,7 +915,7 @@ static void free_nodes(pxq_model *m) {
     for (int i = 0; m->nodes && i < m->nodes_count; i++)
         for (int t = 0; t < T_COUNT; t++) free(m->nodes[i].t[t].data);
     free(m->nodes);
-    m->nodes = NULL;
+    m->nodes = NULL, m->nodes_count = 0;
 }
 
 void pxq_free(pxq_model *m) {
@@ -1157,63 +928,61 @@ void pxq_free(pxq_model *m) {
     free(m);
 }
 
-/* The manifest: its meta, then the plan's nodes, each read and checked, then the net. */
-static int build(pxq_model *m, const file_t *f, const pxq_options *options, load_error_t *e) {
-    json_t j;
-    if (!json_parse(&j, f->manifest, (size_t)f->manifest_bytes) || !is(&j, 0, JSMN_OBJECT)) {
-        free(j.tok);
-        return bad(e, PXQ_ERROR_FILE, "the manifest is damaged");
-    }
-    const int meta = get(&j, 0, "meta"), plan = get(&j, 0, "plan"), nodes = get(&j, plan, "nodes"),
-              plan_tensors = get(&j, plan, "tensors"), graph_tensors = get(&j, 0, "tensors"),
-              output = get(&j, meta, "output");
+/* Graph `nodes` (the model's or its plan's) read into m->nodes, each node checked, its output node
+ * found (m->output) and checked: one logit per class, integer_only as its op says. */
+static int read_graph(pxq_model *m, const json_t *j, int nodes, int tensors, int graph_tensors, int output,
+                      const file_t *f, load_error_t *e) {
+    if (!is(j, nodes, JSMN_ARRAY) || j->tok[nodes].size < 1 || j->tok[nodes].size > 4096)
+        return bad(e, PXQ_ERROR_FILE, "a graph of the manifest needs 1 to 4096 nodes");
+    if (!(m->nodes = calloc((size_t)j->tok[nodes].size, sizeof(node_t)))) return bad(e, PXQ_ERROR_MEMORY, "out of memory");
     int status = PXQ_OK;
-    if (!is(&j, meta, JSMN_OBJECT) || !is(&j, nodes, JSMN_ARRAY) || j.tok[nodes].size < 1 || j.tok[nodes].size > 4096 ||
-        !is(&j, plan_tensors, JSMN_OBJECT) || !is(&j, graph_tensors, JSMN_OBJECT))
-        status = bad(e, PXQ_ERROR_FILE, "the manifest has no plan of 1 to 4096 nodes");
-    if (!status) status = read_meta(m, &j, meta, e);
-    if (!status && !(m->nodes = calloc((size_t)j.tok[nodes].size, sizeof(node_t))))
-        status = bad(e, PXQ_ERROR_MEMORY, "out of memory");
-    for (int i = 0, tok = nodes + 1; !status && i < j.tok[nodes].size; i++, tok = skip(&j, tok)) {
-        if (!is(&j, tok, JSMN_OBJECT)) status = bad(e, PXQ_ERROR_FILE, "node %d is not an object", i);
-        else status = read_node(m, &j, tok, i, plan_tensors, graph_tensors, f, e), m->nodes_count = i + 1;
+    for (int i = 0, tok = nodes + 1; !status && i < j->tok[nodes].size; i++, tok = skip(j, tok)) {
+        if (!is(j, tok, JSMN_OBJECT)) return bad(e, PXQ_ERROR_FILE, "node %d is not an object", i);
+        status = read_node(m, j, tok, i, tensors, graph_tensors, f, e), m->nodes_count = i + 1;
     }
     m->output = -1;
     for (int i = 0; !status && i < m->nodes_count; i++) {
-        const int nm = get(&j, m->nodes[i].tok, "name");
-        if (is(&j, output, JSMN_STRING) && j.tok[nm].end - j.tok[nm].start == j.tok[output].end - j.tok[output].start &&
-            !memcmp(j.text + j.tok[nm].start, j.text + j.tok[output].start, (size_t)(j.tok[nm].end - j.tok[nm].start)))
+        const int nm = get(j, m->nodes[i].tok, "name");
+        if (is(j, output, JSMN_STRING) && j->tok[nm].end - j->tok[nm].start == j->tok[output].end - j->tok[output].start &&
+            !memcmp(j->text + j->tok[nm].start, j->text + j->tok[output].start, (size_t)(j->tok[nm].end - j->tok[nm].start)))
             m->output = i;
     }
     if (!status && (m->output < 0 || m->nodes[m->output].ndim != 1 || m->nodes[m->output].shape[0] != m->num_classes))
         status = bad(e, PXQ_ERROR_FILE, "output must name the node of the %d logits", m->num_classes);
     if (!status && m->integer_only != (m->nodes[m->output].op == OP_LINEAR))
         status = bad(e, PXQ_ERROR_FILE, "integer_only disagrees with the output node's op");
-    /* the net: every node up to the output */
-    const char *isa = options && options->isa ? options->isa : NULL;
-    char best[32] = "";
-    if (!status && !isa) {
-        const char *names = pxq_isas(), *last = strrchr(names, ',');
-        snprintf(best, sizeof best, "%s", last ? last + 1 : names);
-        isa = best;
+    return status;
+}
+
+/* The manifest: its meta, its graph and its plan, each node read and checked, then the net. */
+static int build(pxq_model *m, const file_t *f, const pxq_options *options, load_error_t *e) {
+    json_t j;
+    if (!json_parse(&j, f->manifest, (size_t)f->manifest_bytes) || !is(&j, 0, JSMN_OBJECT)) {
+        free(j.tok);
+        return bad(e, PXQ_ERROR_FILE, "the manifest is damaged");
     }
-    if (!status && !pxq_dot_isa(isa)) status = bad(e, PXQ_ERROR_ISA, "instruction set %s is not available on this CPU", isa);
-#ifdef _OPENMP
-    const int threads = options && options->threads > 0 ? options->threads : omp_get_num_procs();
-#else
-    const int threads = options && options->threads > 0 ? options->threads : 1;
-#endif
+    const int meta = get(&j, 0, "meta"), plan = get(&j, 0, "plan"), plan_nodes = get(&j, plan, "nodes"),
+              plan_tensors = get(&j, plan, "tensors"), graph_nodes = get(&j, 0, "nodes"),
+              graph_tensors = get(&j, 0, "tensors");
+    int status = PXQ_OK;
+    if (!is(&j, meta, JSMN_OBJECT) || !is(&j, plan_tensors, JSMN_OBJECT) || !is(&j, graph_tensors, JSMN_OBJECT))
+        status = bad(e, PXQ_ERROR_FILE, "the manifest needs meta, tensors and a plan");
+    if (!status) status = read_meta(m, &j, meta, e);
+    /* the graph, checked as pixelq's reader checks it, then the plan, which is kept to run */
+    if (!status) status = read_graph(m, &j, graph_nodes, graph_tensors, graph_tensors, get(&j, meta, "output"), f, e);
+    free_nodes(m);
+    if (!status) status = read_graph(m, &j, plan_nodes, plan_tensors, graph_tensors, get(&j, meta, "output"), f, e);
+    /* the net: every node up to the output */
+    const int threads = options && options->threads > 0 ? options->threads : default_threads();
     if (!status && !(m->net = pxq_net_new())) status = bad(e, PXQ_ERROR_MEMORY, "out of memory");
     for (int i = 0; !status && i <= m->output; i++) {
-        node_t *n = &m->nodes[i];
         char name[64];
-        node_name(&j, n->tok, name);
-        pxq_step step = {.inputs = {n->inputs[0], n->n_inputs > 1 ? n->inputs[1] : -1}};
-        scratch_list_t s = {.count = 0};
-        status = n->op == OP_CONV || n->op == OP_FUSED_CONV ? conv_step(m, n, isa, threads, &step, &s, e, name)
-                                                            : other_step(n, threads, &step, &s, e, name);
-        if (!status && pxq_net_add(m->net, &step) < 0) status = bad(e, PXQ_ERROR_FILE, "node %s: %s", name, pxq_last_error());
-        for (int q = 0; q < s.count; q++) free(s.items[q]);
+        node_name(&j, m->nodes[i].tok, name);
+        const pxq_node node = public_node(&m->nodes[i]);
+        if (node.op < 0) status = bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: a %s layer has no C kernel yet", name,
+                                      OP_NAMES[m->nodes[i].op]);
+        else if (pxq_net_add_node(m->net, &node, options ? options->isa : NULL, threads) < 0)
+            status = bad(e, pxq_last_status(), "node %s: %s", name, pxq_last_error());
     }
     free(j.tok);
     free_nodes(m);  /* the net holds its own copies */

@@ -5,9 +5,11 @@
  * network's time); a run computes the shapes from the images', grows a buffer only where a batch
  * needs more, and checks each step's input against what the step was built for.
  */
+#define _POSIX_C_SOURCE 200809L  /* clock_gettime */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 #include "pixelq_kernels.h"
@@ -29,6 +31,8 @@ struct pxq_net {
     size_t *shifted_capacity;
     int64_t pool_count;
     int ran;             /* a run has written every value */
+    int profile;         /* time each step (seconds) */
+    double *seconds;
 };
 
 static const int64_t TYPE_BYTES[] = {1, 4, 8};
@@ -52,6 +56,7 @@ void pxq_net_free(pxq_net *net) {
     free(net->values);
     free(net->shifted);
     free(net->shifted_capacity);
+    free(net->seconds);
     free(net->steps);
     free(net);
 }
@@ -152,8 +157,10 @@ int32_t pxq_net_add(pxq_net *net, const pxq_step *step) {
         uint8_t **shifted = values ? realloc(net->shifted, sizeof(uint8_t *) * capacity) : NULL;
         if (shifted) net->shifted = shifted;
         size_t *shifted_capacity = shifted ? realloc(net->shifted_capacity, sizeof(size_t) * capacity) : NULL;
-        if (!shifted_capacity) return pxq_fail(PXQ_ERROR_MEMORY, "net: out of memory"), -1;
-        net->shifted_capacity = shifted_capacity;
+        if (shifted_capacity) net->shifted_capacity = shifted_capacity;
+        double *seconds = shifted_capacity ? realloc(net->seconds, sizeof(double) * capacity) : NULL;
+        if (!seconds) return pxq_fail(PXQ_ERROR_MEMORY, "net: out of memory"), -1;
+        net->seconds = seconds;
         net->capacity = capacity;
     }
     pxq_step s = *step;
@@ -172,6 +179,7 @@ int32_t pxq_net_add(pxq_net *net, const pxq_step *step) {
     net->steps[net->count] = s;
     net->shifted[net->count] = NULL;
     net->shifted_capacity[net->count] = 0;
+    net->seconds[net->count] = 0;
     net->values[net->count + 1] = (value_t){.type = output_type(&s)};
     net->ran = 0;
     return ++net->count;
@@ -413,10 +421,40 @@ int pxq_net_run(pxq_net *net, pxq_buffer images, int64_t batch, int64_t height, 
     net->values[0] = (value_t){.type = PXQ_UINT8, .ndim = 4, .shape = {batch, height, width, channels},
                                .data = (void *)images.data};
     for (int32_t i = 0; i < net->count; i++) {
+        struct timespec t0, t1;
+        if (net->profile) clock_gettime(CLOCK_MONOTONIC, &t0);
         int status = run_step(net, i);
         if (status) return status;
+        if (net->profile) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            net->seconds[i] = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        }
     }
     net->ran = 1;
+    return PXQ_OK;
+}
+
+int32_t pxq_net_steps(const pxq_net *net) { return net ? net->count : 0; }
+
+int pxq_net_profile(pxq_net *net, int32_t profile) {
+    if (!net) return pxq_fail(PXQ_ERROR_ARGUMENT, "net: no net");
+    net->profile = profile != 0;
+    return PXQ_OK;
+}
+
+int pxq_net_step_seconds(const pxq_net *net, double *seconds, int32_t steps) {
+    if (!net || !seconds || steps != net->count || !net->ran)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "net: step times need a finished run and one slot per step");
+    memcpy(seconds, net->seconds, sizeof(double) * (size_t)steps);
+    return PXQ_OK;
+}
+
+int pxq_net_step_kernel(const pxq_net *net, int32_t step, int32_t *kind, int32_t *planes, int32_t *bits) {
+    if (!net || step < 0 || step >= net->count || !kind || !planes || !bits)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "net: no step %d", (int)step);
+    const pxq_step *s = &net->steps[step];
+    *kind = s->op == PXQ_STEP_CONV ? s->conv.kind : -1;
+    *planes = s->conv.input_planes, *bits = s->conv.weight_bits;
     return PXQ_OK;
 }
 

@@ -25,9 +25,6 @@
 extern "C" {
 #endif
 
-#define PXQ_ERROR_FILE 4      /* the file cannot be read, or is not a valid .pxq model */
-#define PXQ_ERROR_UNSUPPORTED 5  /* a valid model with an op libpixelq cannot run yet */
-
 typedef struct pxq_model pxq_model;
 
 typedef struct {

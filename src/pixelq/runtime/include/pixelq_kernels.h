@@ -28,6 +28,8 @@ extern "C" {
 #define PXQ_ERROR_ARGUMENT 1  /* a size, shape or value the kernel cannot take */
 #define PXQ_ERROR_MEMORY 2    /* scratch memory could not be allocated */
 #define PXQ_ERROR_ISA 3       /* the instruction set asked for is unknown or not on this CPU */
+#define PXQ_ERROR_FILE 4      /* a model file that cannot be read, or is not a valid .pxq model */
+#define PXQ_ERROR_UNSUPPORTED 5  /* a valid model with a node libpixelq cannot run yet */
 
 /* An array and its size in bytes (data NULL and bytes 0: absent). */
 typedef struct {
@@ -182,6 +184,53 @@ PXQ_API int pxq_net_value(const pxq_net *net, int32_t index, pxq_value *value);
 /* The positions the last run's sum pool summed over (its input's height x width), 0 without one. */
 PXQ_API int64_t pxq_net_pool_count(const pxq_net *net);
 PXQ_API void pxq_net_free(pxq_net *net);
+
+/* ---- A node of a model's plan, made into a step ----
+ *
+ * A plan's node as the model file holds it (pixelq/integer/ops.py: its attributes and its tensors as
+ * int32 codes). pxq_net_add_node chooses the kernel that runs it under an instruction set - for a
+ * conv: table sums (a first conv over a lookup, <= 16 channels), bit-planes packed through the
+ * lookup, dot products (where its plane pairs make them cheaper) or bit-planes - lays its weights
+ * out for that kernel and appends the step. pxq_load builds its net this way, and so does the Python
+ * runtime, from the same plan. */
+enum pxq_node_op {
+    PXQ_NODE_LUT = 0, PXQ_NODE_CONV = 1, PXQ_NODE_FUSED_CONV = 2, PXQ_NODE_THRESHOLD = 3, PXQ_NODE_ADD_CLIP = 4,
+    PXQ_NODE_SUBSAMPLE_PAD = 5, PXQ_NODE_MAX_POOL = 6, PXQ_NODE_SUM_POOL = 7, PXQ_NODE_LINEAR = 8,
+};
+
+/* A tensor of integer codes, row-major; data NULL: the node holds none. */
+typedef struct {
+    const int32_t *data;
+    int32_t ndim;
+    int64_t shape[4];
+} pxq_codes;
+
+typedef struct {
+    int32_t op;          /* enum pxq_node_op */
+    int32_t inputs[2];   /* value numbers (0: the images), -1 for none */
+    /* Its attributes, named as in the file; 0 where it has none (groups 0 or 1: a dense conv;
+     * residual_stride 0: no residual add). */
+    int64_t in_channels, out_channels, kernel, stride, padding, groups;
+    int64_t weight_bits, weight_lowest, weight_stride, input_range[2], input_shift;
+    int64_t qmin, qmax, shift, extra_channels;
+    int64_t residual_stride, residual_qmax, residual_shift;
+    /* Its tensors: weight (O, kh, kw, I) or (O, I), lut (tables, 256, d), direction (O,),
+     * thresholds (O, qmax - qmin), offset (O,). A conv with thresholds writes codes qmin.. . */
+    pxq_codes weight, lut, direction, thresholds, offset;
+} pxq_node;
+
+/* Appends the step that runs `node` with `threads` under `isa` (NULL: the best this CPU has); its
+ * value number, or -1 with the error: PXQ_ERROR_UNSUPPORTED for a node no kernel runs yet (a grouped
+ * conv, codes wider than a byte, a float layer). */
+PXQ_API int32_t pxq_net_add_node(pxq_net *net, const pxq_node *node, const char *isa, int32_t threads);
+/* How step k (0-based) runs: the conv kernel (enum pxq_conv_kind) and, for the bit-plane kernels,
+ * its input planes and weight bits; kind -1 for a step that is no conv. The status. */
+PXQ_API int pxq_net_step_kernel(const pxq_net *net, int32_t step, int32_t *kind, int32_t *planes, int32_t *bits);
+/* Seconds each step took in the last run (steps values), timed when `profile` was set before it. */
+PXQ_API int pxq_net_profile(pxq_net *net, int32_t profile);
+PXQ_API int pxq_net_step_seconds(const pxq_net *net, double *seconds, int32_t steps);
+/* The number of steps. */
+PXQ_API int32_t pxq_net_steps(const pxq_net *net);
 
 PXQ_API int pxq_conv(const pxq_conv_params *params);
 PXQ_API int pxq_threshold(const pxq_threshold_params *params);

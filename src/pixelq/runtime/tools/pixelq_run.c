@@ -8,6 +8,7 @@
  * --bench R times R runs of the whole batch and prints the best. Any error: a message on stderr and
  * exit status 1 (2 for a usage error).
  */
+#define _POSIX_C_SOURCE 200809L  /* clock_gettime */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
