@@ -30,7 +30,6 @@ import pixelq
 from pixelq.exporting import lower, lower_plain
 from pixelq.exporting.onnx import to_onnx
 from pixelq.exporting.qdq import to_qdq
-from pixelq.integer import save_model
 from pixelq.runtime import Runtime, clib
 from pixelq.training.checkpoint import model_from_checkpoint, read_checkpoint
 
@@ -100,7 +99,7 @@ def main() -> None:
     graph = lower(model, image_shape)  # the .pxq graph, which QONNX writes too
     run("pixelq_runtime", Runtime(graph).logits, images)
     with tempfile.TemporaryDirectory() as folder:  # the file as libpixelq reads it, no Python between
-        save_model(graph, Path(folder) / "model.pxq")
+        pixelq.export(model, Path(folder) / "model.pxq", image_shape=image_shape)
         run("libpixelq", clib.Model(Path(folder) / "model.pxq").logits, images)
     qdq = ort.InferenceSession(to_qdq(lower_plain(model, image_shape)).SerializeToString(),
                                providers=["CPUExecutionProvider"])
