@@ -11,8 +11,8 @@ then break the tie by rounding).
 docs/results.md's table is rendered from a JSON inside the repository (a committed result) only; a JSON
 written elsewhere (a trial) leaves the page alone.
 
-QONNX is executed node by node in Python (slow): `--qonnx-limit` runs it on the first N test images
-only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
+QONNX is executed node by node in Python, one image at a time (slow): `--qonnx-limit` runs it on the
+first N test images only (default: all). Needs the bench extra (onnx, onnxruntime) and qonnx (dev extra).
 """
 import argparse
 import json
@@ -78,7 +78,6 @@ def main() -> None:
     import onnxruntime as ort
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.infer_shapes import InferShapes
 
     ckpt = read_checkpoint(args.checkpoint)
     model = model_from_checkpoint(ckpt, args.checkpoint).eval()
@@ -97,6 +96,7 @@ def main() -> None:
     with torch.no_grad():
         run("pytorch", lambda x: model(torch.as_tensor(x)).numpy(), images)
     graph = lower(model, image_shape)  # the .pxq graph, which QONNX writes too
+    graph.meta["image_shape"] = [int(v) for v in image_shape]  # as `pixelq export` records it
     run("pixelq_runtime", Runtime(graph).logits, images)
     with tempfile.TemporaryDirectory() as folder:  # the file as libpixelq reads it, no Python between
         pixelq.export(model, Path(folder) / "model.pxq", image_shape=image_shape)
@@ -107,9 +107,8 @@ def main() -> None:
     wrapper = ModelWrapper(to_onnx(graph, qonnx=True))
     n_qonnx = min(args.qonnx_limit or len(images), len(images))
 
-    def qonnx_logits(x):
-        wrapper.set_tensor_shape("image", list(x.shape))
-        return execute_onnx(wrapper.transform(InferShapes()), {"image": x})["logits"]
+    def qonnx_logits(x):  # the QONNX file is written for batch 1 with every shape in it (FINN builds need them)
+        return np.concatenate([execute_onnx(wrapper, {"image": image[None]})["logits"] for image in x])
 
     run("qonnx", qonnx_logits, images[:n_qonnx])
     forms = {}
