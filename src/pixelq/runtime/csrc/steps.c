@@ -91,24 +91,25 @@ static void *conv_table(const pxq_node *n, int64_t colours, int *entry_bytes, in
     const int64_t o = n->out_channels, k = n->kernel, d = n->lut.shape[2], T = n->lut.shape[0];
     *entry_bytes = 0;
     if (o > 16 || !n->thresholds.data || n->residual_stride || n->input_shift) return NULL;
+    const int32_t *w = n->weight.data, *lut = n->lut.data;
     const int64_t entries = 256 * k * k * colours * 16;
     int32_t *table = calloc((size_t)entries, 4);
     if (!table) return NULL;
-    const int32_t *w = n->weight.data, *lut = n->lut.data;
-    int64_t top = 0, lo = 0, hi = 0;
+    __int128 top = 0, lo = 0, hi = 0;  /* int32 codes: a product fits int64, a sum of d of them may not */
     for (int64_t v = 0; v < 256; v++)
         for (int64_t y = 0; y < k; y++)
             for (int64_t x = 0; x < k; x++)
                 for (int64_t c = 0; c < colours; c++)
                     for (int64_t oc = 0; oc < o; oc++) {
-                        int64_t sum = 0;
+                        __int128 sum = 0;
                         for (int64_t q = 0; q < d; q++)
                             sum += (int64_t)w[((oc * k + y) * k + x) * colours * d + c * d + q] *
                                    lut[((T == 1 ? 0 : c) * 256 + v) * d + q];
-                        table[((v * k + y) * k + x) * colours * 16 + c * 16 + oc] = (int32_t)sum;
-                        top = llabs(sum) > top ? llabs(sum) : top, lo = sum < lo ? sum : lo, hi = sum > hi ? sum : hi;
+                        table[((v * k + y) * k + x) * colours * 16 + c * 16 + oc] = (int32_t)(sum > 32767 ? 32767 : sum < -32768 ? -32768 : sum);
+                        top = (sum < 0 ? -sum : sum) > top ? (sum < 0 ? -sum : sum) : top;
+                        lo = sum < lo ? sum : lo, hi = sum > hi ? sum : hi;
                     }
-    if (top * k * k * colours > 32000) {  /* int16 sums, with room for the int16 threshold clamp */
+    if (top > 32000 || (int64_t)top * k * k * colours > 32000) {  /* int16 sums, room for the int16 threshold clamp */
         free(table);
         return NULL;
     }
@@ -210,11 +211,14 @@ static int conv_step(const pxq_node *n, const char *isa, int threads, pxq_step *
         uint8_t *border = shift ? own(s, malloc((size_t)colours)) : NULL;
         if (!bits || !sums || (shift && !border)) return pxq_fail(PXQ_ERROR_MEMORY, "out of memory");
         const int32_t *codes = n->lut.data;
+        if (d > 64) return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: a lookup conv packs at most 64 codes per pixel");
         for (int64_t t = 0; t < T; t++)
             for (int64_t v = 0; v < 256; v++)
-                for (int64_t q = 0; q < d && q < 64; q++) {
+                for (int64_t q = 0; q < d; q++) {
                     const int64_t code = codes[(t * 256 + v) * d + q] + shift;
-                    sums[t * 256 + v] += (int32_t)code;
+                    if (code < 0 || code >> planes)
+                        return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: its lookup gives codes outside its input range");
+                    sums[t * 256 + v] += (int32_t)code;  /* <= 64 codes of <= 8 bits */
                     for (int p = 0; p < planes; p++)
                         if ((code >> p) & 1) bits[(t * 256 + v) * planes + p] |= (uint64_t)1 << q;
                 }
