@@ -264,6 +264,8 @@ class FusedConv(Conv):
         if "offset" in node["tensors"]:
             _expect(node, "offset", _shape_of(node, tensors, "offset"), (o,))
         if "residual_stride" in node:
+            if not 0 <= node["residual_qmax"] or not 0 <= node.get("residual_shift", 0):
+                _fail(node, "a residual add clips to [0, residual_qmax] after taking residual_shift >= 0 off")
             rh, rw, rc = shapes[1]
             s = node["residual_stride"]
             if rc > o or any(n is not None and r is not None and (n - 1) * s >= r for n, r in zip(out[:2], (rh, rw))):

@@ -74,11 +74,15 @@ class Step(ctypes.Structure):
         ("op", i32), ("inputs", i32 * 2), ("conv", ConvParams), ("input_shift", i32), ("shift_padding", i32),
         ("shift_border", Buffer), ("offset", Buffer), ("threshold", ThresholdParams), ("lookup", LookupParams),
         ("qmin", i32), ("qmax", i32), ("shift", i32), ("kernel", i32), ("stride", i32), ("extra_channels", i32),
-        ("weight", Buffer), ("rows", i64), ("cols", i64), ("threads", i32),
+        ("weight", Buffer), ("rows", i64), ("cols", i64), ("threads", i32), ("bias", Buffer), ("step", ctypes.c_double),
     ]
 
 
 class Codes(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("ndim", i32), ("shape", i64 * 4)]
+
+
+class Floats(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("ndim", i32), ("shape", i64 * 4)]
 
 
@@ -89,6 +93,7 @@ class Node(ctypes.Structure):
         ("input_range", i64 * 2), ("input_shift", i64), ("qmin", i64), ("qmax", i64), ("shift", i64),
         ("extra_channels", i64), ("residual_stride", i64), ("residual_qmax", i64), ("residual_shift", i64),
         ("weight", Codes), ("lut", Codes), ("direction", Codes), ("thresholds", Codes), ("offset", Codes),
+        ("float_weight", Floats), ("bias", Floats), ("step", ctypes.c_double),
     ]
 
 
@@ -103,12 +108,13 @@ class Value(ctypes.Structure):
 # struct -> its C name
 STRUCTS = {ConvParams: "pxq_conv_params", ThresholdParams: "pxq_threshold_params", LookupParams: "pxq_lookup_params",
            PoolParams: "pxq_pool_params", Buffer: "pxq_buffer", Output: "pxq_output", Step: "pxq_step",
-           Value: "pxq_value", Options: "pxq_options", Codes: "pxq_codes", Node: "pxq_node"}
+           Value: "pxq_value", Options: "pxq_options", Codes: "pxq_codes", Node: "pxq_node", Floats: "pxq_floats"}
 ENTRY = {ConvParams: "pxq_conv", ThresholdParams: "pxq_threshold", LookupParams: "pxq_lookup", PoolParams: "pxq_sum_pool"}
 CONV_KINDS = {"planes": 0, "lookup": 1, "table": 2, "dot": 3}
 STEP_OPS = {"conv": 0, "threshold": 1, "lookup": 2, "add_clip": 3, "subsample_pad": 4, "max_pool": 5, "sum_pool": 6,
-            "linear": 7}
-VALUE_TYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int32), 2: np.dtype(np.int64)}  # enum pxq_value_type
+            "linear": 7, "linear_float": 8}
+VALUE_TYPES = {0: np.dtype(np.uint8), 1: np.dtype(np.int32), 2: np.dtype(np.int64),
+               3: np.dtype(np.float32)}  # enum pxq_value_type
 # The arrays whose element type the kernels fix (the library checks sizes, not types); weights and
 # outputs depend on the kernel and are checked by their sizes only.
 DTYPES = {name: np.dtype(dtype) for name, dtype in [

@@ -5,8 +5,8 @@ signed inputs shifted; a model file stores it) becomes one libpixelq net at load
 `pxq_net_add_node`, which chooses a conv's kernel for the instruction set (table sums, bit-planes
 packed through the lookup, dot products or bit-planes; csrc/steps.c) and lays its weights out,
 the same code `pxq_load` runs. A batch then runs in one call. The nodes from the first one the net
-cannot run (a float last layer, grouped convs, codes wider than a byte) run one by one on the
-numpy reference, on the net's values.
+cannot run (grouped convs, codes wider than a byte) run one by one on the numpy reference, on the
+net's values.
 
 The layouts in numpy below (`pack_conv_weight`, ...) are for calling the kernels directly (their
 tests, `pixelq bench`'s layer timings); the runtime lays weights out in C.
@@ -102,7 +102,7 @@ def pad_thresholds(direction: np.ndarray, thresholds: np.ndarray) -> tuple:
 
 
 NODE_OPS = {"lut": 0, "conv": 1, "fused_conv": 2, "threshold": 3, "add_clip": 4, "subsample_pad": 5, "max_pool": 6,
-            "sum_pool": 7, "linear": 8}  # enum pxq_node_op
+            "sum_pool": 7, "linear": 8, "linear_float": 9}  # enum pxq_node_op
 NODE_TENSORS = ("weight", "lut", "direction", "thresholds", "offset")
 NODE_FIELDS = {name for name, kind in clib.Node._fields_ if kind is clib.i64}  # the integer attributes
 
@@ -115,11 +115,15 @@ def net_node(node: dict, tensors: dict, inputs: list) -> tuple:
     if "input_range" in op.attrs:
         out.input_range = (clib.i64 * 2)(*node["input_range"])
     keep = []
-    for key in NODE_TENSORS:
+    floats = node["op"] == "linear_float"  # a float last layer: float32 weight and bias, and its step
+    for key in ("weight", "bias") if floats else NODE_TENSORS:
         if key in node["tensors"]:
-            array = np.ascontiguousarray(tensors[f"{node['name']}.{key}"], np.int32)
+            array = np.ascontiguousarray(tensors[f"{node['name']}.{key}"], np.float32 if floats else np.int32)
             keep.append(array)
-            setattr(out, key, clib.Codes(array.ctypes.data, array.ndim, (clib.i64 * 4)(*array.shape)))
+            kind, field = (clib.Floats, "float_weight" if key == "weight" else key) if floats else (clib.Codes, key)
+            setattr(out, field, kind(array.ctypes.data, array.ndim, (clib.i64 * 4)(*array.shape)))
+    if "step" in node:
+        out.step = node["step"]
     return out, keep
 
 

@@ -1015,7 +1015,8 @@ static const struct { const char *name, *field; int64_t offset; } FIELDS[] = {
     FIELD(pxq_step, shift_padding), FIELD(pxq_step, shift_border), FIELD(pxq_step, offset), FIELD(pxq_step, threshold),
     FIELD(pxq_step, lookup), FIELD(pxq_step, qmin), FIELD(pxq_step, qmax), FIELD(pxq_step, shift),
     FIELD(pxq_step, kernel), FIELD(pxq_step, stride), FIELD(pxq_step, extra_channels), FIELD(pxq_step, weight),
-    FIELD(pxq_step, rows), FIELD(pxq_step, cols), FIELD(pxq_step, threads),
+    FIELD(pxq_step, rows), FIELD(pxq_step, cols), FIELD(pxq_step, threads), FIELD(pxq_step, bias),
+    FIELD(pxq_step, step), FIELD(pxq_floats, data), FIELD(pxq_floats, ndim), FIELD(pxq_floats, shape),
     FIELD(pxq_value, data), FIELD(pxq_value, type), FIELD(pxq_value, ndim), FIELD(pxq_value, shape),
     FIELD(pxq_codes, data), FIELD(pxq_codes, ndim), FIELD(pxq_codes, shape),
     FIELD(pxq_node, op), FIELD(pxq_node, inputs), FIELD(pxq_node, in_channels), FIELD(pxq_node, out_channels),
@@ -1025,6 +1026,7 @@ static const struct { const char *name, *field; int64_t offset; } FIELDS[] = {
     FIELD(pxq_node, shift), FIELD(pxq_node, extra_channels), FIELD(pxq_node, residual_stride),
     FIELD(pxq_node, residual_qmax), FIELD(pxq_node, residual_shift), FIELD(pxq_node, weight), FIELD(pxq_node, lut),
     FIELD(pxq_node, direction), FIELD(pxq_node, thresholds), FIELD(pxq_node, offset),
+    FIELD(pxq_node, float_weight), FIELD(pxq_node, bias), FIELD(pxq_node, step),
     FIELD(pxq_options, threads), FIELD(pxq_options, isa),
 };
 #undef FIELD
@@ -1038,7 +1040,7 @@ int64_t pxq_field_offset(const char *name, const char *field) {
 int64_t pxq_struct_size(const char *name) {
 #define SIZE(s) if (name && strcmp(name, #s) == 0) return (int64_t)sizeof(s);
     SIZE(pxq_buffer) SIZE(pxq_output) SIZE(pxq_conv_params) SIZE(pxq_threshold_params) SIZE(pxq_lookup_params)
-    SIZE(pxq_pool_params) SIZE(pxq_step) SIZE(pxq_value) SIZE(pxq_codes) SIZE(pxq_node) SIZE(pxq_options)
+    SIZE(pxq_pool_params) SIZE(pxq_step) SIZE(pxq_value) SIZE(pxq_codes) SIZE(pxq_node) SIZE(pxq_options) SIZE(pxq_floats)
 #undef SIZE
     return -1;
 }

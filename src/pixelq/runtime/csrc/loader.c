@@ -683,6 +683,9 @@ static int infer_shape(pxq_model *m, node_t *n, load_error_t *e, const char *nam
         if (HOLDS(n, T_OFFSET) && !expect(n, T_OFFSET, 1, channels, e, name)) return PXQ_ERROR_FILE;
         if (HAS(n, A_RESIDUAL_STRIDE)) {
             const int64_t s = n->a[A_RESIDUAL_STRIDE];
+            if (n->a[A_RESIDUAL_QMAX] < 0 || n->a[A_RESIDUAL_SHIFT] < 0)
+                return bad(e, PXQ_ERROR_FILE, "node %s: a residual add clips to [0, residual_qmax] after taking "
+                           "residual_shift >= 0 off", name);
             if (in[1][2] > o || (out[0] >= 0 && in[1][0] >= 0 && (out[0] - 1) * s >= in[1][0]) ||
                 (out[1] >= 0 && in[1][1] >= 0 && (out[1] - 1) * s >= in[1][1]))
                 return bad(e, PXQ_ERROR_FILE, "node %s: its shortcut does not fit its output", name);
@@ -839,7 +842,7 @@ static pxq_node public_node(const node_t *n) {
         [OP_LUT] = PXQ_NODE_LUT, [OP_CONV] = PXQ_NODE_CONV, [OP_FUSED_CONV] = PXQ_NODE_FUSED_CONV,
         [OP_THRESHOLD] = PXQ_NODE_THRESHOLD, [OP_ADD_CLIP] = PXQ_NODE_ADD_CLIP, [OP_SUBSAMPLE_PAD] = PXQ_NODE_SUBSAMPLE_PAD,
         [OP_MAX_POOL] = PXQ_NODE_MAX_POOL, [OP_SUM_POOL] = PXQ_NODE_SUM_POOL, [OP_LINEAR] = PXQ_NODE_LINEAR,
-        [OP_LINEAR_FLOAT] = -1};
+        [OP_LINEAR_FLOAT] = PXQ_NODE_LINEAR_FLOAT};
     pxq_node p = {.op = OPS[n->op], .inputs = {n->inputs[0], n->n_inputs > 1 ? n->inputs[1] : -1},
                   .in_channels = n->a[A_IN_CHANNELS], .out_channels = n->a[A_OUT_CHANNELS], .kernel = n->a[A_KERNEL],
                   .stride = n->a[A_STRIDE], .padding = n->a[A_PADDING], .groups = n->a[A_GROUPS],
@@ -848,7 +851,7 @@ static pxq_node public_node(const node_t *n) {
                   .input_range = {n->range[A_INPUT_RANGE][0], n->range[A_INPUT_RANGE][1]},
                   .input_shift = n->a[A_INPUT_SHIFT], .qmin = n->a[A_QMIN], .qmax = n->a[A_QMAX], .shift = n->a[A_SHIFT],
                   .extra_channels = n->a[A_EXTRA_CHANNELS], .residual_stride = n->a[A_RESIDUAL_STRIDE],
-                  .residual_qmax = n->a[A_RESIDUAL_QMAX], .residual_shift = n->a[A_RESIDUAL_SHIFT]};
+                  .residual_qmax = n->a[A_RESIDUAL_QMAX], .residual_shift = n->a[A_RESIDUAL_SHIFT], .step = n->step};
     pxq_codes *tensors[] = {&p.weight, &p.lut, &p.direction, &p.thresholds, &p.offset};
     const int which[] = {T_WEIGHT, T_LUT, T_DIRECTION, T_THRESHOLDS, T_OFFSET};
     for (int q = 0; q < 5; q++) {
@@ -856,6 +859,14 @@ static pxq_node public_node(const node_t *n) {
         if (!HOLDS(n, which[q]) || t->is_float || t->ndim > 4) continue;
         tensors[q]->data = t->data, tensors[q]->ndim = t->ndim;
         memcpy(tensors[q]->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    }
+    pxq_floats *floats[] = {&p.float_weight, &p.bias};
+    const int float_tensors[] = {T_WEIGHT, T_BIAS};
+    for (int q = 0; q < 2; q++) {
+        const tensor_t *t = &n->t[float_tensors[q]];
+        if (!HOLDS(n, float_tensors[q]) || !t->is_float || t->ndim > 4) continue;
+        floats[q]->data = t->data, floats[q]->ndim = t->ndim;
+        memcpy(floats[q]->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
     }
     return p;
 }
@@ -979,9 +990,7 @@ static int build(pxq_model *m, const file_t *f, const pxq_options *options, load
         char name[64];
         node_name(&j, m->nodes[i].tok, name);
         const pxq_node node = public_node(&m->nodes[i]);
-        if (node.op < 0) status = bad(e, PXQ_ERROR_UNSUPPORTED, "node %s: a %s layer has no C kernel yet", name,
-                                      OP_NAMES[m->nodes[i].op]);
-        else if (pxq_net_add_node(m->net, &node, options ? options->isa : NULL, threads) < 0)
+        if (pxq_net_add_node(m->net, &node, options ? options->isa : NULL, threads) < 0)
             status = bad(e, pxq_last_status(), "node %s: %s", name, pxq_last_error());
     }
     free(j.tok);
@@ -1039,6 +1048,8 @@ static int logits_of(pxq_model *m, const uint8_t *images, int n, pxq_value *v) {
 }
 
 int pxq_logits(pxq_model *m, const uint8_t *images, int n, int32_t *logits) {
+    if (m && !m->integer_only)
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "this model's last layer is float: its logits come from pxq_float_logits");
     pxq_value v;
     int status = logits_of(m, images, n, &v);
     if (status) return status;
@@ -1056,9 +1067,13 @@ int pxq_float_logits(pxq_model *m, const uint8_t *images, int n, float *logits) 
     int status = logits_of(m, images, n, &v);
     if (status) return status;
     if (!logits) return pxq_fail(PXQ_ERROR_ARGUMENT, "no logits buffer");
-    const int64_t *x = v.data, count = pxq_net_pool_count(m->net);
-    for (int64_t q = 0; q < (int64_t)n * m->num_classes; q++)
-        logits[q] = (float)x[q] * (m->logit_scale[q % m->num_classes] / (float)count);
+    const int64_t count = (int64_t)n * m->num_classes, pooled = pxq_net_pool_count(m->net);
+    if (!m->integer_only) {  /* a float last layer: its logits as they are */
+        memcpy(logits, v.data, sizeof(float) * (size_t)count);
+        return PXQ_OK;
+    }
+    const int64_t *x = v.data;
+    for (int64_t q = 0; q < count; q++) logits[q] = (float)x[q] * (m->logit_scale[q % m->num_classes] / (float)pooled);
     return PXQ_OK;
 }
 
@@ -1067,11 +1082,14 @@ int pxq_predict(pxq_model *m, const uint8_t *images, int n, int32_t *labels) {
     int status = logits_of(m, images, n, &v);
     if (status) return status;
     if (!labels) return pxq_fail(PXQ_ERROR_ARGUMENT, "no labels buffer");
-    const int64_t *x = v.data;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++) {  /* the largest logit, the lower class on a tie */
         int best = 0;
-        for (int k = 1; k < m->num_classes; k++)
-            if (x[(int64_t)i * m->num_classes + k] > x[(int64_t)i * m->num_classes + best]) best = k;
+        for (int k = 1; k < m->num_classes; k++) {
+            const int64_t at = (int64_t)i * m->num_classes;
+            const int better = m->integer_only ? ((const int64_t *)v.data)[at + k] > ((const int64_t *)v.data)[at + best]
+                                               : ((const float *)v.data)[at + k] > ((const float *)v.data)[at + best];
+            if (better) best = k;
+        }
         labels[i] = best;
     }
     return PXQ_OK;

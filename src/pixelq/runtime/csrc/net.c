@@ -35,7 +35,7 @@ struct pxq_net {
     double *seconds;
 };
 
-static const int64_t TYPE_BYTES[] = {1, 4, 8};
+static const int64_t TYPE_BYTES[] = {1, 4, 8, 4};
 
 pxq_net *pxq_net_new(void) {
     pxq_net *net = calloc(1, sizeof(pxq_net));
@@ -106,6 +106,7 @@ static int32_t output_type(const pxq_step *s) {
     switch (s->op) {
     case PXQ_STEP_CONV: return s->conv.thresholds.data || s->conv.direction.data ? PXQ_UINT8 : PXQ_INT32;
     case PXQ_STEP_SUM_POOL: case PXQ_STEP_LINEAR: return PXQ_INT64;
+    case PXQ_STEP_LINEAR_FLOAT: return PXQ_FLOAT32;
     default: return PXQ_UINT8;
     }
 }
@@ -113,12 +114,13 @@ static int32_t output_type(const pxq_step *s) {
 /* The type each input of step `s` must have; -1 for an input it does not take. */
 static int32_t input_type(const pxq_step *s, int k) {
     if (k == 1) return s->op == PXQ_STEP_CONV || s->op == PXQ_STEP_ADD_CLIP ? PXQ_UINT8 : -1;
-    return s->op == PXQ_STEP_THRESHOLD ? PXQ_INT32 : s->op == PXQ_STEP_LINEAR ? PXQ_INT64 : PXQ_UINT8;
+    return s->op == PXQ_STEP_THRESHOLD ? PXQ_INT32
+           : s->op == PXQ_STEP_LINEAR || s->op == PXQ_STEP_LINEAR_FLOAT ? PXQ_INT64 : PXQ_UINT8;
 }
 
 int32_t pxq_net_add(pxq_net *net, const pxq_step *step) {
     if (!net || !step) return pxq_fail(PXQ_ERROR_ARGUMENT, "net: no net or no step"), -1;
-    if (step->op < PXQ_STEP_CONV || step->op > PXQ_STEP_LINEAR)
+    if (step->op < PXQ_STEP_CONV || step->op > PXQ_STEP_LINEAR_FLOAT)
         return pxq_fail(PXQ_ERROR_ARGUMENT, "net: unknown step op %d", (int)step->op), -1;
     for (int k = 0; k < 2; k++) {
         const int32_t v = step->inputs[k], want = input_type(step, k);
@@ -145,8 +147,13 @@ int32_t pxq_net_add(pxq_net *net, const pxq_step *step) {
         (step->op == PXQ_STEP_SUBSAMPLE_PAD && step->extra_channels < 0))
         return pxq_fail(PXQ_ERROR_ARGUMENT, "net step %d: kernel and stride must be >= 1, extra_channels >= 0",
                         net->count), -1;
-    if (step->op == PXQ_STEP_LINEAR && (step->rows < 1 || step->cols < 1 || step->weight.bytes != step->rows * step->cols * 4))
-        return pxq_fail(PXQ_ERROR_ARGUMENT, "net step %d: linear weight must be int32 (rows, cols)", net->count), -1;
+    if ((step->op == PXQ_STEP_LINEAR || step->op == PXQ_STEP_LINEAR_FLOAT) &&
+        (step->rows < 1 || step->cols < 1 || step->rows > INT32_MAX || step->cols > INT32_MAX ||
+         step->weight.bytes != step->rows * step->cols * 4))
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "net step %d: linear weight must be (rows, cols) of 4-byte values", net->count), -1;
+    if (step->op == PXQ_STEP_LINEAR_FLOAT && (step->bias.bytes != step->rows * 4 || !(step->step > 0)))
+        return pxq_fail(PXQ_ERROR_ARGUMENT, "net step %d: linear_float needs a float32 bias (rows) and a step > 0",
+                        net->count), -1;
 
     if (net->count == net->capacity) {
         int32_t capacity = net->capacity ? 2 * net->capacity : 16;
@@ -174,7 +181,7 @@ int32_t pxq_net_add(pxq_net *net, const pxq_step *step) {
         !copy_buffer(net, &s.conv.thresholds) || !copy_string(net, &s.conv.isa) ||
         !copy_buffer(net, &s.shift_border) || !copy_buffer(net, &s.offset) ||
         !copy_buffer(net, &s.threshold.direction) || !copy_buffer(net, &s.threshold.thresholds) ||
-        !copy_buffer(net, &s.lookup.tables) || !copy_buffer(net, &s.weight))
+        !copy_buffer(net, &s.lookup.tables) || !copy_buffer(net, &s.weight) || !copy_buffer(net, &s.bias))
         return pxq_fail(PXQ_ERROR_MEMORY, "net: out of memory copying step %d's arrays", net->count), -1;
     net->steps[net->count] = s;
     net->shifted[net->count] = NULL;
@@ -386,6 +393,24 @@ static int run_step(pxq_net *net, int32_t i) {
         pxq_pool_params p = {.codes = buffer_of(x), .batch = x->shape[0], .positions = net->pool_count,
                              .channels = x->shape[3], .out = output_of(y), .threads = s->threads};
         return pxq_sum_pool(&p);
+    }
+    case PXQ_STEP_LINEAR_FLOAT: {  /* numpy's order of operations: (x as float32 * float32 scale) @ W.T + b */
+        if (!dims(x, 2, i)) return PXQ_ERROR_ARGUMENT;
+        if (x->shape[1] != s->cols || net->pool_count < 1)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "net step %d: linear_float takes %lld pooled sums", i, (long long)s->cols);
+        const int64_t logits[2] = {x->shape[0], s->rows};
+        if ((status = shape_value(net, i + 1, 2, logits))) return status;
+        const float scale = (float)(s->step / (double)net->pool_count);
+        const int64_t *in = x->data;
+        const float *w = s->weight.data, *bias = s->bias.data;
+        float *out = y->data;
+        for (int64_t b = 0; b < logits[0]; b++)
+            for (int64_t r = 0; r < s->rows; r++) {
+                float sum = 0;
+                for (int64_t k = 0; k < s->cols; k++) sum += (float)in[b * s->cols + k] * scale * w[r * s->cols + k];
+                out[b * s->rows + r] = sum + bias[r];
+            }
+        return PXQ_OK;
     }
     case PXQ_STEP_LINEAR: {
         if (!dims(x, 2, i)) return PXQ_ERROR_ARGUMENT;

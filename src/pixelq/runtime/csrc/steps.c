@@ -185,6 +185,9 @@ static int conv_step(const pxq_node *n, const char *isa, int threads, pxq_step *
         c->levels = (int32_t)levels, c->qmin = (int32_t)n->qmin;
     }
     if (n->residual_stride) {
+        if (n->residual_stride < 0 || n->residual_qmax < 0 || n->residual_qmax > 255 || n->residual_shift < 0 ||
+            n->residual_shift > 255)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: a residual add needs qmax and shift in 0 .. 255");
         c->residual_stride = (int32_t)n->residual_stride, c->residual_qmax = (int32_t)n->residual_qmax;
         c->residual_shift = (int32_t)n->residual_shift;
     }
@@ -315,6 +318,15 @@ static int other_step(const pxq_node *n, int threads, pxq_step *step, owned_t *s
         step->op = PXQ_STEP_LINEAR, step->rows = n->out_channels, step->cols = n->in_channels;
         step->weight = (pxq_buffer){n->weight.data, step->rows * step->cols * 4};
         return PXQ_OK;
+    case PXQ_NODE_LINEAR_FLOAT: {
+        const pxq_floats *w = &n->float_weight, *b = &n->bias;
+        if (!w->data || w->ndim != 2 || !b->data || b->ndim != 1 || b->shape[0] != w->shape[0] || !(n->step > 0))
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "linear_float: needs a float weight (classes, C), bias (classes) and step");
+        step->op = PXQ_STEP_LINEAR_FLOAT, step->rows = w->shape[0], step->cols = w->shape[1], step->step = n->step;
+        step->weight = (pxq_buffer){w->data, step->rows * step->cols * 4};
+        step->bias = (pxq_buffer){b->data, step->rows * 4};
+        return PXQ_OK;
+    }
     default:
         return pxq_fail(PXQ_ERROR_UNSUPPORTED, "op %d has no C kernel yet", (int)n->op);
     }

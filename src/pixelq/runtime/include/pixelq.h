@@ -43,10 +43,10 @@ PXQ_API int pxq_num_classes(const pxq_model *m);
 PXQ_API const char *pxq_class_name(const pxq_model *m, int k);
 /* n images (NHWC uint8, n x H x W x C bytes) -> n labels (the largest logit, the lower class on a tie). */
 PXQ_API int pxq_predict(pxq_model *m, const uint8_t *images, int n, int32_t *labels);
-/* n images -> n x classes integer logits. */
+/* n images -> n x classes integer logits (an error for a model whose last layer is float). */
 PXQ_API int pxq_logits(pxq_model *m, const uint8_t *images, int n, int32_t *logits);
-/* n images -> n x classes logits in the training model's units (integer logits x the file's scale
- * per class / the pooled count). */
+/* n images -> n x classes logits in the training model's units: a float last layer's as they are, or
+ * the integer logits x the file's scale per class / the pooled count. */
 PXQ_API int pxq_float_logits(pxq_model *m, const uint8_t *images, int n, float *logits);
 PXQ_API void pxq_free(pxq_model *m);
 

@@ -140,9 +140,11 @@ enum pxq_step_op {
     PXQ_STEP_MAX_POOL = 5,       /* uint8 -> uint8, kernel x kernel windows at stride, no padding */
     PXQ_STEP_SUM_POOL = 6,       /* uint8 (N, H, W, C) -> int64 (N, C) */
     PXQ_STEP_LINEAR = 7,         /* int64 (N, cols) -> int64 (N, rows): x times the int32 weight (rows, cols) transposed */
+    PXQ_STEP_LINEAR_FLOAT = 8,   /* int64 sums (N, cols) -> float32 logits (N, rows): (x * step / the pool's count)
+                                    times the float32 weight (rows, cols) transposed, plus the float32 bias (rows) */
 };
 
-enum pxq_value_type { PXQ_UINT8 = 0, PXQ_INT32 = 1, PXQ_INT64 = 2 };
+enum pxq_value_type { PXQ_UINT8 = 0, PXQ_INT32 = 1, PXQ_INT64 = 2, PXQ_FLOAT32 = 3 };
 
 typedef struct {
     int32_t op;             /* enum pxq_step_op */
@@ -159,9 +161,11 @@ typedef struct {
     pxq_lookup_params lookup;        /* LOOKUP: tables, tables_count, depth, threads */
     int32_t qmin, qmax, shift;       /* ADD_CLIP */
     int32_t kernel, stride, extra_channels;  /* MAX_POOL (kernel, stride), SUBSAMPLE_PAD (stride, extra_channels) */
-    pxq_buffer weight;               /* LINEAR: int32 (rows, cols) */
+    pxq_buffer weight;               /* LINEAR: int32 (rows, cols); LINEAR_FLOAT: float32 (rows, cols) */
     int64_t rows, cols;
     int32_t threads;                 /* SUM_POOL */
+    pxq_buffer bias;                 /* LINEAR_FLOAT: float32 (rows) */
+    double step;                     /* LINEAR_FLOAT: the pooled codes' step */
 } pxq_step;
 
 typedef struct pxq_net pxq_net;
@@ -196,7 +200,15 @@ PXQ_API void pxq_net_free(pxq_net *net);
 enum pxq_node_op {
     PXQ_NODE_LUT = 0, PXQ_NODE_CONV = 1, PXQ_NODE_FUSED_CONV = 2, PXQ_NODE_THRESHOLD = 3, PXQ_NODE_ADD_CLIP = 4,
     PXQ_NODE_SUBSAMPLE_PAD = 5, PXQ_NODE_MAX_POOL = 6, PXQ_NODE_SUM_POOL = 7, PXQ_NODE_LINEAR = 8,
+    PXQ_NODE_LINEAR_FLOAT = 9,
 };
+
+/* A tensor of float32 values, row-major; data NULL: none. */
+typedef struct {
+    const float *data;
+    int32_t ndim;
+    int64_t shape[4];
+} pxq_floats;
 
 /* A tensor of integer codes, row-major; data NULL: the node holds none. */
 typedef struct {
@@ -217,6 +229,10 @@ typedef struct {
     /* Its tensors: weight (O, kh, kw, I) or (O, I), lut (tables, 256, d), direction (O,),
      * thresholds (O, qmax - qmin), offset (O,). A conv with thresholds writes codes qmin.. . */
     pxq_codes weight, lut, direction, thresholds, offset;
+    /* A float last layer (linear_float): its weight (classes, C) and bias (classes,), and the pooled
+     * codes' step. */
+    pxq_floats float_weight, bias;
+    double step;
 } pxq_node;
 
 /* Appends the step that runs `node` with `threads` under `isa` (NULL: the best this CPU has); its
