@@ -189,7 +189,10 @@ def libpixelq_target_lines(bench: dict) -> list:
     if missed:
         lines += ["", "Missed: " + "; ".join(missed) + ". The Python around the library costs little now (one call "
                   "per batch); the time is the kernels' (the per-part profile below), so what is left is kernel "
-                  "work: the convs of stages 1-3."]
+                  "work: the convs of stages 1-3. The 2-thread row is timed in one process with the other engines, "
+                  "whose thread pools (PyTorch's and libpixelq's OpenMP, OpenVINO's TBB) may still spin between "
+                  "calls on a 2-core machine; from run to run it has ranged far wider than the 1-thread rows, so "
+                  "it awaits a bench that times each engine in a process of its own."]
     return lines + [""]
 
 
