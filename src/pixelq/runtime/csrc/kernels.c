@@ -469,6 +469,8 @@ static const isa_t *best_isa(void) {
     return &ISAS[0];
 }
 
+const char *pxq_best_isa(void) { return best_isa()->name; }
+
 /* Zero the padding of padded row yp of image n (all of it for a border row). */
 static void clear_padding(const conv_t *c, ssize n, ssize yp, int interior) {
     ssize side = c->pad * c->Cb, right = (c->pad + c->W) * c->Cb;

@@ -72,6 +72,13 @@ static int str_eq(const json_t *j, int i, const char *s) {
     return strlen(s) == n && memcmp(j->text + j->tok[i].start, s, n) == 0;
 }
 
+/* Whether strings a and b hold the same text. */
+static int same_text(const json_t *j, int a, int b) {
+    if (!is(j, a, JSMN_STRING) || !is(j, b, JSMN_STRING)) return 0;
+    const int n = j->tok[a].end - j->tok[a].start;
+    return n == j->tok[b].end - j->tok[b].start && !memcmp(j->text + j->tok[a].start, j->text + j->tok[b].start, (size_t)n);
+}
+
 /* Whether token i is the primitive `literal` (true, false, null). */
 static int literal(const json_t *j, int i, const char *literal) {
     if (!is(j, i, JSMN_PRIMITIVE)) return 0;
@@ -764,9 +771,7 @@ static int read_node(pxq_model *m, const json_t *j, int tok, int i, int plan_ten
         str_eq(j, nm, "image"))
         return bad(e, PXQ_ERROR_FILE, "node %s: a node needs a name (other than 'image')", name);
     for (int k = 0; k < i; k++) {
-        const int other = get(j, m->nodes[k].tok, "name");
-        if (j->tok[other].end - j->tok[other].start == j->tok[nm].end - j->tok[nm].start &&
-            !memcmp(j->text + j->tok[other].start, j->text + j->tok[nm].start, (size_t)(j->tok[nm].end - j->tok[nm].start)))
+        if (same_text(j, get(j, m->nodes[k].tok, "name"), nm))
             return bad(e, PXQ_ERROR_FILE, "node %s: a second node of that name", name);
     }
     const uint32_t required = OP_ATTRS[n->op].required, allowed = required | OP_ATTRS[n->op].optional;
@@ -804,12 +809,8 @@ static int read_node(pxq_model *m, const json_t *j, int tok, int i, int plan_ten
         const int in = element(j, inputs, k);
         n->inputs[k] = -1;
         if (str_eq(j, in, "image")) n->inputs[k] = 0;
-        for (int q = 0; q < i && n->inputs[k] < 0; q++) {
-            const int other = get(j, m->nodes[q].tok, "name");
-            if (is(j, in, JSMN_STRING) && j->tok[other].end - j->tok[other].start == j->tok[in].end - j->tok[in].start &&
-                !memcmp(j->text + j->tok[other].start, j->text + j->tok[in].start, (size_t)(j->tok[in].end - j->tok[in].start)))
-                n->inputs[k] = q + 1;
-        }
+        for (int q = 0; q < i && n->inputs[k] < 0; q++)
+            if (same_text(j, get(j, m->nodes[q].tok, "name"), in)) n->inputs[k] = q + 1;
         if (n->inputs[k] < 0) return bad(e, PXQ_ERROR_FILE, "node %s: an input is no earlier node", name);
     }
     /* its tensors, "<node name>.<tensor>" in the plan's layout (or the graph's, same_as) */
@@ -952,12 +953,8 @@ static int read_graph(pxq_model *m, const json_t *j, int nodes, int tensors, int
         status = read_node(m, j, tok, i, tensors, graph_tensors, f, e), m->nodes_count = i + 1;
     }
     m->output = -1;
-    for (int i = 0; !status && i < m->nodes_count; i++) {
-        const int nm = get(j, m->nodes[i].tok, "name");
-        if (is(j, output, JSMN_STRING) && j->tok[nm].end - j->tok[nm].start == j->tok[output].end - j->tok[output].start &&
-            !memcmp(j->text + j->tok[nm].start, j->text + j->tok[output].start, (size_t)(j->tok[nm].end - j->tok[nm].start)))
-            m->output = i;
-    }
+    for (int i = 0; !status && i < m->nodes_count; i++)
+        if (same_text(j, get(j, m->nodes[i].tok, "name"), output)) m->output = i;
     if (!status && (m->output < 0 || m->nodes[m->output].ndim != 1 || m->nodes[m->output].shape[0] != m->num_classes))
         status = bad(e, PXQ_ERROR_FILE, "output must name the node of the %d logits", m->num_classes);
     if (!status && m->integer_only != (m->nodes[m->output].op == OP_LINEAR))
@@ -1041,7 +1038,9 @@ static int run(pxq_model *m, const uint8_t *images, int n, int height, int width
     return pxq_net_run(m->net, (pxq_buffer){images, bytes}, n, height, width, m->in_channels);
 }
 
-static int logits_of(pxq_model *m, const uint8_t *images, int n, pxq_value *v) {
+/* The logits of n images into v, after checking there is somewhere to put what comes of them. */
+static int logits_of(pxq_model *m, const uint8_t *images, int n, const void *out, pxq_value *v) {
+    if (!out) return pxq_fail(PXQ_ERROR_ARGUMENT, "no output buffer");
     if (m && !m->height) return pxq_fail(PXQ_ERROR_ARGUMENT, "this model file records no image size; export it again");
     int status = run(m, images, n, m ? m->height : 0, m ? m->width : 0);
     return status ? status : pxq_net_value(m->net, m->output + 1, v);
@@ -1051,9 +1050,8 @@ int pxq_logits(pxq_model *m, const uint8_t *images, int n, int32_t *logits) {
     if (m && !m->integer_only)
         return pxq_fail(PXQ_ERROR_ARGUMENT, "this model's last layer is float: its logits come from pxq_float_logits");
     pxq_value v;
-    int status = logits_of(m, images, n, &v);
+    int status = logits_of(m, images, n, logits, &v);
     if (status) return status;
-    if (!logits) return pxq_fail(PXQ_ERROR_ARGUMENT, "no logits buffer");
     const int64_t *x = v.data;
     for (int64_t q = 0; q < (int64_t)n * m->num_classes; q++) {
         if (x[q] < INT32_MIN || x[q] > INT32_MAX) return pxq_fail(PXQ_ERROR_ARGUMENT, "a logit leaves the int32 range");
@@ -1064,9 +1062,8 @@ int pxq_logits(pxq_model *m, const uint8_t *images, int n, int32_t *logits) {
 
 int pxq_float_logits(pxq_model *m, const uint8_t *images, int n, float *logits) {
     pxq_value v;
-    int status = logits_of(m, images, n, &v);
+    int status = logits_of(m, images, n, logits, &v);
     if (status) return status;
-    if (!logits) return pxq_fail(PXQ_ERROR_ARGUMENT, "no logits buffer");
     const int64_t count = (int64_t)n * m->num_classes, pooled = pxq_net_pool_count(m->net);
     if (!m->integer_only) {  /* a float last layer: its logits as they are */
         memcpy(logits, v.data, sizeof(float) * (size_t)count);
@@ -1079,9 +1076,8 @@ int pxq_float_logits(pxq_model *m, const uint8_t *images, int n, float *logits) 
 
 int pxq_predict(pxq_model *m, const uint8_t *images, int n, int32_t *labels) {
     pxq_value v;
-    int status = logits_of(m, images, n, &v);
+    int status = logits_of(m, images, n, labels, &v);
     if (status) return status;
-    if (!labels) return pxq_fail(PXQ_ERROR_ARGUMENT, "no labels buffer");
     for (int i = 0; i < n; i++) {  /* the largest logit, the lower class on a tie */
         int best = 0;
         for (int k = 1; k < m->num_classes; k++) {

@@ -8,7 +8,6 @@
  * DOT_WIDE_CHANNELS input channels (read off `python experiments/kernel_crossover.py` per build),
  * else as bit-planes.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -334,12 +333,7 @@ static int other_step(const pxq_node *n, int threads, pxq_step *step, owned_t *s
 
 int32_t pxq_net_add_node(pxq_net *net, const pxq_node *node, const char *isa, int32_t threads) {
     if (!net || !node) return pxq_fail(PXQ_ERROR_ARGUMENT, "no net or no node"), -1;
-    char best[32];
-    if (!isa) {
-        const char *names = pxq_isas(), *last = strrchr(names, ',');
-        snprintf(best, sizeof best, "%s", last ? last + 1 : names);
-        isa = best;
-    }
+    if (!isa) isa = pxq_best_isa();
     if (!pxq_dot_isa(isa)) return pxq_fail(PXQ_ERROR_ISA, "instruction set %s is not available on this CPU", isa), -1;
     if (threads < 1) return pxq_fail(PXQ_ERROR_ARGUMENT, "threads must be >= 1"), -1;
     pxq_step step = {.inputs = {node->inputs[0], node->inputs[1]}};
