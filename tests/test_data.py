@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pixelq import DataError, InputError, load_dataset
-from pixelq.data import ImageSet, batches, detect_layout, embedded_data_path, random_crop_flip
+from pixelq.data import ImageSet, alternating_flips, batches, detect_layout, embedded_data_path, random_crop_flip
 
 from conftest import write_cifar, write_imagenet_style
 
@@ -336,6 +336,25 @@ def test_batches_cover_every_image_once():
     seen = torch.cat([x[:, 0, 0, 0] for x, _ in batches(images, np.arange(10), 3, shuffle=True,
                                                           generator=torch.Generator().manual_seed(1))])
     assert sorted(seen.tolist()) == list(range(10))
+
+
+def test_alternating_flips_show_each_image_both_ways_in_two_epochs():
+    """The coins of epoch 0 are drawn once from the seed; every later epoch flips each image the other
+    way from the one before; `batches` flips exactly the images those coins name (each image's
+    columns count up from the left, so the visible part of a crop counts down where it is flipped)."""
+    n = 64
+    first = alternating_flips(n, 0, seed=3)
+    assert torch.equal(first, alternating_flips(n, 2, seed=3)) and torch.equal(~first, alternating_flips(n, 5, seed=3))
+    assert 0 < int(first.sum()) < n and not torch.equal(first, alternating_flips(n, 0, seed=4))
+    images = np.tile(np.arange(1, 17, dtype=np.uint8)[None, None, :, None], (n, 16, 1, 1))
+    for epoch in (0, 1):
+        flips = alternating_flips(n, epoch, seed=3)
+        for x, y in batches(images, np.arange(n), 10, shuffle=True, augment=True, flips=flips,
+                            generator=torch.Generator().manual_seed(epoch)):
+            row = x[:, 8, :, 0].int()  # the middle row: always in view after a shift of at most 4
+            visible = [r[r > 0] for r in row]
+            flipped = torch.tensor([bool(v[1] < v[0]) for v in visible])
+            assert torch.equal(flipped, flips[y])
 
 
 @given(st.integers(9, 200), st.integers(9, 200), st.one_of(st.none(), st.integers(4, 48)), st.sampled_from(["RGB", "L"]),

@@ -236,6 +236,32 @@ def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits
         create_model("cnv", wbits=1, abits=2, signed_residual=True)
 
 
+@pytest.mark.parametrize("residual_bits", [None, 4])
+def test_input_offsets_fold_into_the_block_inputs_thresholds(residual_bits):
+    """input_offsets: each block's learned offsets (non-zero here) move the thresholds of its act_in,
+    which the export folds into one threshold node on the stream's codes (no node of their own), and
+    the reference and C runtimes keep PyTorch's codes layer by layer; with the offsets at 0 the
+    thresholds are those of the plain requantization."""
+    torch.manual_seed(6)
+    kwargs = dict(first_layer="pixel-embedding", wbits=1, abits=2, last_layer="quantized",
+                  residual_bits=residual_bits, signed_residual=residual_bits is not None, input_offsets=True)
+    model = create_model("resnet20", **kwargs)
+    offsets = [m.offset_in.bias for stage in model.stages for m in stage]
+    assert len(offsets) == 9 and all(not b.detach().any() for b in offsets)
+    at_zero = lower(trained_like(model)).tensors["stages.1.2.act_in.thresholds"].copy()
+    with torch.no_grad():
+        for b in offsets:
+            b.uniform_(-0.6, 0.6)
+    model = trained_like(model)
+    graph = lower(model)
+    assert not [n for n in graph.nodes if "offset" in n["name"]]
+    moved = graph.node("stages.1.2.act_in")
+    assert moved["op"] == "threshold" and not np.array_equal(graph.tensors["stages.1.2.act_in.thresholds"], at_zero)
+    assert_runtimes_keep_pytorchs_codes(model, graph, "stages.1.2.act_in")
+    with pytest.raises(ConfigError, match="input_offsets"):
+        create_model("resnet20", input_offsets=True)  # a float network has no input quantizer to move
+
+
 def test_residual_bits_below_abits_or_on_a_model_without_residuals_is_refused():
     with pytest.raises(ConfigError, match="residual_bits must be at least abits"):
         create_model("resnet20", wbits=1, abits=4, residual_bits=2)

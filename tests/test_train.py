@@ -48,11 +48,12 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("variant", ["float", "quantized", "quantized-ema"])
+@pytest.mark.parametrize("variant", ["float", "quantized", "quantized-ema", "offsets-alternating-flip"])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, tiny_splits, variant, monkeypatch):
     import pixelq.training.loop as loop
 
-    kw = {"float": {}, "quantized": QUANT, "quantized-ema": {**QUANT, "ema_decay": 0.8}}[variant]
+    kw = {"float": {}, "quantized": QUANT, "quantized-ema": {**QUANT, "ema_decay": 0.8},
+          "offsets-alternating-flip": {**QUANT, "input_offsets": True, "flip": "alternate"}}[variant]
     full = train(run_config(tmp_path, "full", epochs=3, **kw), data=tiny_splits)
 
     real_save = loop.save_checkpoint

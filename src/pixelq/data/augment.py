@@ -37,6 +37,14 @@ def random_crop_flip(images: Tensor, pad: int = 4, flip: bool = True, generator:
     return apply_crop_flip(images, crop_flip_draws(len(images), pad, flip, generator), pad)
 
 
+def alternating_flips(n: int, epoch: int, seed: int) -> Tensor:
+    """Which of n images to flip in `epoch` under airbench's alternating flip: a coin per image
+    drawn once from `seed`, then every image flipped the other way each epoch, so each image is
+    seen both ways in any two epochs in a row."""
+    first = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return first ^ bool(epoch % 2)
+
+
 def batch_source(part) -> tuple:
     """The (images, labels) `batches` takes for an ImageSet, or (stream, None) for a StreamedImages."""
     from .streaming import StreamedImages
@@ -52,13 +60,14 @@ def _in_memory(images, labels, index_batches):
 
 def batches(images, labels=None, batch_size: int = 128, shuffle: bool = False, augment: bool = False,
             generator: "torch.Generator | None" = None, drop_last: bool = False, shard: tuple = (0, 1),
-            workers: int = 0):
+            workers: int = 0, flips: "Tensor | None" = None):
     """Yield (uint8 NHWC tensor, int64 labels) batches.
 
     `images` is a numpy array or tensor (with `labels`), or a `StreamedImages` (labels inside),
     which is decoded by `workers` processes as the batches are needed. With `shuffle`, the order is
     one permutation drawn from `generator`; with `augment`, each batch is cropped and flipped with
-    draws from it (`random_crop_flip`). `shard=(rank, world)` yields process `rank`'s share
+    draws from it (`random_crop_flip`); `flips`, one bool per image, replaces the coins (an
+    alternating flip: `alternating_flips`). `shard=(rank, world)` yields process `rank`'s share
     `[rank::world]` of each batch, cropped as it would be in the whole batch, so the processes of a
     data-parallel run together see exactly the batches one process would; and a stream yields
     exactly what the same images held in memory would.
@@ -77,6 +86,8 @@ def batches(images, labels=None, batch_size: int = 128, shuffle: bool = False, a
         loaded = _in_memory(images, labels, mine)
     for (x, y), idx in zip(loaded, whole):
         if augment:
-            oy, ox, flips = crop_flip_draws(len(idx), generator=generator)
-            x = apply_crop_flip(x, (oy[rank::world], ox[rank::world], flips[rank::world]))
+            oy, ox, coins = crop_flip_draws(len(idx), generator=generator)
+            if flips is not None:
+                coins = flips[idx].view(-1, 1)
+            x = apply_crop_flip(x, (oy[rank::world], ox[rank::world], coins[rank::world]))
         yield x, y

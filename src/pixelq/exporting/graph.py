@@ -8,9 +8,9 @@ as leaves), then its nodes are read in order, each value tracked as what it is a
             computes (an `affine` node: the conv's scales, a batch norm after it another)
   sum       per-channel sums of codes over the whole map (global average pooling, times the count)
 and lowered as it goes to a plain quantized graph: encoder -> lut; conv -> conv (the integer
-accumulator) + affine (its real value: the conv's scales); batch norm -> affine; activation
-quantizer on a real value -> quantize (codes); an activation quantizer on codes -> affine (their real
-values) + quantize; codes + codes, then an activation quantizer ->
+accumulator) + affine (its real value: the conv's scales); batch norm -> affine; a channel offset ->
+affine; activation quantizer on a real value -> quantize (codes); an activation quantizer on codes ->
+affine (their real values) + quantize; codes + codes, then an activation quantizer ->
 add_clip; stride-s subsampling + zero channels on codes -> subsample_pad; max pooling on codes ->
 max_pool; global average pooling -> sum_pool; flatten, then a hidden linear layer -> a conv whose
 kernel covers the map; the last linear layer -> linear (integer) or linear_float.
@@ -35,7 +35,7 @@ from ..errors import ExportError
 from ..integer import IntegerModel
 from ..integer.transforms import EXPORT_TRANSFORMS, apply
 from ..models.tracing import PASSTHROUGH, POOLS, ModelTracer
-from ..nn import QuantConv2d, QuantLinear
+from ..nn import ChannelOffset, QuantConv2d, QuantLinear
 from ..quant import Quantizer
 from .integers import (
     activation_grid,
@@ -146,6 +146,8 @@ class _Lowering:
                 return self.linear(node, module, args[0])
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 return self.batchnorm(node, module, args[0])
+            if isinstance(module, ChannelOffset):
+                return self.offset(node, module, args[0])
             if isinstance(module, Quantizer) or isinstance(module, (nn.ReLU, nn.Identity, nn.Dropout)):
                 return self.activation(node, module, args[0])
             if hasattr(module, "quantized"):  # an input encoder
@@ -275,6 +277,20 @@ class _Lowering:
         scale, shift = batchnorm_affine(bn)
         self.add("affine", node.target, [x.name], {"scale": scale, "bias": shift})
         return _Real(node.target, x.channels, node.target, x.flat)
+
+    def offset(self, node, offset: ChannelOffset, x):
+        """A learned offset per channel: an affine of codes (their real values plus the offset) or of a
+        real value, which the activation quantizer reading it folds into its thresholds."""
+        bias = offset.bias.detach().double().numpy()
+        if isinstance(x, _Codes) and not x.flat and x.channels == len(bias):
+            scale = np.full(x.channels, x.grid[0])
+        elif isinstance(x, _Real) and x.channels == len(bias):
+            scale = np.ones(x.channels)
+        else:
+            raise self.unsupported(node, "an offset per channel must read codes or a conv's real output, one value "
+                                         "per channel")
+        name = self.add("affine", node.target, [x.name], {"scale": scale, "bias": bias})
+        return _Real(name, x.channels, node.target, getattr(x, "flat", False))
 
     def activation(self, node, module, x):
         if isinstance(module, (nn.Identity, nn.Dropout)):  # dropout is the identity in eval mode

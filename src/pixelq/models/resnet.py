@@ -26,6 +26,11 @@ grid (codes -n .. n, n = 2^residual_bits - 1), so a block can lower the stream a
 it, as a float block's bn2 output can; with the default unsigned branch the stream only grows
 through a stage and saturates at its top code. The add is still an integer add clipped to the
 stream's codes. A conv shortcut's codes stay unsigned.
+
+`input_offsets` adds a learned offset per channel (`ChannelOffset`) to each block's input before
+the quantizer that makes the convs' codes (`act_in`, present then even when residual_bits equals
+abits): the one activation quantizer of the block with no batch norm before it to move its
+thresholds. Export folds each offset into that quantizer's integer thresholds.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
-from ..nn import QuantConv2d, QuantLinear, images_to_nchw, make_encoder
+from ..nn import ChannelOffset, QuantConv2d, QuantLinear, images_to_nchw, make_encoder
 from ..quant import residual_fusion, ste
 from .common import (FLOAT_BITS, activation, apply_overrides, check_common_settings, config_from_kwargs,
                      default_act_quantizer, default_weight_quantizer)
@@ -59,6 +64,7 @@ class ResNetConfig:
     last_layer: str = "float"
     residual_bits: "int | None" = None
     signed_residual: bool = False
+    input_offsets: bool = False
     overrides: dict = field(default_factory=dict)
 
     @property
@@ -81,6 +87,9 @@ class ResNetConfig:
         if self.signed_residual and self.abits == FLOAT_BITS:
             raise ConfigError("signed_residual quantizes the residual branch on a signed grid; a float network's "
                               "branch is signed already (needs abits 1..8)")
+        if self.input_offsets and self.abits == FLOAT_BITS:
+            raise ConfigError("input_offsets move the thresholds of the quantizer of each block's input; a float "
+                              "network has none (needs abits 1..8)")
 
 
 class BasicBlock(nn.Module):
@@ -89,7 +98,9 @@ class BasicBlock(nn.Module):
         wq, aq = default_weight_quantizer(cfg.wbits), default_act_quantizer(cfg.abits)
         rq = default_act_quantizer(cfg.stream_bits)
         # the block input's codes for the convs, when the residual stream has more bits than they read
-        self.act_in = activation(aq, after_add=False) if rq != aq else None
+        # or a learned offset per channel moves their thresholds
+        self.offset_in = ChannelOffset(in_planes) if cfg.input_offsets else None
+        self.act_in = activation(aq, after_add=False) if rq != aq or cfg.input_offsets else None
         # the branch's codes before the add: signed ones can lower the stream, as a float block's can
         branch = f"{rq}:signed" if cfg.signed_residual else rq
         self.conv1 = QuantConv2d(in_planes, planes, 3, stride, 1, bias=False, weight_quantizer=wq)
@@ -119,7 +130,8 @@ class BasicBlock(nn.Module):
         return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        q = x if self.act_in is None else self.act_in(x)
+        q = x if self.offset_in is None else self.offset_in(x)
+        q = q if self.act_in is None else self.act_in(q)
         h = self.act1(self.bn1(self.conv1(q)))
         z = self.bn2(self.conv2(h))
         fused = residual_fusion(self.res_act, self.act_out, z)

@@ -1,7 +1,7 @@
 """pixelq models as torch.fx graphs, and the inference copy of a frozen float network built on them.
 
 `ModelTracer` keeps pixelq's layers whole: quantized convs and linears, quantizers, input encoders,
-batch norm and pools are single call_module nodes, and the layout and input checks (images to NCHW,
+channel offsets, batch norm and pools are single call_module nodes, and the layout and input checks (images to NCHW,
 channels-last gradients) single call_function nodes, whatever those modules do inside. Export lowers
 that graph (`pixelq.exporting.graph`); `frozen_for_inference` rewrites it.
 """
@@ -12,7 +12,7 @@ import copy
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..nn import QuantConv2d, QuantLinear, images_to_nchw
+from ..nn import ChannelOffset, QuantConv2d, QuantLinear, images_to_nchw
 from ..quant import Quantizer
 from .resnet import keep_grad_layout, same_layout
 
@@ -25,7 +25,7 @@ class ModelTracer(fx.Tracer):
         super().__init__(autowrap_functions=PASSTHROUGH)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return (isinstance(m, (QuantConv2d, QuantLinear, Quantizer, nn.BatchNorm1d, nn.BatchNorm2d, *POOLS))
+        return (isinstance(m, (QuantConv2d, QuantLinear, Quantizer, ChannelOffset, nn.BatchNorm1d, nn.BatchNorm2d, *POOLS))
                 or hasattr(m, "quantized") or super().is_leaf_module(m, qualname))
 
 

@@ -10,11 +10,12 @@ from .encoders import (
     images_to_nchw,
     make_encoder,
 )
-from .layers import QuantConv2d, QuantLinear
+from .layers import ChannelOffset, QuantConv2d, QuantLinear
 
 __all__ = [
     "ENCODERS",
     "BitPlaneInput",
+    "ChannelOffset",
     "FloatInput",
     "Int8Input",
     "NaiveInput",

@@ -1,6 +1,7 @@
 """Quantized layers that mirror torch.nn: same constructor, plus the quantizers."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -45,3 +46,17 @@ class QuantLinear(_QuantizedOperands, nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(*self.quantized_operands(x), self.bias)
+
+
+class ChannelOffset(nn.Module):
+    """A learned offset per channel, added before an activation quantizer (ReActNet's RSign shift):
+    each channel moves its own thresholds. It pays only where no batch norm comes before the
+    quantizer (a batch norm's bias is the same offset), as on a ResNet block's input, read off the
+    residual stream. Export folds it into that quantizer's integer thresholds: no cost at run time."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))  # a bias: no weight decay (training.loop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2))).to(x.dtype)

@@ -39,6 +39,8 @@ class TrainConfig:
                                                 "still read abits codes. Default: abits", type=int)
     signed_residual: bool = setting(False, "quantize a ResNet block's branch on a signed grid before the residual "
                                            "add, so a block can lower the stream as well as raise it")
+    input_offsets: bool = setting(False, "a learned offset per channel before the quantizer of each ResNet block's "
+                                         "input (ReActNet's RSign); folded into integer thresholds at export")
     overrides: dict = setting(dict, "{layer-name pattern: quantizer spec} (CLI: --overrides FILE)", cli=False)
     # on what
     data: "str | None" = setting(None, "data set path (image folders, .tar.gz, CIFAR python, IDX); default: embedded "
@@ -48,6 +50,9 @@ class TrainConfig:
     train_subset: "int | None" = setting(None, "train on a stratified subset of N images", type=int)
     test_subset: "int | None" = setting(None, "evaluate on a stratified subset of N images", type=int)
     augment: bool = setting(True, "random crop + horizontal flip (see crop)")
+    flip: str = setting("random", "random: a coin per image each epoch; alternate: a coin per image drawn once, "
+                                  "then each image flipped the other way every epoch (airbench's alternating flip)",
+                        choices=("random", "alternate"))
     crop: str = setting("pad", "pad: pad-4 random crop of the stored image (small images); resized: random-resized "
                                "crop to --image-size of each full image, decoded fresh (photographs; needs --stream)",
                         choices=("pad", "resized"))
@@ -118,6 +123,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must lie in [0, {high}), got {getattr(self, name)!r}")
         if self.crop not in ("pad", "resized"):
             raise ConfigError(f"crop must be pad or resized, got {self.crop!r}")
+        if self.flip not in ("random", "alternate"):
+            raise ConfigError(f"flip must be random or alternate, got {self.flip!r}")
+        if self.flip == "alternate" and self.crop == "resized":
+            raise ConfigError("flip=alternate flips the pad crops; crop=resized draws its own flips")
         if self.crop == "resized" and not (self.stream and self.image_size):
             raise ConfigError("crop=resized draws a new crop of each full image every epoch: it needs --stream and "
                               "--image-size S (in memory only the S x S centre is kept)")
@@ -131,13 +140,14 @@ class TrainConfig:
             raise ConfigError(f"kd_temperature must be a positive finite number, got {self.kd_temperature!r}")
 
     def model_arguments(self) -> dict:
-        """The model's keyword arguments; residual_bits and signed_residual only when set (models
-        without a residual stream do not take them)."""
+        """The model's keyword arguments; residual_bits, signed_residual and input_offsets only when
+        set (models without a residual stream do not take them)."""
         return {
             "first_layer": self.first_layer, "first_layer_kwargs": self.first_layer_kwargs,
             "wbits": self.wbits, "abits": self.abits, "last_layer": self.last_layer, "overrides": self.overrides,
             **({"residual_bits": self.residual_bits} if self.residual_bits is not None else {}),
             **({"signed_residual": True} if self.signed_residual else {}),
+            **({"input_offsets": True} if self.input_offsets else {}),
         }
 
 

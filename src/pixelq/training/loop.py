@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..data import DataSplits, batch_source, batches, open_data
+from ..data import DataSplits, alternating_flips, batch_source, batches, open_data
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..files import write_json, write_jsonl
 from ..models import create_model, model_kwargs, model_size_bytes
@@ -317,8 +317,10 @@ def _train(cfg: TrainConfig, resume: bool, data: "DataSplits | None", device, ra
         epoch_set, pad_crop = train_set, cfg.augment
         if cfg.augment and cfg.crop == "resized":  # a fresh crop of every full image, drawn in the workers
             epoch_set, pad_crop = train_set.with_random_resized_crop(cfg.seed * 1_000_003 + epoch), False
+        flips = alternating_flips(len(train_set), epoch, cfg.seed) if cfg.flip == "alternate" else None
         bar = tqdm(batches(*batch_source(epoch_set), cfg.batch_size, shuffle=True, augment=pad_crop, generator=gen,
-                           drop_last=drop_last, shard=(rank, world), workers=cfg.workers), total=steps_per_epoch,
+                           drop_last=drop_last, shard=(rank, world), workers=cfg.workers, flips=flips),
+                   total=steps_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=True if not cfg.progress or rank > 0 else None)  # None: no bar unless a terminal
         for i, (x, y) in enumerate(bar):
