@@ -13,9 +13,11 @@ from pixelq.exporting.integers import check_accumulator_range
 from pixelq.runtime import clib, fast, fusion
 from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
 
+from arm64.cases import record as record_arm64_case
+
 pytestmark = pytest.mark.skipif(not fast.kernels_available(), reason="C kernels not built (no C compiler)")
 
-ISAS = ["portable", "avx2", "avx512vpopcntdq", "avx512bitalg"]
+ISAS = list(clib.ISA_NAMES)
 WEIGHT_GRIDS = {"binary": (-1, 2, 1), "ternary": (-1, 1, 2), "dorefa3": (-7, 2, 3), "lsq4": (-8, 1, 4)}
 
 
@@ -33,10 +35,14 @@ def random_weights(rng, shape, grid):
 
 
 def run_conv(kind, x, out, isa, threads=2, **fields):
-    """clib.conv on input x (N, H, W, C) into `out`, the other fields by name."""
+    """clib.conv on input x (N, H, W, C) into `out`, the other fields by name. The portable build's
+    calls are the ARM64 check's cases (arm64/cases.py, while PXQ_ARM64_CASES names a file)."""
     n, h, w, c = x.shape
-    clib.conv(kind=kind, input=np.ascontiguousarray(x), batch=n, height=h, width=w, channels=c, out=out,
-              threads=threads, isa=isa, **fields)
+    fields = dict(kind=kind, input=np.ascontiguousarray(x), batch=n, height=h, width=w, channels=c, threads=threads,
+                  **fields)
+    clib.conv(out=out, isa=isa, **fields)
+    if isa == "portable":
+        record_arm64_case(fields, out)
     return out
 
 
@@ -578,7 +584,8 @@ def test_dot_product_rule_follows_the_measured_crossover():
         net.add_node(spec, isa, 1)
         return fast.KERNELS[net.step_kernel(0)[0]]
 
-    wide = {"portable": None, "avx2": 64, "avx512vpopcntdq": 1, "avx512bitalg": 32}  # measured per build
+    wide = {"portable": None, "avx2": 64, "avx512vpopcntdq": 1, "avx512bitalg": 32,  # measured per build
+            "neon": None, "neon-dotprod": None}  # not measured on ARM hardware
     for isa in fast.available_isas():
         assert kernel(isa, 2, 1, [-1, 0]) == "bit-planes"  # W1A2 (grid -1 + u)
         assert kernel(isa, 4, 4, [-8, 7]) == "dot product"  # W4A4
@@ -586,8 +593,8 @@ def test_dot_product_rule_follows_the_measured_crossover():
         for channels in (16, 64):
             expected = wide[isa] is not None and channels >= wide[isa]
             assert (kernel(isa, 2, 2, [-2, 1], channels) == "dot product") == expected, (isa, channels)
-        # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW
-        assert (kernel(isa, 8, 8, [-128, 127]) == "dot product") == (clib.dot_isa(isa) != "avx2")
+        # 8-bit codes x 8-bit weights: 2 x 255 x 128 > 32767 for VPMADDUBSW; codes past 127 for SDOT
+        assert (kernel(isa, 8, 8, [-128, 127]) == "dot product") == (clib.dot_isa(isa) not in ("avx2", "neon-dotprod"))
 
 
 def test_dot_conv_near_the_int32_limit(isa):

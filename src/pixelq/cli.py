@@ -229,8 +229,10 @@ def _run_export(args) -> None:
 
 
 def _add_isa(p) -> None:
-    p.add_argument("--isa", help="the runtime kernels' instruction set: portable, avx2, avx512vpopcntdq or avx512bitalg "
-                                 "(default: the best this CPU has)")
+    from .runtime.clib import ISA_NAMES
+
+    p.add_argument("--isa", help=f"the runtime kernels' instruction set: {', '.join(ISA_NAMES)} (default: the best this "
+                                 "CPU has)")
 
 
 def _run_run(args) -> None:

@@ -301,8 +301,10 @@ def dot_isa(isa: str) -> str:
     return name.decode()
 
 
+# Every build of the kernels, worst to best per architecture (kernels.c ISAS); isas() says which run here.
+ISA_NAMES = ("portable", "avx2", "avx512vpopcntdq", "avx512bitalg", "neon", "neon-dotprod")
 CPU_FEATURES = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg",
-                "avx512vnni", "avxvnni")
+                "avx512vnni", "avxvnni", "asimd", "asimddp")
 
 
 def cpu_features() -> dict:

@@ -41,8 +41,7 @@ def choose_isa(isa: "str | None") -> str:
     if isa is None:
         return names[-1]
     if isa not in names:
-        known = ("portable", "avx2", "avx512vpopcntdq", "avx512bitalg")
-        what = "is not an instruction set pixelq knows" if isa not in known else "is not available on this CPU"
+        what = "is not an instruction set pixelq knows" if isa not in clib.ISA_NAMES else "is not available on this CPU"
         raise ConfigError(f"isa {isa!r} {what}; this CPU runs {', '.join(names)}")
     return isa
 

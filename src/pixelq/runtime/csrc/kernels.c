@@ -19,6 +19,7 @@
  * batch norm + activation of the next layer is applied to the tile as integer thresholds. With
  * AVX-512 BITALG, 16- and 32-channel 3x3 stride-1 convs run with a row's positions in the lanes
  * instead (conv_lanes.h). AVX2 has both convs too, with popcounts by nibble table (conv_avx2.h).
+ * On AArch64, NEON builds of the tile, table and dot-product convs (conv_neon.h, dot_sdot.h).
  * The portable conv is the same arithmetic, one position at a time. Each call runs the build its
  * `isa` keyword names (ISAS), by default the best this CPU has; the tests check every one.
  *
@@ -42,6 +43,13 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PIXELQ_X86 1
 #include <immintrin.h>
+#endif
+#if defined(__aarch64__) && defined(__GNUC__)
+#define PIXELQ_ARM64 1
+#include <arm_neon.h>
+#ifdef __linux__
+#include <sys/auxv.h>
+#endif
 #endif
 
 #include "pixelq.h"
@@ -120,6 +128,7 @@ typedef struct {
     const int8_t *wdot;
     int64_t dot_bound;     /* the largest |accumulator| this call's codes and weights can reach */
     int64_t dot_pair_max;  /* the largest |code x w + code x w'| (a VPMADDUBSW pair) */
+    int dot_top;           /* the largest input code (SDOT reads codes as signed bytes) */
     const isa_t *isa;               /* the build that runs this call */
 } conv_t;
 
@@ -359,6 +368,14 @@ static void pack_row_bytes(const conv_t *c, ssize n, ssize y, int32_t *sums) {
 }
 
 
+#ifdef PIXELQ_ARM64
+#include "conv_neon.h"
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
+#include "dot_sdot.h"
+#pragma GCC pop_options
+#endif
+
 #ifdef PIXELQ_X86
 #pragma GCC push_options
 #pragma GCC target("avx2,popcnt")
@@ -414,6 +431,7 @@ struct isa {
     int rows32_narrow;      /* rows32 needs the int16 epilogue too */
     positions_fn gather;    /* the conv of gathered positions in lanes (gather_fits), where built */
     positions_fn dot;       /* the dot-product conv */
+    const char *dot_name;   /* the instruction set it runs on */
     positions_fn dot_vnni;  /* the same with AVX-512 VNNI, where the CPU has it (else dot runs) */
     /* Makes c->w_nib for the conv run_conv chose (lanes, gather or tile); 0 when out of memory. */
     int (*prepare)(conv_t *c, int lanes, int gather);
@@ -421,18 +439,24 @@ struct isa {
 
 static const isa_t ISAS[] = {  /* worst to best */
     {.name = "portable", .conv = conv_portable, .chunk = 16, .pack = pack_row_portable, .table = table_conv_portable,
-     .dot = dot_portable},
+     .dot = dot_portable, .dot_name = "portable"},
 #ifdef PIXELQ_X86
     {.name = "avx2", .needs = {"avx2", "popcnt"}, .conv = conv_avx2, .chunk = AVX2_POSITIONS, .pack = pack_row_avx2,
      .table = table_conv_avx2, .rows16 = conv_rows16_avx2, .rows32 = conv_rows32_avx2, .rows32_narrow = 1,
-     .gather = conv_gather_avx2, .dot = dot_avx2, .prepare = prepare_avx2},
+     .gather = conv_gather_avx2, .dot = dot_avx2, .dot_name = "avx2", .prepare = prepare_avx2},
     {.name = "avx512vpopcntdq", .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "popcnt"},
      .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
-     .dot = dot_avx2, .dot_vnni = dot_vnni},
+     .dot = dot_avx2, .dot_name = "avx2", .dot_vnni = dot_vnni},
     {.name = "avx512bitalg",
      .needs = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq", "avx512bitalg", "popcnt"},
      .conv = conv_avx512, .chunk = AVX512_POSITIONS, .pack = pack_row_avx512, .table = table_conv_avx512,
-     .rows16 = conv_rows16, .rows32 = conv_rows32, .dot = dot_avx2, .dot_vnni = dot_vnni},
+     .rows16 = conv_rows16, .rows32 = conv_rows32, .dot = dot_avx2, .dot_name = "avx2", .dot_vnni = dot_vnni},
+#endif
+#ifdef PIXELQ_ARM64
+    {.name = "neon", .needs = {"asimd"}, .conv = conv_neon, .chunk = NEON_POSITIONS, .pack = pack_row_portable,
+     .table = table_conv_neon, .dot = dot_portable, .dot_name = "portable"},
+    {.name = "neon-dotprod", .needs = {"asimd", "asimddp"}, .conv = conv_neon, .chunk = NEON_POSITIONS,
+     .pack = pack_row_portable, .table = table_conv_neon, .dot = dot_sdot, .dot_name = "neon-dotprod"},
 #endif
 };
 #define ISA_COUNT ((int)(sizeof(ISAS) / sizeof(ISAS[0])))
@@ -445,6 +469,13 @@ static int cpu_has(const char *feature) {
     FEATURE("avx2") FEATURE("popcnt") FEATURE("avx512f") FEATURE("avx512bw") FEATURE("avx512vl")
     FEATURE("avx512dq") FEATURE("avx512vpopcntdq") FEATURE("avx512bitalg") FEATURE("avx512vnni") FEATURE("avxvnni")
 #undef FEATURE
+#endif
+#if defined(PIXELQ_ARM64) && defined(__linux__)
+    /* AArch64 always has Advanced SIMD; the dot-product extension (ARMv8.2) is HWCAP bit 20 */
+    if (strcmp(feature, "asimd") == 0) return 1;
+    if (strcmp(feature, "asimddp") == 0) return (getauxval(AT_HWCAP) >> 20) & 1;
+#elif defined(PIXELQ_ARM64)
+    if (strcmp(feature, "asimd") == 0) return 1;
 #endif
     (void)feature;
     return 0;
@@ -891,6 +922,7 @@ static int conv_of(const pxq_conv_params *p, conv_t *c) {
         for (int64_t i = 0; i < p->weights.bytes; i++) wmax = abs(wv[i]) > wmax ? abs(wv[i]) : wmax;
         c->dot_bound = (int64_t)c->KH * c->KW * c->C * top * wmax;
         c->dot_pair_max = 2 * (int64_t)top * wmax;
+        c->dot_top = top;
     }
     return PXQ_OK;
 }
@@ -981,7 +1013,7 @@ const char *pxq_dot_isa(const char *name) {
     const isa_t *isa = name ? find_isa(name) : NULL;
     if (!isa) return NULL;
     positions_fn dot = dot_conv_of(isa);
-    return dot == dot_portable ? "portable" : isa->dot_vnni && dot == isa->dot_vnni ? "avx512vnni" : "avx2";
+    return isa->dot_vnni && dot == isa->dot_vnni ? "avx512vnni" : isa->dot_name;
 }
 
 int pxq_cpu_has(const char *feature) { return feature ? cpu_has(feature) : 0; }

@@ -18,7 +18,9 @@
 static const struct { const char *isa; int wide; } DOT_WIDE_CHANNELS[] = {
     /* the AVX-512 build without BITALG has no 16-channel lanes conv, so its W2A2 16-channel layers
      * are cheaper as dot products too */
-    {"portable", 0}, {"avx2", 64}, {"avx512vpopcntdq", 1}, {"avx512bitalg", 32}};
+    {"portable", 0}, {"avx2", 64}, {"avx512vpopcntdq", 1}, {"avx512bitalg", 32},
+    /* not measured on ARM hardware: the rule of plane pairs alone */
+    {"neon", 0}, {"neon-dotprod", 0}};
 
 static int64_t padded(int64_t channels) { return (channels + 7) / 8 * 8; }
 
@@ -124,7 +126,8 @@ static void *conv_table(const pxq_node *n, int64_t colours, int *entry_bytes, in
 }
 
 /* Whether the conv runs as dot products under `isa`: by the cost rule above, weight codes inside
- * int8, and for VPMADDUBSW (AVX2 without VNNI, saturating int16 pairs) 2 x top code x |weight| <= 32767. */
+ * int8, for VPMADDUBSW (AVX2 without VNNI, saturating int16 pairs) 2 x top code x |weight| <= 32767,
+ * and for SDOT (signed bytes) codes below 128. */
 static int dot_fits(const pxq_node *n, const char *isa) {
     int wide = 0;
     for (size_t q = 0; q < sizeof DOT_WIDE_CHANNELS / sizeof DOT_WIDE_CHANNELS[0]; q++)
@@ -139,6 +142,7 @@ static int dot_fits(const pxq_node *n, const char *isa) {
         top = llabs(w[q]) > top ? llabs(w[q]) : top;
     }
     const char *dot = pxq_dot_isa(isa);
+    if (dot && !strcmp(dot, "neon-dotprod")) return (1 << planes) - 1 <= 127;
     return !dot || strcmp(dot, "avx2") || 2 * ((1 << planes) - 1) * top <= 32767;
 }
 
