@@ -64,3 +64,36 @@ def test_bench_data_times_decoding_and_streaming_on_folders(tmp_path, capsys):
     assert set(decode["decode_images_per_s_one_process"]) == {"pillow", "pixelq"}
     assert set(decode["streamed_images_per_s_by_workers"]) == {"1", "2"}
     assert "worker" in capsys.readouterr().out
+
+
+def test_bench_on_avx2_holds_the_baselines_to_avx2(monkeypatch):
+    """`pixelq bench --isa avx2` starts itself again with the environment that holds PyTorch (ATen
+    and oneDNN) and OpenVINO's oneDNN to AVX2, the same arguments after it; that environment does
+    hold PyTorch (where the CPU has AVX2); and the result says what was asked and what was not set."""
+    import os
+    import subprocess
+    import sys
+
+    from pixelq.bench.inference import BASELINE_ISA_ENV, baseline_isas
+
+    held = BASELINE_ISA_ENV["avx2"]
+    for key in held:
+        monkeypatch.delenv(key, raising=False)
+    started = {}
+
+    def execve(path, argv, env):
+        started.update(path=path, argv=argv, env=env)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", execve)
+    with pytest.raises(SystemExit):
+        main(["bench", "--isa", "avx2", "--repeats", "3"])
+    assert started["argv"][1:] == ["-m", "pixelq", "bench", "--isa", "avx2", "--repeats", "3"]
+    assert all(started["env"][k] == v for k, v in held.items())
+    report = baseline_isas("avx2", {})
+    assert report["asked"] == held and sorted(report["not_set"]) == sorted(held)
+    assert "no switch" in report["onnxruntime"]
+    if "avx2" in open("/proc/cpuinfo").read():
+        capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                                    env={**os.environ, **held}, capture_output=True, text=True, check=True).stdout
+        assert capability.strip() == "AVX2"

@@ -177,10 +177,17 @@ def _run_bench_train(args) -> None:
 
 def _run_bench(args) -> None:
     from .bench import run_benchmark
+    from .bench.inference import BASELINE_ISA_ENV
 
+    held = BASELINE_ISA_ENV.get(args.isa, {})
+    if any(os.environ.get(k) != v for k, v in held.items()):
+        # the baselines read these when they load, which this process has done: start again with them set
+        os.execve(sys.executable, [sys.executable, "-m", "pixelq", *args.argv], {**os.environ, **held})
     result = run_benchmark(model_path=args.model, repeats=args.repeats, isa=args.isa)
-    print(f"runtime kernels: {result['runtime_isa']}; PyTorch: {result['torch_isa']}; "
-          f"ONNX Runtime: {result['onnxruntime_isa']}; OpenVINO: {result['openvino_version'] or 'not installed'}")
+    base = result["baseline_isas"]
+    print(f"runtime kernels: {result['runtime_isa']}; PyTorch: {base['pytorch_aten']} (oneDNN: {base['pytorch_onednn']}); "
+          f"ONNX Runtime: {base['onnxruntime']}; OpenVINO {result['openvino_version'] or 'not installed'}"
+          + (f" primitives by instruction set: {base['openvino_primitives']}" if base["openvino_primitives"] else ""))
     print(f"{'speed-up (baseline time / pixelq time)':<44} {'value':>8}")
     for key, value in result["ratios"].items():
         print(f"{key:<44} {value:8.2f}x")
@@ -480,10 +487,12 @@ COMMANDS = {"train": _run_train, "eval": _run_eval, "demo": _run_demo, "models":
 
 
 def main(argv: "list[str] | None" = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (or the help): its status is ours
         return e.code
+    args.argv = argv  # for a command that must start again (bench --isa avx2)
     try:
         return COMMANDS[args.command](args) or 0
     except PixelqError as e:

@@ -4,6 +4,14 @@ installed, OpenVINO fp32 and int8 (the same float and QDQ ONNX files ONNX Runtim
 Every time is the best of `repeats` calls after a warm-up, all in one process with the same thread
 count, the contenders of a comparison taking turns call by call, so the ratios (speed-up = baseline
 time / pixelq time) survive a noisy machine better than the raw times do.
+
+With `--isa avx2` the baselines are held to AVX2 too where they allow it (`BASELINE_ISA_ENV`, set
+before they load: `pixelq bench` restarts itself with it), so that the ratios describe an AVX2-only
+CPU; the result records what each baseline ran (`baseline_isas`). PyTorch takes ATEN_CPU_CAPABILITY
+and its oneDNN ONEDNN_MAX_CPU_ISA; OpenVINO's CPU plugin runs its convs on its own oneDNN, which
+takes the same variable (its runtime model names each primitive's ISA, which the result counts);
+ONNX Runtime has no such switch: MLAS picks its kernels by CPUID at run time, and only a build from
+source can leave AVX-512 out (onnxruntime issues #12479 and #20215), so it keeps the best the CPU has.
 """
 from __future__ import annotations
 
@@ -25,6 +33,10 @@ from ..runtime import load
 from ..runtime import clib
 from ..runtime.fast import FastExecutor, choose_isa, pack_conv_weight, pad_thresholds, padded_channels
 
+# The environment that holds the baselines to the runtime's instruction set, where one exists.
+BASELINE_ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+ONNXRUNTIME_ISA = ("its own choice: MLAS picks its kernels by CPUID and has no switch to hold it to an instruction "
+                   "set (onnxruntime issues #12479, #20215)")
 DEFAULT_MODEL = fully_quantized()
 # The multi-bit network of the comparison: 16 plane pairs per conv, so the runtime runs dot products.
 W4A4_MODEL = fully_quantized(first_layer_kwargs={"d": 10, "bits": 4}, wbits=4, abits=4)
@@ -94,6 +106,38 @@ def openvino_requests(workdir: Path, threads: int, batch_sizes, image_shape: tup
             compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
             requests[form, batch] = compiled.create_infer_request()
     return requests
+
+
+def openvino_primitive_isas(requests: dict) -> dict:
+    """{form: {isa: primitives}}: what OpenVINO's compiled models run, by the instruction set each
+    primitive's type names (jit_avx2_I8, brgconv_avx512_f32, ...: avx512, avx2, or other for
+    reference and ISA-free ones), from the first request of each form."""
+    out = {}
+    for (form, _), request in requests.items():
+        if form in out:
+            continue
+        counts = {}
+        for op in request.get_compiled_model().get_runtime_model().get_ops():
+            kind = op.get_rt_info()["primitiveType"].astype(str) if "primitiveType" in op.get_rt_info() else ""
+            isa = "avx512" if "avx512" in kind else "avx2" if "avx2" in kind else "other"
+            counts[isa] = counts.get(isa, 0) + 1
+        out[form] = counts
+    return out
+
+
+def baseline_isas(isa: str, openvino: dict) -> dict:
+    """What each baseline ran, for the result: PyTorch's ATen capability, the cap its oneDNN was given,
+    OpenVINO's primitives by instruction set, and ONNX Runtime's (not selectable)."""
+    import os
+
+    held = BASELINE_ISA_ENV.get(isa, {})
+    missing = [k for k, v in held.items() if os.environ.get(k) != v]
+    return {"asked": held or "none (the runtime runs the best this CPU has, and so do the baselines)",
+            "not_set": missing,  # variables `pixelq bench` could not set before the baselines loaded
+            "pytorch_aten": torch.backends.cpu.get_cpu_capability(),
+            "pytorch_onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", "its own choice"),
+            "openvino_primitives": openvino_primitive_isas(openvino) if openvino else None,
+            "onnxruntime": ONNXRUNTIME_ISA}
 
 
 def openvino_version() -> "str | None":
@@ -187,8 +231,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
     """The comparison `pixelq bench` prints; see the module docstring. Without `model_path` a W1A2
     ResNet-20 with pixel embedding is built (random weights, calibrated batch norm) and exported; a
     W4A4 one (dot-product convs) is always timed next to it.
-    `isa` chooses pixelq's kernels (default: the best this CPU has); PyTorch and ONNX Runtime keep
-    their own choice, which the result records next to the CPU's flags."""
+    `isa` chooses pixelq's kernels (default: the best this CPU has); the baselines run what the
+    environment allows them (BASELINE_ISA_ENV: the caller sets it before they load, as `pixelq bench`
+    does), which the result records (`baseline_isas`) next to the CPU's flags."""
     if not clib.available():
         raise ExportError("pixelq bench needs the C kernels; reinstall pixelq with a C compiler present")
     isa = choose_isa(isa)
@@ -209,8 +254,8 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
         export(calibrated(create_model("resnet20", **W4A4_MODEL), calibration), w4a4_path)
         result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {},
                   "runtime_isa": isa, "torch_isa": torch.backends.cpu.get_cpu_capability(),
-                  "onnxruntime_isa": "its own choice (the best this CPU has; not selectable)",
-                  "openvino_version": openvino_version(), "cpu": cpu_description()}
+                  "onnxruntime_isa": ONNXRUNTIME_ISA, "openvino_version": openvino_version(),
+                  "cpu": cpu_description()}
         for threads in thread_counts:
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
@@ -225,6 +270,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             openvino = openvino_requests(tmp, threads, batch_sizes, (image_size, image_size, 3))
             result["kernels"] = {name: FastExecutor(rt.model, isa=isa).kernels()
                                       for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
+            result["baseline_isas"] = baseline_isas(isa, openvino)
             times = {}
             for batch in batch_sizes:
                 x = images[:batch]
