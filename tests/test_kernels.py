@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pixelq.errors import ExportError, InputError
 from pixelq.exporting.integers import check_accumulator_range
 from pixelq.runtime import clib, fast, fusion
-from pixelq.runtime.reference import conv2d_reference, lut_reference, threshold_reference
+from pixelq.integer.reference import conv2d_reference, lut_reference, threshold_reference
 
 from arm64.cases import record as record_arm64_case
 

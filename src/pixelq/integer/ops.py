@@ -1,5 +1,6 @@
 """The integer ops, one class each: what a node of it carries (attributes, tensors, inputs), the
-rules it must keep, the shape of its output and its MACs. `check_graph` applies them to a whole
+rules it must keep, the shape of its output, its MACs and its reference computation (numpy, int64:
+`reference`, which `pixelq.runtime.reference` runs node by node). `check_graph` applies them to a whole
 model, so a model file whose manifest was edited - even with its checksum recomputed - is refused
 before anything is allocated or run, and `infer_shapes` gives `pixelq inspect` and `bitops` the
 same shapes the checks computed.
@@ -15,6 +16,7 @@ import math
 import numpy as np
 
 from .packing import code_bits
+from .reference import conv2d_reference, lut_reference, threshold_reference
 
 MAX_SIDE = 1 << 15  # pixels on an image side
 MAX_ELEMENTS = 1 << 28  # values of one node's output for one image: far above any CNN here, far below a crash
@@ -102,6 +104,11 @@ class Op:
     def macs(self, node: dict, in_shape: tuple, out_shape: tuple, tensors: dict) -> int:
         return 0
 
+    def reference(self, node: dict, inputs: list, tensors: dict, values: dict):
+        """The op's output for its `inputs` (arrays, batch first), the node's `tensors` by short name;
+        `values` holds every output so far (a node may leave a note there for a later one)."""
+        raise NotImplementedError(self.name)
+
     def encoding(self, node: dict, key: str) -> dict:
         """How the model file stores tensor `key` of `node`: integer codes packed at their bit width
         (code = lowest + stride * u, u in `bits` bits), or raw in a dtype."""
@@ -166,6 +173,9 @@ class Lookup(Op):
         if source is not None and not (0 <= source.get("qmin", -1) <= source.get("qmax", 256) <= 255):
             _fail(node, f"looks up byte values; its input {source['name']!r} gives codes outside 0..255")
 
+    def reference(self, node, inputs, tensors, values):
+        return lut_reference(inputs[0], tensors["lut"])
+
 
 def _window(node: dict, side: "int | None", kernel: int, stride: int, padding: int = 0) -> "int | None":
     """Output length of a window sliding over `side` (None: not known here)."""
@@ -206,11 +216,14 @@ class Conv(Op):
         h, w, c = out_shape
         return h * w * c * node["in_channels"] * node["kernel"] ** 2 // node.get("groups", 1)
 
+    def reference(self, node, inputs, tensors, values):
+        return conv2d_reference(inputs[0], tensors["weight"], node["stride"], node["padding"], node.get("groups", 1))
+
 
 @register
 class FusedConv(Conv):
     """A conv and what the runtime's plan fused into it (`pixelq.runtime.fusion`; the reference runs
-    it step by step, `reference.conv_chain`): the lookup of the image before it (`lut`, codes in
+    it step by step, `FusedConv.reference`): the lookup of the image before it (`lut`, codes in
     `lut_range`), its thresholds (`direction`, `thresholds`; qmin, qmax, step), a residual add of
     input 1 after them (residual_stride, residual_qmax, residual_shift), input codes shifted by
     `input_shift` with the shift's share `offset` taken off accumulators it writes. `conv_name`
@@ -272,6 +285,28 @@ class FusedConv(Conv):
                 _fail(node, f"its shortcut {shapes[1]} read at stride {s} does not fit its output {out}")
         return out
 
+    def reference(self, node, inputs, tensors, values):
+        """The conv and what was fused into it, one step after the other: the lookup of the pixels, the
+        conv over codes shifted by `input_shift` (padded with the shift, then `offset` taken off), the
+        thresholds, the residual add of input 1 (subsampled by `residual_stride`, zero channels
+        appended, `residual_shift` taken off, clipped to [0, residual_qmax])."""
+        codes = lut_reference(inputs[0], tensors["lut"]) if "lut" in tensors else inputs[0]
+        shift, p = node.get("input_shift", 0), node["padding"]
+        if shift:
+            codes = np.pad(np.asarray(codes, np.int64) + shift, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=shift)
+            p = 0
+        out = conv2d_reference(codes, tensors["weight"], node["stride"], p, node.get("groups", 1))
+        if "offset" in tensors:
+            out = out - tensors["offset"]
+        if "thresholds" in tensors:
+            out = threshold_reference(out, tensors["direction"], tensors["thresholds"], node["qmin"])
+        if node.get("residual_stride"):
+            s = node["residual_stride"]
+            shortcut = inputs[1][:, ::s, ::s]
+            shortcut = np.pad(shortcut, ((0, 0), (0, 0), (0, 0), (0, out.shape[-1] - shortcut.shape[-1])))
+            out = np.clip(out + shortcut - node.get("residual_shift", 0), 0, node["residual_qmax"])
+        return out
+
 
 @register
 class Threshold(Op):
@@ -289,6 +324,9 @@ class Threshold(Op):
         _expect(node, "thresholds", _shape_of(node, tensors, "thresholds"), (c, node["qmax"] - node["qmin"]))
         return shapes[0]
 
+    def reference(self, node, inputs, tensors, values):
+        return threshold_reference(inputs[0], tensors["direction"], tensors["thresholds"], node["qmin"])
+
 
 @register
 class AddClip(Op):
@@ -305,6 +343,9 @@ class AddClip(Op):
             _fail(node, f"adds maps of different shapes {shapes[0]} and {shapes[1]}")
         return shapes[0]
 
+    def reference(self, node, inputs, tensors, values):
+        return np.clip(inputs[0].astype(np.int64) + inputs[1] - node.get("shift", 0), node["qmin"], node["qmax"])
+
 
 @register
 class SubsamplePad(Op):
@@ -318,6 +359,10 @@ class SubsamplePad(Op):
         s = node["stride"]
         return (None if h is None else -(-h // s)), (None if w is None else -(-w // s)), c + node["extra_channels"]
 
+    def reference(self, node, inputs, tensors, values):
+        s = node["stride"]
+        return np.pad(inputs[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
+
 
 @register
 class MaxPool(Op):
@@ -330,6 +375,10 @@ class MaxPool(Op):
         h, w, c = shapes[0]
         return _window(node, h, node["kernel"], node["stride"]), _window(node, w, node["kernel"], node["stride"]), c
 
+    def reference(self, node, inputs, tensors, values):
+        k, s = node["kernel"], node["stride"]
+        return np.lib.stride_tricks.sliding_window_view(inputs[0], (k, k), axis=(1, 2))[:, ::s, ::s].max((-2, -1))
+
 
 @register
 class SumPool(Op):
@@ -340,6 +389,10 @@ class SumPool(Op):
 
     def output_shape(self, node, shapes, tensors):
         return (shapes[0][2],)
+
+    def reference(self, node, inputs, tensors, values):
+        values["pool.count"] = inputs[0].shape[1] * inputs[0].shape[2]  # for a float last layer's scale
+        return inputs[0].sum((1, 2), dtype=np.int64)
 
 
 @register
@@ -365,6 +418,9 @@ class Linear(Op):
     def macs(self, node, in_shape, out_shape, tensors):
         return node["in_channels"] * node["out_channels"]
 
+    def reference(self, node, inputs, tensors, values):
+        return inputs[0] @ np.asarray(tensors["weight"], np.int64).T
+
 
 @register
 class LinearFloat(Op):
@@ -386,6 +442,10 @@ class LinearFloat(Op):
     def macs(self, node, in_shape, out_shape, tensors):
         return in_shape[0] * out_shape[0]
 
+    def reference(self, node, inputs, tensors, values):
+        scale = np.float32(node["step"] / values["pool.count"])
+        return (inputs[0].astype(np.float32) * scale) @ tensors["weight"].T + tensors["bias"]
+
 
 @register
 class Affine(Op):
@@ -402,6 +462,9 @@ class Affine(Op):
         _expect(node, "bias", _shape_of(node, tensors, "bias"), (c,))
         return shapes[0]
 
+    def reference(self, node, inputs, tensors, values):
+        return inputs[0] * tensors["scale"] + tensors["bias"]
+
 
 @register
 class Quantize(Op):
@@ -413,6 +476,10 @@ class Quantize(Op):
 
     def output_shape(self, node, shapes, tensors):
         return shapes[0]
+
+    def reference(self, node, inputs, tensors, values):
+        """Round half up, as the thresholds (transforms.fold_batchnorm_into_thresholds) count."""
+        return np.clip(np.floor(inputs[0] / node["step"] + 0.5), node["qmin"], node["qmax"]).astype(np.int64)
 
 
 def op_of(node: dict) -> Op:

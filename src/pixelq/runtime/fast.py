@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..integer.ops import OPS
 from . import clib, fusion
-from .reference import REFERENCE_OPS, node_tensors
+from .reference import node_tensors
 
 
 def kernels_available() -> bool:
@@ -185,7 +185,7 @@ class FastExecutor:
                     values[name] = self.net.value(self._values[name])
         for node, t in zip(self._tail, self._tail_tensors):
             start = time.perf_counter()
-            values[node["name"]] = REFERENCE_OPS[node["op"]](node, [values[i] for i in node["inputs"]], t, values)
+            values[node["name"]] = OPS[node["op"]].reference(node, [values[i] for i in node["inputs"]], t, values)
             if seconds is not None:
                 seconds[node["name"]] = time.perf_counter() - start
         return values

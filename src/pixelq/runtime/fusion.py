@@ -17,7 +17,7 @@
                        `fused_conv` for it
 A fused node (op `fused_conv`) keeps the conv's attributes, adds those of what it absorbed and is
 named after the last node it absorbed, so every reader and every compared output keep their names;
-`conv_name` names its conv. The reference executor runs it step by step (`reference.conv_chain`),
+`conv_name` names its conv. The reference executor runs it step by step (`FusedConv.reference`),
 so each transform is checked by running the reference before and after it. Only numpy.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..integer import IntegerModel
 from ..integer.transforms import INT32_MAX, INT32_MIN, Rewrite, apply
-from .reference import threshold_reference
+from ..integer.reference import threshold_reference
 
 CONV_OPS = ("conv", "fused_conv")
 LOOKUP_CHANNELS = 64  # the lookup conv packs one pixel's codes of a plane into one 64-bit word
