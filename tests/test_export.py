@@ -532,13 +532,16 @@ def test_onnx_writers_refuse_what_they_cannot_write(tmp_path):
 def test_every_registered_op_has_all_its_parts():
     """An op is one class in pixelq.integer.ops: each registered op states its attributes (with
     rules), tensors and how each is stored, checks its nodes, gives its output shape and MACs, and
-    has a reference computation of its own. (Its ONNX forms still live in the writers.)"""
+    has a reference computation of its own, and every op an exported file's graph holds writes its
+    integer ONNX form itself (the plan's fused_conv and the plain graph's affine and quantize have
+    none: their ONNX is the QDQ writer's, exporting.qdq)."""
     import inspect
 
     from pixelq.integer.ops import OPS, RULES, Op
     for name, op in OPS.items():
         assert op.name == name and isinstance(op, Op)
         assert type(op).reference is not Op.reference, name  # fused_conv too: the runtime's plan, in the file
+        assert (type(op).onnx is Op.onnx) == (name in ("fused_conv", "affine", "quantize")), name
         assert all(rule in RULES for rule in (*op.attrs.values(), *op.optional.values()))
         assert type(op).output_shape is not Op.output_shape, name
         for key in op.tensors:

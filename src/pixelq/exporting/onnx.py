@@ -1,9 +1,10 @@
 """The integer graph as an ONNX model (`pixelq export --format onnx-integer`), for checking and other tools
 (the QDQ form ONNX Runtime accelerates, `--format onnx`, is qdq.py).
 
-A graph-to-graph transform of `pixelq.integer.IntegerModel`, op for op, in standard ONNX (opset 17):
-codes are integers held in float32 tensors (NCHW), exact while accumulators stay below 2^24, so the
-model computes what the integer runtime does, labels included:
+A graph-to-graph transform of `pixelq.integer.IntegerModel`, op for op (each op's `onnx` method in
+`pixelq.integer.ops` writes its nodes), in standard ONNX (opset 17): codes are integers held in float32
+tensors (NCHW), exact while accumulators stay below 2^24, so the model computes what the integer
+runtime does, labels included:
   lut            Gather from the tables (one per colour, or shared), then NHWC -> NCHW
   conv           Conv with the weight codes
   threshold      qmin + ReduceSum(direction * acc >= thresholds) over the levels
@@ -109,19 +110,29 @@ class OnnxGraph:
         return proto
 
 
-def to_onnx(model: IntegerModel, qonnx: bool = False):
-    """The ONNX (or QONNX) ModelProto of an integer graph (needs the `onnx` package: pip install
-    pixelq[bench]; running QONNX needs the qonnx package)."""
-    g = OnnxGraph()
-    const, op, TensorProto = g.const, g.op, g.onnx.TensorProto
+class OnnxForm:
+    """What an op's `onnx` method writes into (`pixelq.integer.ops`): the graph, whether it is QONNX,
+    the model's meta, the pooled positions' count (set by sum_pool, read by the last layer), and for
+    QONNX the per-image shapes of the graph and the custom ops' output shapes declared so far."""
 
-    def weights(name: str, node: dict, codes: np.ndarray) -> str:
+    QONNX_DOMAIN = QONNX_DOMAIN
+
+    def __init__(self, graph: OnnxGraph, model: IntegerModel, qonnx: bool):
+        self.graph, self.qonnx, self.meta = graph, qonnx, model.meta
+        self.FLOAT = graph.onnx.TensorProto.FLOAT
+        self.count = None
+        self.declared = {}
+        image_shape = model.meta.get("image_shape")
+        self.shapes = infer_shapes(model.nodes, model.tensors, tuple(image_shape)) if qonnx and image_shape else None
+
+    def weights(self, name: str, node: dict, codes: np.ndarray) -> str:
         """The weight codes as a constant, or in QONNX as a (Bipolar)Quant node's output."""
-        w = const(f"{name}/weight_codes" if qonnx else f"{name}/weight", codes.astype(np.float32))
-        if not qonnx:
+        const, op = self.graph.const, self.graph.op
+        w = const(f"{name}/weight_codes" if self.qonnx else f"{name}/weight", codes.astype(np.float32))
+        if not self.qonnx:
             return w
         one = const(f"{name}/weight_scale", np.float32(1.0))
-        declared[f"{name}/weight"] = list(codes.shape)
+        self.declared[f"{name}/weight"] = list(codes.shape)
         if node["weight_bits"] == 1 and node["weight_lowest"] == -1 and node["weight_stride"] == 2:
             return op("BipolarQuant", [w, one], f"{name}/weight", domain=QONNX_DOMAIN)
         lo, hi = int(codes.min(initial=0)), int(codes.max(initial=0))
@@ -129,74 +140,26 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
                             const(f"{name}/weight_bits", np.float32(_signed_bits(lo, hi)))], f"{name}/weight",
                   domain=QONNX_DOMAIN, signed=1, narrow=0, rounding_mode="ROUND")
 
+    def declare(self, name: str) -> None:
+        """QONNX: a custom op's output shape, NCHW, from the graph's per-image shapes."""
+        if self.shapes is not None:
+            shape = self.shapes[name]
+            self.declared[name] = [1, shape[2], shape[0], shape[1]] if len(shape) == 3 else [1, *shape]
+
+
+def to_onnx(model: IntegerModel, qonnx: bool = False):
+    """The ONNX (or QONNX) ModelProto of an integer graph, each node written by its op's `onnx`
+    method (`pixelq.integer.ops`; needs the `onnx` package: pip install pixelq[bench]; running QONNX
+    needs the qonnx package)."""
+    from ..integer.ops import op_of
+
+    form = OnnxForm(OnnxGraph(), model, qonnx)
     out = {"image": "image"}
-    count = None  # the pooled positions, for the logits' scale
-    declared = {}  # QONNX: the shapes of its custom ops' outputs, which ONNX's shape inference cannot work out
-    image_shape = model.meta.get("image_shape")
-    per_image = infer_shapes(model.nodes, model.tensors, tuple(image_shape)) if qonnx and image_shape else None
     for node in model.nodes:
-        name, kind, src = node["name"], node["op"], [out[i] for i in node["inputs"]]
-        t = {k: model.tensors[f"{name}.{k}"] for k in node["tensors"]}
-        if kind == "lut":
-            out[name] = g.lookup(name, np.asarray(t["lut"], np.float32), node["in_channels"])
-        elif kind == "conv":
-            weight = np.ascontiguousarray(np.asarray(t["weight"]).transpose(0, 3, 1, 2))
-            k, s, p = node["kernel"], node["stride"], node["padding"]
-            out[name] = op("Conv", [src[0], weights(name, node, weight)], name, kernel_shape=[k, k],
-                           strides=[s, s], pads=[p, p, p, p], group=node.get("groups", 1))
-        elif kind == "threshold":
-            channels, levels = t["thresholds"].shape
-            signed = op("Mul", [src[0], const(f"{name}/direction",
-                                               np.asarray(t["direction"], np.float32).reshape(1, -1, 1, 1))],
-                        f"{name}/signed")
-            if qonnx:  # codes = qmin + #{l: signed >= thresholds[:, l]}
-                if per_image is not None:
-                    shape = per_image[name]
-                    declared[name] = [1, shape[2], shape[0], shape[1]] if len(shape) == 3 else [1, *shape]
-                bits = max(int(node["qmax"] - min(node["qmin"], 0)).bit_length(), 1)
-                out[name] = op("MultiThreshold", [signed, const(f"{name}/thresholds",
-                                                                np.asarray(t["thresholds"], np.float32))],
-                               name, domain=QONNX_DOMAIN, out_dtype=f"{'INT' if node['qmin'] < 0 else 'UINT'}{bits}",
-                               out_scale=1.0, out_bias=float(node["qmin"]), data_layout="NCHW")
-                continue
-            signed = op("Unsqueeze", [signed, const(f"{name}/axis", np.array([4], np.int64))], f"{name}/levels_axis")
-            passed = op("GreaterOrEqual", [signed, const(f"{name}/thresholds", np.asarray(t["thresholds"], np.float32)
-                                                         .reshape(1, channels, 1, 1, levels))], f"{name}/passed")
-            passed = op("Cast", [passed], f"{name}/passed_f", to=TensorProto.FLOAT)
-            summed = op("ReduceSum", [passed, const(f"{name}/sum_axis", np.array([4], np.int64))], f"{name}/count",
-                        keepdims=0)
-            out[name] = op("Add", [summed, const(f"{name}/qmin", np.float32(node["qmin"]))], name)
-        elif kind == "add_clip":
-            added = op("Add", src, f"{name}/sum")
-            out[name] = op("Clip", [added, const(f"{name}/min", np.float32(node["qmin"])),
-                                    const(f"{name}/max", np.float32(node["qmax"]))], name)
-        elif kind == "subsample_pad":
-            out[name] = g.subsample_pad(name, src[0], node["stride"], node["extra_channels"])
-        elif kind == "max_pool":
-            k, s = node["kernel"], node["stride"]
-            out[name] = op("MaxPool", src, name, kernel_shape=[k, k], strides=[s, s])
-        elif kind == "sum_pool":
-            out[name] = op("ReduceSum", [src[0], const(f"{name}/axes", np.array([2, 3], np.int64))], name, keepdims=0)
-            shape = op("Shape", [src[0]], f"{name}/shape")
-            area = op("ReduceProd", [op("Slice", [shape, const(f"{name}/hw0", np.array([2], np.int64)),
-                                                  const(f"{name}/hw1", np.array([4], np.int64))], f"{name}/hw")],
-                      f"{name}/area", keepdims=0)
-            count = op("Cast", [area], f"{name}/count", to=TensorProto.FLOAT)
-        elif kind == "linear":
-            integer = op("MatMul", [src[0], op("Transpose", [weights(name, node, np.asarray(t["weight"]))],
-                                               f"{name}/weight_t", perm=[1, 0])], f"{name}/integer")
-            scaled = op("Mul", [integer, const(f"{name}/scale", np.asarray(model.meta["logit_scale"], np.float32))],
-                        f"{name}/scaled")
-            out[name] = op("Div", [scaled, count], name)
-        elif kind == "linear_float":
-            mean = op("Div", [op("Mul", [src[0], const(f"{name}/step", np.float32(node["step"]))], f"{name}/steps"),
-                              count], f"{name}/mean")
-            out[name] = op("Add", [op("MatMul", [mean, const(f"{name}/weight", np.asarray(t["weight"], np.float32).T)],
-                                      f"{name}/product"), const(f"{name}/bias", np.asarray(t["bias"], np.float32))],
-                           name)
-        else:
-            raise ExportError(f"{name}: op {kind!r} has no ONNX form yet")
-    return g.model(model.meta, out[model.meta["output"]], "pixelq", qonnx, declared if per_image is not None else None)
+        tensors = {k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
+        out[node["name"]] = op_of(node).onnx(form, node, [out[i] for i in node["inputs"]], tensors)
+    return form.graph.model(model.meta, out[model.meta["output"]], "pixelq", qonnx,
+                            form.declared if form.shapes is not None else None)
 
 
 def save_onnx(model: IntegerModel, path: "str | Path", form: str = "onnx-integer") -> None:

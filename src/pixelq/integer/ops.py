@@ -1,6 +1,7 @@
 """The integer ops, one class each: what a node of it carries (attributes, tensors, inputs), the
-rules it must keep, the shape of its output, its MACs and its reference computation (numpy, int64:
-`reference`, which `pixelq.runtime.reference` runs node by node). `check_graph` applies them to a whole
+rules it must keep, the shape of its output, its MACs, its reference computation (numpy, int64:
+`reference`, which `pixelq.runtime.reference` runs node by node) and its integer ONNX and QONNX form
+(`onnx`, which `pixelq.exporting.onnx.to_onnx` calls node by node). `check_graph` applies them to a whole
 model, so a model file whose manifest was edited - even with its checksum recomputed - is refused
 before anything is allocated or run, and `infer_shapes` gives `pixelq inspect` and `bitops` the
 same shapes the checks computed.
@@ -109,6 +110,13 @@ class Op:
         `values` holds every output so far (a node may leave a note there for a later one)."""
         raise NotImplementedError(self.name)
 
+    def onnx(self, form, node: dict, inputs: list, tensors: dict) -> str:
+        """Write the node into `form` (`pixelq.exporting.onnx.OnnxForm`: its graph, QONNX or not),
+        reading the ONNX tensors named `inputs`; the name of the tensor that holds its output."""
+        from ..errors import ExportError
+
+        raise ExportError(f"{node['name']}: op {self.name!r} has no ONNX form")
+
     def encoding(self, node: dict, key: str) -> dict:
         """How the model file stores tensor `key` of `node`: integer codes packed at their bit width
         (code = lowest + stride * u, u in `bits` bits), or raw in a dtype."""
@@ -176,6 +184,9 @@ class Lookup(Op):
     def reference(self, node, inputs, tensors, values):
         return lut_reference(inputs[0], tensors["lut"])
 
+    def onnx(self, form, node, inputs, tensors):
+        return form.graph.lookup(node["name"], np.asarray(tensors["lut"], np.float32), node["in_channels"])
+
 
 def _window(node: dict, side: "int | None", kernel: int, stride: int, padding: int = 0) -> "int | None":
     """Output length of a window sliding over `side` (None: not known here)."""
@@ -218,6 +229,12 @@ class Conv(Op):
 
     def reference(self, node, inputs, tensors, values):
         return conv2d_reference(inputs[0], tensors["weight"], node["stride"], node["padding"], node.get("groups", 1))
+
+    def onnx(self, form, node, inputs, tensors):
+        weight = np.ascontiguousarray(np.asarray(tensors["weight"]).transpose(0, 3, 1, 2))
+        k, s, p = node["kernel"], node["stride"], node["padding"]
+        return form.graph.op("Conv", [inputs[0], form.weights(node["name"], node, weight)], node["name"],
+                             kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], group=node.get("groups", 1))
 
 
 @register
@@ -307,6 +324,8 @@ class FusedConv(Conv):
             out = np.clip(out + shortcut - node.get("residual_shift", 0), 0, node["residual_qmax"])
         return out
 
+    onnx = Op.onnx  # the runtime's plan only; files export their graph
+
 
 @register
 class Threshold(Op):
@@ -327,6 +346,28 @@ class Threshold(Op):
     def reference(self, node, inputs, tensors, values):
         return threshold_reference(inputs[0], tensors["direction"], tensors["thresholds"], node["qmin"])
 
+    def onnx(self, form, node, inputs, tensors):
+        """qmin + ReduceSum(direction * acc >= thresholds) over the levels; QONNX: a MultiThreshold."""
+        g, name = form.graph, node["name"]
+        channels, levels = tensors["thresholds"].shape
+        direction = g.const(f"{name}/direction", np.asarray(tensors["direction"], np.float32).reshape(1, -1, 1, 1))
+        signed = g.op("Mul", [inputs[0], direction], f"{name}/signed")
+        if form.qonnx:  # codes = qmin + #{l: signed >= thresholds[:, l]}
+            form.declare(name)
+            bits = max(int(node["qmax"] - min(node["qmin"], 0)).bit_length(), 1)
+            thresholds = g.const(f"{name}/thresholds", np.asarray(tensors["thresholds"], np.float32))
+            return g.op("MultiThreshold", [signed, thresholds], name, domain=form.QONNX_DOMAIN,
+                        out_dtype=f"{'INT' if node['qmin'] < 0 else 'UINT'}{bits}", out_scale=1.0,
+                        out_bias=float(node["qmin"]), data_layout="NCHW")
+        signed = g.op("Unsqueeze", [signed, g.const(f"{name}/axis", np.array([4], np.int64))], f"{name}/levels_axis")
+        thresholds = g.const(f"{name}/thresholds", np.asarray(tensors["thresholds"], np.float32)
+                             .reshape(1, channels, 1, 1, levels))
+        passed = g.op("Cast", [g.op("GreaterOrEqual", [signed, thresholds], f"{name}/passed")], f"{name}/passed_f",
+                      to=form.FLOAT)
+        summed = g.op("ReduceSum", [passed, g.const(f"{name}/sum_axis", np.array([4], np.int64))], f"{name}/count",
+                      keepdims=0)
+        return g.op("Add", [summed, g.const(f"{name}/qmin", np.float32(node["qmin"]))], name)
+
 
 @register
 class AddClip(Op):
@@ -346,6 +387,14 @@ class AddClip(Op):
     def reference(self, node, inputs, tensors, values):
         return np.clip(inputs[0].astype(np.int64) + inputs[1] - node.get("shift", 0), node["qmin"], node["qmax"])
 
+    def onnx(self, form, node, inputs, tensors):
+        g, name = form.graph, node["name"]
+        added = g.op("Add", inputs, f"{name}/sum")
+        if node.get("shift", 0):
+            added = g.op("Sub", [added, g.const(f"{name}/shift", np.float32(node["shift"]))], f"{name}/shifted")
+        return g.op("Clip", [added, g.const(f"{name}/min", np.float32(node["qmin"])),
+                             g.const(f"{name}/max", np.float32(node["qmax"]))], name)
+
 
 @register
 class SubsamplePad(Op):
@@ -363,6 +412,9 @@ class SubsamplePad(Op):
         s = node["stride"]
         return np.pad(inputs[0][:, ::s, ::s, :], ((0, 0), (0, 0), (0, 0), (0, node["extra_channels"])))
 
+    def onnx(self, form, node, inputs, tensors):
+        return form.graph.subsample_pad(node["name"], inputs[0], node["stride"], node["extra_channels"])
+
 
 @register
 class MaxPool(Op):
@@ -379,6 +431,10 @@ class MaxPool(Op):
         k, s = node["kernel"], node["stride"]
         return np.lib.stride_tricks.sliding_window_view(inputs[0], (k, k), axis=(1, 2))[:, ::s, ::s].max((-2, -1))
 
+    def onnx(self, form, node, inputs, tensors):
+        k, s = node["kernel"], node["stride"]
+        return form.graph.op("MaxPool", inputs, node["name"], kernel_shape=[k, k], strides=[s, s])
+
 
 @register
 class SumPool(Op):
@@ -393,6 +449,16 @@ class SumPool(Op):
     def reference(self, node, inputs, tensors, values):
         values["pool.count"] = inputs[0].shape[1] * inputs[0].shape[2]  # for a float last layer's scale
         return inputs[0].sum((1, 2), dtype=np.int64)
+
+    def onnx(self, form, node, inputs, tensors):
+        """ReduceSum over the map; the count of positions kept in `form` for the logits' scale."""
+        g, name = form.graph, node["name"]
+        shape = g.op("Shape", [inputs[0]], f"{name}/shape")
+        hw = g.op("Slice", [shape, g.const(f"{name}/hw0", np.array([2], np.int64)),
+                            g.const(f"{name}/hw1", np.array([4], np.int64))], f"{name}/hw")
+        form.count = g.op("Cast", [g.op("ReduceProd", [hw], f"{name}/area", keepdims=0)], f"{name}/count",
+                          to=form.FLOAT)
+        return g.op("ReduceSum", [inputs[0], g.const(f"{name}/axes", np.array([2, 3], np.int64))], name, keepdims=0)
 
 
 @register
@@ -421,6 +487,15 @@ class Linear(Op):
     def reference(self, node, inputs, tensors, values):
         return inputs[0] @ np.asarray(tensors["weight"], np.int64).T
 
+    def onnx(self, form, node, inputs, tensors):
+        """MatMul, times the per-class scale / count: float logits."""
+        g, name = form.graph, node["name"]
+        weight = g.op("Transpose", [form.weights(name, node, np.asarray(tensors["weight"]))], f"{name}/weight_t",
+                      perm=[1, 0])
+        integer = g.op("MatMul", [inputs[0], weight], f"{name}/integer")
+        scale = g.const(f"{name}/scale", np.asarray(form.meta["logit_scale"], np.float32))
+        return g.op("Div", [g.op("Mul", [integer, scale], f"{name}/scaled"), form.count], name)
+
 
 @register
 class LinearFloat(Op):
@@ -445,6 +520,15 @@ class LinearFloat(Op):
     def reference(self, node, inputs, tensors, values):
         scale = np.float32(node["step"] / values["pool.count"])
         return (inputs[0].astype(np.float32) * scale) @ tensors["weight"].T + tensors["bias"]
+
+    def onnx(self, form, node, inputs, tensors):
+        """The pooled mean (sums * step / count) times the weights, plus the bias."""
+        g, name = form.graph, node["name"]
+        steps = g.op("Mul", [inputs[0], g.const(f"{name}/step", np.float32(node["step"]))], f"{name}/steps")
+        mean = g.op("Div", [steps, form.count], f"{name}/mean")
+        product = g.op("MatMul", [mean, g.const(f"{name}/weight", np.asarray(tensors["weight"], np.float32).T)],
+                       f"{name}/product")
+        return g.op("Add", [product, g.const(f"{name}/bias", np.asarray(tensors["bias"], np.float32))], name)
 
 
 @register
