@@ -534,7 +534,8 @@ def test_every_registered_op_has_all_its_parts():
     rules), tensors and how each is stored, checks its nodes, gives its output shape and MACs, and
     has a reference computation of its own, and every op an exported file's graph holds writes its
     integer ONNX form itself (the plan's fused_conv and the plain graph's affine and quantize have
-    none: their ONNX is the QDQ writer's, exporting.qdq)."""
+    none) and every op of the plain graph its QDQ form (the thresholds and the plan's fused_conv have
+    none)."""
     import inspect
 
     from pixelq.integer.ops import OPS, RULES, Op
@@ -542,6 +543,7 @@ def test_every_registered_op_has_all_its_parts():
         assert op.name == name and isinstance(op, Op)
         assert type(op).reference is not Op.reference, name  # fused_conv too: the runtime's plan, in the file
         assert (type(op).onnx is Op.onnx) == (name in ("fused_conv", "affine", "quantize")), name
+        assert (type(op).qdq is Op.qdq) == (name in ("fused_conv", "threshold")), name  # QDQ: the plain graph
         assert all(rule in RULES for rule in (*op.attrs.values(), *op.optional.values()))
         assert type(op).output_shape is not Op.output_shape, name
         for key in op.tensors:

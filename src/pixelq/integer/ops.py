@@ -1,7 +1,8 @@
 """The integer ops, one class each: what a node of it carries (attributes, tensors, inputs), the
 rules it must keep, the shape of its output, its MACs, its reference computation (numpy, int64:
-`reference`, which `pixelq.runtime.reference` runs node by node) and its integer ONNX and QONNX form
-(`onnx`, which `pixelq.exporting.onnx.to_onnx` calls node by node). `check_graph` applies them to a whole
+`reference`, which `pixelq.runtime.reference` runs node by node) its integer ONNX and QONNX form
+(`onnx`, which `pixelq.exporting.onnx.to_onnx` calls node by node) and its QDQ form (`qdq`, which
+`pixelq.exporting.qdq.to_qdq` calls on the plain graph). `check_graph` applies them to a whole
 model, so a model file whose manifest was edited - even with its checksum recomputed - is refused
 before anything is allocated or run, and `infer_shapes` gives `pixelq inspect` and `bitops` the
 same shapes the checks computed.
@@ -16,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..errors import ExportError
 from .packing import code_bits
 from .reference import conv2d_reference, lut_reference, threshold_reference
 
@@ -113,9 +115,12 @@ class Op:
     def onnx(self, form, node: dict, inputs: list, tensors: dict) -> str:
         """Write the node into `form` (`pixelq.exporting.onnx.OnnxForm`: its graph, QONNX or not),
         reading the ONNX tensors named `inputs`; the name of the tensor that holds its output."""
-        from ..errors import ExportError
-
         raise ExportError(f"{node['name']}: op {self.name!r} has no ONNX form")
+
+    def qdq(self, form, node: dict, tensors: dict) -> None:
+        """Write the node of a plain graph into `form` (`pixelq.exporting.qdq.QdqForm`), recording its
+        output in form.codes."""
+        raise ExportError(f"{node['name']}: op {self.name!r} has no QDQ form")
 
     def encoding(self, node: dict, key: str) -> dict:
         """How the model file stores tensor `key` of `node`: integer codes packed at their bit width
@@ -187,6 +192,12 @@ class Lookup(Op):
     def onnx(self, form, node, inputs, tensors):
         return form.graph.lookup(node["name"], np.asarray(tensors["lut"], np.float32), node["in_channels"])
 
+    def qdq(self, form, node, tensors):
+        """Gather of the code table as uint8 (signed codes shifted by their zero point), NHWC -> NCHW."""
+        zero = form.zero_point(node["name"], node["qmin"], node["qmax"])
+        table = (np.asarray(tensors["lut"], np.int64) + zero).astype(np.uint8)  # (T, 256, d)
+        form.codes[node["name"]] = (form.graph.lookup(node["name"], table, node["in_channels"]), node["step"], zero)
+
 
 def _window(node: dict, side: "int | None", kernel: int, stride: int, padding: int = 0) -> "int | None":
     """Output length of a window sliding over `side` (None: not known here)."""
@@ -235,6 +246,9 @@ class Conv(Op):
         k, s, p = node["kernel"], node["stride"], node["padding"]
         return form.graph.op("Conv", [inputs[0], form.weights(node["name"], node, weight)], node["name"],
                              kernel_shape=[k, k], strides=[s, s], pads=[p, p, p, p], group=node.get("groups", 1))
+
+    def qdq(self, form, node, tensors):
+        """Nothing: a conv is written with the affine that reads it (Affine.qdq)."""
 
 
 @register
@@ -326,6 +340,8 @@ class FusedConv(Conv):
 
     onnx = Op.onnx  # the runtime's plan only; files export their graph
 
+    qdq = Op.qdq  # the runtime's plan only
+
 
 @register
 class Threshold(Op):
@@ -395,6 +411,13 @@ class AddClip(Op):
         return g.op("Clip", [added, g.const(f"{name}/min", np.float32(node["qmin"])),
                              g.const(f"{name}/max", np.float32(node["qmax"]))], name)
 
+    def qdq(self, form, node, tensors):
+        """DequantizeLinear x 2, Add, QuantizeLinear, Clip."""
+        if node.get("shift", 0):
+            raise ExportError(f"{node['name']}: a shifted add (the runtime's plan) has no QDQ form")
+        added = form.graph.op("Add", [form.dequantize(i) for i in node["inputs"]], f"{node['name']}/sum")
+        form.quantize(node["name"], added, node["step"], node["qmin"], node["qmax"])
+
 
 @register
 class SubsamplePad(Op):
@@ -415,6 +438,13 @@ class SubsamplePad(Op):
     def onnx(self, form, node, inputs, tensors):
         return form.graph.subsample_pad(node["name"], inputs[0], node["stride"], node["extra_channels"])
 
+    def qdq(self, form, node, tensors):
+        """Slice with steps and Pad of channels, on the codes (the appended channels hold code 0)."""
+        tensor, step, zero = form.codes[node["inputs"][0]]
+        fill = form.graph.const(f"{node['name']}/code_zero", np.array(zero, np.uint8))
+        form.codes[node["name"]] = (form.graph.subsample_pad(node["name"], tensor, node["stride"], node["extra_channels"],
+                                                             fill), step, zero)
+
 
 @register
 class MaxPool(Op):
@@ -434,6 +464,12 @@ class MaxPool(Op):
     def onnx(self, form, node, inputs, tensors):
         k, s = node["kernel"], node["stride"]
         return form.graph.op("MaxPool", inputs, node["name"], kernel_shape=[k, k], strides=[s, s])
+
+    def qdq(self, form, node, tensors):
+        tensor, step, zero = form.codes[node["inputs"][0]]
+        k, s = node["kernel"], node["stride"]
+        form.codes[node["name"]] = (form.graph.op("MaxPool", [tensor], node["name"], kernel_shape=[k, k], strides=[s, s]),
+                                    step, zero)
 
 
 @register
@@ -459,6 +495,12 @@ class SumPool(Op):
         form.count = g.op("Cast", [g.op("ReduceProd", [hw], f"{name}/area", keepdims=0)], f"{name}/count",
                           to=form.FLOAT)
         return g.op("ReduceSum", [inputs[0], g.const(f"{name}/axes", np.array([2, 3], np.int64))], name, keepdims=0)
+
+    def qdq(self, form, node, tensors):
+        """The mean of the real codes (sums x step / count), for the last layer; axes an attribute until
+        opset 18."""
+        form.mean = form.graph.op("ReduceMean", [form.dequantize(node["inputs"][0])], node["name"], axes=[2, 3],
+                                  keepdims=0)
 
 
 @register
@@ -496,6 +538,15 @@ class Linear(Op):
         scale = g.const(f"{name}/scale", np.asarray(form.meta["logit_scale"], np.float32))
         return g.op("Div", [g.op("Mul", [integer, scale], f"{name}/scaled"), form.count], name)
 
+    def qdq(self, form, node, tensors):
+        """logits = mean x weight codes x per-class scale / step (the weights dequantized per class)."""
+        g, name = form.graph, node["name"]
+        scale = np.asarray(form.meta["logit_scale"], np.float64) / form.by_name[node["inputs"][0]]["step"]
+        w = g.op("DequantizeLinear", [g.const(f"{name}/w_codes", np.asarray(tensors["weight"]).T.astype(np.int8)),
+                                      g.const(f"{name}/w_scale", scale.astype(np.float32)),
+                                      g.const(f"{name}/w_zero", np.zeros(len(scale), np.int8))], f"{name}/w", axis=1)
+        form.codes[name] = (g.op("MatMul", [form.mean, w], name), None, None)
+
 
 @register
 class LinearFloat(Op):
@@ -530,6 +581,13 @@ class LinearFloat(Op):
                        f"{name}/product")
         return g.op("Add", [product, g.const(f"{name}/bias", np.asarray(tensors["bias"], np.float32))], name)
 
+    def qdq(self, form, node, tensors):
+        g, name = form.graph, node["name"]
+        product = g.op("MatMul", [form.mean, g.const(f"{name}/weight", np.asarray(tensors["weight"], np.float32).T)],
+                       f"{name}/product")
+        form.codes[name] = (g.op("Add", [product, g.const(f"{name}/bias", np.asarray(tensors["bias"], np.float32))], name),
+                            None, None)
+
 
 @register
 class Affine(Op):
@@ -549,6 +607,47 @@ class Affine(Op):
     def reference(self, node, inputs, tensors, values):
         return inputs[0] * tensors["scale"] + tensors["bias"]
 
+    def qdq(self, form, node, tensors):
+        """Of codes: their DequantizeLinear (the quantize reading it requantizes them). Of a conv: the
+        Conv of the dequantized codes and weights, its batch norm folded in: the weight codes times the
+        largest spread int8 holds (127 for binary), signs flipped where the scale a is negative, scale
+        |a| / spread per channel, the bias int32 on that grid, placed where every integer accumulator
+        gets the code the thresholds give it (QdqForm.bias_codes; where no grid point does, rounded)."""
+        g, name, source = form.graph, node["name"], node["inputs"][0]
+        if source in form.codes and form.codes[source][1] is not None:  # codes requantized
+            if not (np.allclose(tensors["scale"], form.codes[source][1], rtol=1e-6, atol=0) and not np.any(tensors["bias"])):
+                raise ExportError(f"{name}: an affine of codes must be their real values (scale = step, no bias)")
+            form.codes[name] = (form.dequantize(source), None, None)
+            return
+        conv = form.by_name.get(source)
+        if conv is None or conv["op"] != "conv":
+            raise ExportError(f"{name}: an affine node must read a conv or codes in the QDQ form")
+        weight = np.asarray(form.model.tensors[f"{conv['name']}.weight"], np.int64).transpose(0, 3, 1, 2)  # OIHW
+        if weight.min(initial=0) < -127 or weight.max(initial=0) > 127:
+            raise ExportError(f"{conv['name']}: weight codes beyond int8 have no QDQ form")
+        step_in = form.codes[conv["inputs"][0]][1]
+        a, b = np.asarray(tensors["scale"], np.float64), np.asarray(tensors["bias"], np.float64)
+        # int8 weights: the codes times `spread`, sign-flipped where a < 0, each channel's scale |a| / spread
+        # (so dequantized weight x step_in = a x codes): the int32 bias then has a grid 1 / spread of an
+        # accumulator unit, as fine as int8 allows
+        spread = 127 // max(int(np.abs(weight).max(initial=0)), 1)
+        sign = np.where(a < 0, -1, 1)
+        w_scale = np.where(a == 0, 1.0, np.abs(a)) / (step_in * spread)
+        w_codes = np.where((a == 0)[:, None, None, None], 0, weight * (sign * spread)[:, None, None, None])
+        bias_scale = w_scale * step_in
+        q = form.readers[name]
+        bias = form.bias_codes(np.abs(a), b, bias_scale, q["step"], q["qmin"], q["qmax"])
+        w = g.op("DequantizeLinear", [g.const(f"{name}/w_codes", w_codes.astype(np.int8)),
+                                      g.const(f"{name}/w_scale", w_scale.astype(np.float32)),
+                                      g.const(f"{name}/w_zero", np.zeros(len(a), np.int8))], f"{name}/w", axis=0)
+        bias = g.op("DequantizeLinear", [g.const(f"{name}/b_int", bias),
+                                         g.const(f"{name}/b_scale", bias_scale.astype(np.float32)),
+                                         g.const(f"{name}/b_zero", np.zeros(len(a), np.int32))], f"{name}/b", axis=0)
+        k, s, p = conv["kernel"], conv["stride"], conv["padding"]
+        real = g.op("Conv", [form.dequantize(conv["inputs"][0]), w, bias], f"{name}/conv", kernel_shape=[k, k],
+                    strides=[s, s], pads=[p, p, p, p], group=conv.get("groups", 1))
+        form.codes[name] = (real, None, None)  # a real value, for the quantize that reads it
+
 
 @register
 class Quantize(Op):
@@ -564,6 +663,10 @@ class Quantize(Op):
     def reference(self, node, inputs, tensors, values):
         """Round half up, as the thresholds (transforms.fold_batchnorm_into_thresholds) count."""
         return np.clip(np.floor(inputs[0] / node["step"] + 0.5), node["qmin"], node["qmax"]).astype(np.int64)
+
+    def qdq(self, form, node, tensors):
+        """QuantizeLinear (step), then Clip to [qmin, qmax] on the integers."""
+        form.quantize(node["name"], form.codes[node["inputs"][0]][0], node["step"], node["qmin"], node["qmax"])
 
 
 def op_of(node: dict) -> Op:
