@@ -112,7 +112,7 @@ def _table(rows: list) -> list:
         rt = r.get("runtime") or {}
         lines.append(f"| {r['variant']} | {r['first_layer']}{f' ({kwargs})' if kwargs else ''} | {r['last_layer']} | "
                      f"{len(r['seeds'])} | {r['top1_mean']:.2f}{std} | {_fmt(r['gap_to_float_first'], '+.2f')} | "
-                     f"{cost['bitops']:.3g} | {cost['param_bits']:,} | {_fmt(rt.get('runtime_top1'), '.2f')} | "
+                     f"{cost['bops']:.3g} | {cost['param_bits']:,} | {_fmt(rt.get('runtime_top1'), '.2f')} | "
                      f"{_fmt(rt.get('images_per_s'), '.0f')} |")
     return lines
 
@@ -141,7 +141,7 @@ def plot_accuracy_vs_cost(rows: list, path: Path) -> None:
         part = [r for r in rows if r["tier"] == tier]
         if not part:
             continue
-        xs = [r["first_layer_cost"]["bitops"] for r in part]
+        xs = [r["first_layer_cost"]["bops"] for r in part]
         ys = [r["top1_mean"] for r in part]
         errs = [r["top1_std"] or 0.0 for r in part]
         ax.errorbar(xs, ys, yerr=errs, fmt=marker, capsize=3, label=f"{tier} runs")
@@ -255,7 +255,7 @@ def _targets(rows: list) -> list:
         # what each costs beside it: accuracy for first-layer work is the trade the table is about
         for r in sorted(quantized, key=lambda r: -r["top1_mean"]):
             gap = gaps[r["variant"]]
-            ratio = r["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"]
+            ratio = r["first_layer_cost"]["bops"] / pe["first_layer_cost"]["bops"]
             close = f"; within the headline rows' mean seed std of {noise:.2f}" if noise and abs(gap) < noise else ""
             line = (f"  - `{r['variant']}`: {r['top1_mean']:.2f} % ({gap:+.2f} against `w1a2-pe`{_over(r, pe)}{close}) "
                     f"with {ratio:.3g}x pixel embedding's first-layer bit-ops")
@@ -265,9 +265,9 @@ def _targets(rows: list) -> list:
             out.append(line + ".")
         # a first layer as accurate for less work is where pixel embedding's case does not hold here
         cheaper = [r for r in quantized if r["variant"] in behind + tied
-                   and r["first_layer_cost"]["bitops"] < pe["first_layer_cost"]["bitops"]]
+                   and r["first_layer_cost"]["bops"] < pe["first_layer_cost"]["bops"]]
         if cheaper:
-            float_first = ref["first_layer_cost"]["bitops"] / pe["first_layer_cost"]["bitops"] if ref else None
+            float_first = ref["first_layer_cost"]["bops"] / pe["first_layer_cost"]["bops"] if ref else None
             names = ", ".join(f"`{r['variant']}`" for r in cheaper)
             out.append(f"- {names} is as accurate as pixel embedding (within the seed noise, or better) "
                        "for fewer first-layer bit-ops, so on this data and schedule the study does "
@@ -313,7 +313,7 @@ def _embedding_grid(rows: list) -> list:
             r = cell.get((d, bits, shared, init))
             mark = "*" if r is not None and len(r["seeds"]) > 1 else ""
             cells.append("–" if r is None else f"{r['top1_mean']:.2f}{mark} ({_fmt(r['gap_to_float_first'], '+.2f')})")
-        bitops = next(r for k, r in cell.items() if k[:2] == (d, bits))["first_layer_cost"]["bitops"]
+        bitops = next(r for k, r in cell.items() if k[:2] == (d, bits))["first_layer_cost"]["bops"]
         lines.append(f"| {d} | {bits} | " + " | ".join(cells) + f" | {bitops:.3g} |")
     lines += ["", "Each factor's effect: the top-1 change between rows that differ only in it, at the seeds both ran."]
     by_key = {_key(r): r for r in grid}

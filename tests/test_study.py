@@ -64,8 +64,8 @@ def test_first_layer_cost():
     pe = pixelq.create_model("resnet20", first_layer="pixel-embedding", first_layer_kwargs={"d": 10, "bits": 2},
                              wbits=1, abits=2, in_channels=3, num_classes=10)
     f, p = first_layer_cost(float_net, 32, 32), first_layer_cost(pe, 32, 32)
-    assert f["macs"] == 32 * 32 * 16 * 3 * 9 and f["bitops"] == f["macs"] * 32 * 32
-    assert p["macs"] == 32 * 32 * 16 * 30 * 9 and p["bitops"] == p["macs"] * 2 * 1
+    assert f["macs"] == 32 * 32 * 16 * 3 * 9 and f["bops"] == f["macs"] * 32 * 32
+    assert p["macs"] == 32 * 32 * 16 * 30 * 9 and p["bops"] == p["macs"] * 2 * 1
     assert p["param_bits"] == 16 * 30 * 9 * 1 + 256 * 10 * 2  # binary conv weights + 2-bit shared table
 
 
@@ -191,7 +191,7 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
 
     def row(variant, first_layer, top1, bitops, gap=None):
         return {"variant": variant, "first_layer": first_layer, "tier": "headline", "top1_mean": top1, "seeds": [0, 1],
-                "top1": [top1, top1], "gap_to_float_first": gap, "first_layer_cost": {"bitops": bitops}}
+                "top1": [top1, top1], "gap_to_float_first": gap, "first_layer_cost": {"bops": bitops}}
 
     rows = [row("w1a2-float-first", "float", 80.0, 4e8, 0.0), row("w1a2-pe", "pixel-embedding", 79.5, 1e7, -0.5),
             row("w1a2-int8-first", "int8", 79.9, 3e8), row("w1a2-thermometer", "thermometer", 77.0, 1e7)]
@@ -220,7 +220,7 @@ def test_targets_weigh_each_quantized_first_layer_against_pixel_embedding():
     assert lines[-1] == ("  - `w1a2-thermometer`: 77.00 % (-2.50 against `w1a2-pe`) with 1x pixel embedding's "
                          "first-layer bit-ops; on the integer runtime 11,000 images/s against 12,000.")
     # a lead inside the noise is not called "ahead"; a first layer as accurate for less work is named
-    rows[2].update(top1_mean=79.3, top1=[79.3, 79.3], first_layer_cost={"bitops": 5e6})
+    rows[2].update(top1_mean=79.3, top1=[79.3, 79.3], first_layer_cost={"bops": 5e6})
     lines = _targets(rows)
     assert ("- pixel embedding's mean top-1 is above every other quantized first layer's in the headline rows, but its "
             "lead over `w1a2-int8-first` is smaller than the headline rows' mean seed std (0.50): the study does not "
@@ -279,7 +279,7 @@ def test_report_reads_each_ablation_factor_from_matched_pairs():
         return {"variant": variant, "tier": tier, "first_layer": first_layer, "first_layer_kwargs": kwargs, "wbits": 1,
                 "abits": 2, "last_layer": last, "top1_mean": top1, "top1_std": std, "gap_to_float_first": top1 - 80.0,
                 "seeds": [0], "top1": [top1],
-                "first_layer_cost": {"bitops": 1e6 * kwargs.get("d", 1) * kwargs.get("bits", 1)}}
+                "first_layer_cost": {"bops": 1e6 * kwargs.get("d", 1) * kwargs.get("bits", 1)}}
 
     rows = [row("short-w1a2-float-first", "float", {}, 80.0)]
     for v in ablation_variants():

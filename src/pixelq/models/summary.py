@@ -45,7 +45,7 @@ def first_layer_cost(model: nn.Module, height: int, width: int) -> dict:
     weight_bits = conv.weight_quantizer.bits if conv.weight_quantizer is not None else FLOAT_BITS
     rows = [r for r in layer_bits(model) if r["name"] == f"{conv_name}.weight" or r["name"].startswith(f"{encoder_name}.")]
     return {"macs": macs, "input_bits": encoder.bits, "weight_bits": weight_bits,
-            "bitops": macs * encoder.bits * weight_bits, "param_bits": sum(r["params"] * r["bits"] for r in rows)}
+            "bops": macs * encoder.bits * weight_bits, "param_bits": sum(r["params"] * r["bits"] for r in rows)}
 
 
 def layer_costs(model: nn.Module, image_shape: tuple) -> list[dict]:
