@@ -240,3 +240,25 @@ def test_cli_trains_and_evaluates_an_imagenet_style_tree_at_one_size(tmp_path, c
     assert evaluated["n"] == 6 and evaluated["top1"] == trained["top1"]
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), *base]) == 0  # the checkpoint's size
     assert json.loads(capsys.readouterr().out) == evaluated
+
+
+def test_first_layer_options_come_from_the_encoder():
+    """The --pe-* flags set the options of whichever first layer takes them, the defaults and which
+    layer takes which being the encoders' own signatures; a recipe's options for another first layer
+    (cifar-w1a2's pixel embedding, with --first-layer float) are left out, not refused."""
+    from pixelq.cli import _first_layer_kwargs, build_parser
+    from pixelq.nn import encoder_options
+    from pixelq.training.config import read_recipe
+
+    recipe = read_recipe("cifar-w1a2")["first_layer_kwargs"]
+
+    def options(*flags, layer):
+        return _first_layer_kwargs(build_parser().parse_args(["train", *flags]), layer, recipe)
+
+    assert options("--first-layer", "float", layer="float") == {}
+    assert options("--pe-dim", "4", "--pe-per-channel", layer="pixel-embedding") == {**recipe, "d": 4, "shared": False}
+    assert _first_layer_kwargs(build_parser().parse_args(["train"]), "thermometer", {}) == {
+        "d": encoder_options("thermometer")["d"]}
+    with pytest.raises(ConfigError, match="--pe-bits does nothing with first layer 'thermometer'; it sets naive, "
+                                          "pixel-embedding options"):
+        options("--pe-bits", "3", layer="thermometer")

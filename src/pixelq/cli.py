@@ -41,24 +41,28 @@ def _read_mapping(path: str) -> dict:
     return value
 
 
-# The --pe-* flags, the encoder option each sets, its value when not given, and which encoders take it.
-PE_FLAGS = {"pe_dim": ("d", 10), "pe_bits": ("bits", 2), "pe_per_channel": ("shared", True), "pe_init": ("init", "thermometer")}
-ENCODER_OPTIONS = {"pixel-embedding": ("d", "bits", "shared", "init"), "thermometer": ("d",), "naive": ("bits",)}
+# The --pe-* flags and the encoder option each sets; which encoders take it, and its value when not
+# given, are the encoders' own (their signatures: nn.encoder_options).
+PE_FLAGS = {"pe_dim": "d", "pe_bits": "bits", "pe_per_channel": "shared", "pe_init": "init"}
 
 
 def _first_layer_kwargs(args, first_layer: str, recipe_kwargs: dict) -> dict:
-    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's, else the defaults.
-    ConfigError for a flag the first layer has no use for (it would change nothing)."""
-    options = {key: default for key, default in PE_FLAGS.values()}
+    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's (those this
+    encoder takes), else the encoder's defaults (every option a flag sets, written out). ConfigError for
+    a flag the first layer has no use for (it would change nothing)."""
+    from .nn import ENCODERS, encoder_options
+
+    defaults = encoder_options(first_layer)
+    options = {key: defaults[key] for key in PE_FLAGS.values() if key in defaults}
     options.update(recipe_kwargs)
-    taken = ENCODER_OPTIONS.get(first_layer, ())
-    for flag, (key, _) in PE_FLAGS.items():
+    for flag, key in PE_FLAGS.items():
         if hasattr(args, flag):
-            if key not in taken:
+            if key not in defaults:
+                takers = [name for name in ENCODERS.names() if key in encoder_options(name)]
                 raise ConfigError(f"--{flag.replace('_', '-')} does nothing with first layer {first_layer!r}; it sets "
-                                  f"{', '.join(e for e, keys in ENCODER_OPTIONS.items() if key in keys)} options")
+                                  f"{', '.join(takers)} options")
             options[key] = not getattr(args, flag) if key == "shared" else getattr(args, flag)
-    return {k: options[k] for k in taken}
+    return {key: value for key, value in options.items() if key in defaults}  # a recipe's for another encoder: not
 
 
 def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:

@@ -7,6 +7,7 @@ from .encoders import (
     NaiveInput,
     PixelEmbedding,
     ThermometerInput,
+    encoder_options,
     images_to_nchw,
     make_encoder,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "QuantConv2d",
     "QuantLinear",
     "ThermometerInput",
+    "encoder_options",
     "images_to_nchw",
     "make_encoder",
 ]

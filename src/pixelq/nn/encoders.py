@@ -315,11 +315,17 @@ def make_encoder(name: str, in_channels: int, **kwargs) -> nn.Module:
     return ENCODERS.get(name)(in_channels, **kwargs)
 
 
+def encoder_options(name: str) -> dict:
+    """{option: default} of first layer `name`: its keyword arguments but in_channels (ConfigError for
+    an unknown name)."""
+    factory = ENCODERS.get(name)
+    return {k: p.default for k, p in inspect.signature(factory).parameters.items() if k != "in_channels"}
+
+
 def check_encoder_options(name: str, kwargs: dict) -> None:
     """ConfigError for an unknown first layer, an option it does not take, or a value of another type
     than the option's default."""
-    factory = ENCODERS.get(name)
-    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items() if k != "in_channels"}
+    defaults = encoder_options(name)
     for key, value in kwargs.items():
         if key not in defaults:
             raise ConfigError(f"first layer {name!r} takes no option {key!r}; its options: "
