@@ -97,18 +97,14 @@ class TrainConfig:
     def validate(self) -> None:
         from ..nn.encoders import check_encoder_options
 
-        check_types(self)
+        check_types(self)  # every field's type and choices: the checks below are of ranges and combinations
         check_encoder_options(self.first_layer, self.first_layer_kwargs)
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+        if self.workers < 0:
             raise ConfigError(f"workers must be an integer >= 0, got {self.workers!r}")
         for name in ("epochs", "batch_size", "threads", "train_subset", "test_subset", "calibration_batches"):
             value = getattr(self, name)
             optional = name in ("threads", "train_subset", "test_subset")
-            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if not (optional and value is None) and value < 1:
                 raise ConfigError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
         if self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed}")
@@ -116,15 +112,11 @@ class TrainConfig:
             raise ConfigError(f"lr must be a positive finite number, got {self.lr!r}")
         for name in ("momentum", "weight_decay", "warmup_epochs", "label_smoothing", "kd_weight", "saq_rho", "ema_decay"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         for name, high in (("momentum", 1), ("label_smoothing", 1), ("ema_decay", 1)):
             if getattr(self, name) >= high:
                 raise ConfigError(f"{name} must lie in [0, {high}), got {getattr(self, name)!r}")
-        if self.crop not in ("pad", "resized"):
-            raise ConfigError(f"crop must be pad or resized, got {self.crop!r}")
-        if self.flip not in ("random", "alternate"):
-            raise ConfigError(f"flip must be random or alternate, got {self.flip!r}")
         if self.flip == "alternate" and self.crop == "resized":
             raise ConfigError("flip=alternate flips the pad crops; crop=resized draws its own flips")
         if self.crop == "resized" and not (self.stream and self.image_size):
