@@ -1,33 +1,55 @@
 #!/usr/bin/env bash
-# The field issue's long runs, the headline numbers (results/field/NAME). Each trains in runs/field/NAME
-# (git-ignored, resumable), the runs named side by side, one thread each; 200 epochs unless EPOCHS says.
+# The field issue's long runs, the headline numbers (results/field/NAME). Each is a chain of stages,
+# float -> W4A4 -> W2A2 -> W1A2 (the ablation's progressive lever, results/recipe-ablation), each stage
+# `--init` the one before, trained in runs/field/NAME/STAGE (git-ignored, resumable); the runs named
+# run side by side, one thread each.
 #   bash experiments/field_runs.sh train DATA NAME...   train (or resume) these runs in the background
-#   bash experiments/field_runs.sh snapshot NAME...     copy each run's checkpoint to results/field/NAME/resume.pt,
-#                                                       for `git add -f` (at most every 25 epochs: the repository
-#                                                       must stay small), so a fresh clone can resume it
-# A run with no checkpoint under runs/ but a snapshot in results/ resumes from the snapshot.
-# Recipe: the ablation's best (results/recipe-ablation): cifar-w1a2 from the float ResNet-20 (--init),
-# distilled from it (--teacher), a signed 4-bit residual stream, airbench's alternating flip.
-#   resnet20-fq             pixel embedding first, binary weights, 2-bit codes, quantized last layer
+#   bash experiments/field_runs.sh snapshot NAME...     copy each run's stage in progress (its checkpoint) and
+#                                                       the finished stages' metrics to results/field/NAME/resume/,
+#                                                       for git (at most every 25 epochs: the repository must
+#                                                       stay small), so a fresh clone resumes where it was
+# Recipe: cifar-w1a2 (Adam, cosine), distilled from the float ResNet-20 (--teacher), a signed 4-bit
+# residual stream, airbench's alternating flip; STAGES epochs each (default 40 40 120: 200 in all).
+#   resnet20-fq             pixel embedding first, binary weights, 2-bit codes, quantized last layer; the
+#                           first stage starts from the float ResNet-20 (--init)
 #   resnet20-fq-float-ends  the same network and recipe with a float first conv and a float last layer
-#   cnv-fq                  CNV W1A2, pixel embedding first, quantized last layer (no residual stream, no
-#                           float CNV to start from), distilled from the float ResNet-20
+#   cnv-fq                  CNV, pixel embedding first, quantized last layer (no residual stream, no float
+#                           CNV to start from)
 # (resnet20-float needs no run of its own: results/recipe/resnet20-float's 88.07 % is within 0.5 point of
 # 91.25 % less the JPEG copy's 3.29, results/calibration/summary.json.)
 set -euo pipefail
 MODE=${1:?usage: $0 train DATA NAME... | snapshot NAME...}
 shift
 PIXELQ=${PIXELQ:-.venv/bin/pixelq}
-EPOCHS=${EPOCHS:-200}
+read -r -a EPOCHS <<< "${STAGES:-40 40 120}"
+BITS=(4 2 1)  # weight bits per stage; activations 4, 2, 2
+ABITS=(4 2 2)
 FLOAT=results/recipe/resnet20-float/checkpoint.pt
-LEVERS="--init $FLOAT --teacher $FLOAT --flip alternate"
+COMMON="--recipe cifar-w1a2 --teacher $FLOAT --flip alternate"
 R4S="--residual-bits 4 --signed-residual"
 
 declare -A SETTINGS=(
-  [resnet20-fq]="--recipe cifar-w1a2 $LEVERS $R4S --epochs $EPOCHS"
-  [resnet20-fq-float-ends]="--recipe cifar-w1a2 $LEVERS $R4S --first-layer float --last-layer float --epochs $EPOCHS"
-  [cnv-fq]="--recipe cifar-w1a2 --model cnv --teacher $FLOAT --flip alternate --epochs $EPOCHS"
+  [resnet20-fq]="$COMMON $R4S"
+  [resnet20-fq-float-ends]="$COMMON $R4S --first-layer float --last-layer float"
+  [cnv-fq]="$COMMON --model cnv"
 )
+declare -A START=([resnet20-fq]=$FLOAT [resnet20-fq-float-ends]=$FLOAT [cnv-fq]="")
+
+stage_name() { echo "w${BITS[$1]}a${ABITS[$1]}"; }
+
+# The stages of run $1, one after the other (a finished stage, one with metrics.json, is skipped).
+chain() {
+  local name=$1 init=${START[$1]} i out
+  for i in 0 1 2; do
+    out=runs/field/$name/$(stage_name "$i")
+    if [ ! -f "$out/metrics.json" ]; then
+      # shellcheck disable=SC2086  # the settings are words
+      $PIXELQ train --data "$DATA" ${SETTINGS[$name]} ${init:+--init "$init"} --wbits "${BITS[$i]}" \
+        --abits "${ABITS[$i]}" --epochs "${EPOCHS[$i]}" --threads 1 --out "$out" --resume --quiet
+    fi
+    init=$out/checkpoint.pt
+  done
+}
 
 case $MODE in
 train)
@@ -36,23 +58,33 @@ train)
   mkdir -p logs
   for name in "$@"; do
     [ -n "${SETTINGS[$name]:-}" ] || { echo "unknown run $name; runs: ${!SETTINGS[*]}" >&2; exit 1; }
-    run=runs/field/$name
-    if [ ! -f "$run/checkpoint.pt" ] && [ -f "results/field/$name/resume.pt" ]; then
-      mkdir -p "$run" && cp "results/field/$name/resume.pt" "$run/checkpoint.pt"
-      [ -f "results/field/$name/metrics.jsonl" ] && cp "results/field/$name/metrics.jsonl" "$run/metrics.jsonl"
-    fi
-    # shellcheck disable=SC2086  # the settings are words
-    nohup $PIXELQ train --data "$DATA" ${SETTINGS[$name]} --threads 1 --out "$run" --resume --quiet \
-      >> "logs/field-$name.log" 2>&1 &
+    saved=results/field/$name/resume
+    for stage in "$saved"/*/; do  # a fresh clone: what the last snapshot kept
+      [ -d "$stage" ] || continue
+      run=runs/field/$name/$(basename "$stage")
+      mkdir -p "$run"
+      for f in "$stage"*; do [ ! -f "$f" ] || [ -f "$run/$(basename "$f")" ] || cp "$f" "$run/"; done
+    done
+    chain "$name" >> "logs/field-$name.log" 2>&1 &
     echo "$name: pid $!, log logs/field-$name.log"
   done
   ;;
 snapshot)
   for name in "$@"; do
-    mkdir -p "results/field/$name"
-    cp "runs/field/$name/checkpoint.pt" "results/field/$name/resume.pt"
-    cp "runs/field/$name/metrics.jsonl" "results/field/$name/metrics.jsonl"
-    echo "results/field/$name/resume.pt: epoch $(wc -l < "results/field/$name/metrics.jsonl")"
+    rm -rf "results/field/$name/resume"
+    for i in 0 1 2; do
+      stage=$(stage_name "$i") run=runs/field/$name/$(stage_name "$i")
+      [ -f "$run/metrics.jsonl" ] || continue  # not begun, or not one epoch yet
+      mkdir -p "results/field/$name/resume/$stage"
+      cp "$run"/metrics.json* "results/field/$name/resume/$stage/" 2>/dev/null || true
+      # the checkpoint of the stage in progress, or of the last finished one while the next has none
+      # yet (its --init); an earlier stage's work is in the later one's
+      next=runs/field/$name/$(stage_name $((i + 1)) 2>/dev/null || true)
+      if [ -f "$run/checkpoint.pt" ] && { [ ! -f "$run/metrics.json" ] || [ ! -f "$next/checkpoint.pt" ]; }; then
+        cp "$run/checkpoint.pt" "results/field/$name/resume/$stage/checkpoint.pt"
+        echo "$name: $stage at epoch $(wc -l < "$run/metrics.jsonl")"
+      fi
+    done
   done
   ;;
 *)
