@@ -710,3 +710,38 @@ def test_the_stored_plan_is_the_runtimes_and_is_checked(tmp_path):
     save_file(blobs, str(bad), metadata={**metadata, "version": "1"})
     with pytest.raises(ModelFileError, match="model file version 1, this pixelq reads version 2; export"):
         load(bad)
+
+
+def test_the_plan_alone_chooses_table_sums(tmp_path):
+    """Whether the first conv runs as table sums is the plan's mark (`table_sums`, made at export):
+    libpixelq follows it (without it, the same conv packs bit-planes through the lookup, to the same
+    logits); a mark where the table kernel cannot run (a conv with no lookup, or with a residual
+    add) is refused by both readers."""
+    from pixelq.runtime import clib
+    from pixelq.runtime.fast import FastExecutor
+    from pixelq.zoo import zoo_path
+
+    source = zoo_path("resnet20-w1a2-pe-qlast-r4s")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = load(source).logits(images)
+    unmarked = tmp_path / "unmarked.pxq"
+    _resave_with_manifest(source, unmarked, lambda m: m["plan"]["nodes"][0].pop("table_sums"))
+    if clib.available():
+        assert FastExecutor(load(source).model).kernels()["stem.conv"] == "table sums"
+        assert FastExecutor(load(unmarked).model).kernels()["stem.conv"].startswith("bit-planes via lookup")
+        assert np.array_equal(clib.Model(unmarked).logits(images), expected)
+
+    def mark(chosen):
+        def edit(m):
+            next(n for n in m["plan"]["nodes"] if chosen(n))["table_sums"] = True
+        return edit
+
+    for name, chosen in (("no lookup", lambda n: n["op"] == "fused_conv" and "lut_range" not in n),
+                         ("a residual add", lambda n: "residual_stride" in n)):
+        bad = tmp_path / f"{name}.pxq"
+        _resave_with_manifest(source, bad, mark(chosen))
+        with pytest.raises(ModelFileError, match="table sums need a lookup"):
+            load(bad)
+        if clib.available():
+            with pytest.raises(clib.Model.LoadError, match="table sums need a lookup"):
+                clib.Model(bad)

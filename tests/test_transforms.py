@@ -89,6 +89,10 @@ CASES = [
     (fusion.fuse_residual_add, (*EXPORT_TRANSFORMS, fusion.requantize_as_lookup, fusion.unsign_residual_branch,
                                 fusion.fuse_threshold), "resnet20-r4s",
      lambda b, a: "add_clip" not in _ops(a) and a.node("stages.1.0.act_out")["residual_shift"] == 15),
+    (fusion.mark_table_sums, (*EXPORT_TRANSFORMS, fusion.fuse_lookup, fusion.fuse_threshold), "resnet20-pe",
+     lambda b, a: a.node("stem.act").get("table_sums") is True and "table_sums" not in b.node("stem.act")),
+    (fusion.mark_table_sums, (*EXPORT_TRANSFORMS, fusion.fuse_lookup), "resnet20-pe",  # no thresholds: no table
+     lambda b, a: a.nodes == b.nodes),
     (fusion.shift_signed_inputs, (*EXPORT_TRANSFORMS, *fusion.FUSIONS), "resnet20-int8",
      lambda b, a: a.node("stem.act")["input_shift"] == 128 and a.node("stem.act")["input_range"] == [0, 255]),
     (fusion.shift_signed_inputs, EXPORT_TRANSFORMS, "resnet20-int8",  # unfused: the offset comes off the accumulators
@@ -110,15 +114,16 @@ def test_transform_keeps_every_output(plain_graphs, transform, before, key, chan
 
 
 def test_int8_first_conv_is_shifted_only_where_no_table_holds_it(plain_graphs):
-    """A signed lookup conv that runs as table sums keeps its codes signed; one too wide for the
-    tables (32 channels) is shifted."""
+    """A signed lookup conv that the plan runs as table sums keeps its codes signed; one too wide for
+    the tables (32 channels) is shifted, and not marked."""
     narrow = apply(copy.deepcopy(plain_graphs["resnet20-int8"]), EXPORT_TRANSFORMS)
-    assert fusion.plan(narrow).node("stem.act").get("input_shift") == 128  # 32 channels: no table
+    wide = fusion.plan(narrow).node("stem.act")  # 32 channels: no table
+    assert wide.get("input_shift") == 128 and "table_sums" not in wide
     torch.manual_seed(0)
     model = trained_like(create_model("resnet20", first_layer="int8", wbits=1, abits=2))
     planned = fusion.plan(lower(model))
     stem = planned.node("stem.act")
-    assert not stem.get("input_shift") and fusion.conv_table(stem, planned.tensors) is not None
+    assert not stem.get("input_shift") and stem["table_sums"] is True
 
 
 def test_lower_is_the_plain_graph_through_the_export_transforms(plain_graphs):

@@ -53,6 +53,7 @@ RULES = {
     "range": (lambda v: isinstance(v, list) and len(v) == 2 and all(map(_is_code, v)) and v[0] <= v[1],
               f"[lowest, highest] integers in [-{MAX_CODE}, {MAX_CODE}]"),
     "name": (lambda v: isinstance(v, str) and 0 < len(v) <= 256, "a non-empty name"),
+    "true": (lambda v: v is True, "true (a mark: absent when not)"),
 }
 
 
@@ -258,12 +259,15 @@ class FusedConv(Conv):
     `lut_range`), its thresholds (`direction`, `thresholds`; qmin, qmax, step), a residual add of
     input 1 after them (residual_stride, residual_qmax, residual_shift), input codes shifted by
     `input_shift` with the shift's share `offset` taken off accumulators it writes. `conv_name`
-    names the conv it was."""
+    names the conv it was. `table_sums` marks a first conv over a lookup that runs as sums of
+    per-(tap, colour, pixel value) tables (the plan decides: `fusion.mark_table_sums`): one with
+    thresholds, at most 16 channels, no residual add or shifted input."""
 
     name = "fused_conv"
     attrs = {**Conv.attrs, "conv_name": "name"}
     optional = {"groups": "count", "lut_range": "range", "qmin": "int", "qmax": "int", "step": "positive",
-                "residual_stride": "count", "residual_qmax": "int", "residual_shift": "int", "input_shift": "int"}
+                "residual_stride": "count", "residual_qmax": "int", "residual_shift": "int", "input_shift": "int",
+                "table_sums": "true"}
     tensors = ("weight", "lut", "direction", "thresholds", "offset")  # those a node may hold: node_tensors
     stored = {"direction": "int8", "thresholds": "int32", "offset": "int32"}
     THRESHOLDS = ("qmin", "qmax", "step")
@@ -277,6 +281,10 @@ class FusedConv(Conv):
             _fail(node, "a residual add needs residual_stride, residual_qmax and thresholds")
         if "offset" in node.get("tensors", ()) and (parts or not node.get("input_shift")):
             _fail(node, "an offset belongs to the accumulators of a shifted input (no thresholds)")
+        if "table_sums" in node and not ("lut_range" in node and parts and "residual_stride" not in node
+                                         and not node.get("input_shift") and node.get("out_channels", 17) <= 16):
+            _fail(node, "table sums need a lookup, thresholds, at most 16 output channels and no residual add or "
+                        "shifted input")
         return ("weight", *(("lut",) if "lut_range" in node else ()), *(("direction", "thresholds") if parts else ()),
                 *(("offset",) if "offset" in node.get("tensors", ()) else ()))
 

@@ -92,7 +92,7 @@ class Node(ctypes.Structure):
         ("padding", i64), ("groups", i64), ("weight_bits", i64), ("weight_lowest", i64), ("weight_stride", i64),
         ("input_range", i64 * 2), ("input_shift", i64), ("qmin", i64), ("qmax", i64), ("shift", i64),
         ("extra_channels", i64), ("residual_stride", i64), ("residual_qmax", i64), ("residual_shift", i64),
-        ("weight", Codes), ("lut", Codes), ("direction", Codes), ("thresholds", Codes), ("offset", Codes),
+        ("table_sums", i64), ("weight", Codes), ("lut", Codes), ("direction", Codes), ("thresholds", Codes), ("offset", Codes),
         ("float_weight", Floats), ("bias", Floats), ("step", ctypes.c_double),
     ]
 

@@ -10,6 +10,9 @@
   fuse_threshold       conv -> threshold: the conv kernel writes codes, never the accumulators
   fuse_residual_add    conv + threshold -> add_clip (with a shortcut's subsample_pad): the kernel
                        adds the shortcut's codes too (and takes the add's shift off)
+  mark_table_sums      a first conv over a lookup whose sums per (tap, colour, pixel value) the
+                       table kernel holds (`lut_conv_table`) is marked `table_sums`: it runs so
+                       (libpixelq builds the tables, checking that they do hold them)
   shift_signed_inputs  a conv over signed codes spanning at most a byte (an int8 first layer's
                        pixel - 128) runs on codes + shift, padded with the shift; the shift's share
                        of each sum (one constant per channel) comes off the thresholds or the
@@ -78,15 +81,17 @@ def lut_conv_table(weight: np.ndarray, lut: np.ndarray) -> "np.ndarray | None":
     return out
 
 
-def conv_table(node: dict, tensors: dict) -> "np.ndarray | None":
-    """The tables (`lut_conv_table`) a fused lookup conv runs as table sums with: one with its
-    thresholds, no residual add, its signed codes unshifted (the tables hold them as they are), whose
-    sums the tables hold; else None."""
-    name = node["name"]
-    if node["op"] != "fused_conv" or f"{name}.lut" not in tensors or f"{name}.thresholds" not in tensors \
-            or node.get("residual_stride") or node.get("input_shift"):
-        return None
-    return lut_conv_table(tensors[f"{name}.weight"], tensors[f"{name}.lut"])
+def mark_table_sums(model: IntegerModel) -> IntegerModel:
+    """A fused lookup conv with its thresholds, no residual add and its signed codes unshifted (the
+    tables hold them as they are) whose sums the tables hold (`lut_conv_table`) -> marked
+    `table_sums`: the runtime's one decision of that kernel, made here."""
+    g = Rewrite(model)
+    for node in g.nodes:
+        if node["op"] == "fused_conv" and "lut" in node["tensors"] and "thresholds" in node["tensors"] \
+                and not node.get("residual_stride") and not node.get("input_shift") \
+                and lut_conv_table(g.tensor(node, "weight"), g.tensor(node, "lut")) is not None:
+            node["table_sums"] = True
+    return g.result()
 
 
 
@@ -199,8 +204,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     (in int64, a threshold at the int32 limits kept there rather than wrapped around)."""
     g = Rewrite(model)
     for node in g.nodes:
-        if node["op"] not in CONV_OPS or not input_shift(node) or not has_kernel(node) \
-                or conv_table(node, g.tensors) is not None:
+        if node["op"] not in CONV_OPS or not input_shift(node) or not has_kernel(node) or node.get("table_sums"):
             continue
         shift, (lo, hi) = input_shift(node), node["input_range"]
         weight = g.tensor(node, "weight")
@@ -216,7 +220,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     return g.result()
 
 
-FUSIONS = (unsign_residual_branch, fuse_lookup, fuse_threshold, fuse_residual_add)
+FUSIONS = (unsign_residual_branch, fuse_lookup, fuse_threshold, fuse_residual_add, mark_table_sums)
 
 
 def plan(model: IntegerModel, fuse: bool = True) -> IntegerModel:

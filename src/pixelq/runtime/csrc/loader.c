@@ -160,15 +160,15 @@ static const char *const OP_NAMES[OP_COUNT] = {"lut", "conv", "fused_conv", "thr
 /* The attributes of the ops, and the rule each keeps (as ops.RULES). */
 enum { A_IN_CHANNELS, A_OUT_CHANNELS, A_KERNEL, A_STRIDE, A_PADDING, A_WEIGHT_BITS, A_WEIGHT_LOWEST, A_WEIGHT_STRIDE,
        A_GROUPS, A_D, A_QMIN, A_QMAX, A_SHIFT, A_EXTRA_CHANNELS, A_RESIDUAL_STRIDE, A_RESIDUAL_QMAX, A_RESIDUAL_SHIFT,
-       A_INPUT_SHIFT, A_INPUT_RANGE, A_LUT_RANGE, A_STEP, A_CONV_NAME, A_COUNT };
-enum { R_INT, R_COUNT, R_SIZE, R_BITS, R_RANGE, R_POSITIVE, R_NAME };
+       A_INPUT_SHIFT, A_INPUT_RANGE, A_LUT_RANGE, A_STEP, A_CONV_NAME, A_TABLE_SUMS, A_COUNT };
+enum { R_INT, R_COUNT, R_SIZE, R_BITS, R_RANGE, R_POSITIVE, R_NAME, R_TRUE };
 static const struct { const char *key; int rule; } ATTRS[A_COUNT] = {
     {"in_channels", R_COUNT}, {"out_channels", R_COUNT}, {"kernel", R_COUNT}, {"stride", R_COUNT},
     {"padding", R_SIZE}, {"weight_bits", R_BITS}, {"weight_lowest", R_INT}, {"weight_stride", R_COUNT},
     {"groups", R_COUNT}, {"d", R_COUNT}, {"qmin", R_INT}, {"qmax", R_INT}, {"shift", R_INT},
     {"extra_channels", R_SIZE}, {"residual_stride", R_COUNT}, {"residual_qmax", R_INT}, {"residual_shift", R_INT},
     {"input_shift", R_INT}, {"input_range", R_RANGE}, {"lut_range", R_RANGE}, {"step", R_POSITIVE},
-    {"conv_name", R_NAME},
+    {"conv_name", R_NAME}, {"table_sums", R_TRUE},
 };
 #define BIT(a) (1u << (a))
 #define CONV_ATTRS (BIT(A_IN_CHANNELS) | BIT(A_OUT_CHANNELS) | BIT(A_INPUT_RANGE) | BIT(A_KERNEL) | BIT(A_STRIDE) | \
@@ -180,7 +180,8 @@ static const struct { uint32_t required, optional; } OP_ATTRS[OP_COUNT] = {
     [OP_LUT] = {BIT(A_D) | BIT(A_IN_CHANNELS) | GRID, 0},
     [OP_CONV] = {CONV_ATTRS, BIT(A_GROUPS)},
     [OP_FUSED_CONV] = {CONV_ATTRS | BIT(A_CONV_NAME), BIT(A_GROUPS) | BIT(A_LUT_RANGE) | GRID | BIT(A_RESIDUAL_STRIDE) |
-                                                       BIT(A_RESIDUAL_QMAX) | BIT(A_RESIDUAL_SHIFT) | BIT(A_INPUT_SHIFT)},
+                                                       BIT(A_RESIDUAL_QMAX) | BIT(A_RESIDUAL_SHIFT) | BIT(A_INPUT_SHIFT) |
+                                                       BIT(A_TABLE_SUMS)},
     [OP_THRESHOLD] = {GRID, 0},
     [OP_ADD_CLIP] = {GRID, BIT(A_SHIFT)},
     [OP_SUBSAMPLE_PAD] = {BIT(A_STRIDE) | BIT(A_EXTRA_CHANNELS), 0},
@@ -540,6 +541,11 @@ static int rule_ok(const json_t *j, int v, int rule, node_t *n, int a) {
         return 1;
     case R_POSITIVE: return json_num(j, v, &n->step) && n->step > 0;
     case R_NAME: return is(j, v, JSMN_STRING) && j->tok[v].end > j->tok[v].start && j->tok[v].end - j->tok[v].start <= MAX_NAME;
+    case R_TRUE:
+        if (!is(j, v, JSMN_PRIMITIVE) || j->tok[v].end - j->tok[v].start != 4 || memcmp(j->text + j->tok[v].start, "true", 4))
+            return 0;
+        n->a[a] = 1;
+        return 1;
     }
     return 0;
 }
@@ -547,7 +553,7 @@ static int rule_ok(const json_t *j, int v, int rule, node_t *n, int a) {
 static const char *const RULE_WORDS[] = {"an integer in [-32768, 32768]", "an integer in [1, 65536]",
                                          "an integer in [0, 32768]", "an integer in [1, 32]",
                                          "[lowest, highest] integers in [-32768, 32768]", "a finite number > 0",
-                                         "a non-empty name"};
+                                         "a non-empty name", "true (a mark: absent when not)"};
 
 /* Node i's name as a C string (for messages), into buf. */
 static const char *node_name(const json_t *j, int tok, char *buf) {
@@ -578,6 +584,10 @@ static int expected_tensors(node_t *n, load_error_t *e, const char *name) {
                         name);
         if (HOLDS(n, T_OFFSET) && (parts || !(HAS(n, A_INPUT_SHIFT) && n->a[A_INPUT_SHIFT])))
             return -bad(e, PXQ_ERROR_FILE, "node %s: an offset belongs to the accumulators of a shifted input", name);
+        if (HAS(n, A_TABLE_SUMS) && !(HAS(n, A_LUT_RANGE) && parts && !HAS(n, A_RESIDUAL_STRIDE) &&
+                                      !(HAS(n, A_INPUT_SHIFT) && n->a[A_INPUT_SHIFT]) && n->a[A_OUT_CHANNELS] <= 16))
+            return -bad(e, PXQ_ERROR_FILE, "node %s: table sums need a lookup, thresholds, at most 16 output channels and "
+                        "no residual add or shifted input", name);
         return (int)(BIT(T_WEIGHT) | (HAS(n, A_LUT_RANGE) ? BIT(T_LUT) : 0) |
                      (parts ? BIT(T_DIRECTION) | BIT(T_THRESHOLDS) : 0) | (HOLDS(n, T_OFFSET) ? BIT(T_OFFSET) : 0));
     }
@@ -852,7 +862,8 @@ static pxq_node public_node(const node_t *n) {
                   .input_range = {n->range[A_INPUT_RANGE][0], n->range[A_INPUT_RANGE][1]},
                   .input_shift = n->a[A_INPUT_SHIFT], .qmin = n->a[A_QMIN], .qmax = n->a[A_QMAX], .shift = n->a[A_SHIFT],
                   .extra_channels = n->a[A_EXTRA_CHANNELS], .residual_stride = n->a[A_RESIDUAL_STRIDE],
-                  .residual_qmax = n->a[A_RESIDUAL_QMAX], .residual_shift = n->a[A_RESIDUAL_SHIFT], .step = n->step};
+                  .residual_qmax = n->a[A_RESIDUAL_QMAX], .residual_shift = n->a[A_RESIDUAL_SHIFT],
+                  .table_sums = n->a[A_TABLE_SUMS], .step = n->step};
     pxq_codes *tensors[] = {&p.weight, &p.lut, &p.direction, &p.thresholds, &p.offset};
     const int which[] = {T_WEIGHT, T_LUT, T_DIRECTION, T_THRESHOLDS, T_OFFSET};
     for (int q = 0; q < 5; q++) {

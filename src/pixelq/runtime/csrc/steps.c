@@ -2,8 +2,9 @@
  * under the instruction set and its weights laid out for that kernel, once. The only place a
  * model's weights are laid out: pxq_load and the Python runtime both come here.
  *
- * Which kernel: a first conv over a lookup runs as table sums where its <= 16 channels' sums fit
- * int16 (else it packs its bit-planes through the lookup); another conv runs as dot products where
+ * Which kernel: a first conv over a lookup runs as table sums where the plan marks it so
+ * (`table_sums`, fusion.mark_table_sums: its <= 16 channels' sums fit int16; the tables are built and
+ * that checked here), else it packs its bit-planes through the lookup; another conv runs as dot products where
  * its plane pairs (input planes x weight bits) reach DOT_MIN_PAIRS, or 4 on layers of at least
  * DOT_WIDE_CHANNELS input channels (read off `python experiments/kernel_crossover.py` per build),
  * else as bit-planes.
@@ -204,10 +205,13 @@ static int conv_step(const pxq_node *n, const char *isa, int threads, pxq_step *
         const int64_t colours = d ? n->in_channels / d : 0;
         if (!d || colours * d != n->in_channels || n->lut.shape[1] != 256 || (T != 1 && T != colours))
             return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: its lookup must be (1 or colours, 256, d)");
-        int entry;
-        void *table = own(s, conv_table(n, colours, &entry, &bytes));
         c->channels = colours;
-        if (table) {
+        if (n->table_sums) {  /* the plan's choice; its tables must hold the sums */
+            int entry;
+            void *table = own(s, conv_table(n, colours, &entry, &bytes));
+            if (!table)
+                return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: the plan runs it as table sums, but they do not fit the "
+                                "kernel (more than 16 channels, no thresholds, or sums beyond int16)");
             c->kind = PXQ_CONV_TABLE, c->weights = (pxq_buffer){table, bytes}, c->table_entry_bytes = entry;
             return PXQ_OK;
         }

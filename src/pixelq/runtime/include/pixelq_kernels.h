@@ -221,11 +221,12 @@ typedef struct {
     int32_t op;          /* enum pxq_node_op */
     int32_t inputs[2];   /* value numbers (0: the images), -1 for none */
     /* Its attributes, named as in the file; 0 where it has none (groups 0 or 1: a dense conv;
-     * residual_stride 0: no residual add). */
+     * residual_stride 0: no residual add; table_sums 1: a first conv over a lookup the plan runs as
+     * table sums). */
     int64_t in_channels, out_channels, kernel, stride, padding, groups;
     int64_t weight_bits, weight_lowest, weight_stride, input_range[2], input_shift;
     int64_t qmin, qmax, shift, extra_channels;
-    int64_t residual_stride, residual_qmax, residual_shift;
+    int64_t residual_stride, residual_qmax, residual_shift, table_sums;
     /* Its tensors: weight (O, kh, kw, I) or (O, I), lut (tables, 256, d), direction (O,),
      * thresholds (O, qmax - qmin), offset (O,). A conv with thresholds writes codes qmin.. . */
     pxq_codes weight, lut, direction, thresholds, offset;
