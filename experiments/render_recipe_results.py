@@ -164,7 +164,7 @@ def first_layer_rows(rows: list) -> list:
                                  **TrainConfig(**r["config"]).model_arguments())
             cost = first_layer_cost(model, height, width)
             out.append({"run": r["run"], "first_layer": r["config"]["first_layer"],
-                        "last_layer": r["config"]["last_layer"], "top1": r["top1"], "first_layer_bitops": cost["bitops"],
+                        "last_layer": r["config"]["last_layer"], "top1": r["top1"], "first_layer_bops": cost["bops"],
                         "first_layer_param_bits": cost["param_bits"]})
     reference = next((f for f in out if f["first_layer"] == "float"), None)
     for f in out:
@@ -186,7 +186,7 @@ def first_layer_verdict(rows: list, ablation: list) -> list:
               f"the ablation below, {spread:.2f} points")
     return [f"With a float last layer, pixel embedding ends {abs(lead):.2f} points {verdict} int8 input into a binary "
             f"first conv ({pe['top1']:.2f} % against {int8['top1']:.2f} %, one seed each{within}), at "
-            f"{pe['first_layer_bitops'] / int8['first_layer_bitops']:.1f}x its first-layer bit-ops.", ""]
+            f"{pe['first_layer_bops'] / int8['first_layer_bops']:.1f}x its first-layer bit-ops.", ""]
 
 
 def render_first_layer(rows: list, ablation: list) -> list:
@@ -199,7 +199,7 @@ def render_first_layer(rows: list, ablation: list) -> list:
     for f in rows:
         gap = "–" if f["gap_to_float_first"] is None else f"{f['gap_to_float_first']:+.2f}"
         out.append(f"| {f['run']} | {f['first_layer']} | {f['last_layer']} | {f['top1']:.2f} | {gap} | "
-                   f"{f['first_layer_bitops'] / 1e6:.1f} |")
+                   f"{f['first_layer_bops'] / 1e6:.1f} |")
     return out + [""] + first_layer_verdict(rows, ablation)
 
 
