@@ -244,8 +244,8 @@ def test_cli_trains_and_evaluates_an_imagenet_style_tree_at_one_size(tmp_path, c
 
 def test_first_layer_options_come_from_the_encoder():
     """The --pe-* flags set the options of whichever first layer takes them, the defaults and which
-    layer takes which being the encoders' own signatures; a recipe's options for another first layer
-    (cifar-w1a2's pixel embedding, with --first-layer float) are left out, not refused."""
+    layer takes which being the encoders' own signatures; a recipe's options for its own first layer
+    are left out when --first-layer chooses another (cifar-w1a2's pixel embedding, --first-layer float)."""
     from pixelq.cli import _first_layer_kwargs, build_parser
     from pixelq.nn import encoder_options
     from pixelq.training.config import read_recipe
@@ -255,10 +255,14 @@ def test_first_layer_options_come_from_the_encoder():
     def options(*flags, layer):
         return _first_layer_kwargs(build_parser().parse_args(["train", *flags]), layer, recipe)
 
-    assert options("--first-layer", "float", layer="float") == {}
     assert options("--pe-dim", "4", "--pe-per-channel", layer="pixel-embedding") == {**recipe, "d": 4, "shared": False}
     assert _first_layer_kwargs(build_parser().parse_args(["train"]), "thermometer", {}) == {
         "d": encoder_options("thermometer")["d"]}
     with pytest.raises(ConfigError, match="--pe-bits does nothing with first layer 'thermometer'; it sets naive, "
                                           "pixel-embedding options"):
         options("--pe-bits", "3", layer="thermometer")
+    from pixelq.cli import _train_config
+
+    float_ends = _train_config(build_parser().parse_args(["train", "--recipe", "cifar-w1a2", "--first-layer", "float",
+                                                          "--last-layer", "float"]))
+    assert (float_ends.first_layer, float_ends.first_layer_kwargs, float_ends.wbits) == ("float", {}, 1)

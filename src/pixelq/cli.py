@@ -47,9 +47,9 @@ PE_FLAGS = {"pe_dim": "d", "pe_bits": "bits", "pe_per_channel": "shared", "pe_in
 
 
 def _first_layer_kwargs(args, first_layer: str, recipe_kwargs: dict) -> dict:
-    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's (those this
-    encoder takes), else the encoder's defaults (every option a flag sets, written out). ConfigError for
-    a flag the first layer has no use for (it would change nothing)."""
+    """The encoder options of `first_layer`: the --pe-* flags given, else the recipe's, else the
+    encoder's defaults (every option a flag sets, written out). ConfigError for a flag the first layer
+    has no use for (it would change nothing)."""
     from .nn import ENCODERS, encoder_options
 
     defaults = encoder_options(first_layer)
@@ -62,7 +62,7 @@ def _first_layer_kwargs(args, first_layer: str, recipe_kwargs: dict) -> dict:
                 raise ConfigError(f"--{flag.replace('_', '-')} does nothing with first layer {first_layer!r}; it sets "
                                   f"{', '.join(takers)} options")
             options[key] = not getattr(args, flag) if key == "shared" else getattr(args, flag)
-    return {key: value for key, value in options.items() if key in defaults}  # a recipe's for another encoder: not
+    return options
 
 
 def _add_data(p, help_text: str = "data set path; default: embedded subset") -> None:
@@ -99,9 +99,11 @@ def _add_train(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (refused otherwise)")
 
 
-def _run_train(args) -> None:
-    from .training import resolve_config, train
-    from .training.config import default_config
+def _train_config(args):
+    """The TrainConfig of `pixelq train`'s arguments: the defaults, the recipe, then the flags given;
+    the first layer's options those of the first layer chosen (`_first_layer_kwargs`)."""
+    from .training import resolve_config
+    from .training.config import default_config, read_recipe
 
     given = {k: v for k, v in vars(args).items() if k in default_config() and k != "recipe"}
     if getattr(args, "quiet", False):
@@ -109,10 +111,21 @@ def _run_train(args) -> None:
     if hasattr(args, "overrides"):
         given["overrides"] = _read_mapping(args.overrides)
     recipe = getattr(args, "recipe", None)
-    chosen = resolve_config(recipe, **given)  # which first layer the recipe and flags chose, and its options
-    kwargs = _first_layer_kwargs(args, chosen.first_layer, chosen.first_layer_kwargs)
-    cfg = resolve_config(recipe, **given, first_layer_kwargs=kwargs)
-    unused = [f"--{k.replace('_', '-')}" for k in ("kd_weight", "kd_temperature") if k in given]
+    values = {**default_config(), **(read_recipe(recipe) if recipe else {})}
+    first_layer = given.get("first_layer", values["first_layer"])
+    # a recipe's options are for its own first layer: --first-layer choosing another leaves them out
+    recipe_kwargs = values["first_layer_kwargs"] if first_layer == values["first_layer"] else {}
+    if not isinstance(recipe_kwargs, dict):  # the config's own checks say what is wrong with it
+        return resolve_config(recipe, **given)
+    kwargs = _first_layer_kwargs(args, first_layer, recipe_kwargs)
+    return resolve_config(recipe, **given, first_layer_kwargs=kwargs)
+
+
+def _run_train(args) -> None:
+    from .training import train
+
+    cfg = _train_config(args)
+    unused = [f"--{k.replace('_', '-')}" for k in ("kd_weight", "kd_temperature") if hasattr(args, k)]
     if unused and cfg.teacher is None:
         raise ConfigError(f"{' and '.join(unused)}: distillation settings, used only with --teacher; without a teacher "
                           "they change nothing")
