@@ -138,9 +138,9 @@ def isa_lines(best: dict, avx2: "dict | None", avx2_machine: "dict | None") -> l
         ov = held.get("openvino_primitives") or {}
         on512 = {form: counts.get("avx512", 0) for form, counts in ov.items()}
         how = (f"the baselines held to AVX2 where they allow it: PyTorch ran {held['pytorch_aten']} (its oneDNN capped by "
-               f"ONEDNN_MAX_CPU_ISA={held['pytorch_onednn']}), OpenVINO's oneDNN capped the same way (primitives by "
-               f"instruction set: {ov}; {', '.join(f'{n} {f}' for f, n in on512.items())} of its own kernels stayed on "
-               "AVX-512), and ONNX Runtime ran its own best: MLAS has no switch (onnxruntime issues #12479, #20215); the "
+               f"ONEDNN_MAX_CPU_ISA={held['pytorch_onednn']}), OpenVINO's oneDNN capped the same way (its primitives: "
+               + "; ".join(f"{form} " + ", ".join(f"{n} {isa}" for isa, n in sorted(c.items())) for form, c in ov.items())
+               + f"; {' and '.join(f'{n} {f}' for f, n in on512.items())} of its own kernels stayed on AVX-512), and ONNX Runtime ran its own best: MLAS has no switch (onnxruntime issues #12479, #20215); the "
                "AVX2 targets are the ARM64/AVX2 issue's, every engine on AVX2")
         targets_for = {"resnet20_b64_vs_torch_fp32": 5.0, "resnet20_b64_vs_ov_int8": 1.5}
     else:
