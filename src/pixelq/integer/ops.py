@@ -1,6 +1,6 @@
 """The integer ops, one class each: what a node of it carries (attributes, tensors, inputs), the
 rules it must keep, the shape of its output, its MACs, its reference computation (numpy, int64:
-`reference`, which `pixelq.runtime.reference` runs node by node) its integer ONNX and QONNX form
+`reference`, which `pixelq.runtime.reference` runs node by node), its integer ONNX and QONNX form
 (`onnx`, which `pixelq.exporting.onnx.to_onnx` calls node by node) and its QDQ form (`qdq`, which
 `pixelq.exporting.qdq.to_qdq` calls on the plain graph). `check_graph` applies them to a whole
 model, so a model file whose manifest was edited - even with its checksum recomputed - is refused
