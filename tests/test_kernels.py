@@ -157,6 +157,17 @@ def test_fast_conv_equals_reference(isa, n, h, w, c, o, k, stride, padding, abit
                           conv2d_reference(x, wt, stride, padding))
 
 
+def test_fast_conv_with_every_bit_set(isa):
+    """Every code and weight bit set, many words per shift level: a 5x5 conv over 64 channels of 2-bit
+    codes and 2-bit weights adds 50 window words of 64 set bits at the middle level (two plane pairs),
+    past where byte counts of 8 per word overflow unless they are widened in time (every 31 words)."""
+    x = np.full((1, 5, 5, 64), 3, np.uint8)
+    w = np.full((16, 5, 5, 64), 1, np.int32)  # lsq 2-bit grid: -2 + u, u = 3
+    out = fast_conv(x, w, (-2, 1, 2), 1, 0, isa=isa)
+    assert out.ravel().tolist() == [25 * 64 * 3] * 16
+    assert np.array_equal(out, conv2d_reference(x, w, 1, 0))
+
+
 def test_fast_conv_near_the_int32_limit(isa):
     """8-bit codes at 255 and weight codes at -128: |acc| = 9 * 2048 * 255 * 128, 60% of int32."""
     c = 2048
