@@ -364,8 +364,9 @@ class _Separable(torch.nn.Module):
 
 
 def test_depthwise_and_grouped_convs_deploy(tmp_path):
-    """Grouped convs export (weights (O, k, k, I / groups)), run on the runtime (the numpy reference
-    for them) with PyTorch's labels and codes, and in both ONNX forms with the runtime's labels."""
+    """Grouped convs export (weights (O, k, k, I / groups)), run on the runtime (libpixelq: dot products
+    of the block-diagonal weight, on every instruction set) with PyTorch's labels and codes, and in
+    both ONNX forms with the runtime's labels."""
     ort = pytest.importorskip("onnxruntime")
     from pixelq import quantize_model
     from pixelq.exporting import lower_plain
@@ -379,6 +380,19 @@ def test_depthwise_and_grouped_convs_deploy(tmp_path):
     groups = {n["name"]: n.get("groups", 1) for n in graph.nodes if n["op"] == "conv"}
     assert sorted(groups.values()) == [1, 1, 4, 16]
     assert graph.node("body.features.3").get("groups") == 16 and graph.tensors["body.features.3.weight"].shape == (16, 3, 3, 1)
+    if fast_available():
+        from pixelq.runtime import clib
+        from pixelq.runtime.fast import FastExecutor
+        from pixelq.runtime.reference import run_reference
+
+        x = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+        reference = run_reference(graph, x)
+        for isa in clib.isas():
+            executor = FastExecutor(graph, isa=isa, fuse=False)
+            assert executor.kernels()["body.features.3"].startswith("dot product"), isa
+            values = executor.run(x)
+            for name in ("body.features.3", "body.features.9"):
+                assert np.array_equal(values[name], reference[name]), (isa, name)
     x = np.random.default_rng(2).integers(0, 256, (16, 16, 16, 3), dtype=np.uint8)
     labels = Runtime(graph, backend="reference").predict(x)
     for proto in (to_onnx(graph), to_qdq(lower_plain(twin, (16, 16, 3)))):

@@ -67,11 +67,15 @@ def test_the_c_reader_runs_what_the_python_runtime_runs(models, name):
 def test_the_c_reader_refuses_clearly(models, tmp_path):
     from pixelq.runtime import fast
 
-    grouped = {"op": "conv", "name": "c", "inputs": ["image"], "tensors": ["weight"], "in_channels": 4, "groups": 4,
-               "out_channels": 4, "kernel": 3, "stride": 1, "padding": 1, "weight_bits": 1, "weight_lowest": -1,
-               "weight_stride": 2, "input_range": [0, 3]}
-    spec, keep = fast.net_node(grouped, {"c.weight": np.ones((4, 3, 3, 1), np.int32)}, [0])
-    with pytest.raises(clib.Unsupported, match="grouped convs .* have no C kernel yet"):
+    wide = {"op": "conv", "name": "c", "inputs": ["image"], "tensors": ["weight"], "in_channels": 4,
+            "out_channels": 4, "kernel": 3, "stride": 1, "padding": 1, "weight_bits": 1, "weight_lowest": -1,
+            "weight_stride": 2, "input_range": [0, 300]}
+    spec, keep = fast.net_node(wide, {"c.weight": np.ones((4, 3, 3, 4), np.int32)}, [0])
+    with pytest.raises(clib.Unsupported, match="codes wider than a byte have no C kernel yet"):
+        clib.Net().add_node(spec, None, 1)
+    signed = {**wide, "groups": 4, "input_range": [-2, 1]}
+    spec, keep = fast.net_node(signed, {"c.weight": np.ones((4, 3, 3, 1), np.int32)}, [0])
+    with pytest.raises(clib.Unsupported, match="grouped convs over a lookup or signed codes"):
         clib.Net().add_node(spec, None, 1)
     with pytest.raises(clib.Model.LoadError, match="cannot open the model file"):
         clib.Model(tmp_path / "none.pxq")

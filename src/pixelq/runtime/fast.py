@@ -5,7 +5,7 @@ signed inputs shifted; a model file stores it) becomes one libpixelq net at load
 `pxq_net_add_node`, which chooses a conv's kernel for the instruction set (table sums, bit-planes
 packed through the lookup, dot products or bit-planes; csrc/steps.c) and lays its weights out,
 the same code `pxq_load` runs. A batch then runs in one call. The nodes from the first one the net
-cannot run (grouped convs, codes wider than a byte) run one by one on the numpy reference, on the
+cannot run (codes wider than a byte, some grouped convs: csrc/steps.c) run one by one on the numpy reference, on the
 net's values.
 
 The layouts in numpy below (`pack_conv_weight`, ...) are for calling the kernels directly (their
@@ -170,7 +170,7 @@ class FastExecutor:
             kernel = {"dot product": f"dot product ({clib.dot_isa(self.isa)})",
                       "bit-planes": f"bit-planes ({planes}x{bits} popcount passes)"}.get(KERNELS.get(kind))
             kernels[node.get("conv_name", name)] = kernel or KERNELS.get(
-                kind, "numpy reference (grouped, or codes wider than a byte)")
+                kind, "numpy reference (codes wider than a byte, or a grouped conv no C kernel holds)")
         return kernels
 
     def _run(self, images: np.ndarray, wanted, seconds: "dict | None" = None) -> dict:

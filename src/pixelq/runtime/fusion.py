@@ -46,8 +46,9 @@ def byte_input(conv: dict) -> bool:
 
 
 def has_kernel(conv: dict) -> bool:
-    """Whether a C kernel runs the conv: byte codes (shifted), no groups (grouped and depthwise convs
-    run on the numpy reference, unfused)."""
+    """Whether the conv is fused and shifted for the C kernels: byte codes (shifted), no groups (grouped
+    and depthwise convs run unfused: libpixelq computes them as dot products of a block-diagonal
+    weight, csrc/steps.c)."""
     return byte_input(conv) and conv.get("groups", 1) == 1
 
 

@@ -11,7 +11,7 @@
  *     weights into each int32 lane, the weights' stored order (tap, group of 4 channels, block of 8
  *     outputs, 8 x 4 bytes) being two SDOT operands as they lie. SDOT multiplies signed bytes, so a
  *     call whose codes reach 128 runs the portable dot conv instead (the plan never sends it one:
- *     steps.c dot_fits);
+ *     steps.c dot_holds);
  *   - the epilogue (finish8_neon): 8 channels' accumulators, direction, integer thresholds, the
  *     residual add and its clip, as finish_portable.
  * Verified under user-mode emulation (`make test-arm64`); its speed has not been measured on ARM

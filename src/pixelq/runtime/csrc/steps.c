@@ -7,7 +7,8 @@
  * that checked here), else it packs its bit-planes through the lookup; another conv runs as dot products where
  * its plane pairs (input planes x weight bits) reach DOT_MIN_PAIRS, or 4 on layers of at least
  * DOT_WIDE_CHANNELS input channels (read off `python experiments/kernel_crossover.py` per build),
- * else as bit-planes.
+ * else as bit-planes. A grouped conv runs as the dense conv of its block-diagonal weight, as dot
+ * products (the one kernel whose weights can be 0), where that kernel computes it exactly.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -126,16 +127,20 @@ static void *conv_table(const pxq_node *n, int64_t colours, int *entry_bytes, in
     return out;
 }
 
-/* Whether the conv runs as dot products under `isa`: by the cost rule above, weight codes inside
- * int8, for VPMADDUBSW (AVX2 without VNNI, saturating int16 pairs) 2 x top code x |weight| <= 32767,
- * and for SDOT (signed bytes) codes below 128. */
-static int dot_fits(const pxq_node *n, const char *isa) {
+/* Whether dot products pay for the conv under `isa`: by the cost rule above. */
+static int dot_pays(const pxq_node *n, const char *isa) {
     int wide = 0;
     for (size_t q = 0; q < sizeof DOT_WIDE_CHANNELS / sizeof DOT_WIDE_CHANNELS[0]; q++)
         if (!strcmp(DOT_WIDE_CHANNELS[q].isa, isa)) wide = DOT_WIDE_CHANNELS[q].wide;
+    const int64_t pairs = planes_of(n) * n->weight_bits;
+    return pairs >= DOT_MIN_PAIRS || (pairs == 4 && wide && n->in_channels >= wide);
+}
+
+/* Whether the dot-product kernel of `isa` computes the conv exactly: weight codes inside int8, for
+ * VPMADDUBSW (AVX2 without VNNI, saturating int16 pairs) 2 x top code x |weight| <= 32767, and for
+ * SDOT (signed bytes) codes below 128. */
+static int dot_holds(const pxq_node *n, const char *isa) {
     const int planes = planes_of(n);
-    const int64_t pairs = planes * n->weight_bits;
-    if (!(pairs >= DOT_MIN_PAIRS || (pairs == 4 && wide && n->in_channels >= wide))) return 0;
     const int32_t *w = n->weight.data;
     int64_t top = 0;
     for (int64_t q = 0; q < count_of(&n->weight); q++) {
@@ -159,11 +164,39 @@ static void *own(owned_t *s, void *p) {
     return NULL;
 }
 
-static int conv_step(const pxq_node *n, const char *isa, int threads, pxq_step *step, owned_t *s) {
+/* A grouped conv (weight (O, k, k, I / groups)) as a dense one whose weight (O, k, k, I) is block
+ * diagonal: output channel oc reads only its group's inputs, every other weight 0. Only the
+ * dot-product kernel holds a 0 weight (a binary grid has none), so it runs as dot products, at
+ * groups x the MACs of the grouped conv. The dense weight is owned by `s`; NULL when out of memory. */
+static int32_t *dense_weight(const pxq_node *n, owned_t *s) {
+    const int64_t o = n->out_channels, k = n->kernel, ci = n->in_channels, g = n->groups, per = ci / g;
+    int32_t *w = own(s, calloc((size_t)(o * k * k * ci), 4));
+    if (!w) return NULL;
+    for (int64_t oc = 0; oc < o; oc++)
+        for (int64_t t = 0; t < k * k; t++)
+            for (int64_t i = 0; i < per; i++)
+                w[(oc * k * k + t) * ci + oc / (o / g) * per + i] = n->weight.data[(oc * k * k + t) * per + i];
+    return w;
+}
+
+static int conv_step(const pxq_node *given, const char *isa, int threads, pxq_step *step, owned_t *s) {
+    pxq_node dense;
+    const pxq_node *n = given;
     const int64_t shift = n->input_shift, o = n->out_channels, k = n->kernel;
     const int64_t lo = n->input_range[0], hi = n->input_range[1];
-    if (n->groups > 1 || hi + (lo < 0 ? -lo : 0) > 255)  /* fusion.has_kernel */
-        return pxq_fail(PXQ_ERROR_UNSUPPORTED, "grouped convs and codes wider than a byte have no C kernel yet");
+    if (hi + (lo < 0 ? -lo : 0) > 255)  /* fusion.has_kernel */
+        return pxq_fail(PXQ_ERROR_UNSUPPORTED, "codes wider than a byte have no C kernel yet");
+    if (n->groups > 1) {
+        if (n->lut.data || lo < 0 || n->in_channels % n->groups || o % n->groups ||
+            !shaped(&n->weight, 4, o, k, k, n->in_channels / n->groups))
+            return pxq_fail(PXQ_ERROR_UNSUPPORTED, "grouped convs over a lookup or signed codes have no C kernel yet");
+        dense = *n;
+        dense.groups = 1;
+        dense.weight.data = dense_weight(n, s);
+        dense.weight.shape[3] = n->in_channels;
+        if (!dense.weight.data) return pxq_fail(PXQ_ERROR_MEMORY, "out of memory");
+        n = &dense;
+    }
     if (o < 1 || k < 1 || n->in_channels < 1 || n->stride < 1 || n->padding < 0 || shift < 0 || shift > 255 ||
         n->weight_bits < 1 || n->weight_bits > 8 || n->weight_stride < 1 ||
         !shaped(&n->weight, 4, o, k, k, n->in_channels))
@@ -255,7 +288,9 @@ static int conv_step(const pxq_node *n, const char *isa, int threads, pxq_step *
             memset(border, (int)shift, (size_t)c->channels);
             step->shift_border = (pxq_buffer){border, c->channels};
         }
-        if (dot_fits(n, isa)) {
+        if (n != given && !dot_holds(n, isa))
+            return pxq_fail(PXQ_ERROR_UNSUPPORTED, "this grouped conv's dot products do not fit this instruction set");
+        if (n != given || (dot_pays(n, isa) && dot_holds(n, isa))) {
             int8_t *dot = own(s, pack_dot(n, &bytes));
             if (!dot) return pxq_fail(PXQ_ERROR_MEMORY, "out of memory");
             c->kind = PXQ_CONV_DOT, c->weights = (pxq_buffer){dot, bytes};
