@@ -190,6 +190,8 @@ static int conv_step(const pxq_node *given, const char *isa, int threads, pxq_st
         if (n->lut.data || lo < 0 || n->in_channels % n->groups || o % n->groups ||
             !shaped(&n->weight, 4, o, k, k, n->in_channels / n->groups))
             return pxq_fail(PXQ_ERROR_UNSUPPORTED, "grouped convs over a lookup or signed codes have no C kernel yet");
+        if (o > ((int64_t)1 << 28) / (k * k) / n->in_channels)  /* the dense weight: at most 1 GB of int32 */
+            return pxq_fail(PXQ_ERROR_UNSUPPORTED, "this grouped conv is too large to run as a dense one");
         dense = *n;
         dense.groups = 1;
         dense.weight.data = dense_weight(n, s);
