@@ -187,6 +187,8 @@ static int conv_step(const pxq_node *given, const char *isa, int threads, pxq_st
     if (hi + (lo < 0 ? -lo : 0) > 255)  /* fusion.has_kernel */
         return pxq_fail(PXQ_ERROR_UNSUPPORTED, "codes wider than a byte have no C kernel yet");
     if (n->groups > 1) {
+        if (o < 1 || k < 1 || n->in_channels < 1)
+            return pxq_fail(PXQ_ERROR_ARGUMENT, "conv: its attributes and its weight (O, k, k, I) disagree");
         if (n->lut.data || lo < 0 || n->in_channels % n->groups || o % n->groups ||
             !shaped(&n->weight, 4, o, k, k, n->in_channels / n->groups))
             return pxq_fail(PXQ_ERROR_UNSUPPORTED, "grouped convs over a lookup or signed codes have no C kernel yet");
