@@ -144,7 +144,8 @@ def isa_lines(best: dict, avx2: "dict | None", avx2_machine: "dict | None") -> l
                "AVX2 targets are the ARM64/AVX2 issue's, every engine on AVX2")
         targets_for = {"resnet20_b64_vs_torch_fp32": 5.0, "resnet20_b64_vs_ov_int8": 1.5}
     else:
-        how = (f"PyTorch ran {avx2['torch_isa']} and ONNX Runtime its own best in both runs, so the AVX2 column is a "
+        torch_isa = held.get("pytorch_aten") or avx2["torch_isa"]  # a bench from before baseline_isas: its own key
+        how = (f"PyTorch ran {torch_isa} and ONNX Runtime its own best in both runs, so the AVX2 column is a "
                "lower bound for an AVX2-only CPU")
         targets_for = {}
     lines = [f"Speed per instruction set, 1 thread (`pixelq bench --isa avx2 --json results/bench/runtime-isa-avx2.json` "

@@ -15,6 +15,7 @@ source can leave AVX-512 out (onnxruntime issues #12479 and #20215), so it keeps
 """
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -128,8 +129,6 @@ def openvino_primitive_isas(requests: dict) -> dict:
 def baseline_isas(isa: str, openvino: dict) -> dict:
     """What each baseline ran, for the result: PyTorch's ATen capability, the cap its oneDNN was given,
     OpenVINO's primitives by instruction set, and ONNX Runtime's (not selectable)."""
-    import os
-
     held = BASELINE_ISA_ENV.get(isa, {})
     missing = [k for k, v in held.items() if os.environ.get(k) != v]
     return {"asked": held or "none (the runtime runs the best this CPU has, and so do the baselines)",
@@ -253,9 +252,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
         w4a4_path = tmp / "resnet20-w4a4-pe.pxq"
         export(calibrated(create_model("resnet20", **W4A4_MODEL), calibration), w4a4_path)
         result = {"model": str(model_path), "image_size": image_size, "repeats": repeats, "times": {}, "ratios": {},
-                  "runtime_isa": isa, "torch_isa": torch.backends.cpu.get_cpu_capability(),
-                  "onnxruntime_isa": ONNXRUNTIME_ISA, "openvino_version": openvino_version(),
-                  "cpu": cpu_description()}
+                  "runtime_isa": isa, "openvino_version": openvino_version(), "cpu": cpu_description()}
         for threads in thread_counts:
             torch.set_num_threads(threads)
             suffix = "" if threads == 1 else f"_{threads}t"
