@@ -97,3 +97,28 @@ def test_bench_on_avx2_holds_the_baselines_to_avx2(monkeypatch):
         capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                                     env={**os.environ, **held}, capture_output=True, text=True, check=True).stdout
         assert capability.strip() == "AVX2"
+
+
+def test_signal_stack_kept_gives_the_thread_its_own_alternate_stack_back():
+    """What OpenVINO's CPU plugin may leave behind (an alternate signal stack in memory it freed) is
+    undone: the thread's stack is the one it had before, and what the block handed over is cleared."""
+    import ctypes
+
+    from pixelq.bench.inference import _SignalStack, signal_stack_kept
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def current():
+        ss = _SignalStack()
+        assert libc.sigaltstack(None, ctypes.byref(ss)) == 0
+        return ss.sp, ss.flags, ss.size
+
+    before = current()
+    foreign = ctypes.create_string_buffer(65536)
+    with signal_stack_kept() as held:
+        ss = _SignalStack(ctypes.addressof(foreign), 0, len(foreign))
+        assert libc.sigaltstack(ctypes.byref(ss), None) == 0
+        assert current()[0] == ctypes.addressof(foreign)
+        requests = {"fp32": object()}
+        held.append(requests)
+    assert current() == before and requests == {}

@@ -15,6 +15,9 @@ source can leave AVX-512 out (onnxruntime issues #12479 and #20215), so it keeps
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import tempfile
 import time
@@ -107,6 +110,35 @@ def openvino_requests(workdir: Path, threads: int, batch_sizes, image_shape: tup
             compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
             requests[form, batch] = compiled.create_infer_request()
     return requests
+
+
+class _SignalStack(ctypes.Structure):  # Linux's stack_t
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def signal_stack_kept():
+    """Give the calling thread its alternate signal stack back after OpenVINO, whose objects are
+    released inside the block (clear the dicts holding them there, or yield-list them: every
+    container appended to the yielded list is cleared before the stack is restored).
+
+    OpenVINO's CPU plugin gives the thread that compiles a model an alternate signal stack of its own
+    (mmap'ed, for AMX: openvinotoolkit/openvino#11894) and puts the old one back when it is freed;
+    freed out of order, it leaves the thread pointing at unmapped memory, and the next signal handled
+    there (a SIGCHLD under the handler torch's DataLoader installs) kills the process with SIGSEGV."""
+    held: list = []
+    libc = ctypes.CDLL(None, use_errno=True) if os.name == "posix" else None
+    saved = _SignalStack()
+    if libc is None or libc.sigaltstack(None, ctypes.byref(saved)) != 0:
+        libc = None  # not Linux-like: nothing to keep
+    try:
+        yield held
+    finally:
+        for container in held:
+            container.clear()
+        gc.collect()
+        if libc is not None:
+            libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def openvino_primitive_isas(requests: dict) -> dict:
@@ -240,7 +272,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
     images = rng.integers(0, 256, (max(batch_sizes), image_size, image_size, 3), dtype=np.uint8)
     calibration = rng.integers(0, 256, (128, image_size, image_size, 3), dtype=np.uint8)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, signal_stack_kept() as openvino_held:
         tmp = Path(tmp)
         qdq = None  # the same W1A2 network as QDQ ONNX, when it is built here (a .pxq has no QDQ form)
         if model_path is None:
@@ -265,6 +297,7 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             session = ort_int8_session(float_model, calibration, threads, tmp)
             same_model = ort_session(qdq, threads) if qdq is not None else None
             openvino = openvino_requests(tmp, threads, batch_sizes, (image_size, image_size, 3))
+            openvino_held.append(openvino)  # freed together at the end, then the signal stack restored
             result["kernels"] = {name: FastExecutor(rt.model, isa=isa).kernels()
                                       for name, rt in (("w1a2", runtime), ("w4a4", w4a4))}
             result["baseline_isas"] = baseline_isas(isa, openvino)
