@@ -45,7 +45,7 @@ def deploy(run: Path, data: "str | None") -> dict:
     runtime = load(run / "model.pxq")
     agreement = label_agreement(model, runtime, test.images)
     graph = load_model(run / "model.pxq")
-    convs = [graph.tensors[f"{n['name']}.weight"] for n in graph.nodes if n["op"] == "conv"]
+    convs = [graph.tensors[n.tensor_name("weight")] for n in graph.nodes if n.op == "conv"]
     record = {"pxq_bytes": exported["bytes"], "runtime_top1": float(100 * (runtime.predict(test.images) ==
                                                                            test.labels).mean()),
               "labels": agreement, "bops": bitops["totals"]["bops"], "macs": bitops["totals"]["macs"],

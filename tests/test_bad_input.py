@@ -621,7 +621,7 @@ def hostile_edit(manifest: dict, choose) -> str:
     if where in ("node", "plan"):
         nodes = manifest["nodes"] if where == "node" else manifest["plan"]["nodes"]
         node = choose(nodes)
-        key = choose(sorted(node))
+        key = choose(sorted(node) + ["strides"])  # "strides": a key no op has
         value = choose(HOSTILE + [[choose([n["name"] for n in nodes] + ["image"])]])
     elif where == "tensor":
         layout = choose([manifest["tensors"], manifest["plan"]["tensors"]])
@@ -676,8 +676,8 @@ def test_fuzzed_manifests_give_an_error_or_a_consistent_model_never_a_crash(tmp_
 def test_the_stored_plan_is_the_runtimes_and_is_checked(tmp_path):
     """A model file carries the plan the runtime executes (made at export by pixelq.runtime.fusion):
     it reads back as the transforms make it, each tensor the plan passed on unchanged stored once;
-    a plan edited out of shape is refused like the graph itself, and a file of version 1 (no plan)
-    is refused with the way out."""
+    a plan edited out of shape is refused like the graph itself, a file of an older version with the
+    way out, and a node with a key its op does not have by both readers."""
     from pixelq.integer import load_model
     from pixelq.runtime import fusion
     from pixelq.zoo import zoo_path
@@ -686,7 +686,7 @@ def test_the_stored_plan_is_the_runtimes_and_is_checked(tmp_path):
     planned = fusion.plan(model)
     assert model.plan.nodes == planned.nodes and model.plan.tensors.keys() == planned.tensors.keys()
     assert all(np.array_equal(model.plan.tensors[k], planned.tensors[k]) for k in planned.tensors)
-    assert {n["op"] for n in model.plan.nodes} >= {"fused_conv", "lut"}  # fused convs, requantizing lookups
+    assert {n.op for n in model.plan.nodes} >= {"fused_conv", "lut"}  # fused convs, requantizing lookups
     manifest = _zoo_manifest()
     shared = [name for name, t in manifest["plan"]["tensors"].items() if "same_as" in t]
     assert len(shared) >= len(manifest["plan"]["tensors"]) // 2  # weights and thresholds are not stored twice
@@ -707,9 +707,18 @@ def test_the_stored_plan_is_the_runtimes_and_is_checked(tmp_path):
     from safetensors.numpy import save_file
     with safe_open(str(zoo_path("resnet20-w1a2-pe-qlast")), framework="np") as f:
         metadata, blobs = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    save_file(blobs, str(bad), metadata={**metadata, "version": "1"})
-    with pytest.raises(ModelFileError, match="model file version 1, this pixelq reads version 2; export"):
+    save_file(blobs, str(bad), metadata={**metadata, "version": "2"})
+    with pytest.raises(ModelFileError, match="model file version 2, this pixelq reads version 3; export"):
         load(bad)
+    # a key its op does not have (version 2's fused residual adds kept the add's `shift`): both readers refuse
+    _resave_with_manifest(zoo_path("resnet20-w1a2-pe-qlast-r4s"), bad, lambda m: next(
+        n for n in m["plan"]["nodes"] if "residual_stride" in n).update(shift=2))
+    with pytest.raises(ModelFileError, match="has no attribute shift"):
+        load(bad)
+    from pixelq.runtime import clib
+    if clib.available():
+        with pytest.raises(clib.Model.LoadError, match="has an attribute its op does not have"):
+            clib.Model(bad)
 
 
 def test_the_plan_alone_chooses_table_sums(tmp_path):

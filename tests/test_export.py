@@ -1,4 +1,6 @@
 """Lowering to integers: each piece against its formula, and the whole graph against PyTorch."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,7 +172,7 @@ def test_a_signed_residual_branch_adds_to_unsigned_shortcut_codes():
             block.res_act = signed  # codes -4..3 on the same step as the unsigned 0..3 shortcut
     model = trained_like(model)
     graph = lower(model)
-    assert graph.node("stages.0.0.res_act")["qmin"] == -4
+    assert graph.node("stages.0.0.res_act").qmin == -4
     x = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
     for backend in ("reference", "c") if fast_available() else ("reference",):
         report = layer_agreement(model, Runtime(graph, backend=backend), x.numpy())
@@ -196,10 +198,10 @@ def test_a_residual_stream_wider_than_the_conv_inputs_deploys_layer_by_layer(nam
     graph = lower(model)
     wide, narrow = 2 ** kwargs["residual_bits"] - 1, 3
     requantize = graph.node("stages.0.0.act_in")
-    assert requantize["op"] == "threshold" and requantize["qmax"] == narrow
-    assert graph.node(requantize["inputs"][0])["qmax"] == wide  # the stem's codes
-    assert graph.node("stages.1.1.act_out")["op"] == "add_clip" and graph.node("stages.1.1.act_out")["qmax"] == wide
-    assert graph.node("stages.1.1.act1")["qmax"] == narrow
+    assert requantize.op == "threshold" and requantize.qmax == narrow
+    assert graph.node(requantize.inputs[0]).qmax == wide  # the stem's codes
+    assert graph.node("stages.1.1.act_out").op == "add_clip" and graph.node("stages.1.1.act_out").qmax == wide
+    assert graph.node("stages.1.1.act1").qmax == narrow
     assert_runtimes_keep_pytorchs_codes(model, graph, "stages.0.0.act_in")
     if fast_available():  # what `pixelq inspect` shows: the plan's byte lookup, not the file's threshold
         from pixelq.runtime.fast import FastExecutor
@@ -220,16 +222,16 @@ def test_a_signed_residual_branch_deploys_layer_by_layer_and_fuses(residual_bits
     graph = lower(model)
     n = 2**residual_bits - 1
     branch = graph.node("stages.1.0.res_act")
-    assert (branch["op"], branch["qmin"], branch["qmax"]) == ("threshold", -n, n)
-    assert graph.node("stages.1.0.act_out")["qmin"] == 0
+    assert (branch.op, branch.qmin, branch.qmax) == ("threshold", -n, n)
+    assert graph.node("stages.1.0.act_out").qmin == 0
     assert_runtimes_keep_pytorchs_codes(model, graph, "stages.1.0.res_act")
     if fast_available():
         from pixelq.runtime.fast import FastExecutor
 
         plan = FastExecutor(graph).plan
-        assert ("add_clip" not in [node["op"] for node in plan.nodes]) == fused
+        assert ("add_clip" not in [node.op for node in plan.nodes]) == fused
         if fused:
-            assert plan.node("stages.1.0.act_out")["residual_shift"] == n
+            assert plan.node("stages.1.0.act_out").residual_shift == n
     with pytest.raises(ConfigError, match="signed_residual"):
         create_model("resnet20", signed_residual=True)  # a float network's branch is signed already
     with pytest.raises(ConfigError, match="signed_residual"):
@@ -254,9 +256,9 @@ def test_input_offsets_fold_into_the_block_inputs_thresholds(residual_bits):
             b.uniform_(-0.6, 0.6)
     model = trained_like(model)
     graph = lower(model)
-    assert not [n for n in graph.nodes if "offset" in n["name"]]
+    assert not [n for n in graph.nodes if "offset" in n.name]
     moved = graph.node("stages.1.2.act_in")
-    assert moved["op"] == "threshold" and not np.array_equal(graph.tensors["stages.1.2.act_in.thresholds"], at_zero)
+    assert moved.op == "threshold" and not np.array_equal(graph.tensors["stages.1.2.act_in.thresholds"], at_zero)
     assert_runtimes_keep_pytorchs_codes(model, graph, "stages.1.2.act_in")
     with pytest.raises(ConfigError, match="input_offsets"):
         create_model("resnet20", input_offsets=True)  # a float network has no input quantizer to move
@@ -308,7 +310,7 @@ def _deploys(model, image_shape, n=8, tmp_path=None):
     x = np.random.default_rng(0).integers(0, 256, (n, *image_shape), dtype=np.uint8)
     assert label_agreement(model, runtime, x)["differ_unexplained"] == 0
     report = layer_agreement(model, runtime, x[:2])
-    first = next((report[n["name"]] for n in graph.nodes if report.get(n["name"], {}).get("differ")), None)
+    first = next((report[n.name] for n in graph.nodes if report.get(n.name, {}).get("differ")), None)
     assert first is None or first["differ"] == first["ties"], first
     return graph
 
@@ -318,9 +320,9 @@ def test_cnv_exports_and_runs_with_pytorchs_labels(tmp_path):
     model = trained_like(create_model("cnv", first_layer="pixel-embedding", first_layer_kwargs={"d": 4}, wbits=1,
                                       abits=2), size=32)
     graph = _deploys(model, (32, 32, 3), tmp_path=tmp_path)
-    ops = [n["op"] for n in graph.nodes]
+    ops = [n.op for n in graph.nodes]
     assert ops.count("max_pool") == 2 and ops.count("conv") == 8 and ops[-2:] == ["sum_pool", "linear"]
-    assert graph.node("classifier.0")["kernel"] == 1  # the hidden linear layers run as 1x1 convs
+    assert graph.node("classifier.0").kernel == 1  # the hidden linear layers run as 1x1 convs
     with pytest.raises(ExportError, match="needs the image size"):
         lower(model)
 
@@ -330,7 +332,7 @@ def test_resnet18_exports_at_64_pixels(tmp_path):
     model = trained_like(create_model("resnet18", first_layer="pixel-embedding", wbits=1, abits=2,
                                       last_layer="quantized"), size=64)
     graph = _deploys(model, (64, 64, 3), n=4, tmp_path=tmp_path)
-    assert graph.node("stages.1.0.shortcut_conv")["kernel"] == 1
+    assert graph.node("stages.1.0.shortcut_conv").kernel == 1
 
 
 @pytest.mark.parametrize("last_layer", ["quantized", "float"])
@@ -341,8 +343,8 @@ def test_a_model_written_by_hand_deploys_through_quantize_model(tmp_path, last_l
     twin = trained_like(quantize_model(ByHand(), first_layer="pixel-embedding", first_layer_kwargs={"d": 4},
                                        wbits=1, abits=2, last_layer=last_layer), size=16)
     graph = _deploys(twin, (16, 16, 3), n=16, tmp_path=tmp_path)
-    assert [n["op"] for n in graph.nodes][:4] == ["lut", "conv", "threshold", "max_pool"]
-    assert graph.node("body.fc1")["kernel"] == 8  # pooling + hidden linear: one conv over the 8x8 map
+    assert [n.op for n in graph.nodes][:4] == ["lut", "conv", "threshold", "max_pool"]
+    assert graph.node("body.fc1").kernel == 8  # pooling + hidden linear: one conv over the 8x8 map
     assert graph.meta["integer_only"] == (last_layer == "quantized")
 
 
@@ -377,9 +379,9 @@ def test_depthwise_and_grouped_convs_deploy(tmp_path):
     twin = trained_like(quantize_model(_Separable(), first_layer="pixel-embedding", wbits=1, abits=2,
                                        last_layer="quantized"), size=16)
     graph = _deploys(twin, (16, 16, 3), n=16, tmp_path=tmp_path)
-    groups = {n["name"]: n.get("groups", 1) for n in graph.nodes if n["op"] == "conv"}
+    groups = {n.name: n.groups for n in graph.nodes if n.op == "conv"}
     assert sorted(groups.values()) == [1, 1, 4, 16]
-    assert graph.node("body.features.3").get("groups") == 16 and graph.tensors["body.features.3.weight"].shape == (16, 3, 3, 1)
+    assert graph.node("body.features.3").groups == 16 and graph.tensors["body.features.3.weight"].shape == (16, 3, 3, 1)
     if fast_available():
         from pixelq.runtime import clib
         from pixelq.runtime.fast import FastExecutor
@@ -441,19 +443,19 @@ def test_qdq_export_runs_on_onnx_runtimes_int8_kernels(name, kwargs, size, exact
     model = trained_like(create_model(name, **kwargs), size=size)
     plain = lower_plain(model, image_shape=(size, size, 3))
     proto = to_qdq(plain)
-    layers = [n["name"] for n in plain.nodes if n["op"] in ("quantize", "add_clip")]
+    layers = [n.name for n in plain.nodes if n.op in ("quantize", "add_clip")]
     proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UINT8, None) for n in layers)
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-    convs = sum(n["op"] == "conv" for n in plain.nodes)
+    convs = sum(n.op == "conv" for n in plain.nodes)
     assert fused.count("QLinearConv") == convs and "Conv" not in fused  # signed codes too (zero point 128)
-    assert fused.count("QLinearAdd") == sum(n["op"] == "add_clip" for n in plain.nodes)
+    assert fused.count("QLinearAdd") == sum(n.op == "add_clip" for n in plain.nodes)
     x = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
     logits, *codes = session.run(None, {"image": x})
     reference = run_reference(plain, x)
-    zero = {n["name"]: max(0, -n["qmin"]) for n in plain.nodes if n["name"] in layers}  # signed codes travel shifted
+    zero = {n.name: max(0, -n.qmin) for n in plain.nodes if n.name in layers}  # signed codes travel shifted
     differ = [float((c.astype(np.int64) - zero[n] != reference[n].transpose(0, 3, 1, 2)).mean())
               for n, c in zip(layers, codes)]
     first = next((i for i, d in enumerate(differ) if d > 0), len(differ))  # later layers see what it changed
@@ -537,33 +539,43 @@ def test_onnx_writers_refuse_what_they_cannot_write(tmp_path):
     with pytest.raises(ExportError, match="unknown ONNX form 'onnx-qdq'"):
         save_onnx(plain, tmp_path / "m.onnx", "onnx-qdq")
     assert not (tmp_path / "m.onnx").exists()
-    wide = next(n for n in plain.nodes if n["op"] == "quantize")
-    wide["qmin"], wide["qmax"] = -200, 100
-    with pytest.raises(ExportError, match=f"{wide['name']}: codes -200..100 span more than a byte"):
+    i, wide = next((i, n) for i, n in enumerate(plain.nodes) if n.op == "quantize")
+    plain.nodes[i] = dataclasses.replace(wide, qmin=-200, qmax=100)
+    with pytest.raises(ExportError, match=f"{wide.name}: codes -200..100 span more than a byte"):
         to_qdq(plain)
 
 
 def test_every_registered_op_has_all_its_parts():
-    """An op is one class in pixelq.integer.ops: each registered op states its attributes (with
-    rules), tensors and how each is stored, checks its nodes, gives its output shape and MACs, and
-    has a reference computation of its own, and every op an exported file's graph holds writes its
-    integer ONNX form itself (the plan's fused_conv and the plain graph's affine and quantize have
-    none) and every op of the plain graph its QDQ form (the thresholds and the plan's fused_conv have
-    none)."""
+    """An op is one class in pixelq.integer.ops, its nodes its instances: each registered op is a
+    frozen dataclass whose attributes are typed fields with rules, states its tensors and how each is
+    stored, checks its nodes, gives its output shape and MACs, and has a reference computation of its
+    own; every op an exported file's graph holds writes its integer ONNX form itself (the plan's
+    fused_conv and the plain graph's affine and quantize have none) and every op of the plain graph
+    its QDQ form (the thresholds and the plan's fused_conv have none); a node goes to a file's entry
+    and back unchanged, and an entry with a key its op does not have is refused."""
     import inspect
 
-    from pixelq.integer.ops import OPS, RULES, Op
-    for name, op in OPS.items():
-        assert op.name == name and isinstance(op, Op)
-        assert type(op).reference is not Op.reference, name  # fused_conv too: the runtime's plan, in the file
-        assert (type(op).onnx is Op.onnx) == (name in ("fused_conv", "affine", "quantize")), name
-        assert (type(op).qdq is Op.qdq) == (name in ("fused_conv", "threshold")), name  # QDQ: the plain graph
-        assert all(rule in RULES for rule in (*op.attrs.values(), *op.optional.values()))
-        assert type(op).output_shape is not Op.output_shape, name
-        for key in op.tensors:
-            enc = op.encoding({"op": name, "weight_lowest": -1, "weight_stride": 2, "weight_bits": 1, "qmin": 0,
-                               "qmax": 3, "lut_range": [0, 3]}, key)
+    from pixelq.integer.ops import OPS, RULES, Node, node_from_dict
+
+    for name, cls in OPS.items():
+        assert cls.op == name and issubclass(cls, Node) and dataclasses.is_dataclass(cls)
+        assert cls.__dataclass_params__.frozen, name
+        assert cls.reference is not Node.reference, name  # fused_conv too: the runtime's plan, in the file
+        assert (cls.onnx is Node.onnx) == (name in ("fused_conv", "affine", "quantize")), name
+        assert (cls.qdq is Node.qdq) == (name in ("fused_conv", "threshold")), name  # QDQ: the plain graph
+        assert all(f.metadata["rule"] in RULES for f in cls.attributes().values())
+        assert cls.output_shape is not Node.output_shape, name
+        values = {"weight_lowest": -1, "weight_stride": 2, "weight_bits": 1, "qmin": 0, "qmax": 3,
+                  "lut_range": (0, 3), "input_range": (0, 3), "conv_name": "c", "step": 0.5}
+        attrs = {k: values.get(k, 1) for k, f in cls.attributes().items() if f.default is dataclasses.MISSING}
+        node = cls(name="n", inputs=("image",) * cls.INPUTS, tensors=(), **attrs,
+                   **({k: values[k] for k in ("lut_range", "qmin", "qmax", "step") if name == "fused_conv"}))
+        for key in cls.TENSORS:
+            enc = node.encoding(key)
             assert enc["packed"] or np.dtype(enc["dtype"]), (name, key)
-            if key in op.stored:  # what the op stores raw is never packed as if it were weights
-                assert enc == {"packed": False, "dtype": op.stored[key]}, (name, key)
-        assert inspect.signature(op.macs).parameters.keys() == {"node", "in_shape", "out_shape", "tensors"}
+            if key in cls.stored:  # what the op stores raw is never packed as if it were weights
+                assert enc == {"packed": False, "dtype": cls.stored[key]}, (name, key)
+        assert node_from_dict(node.to_dict()) == node, name
+        with pytest.raises(ValueError, match="has no attribute strides"):
+            node_from_dict({**node.to_dict(), "strides": 2})
+        assert inspect.signature(cls.macs).parameters.keys() == {"self", "in_shape", "out_shape", "tensors"}

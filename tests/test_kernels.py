@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from pixelq.errors import ExportError, InputError
 from pixelq.exporting.integers import check_accumulator_range
 from pixelq.runtime import clib, fast, fusion
+from pixelq.integer.ops import Conv
 from pixelq.integer.reference import conv2d_reference, lut_reference, threshold_reference
 
 from arm64.cases import record as record_arm64_case
@@ -586,9 +587,9 @@ def test_dot_product_rule_follows_the_measured_crossover():
     weights beyond int8, nor where VPMADDUBSW's int16 pairs would saturate."""
     def kernel(isa, abits, wbits, weights, channels=16):
         lowest = int(min(weights))
-        node = {"op": "conv", "name": "c", "inputs": ["image"], "tensors": ["weight"], "in_channels": channels,
-                "out_channels": 8, "kernel": 1, "stride": 1, "padding": 0, "weight_bits": wbits,
-                "weight_lowest": lowest, "weight_stride": 1, "input_range": [0, 2**abits - 1]}
+        node = Conv(name="c", inputs=("image",), tensors=("weight",), in_channels=channels, out_channels=8, kernel=1,
+                    stride=1, padding=0, weight_bits=wbits, weight_lowest=lowest, weight_stride=1,
+                    input_range=(0, 2**abits - 1))
         weight = np.resize(np.asarray(weights, np.int32), (8, 1, 1, channels))
         net = clib.Net()
         spec, keep = fast.net_node(node, {"c.weight": weight}, [0])

@@ -1,5 +1,6 @@
 """libpixelq on its own: its reader (pxq_load) against pixelq's, its tool, the C example, and the
 reader under AddressSanitizer and UndefinedBehaviorSanitizer on damaged and hostile files."""
+import dataclasses
 import json
 import random
 import shutil
@@ -67,13 +68,14 @@ def test_the_c_reader_runs_what_the_python_runtime_runs(models, name):
 def test_the_c_reader_refuses_clearly(models, tmp_path):
     from pixelq.runtime import fast
 
-    wide = {"op": "conv", "name": "c", "inputs": ["image"], "tensors": ["weight"], "in_channels": 4,
-            "out_channels": 4, "kernel": 3, "stride": 1, "padding": 1, "weight_bits": 1, "weight_lowest": -1,
-            "weight_stride": 2, "input_range": [0, 300]}
+    from pixelq.integer.ops import Conv
+
+    wide = Conv(name="c", inputs=("image",), tensors=("weight",), in_channels=4, out_channels=4, kernel=3, stride=1,
+                padding=1, weight_bits=1, weight_lowest=-1, weight_stride=2, input_range=(0, 300))
     spec, keep = fast.net_node(wide, {"c.weight": np.ones((4, 3, 3, 4), np.int32)}, [0])
     with pytest.raises(clib.Unsupported, match="codes wider than a byte have no C kernel yet"):
         clib.Net().add_node(spec, None, 1)
-    signed = {**wide, "groups": 4, "input_range": [-2, 1]}
+    signed = dataclasses.replace(wide, groups=4, input_range=(-2, 1))
     spec, keep = fast.net_node(signed, {"c.weight": np.ones((4, 3, 3, 1), np.int32)}, [0])
     with pytest.raises(clib.Unsupported, match="grouped convs over a lookup or signed codes"):
         clib.Net().add_node(spec, None, 1)

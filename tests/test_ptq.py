@@ -157,7 +157,7 @@ def test_quantize_takes_per_layer_bits_from_an_overrides_file(tmp_path, tiny_spl
         assert len(torch.unique(model.get_submodule(name).quantized_weight())) <= 2 ** bits[name]
     assert main(["export", str(out / "checkpoint.pt"), "-o", str(tmp_path / "m.pxq")]) == 0
     graph = load_model(tmp_path / "m.pxq")
-    assert graph.node("stages.2.0.conv1")["weight_bits"] == 2 and graph.node("stages.0.0.conv1")["weight_bits"] == 4
+    assert graph.node("stages.2.0.conv1").weight_bits == 2 and graph.node("stages.0.0.conv1").weight_bits == 4
     assert label_agreement(model, load(tmp_path / "m.pxq"), tiny_splits.test.images)["differ_unexplained"] == 0
     (tmp_path / "bad.json").write_text(json.dumps({"stages.0.*": "binary"}))
     assert main(["quantize", str(tmp_path / "float" / "checkpoint.pt"), "--method", "gpfq", "--data", str(data),

@@ -30,8 +30,8 @@ def test_file_round_trip_and_size(model_file):
     assert again.nodes == graph.nodes and again.meta == graph.meta
     assert all(np.array_equal(again.tensors[k], graph.tensors[k]) for k in graph.tensors)
     assert path.stat().st_size <= 1.1 * payload_bytes(graph)
-    weights_bits = sum(graph.tensors[f"{n['name']}.weight"].size * n["weight_bits"]
-                       for n in graph.nodes if n["op"] in ("conv", "linear"))
+    weights_bits = sum(graph.tensors[n.tensor_name("weight")].size * n.weight_bits
+                       for n in graph.nodes if n.op in ("conv", "linear"))
     assert payload_bytes(graph) < weights_bits / 8 + 20_000  # binary weights dominate; thresholds are small
 
 
@@ -76,9 +76,9 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     if isa not in fast.available_isas():
         pytest.skip(f"this CPU has no {isa}")
     executor = fast.FastExecutor(graph, threads=2, isa=isa)
-    stem = next(node for node in executor.plan.nodes if node.get("conv_name") == "stem.conv")
-    assert stem["name"] == "stem.act" and {"lut", "thresholds"} <= set(stem["tensors"])  # lookup + conv + threshold
-    shifted = [node["name"] for node in executor.plan.nodes if node.get("input_shift")]
+    stem = next(node for node in executor.plan.nodes if getattr(node, "conv_name", None) == "stem.conv")
+    assert stem.name == "stem.act" and {"lut", "thresholds"} <= set(stem.tensors)  # lookup + conv + threshold
+    shifted = [node.name for node in executor.plan.nodes if getattr(node, "input_shift", 0)]
     if path == "shifted planes":
         assert shifted == ["stem.act"] and executor.kernels()["stem.conv"] == "bit-planes via lookup"
     else:
@@ -92,9 +92,9 @@ def test_fused_kernels_equal_the_reference_executor_node_by_node(model_file, int
     every_layer = fast.FastExecutor(graph, threads=2, fuse=False, isa=isa).run(x)  # as layer_outputs() runs
     reference = run_reference(graph, x)
     compared = [name for name, v in values.items() if v is not None and name in reference]
-    block_outputs = {node["name"] for node in graph.nodes if node["name"].endswith("act_out")}
+    block_outputs = {node.name for node in graph.nodes if node.name.endswith("act_out")}
     assert graph.meta["output"] in compared and len(block_outputs) >= 2 and block_outputs <= set(compared)
-    assert set(profile) == {node.get("conv_name", node["name"]) for node in executor.plan.nodes}
+    assert set(profile) == {getattr(node, "conv_name", node.name) for node in executor.plan.nodes}
     assert all(seconds > 0 for seconds in profile.values())
     for name in compared:
         if np.asarray(values[name]).dtype.kind == "f":  # a float last layer: float32 sums in another order than numpy's
@@ -120,7 +120,7 @@ def test_shifted_first_conv_keeps_thresholds_at_the_int32_limits(int8_first_grap
     thresholds[::2] = np.iinfo(np.int32).max
     thresholds[1::4] = np.iinfo(np.int32).min
     executor = fast.FastExecutor(graph, threads=2)
-    assert executor.kernels()["stem.conv"] == "bit-planes via lookup" and executor.plan.node("stem.act")["input_shift"]
+    assert executor.kernels()["stem.conv"] == "bit-planes via lookup" and executor.plan.node("stem.act").input_shift
     x = np.random.default_rng(4).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     assert np.array_equal(executor.run(x)["stem.act"], run_reference(graph, x)["stem.act"])
 

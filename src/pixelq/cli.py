@@ -397,7 +397,7 @@ def _run_inspect(args) -> None:
     for r in rows:
         r["kernel"] = kernels.get(r["layer"])
     if args.json:
-        _write_json(args.json, {"meta": model.meta, "nodes": model.nodes, "table": rows, "isa": isa})
+        _write_json(args.json, {"meta": model.meta, "nodes": [n.to_dict() for n in model.nodes], "table": rows, "isa": isa})
     shapes = {"image": "x".join(map(str, image_shape))}
     print(f"{'layer':<24} {'op':<13} {'input -> output shape':<24} {'bits':>4} {'MACs':>12}  kernel ({isa})")
     for r in rows:

@@ -226,7 +226,7 @@ def first_layer_times(float_model: nn.Module, runtime, images: np.ndarray, repea
     """Pixel embedding LUT + binary conv (pixelq) against the float first conv (PyTorch fp32, on
     normalised float input), one batch, through the first activation."""
     nodes = runtime.model.nodes[:3]  # lut, conv, threshold
-    stem = IntegerModel(nodes, runtime.model.tensors, {**runtime.model.meta, "output": nodes[-1]["name"]})
+    stem = IntegerModel(nodes, runtime.model.tensors, {**runtime.model.meta, "output": nodes[-1].name})
     executor = FastExecutor(stem, runtime.threads, isa=runtime.isa)
     x = torch.as_tensor(images)
     with torch.no_grad():

@@ -32,7 +32,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn import functional as F
 
 from ..errors import ExportError
-from ..integer import IntegerModel
+from ..integer import OPS, IntegerModel
 from ..integer.transforms import EXPORT_TRANSFORMS, apply
 from ..models.tracing import PASSTHROUGH, POOLS, ModelTracer
 from ..nn import ChannelOffset, QuantConv2d, QuantLinear
@@ -90,11 +90,12 @@ class _Lowering:
         self.in_channels = self.logit_scale = self.output = self.num_classes = None
 
     def add(self, op: str, name: str, inputs: list, tensors: "dict | None" = None, **attrs) -> str:
-        if any(n["name"] == name for n in self.nodes):
+        if any(n.name == name for n in self.nodes):
             raise ExportError(f"two integer layers would both be named {name!r}")
         for key, array in (tensors or {}).items():
             self.tensors[f"{name}.{key}"] = array
-        self.nodes.append({"op": op, "name": name, "inputs": inputs, "tensors": sorted(tensors or {}), **attrs})
+        self.nodes.append(OPS[op](name=name, inputs=tuple(inputs), tensors=tuple(sorted(tensors or {})),
+                                  **{k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}))
         return name
 
     # ---- the walk ----
@@ -251,7 +252,7 @@ class _Lowering:
             x = _Sum(x, 1)
         if not isinstance(x, _Sum):
             raise self.unsupported(node, "the last linear layer must read pooled codes")
-        pooled = "pool" if not any(n["name"] == "pool" for n in self.nodes) else f"{node.target}.pool"
+        pooled = "pool" if not any(n.name == "pool" for n in self.nodes) else f"{node.target}.pool"
         step = x.codes.grid[0]
         self.add("sum_pool", pooled, [x.codes.name], step=step)
         self.num_classes = linear.out_features
@@ -402,7 +403,7 @@ class _Lowering:
     def finish(self, node):
         out = node.args[0]
         value = self.values.get(out)
-        if not isinstance(value, str) or value != self.nodes[-1]["name"] or self.nodes[-1]["op"] not in (
+        if not isinstance(value, str) or value != self.nodes[-1].name or self.nodes[-1].op not in (
                 "linear", "linear_float"):
             raise ExportError("the model's output must be its last linear layer (logits)")
         self.output = value
@@ -426,7 +427,7 @@ def fold(plain: IntegerModel) -> IntegerModel:
     """A plain graph (`lower_plain`) through EXPORT_TRANSFORMS: the integer graph; ExportError where
     a real value is left that no threshold holds."""
     graph = apply(plain, EXPORT_TRANSFORMS)
-    left = [n["name"] for n in graph.nodes if n["op"] in ("affine", "quantize")]
+    left = [n.name for n in graph.nodes if n.op in ("affine", "quantize")]
     if left:  # a real value no activation quantizer reads, or a quantizer on something else
         raise ExportError(f"{', '.join(left)}: no integer form (a conv or batch norm whose output is not quantized "
                           "by an activation quantizer)")

@@ -125,7 +125,7 @@ class OnnxForm:
         image_shape = model.meta.get("image_shape")
         self.shapes = infer_shapes(model.nodes, model.tensors, tuple(image_shape)) if qonnx and image_shape else None
 
-    def weights(self, name: str, node: dict, codes: np.ndarray) -> str:
+    def weights(self, name: str, node, codes: np.ndarray) -> str:
         """The weight codes as a constant, or in QONNX as a (Bipolar)Quant node's output."""
         const, op = self.graph.const, self.graph.op
         w = const(f"{name}/weight_codes" if self.qonnx else f"{name}/weight", codes.astype(np.float32))
@@ -133,7 +133,7 @@ class OnnxForm:
             return w
         one = const(f"{name}/weight_scale", np.float32(1.0))
         self.declared[f"{name}/weight"] = list(codes.shape)
-        if node["weight_bits"] == 1 and node["weight_lowest"] == -1 and node["weight_stride"] == 2:
+        if (node.weight_bits, node.weight_lowest, node.weight_stride) == (1, -1, 2):
             return op("BipolarQuant", [w, one], f"{name}/weight", domain=QONNX_DOMAIN)
         lo, hi = int(codes.min(initial=0)), int(codes.max(initial=0))
         return op("Quant", [w, one, const(f"{name}/weight_zero", np.float32(0.0)),
@@ -151,13 +151,11 @@ def to_onnx(model: IntegerModel, qonnx: bool = False):
     """The ONNX (or QONNX) ModelProto of an integer graph, each node written by its op's `onnx`
     method (`pixelq.integer.ops`; needs the `onnx` package: pip install pixelq[bench]; running QONNX
     needs the qonnx package)."""
-    from ..integer.ops import op_of
-
     form = OnnxForm(OnnxGraph(), model, qonnx)
     out = {"image": "image"}
     for node in model.nodes:
-        tensors = {k: model.tensors[f"{node['name']}.{k}"] for k in node["tensors"]}
-        out[node["name"]] = op_of(node).onnx(form, node, [out[i] for i in node["inputs"]], tensors)
+        tensors = {k: model.tensors[node.tensor_name(k)] for k in node.tensors}
+        out[node.name] = node.onnx(form, [out[i] for i in node.inputs], tensors)
     return form.graph.model(model.meta, out[model.meta["output"]], "pixelq", qonnx,
                             form.declared if form.shapes is not None else None)
 

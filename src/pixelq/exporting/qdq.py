@@ -68,8 +68,8 @@ class QdqForm:
 
     def __init__(self, graph: OnnxGraph, plain: IntegerModel):
         self.graph, self.model, self.meta = graph, plain, plain.meta
-        self.by_name = {node["name"]: node for node in plain.nodes}
-        self.readers = {node["inputs"][0]: node for node in plain.nodes if node["op"] == "quantize"}
+        self.by_name = {node.name: node for node in plain.nodes}
+        self.readers = {node.inputs[0]: node for node in plain.nodes if node.op == "quantize"}
         self.codes, self._dequantized = {}, {}
         self.mean = None  # the pooled real codes
 
@@ -98,10 +98,8 @@ class QdqForm:
 def to_qdq(plain: IntegerModel):
     """The QDQ ONNX ModelProto of a plain graph (`lower_plain`; batch norms are folded here), each
     node written by its op's `qdq` method (`pixelq.integer.ops`)."""
-    from ..integer.ops import op_of
-
     graph = apply(plain, (fold_batchnorm,))
     form = QdqForm(OnnxGraph(), graph)
     for node in graph.nodes:
-        op_of(node).qdq(form, node, {k: graph.tensors[f"{node['name']}.{k}"] for k in node["tensors"]})
+        node.qdq(form, {k: graph.tensors[node.tensor_name(k)] for k in node.tensors})
     return form.graph.model(graph.meta, form.codes[graph.meta["output"]][0], "pixelq-qdq")

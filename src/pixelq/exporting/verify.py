@@ -33,10 +33,10 @@ def _nhwc(t: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def layer_agreement(model: nn.Module, runtime, images: np.ndarray) -> dict:
     """Per layer: codes compared, codes that differ, and how many of those are float ties."""
-    nodes = [n for n in runtime.model.nodes if n["op"] in ("threshold", "add_clip")]
+    nodes = [n for n in runtime.model.nodes if n.op in ("threshold", "add_clip")]
     modules = dict(model.named_modules())
     meta = runtime.model.meta
-    wanted = {n["name"] for n in nodes} | {_bn_name(meta, n["name"]) for n in nodes if n["op"] == "threshold"}
+    wanted = {n.name for n in nodes} | {_bn_name(meta, n.name) for n in nodes if n.op == "threshold"}
     outputs, handles = {}, []
     for name in wanted:
         handles.append(modules[name].register_forward_hook(
@@ -49,13 +49,13 @@ def layer_agreement(model: nn.Module, runtime, images: np.ndarray) -> dict:
     values = runtime.layer_outputs(images)
     report = {}
     for node in nodes:
-        torch_codes = np.round(outputs[node["name"]] / node["step"])
-        differ = torch_codes != values[node["name"]]
+        torch_codes = np.round(outputs[node.name] / node.step)
+        differ = torch_codes != values[node.name]
         ties = 0
-        if differ.any() and node["op"] == "threshold":
-            pre = outputs[_bn_name(meta, node["name"])][differ] / node["step"]
+        if differ.any() and node.op == "threshold":
+            pre = outputs[_bn_name(meta, node.name)][differ] / node.step
             ties = int((np.abs(pre - np.floor(pre) - 0.5) < TIE_TOLERANCE).sum())
-        report[node["name"]] = {"codes": int(differ.size), "differ": int(differ.sum()), "ties": ties}
+        report[node.name] = {"codes": int(differ.size), "differ": int(differ.sum()), "ties": ties}
     return report
 
 

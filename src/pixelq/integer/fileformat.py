@@ -7,10 +7,12 @@ code = lowest + stride * u, u stored in `bits` bits. The manifest is zlib-compre
 most of the overhead of a small model); `pixelq inspect` prints it. The SHA-256 covers the
 manifest and every tensor byte. Nothing is pickled.
 
-Version 2 stores, next to the graph, the plan the runtime executes (`pixelq.runtime.fusion.plan`,
+The file stores, next to the graph, the plan the runtime executes (`pixelq.runtime.fusion.plan`,
 run here at export): its nodes and the tensors the transforms made (a tensor they passed on as it
 was is stored once, the plan's entry naming it: {"same_as": name}). Both graphs are checked op by
-op at load, so a runtime (the C library included) only executes.
+op at load, so a runtime (the C library included) only executes. Version 3 (typed nodes) holds each
+node as its op's `to_dict` gives it, and a key its op does not have is an error; version 2's plans
+carried attributes of the nodes a fusion absorbed, so its files are refused: export them again.
 """
 from __future__ import annotations
 
@@ -26,12 +28,12 @@ from ..errors import ModelFileError
 from ..files import atomic_write
 from ..zoo import resolve
 from .graph import IntegerModel
-from .ops import check_graph, op_of
+from .ops import check_graph, nodes_from_dicts
 from .packing import pack_bits, unpack_bits
 
 INT32 = np.iinfo(np.int32)
 FORMAT = "pixelq-model"
-VERSION = 2
+VERSION = 3
 
 def _digest(manifest_bytes: bytes, blobs: dict) -> str:
     h = hashlib.sha256(manifest_bytes)
@@ -46,14 +48,14 @@ def _layout(nodes: list, tensors: dict, parts: dict, stored: dict) -> dict:
     by name; a tensor already stored (`stored`: id of the array -> its name) is named, not repeated."""
     layout = {}
     for node in nodes:
-        for key in node["tensors"]:
-            name = f"{node['name']}.{key}"
+        for key in node.tensors:
+            name = node.tensor_name(key)
             array = tensors[name]
             if id(array) in stored:
                 layout[name] = {"same_as": stored[id(array)]}
                 continue
             array = np.asarray(array)
-            enc = op_of(node).encoding(node, key)
+            enc = node.encoding(key)
             if enc["packed"]:
                 u = (array.astype(np.int64) - enc["lowest"]) // enc["stride"]
                 data, blob = pack_bits(u, enc["bits"]), "packed"
@@ -77,8 +79,8 @@ def save_model(model: IntegerModel, path) -> int:
     shared = {id(model.tensors[name]): name for name in layout}
     plan_layout = _layout(planned.nodes, planned.tensors, parts, shared)
     blobs = {k: np.concatenate(v) for k, v in parts.items()}
-    manifest = {"format": FORMAT, "version": VERSION, "nodes": model.nodes, "meta": model.meta, "tensors": layout,
-                "plan": {"nodes": planned.nodes, "tensors": plan_layout}}
+    manifest = {"format": FORMAT, "version": VERSION, "nodes": [n.to_dict() for n in model.nodes], "meta": model.meta,
+                "tensors": layout, "plan": {"nodes": [n.to_dict() for n in planned.nodes], "tensors": plan_layout}}
     manifest_bytes = json.dumps(manifest, separators=(",", ":")).encode()
     metadata = {
         "format": FORMAT, "version": str(VERSION),
@@ -149,9 +151,10 @@ def load_model(path) -> IntegerModel:
     the manifest does not describe the stored tensors (even when its checksum was recomputed)."""
     manifest, blobs = read_manifest(path)
     try:
-        nodes, meta, layout, plan = manifest["nodes"], manifest["meta"], manifest["tensors"], manifest["plan"]
+        meta, layout, plan = manifest["meta"], manifest["tensors"], manifest["plan"]
         if not isinstance(layout, dict) or not isinstance(plan, dict) or not isinstance(plan["tensors"], dict):
             raise ValueError("the manifest's tensors and its plan's must be objects")
+        nodes, plan_nodes = nodes_from_dicts(manifest["nodes"]), nodes_from_dicts(plan["nodes"])
         tensors = {name: _tensor(blobs, name, t) for name, t in layout.items()}
         check_graph(nodes, tensors, meta)
         plan_tensors = {}
@@ -162,19 +165,19 @@ def load_model(path) -> IntegerModel:
                 plan_tensors[name] = tensors[t["same_as"]]
             else:
                 plan_tensors[name] = _tensor(blobs, name, t)
-        check_graph(plan["nodes"], plan_tensors, meta)
+        check_graph(plan_nodes, plan_tensors, meta)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
         raise ModelFileError(f"{path}: the manifest does not describe a valid model ({type(e).__name__}: {e}); "
                              "export it again with `pixelq export`") from e
-    return IntegerModel(nodes, tensors, meta, plan=IntegerModel(plan["nodes"], plan_tensors, meta))
+    return IntegerModel(nodes, tensors, meta, plan=IntegerModel(plan_nodes, plan_tensors, meta))
 
 
 def payload_bytes(model: IntegerModel) -> float:
     """What the file must hold at least: packed weights and LUT at their bits, thresholds and the rest raw."""
     total = 0.0
     for node in model.nodes:
-        for key in node["tensors"]:
-            array = np.asarray(model.tensors[f"{node['name']}.{key}"])
-            enc = op_of(node).encoding(node, key)
+        for key in node.tensors:
+            array = np.asarray(model.tensors[node.tensor_name(key)])
+            enc = node.encoding(key)
             total += array.size * enc["bits"] / 8 if enc["packed"] else array.size * np.dtype(enc["dtype"]).itemsize
     return total

@@ -25,23 +25,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .ops import OPS, infer_shapes
+from .ops import Node, infer_shapes
 from .packing import code_bits
 
 @dataclass
 class IntegerModel:
     """An integer-only graph plus what a user needs to feed it and read its output."""
 
-    nodes: list
+    nodes: list  # of Node (pixelq.integer.ops), in execution order
     tensors: dict
     meta: dict = field(default_factory=dict)
     # The graph the runtime executes (`pixelq.runtime.fusion.plan` of this one), as a model file
     # stores it so that no runtime plans at load; None for a graph not read from a file.
     plan: "IntegerModel | None" = None
 
-    def node(self, name: str) -> dict:
+    def node(self, name: str) -> Node:
         for n in self.nodes:
-            if n["name"] == name:
+            if n.name == name:
                 return n
         raise KeyError(name)
 
@@ -54,14 +54,14 @@ def graph_table(model: IntegerModel, image_shape: tuple) -> list[dict]:
     bits = {"image": 8}
     rows = []
     for node in model.nodes:
-        op, inp = OPS[node["op"]], node["inputs"][0]
-        if "qmin" in node:
-            bits[node["name"]] = code_bits(node["qmin"], node["qmax"])
-        elif node["op"] in ("subsample_pad", "sum_pool", "max_pool"):
-            bits[node["name"]] = bits[inp]  # the same codes, moved or summed
-        rows.append({"layer": node["name"], "op": node["op"], "inputs": node["inputs"],
-                     "shape": list(shapes[node["name"]]), "bits": bits.get(node["name"]), "input_bits": bits.get(inp),
-                     "macs": op.macs(node, shapes[inp], shapes[node["name"]], model.tensors)})
+        inp = node.inputs[0]
+        if getattr(node, "qmin", None) is not None:
+            bits[node.name] = code_bits(node.qmin, node.qmax)
+        elif node.op in ("subsample_pad", "sum_pool", "max_pool"):
+            bits[node.name] = bits[inp]  # the same codes, moved or summed
+        rows.append({"layer": node.name, "op": node.op, "inputs": list(node.inputs),
+                     "shape": list(shapes[node.name]), "bits": bits.get(node.name), "input_bits": bits.get(inp),
+                     "macs": node.macs(shapes[inp], shapes[node.name], model.tensors)})
     return rows
 
 
@@ -69,13 +69,13 @@ def graph_costs(model: IntegerModel, image_shape: tuple) -> list[dict]:
     """`pixelq.models.layer_costs` read off an integer graph: per conv / linear node on one (H, W, C)
     image, MACs, weight bits, input code bits, BOPs and stored weight bits. The last layer's input
     (pooled sums) counts at the bits of the codes pooled, as in `layer_costs`."""
-    nodes = {n["name"]: n for n in model.nodes}
+    nodes = {n.name: n for n in model.nodes}
     rows = []
     for r in graph_table(model, image_shape):
         if r["op"] in ("conv", "linear", "linear_float"):
             node = nodes[r["layer"]]
-            w_bits = node.get("weight_bits", 32)
-            in_bits = code_bits(*node["input_range"]) if r["op"] == "conv" else r["input_bits"]
+            w_bits = getattr(node, "weight_bits", 32)
+            in_bits = code_bits(*node.input_range) if r["op"] == "conv" else r["input_bits"]
             weights = int(np.prod(model.tensors[f"{r['layer']}.weight"].shape))
             rows.append({"layer": r["layer"], "kind": r["op"], "macs": r["macs"], "weight_bits": w_bits,
                          "input_bits": in_bits, "bops": r["macs"] * w_bits * in_bits, "param_bits": weights * w_bits})

@@ -1,6 +1,6 @@
 """The slow, obvious integer arithmetic the ops' reference computations are made of (numpy, int64):
 a per-pixel lookup, an integer conv, integer thresholds. `pixelq.integer.ops` runs each op with them
-(`Op.reference`); the fast runtime and the PyTorch fake-quant model are both checked against it."""
+(`Node.reference`); the fast runtime and the PyTorch fake-quant model are both checked against it."""
 from __future__ import annotations
 
 import numpy as np

@@ -10,11 +10,13 @@ The fast runtime applies its own (pixelq.runtime.fusion) at load. Only numpy.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
 
 from .graph import IntegerModel
+from .ops import Node, Threshold, retyped
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -44,71 +46,95 @@ def fold_batchnorm_into_thresholds(a: np.ndarray, b: np.ndarray, step: float, qm
 
 class Rewrite:
     """A copy of a graph being rewritten: nodes by name, who reads what, and helpers that keep the
-    tensors (keyed "node.tensor") with their nodes. `result()` gives the new IntegerModel, nodes in
-    their original order, dropped ones left out."""
+    tensors (keyed "node.tensor") with their nodes. Nodes are frozen: each helper puts a new node
+    (`dataclasses.replace`, `ops.retyped`) in the old one's place and returns it, and every helper
+    takes the node as it is now (by name), so a loop over `nodes` may hold one it has since changed.
+    `result()` gives the new IntegerModel, nodes in their original order, dropped ones left out."""
 
     def __init__(self, model: IntegerModel):
-        self.nodes = [dict(node, inputs=list(node["inputs"]), tensors=list(node["tensors"])) for node in model.nodes]
+        self.nodes = list(model.nodes)
         self.tensors, self.meta = dict(model.tensors), dict(model.meta)
-        self.by_name = {node["name"]: node for node in self.nodes}
-        self.readers = Counter(name for node in self.nodes for name in node["inputs"])
+        self.by_name = {node.name: node for node in self.nodes}
+        self.place = {node.name: i for i, node in enumerate(self.nodes)}
+        self.readers = Counter(name for node in self.nodes for name in node.inputs)
         self.dropped: set = set()
 
-    def source(self, node: dict, i: int = 0) -> "dict | None":
+    def source(self, node: Node, i: int = 0) -> "Node | None":
         """The node whose output is node's i-th input (None for the image)."""
-        return self.by_name.get(node["inputs"][i])
+        return self.by_name.get(self.by_name[node.name].inputs[i])
 
-    def only_reader(self, node: "dict | None") -> bool:
-        return node is not None and self.readers[node["name"]] == 1 and node["name"] != self.meta.get("output")
+    def only_reader(self, node: "Node | None") -> bool:
+        return node is not None and self.readers[node.name] == 1 and node.name != self.meta.get("output")
 
-    def tensor(self, node: dict, key: str) -> np.ndarray:
-        return self.tensors[f"{node['name']}.{key}"]
+    def tensor(self, node: Node, key: str) -> np.ndarray:
+        return self.tensors[node.tensor_name(key)]
 
-    def set_tensor(self, node: dict, key: str, array: np.ndarray) -> None:
-        self.tensors[f"{node['name']}.{key}"] = array
-        if key not in node["tensors"]:
-            node["tensors"] = sorted(node["tensors"] + [key])
+    def put(self, node: Node, new: Node) -> Node:
+        """`new` in the place of `node` (and of its name)."""
+        i = self.place.pop(node.name)
+        del self.by_name[node.name]
+        self.nodes[i], self.place[new.name], self.by_name[new.name] = new, i, new
+        return new
 
-    def drop(self, node: dict) -> None:
+    def update(self, node: Node, **changes) -> Node:
+        """The node with fields changed."""
+        node = self.by_name[node.name]
+        return self.put(node, dataclasses.replace(node, **changes))
+
+    def retype(self, node: Node, cls: type, **changes) -> Node:
+        """The node as a node of op `cls` (the fields both have kept), fields changed."""
+        node = self.by_name[node.name]
+        return self.put(node, retyped(node, cls, **changes))
+
+    def set_tensor(self, node: Node, key: str, array: np.ndarray) -> Node:
+        node = self.by_name[node.name]
+        self.tensors[node.tensor_name(key)] = array
+        return node if key in node.tensors else self.update(node, tensors=tuple(sorted((*node.tensors, key))))
+
+    def drop(self, node: Node) -> None:
         """Remove `node` (its readers must have been rewired) and its tensors."""
-        self.dropped.add(node["name"])
-        for key in node["tensors"]:
-            del self.tensors[f"{node['name']}.{key}"]
+        node = self.by_name[node.name]
+        self.dropped.add(node.name)
+        for key in node.tensors:
+            del self.tensors[node.tensor_name(key)]
 
-    def rename(self, node: dict, name: str) -> dict:
+    def rename(self, node: Node, name: str) -> Node:
         """`node` under a new name (its output is no longer what the old name meant): its tensors
         and its readers' inputs follow."""
-        old = node["name"]
-        for key in node["tensors"]:
-            self.tensors[f"{name}.{key}"] = self.tensors.pop(f"{old}.{key}")
-        for reader in self.nodes:
-            reader["inputs"] = [name if i == old else i for i in reader["inputs"]]
+        node = self.by_name[node.name]
+        old = node.name
+        for key in node.tensors:
+            self.tensors[f"{name}.{key}"] = self.tensors.pop(node.tensor_name(key))
+        renamed = self.put(node, dataclasses.replace(node, name=name))
+        for reader in list(self.nodes):
+            if old in reader.inputs:
+                self.put(reader, dataclasses.replace(reader, inputs=tuple(name if i == old else i for i in reader.inputs)))
         self.readers[name] = self.readers.pop(old)
-        del self.by_name[old]
-        node["name"], self.by_name[name] = name, node
-        return node
+        return renamed
 
-    def replace(self, node: dict, op: str, tensors: dict, **attrs) -> dict:
-        """`node` in place as another op computing the same output: same name and inputs, `tensors`
-        instead of its own, `attrs` added."""
-        for key in node["tensors"]:
-            del self.tensors[f"{node['name']}.{key}"]
-        node.update(op=op, tensors=[], **attrs)
+    def replace(self, node: Node, cls: type, tensors: dict, **attrs) -> Node:
+        """`node` in place as a node of another op computing the same output: same name and inputs,
+        `tensors` instead of its own, `attrs` set."""
+        node = self.by_name[node.name]
+        for key in node.tensors:
+            del self.tensors[node.tensor_name(key)]
+        node = self.retype(node, cls, tensors=(), **attrs)
         for key, array in tensors.items():
-            self.set_tensor(node, key, array)
+            node = self.set_tensor(node, key, array)
         return node
 
-    def absorb(self, later: dict, earlier: dict, **changes) -> dict:
+    def absorb(self, later: Node, earlier: Node, cls: "type | None" = None, **changes) -> Node:
         """`earlier`, which only `later` reads, merged into `later`'s place: the merged node keeps
-        `later`'s name (its readers need no change), takes `earlier`'s tensors and `changes`."""
-        for key in earlier["tensors"]:
-            self.set_tensor(later, key, self.tensor(earlier, key))
+        `later`'s name (its readers need no change), takes `earlier`'s tensors and `changes`, and
+        becomes a node of op `cls` if given."""
+        earlier = self.by_name[earlier.name]
+        for key in earlier.tensors:
+            later = self.set_tensor(later, key, self.tensor(earlier, key))
         self.drop(earlier)
-        later.update(changes)
-        return later
+        return self.retype(later, cls, **changes) if cls else self.update(later, **changes)
 
     def result(self) -> IntegerModel:
-        return IntegerModel([n for n in self.nodes if n["name"] not in self.dropped], self.tensors, self.meta)
+        return IntegerModel([n for n in self.nodes if n.name not in self.dropped], self.tensors, self.meta)
 
 
 def fold_batchnorm(model: IntegerModel) -> IntegerModel:
@@ -116,12 +142,12 @@ def fold_batchnorm(model: IntegerModel) -> IntegerModel:
     one affine, y = s2 (s1 x + b1) + b2, named after the second."""
     g = Rewrite(model)
     for node in g.nodes:
-        first = g.source(node) if node["op"] == "affine" else None
-        if first is None or first["op"] != "affine" or not g.only_reader(first):
+        first = g.source(node) if node.op == "affine" else None
+        if first is None or first.op != "affine" or not g.only_reader(first):
             continue
         s1, b1, s2, b2 = g.tensor(first, "scale"), g.tensor(first, "bias"), g.tensor(node, "scale"), g.tensor(node, "bias")
         g.drop(first)
-        node["inputs"] = first["inputs"]
+        g.update(node, inputs=first.inputs)
         g.set_tensor(node, "scale", s2 * s1)
         g.set_tensor(node, "bias", s2 * b1 + b2)
     return g.result()
@@ -133,15 +159,13 @@ def fold_thresholds(model: IntegerModel) -> IntegerModel:
     (`fold_batchnorm_into_thresholds`)."""
     g = Rewrite(model)
     for node in g.nodes:
-        affine = g.source(node) if node["op"] == "quantize" else None
-        if affine is None or affine["op"] != "affine" or not g.only_reader(affine):
+        affine = g.source(node) if node.op == "quantize" else None
+        if affine is None or affine.op != "affine" or not g.only_reader(affine):
             continue
         direction, thresholds = fold_batchnorm_into_thresholds(g.tensor(affine, "scale"), g.tensor(affine, "bias"),
-                                                               node["step"], node["qmin"], node["qmax"])
+                                                               node.step, node.qmin, node.qmax)
         g.drop(affine)
-        node.update(op="threshold", inputs=affine["inputs"])
-        g.set_tensor(node, "direction", direction)
-        g.set_tensor(node, "thresholds", thresholds)
+        g.replace(node, Threshold, {"direction": direction, "thresholds": thresholds}, inputs=affine.inputs)
     return g.result()
 
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
-from ..integer.ops import OPS
+from ..integer.ops import Conv, Node
 from . import clib, fusion
 from .reference import node_tensors
 
@@ -106,23 +106,22 @@ NODE_TENSORS = ("weight", "lut", "direction", "thresholds", "offset")
 NODE_FIELDS = {name for name, kind in clib.Node._fields_ if kind is clib.i64}  # the integer attributes
 
 
-def net_node(node: dict, tensors: dict, inputs: list) -> tuple:
+def net_node(node: Node, tensors: dict, inputs: list) -> tuple:
     """(clib.Node, the arrays it points to) for a plan node whose inputs are value numbers."""
-    op = OPS[node["op"]]  # the attributes its op has (others a node may carry are not its own)
-    fields = {k: node[k] for k in (*op.attrs, *op.optional) if k in node and k in NODE_FIELDS}
-    out = clib.Node(op=NODE_OPS[node["op"]], inputs=(clib.i32 * 2)(*(inputs + [-1, -1])[:2]), **fields)
-    if "input_range" in op.attrs:
-        out.input_range = (clib.i64 * 2)(*node["input_range"])
+    fields = {k: getattr(node, k) for k in node.attributes() if k in NODE_FIELDS and getattr(node, k) is not None}
+    out = clib.Node(op=NODE_OPS[node.op], inputs=(clib.i32 * 2)(*(inputs + [-1, -1])[:2]), **fields)
+    if isinstance(node, Conv):
+        out.input_range = (clib.i64 * 2)(*node.input_range)
     keep = []
-    floats = node["op"] == "linear_float"  # a float last layer: float32 weight and bias, and its step
+    floats = node.op == "linear_float"  # a float last layer: float32 weight and bias, and its step
     for key in ("weight", "bias") if floats else NODE_TENSORS:
-        if key in node["tensors"]:
-            array = np.ascontiguousarray(tensors[f"{node['name']}.{key}"], np.float32 if floats else np.int32)
+        if key in node.tensors:
+            array = np.ascontiguousarray(tensors[node.tensor_name(key)], np.float32 if floats else np.int32)
             keep.append(array)
             kind, field = (clib.Floats, "float_weight" if key == "weight" else key) if floats else (clib.Codes, key)
             setattr(out, field, kind(array.ctypes.data, array.ndim, (clib.i64 * 4)(*array.shape)))
-    if "step" in node:
-        out.step = node["step"]
+    if getattr(node, "step", None) is not None:
+        out.step = node.step
     return out, keep
 
 
@@ -145,11 +144,11 @@ class FastExecutor:
         self.plan = model.plan if fuse and model.plan is not None else fusion.plan(model, fuse)
         self.net, self._values = clib.Net(), {"image": 0}
         for node in self.plan.nodes:
-            if node["op"] not in NODE_OPS or any(i not in self._values for i in node["inputs"]):
+            if node.op not in NODE_OPS or any(i not in self._values for i in node.inputs):
                 break
-            spec, keep = net_node(node, self.plan.tensors, [self._values[i] for i in node["inputs"]])
+            spec, keep = net_node(node, self.plan.tensors, [self._values[i] for i in node.inputs])
             try:
-                self._values[node["name"]] = self.net.add_node(spec, self.isa, self.threads)
+                self._values[node.name] = self.net.add_node(spec, self.isa, self.threads)
             except clib.Unsupported:  # this node and the rest run on the reference
                 break
         done = len(self._values) - 1
@@ -159,17 +158,17 @@ class FastExecutor:
     def kernels(self) -> dict:
         """{file node name: the kernel it runs on}, as `pixelq inspect --isa` shows it: each conv's,
         and a threshold's the plan runs as a byte lookup (`fusion.requantize_as_lookup`)."""
-        kernels, tail = {}, {node["name"] for node in self._tail}
+        kernels, tail = {}, {node.name for node in self._tail}
         for node in self.plan.nodes:
-            name = node["name"]
-            if node["op"] == "lut" and self.model.node(name)["op"] == "threshold":
+            name = node.name
+            if node.op == "lut" and self.model.node(name).op == "threshold":
                 kernels[name] = "numpy reference lookup" if name in tail else "byte lookup"
-            if node["op"] not in fusion.CONV_OPS:
+            if node.op not in fusion.CONV_OPS:
                 continue
             kind, planes, bits = (-1, 0, 0) if name in tail else self.net.step_kernel(self._values[name] - 1)
             kernel = {"dot product": f"dot product ({clib.dot_isa(self.isa)})",
                       "bit-planes": f"bit-planes ({planes}x{bits} popcount passes)"}.get(KERNELS.get(kind))
-            kernels[node.get("conv_name", name)] = kernel or KERNELS.get(
+            kernels[getattr(node, "conv_name", name)] = kernel or KERNELS.get(
                 kind, "numpy reference (codes wider than a byte, or a grouped conv no C kernel holds)")
         return kernels
 
@@ -185,9 +184,9 @@ class FastExecutor:
                     values[name] = self.net.value(self._values[name])
         for node, t in zip(self._tail, self._tail_tensors):
             start = time.perf_counter()
-            values[node["name"]] = OPS[node["op"]].reference(node, [values[i] for i in node["inputs"]], t, values)
+            values[node.name] = node.reference([values[i] for i in node.inputs], t, values)
             if seconds is not None:
-                seconds[node["name"]] = time.perf_counter() - start
+                seconds[node.name] = time.perf_counter() - start
         return values
 
     def run(self, images: np.ndarray) -> dict:
@@ -198,7 +197,7 @@ class FastExecutor:
                     for name, v in values.items()}
 
     def _tail_inputs(self) -> set:
-        return {i for node in self._tail for i in node["inputs"]}
+        return {i for node in self._tail for i in node.inputs}
 
     def output(self, images: np.ndarray) -> tuple:
         """(a copy of the model's output, the positions its sum pool summed) for `images`."""
@@ -220,8 +219,8 @@ class FastExecutor:
                     if len(self._values) > 1:
                         seconds.update(zip(list(self._values)[1:], self.net.step_seconds()))
                     for node in self.plan.nodes:
-                        name = node.get("conv_name", node["name"])
-                        times[name] = min(times.get(name, float("inf")), seconds[node["name"]])
+                        name = getattr(node, "conv_name", node.name)
+                        times[name] = min(times.get(name, float("inf")), seconds[node.name])
             finally:
                 self.net.profile(False)
         return times

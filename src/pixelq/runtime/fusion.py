@@ -25,9 +25,12 @@ so each transform is checked by running the reference before and after it. Only 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..integer import IntegerModel
+from ..integer.ops import Conv, FusedConv, Lookup
 from ..integer.transforms import INT32_MAX, INT32_MIN, Rewrite, apply
 from ..integer.reference import threshold_reference
 
@@ -35,21 +38,21 @@ CONV_OPS = ("conv", "fused_conv")
 LOOKUP_CHANNELS = 64  # the lookup conv packs one pixel's codes of a plane into one 64-bit word
 
 
-def input_shift(conv: dict) -> int:
+def input_shift(conv: Conv) -> int:
     """What a conv's input codes are shifted by to start at 0."""
-    return max(0, -conv["input_range"][0])
+    return max(0, -conv.input_range[0])
 
 
-def byte_input(conv: dict) -> bool:
+def byte_input(conv: Conv) -> bool:
     """Whether the conv's input codes, shifted to start at 0, fit a byte (the kernels' codes)."""
-    return conv["input_range"][1] + input_shift(conv) <= 255
+    return conv.input_range[1] + input_shift(conv) <= 255
 
 
-def has_kernel(conv: dict) -> bool:
+def has_kernel(conv: Conv) -> bool:
     """Whether the conv is fused and shifted for the C kernels: byte codes (shifted), no groups (grouped
     and depthwise convs run unfused: libpixelq computes them as dot products of a block-diagonal
     weight, csrc/steps.c)."""
-    return byte_input(conv) and conv.get("groups", 1) == 1
+    return byte_input(conv) and conv.groups == 1
 
 
 def signed_zero(lut: np.ndarray, colours: int) -> "np.ndarray | None":
@@ -88,10 +91,10 @@ def mark_table_sums(model: IntegerModel) -> IntegerModel:
     `table_sums`: the runtime's one decision of that kernel, made here."""
     g = Rewrite(model)
     for node in g.nodes:
-        if node["op"] == "fused_conv" and "lut" in node["tensors"] and "thresholds" in node["tensors"] \
-                and not node.get("residual_stride") and not node.get("input_shift") \
+        if node.op == "fused_conv" and "lut" in node.tensors and "thresholds" in node.tensors \
+                and node.residual_stride is None and not node.input_shift \
                 and lut_conv_table(g.tensor(node, "weight"), g.tensor(node, "lut")) is not None:
-            node["table_sums"] = True
+            g.update(node, table_sums=True)
     return g.result()
 
 
@@ -105,16 +108,16 @@ def requantize_as_lookup(model: IntegerModel) -> IntegerModel:
     runtime looks codes up instead of comparing them (one table when every channel's is the same)."""
     g = Rewrite(model)
     for node in g.nodes:
-        source = g.source(node) if node["op"] == "threshold" else None
-        if source is None or source["op"] not in BYTE_CODE_OPS or not 0 <= source["qmin"] <= source["qmax"] <= 255 \
-                or not 0 <= node["qmin"] <= node["qmax"] <= 255:
+        source = g.source(node) if node.op == "threshold" else None
+        if source is None or source.op not in BYTE_CODE_OPS or not 0 <= source.qmin <= source.qmax <= 255 \
+                or not 0 <= node.qmin <= node.qmax <= 255:
             continue
         direction, thresholds = g.tensor(node, "direction"), g.tensor(node, "thresholds")
         every_value = np.repeat(np.arange(256)[:, None], len(direction), 1)  # (256, C)
-        table = threshold_reference(every_value, direction, thresholds, node["qmin"]).T[:, :, None]  # (C, 256, 1)
+        table = threshold_reference(every_value, direction, thresholds, node.qmin).T[:, :, None]  # (C, 256, 1)
         if (table == table[:1]).all():
             table = table[:1]
-        g.replace(node, "lut", {"lut": table.astype(np.int16)}, d=1, in_channels=len(direction))
+        g.replace(node, Lookup, {"lut": table.astype(np.int16)}, d=1, in_channels=len(direction))
     return g.result()
 
 
@@ -126,16 +129,16 @@ def unsign_residual_branch(model: IntegerModel) -> IntegerModel:
     the shift fits a byte, so a byte sum saturating at 255 still clips to the same code."""
     g = Rewrite(model)
     for node in g.nodes:
-        if node["op"] != "add_clip" or node["qmin"] != 0 or node.get("shift"):
+        if node.op != "add_clip" or node.qmin != 0 or node.shift:
             continue
         for i in (0, 1):
-            branch = g.source(node, i)
-            if branch is None or branch["op"] != "threshold" or branch["qmin"] >= 0 or not g.only_reader(branch) \
-                    or branch["qmax"] - branch["qmin"] > 255 or node["qmax"] + node.get("shift", 0) - branch["qmin"] > 255:
+            branch, node = g.source(node, i), g.by_name[node.name]
+            if branch is None or branch.op != "threshold" or branch.qmin >= 0 or not g.only_reader(branch) \
+                    or branch.qmax - branch.qmin > 255 or node.qmax + node.shift - branch.qmin > 255:
                 continue
-            shift = -branch["qmin"]
-            g.rename(branch, f"{branch['name']}.unsigned").update(qmin=0, qmax=branch["qmax"] + shift)
-            node["shift"] = node.get("shift", 0) + shift
+            shift = -branch.qmin
+            g.update(g.rename(branch, f"{branch.name}.unsigned"), qmin=0, qmax=branch.qmax + shift)
+            g.update(node, shift=node.shift + shift)
     return g.result()
 
 
@@ -151,15 +154,22 @@ def fuse_lookup(model: IntegerModel) -> IntegerModel:
     not worth a second path through every packer."""
     g = Rewrite(model)
     for node in g.nodes:
-        lut = g.source(node) if node["op"] == "conv" else None
-        if lut is None or lut["op"] != "lut" or lut["inputs"] != ["image"] or not g.only_reader(lut) \
-                or not has_kernel(node) or node["in_channels"] > LOOKUP_CHANNELS:
+        lut = g.source(node) if node.op == "conv" else None
+        if lut is None or lut.op != "lut" or lut.inputs != ("image",) or not g.only_reader(lut) \
+                or not has_kernel(node) or node.in_channels > LOOKUP_CHANNELS:
             continue
-        if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut["in_channels"]) is None:
+        if input_shift(node) and signed_zero(g.tensor(lut, "lut"), lut.in_channels) is None:
             continue
-        g.absorb(node, lut, op="fused_conv", inputs=lut["inputs"], conv_name=node["name"],
-                 lut_range=[lut["qmin"], lut["qmax"]])
+        g.absorb(node, lut, FusedConv, inputs=lut.inputs, conv_name=node.name, lut_range=(lut.qmin, lut.qmax))
     return g.result()
+
+
+def _conv_fields(conv: Conv) -> dict:
+    """A conv's (or fused conv's) attributes and inputs for the fused node that takes its place: all
+    but its name, tensors and thresholds, `conv_name` naming the conv it was."""
+    kept = {f.name: getattr(conv, f.name) for f in dataclasses.fields(conv)
+            if f.name not in ("name", "tensors", "qmin", "qmax", "step")}
+    return {**kept, "conv_name": getattr(conv, "conv_name", conv.name)}
 
 
 def fuse_threshold(model: IntegerModel) -> IntegerModel:
@@ -167,12 +177,11 @@ def fuse_threshold(model: IntegerModel) -> IntegerModel:
     fused_conv writing the codes, named after the threshold."""
     g = Rewrite(model)
     for node in g.nodes:
-        conv = g.source(node) if node["op"] == "threshold" else None
-        if conv is None or conv["op"] not in CONV_OPS or "qmin" in conv or not g.only_reader(conv) \
-                or not has_kernel(conv) or node["qmin"] < 0 or node["qmax"] > 255:
+        conv = g.source(node) if node.op == "threshold" else None
+        if conv is None or conv.op not in CONV_OPS or getattr(conv, "qmin", None) is not None \
+                or not g.only_reader(conv) or not has_kernel(conv) or node.qmin < 0 or node.qmax > 255:
             continue
-        attrs = {k: v for k, v in conv.items() if k not in ("name", "tensors", "op")}
-        g.absorb(node, conv, **{"conv_name": conv["name"], **attrs}, op="fused_conv")
+        g.absorb(node, conv, FusedConv, **_conv_fields(conv))
     return g.result()
 
 
@@ -183,18 +192,19 @@ def fuse_residual_add(model: IntegerModel) -> IntegerModel:
     add reads is taken from before it (the kernel subsamples and appends the zero channels itself)."""
     g = Rewrite(model)
     for node in g.nodes:
-        branch = g.source(node) if node["op"] == "add_clip" else None
-        if branch is None or branch["op"] != "fused_conv" or "qmin" not in branch or "residual_stride" in branch \
-                or not g.only_reader(branch) or branch["input_range"][0] < 0 or node["qmin"] != 0 or node["qmax"] > 255:
+        branch = g.source(node) if node.op == "add_clip" else None
+        if branch is None or branch.op != "fused_conv" or branch.qmin is None or branch.residual_stride is not None \
+                or not g.only_reader(branch) or branch.input_range[0] < 0 or node.qmin != 0 or node.qmax > 255:
             continue
-        shortcut, source, stride = g.source(node, 1), node["inputs"][1], 1
-        if shortcut is not None and shortcut["op"] == "subsample_pad" and g.only_reader(shortcut):
-            source, stride = shortcut["inputs"][0], shortcut["stride"]
+        shortcut, source, stride = g.source(node, 1), node.inputs[1], 1
+        if shortcut is not None and shortcut.op == "subsample_pad" and g.only_reader(shortcut):
+            source, stride = shortcut.inputs[0], shortcut.stride
             g.drop(shortcut)
         # qmin, qmax and step become the thresholds' (the codes before the add)
-        g.absorb(node, branch, **{k: v for k, v in branch.items() if k not in ("name", "tensors", "inputs")},
-                 inputs=[branch["inputs"][0], source], residual_stride=stride, residual_qmax=node["qmax"],
-                 residual_shift=node.get("shift", 0))
+        g.absorb(node, branch, FusedConv, **{**_conv_fields(branch), "qmin": branch.qmin, "qmax": branch.qmax,
+                                             "step": branch.step, "inputs": (branch.inputs[0], source),
+                                             "residual_stride": stride, "residual_qmax": node.qmax,
+                                             "residual_shift": node.shift})
     return g.result()
 
 
@@ -205,19 +215,19 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
     (in int64, a threshold at the int32 limits kept there rather than wrapped around)."""
     g = Rewrite(model)
     for node in g.nodes:
-        if node["op"] not in CONV_OPS or not input_shift(node) or not has_kernel(node) or node.get("table_sums"):
+        if node.op not in CONV_OPS or not input_shift(node) or not has_kernel(node) or getattr(node, "table_sums", False):
             continue
-        shift, (lo, hi) = input_shift(node), node["input_range"]
+        shift, (lo, hi) = input_shift(node), node.input_range
         weight = g.tensor(node, "weight")
         share = shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)
-        if "thresholds" in node["tensors"]:  # dir * (acc + share) >= thr + dir * share
+        node = g.retype(node, FusedConv, conv_name=getattr(node, "conv_name", node.name), input_shift=shift,
+                        input_range=(0, hi + shift))
+        if "thresholds" in node.tensors:  # dir * (acc + share) >= thr + dir * share
             direction = g.tensor(node, "direction").astype(np.int64)
             moved = np.asarray(g.tensor(node, "thresholds"), np.int64) + (direction * share)[:, None]
             g.set_tensor(node, "thresholds", np.clip(moved, INT32_MIN, INT32_MAX).astype(np.int32))
         else:
             g.set_tensor(node, "offset", share.astype(np.int32))
-        node.update(op="fused_conv", conv_name=node.get("conv_name", node["name"]), input_shift=shift,
-                    input_range=[0, hi + shift])
     return g.result()
 
 

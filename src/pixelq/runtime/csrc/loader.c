@@ -1,4 +1,4 @@
-/* pxq_load: a .pxq file (version 2) read, checked and made into a net (pixelq.h).
+/* pxq_load: a .pxq file (version 3) read, checked and made into a net (pixelq.h).
  *
  * The file is safetensors: an 8-byte length, a JSON header naming each blob (dtype, shape, byte
  * range) with string metadata (format, version, the manifest as base64 of zlib-compressed JSON, its
@@ -405,9 +405,9 @@ static int read_container(const uint8_t *data, int64_t size, file_t *f, load_err
     const int format = get(&j, meta, "format"), version = get(&j, meta, "version"), manifest = get(&j, meta, "manifest"),
               sha = get(&j, meta, "sha256");
     if (status == PXQ_OK && !str_eq(&j, format, "pixelq-model")) status = bad(e, PXQ_ERROR_FILE, "not a pixelq model file");
-    if (status == PXQ_OK && !str_eq(&j, version, "2")) {
+    if (status == PXQ_OK && !str_eq(&j, version, "3")) {
         char *v = json_str(&j, version, 32);
-        status = bad(e, PXQ_ERROR_FILE, "model file version %s, this libpixelq reads version 2; export the model "
+        status = bad(e, PXQ_ERROR_FILE, "model file version %s, this libpixelq reads version 3; export the model "
                      "again with pixelq", v ? v : "?");
         free(v);
     }
@@ -795,6 +795,12 @@ static int read_node(pxq_model *m, const json_t *j, int tok, int i, int plan_ten
         if (!rule_ok(j, v, ATTRS[a].rule, n, a))
             return bad(e, PXQ_ERROR_FILE, "node %s: %s must be %s", name, ATTRS[a].key, RULE_WORDS[ATTRS[a].rule]);
         n->has |= BIT(a);
+    }
+    /* no key the op does not have (a misspelt attribute must not be read as absent) */
+    for (int k = 0, i = tok + 1; k < j->tok[tok].size && i + 1 < j->count; k++, i = skip(j, i + 1)) {
+        int known = str_eq(j, i, "op") || str_eq(j, i, "name") || str_eq(j, i, "inputs") || str_eq(j, i, "tensors");
+        for (int a = 0; a < A_COUNT && !known; a++) known = (allowed & BIT(a)) && str_eq(j, i, ATTRS[a].key);
+        if (!known) return bad(e, PXQ_ERROR_FILE, "node %s: has an attribute its op does not have", name);
     }
     if (HAS(n, A_QMIN) && HAS(n, A_QMAX) && n->a[A_QMIN] > n->a[A_QMAX])
         return bad(e, PXQ_ERROR_FILE, "node %s: qmin > qmax", name);
