@@ -97,8 +97,8 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
     runtime_bench = load(BENCH / "runtime.json")
     if runtime_bench:
         r = runtime_bench["ratios"]
-        keys = [k for k in r if not k.endswith("_2t")]
-        out += [f"Integer runtime speed (`pixelq bench --json results/bench/runtime.json`, "
+        keys = [k for k in r if k + "_2t" in r]  # each ratio on 1 and 2 threads (the thread scaling is libpixelq's row)
+        out += [f"Integer runtime speed (`pixelq bench --json results/bench/runtime.json` on {runtime_bench['cpu']['model']}, "
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
                 f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
@@ -148,8 +148,10 @@ def isa_lines(best: dict, avx2: "dict | None", avx2_machine: "dict | None") -> l
         how = (f"PyTorch ran {torch_isa} and ONNX Runtime its own best in both runs, so the AVX2 column is a "
                "lower bound for an AVX2-only CPU")
         targets_for = {}
+    where = (f"on the same {best['cpu']['model']}" if avx2["cpu"]["model"] == best["cpu"]["model"] else
+             f"on {avx2['cpu']['model']}, the other column on {best['cpu']['model']}: not comparable column to column")
     lines = [f"Speed per instruction set, 1 thread (`pixelq bench --isa avx2 --json results/bench/runtime-isa-avx2.json` "
-             f"on the same {best['cpu']['model']}; {how}):", "",
+             f"{where}; {how}):", "",
              f"| comparison | `{best['runtime_isa']}` | `avx2` | target |", "|---|---:|---:|---|"]
     missed = []
     for key, label, targets in ISA_ROWS:
@@ -165,9 +167,8 @@ def isa_lines(best: dict, avx2: "dict | None", avx2_machine: "dict | None") -> l
     lines.append("")
     if missed:
         lines += ["Missed here: " + "; ".join(missed) + ". AVX2 has no vector popcount: its kernels count bits by "
-                  "VPSHUFB nibble tables, 2 shuffles per 256 bit-products, and its binary convs run at about one "
-                  "shuffle per cycle, which suggests that this core issues the 256-bit shuffle on one port (see the "
-                  "per-node profile below).", ""]
+                  "VPSHUFB nibble tables (2 shuffles and 2 byte adds per 256 bit-products); the per-node profile below "
+                  "says where the time goes.", ""]
     lines += profile_lines(avx2, "`--isa avx2`")
     if avx2_machine:
         r = avx2_machine["ratios"]
@@ -184,7 +185,8 @@ LIBPIXELQ_TARGETS = [("batch 1 vs OpenVINO int8", lambda r, t: r.get("resnet20_b
                      ("batch 64 vs OpenVINO int8", lambda r, t: r.get("resnet20_b64_libpixelq_vs_ov_int8"), 2.5),
                      ("batch 64 vs ONNX Runtime int8", lambda r, t: r.get("resnet20_b64_libpixelq_vs_ort_int8"), 3.0),
                      ("batch 64 vs PyTorch fp32", lambda r, t: t[1]["b64_torch_fp32_s"] / t[1]["b64_libpixelq_s"], 8.0),
-                     ("batch 64, 2 threads vs 1", lambda r, t: t[1]["b64_libpixelq_s"] / t[2]["b64_libpixelq_s"], 1.8)]
+                     ("batch 64, 2 threads vs 1 (libpixelq alone in a process)",
+                      lambda r, t: r.get("resnet20_b64_libpixelq_2t_vs_1t_alone"), 1.8)]
 
 
 def libpixelq_target_lines(bench: dict) -> list:
@@ -205,10 +207,10 @@ def libpixelq_target_lines(bench: dict) -> list:
     if missed:
         lines += ["", "Missed: " + "; ".join(missed) + ". The Python around the library costs little now (one call "
                   "per batch); the time is the kernels' (the per-part profile below), so what is left is kernel "
-                  "work: the convs of stages 1-3. The 2-thread row is timed in one process with the other engines, "
-                  "whose thread pools (PyTorch's and libpixelq's OpenMP, OpenVINO's TBB) may still spin between "
-                  "calls on a 2-core machine; from run to run it has ranged far wider than the 1-thread rows, so "
-                  "it awaits a bench that times each engine in a process of its own."]
+                  "work: the convs of stages 1-3."]
+    lines += ["", "The 2-thread row times libpixelq on 1 and 2 threads in a process of its own (`threads_alone`): "
+              "timed beside the other engines, whose thread pools (PyTorch's OpenMP, OpenVINO's TBB) may spin "
+              "between calls on a 2-core machine, the same ratio ranged far wider from run to run."]
     return lines + [""]
 
 
@@ -240,9 +242,37 @@ def profile_lines(bench: dict, kernels: str = "") -> list:
     return lines + [""]
 
 
+# (label, ratio key) of the table that sets two machines' runs of `pixelq bench` side by side
+MACHINE_ROWS = [("ResNet-20 W1A2 + PE, batch 64, vs PyTorch fp32", "resnet20_b64_vs_torch_fp32"),
+                ("ResNet-20 W1A2 + PE, batch 64, vs ONNX Runtime int8", "resnet20_b64_vs_ort_int8"),
+                ("ResNet-20 W1A2 + PE, batch 64, vs OpenVINO int8", "resnet20_b64_vs_ov_int8"),
+                ("libpixelq, batch 1, vs OpenVINO int8", "resnet20_b1_libpixelq_vs_ov_int8"),
+                ("libpixelq, batch 64, vs OpenVINO int8", "resnet20_b64_libpixelq_vs_ov_int8")]
+
+
+def machine_lines(bench: dict, other: "dict | None", other_file: str) -> list:
+    """The same bench on another CPU (an earlier run kept in `other_file`), the headline ratios side by side:
+    how much the lead depends on the CPU the int8 engines run on."""
+    if not other or other["cpu"]["model"] == bench["cpu"]["model"]:
+        return []
+    lines = [f"The same bench on two CPUs (1 thread, each engine's best instructions; `results/bench/runtime.json` on "
+             f"{bench['cpu']['model']}, `{other_file}` on {other['cpu']['model']}, from an earlier commit of the "
+             "runtime):", "", f"| comparison | {bench['cpu']['model']} | {other['cpu']['model']} |", "|---|---:|---:|"]
+    for label, key in MACHINE_ROWS:
+        if key in bench["ratios"] and key in other["ratios"]:
+            lines.append(f"| {label} | {bench['ratios'][key]:.2f}x | {other['ratios'][key]:.2f}x |")
+    ms = {name: {k: 1000 * r["times"]["threads_1"][f"b64_{k}_s"] for k in ("pixelq", "ov_int8", "torch_fp32")}
+          for name, r in ((bench["cpu"]["model"], bench), (other["cpu"]["model"], other))}
+    return lines + ["", "Batch 64 at 1 thread, " + "; ".join(
+        f"{name}: pixelq {t['pixelq']:.1f} ms, OpenVINO int8 {t['ov_int8']:.1f} ms, PyTorch fp32 {t['torch_fp32']:.1f} ms"
+        for name, t in ms.items()) + ". The int8 and float engines run far faster on one CPU than on the other while "
+        "pixelq's popcount kernels do not, so the lead over them is the CPU's as much as pixelq's.", ""]
+
+
 def render_runtime_details(runtime_bench: dict) -> str:
     """docs/runtime.md's measured section: raw times, the per-ISA table, the per-node profiles."""
     out = [SPEED_START, "", raw_times_line(runtime_bench), ""] + libpixelq_target_lines(runtime_bench)
+    out += machine_lines(runtime_bench, load(BENCH / "runtime-epyc.json"), "results/bench/runtime-epyc.json")
     out += isa_lines(runtime_bench, load(BENCH / "runtime-isa-avx2.json"), load(BENCH / "runtime-avx2.json"))
     out += ["On this shared 2-core VM the PyTorch fp32 times swing widely from one run to the next (more than "
             "pixelq's and ONNX Runtime's), so the ratios against fp32 move with them; the ratio against "

@@ -51,6 +51,8 @@ def test_runtime_benchmark_reports_every_ratio():
     for key in keys:
         assert result["ratios"][key] > 0 and result["ratios"][key + "_2t"] > 0
     assert "stages.2.2.conv2" in result["times"]["threads_1"]["layers_s"]
+    alone = result["times"]["libpixelq_alone"]  # 1 and 2 threads timed in a process of their own
+    assert result["ratios"]["resnet20_b2_libpixelq_2t_vs_1t_alone"] == alone["threads_1_s"] / alone["threads_2_s"] > 0
 
 
 def test_bench_data_times_decoding_and_streaming_on_folders(tmp_path, capsys):

@@ -60,6 +60,32 @@ def best_times(fns: dict, repeats: int) -> dict:
     return best
 
 
+# Run by `threads_alone` in a process of its own: libpixelq on 1 and on 2 threads, in turns (best_times).
+_ALONE = """
+import json, sys
+import numpy as np
+from pixelq.bench.inference import best_times
+from pixelq.runtime import clib
+path, batch, repeats, isa = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] or None
+models = {n: clib.Model(path, threads=n, isa=isa) for n in (1, 2)}
+x = np.random.default_rng(0).integers(0, 256, (batch, *models[1].image_shape), dtype=np.uint8)
+print(json.dumps(best_times({f"threads_{n}_s": (lambda m=m: m.logits(x)) for n, m in models.items()}, repeats)))
+"""
+
+
+def threads_alone(model_path, batch: int, repeats: int, isa: "str | None") -> dict:
+    """{"threads_1_s", "threads_2_s"}: libpixelq (pxq_load, pxq_logits) on 1 and 2 threads, timed in
+    a process that runs nothing else, so no other engine's thread pool (PyTorch's OpenMP, OpenVINO's
+    TBB) spins on the cores between its calls."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _ALONE, str(model_path), str(batch), str(repeats), isa or ""],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
 def calibrated(model: nn.Module, images: np.ndarray) -> nn.Module:
     """Batch-norm statistics from `images` (a model with random weights still needs real statistics
     to have thresholds in range), then eval mode."""
@@ -345,4 +371,9 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
             times["layers_w4a4_s"] = layer_profile(w4a4, images[:big], repeats)
             ratios[f"first_layer_vs_float{suffix}"] = first["torch_fp32_s"] / first["pixelq_s"]
             result["times"][f"threads_{threads}"] = times
+        if 2 in thread_counts:  # the thread scaling, without the other engines' pools around it
+            alone = threads_alone(model_path, max(batch_sizes), repeats, isa)
+            result["times"]["libpixelq_alone"] = alone
+            result["ratios"][f"resnet20_b{max(batch_sizes)}_libpixelq_2t_vs_1t_alone"] = \
+                alone["threads_1_s"] / alone["threads_2_s"]
     return result
