@@ -71,7 +71,7 @@ static inline __m128i nibble_table(uint32_t nib) {
 static int split_lane_nibbles(conv_t *c) {
     const int CH = (int)c->O, V = CH / 16;
     static const int lane_byte[2][2][2] = {{{0, 1}, {0, 1}}, {{0, 2}, {1, 3}}};  /* [CH 32][v][lane] */
-    uint8_t *tables = malloc((size_t)c->J * 9 * CH * V * 2 * 32);
+    uint8_t *tables = aligned_alloc(64, (size_t)c->J * 9 * CH * V * 2 * 32);  /* whole lines: no 32-byte load splits one */
     if (!tables) return 0;
     uint8_t *at = tables;
     for (int j = 0; j < c->J; j++)
@@ -95,7 +95,7 @@ static int split_lane_nibbles(conv_t *c) {
 static int split_gather_tables(conv_t *c) {
     static const int lane_byte[2][2] = {{0, 2}, {1, 3}};  /* [v][lane] */
     const int taps = c->KH * c->KW, slices = (int)(c->C / 32);
-    uint8_t *tables = malloc((size_t)c->J * taps * slices * c->O * 128);
+    uint8_t *tables = aligned_alloc(64, (size_t)c->J * taps * slices * c->O * 128);
     if (!tables) return 0;
     uint8_t *at = tables;
     for (int j = 0; j < c->J; j++)
