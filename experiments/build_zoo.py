@@ -25,7 +25,7 @@ import numpy as np
 
 import pixelq
 from pixelq.files import write_json
-from pixelq.integer import graph_costs, load_model
+from pixelq.integer import graph_costs, load_model, read_manifest
 from pixelq.models import cost_totals
 from pixelq.runtime import load
 from pixelq.training import read_checkpoint, save_checkpoint
@@ -59,12 +59,23 @@ def weights_only(path: Path) -> None:
                     data=ckpt["data"], init=ckpt["init"])
 
 
+def same_model_file(a: Path, b: Path) -> bool:
+    """Whether two .pxq files hold the same manifest and the same tensor bytes."""
+    (ma, ta), (mb, tb) = read_manifest(a), read_manifest(b)
+    return ma == mb and ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
 def build_entry(name: str, run: Path, description: str, embedded) -> dict:
     checkpoint = run / "checkpoint.pt"
     weights_only(checkpoint)
     ckpt = read_checkpoint(checkpoint)
     pxq = ZOO / f"{name}.pxq"
-    pixelq.export(model_from_checkpoint(ckpt).eval(), pxq, classes=ckpt["classes"], image_shape=ckpt["data"]["image_shape"])
+    fresh = ZOO / f"{name}.pxq.new"
+    pixelq.export(model_from_checkpoint(ckpt).eval(), fresh, classes=ckpt["classes"], image_shape=ckpt["data"]["image_shape"])
+    if pxq.exists() and same_model_file(pxq, fresh):
+        fresh.unlink()  # the same model: keep the file's bytes (safetensors orders its metadata differently each run)
+    else:
+        fresh.replace(pxq)
     runtime = load(pxq)
     predicted = runtime.predict(embedded.images)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -90,7 +101,7 @@ def build_entry(name: str, run: Path, description: str, embedded) -> dict:
         "bops": totals["bops"],
         "size_bytes": pxq.stat().st_size,
         "speed": ({k: round(bench["ratios"][v], 2) for k, v in SPEED_KEYS.items() if v in bench["ratios"]}
-                  | {"kernels": bench["runtime_isa"], "cpu_flags": bench["cpu"]["flags"],
+                  | {"kernels": bench["runtime_isa"], "cpu": bench["cpu"]["model"], "cpu_flags": bench["cpu"]["flags"],
                      "source": str(bench_file.relative_to(ROOT))} if bench else None),
         "checkpoint": str(checkpoint.relative_to(ROOT)),
         "sources": [str((run / "metrics.json").relative_to(ROOT)),
@@ -101,10 +112,12 @@ def build_entry(name: str, run: Path, description: str, embedded) -> dict:
 def render(models: dict) -> str:
     """README's zoo table, and where the numbers stand against the field once the JPEG copy is calibrated."""
     kernels = sorted({(m["speed"] or {}).get("kernels", "?") for m in models.values()})
+    cpus = sorted({(m["speed"] or {}).get("cpu", "?") for m in models.values()})
     lines = [START, "", "Trained on CIFAR-10-JPEG (50,000 train images; top-1 on its 10,000 test images, on the integer "
              "runtime); speed = the baseline's time for a float ResNet-20 (PyTorch fp32; ONNX Runtime and OpenVINO "
              "running its int8 QDQ form) / pixelq's time for the network, batch 64, 1 thread, timed in turns in one run "
-             f"(`pixelq bench --model`, pixelq's {', '.join(kernels)} kernels; `python experiments/build_zoo.py` writes "
+             f"(`pixelq bench --model` on {', '.join(cpus)}, pixelq's {', '.join(kernels)} kernels; "
+             "`python experiments/build_zoo.py` writes "
              "the registry and this table).", "",
              "| `zoo:NAME` | network | top-1 % | .pxq | BOPs | vs PyTorch fp32 | vs ONNX Runtime int8 | vs OpenVINO int8 |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
