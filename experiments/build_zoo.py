@@ -28,7 +28,7 @@ from pixelq.files import write_json
 from pixelq.integer import graph_costs, load_model, read_manifest
 from pixelq.models import cost_totals
 from pixelq.runtime import load
-from pixelq.training import read_checkpoint, save_checkpoint
+from pixelq.training import read_checkpoint, save_weights_only
 from pixelq.training.checkpoint import model_from_checkpoint
 from readme_section import README, fill, load as load_json
 
@@ -49,16 +49,6 @@ SPEED_KEYS = {"vs_pytorch_fp32_b64": "resnet20_b64_vs_torch_fp32", "vs_onnxrunti
               "vs_onnxruntime_int8_b1": "resnet20_b1_vs_ort_int8", "vs_openvino_int8_b1": "resnet20_b1_vs_ov_int8"}
 
 
-def weights_only(path: Path) -> None:
-    """Rewrite a finished run's checkpoint without its optimizer state (what --init and eval need)."""
-    ckpt = read_checkpoint(path)
-    if ckpt["optimizer"] is None:
-        return
-    save_checkpoint(path, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], model=model_from_checkpoint(ckpt),
-                    epoch=ckpt["epoch"], config=ckpt["config"], history=ckpt["history"], classes=ckpt["classes"],
-                    data=ckpt["data"], init=ckpt["init"])
-
-
 def same_model_file(a: Path, b: Path) -> bool:
     """Whether two .pxq files hold the same manifest and the same tensor bytes."""
     (ma, ta), (mb, tb) = read_manifest(a), read_manifest(b)
@@ -67,7 +57,8 @@ def same_model_file(a: Path, b: Path) -> bool:
 
 def build_entry(name: str, run: Path, description: str, embedded) -> dict:
     checkpoint = run / "checkpoint.pt"
-    weights_only(checkpoint)
+    if read_checkpoint(checkpoint)["optimizer"] is not None:  # the run is finished: what --init and eval need
+        save_weights_only(checkpoint, checkpoint)
     ckpt = read_checkpoint(checkpoint)
     pxq = ZOO / f"{name}.pxq"
     fresh = ZOO / f"{name}.pxq.new"

@@ -4,6 +4,12 @@
 # `--init` the one before, trained in runs/field/NAME/STAGE (git-ignored, resumable); the runs named
 # run side by side, one thread each.
 #   bash experiments/field_runs.sh train DATA NAME...   train (or resume) these runs in the background
+#   bash experiments/field_runs.sh finish DATA NAME...  a finished run's results into results/field/NAME: the last
+#                                                       stage's metrics (each stage's under stages/), a weights-only
+#                                                       checkpoint, eval.json (`pixelq eval`), and for the quantized
+#                                                       runs model.pxq, run.json (`pixelq run`: the integer runtime's
+#                                                       top-1) and results/bench/runtime-field-NAME.json (`pixelq
+#                                                       bench --model`, the trainings in flight paused meanwhile)
 #   bash experiments/field_runs.sh snapshot NAME...     copy each run's stage in progress (its checkpoint) and
 #                                                       the finished stages' metrics to results/field/NAME/resume/,
 #                                                       for git (at most every 25 epochs: the repository must
@@ -34,6 +40,7 @@ declare -A SETTINGS=(
   [cnv-fq]="$COMMON --model cnv"
 )
 declare -A START=([resnet20-fq]=$FLOAT [resnet20-fq-float-ends]=$FLOAT [cnv-fq]="")
+declare -A EXPORTED=([resnet20-fq]=1 [cnv-fq]=1)  # fully quantized: a .pxq for the integer runtime
 
 stage_name() { echo "w${BITS[$1]}a${ABITS[$1]}"; }
 
@@ -87,8 +94,41 @@ snapshot)
     done
   done
   ;;
+finish)
+  DATA=${1:?usage: $0 finish DATA NAME...}
+  shift
+  for name in "$@"; do
+    last=runs/field/$name/$(stage_name 2) out=results/field/$name
+    if [ ! -f "$last/metrics.json" ]; then
+      echo "$name: not finished ($last/metrics.json missing)" >&2
+      continue
+    fi
+    for i in 0 1 2; do
+      mkdir -p "$out/stages/$(stage_name "$i")"
+      cp "runs/field/$name/$(stage_name "$i")"/metrics.json* "$out/stages/$(stage_name "$i")/"
+    done
+    cp "$last"/metrics.json* "$out/"
+    ${PYTHON:-.venv/bin/python} -c "import sys; from pixelq.training import save_weights_only; save_weights_only(*sys.argv[1:])" \
+      "$last/checkpoint.pt" "$out/checkpoint.pt"
+    $PIXELQ eval --checkpoint "$out/checkpoint.pt" --data "$DATA" > "$out/eval.json"
+    if [ -n "${EXPORTED[$name]:-}" ]; then
+      $PIXELQ export "$out/checkpoint.pt" -o "$out/model.pxq"
+      $PIXELQ run "$out/model.pxq" --data "$DATA" > "$out/run.json"
+      if [ "${FIELD_BENCH:-1}" != 0 ]; then  # FIELD_BENCH=0: no timing (a quick check of the rest)
+        paused=$(pgrep -f "pixelq train" | tr '\n' ' ' || true)
+        [ -z "$paused" ] || kill -STOP $paused
+        timed=0
+        $PIXELQ bench --model "$out/model.pxq" --json "results/bench/runtime-field-$name.json" || timed=$?
+        [ -z "$paused" ] || kill -CONT $paused
+        [ "$timed" -eq 0 ] || exit "$timed"
+      fi
+    fi
+    rm -rf "$out/resume"  # the in-flight snapshots: the run is done
+    echo "$name: finished into $out (git add -f $out/checkpoint.pt)"
+  done
+  ;;
 *)
-  echo "unknown mode $MODE: train or snapshot" >&2
+  echo "unknown mode $MODE: train, finish or snapshot" >&2
   exit 1
   ;;
 esac

@@ -232,6 +232,63 @@ def render_deployment(rows: list) -> list:
     return out + [""]
 
 
+# The field issue's long runs (experiments/field_runs.sh): name -> (network, top-1 target; None: the gap's run)
+FIELD_RUNS = {"resnet20-fq": ("ResNet-20, pixel embedding first, binary weights, 2-bit codes, quantized last layer, "
+                              "signed 4-bit residual stream", 87.5),
+              "resnet20-fq-float-ends": ("the same with a float first conv and a float last layer", None),
+              "cnv-fq": ("CNV W1A2, pixel embedding first, quantized last layer", 87.8)}
+FIELD_STAGES = ("w4a4", "w2a2", "w1a2")
+GAP_TARGET = 1.0  # points between resnet20-fq-float-ends and resnet20-fq
+
+
+def field_run_rows() -> list:
+    """Each long run: finished (results/field/NAME/metrics.json, eval.json, run.json from `field_runs.sh
+    finish`) or in flight (the last snapshot under results/field/NAME/resume/: its stage, epoch, test top-1)."""
+    rows = []
+    for name, (network, target) in FIELD_RUNS.items():
+        folder = ROOT / "results" / "field" / name
+        metrics = load(folder / "metrics.json")
+        if metrics:
+            evaluated, ran = load(folder / "eval.json"), load(folder / "run.json")
+            rows.append({"run": name, "network": network, "target": target, "finished": True, "top1": metrics["top1"],
+                         "eval_top1": evaluated["top1"] if evaluated else None,
+                         "runtime_top1": ran["top1"] if ran else None})
+            continue
+        stages = [s for s in FIELD_STAGES if (folder / "resume" / s / "metrics.jsonl").is_file()]
+        if not stages:
+            continue
+        last = json.loads((folder / "resume" / stages[-1] / "metrics.jsonl").read_text().splitlines()[-1])
+        rows.append({"run": name, "network": network, "target": target, "finished": False, "stage": stages[-1],
+                     "epoch": last["epoch"], "top1": last["test_top1"]})
+    return rows
+
+
+def render_field_runs(runs: list) -> list:
+    """The long runs' table: the targets met or by how much they are missed, the first+last gap."""
+    if not runs:
+        return []
+    out = ["### Long runs (`bash experiments/field_runs.sh train DATA NAME`)", "",
+           "Each a chain float -> W4A4 (40 epochs) -> W2A2 (40) -> W1A2 (120), each stage started from the one before "
+           "(the ablation's progressive lever), recipe cifar-w1a2 with distillation from the float ResNet-20 and "
+           "alternating flips; a run in flight shows its last committed snapshot.", "",
+           "| run | network | state | top-1 % | `pixelq eval` | integer runtime | target |", "|---|---|---|---:|---:|---:|---|"]
+    done = {r["run"]: r for r in runs if r["finished"]}
+    for r in runs:
+        state = "finished" if r["finished"] else f"in flight: {r['stage']}, epoch {r['epoch']}"
+        if r["target"] is not None:
+            target = f"≥ {r['target']:.1f}" + (("; met" if r["top1"] >= r["target"] else
+                                                f"; missed by {r['target'] - r['top1']:.2f}") if r["finished"] else "")
+        else:
+            target = f"gap ≤ {GAP_TARGET:.1f} point"
+            if r["finished"] and "resnet20-fq" in done:
+                gap = r["top1"] - done["resnet20-fq"]["top1"]
+                target += f"; {gap:.2f} ({'met' if gap <= GAP_TARGET else 'missed'})"
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        out.append(f"| {r['run']} | {r['network']} | {state} | {r['top1']:.2f} | {fmt(r.get('eval_top1'))} | "
+                   f"{fmt(r.get('runtime_top1'))} | {target} |")
+    return out + [""]
+
+
 def render(rows: list, first_layer: list, ablation: list, field: dict, deployment: list) -> str:
     out = [START, "", "Full CIFAR-10-JPEG (50,000 train / 10,000 test), ResNet-20, one seed, on 2 CPU cores "
            "(`bash experiments/recipe_cifar10.sh DATA`; each run's `metrics.json` and `eval.json` are in "
@@ -256,6 +313,7 @@ def render(rows: list, first_layer: list, ablation: list, field: dict, deploymen
             "compare the epoch_s of their metrics.jsonl), and runs that spanned sessions ran on more than one "
             "machine of this kind. "
             "Train top-1 is measured on augmented images while the epoch trains.", ""]
+    out += render_field_runs(field_run_rows())
     out += missed_targets(rows, ablation) + render_deployment(deployment) + render_first_layer(first_layer, ablation)
     out += render_ablation(ablation)
     calibration = load(ROOT / "results" / "calibration" / "summary.json")

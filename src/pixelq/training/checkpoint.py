@@ -122,3 +122,13 @@ def check_finite(state_dict: dict, path: str) -> None:
 def load_checkpoint(path: "str | os.PathLike") -> nn.Module:
     """The model saved at `path`, rebuilt with `create_model`, weights loaded, in eval mode."""
     return model_from_checkpoint(read_checkpoint(path), str(path)).eval()
+
+
+def save_weights_only(source: "str | os.PathLike", path: "str | os.PathLike") -> None:
+    """A finished run's checkpoint `source` written to `path` without what only resuming needs (the
+    optimizer state, a weight average's trained weights): what eval, export and `--init` read."""
+    ckpt = read_checkpoint(source)
+    save_checkpoint(path, model_name=ckpt["model"], model_kwargs=ckpt["model_kwargs"], model=model_from_checkpoint(ckpt),
+                    epoch=ckpt["epoch"], config=ckpt["config"], history=ckpt["history"], classes=ckpt["classes"],
+                    data=ckpt["data"], init=ckpt["init"])
+
