@@ -64,8 +64,6 @@ RULES = {
 }
 
 
-
-
 def attr(rule: str, default=MISSING):
     """An attribute of an op's nodes: a dataclass field whose value keeps `rule` (RULES); required
     unless it has a default, which means "absent" (a model file leaves it out)."""
