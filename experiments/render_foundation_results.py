@@ -100,7 +100,7 @@ def render(rows: list, train_bench: "dict | None", data_bench: "dict | None") ->
         keys = [k for k in r if k + "_2t" in r]  # each ratio on 1 and 2 threads (the thread scaling is libpixelq's row)
         out += [f"Integer runtime speed (`pixelq bench --json results/bench/runtime.json` on {runtime_bench['cpu']['model']}, "
                 f"{runtime_bench['runtime_isa']} kernels; speed-up = baseline time / pixelq time, >1 means pixelq "
-                f"is faster; best of {runtime_bench['repeats']} calls, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
+                f"is faster; best of {runtime_bench['repeats']} calls at batch 64 and 8x as many at batch 1, the contenders timed in turns):", "", "| comparison | 1 thread | 2 threads |", "|---|---:|---:|"]
         out += [f"| {k} | {r[k]:.2f}x | {r[k + '_2t']:.2f}x |" for k in keys] + [""]
         out += ["`ort_int8`: the float ResNet-20 quantized by ONNX Runtime's static int8 quantizer (QDQ, per-channel "
                 "weights); `ort_qdq_same_model`: the very W1A2 network pixelq runs, exported with `pixelq export "

@@ -60,6 +60,12 @@ def best_times(fns: dict, repeats: int) -> dict:
     return best
 
 
+def calls_at(batch: int, repeats: int) -> int:
+    """Turns for a batch: `repeats`, times 64 / batch up to 8x for small batches, whose calls take a
+    fraction of a millisecond (a best of 10 such calls still moved a batch-1 ratio by 1.5x)."""
+    return repeats * min(8, max(1, 64 // batch))
+
+
 # Run by `threads_alone` in a process of its own: libpixelq on 1 and on 2 threads, in turns (best_times).
 _ALONE = """
 import json, sys
@@ -339,7 +345,8 @@ def run_benchmark(model_path: "str | None" = None, batch_sizes=(1, 64), thread_c
                                              **({f"b{batch}_ort_qdq_same_model_s": lambda: same_model.run(None, {"image": x})}
                                                 if same_model is not None else {}),
                                              **{f"b{batch}_ov_{form}_s": (lambda r=r: r.infer({"image": x}))
-                                                for (form, b), r in openvino.items() if b == batch}}, repeats))
+                                                for (form, b), r in openvino.items() if b == batch}},
+                                            calls_at(batch, repeats)))
             for abits in (1, 2):
                 layer = conv_layer_times(abits, threads, repeats, isa)
                 times[f"conv3x3_w1a{abits}_pixelq_s"], times[f"conv3x3_w1a{abits}_torch_fp32_s"] = \
