@@ -258,8 +258,10 @@ def field_run_rows() -> list:
         if not stages:
             continue
         last = json.loads((folder / "resume" / stages[-1] / "metrics.jsonl").read_text().splitlines()[-1])
+        done = {s: load(folder / "resume" / s / "metrics.json") for s in stages[:-1]}  # the stages finished before
         rows.append({"run": name, "network": network, "target": target, "finished": False, "stage": stages[-1],
-                     "epoch": last["epoch"], "top1": last["test_top1"]})
+                     "epoch": last["epoch"], "top1": last["test_top1"],
+                     "stages_done": {s: m["top1"] for s, m in done.items() if m}})
     return rows
 
 
@@ -274,7 +276,8 @@ def render_field_runs(runs: list) -> list:
            "| run | network | state | top-1 % | `pixelq eval` | integer runtime | target |", "|---|---|---|---:|---:|---:|---|"]
     done = {r["run"]: r for r in runs if r["finished"]}
     for r in runs:
-        state = "finished" if r["finished"] else f"in flight: {r['stage']}, epoch {r['epoch']}"
+        state = "finished" if r["finished"] else f"in flight: {r['stage']}, epoch {r['epoch']}" + "".join(
+            f" ({s} finished: {top1:.2f} %)" for s, top1 in r.get("stages_done", {}).items())
         if r["target"] is not None:
             target = f"≥ {r['target']:.1f}" + (("; met" if r["top1"] >= r["target"] else
                                                 f"; missed by {r['target'] - r['top1']:.2f}") if r["finished"] else "")

@@ -53,6 +53,10 @@ def test_results_page_shows_runs_in_flight_and_finished_against_their_targets(tm
     snapshot.mkdir(parents=True)
     snapshot.joinpath("metrics.jsonl").write_text("\n".join(json.dumps({"epoch": e, "test_top1": 80.0 + e})
                                                             for e in (1, 2)) + "\n")
+    finished_stage = field / "cnv-fq" / "resume" / "w4a4"  # the stage before, finished
+    finished_stage.mkdir()
+    finished_stage.joinpath("metrics.jsonl").write_text(json.dumps({"epoch": 40, "test_top1": 85.0}) + "\n")
+    finished_stage.joinpath("metrics.json").write_text(json.dumps({"top1": 85.0}))
     for name, top1 in (("resnet20-fq", 87.0), ("resnet20-fq-float-ends", 88.5)):
         (field / name).mkdir(parents=True)
         (field / name / "metrics.json").write_text(json.dumps({"top1": top1}))
@@ -61,9 +65,9 @@ def test_results_page_shows_runs_in_flight_and_finished_against_their_targets(tm
     monkeypatch.setattr(render_recipe_results, "ROOT", tmp_path)
     rows = {r["run"]: r for r in render_recipe_results.field_run_rows()}
     assert rows["cnv-fq"] == {"run": "cnv-fq", "network": render_recipe_results.FIELD_RUNS["cnv-fq"][0], "target": 87.8,
-                              "finished": False, "stage": "w2a2", "epoch": 2, "top1": 82.0}
+                              "finished": False, "stage": "w2a2", "epoch": 2, "top1": 82.0, "stages_done": {"w4a4": 85.0}}
     table = "\n".join(render_recipe_results.render_field_runs(list(rows.values())))
-    assert "| in flight: w2a2, epoch 2 | 82.00 |" in table
+    assert "| in flight: w2a2, epoch 2 (w4a4 finished: 85.00 %) | 82.00 |" in table
     assert "| finished | 87.00 | 87.00 | 86.90 | ≥ 87.5; missed by 0.50 |" in table
     assert "gap ≤ 1.0 point; 1.50 (missed)" in table
 
