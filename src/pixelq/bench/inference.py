@@ -150,9 +150,9 @@ class _SignalStack(ctypes.Structure):  # Linux's stack_t
 
 @contextlib.contextmanager
 def signal_stack_kept():
-    """Give the calling thread its alternate signal stack back after OpenVINO, whose objects are
-    released inside the block (clear the dicts holding them there, or yield-list them: every
-    container appended to the yielded list is cleared before the stack is restored).
+    """Give the calling thread its alternate signal stack back after OpenVINO: every container
+    appended to the yielded list (the dicts of OpenVINO requests) is cleared, its objects freed, and
+    then the thread's own stack is put back.
 
     OpenVINO's CPU plugin gives the thread that compiles a model an alternate signal stack of its own
     (mmap'ed, for AMX: openvinotoolkit/openvino#11894) and puts the old one back when it is freed;
