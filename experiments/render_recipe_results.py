@@ -275,6 +275,7 @@ def render_field_runs(runs: list) -> list:
            "alternating flips; a run in flight shows its last committed snapshot.", "",
            "| run | network | state | top-1 % | `pixelq eval` | integer runtime | target |", "|---|---|---|---:|---:|---:|---|"]
     done = {r["run"]: r for r in runs if r["finished"]}
+    fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     for r in runs:
         state = "finished" if r["finished"] else f"in flight: {r['stage']}, epoch {r['epoch']}" + "".join(
             f" ({s} finished: {top1:.2f} %)" for s, top1 in r.get("stages_done", {}).items())
@@ -286,7 +287,6 @@ def render_field_runs(runs: list) -> list:
             if r["finished"] and "resnet20-fq" in done:
                 gap = r["top1"] - done["resnet20-fq"]["top1"]
                 target += f"; {gap:.2f} ({'met' if gap <= GAP_TARGET else 'missed'})"
-        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
         out.append(f"| {r['run']} | {r['network']} | {state} | {r['top1']:.2f} | {fmt(r.get('eval_top1'))} | "
                    f"{fmt(r.get('runtime_top1'))} | {target} |")
     return out + [""]

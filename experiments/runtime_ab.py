@@ -17,12 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pixelq.runtime.clib import Options  # pxq_options, the same in both builds
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("resnet20-w1a2-pe-qlast", "resnet20-w1a2-pe-qlast-r4s")
-
-
-class Options(ctypes.Structure):  # pxq_options (pixelq.h)
-    _fields_ = [("threads", ctypes.c_int32), ("isa", ctypes.c_char_p)]
 
 
 class Build:

@@ -18,7 +18,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -83,10 +86,6 @@ def threads_alone(model_path, batch: int, repeats: int, isa: "str | None") -> di
     """{"threads_1_s", "threads_2_s"}: libpixelq (pxq_load, pxq_logits) on 1 and 2 threads, timed in
     a process that runs nothing else, so no other engine's thread pool (PyTorch's OpenMP, OpenVINO's
     TBB) spins on the cores between its calls."""
-    import json
-    import subprocess
-    import sys
-
     done = subprocess.run([sys.executable, "-c", _ALONE, str(model_path), str(batch), str(repeats), isa or ""],
                           capture_output=True, text=True, check=True)
     return json.loads(done.stdout)

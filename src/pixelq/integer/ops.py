@@ -367,10 +367,6 @@ class FusedConv(Conv):
     input_shift: int = attr("int", 0)
     table_sums: bool = attr("true", False)
 
-    @property
-    def thresholded(self) -> bool:
-        return self.qmin is not None
-
     def node_tensors(self):
         parts = [v is not None for v in (self.qmin, self.qmax, self.step)]
         if any(parts) and not all(parts):

@@ -168,7 +168,7 @@ class FastExecutor:
             kind, planes, bits = (-1, 0, 0) if name in tail else self.net.step_kernel(self._values[name] - 1)
             kernel = {"dot product": f"dot product ({clib.dot_isa(self.isa)})",
                       "bit-planes": f"bit-planes ({planes}x{bits} popcount passes)"}.get(KERNELS.get(kind))
-            kernels[getattr(node, "conv_name", name)] = kernel or KERNELS.get(
+            kernels[fusion.conv_name(node)] = kernel or KERNELS.get(
                 kind, "numpy reference (codes wider than a byte, or a grouped conv no C kernel holds)")
         return kernels
 
@@ -219,7 +219,7 @@ class FastExecutor:
                     if len(self._values) > 1:
                         seconds.update(zip(list(self._values)[1:], self.net.step_seconds()))
                     for node in self.plan.nodes:
-                        name = getattr(node, "conv_name", node.name)
+                        name = fusion.conv_name(node)
                         times[name] = min(times.get(name, float("inf")), seconds[node.name])
             finally:
                 self.net.profile(False)

@@ -38,6 +38,11 @@ CONV_OPS = ("conv", "fused_conv")
 LOOKUP_CHANNELS = 64  # the lookup conv packs one pixel's codes of a plane into one 64-bit word
 
 
+def conv_name(node) -> str:
+    """The name of the conv a plan node runs (a fused conv's `conv_name`, else the node's own)."""
+    return getattr(node, "conv_name", node.name)
+
+
 def input_shift(conv: Conv) -> int:
     """What a conv's input codes are shifted by to start at 0."""
     return max(0, -conv.input_range[0])
@@ -169,7 +174,7 @@ def _conv_fields(conv: Conv) -> dict:
     but its name, tensors and thresholds, `conv_name` naming the conv it was."""
     kept = {f.name: getattr(conv, f.name) for f in dataclasses.fields(conv)
             if f.name not in ("name", "tensors", "qmin", "qmax", "step")}
-    return {**kept, "conv_name": getattr(conv, "conv_name", conv.name)}
+    return {**kept, "conv_name": conv_name(conv)}
 
 
 def fuse_threshold(model: IntegerModel) -> IntegerModel:
@@ -220,7 +225,7 @@ def shift_signed_inputs(model: IntegerModel) -> IntegerModel:
         shift, (lo, hi) = input_shift(node), node.input_range
         weight = g.tensor(node, "weight")
         share = shift * np.asarray(weight, np.int64).reshape(len(weight), -1).sum(1)
-        node = g.retype(node, FusedConv, conv_name=getattr(node, "conv_name", node.name), input_shift=shift,
+        node = g.retype(node, FusedConv, conv_name=conv_name(node), input_shift=shift,
                         input_range=(0, hi + shift))
         if "thresholds" in node.tensors:  # dir * (acc + share) >= thr + dir * share
             direction = g.tensor(node, "direction").astype(np.int64)
